@@ -1,0 +1,18 @@
+"""bimatting: binarized video matting, from PyTorch training to XNOR/popcount kernels on ARM.
+
+Importing the package is cheap and torch-free (deploy/ runs on boards without torch); the
+PyTorch entry points load on first use.
+"""
+from bimatting._version import __version__
+from bimatting.errors import BimattingError, InputError, RuntimeFailure
+
+__all__ = ["__version__", "load_model", "BimattingError", "InputError", "RuntimeFailure"]
+
+
+def __getattr__(name):
+    # Lazy: `bimatting.load_model` needs torch, `import bimatting` must not.
+    if name == "load_model":
+        from bimatting.checkpoints import load_model
+
+        return load_model
+    raise AttributeError(f"module 'bimatting' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from bimatting.cli import main
+
+main()
