@@ -1,0 +1,128 @@
+"""BiMobileNet: BiMatting's binary encoder (ReActNet-A style with shrinkable blocks and dense skips).
+
+Widths (entry 0 = FP stem, 1..17 = binary blocks; stride 2 at blocks 2, 5, 11; output stride 16):
+    [16] + [32, 64, 32] + [64, 128, 64] * 2 + [128, 256, 128] * 2 + [256] + [1024]
+Taps: f1 = stem (16 @1/2), f2 = block 3 (32 @1/4), f3 = block 9 (64 @1/8), f4 = block 17 (1024 @1/16).
+Names (`feature.N.move11`, `binary_3x3`, `bn2_1`, ...) equal the official state_dict keys.
+Source: htqin/BiMatting `model/mobilenet.py` (structure and numbers; code written anew).
+"""
+import torch
+from torch import nn
+
+from .binarize import BiConv2d, BinaryActivation, LearnableBias, rprelu
+
+STAGE_WIDTHS = [16] + [32, 64, 32] + [64, 128, 64] * 2 + [128, 256, 128] * 2 + [256] + [1024]
+STRIDE2_BLOCKS = (2, 5, 11)
+# Dense topology: the first block's output of each triple is added (pooled) after its last block.
+DENSE_TRIPLES = ((1, 3), (4, 6), (7, 9), (10, 12), (13, 15))
+TAPS = {0: "f1", 3: "f2", 9: "f3", 17: "f4"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Stem(nn.Module):
+    """Full-precision conv3x3 stride 2 + BN, no activation: [N,3,H,W] -> [N,16,H/2,W/2]."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x):
+        return self.bn1(self.conv1(x))
+
+
+class BinaryBlock(nn.Module):
+    """ReActNet block: binary 3x3 (in->in, stride s) then binary 1x1 expansion/shrink (in->out).
+
+    Step 1: o1 = RPReLU(BN(BiConv3x3(sign(x + b11))) + shortcut(x)), shortcut = x or AvgPool2(x)
+    Step 2 by width:  out = in   o2 = BN(BiConv1x1(u)) + o1
+                      out = k*in k parallel in->in 1x1 convs, each BN(.) + o1, concatenated (k = 2, 4)
+                      out = in/2 o2 = BN(BiConv1x1_{in->in/2}(u)) + (o1[:in/2] + o1[in/2:]) / 2
+              with u = sign(o1 + b21); output RPReLU(o2).
+    [N, in, H, W] -> [N, out, H/s, W/s]
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.move11 = LearnableBias(in_channels)
+        self.binary_3x3 = BiConv2d(in_channels, in_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.move12 = LearnableBias(in_channels)
+        self.prelu1 = nn.PReLU(in_channels)
+        self.move13 = LearnableBias(in_channels)
+        self.move21 = LearnableBias(in_channels)
+        if out_channels == in_channels:
+            self.binary_pw = BiConv2d(in_channels, out_channels, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(out_channels)
+        elif out_channels in (2 * in_channels, 4 * in_channels):
+            for k in range(1, out_channels // in_channels + 1):  # binary_pw_down1..k, bn2_1..k
+                self.add_module(f"binary_pw_down{k}", BiConv2d(in_channels, in_channels, 1, bias=False))
+            for k in range(1, out_channels // in_channels + 1):
+                self.add_module(f"bn2_{k}", nn.BatchNorm2d(in_channels))
+        elif 2 * out_channels == in_channels:  # shrinkable
+            self.binary_pw_down1 = BiConv2d(in_channels, out_channels, 1, bias=False)
+            self.bn2_1 = nn.BatchNorm2d(out_channels)
+        else:
+            raise ValueError(f"BinaryBlock widths {in_channels}->{out_channels}: expected out = in, 2*in, 4*in or in/2")
+        self.move22 = LearnableBias(out_channels)
+        self.prelu2 = nn.PReLU(out_channels)
+        self.move23 = LearnableBias(out_channels)
+        self.sign = BinaryActivation()
+        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True)
+
+    def forward(self, x):
+        # [N, in, H, W] -> [N, in, H/s, W/s]: binary 3x3 with identity (or pooled) shortcut
+        shortcut = self.pool(x) if self.stride == 2 else x
+        o1 = self.bn1(self.binary_3x3(self.sign(self.move11(x)))) + shortcut
+        o1 = rprelu(o1, self.move12, self.prelu1, self.move13)
+
+        # [N, in, H', W'] -> [N, out, H', W']: binary 1x1, residual o1 (repeated or halved)
+        u = self.sign(self.move21(o1))
+        if self.out_channels == self.in_channels:
+            o2 = self.bn2(self.binary_pw(u)) + o1
+        elif self.out_channels > self.in_channels:
+            parts = self.out_channels // self.in_channels
+            o2 = torch.cat([getattr(self, f"bn2_{k}")(getattr(self, f"binary_pw_down{k}")(u)) + o1
+                            for k in range(1, parts + 1)], dim=1)
+        else:
+            first, second = o1.split(self.out_channels, dim=1)
+            o2 = self.bn2_1(self.binary_pw_down1(u)) + (first + second) / 2
+        return rprelu(o2, self.move22, self.prelu2, self.move23)
+
+
+class BiMobileNet(nn.Module):
+    """[N, 3, H, W] RGB in [0, 1] -> f1 [N,16,H/2,W/2], f2 [N,32,H/4,.], f3 [N,64,H/8,.], f4 [N,1024,H/16,.]
+
+    Sizes round up at each halving (conv padding 1, pooling with ceil_mode).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.feature = nn.ModuleList([Stem(3, STAGE_WIDTHS[0])])
+        for i in range(1, len(STAGE_WIDTHS)):
+            stride = 2 if i in STRIDE2_BLOCKS else 1
+            self.feature.append(BinaryBlock(STAGE_WIDTHS[i - 1], STAGE_WIDTHS[i], stride))
+        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x):
+        x = (x - self.mean) / self.std  # ImageNet normalisation, as the official encoder
+        starts = {first: last for first, last in DENSE_TRIPLES}
+        saved, saved_until = None, None
+        taps = {}
+        for i, block in enumerate(self.feature):
+            x = block(x)
+            if i in starts:
+                saved, saved_until = x, starts[i]
+            elif i == saved_until:
+                # Literal official rule: the dense skip is added only when the triple changed the
+                # spatial size (so triples 7-9 and 13-15 get none); compared on height only, as there.
+                if saved.shape[-2] != x.shape[-2]:
+                    x = x + self.pool(saved)
+                saved, saved_until = None, None
+            if i in TAPS:
+                taps[TAPS[i]] = x
+        return taps["f1"], taps["f2"], taps["f3"], taps["f4"]

@@ -1,0 +1,136 @@
+"""Binarization primitives of BiMatting (Larq-style: forward and STE gradient written as math).
+
+Conventions are those of `bimatting.bitpack` (the numpy definition every other part follows):
+sign(x) = +1 for x >= 0, -1 otherwise; a binary conv sees a +-1 tensor padded with zeros.
+
+    sign(x)            the torch twin of bitpack.sign (NOT torch.sign, which maps 0 to 0)
+    binary_activation  sign with the clipped straight-through estimator (Bi-Real / ReActNet)
+    BinaryActivation   module wrapper of binary_activation (keeps the official Sequential indices)
+    BiConv2d           nn.Conv2d with centred, scaled, binarized weights (ReActNet / BiMatting)
+    LearnableBias      per-channel shift; before sign it is RSign, around PReLU it is RPReLU
+    rprelu             bias -> PReLU -> bias (ReActNet's RPReLU)
+    binary_conv_unit   the standard unit: bias -> sign -> BiConv -> BN -> bias -> PReLU
+
+Source of the formulas: ReActNet (Liu et al., ECCV 2020) and BiMatting (Qin et al., NeurIPS
+2023, htqin/BiMatting `model/mobilenet.py`); sign(0) = +1 follows Larq / LCE.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def sign(x):
+    """sign(x) = +1 if x >= 0 else -1, same dtype as x (matches bitpack.sign exactly, NaN -> -1)."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+class _SignSTE(torch.autograd.Function):
+    """Forward and backward of `binary_activation` (see its docstring)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return grad_output * (x.abs() <= 1).to(grad_output.dtype)
+
+
+def binary_activation(x):
+    r"""Binary activation with the clipped straight-through estimator.
+
+    Forward:   q = sign(x) = +1 if x >= 0 else -1            (sign(0) = +1; bit 1 encodes -1)
+    Backward:  dq/dx = 1{|x| <= 1}                             (the gradient of clamp(x, -1, 1))
+
+    The official code uses torch.sign (sign(0) = 0, a third value no 1-bit kernel can hold);
+    zero has measure zero during training, so the gradient is unchanged and we use +1.
+    """
+    return _SignSTE.apply(x)
+
+
+class BinaryActivation(nn.Module):
+    """Module form of `binary_activation`: [*] -> [*] in {-1, +1}."""
+
+    def forward(self, x):
+        return binary_activation(x)
+
+
+class BiConv2d(nn.Conv2d):
+    r"""Convolution with binarized weights; the input is expected to be +-1 already.
+
+    Per output channel o (means over c, kh, kw):
+        w~_o    = w_o - mean(w_o)                    (centring)
+        alpha_o = mean(|w~_o|)                       (scale, detached: no gradient)
+    Forward:   y = conv(x, alpha * sign(w~)) + bias, zero padding of the +-1 input
+    Backward:  dL/dw = J^T (dL/dw_b * 1{|w~| <= 1}), the gradient of clamp(w~, -1, 1)
+               back through the centring (J = I - 1/n: it also flows into mean(w)).
+
+    Zero padding is the official semantics (a padded tap adds 0 to the dot product); deploy
+    kernels pad with +1 bits and add `bitpack.border_correction`.
+
+    The official class also owns a `channel_threshold` parameter [1, Cin, 1, 1] that forward never
+    reads (9,184 dead parameters in the whole network). It is dropped here; checkpoints that carry
+    it load with those keys ignored (see BiMatting.load_state_dict).
+    """
+
+    binary = True  # exporters find every binary conv by isinstance(m, BiConv2d) or this tag
+
+    def centred_weight(self):
+        """w~ = w - mean over (Cin, KH, KW) per output channel: [O, Cin, KH, KW]."""
+        return self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+
+    def binary_weight(self):
+        """(sign(w~) as +-1 float [O, Cin/g, KH, KW], alpha [O]), both detached: what an exporter packs."""
+        with torch.no_grad():
+            centred = self.centred_weight()
+            return sign(centred), centred.abs().mean(dim=(1, 2, 3))
+
+    def quantized_weight(self):
+        """alpha * sign(w~) in the forward pass, with the clamp(w~) gradient in the backward pass."""
+        centred = self.centred_weight()
+        alpha = centred.abs().mean(dim=(1, 2, 3), keepdim=True).detach()
+        clipped = centred.clamp(-1.0, 1.0)
+        return clipped + (alpha * sign(centred) - clipped).detach()
+
+    def forward(self, x):
+        # [N, Cin, H, W] (+-1) -> [N, O, OH, OW]
+        return F.conv2d(x, self.quantized_weight(), self.bias, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+
+class LearnableBias(nn.Module):
+    """x + b with one learnable shift per channel (initialised to 0): [N, C, H, W] -> [N, C, H, W].
+
+    Before sign it learns the threshold (ReActNet's RSign); around a PReLU it makes RPReLU.
+    """
+
+    def __init__(self, channels):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x):
+        return x + self.bias
+
+
+def rprelu(x, shift_in, prelu, shift_out):
+    """ReActNet's RPReLU: shift_out(PReLU(shift_in(x))), each shift a LearnableBias."""
+    return shift_out(prelu(shift_in(x)))
+
+
+def binary_conv_unit(in_channels, out_channels, kernel_size, stride=1):
+    """The standard binary unit of the ASPP, decoder and refiner (official Sequential indices):
+
+        0 LearnableBias(in) -> 1 sign -> 2 BiConv(k, 'same' zero padding, no bias)
+        -> 3 BN -> 4 LearnableBias(out) -> 5 PReLU(out)
+    [N, in, H, W] -> [N, out, H/stride, W/stride]
+    """
+    return nn.Sequential(
+        LearnableBias(in_channels),
+        BinaryActivation(),
+        BiConv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        LearnableBias(out_channels),
+        nn.PReLU(out_channels),
+    )

@@ -1,0 +1,167 @@
+"""SAB decoder (Sparse-Assisted Binarization): RVM's recurrent decoder, binarized and mask-gated.
+
+decode4 (1/16): binary ConvGRU(64) on the second half of the ASPP output (state r4), then a binary
+    3x3 128->16 unit whose output (hid_s) goes through the shared project_mat: the coarse fgr_s/pha_s.
+Incoherent mask M (1/16, per frame): m = [pha_s > 0], M = [|m - up(down(m))| >= 0.01].
+decode3/2/1 (1/8, 1/4, 1/2): x = B3(in) * M_up + B1(in), then ConvGRU_Up on the second half.
+decode0 (1/1): the same two branches, each binary conv -> BN -> ReLU -> FP conv -> BN -> ReLU.
+M_up is the bilinear (soft) upsampling of M to each scale. Training runs both branches densely;
+the sparsity only shows in the OPs count (and in deploy kernels that skip where M_up == 0).
+
+Everything works on frames flattened to N = B*T; only the GRUs see [B, T, ...] (shape `bt`).
+Source: htqin/BiMatting `model/bidecoder.py` (BiRecurrentDecoder); RVM `model/decoder.py`.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .binarize import BiConv2d, BinaryActivation, LearnableBias, binary_conv_unit
+from .gru import ConvGRU, ConvGRU_Up
+
+
+def upsample_to(x, size):
+    """Bilinear resize (align_corners=False): [N, C, h, w] -> [N, C, *size]."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class IncoherentMask(nn.Module):
+    """pha_s [N, 1, h, w] -> M [N, 1, h, w] in {0, 1}: where [pha_s > 0] is not smooth at half scale.
+
+    A boundary band about 2-3 coarse pixels wide. Per frame by construction (no batch mixing).
+    The official code fails below h or w = 2 (a zero-size downsample); we clamp the half size to 1.
+    """
+
+    threshold = 0.01
+
+    def forward(self, pha_s):
+        h, w = pha_s.shape[-2:]
+        hard = (pha_s > 0).to(pha_s.dtype)
+        smooth = upsample_to(upsample_to(hard, (max(h // 2, 1), max(w // 2, 1))), (h, w))
+        return ((hard - smooth).abs() >= self.threshold).to(pha_s.dtype)
+
+
+class ImagePyramid(nn.Module):
+    """s0 [N, 3, H, W] -> s1, s2, s3 at 1/2, 1/4, 1/8 (2x2 average, ceil_mode, no padded counts)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AvgPool2d(2, 2, count_include_pad=False, ceil_mode=True)
+
+    def forward(self, s0):
+        s1 = self.pool(s0)
+        s2 = self.pool(s1)
+        return s1, s2, self.pool(s2)
+
+
+class BottleneckBlock(nn.Module):
+    """decode4: x [N, C, h, w], r [B, C/2, h, w] -> (x [N, C, h, w], r, hid_s [N, 16, h, w])."""
+
+    def __init__(self, channels, coarse_channels=16):
+        super().__init__()
+        self.channels = channels
+        self.gru = ConvGRU(channels // 2)
+        self.conv = binary_conv_unit(channels, coarse_channels, 3)
+
+    def forward(self, x, r, bt):
+        a, b = x.split(self.channels // 2, dim=1)
+        b, r = self.gru(b.unflatten(0, bt), r)             # [B, T, C/2, h, w]
+        x = torch.cat([a, b.flatten(0, 1)], dim=1)          # [N, C, h, w]
+        return x, r, self.conv(x)
+
+
+class UpsamplingBlock(nn.Module):
+    """decode3/2/1: x [N, in, h, w], skip f [N, skip, H, W], image s [N, 3, H, W], r [B, out/2, H, W],
+    mask [N, 1, h16, w16] -> (x [N, out, H, W], r [B, out/2, H, W]), with H = ceil(2h) cropped to s."""
+
+    def __init__(self, in_channels, skip_channels, src_channels, out_channels):
+        super().__init__()
+        self.out_channels = out_channels
+        concat = in_channels + skip_channels + src_channels
+        self.conv = binary_conv_unit(concat, out_channels, 3)       # masked branch
+        self.conv_1x1 = binary_conv_unit(concat, out_channels, 1)   # dense branch
+        self.gru = ConvGRU_Up(out_channels // 2)
+
+    def forward(self, x, f, s, r, mask, bt):
+        size = s.shape[-2:]
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = torch.cat([x[..., :size[0], :size[1]], f, s], dim=1)   # [N, in+skip+3, H, W]
+        mask_up = upsample_to(mask, size)                            # [N, 1, H, W], soft
+        x = self.conv(x) * mask_up + self.conv_1x1(x)                # [N, out, H, W]
+        a, b = x.split(self.out_channels // 2, dim=1)
+        b, r = self.gru(b.unflatten(0, bt), r, mask_up.unflatten(0, bt))
+        return torch.cat([a, b.flatten(0, 1)], dim=1), r
+
+
+def _output_branch(in_channels, out_channels, kernel_size):
+    """0 bias -> 1 sign -> 2 BiConv -> 3 BN -> 4 ReLU -> 5 FP conv -> 6 BN -> 7 ReLU (official indices)."""
+    padding = kernel_size // 2
+    return nn.Sequential(
+        LearnableBias(in_channels),
+        BinaryActivation(),
+        BiConv2d(in_channels, out_channels, kernel_size, 1, padding, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size, 1, padding, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    )
+
+
+class OutputBlock(nn.Module):
+    """decode0: x [N, in, h, w], s [N, 3, H, W], mask [N, 1, h16, w16] -> hid [N, out, H, W]."""
+
+    def __init__(self, in_channels, src_channels, out_channels):
+        super().__init__()
+        self.conv = _output_branch(in_channels + src_channels, out_channels, 3)      # masked branch
+        self.conv_1x1 = _output_branch(in_channels + src_channels, out_channels, 1)  # dense branch
+
+    def forward(self, x, s, mask):
+        size = s.shape[-2:]
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = torch.cat([x[..., :size[0], :size[1]], s], dim=1)     # [N, in+3, H, W]
+        # The official 4-D path skipped the mask here; both paths use it in this implementation.
+        return self.conv(x) * upsample_to(mask, size) + self.conv_1x1(x)
+
+
+class Projection(nn.Module):
+    """Full-precision 1x1 head: [N, in, H, W] -> [N, out, H, W]."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class SABDecoder(nn.Module):
+    """Features of N = B*T frames -> hidden [N, 16, H, W], coarse head output [N, 4, h, w], states.
+
+    feature_channels [16, 32, 64, 128] (f1, f2, f3, ASPP), decoder_channels [80, 40, 32, 16].
+    """
+
+    def __init__(self, feature_channels=(16, 32, 64, 128), decoder_channels=(80, 40, 32, 16)):
+        super().__init__()
+        f1_ch, f2_ch, f3_ch, f4_ch = feature_channels
+        d3_ch, d2_ch, d1_ch, d0_ch = decoder_channels
+        self.pyramid = ImagePyramid()
+        self.incoherent_mask = IncoherentMask()
+        self.decode4 = BottleneckBlock(f4_ch, coarse_channels=d0_ch)
+        self.decode3 = UpsamplingBlock(f4_ch, f3_ch, 3, d3_ch)   # 128+64+3 = 195 -> 80
+        self.decode2 = UpsamplingBlock(d3_ch, f2_ch, 3, d2_ch)   # 80+32+3 = 115 -> 40
+        self.decode1 = UpsamplingBlock(d2_ch, f1_ch, 3, d1_ch)   # 40+16+3 = 59 -> 32
+        self.decode0 = OutputBlock(d1_ch, 3, d0_ch)              # 32+3 = 35 -> 16
+
+    def forward(self, s0, f1, f2, f3, f4, r1, r2, r3, r4, coarse_head, bt):
+        """s0 [N, 3, H, W] (the downsampled source), f1..f4 from encoder + ASPP, r_k [B, C_k, ., .] or
+        None, coarse_head: the shared project_mat, bt = (B, T).
+        Returns hid [N, 16, H, W], coarse [N, 4, H/16, W/16] (fgr residual, pha logits), r1..r4."""
+        s1, s2, s3 = self.pyramid(s0)
+        x4, r4, hid_s = self.decode4(f4, r4, bt)                        # [N, 128, H/16, W/16]
+        coarse = coarse_head(hid_s)                                     # [N, 4, H/16, W/16]
+        mask = self.incoherent_mask(coarse[:, 3:].clamp(0.0, 1.0))      # [N, 1, H/16, W/16]
+        x3, r3 = self.decode3(x4, f3, s3, r3, mask, bt)                 # [N, 80, H/8, W/8]
+        x2, r2 = self.decode2(x3, f2, s2, r2, mask, bt)                 # [N, 40, H/4, W/4]
+        x1, r1 = self.decode1(x2, f1, s1, r1, mask, bt)                 # [N, 32, H/2, W/2]
+        hid = self.decode0(x1, s0, mask)                                # [N, 16, H, W]
+        return hid, coarse, r1, r2, r3, r4

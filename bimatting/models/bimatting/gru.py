@@ -1,0 +1,85 @@
+"""Binary convolutional GRUs of the decoder.
+
+ConvGRU(C) (decode4, plain):      [r, z] = sigmoid(B3([x, h]))       B3 = bias -> sign -> BiConv3x3 (+conv bias)
+                                  c      = tanh(B3([x, r * h]))
+                                  h'     = (1 - z) * h + z * c
+ConvGRU_Up(C) (decode3/2/1, SAB): every gate = act(B3(.) + b) * M_up + act(B1(.) + b'), B1 = binary 1x1 branch,
+                                  so r, z in [0, 2] and c in [-2, 2]; M_up is the soft incoherent mask.
+Both loop over T; the state h is [B, C, H, W] (zeros when None) and the output is h' per step.
+Source: htqin/BiMatting `model/bidecoder.py`; RVM `model/decoder.py` (ConvGRU).
+"""
+import torch
+from torch import nn
+
+from .binarize import BiConv2d, BinaryActivation, LearnableBias
+
+
+def _gate(in_channels, out_channels, kernel_size, activation, shift_after):
+    """bias -> sign -> BiConv(k, bias) [-> bias] -> activation (official Sequential indices)."""
+    layers = [LearnableBias(in_channels), BinaryActivation(),
+              BiConv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True)]
+    if shift_after:
+        layers.append(LearnableBias(out_channels))
+    layers.append(activation)
+    return nn.Sequential(*layers)
+
+
+def _initial_state(x, h):
+    # x [B, T, C, H, W] -> zeros [B, C, H, W] when no state is given
+    return torch.zeros_like(x[:, 0]) if h is None else h
+
+
+class ConvGRU(nn.Module):
+    """x [B, T, C, H, W], h [B, C, H, W] | None -> (o [B, T, C, H, W], h [B, C, H, W])."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.channels = channels
+        self.ih = _gate(2 * channels, 2 * channels, 3, nn.Sigmoid(), shift_after=False)
+        self.hh = _gate(2 * channels, channels, 3, nn.Tanh(), shift_after=False)
+
+    def step(self, x, h):
+        # x, h [B, C, H, W] -> h' [B, C, H, W]
+        r, z = self.ih(torch.cat([x, h], dim=1)).split(self.channels, dim=1)
+        c = self.hh(torch.cat([x, r * h], dim=1))
+        return (1 - z) * h + z * c
+
+    def forward(self, x, h=None):
+        h = _initial_state(x, h)
+        outputs = []
+        for x_t in x.unbind(dim=1):
+            h = self.step(x_t, h)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1), h
+
+
+class ConvGRU_Up(nn.Module):
+    """x [B, T, C, H, W], h [B, C, H, W] | None, mask [B, T, 1, H, W] -> (o [B, T, C, H, W], h [B, C, H, W]).
+
+    The mask is indexed per (b, t): the official code pairs step t with mask[t] of the flattened
+    B*T batch, which is only right for B = 1.
+    """
+
+    def __init__(self, channels):
+        super().__init__()
+        self.channels = channels
+        self.ih = _gate(2 * channels, 2 * channels, 3, nn.Sigmoid(), shift_after=True)
+        self.ih_1x1 = _gate(2 * channels, 2 * channels, 1, nn.Sigmoid(), shift_after=True)
+        self.hh = _gate(2 * channels, channels, 3, nn.Tanh(), shift_after=True)
+        self.hh_1x1 = _gate(2 * channels, channels, 1, nn.Tanh(), shift_after=True)
+
+    def step(self, x, h, mask):
+        # x, h [B, C, H, W], mask [B, 1, H, W] -> h' [B, C, H, W]
+        xh = torch.cat([x, h], dim=1)
+        r, z = (self.ih(xh) * mask + self.ih_1x1(xh)).split(self.channels, dim=1)
+        xrh = torch.cat([x, r * h], dim=1)
+        c = self.hh(xrh) * mask + self.hh_1x1(xrh)
+        return (1 - z) * h + z * c
+
+    def forward(self, x, h, mask):
+        h = _initial_state(x, h)
+        outputs = []
+        for x_t, mask_t in zip(x.unbind(dim=1), mask.unbind(dim=1)):
+            h = self.step(x_t, h, mask_t)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1), h

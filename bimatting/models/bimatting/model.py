@@ -1,0 +1,92 @@
+"""BiMatting (Qin et al., NeurIPS 2023): Robust Video Matting with 1-bit weights and activations.
+
+    src -> [resize by s] -> BiMobileNet -> BiLRASPP(1024, 128) -> SAB decoder -> FP project_mat
+        -> [BiDGF refiner, s != 1 only] -> fgr, pha   (+ coarse fgr_s, pha_s at 1/16 of src_sm)
+
+Call convention (RVM's, plus the coarse side outputs):
+    fgr, pha, fgr_s, pha_s, r1, r2, r3, r4 = model(src, r1, r2, r3, r4, downsample_ratio=s)
+    fgr, pha, r1, r2, r3, r4 = model(src, ..., return_coarse=False)
+    seg, r1, r2, r3, r4 = model(src, ..., segmentation_pass=True)
+src is RGB in [0, 1], [B, 3, H, W] or [B, T, 3, H, W]; outputs keep the input's rank, states are
+[B, C, h, w]. State dict keys equal the official checkpoint's minus the unused `channel_threshold`.
+
+Deliberate departures from htqin/BiMatting @746876b, each a fix:
+  * 4-D input works (official: 5-D only) and any batch size B (official: B = 1; the SAB GRU paired
+    step t with mask[t] of the flattened B*T batch, and fgr_s broke or had a wrong shape for B > 1);
+  * sign(0) = +1 (official torch.sign gives 0);
+  * no `channel_threshold` parameters (never read by the official forward).
+"""
+from torch import nn
+from torch.nn import functional as F
+
+from .binarize import BiConv2d
+from .bimobilenet import BiMobileNet
+from .decoder import Projection, SABDecoder
+from .guided_filter import BiDeepGuidedFilterRefiner
+from .lraspp import BiLRASPP
+
+DEAD_PARAMETER = "channel_threshold"  # official BiConv2d parameter that forward never reads
+
+
+class BiMatting(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = BiMobileNet()
+        self.aspp = BiLRASPP(1024, 128)
+        self.decoder = SABDecoder([16, 32, 64, 128], [80, 40, 32, 16])
+        self.project_mat = Projection(16, 4)
+        self.project_seg = Projection(16, 1)
+        self.refiner = BiDeepGuidedFilterRefiner()
+
+    def forward(self, src, r1=None, r2=None, r3=None, r4=None, downsample_ratio=1.0,
+                segmentation_pass=False, return_coarse=True):
+        video = src.ndim == 5
+        if not video and src.ndim != 4:
+            raise ValueError(f"src must be [B, 3, H, W] or [B, T, 3, H, W], got shape {tuple(src.shape)}")
+        bt = tuple(src.shape[:2]) if video else (src.shape[0], 1)
+        frames = src.flatten(0, 1) if video else src                          # [N=B*T, 3, H, W]
+        small = frames if downsample_ratio == 1 else _resize(frames, downsample_ratio)  # [N, 3, H', W']
+
+        f1, f2, f3, f4 = self.backbone(small)             # 16 @1/2, 32 @1/4, 64 @1/8, 1024 @1/16 of H'
+        f4 = self.aspp(f4)                                # [N, 128, H'/16, W'/16]
+        hid, coarse, r1, r2, r3, r4 = self.decoder(small, f1, f2, f3, f4, r1, r2, r3, r4,
+                                                   self.project_mat, bt)  # hid [N, 16, H', W']
+
+        def restore(x):  # [N, C, h, w] -> the input's layout
+            return x.unflatten(0, bt) if video else x
+
+        if segmentation_pass:
+            return restore(self.project_seg(hid)), r1, r2, r3, r4   # seg logits [.., 1, H', W']
+
+        fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)          # [N, 3|1, H', W']
+        if downsample_ratio != 1:
+            fgr_residual, pha = self.refiner(frames, small, fgr_residual, pha, hid)  # [N, 3|1, H, W]
+        fgr = (fgr_residual + frames).clamp(0.0, 1.0)
+        pha = pha.clamp(0.0, 1.0)
+        if not return_coarse:
+            return restore(fgr), restore(pha), r1, r2, r3, r4
+
+        fgr_residual_s, pha_s = coarse.split([3, 1], dim=1)                     # [N, 3|1, H'/16, W'/16]
+        # As official: the full-resolution src, bilinearly shrunk to the coarse size (no antialias).
+        src_s = F.interpolate(frames, size=fgr_residual_s.shape[-2:], mode="bilinear", align_corners=False)
+        fgr_s = (fgr_residual_s + src_s).clamp(0.0, 1.0)
+        pha_s = pha_s.clamp(0.0, 1.0)
+        return restore(fgr), restore(pha), restore(fgr_s), restore(pha_s), r1, r2, r3, r4
+
+    def binary_convs(self):
+        """(name, BiConv2d) for every binary convolution, in definition order."""
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, BiConv2d)]
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """As nn.Module.load_state_dict, ignoring the official dead `<biconv>.channel_threshold` keys
+        (only where <biconv> is a BiConv2d of this model; any other extra key still fails a strict load)."""
+        binary = {name for name, _ in self.binary_convs()}
+        kept = {key: value for key, value in state_dict.items()
+                if not (key.endswith("." + DEAD_PARAMETER) and key[: -len(DEAD_PARAMETER) - 1] in binary)}
+        return super().load_state_dict(kept, strict=strict, assign=assign)
+
+
+def _resize(x, scale):
+    """Bilinear resize by `scale` as RVM (align_corners=False, recompute_scale_factor=False)."""
+    return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
+                         recompute_scale_factor=False)
