@@ -1,0 +1,48 @@
+"""Deep Guided Filter refiner (Wu et al., "Fast End-to-End Trainable Guided Filter", CVPR 2018),
+as used by RVM to upsample the coarse prediction from the downsampled input to full resolution.
+
+The guided filter fits, per low-resolution window, a linear model y ~ A * x + b from the guide x
+(RGB + gray) to the prediction y (fgr residual + alpha); RVM predicts A with a small 1x1 network
+from the local covariance, the guide variance and the decoder's hidden feature, then applies the
+bilinearly upsampled (A, b) to the full-resolution guide.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class DeepGuidedFilterRefiner(nn.Module):
+    def __init__(self, hid_channels=16):
+        super().__init__()
+        # Depthwise 3x3 mean filter over the 4 guide/target channels; trainable, starts as a box.
+        self.box_filter = nn.Conv2d(4, 4, kernel_size=3, padding=1, bias=False, groups=4)
+        nn.init.constant_(self.box_filter.weight, 1 / 9)
+        self.conv = nn.Sequential(
+            nn.Conv2d(4 * 2 + hid_channels, hid_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(hid_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hid_channels, hid_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(hid_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hid_channels, 4, kernel_size=1, bias=True),
+        )
+
+    def forward(self, fine_src, base_src, base_fgr_residual, base_pha, base_hid):
+        """fine_src [N,3,H,W], base_* at [N,·,h,w] -> (fgr_residual [N,3,H,W], pha [N,1,H,W])."""
+        fine_x = torch.cat([fine_src, fine_src.mean(1, keepdim=True)], dim=1)      # [N,4,H,W]
+        base_x = torch.cat([base_src, base_src.mean(1, keepdim=True)], dim=1)      # [N,4,h,w]
+        base_y = torch.cat([base_fgr_residual, base_pha], dim=1)                   # [N,4,h,w]
+
+        mean_x = self.box_filter(base_x)
+        mean_y = self.box_filter(base_y)
+        cov_xy = self.box_filter(base_x * base_y) - mean_x * mean_y
+        var_x = self.box_filter(base_x * base_x) - mean_x * mean_x
+
+        A = self.conv(torch.cat([cov_xy, var_x, base_hid], dim=1))                 # [N,4,h,w]
+        b = mean_y - A * mean_x
+        size = fine_src.shape[2:]
+        A = F.interpolate(A, size, mode="bilinear", align_corners=False)           # [N,4,H,W]
+        b = F.interpolate(b, size, mode="bilinear", align_corners=False)
+        out = A * fine_x + b
+        fgr_residual, pha = out.split([3, 1], dim=1)
+        return fgr_residual, pha
