@@ -165,3 +165,11 @@ class SABDecoder(nn.Module):
         x1, r1 = self.decode1(x2, f1, s1, r1, mask, bt)                 # [N, 32, H/2, W/2]
         hid = self.decode0(x1, s0, mask)                                # [N, 16, H, W]
         return hid, coarse, r1, r2, r3, r4
+
+    def masked_convs(self):
+        """The convs whose outputs the SAB mask gates: a sparse kernel computes them only where
+        M_up != 0 (the 3x3 branches, the ConvGRU_Up 3x3 gates, and decode0's FP 3x3)."""
+        convs = []
+        for block in (self.decode3, self.decode2, self.decode1):
+            convs += [block.conv[2], block.gru.ih[2], block.gru.hh[2]]
+        return convs + [self.decode0.conv[2], self.decode0.conv[5]]

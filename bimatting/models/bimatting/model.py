@@ -77,6 +77,11 @@ class BiMatting(nn.Module):
         """(name, BiConv2d) for every binary convolution, in definition order."""
         return [(name, m) for name, m in self.named_modules() if isinstance(m, BiConv2d)]
 
+    def masked_convs(self):
+        """(name, conv) for every conv the SAB mask gates (see SABDecoder.masked_convs)."""
+        masked = {id(m) for m in self.decoder.masked_convs()}
+        return [(name, m) for name, m in self.named_modules() if id(m) in masked]
+
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """As nn.Module.load_state_dict, ignoring the official dead `<biconv>.channel_threshold` keys
         (only where <biconv> is a BiConv2d of this model; any other extra key still fails a strict load)."""
