@@ -1,0 +1,153 @@
+"""Packed BiMatting weights: a small, pickle-free `.npz` holding 1 bit per binary weight.
+
+File layout (np.savez_compressed; read with np.load(allow_pickle=False)):
+
+    <conv>.weight.bits     uint8 [O, ceil(C/8), KH, KW]   sign(w~) packed by bimatting.bitpack.pack
+                                                          (bit 1 = -1, little-endian along C)
+    <conv>.weight.alpha    float32 [O]                    alpha = mean |w~| per output channel
+    <name>                 every other parameter/buffer: float32 (int64 for BN batch counters)
+    __meta__.json          uint8 bytes of a UTF-8 JSON object: format, version, arch, config,
+                           provenance (free-form training record), binary conv names
+
+for every binary conv (`BiConv2d`, centred weight w~ = w - mean_o(w)). Only sign(w~) and alpha
+reach the forward pass (y = alpha * sign(w~) (*) x), so nothing else of w is kept.
+
+Loading rebuilds a float weight whose centring gives back the same signs and alpha:
+
+    s in {-1,+1}^n (one output channel), m = mean(s), d = s - m, w = alpha * d / mean|d|
+
+d is centred (mean 0), so w~ = w up to rounding, sign(w) = s (s = +1 -> d = 1 - m >= 0, and
+s = -1 -> d = -1 - m < 0 unless every s is -1), and mean|w| = alpha. Corner cases:
+  * all s = +1: d = 0; the original w~ was >= 0 with mean 0, i.e. all 0 and alpha = 0, so w = 0;
+  * all s = -1: only reachable through rounding of a constant w (alpha ~ 1e-9): w = 0 as well.
+Signs come back exactly; alpha as the network recomputes it is within a few float32 ulps of the
+stored one (the rounding of mean() cannot be steered to the last bit: measured up to 2 ulps, i.e.
+a relative 2.4e-7). That is the size of the rounding the training-time forward itself carries (its
+straight-through form clamp(w~) + (alpha*sign(w~) - clamp(w~)) differs from alpha*sign(w~) by an
+ulp in ~2% of the weights), so a trained network's outputs agree to ~1e-7 after a round trip.
+
+torch is needed only to build the network (`load_packed`); `read_packed` is numpy only.
+"""
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from bimatting import bitpack
+from bimatting._version import __version__
+from bimatting.atomic import atomic_path
+from bimatting.errors import InputError
+
+FORMAT = "bimatting-packed"
+FORMAT_VERSION = 1
+META_KEY = "__meta__.json"
+BITS_SUFFIX = ".weight.bits"
+ALPHA_SUFFIX = ".weight.alpha"
+
+
+def _binary_convs(model):
+    return [(name, m) for name, m in model.named_modules() if getattr(m, "binary", False)]
+
+
+def _model_config(model):
+    config = getattr(model, "config", None)
+    return dict(config) if isinstance(config, dict) else {}
+
+
+def pack_state(model, arch, config=None, provenance=None):
+    """{name: numpy array} of the packed file for `model` (any network with BiConv2d layers)."""
+    import torch
+
+    arrays, binary_names = {}, []
+    binary = dict(_binary_convs(model))
+    with torch.no_grad():
+        for name, conv in binary.items():
+            signs, alpha = conv.binary_weight()                   # [O, C, KH, KW] +-1, [O]
+            arrays[name + BITS_SUFFIX] = bitpack.pack(signs.float().cpu().numpy(), axis=1)
+            arrays[name + ALPHA_SUFFIX] = alpha.float().cpu().numpy().astype(np.float32)
+            binary_names.append(name)
+        skip = {name + ".weight" for name in binary}
+        for key, value in model.state_dict().items():
+            if key in skip:
+                continue
+            array = value.detach().cpu().numpy()
+            arrays[key] = array.astype(np.int64 if np.issubdtype(array.dtype, np.integer) else np.float32)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "bimatting_version": __version__,
+        "arch": arch, "config": config if config is not None else _model_config(model),
+        "provenance": provenance or {}, "binary_convs": binary_names,
+    }
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    return arrays
+
+
+def save_packed(path, model, arch="bimatting", config=None, provenance=None):
+    """Write `model` as a packed .npz at `path` (atomically). Returns the file size in bytes."""
+    arrays = pack_state(model, arch, config, provenance)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buffer.getvalue())
+    return Path(path).stat().st_size
+
+
+def read_packed(path):
+    """(meta dict, {name: array}) of a packed file, numpy only; InputError on anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"packed weights '{path}' do not exist; expected a .npz written by save_packed")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise InputError(f"'{path}' is not a readable packed-weights .npz ({error}); "
+                         "expected a file written by bimatting.packed.save_packed") from None
+    if META_KEY not in arrays:
+        raise InputError(f"'{path}' has no {META_KEY} entry; expected a file written by bimatting.packed.save_packed")
+    meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
+    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(f"'{path}' is format {meta.get('format')!r} v{meta.get('format_version')}; "
+                         f"expected {FORMAT!r} v<={FORMAT_VERSION} (update bimatting to read it)")
+    return meta, arrays
+
+
+def unpack_weight(bits, alpha, channels):
+    """Float weight [O, C, KH, KW] whose centring gives sign = unpack(bits) and mean|.| = alpha."""
+    signs = bitpack.unpack(bits, channels, axis=1).astype(np.float64)   # [O, C, KH, KW]
+    axes = (1, 2, 3)
+    centred = signs - signs.mean(axis=axes, keepdims=True)
+    spread = np.abs(centred).mean(axis=axes, keepdims=True)
+    uniform = spread == 0                                   # every sign equal: weight 0 (see module doc)
+    weight = np.where(uniform, 0.0, alpha.astype(np.float64)[:, None, None, None] * centred / np.where(uniform, 1.0, spread))
+    return weight.astype(np.float32)
+
+
+def load_packed(path, device="cpu"):
+    """The network stored at `path`, in eval mode: BiMatting (or any arch with binary convs)."""
+    import torch
+
+    from bimatting.models import build_model
+
+    meta, arrays = read_packed(path)
+    model = build_model(meta["arch"], **meta.get("config", {}))
+    binary = dict(_binary_convs(model))
+    if sorted(binary) != sorted(meta.get("binary_convs", [])):
+        raise InputError(f"'{path}' does not match the '{meta['arch']}' network of this version "
+                         f"({len(meta.get('binary_convs', []))} binary convs stored, {len(binary)} expected)")
+    state = {key: torch.from_numpy(value) for key, value in arrays.items()
+             if not key.endswith((BITS_SUFFIX, ALPHA_SUFFIX))}
+    for name, conv in binary.items():
+        state[name + ".weight"] = torch.zeros_like(conv.weight)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InputError(f"'{path}' does not match the '{meta['arch']}' network: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    for name, conv in binary.items():
+        bits, alpha = arrays[name + BITS_SUFFIX], arrays[name + ALPHA_SUFFIX]
+        if bits.shape[0] != conv.weight.shape[0] or bits.shape[1] != bitpack.packed_channels(conv.weight.shape[1]):
+            raise InputError(f"'{path}': {name} bits have shape {bits.shape}, expected weight {tuple(conv.weight.shape)}")
+        conv.weight.data.copy_(torch.from_numpy(unpack_weight(bits, alpha, conv.weight.shape[1])))
+    model.packed_meta = meta
+    return model.to(device).eval()
