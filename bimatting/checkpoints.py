@@ -184,8 +184,10 @@ def _model_from_data(data, path, arch):
 def _validated_checkpoint(data, path):
     version = data.get("format_version")
     if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
         raise InputError(f"checkpoint '{path}' has format_version {version!r}; this bimatting "
-                         f"({__version__}) reads version {FORMAT_VERSION}; upgrade bimatting")
+                         f"({__version__}) reads version {FORMAT_VERSION}"
+                         + ("; upgrade bimatting" if newer else "; expected a file written by save_checkpoint"))
     arch = data.get("arch")
     if arch not in ARCHS:
         raise InputError(f"checkpoint '{path}' names architecture {arch!r}; expected one of: {', '.join(ARCHS)}")
