@@ -348,7 +348,7 @@ def format_report(report):
 
     def ratio(key):
         value = report.get(key)
-        return f"{value:.1f}x" if value else ""
+        return f"{value:.1f}x" if value and rvm else ""
 
     width, height = report["resolution"]
     lines = [f"model        {report['arch']}: {report['weights']}",
