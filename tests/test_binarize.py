@@ -85,6 +85,9 @@ def test_binary_conv_equals_alpha_times_packed_integer_conv(cin, cout, k, stride
         # +-1 operands, zero padding: the float conv is an exact integer (|sum| << 2^24).
         integer = F.conv2d(sign(x), w_sign, None, stride, k // 2)
 
+        # The forward weights are exactly alpha * (+-1), the values an exporter packs.
+        assert torch.equal(conv.quantized_weight(), alpha.view(-1, 1, 1, 1) * w_sign)
+
     packed = bitpack.binary_conv2d(bitpack.pack(x.numpy()), bitpack.pack(w_sign.numpy()), cin,
                                    strides=(stride, stride), pads=(k // 2, k // 2))
     np.testing.assert_array_equal(integer.numpy().astype(np.int32), packed)

@@ -50,6 +50,23 @@ def binary_activation(x):
     return _SignSTE.apply(x)
 
 
+class _ScaledSignSTE(torch.autograd.Function):
+    """alpha * sign(w~) forward, gradient of clamp(w~, -1, 1) backward (none for the detached alpha).
+
+    Written as a Function rather than the `clip + (q - clip).detach()` trick so that the forward
+    value is exactly alpha * (+-1), the numbers an exporter packs."""
+
+    @staticmethod
+    def forward(ctx, centred, alpha):
+        ctx.save_for_backward(centred)
+        return alpha * sign(centred)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (centred,) = ctx.saved_tensors
+        return grad_output * (centred.abs() <= 1).to(grad_output.dtype), None
+
+
 class BinaryActivation(nn.Module):
     """Module form of `binary_activation`: [*] -> [*] in {-1, +1}."""
 
@@ -91,8 +108,7 @@ class BiConv2d(nn.Conv2d):
         """alpha * sign(w~) in the forward pass, with the clamp(w~) gradient in the backward pass."""
         centred = self.centred_weight()
         alpha = centred.abs().mean(dim=(1, 2, 3), keepdim=True).detach()
-        clipped = centred.clamp(-1.0, 1.0)
-        return clipped + (alpha * sign(centred) - clipped).detach()
+        return _ScaledSignSTE.apply(centred, alpha)
 
     def forward(self, x):
         # [N, Cin, H, W] (+-1) -> [N, O, OH, OW]
