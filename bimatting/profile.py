@@ -19,6 +19,7 @@ mean of the coarse (1/16) mask M itself.
 import contextlib
 
 import numpy as np
+from tqdm import tqdm
 
 from bimatting.errors import InputError
 
@@ -123,7 +124,7 @@ def _mask_modules(model):
     return [m for m in model.modules() if isinstance(m, IncoherentMask)]
 
 
-def count_macs(model, clip, downsample_ratio, mask_density):
+def count_macs(model, clip, downsample_ratio, mask_density, progress=False):
     """Run `model` over `clip` ([T, 3, H, W] float tensor, fed in chunks with recurrent state) and
     return per-frame totals: dict(fp_macs, binary_macs, sparse_fp_macs, sparse_binary_macs,
     masked_fp_macs, masked_binary_macs, measured_mask_density, masked_layers)."""
@@ -151,10 +152,13 @@ def count_macs(model, clip, downsample_ratio, mask_density):
     try:
         with _evaluating(model):
             states = [None] * 4
-            for start in range(0, clip.shape[0], AUTO_CHUNK):
-                chunk = clip[start:start + AUTO_CHUNK].unsqueeze(0)  # [1, t, 3, H, W]
-                outputs = model(chunk, *states, downsample_ratio=downsample_ratio)
-                states = list(outputs[-4:])
+            with tqdm(total=clip.shape[0], desc="measuring the SAB mask", unit="frame",
+                      disable=not progress, leave=False) as bar:
+                for start in range(0, clip.shape[0], AUTO_CHUNK):
+                    chunk = clip[start:start + AUTO_CHUNK].unsqueeze(0)  # [1, t, 3, H, W]
+                    outputs = model(chunk, *states, downsample_ratio=downsample_ratio)
+                    states = list(outputs[-4:])
+                    bar.update(chunk.shape[1])
     finally:
         counter.close()
         for handle in handles:
@@ -212,7 +216,7 @@ def measurement_clip(resolution, frames=AUTO_FRAMES, source=None):
 
 
 def profile_model(model, resolution=(512, 288), downsample_ratio=1.0, mask_density="auto",
-                  frames=AUTO_FRAMES, frames_source=None, reference=None):
+                  frames=AUTO_FRAMES, frames_source=None, reference=None, progress=False):
     """Counts of `model` at `resolution` (width, height); `reference` (RVM) gives the ratios.
 
     Returns a flat dict (the JSON of `bimatting profile`)."""
@@ -237,7 +241,7 @@ def profile_model(model, resolution=(512, 288), downsample_ratio=1.0, mask_densi
     else:
         clip = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
         measured_on = None
-    counts = count_macs(model, clip, downsample_ratio, mask_density if masked else 1.0)
+    counts = count_macs(model, clip, downsample_ratio, mask_density if masked else 1.0, progress)
     for key in ("fp_macs", "binary_macs", "masked_fp_macs", "masked_binary_macs"):
         report[key] = counts[key]
     report["ops_dense"] = counts["fp_macs"] + counts["binary_macs"] * BINARY_OPS_PER_MAC
@@ -328,13 +332,13 @@ def rvm_reference():
 
 
 def profile(checkpoint=None, arch=None, resolution=(512, 288), downsample_ratio=1.0, mask_density="auto",
-            frames=AUTO_FRAMES, frames_source=None):
+            frames=AUTO_FRAMES, frames_source=None, progress=False):
     """What `bimatting profile` reports: profile_model of the loaded model, compared with RVM."""
     model, arch, weights = load_for_profile(checkpoint, arch)
     reference = model if arch == "rvm" else rvm_reference()
     report = {"arch": arch, "weights": weights}
     report.update(profile_model(model, resolution, downsample_ratio, mask_density, frames, frames_source,
-                                reference=reference))
+                                reference=reference, progress=progress))
     if report["mask_density"] is not None and mask_density == "auto" and weights.startswith("untrained"):
         # An untrained coarse head puts alpha edges everywhere: the density is real but not representative.
         report["mask_density_source"] += ", untrained network: not representative of a trained model"
