@@ -1,0 +1,300 @@
+"""Matting videos frame by frame on any backend, with the network's recurrent state carried along.
+
+    matte(source, output, checkpoint=..., backend=..., output_type=...) -> summary dict
+    open_matter(checkpoint=None, artifact=None, backend=None, downsample_ratio="auto") -> Matter
+
+A `Matter` runs one network on one backend, one frame at a time (RVM's call convention: src and
+the states r1..r4 in, fgr, pha and the next states out):
+
+    torch        the PyTorch network from bimatting.load_model (checkpoint, "rvm" or "default")
+    onnxruntime  an .onnx in RVM's interface: a file given as artifact/checkpoint, RVM's official
+                 export for "rvm", else the checkpoint exported in memory by bimatting.export
+    tvm          a compiled artifact (bimatting compile), run by bimatting.deploy.runtime
+
+Only the torch backend and the in-memory export import torch: a board with onnxruntime or the TVM
+runtime mattes without it. Frames are RGB float32 [H, W, 3] in [0, 1] (bimatting.frames).
+"""
+import contextlib
+import inspect
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bimatting.errors import InputError
+from bimatting.frames import to_nchw
+from bimatting.matting_io import FrameSource, open_sinks, parse_background
+
+BACKENDS = ("torch", "onnxruntime", "tvm")
+OUTPUT_TYPES = ("composite", "alpha", "foreground", "all")
+AUTO_LONG_SIDE = 512  # RVM's inference.py "auto" rule: the network sees the long side at <= 512 px
+ONNX_SUFFIXES = (".onnx",)
+
+
+def auto_ratio(height, width):
+    """RVM's automatic downsample ratio: s = min(512 / max(h, w), 1)."""
+    return min(AUTO_LONG_SIDE / max(height, width), 1.0)
+
+
+def parse_ratio(value):
+    """'auto' or a float in (0, 1] (RVM's s)."""
+    if value is None or str(value).lower() == "auto":
+        return "auto"
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise InputError(f"downsample ratio '{value}' is neither 'auto' nor a number; expected e.g. 0.25") from None
+    if not 0.0 < ratio <= 1.0:
+        raise InputError(f"downsample ratio {ratio} is outside (0, 1]; the network runs at the input size times it")
+    return ratio
+
+
+# -- backends ----------------------------------------------------------------------------------
+
+class Matter:
+    """One network on one backend; `step` mattes the next frame of a video."""
+
+    backend = None
+
+    def __init__(self, downsample_ratio="auto", model="?"):
+        self.downsample_ratio = parse_ratio(downsample_ratio)
+        self.model = model
+        self.ratio = None  # the s in use, fixed by the first frame
+        self.size = None   # (width, height) of the first frame
+        self.states = None
+
+    def reset(self):
+        """Forget the recurrent state (a new, unrelated clip follows)."""
+        self.states, self.ratio, self.size = None, None, None
+
+    def step(self, frame):
+        """[H, W, 3] float32 RGB -> (fgr [H, W, 3], pha [H, W]) float32; advances the state."""
+        height, width = frame.shape[:2]
+        if self.size is None:
+            self.size = (width, height)
+            self.ratio = auto_ratio(height, width) if self.downsample_ratio == "auto" else self.downsample_ratio
+        elif self.size != (width, height):
+            raise InputError(f"frame of {width}x{height} after frames of {self.size[0]}x{self.size[1]}; "
+                             "a clip must keep one size (call reset() between clips)")
+        fgr, pha = self._run(to_nchw(frame), self.ratio)                 # [1,3,H,W], [1,1,H,W]
+        return np.transpose(fgr[0], (1, 2, 0)), pha[0, 0]
+
+    def describe(self):
+        return {"backend": self.backend, "model": str(self.model), "downsample_ratio": self.ratio}
+
+    def _run(self, src, ratio):
+        raise NotImplementedError
+
+
+class TorchMatter(Matter):
+    """A PyTorch network (RVM or BiMatting) in eval mode."""
+
+    backend = "torch"
+
+    def __init__(self, model, downsample_ratio="auto", name="?"):
+        super().__init__(downsample_ratio, name)
+        self.network = model.eval()
+        # BiMatting also returns coarse outputs unless told not to; RVM has no such switch.
+        self._extra = {"return_coarse": False} if "return_coarse" in inspect.signature(model.forward).parameters else {}
+
+    def _run(self, src, ratio):
+        import torch
+
+        with torch.inference_mode():
+            states = self.states or [None] * 4
+            fgr, pha, *states = self.network(torch.from_numpy(src), *states, downsample_ratio=ratio, **self._extra)
+        self.states = states
+        return fgr.numpy(), pha.numpy()
+
+
+class OnnxMatter(Matter):
+    """An ONNX file in RVM's interface run by onnxruntime (ai.bimatting ops run as ONNX functions)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, model, downsample_ratio="auto", name="?", threads=0):
+        import onnxruntime as ort
+
+        super().__init__(downsample_ratio, name)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # no warnings about unused initializers
+        source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+        try:
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types
+            first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            raise InputError(f"onnxruntime cannot load model '{name}' ({first}); "
+                             "expected an .onnx from `bimatting export`") from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        missing = [n for n in ("src", "r1i", "r2i", "r3i", "r4i") if n not in inputs]
+        if missing:
+            raise InputError(f"'{name}' lacks the inputs {', '.join(missing)}; expected a matting "
+                             "network in RVM's interface (src, r1i..r4i[, downsample_ratio])")
+        self.has_ratio_input = "downsample_ratio" in inputs
+        self.static_shape = inputs["src"].shape if all(isinstance(d, int) for d in inputs["src"].shape) else None
+        self.baked_ratio = _metadata_ratio(self.session) if not self.has_ratio_input else None
+        self.outputs = ["fgr", "pha", "r1o", "r2o", "r3o", "r4o"]
+
+    def _run(self, src, ratio):
+        if self.static_shape is not None and list(src.shape) != list(self.static_shape):
+            raise InputError(f"'{self.model}' was exported for input {self.static_shape}, the frames are "
+                             f"{list(src.shape)}; export it again with the frames' size")
+        if self.states is None:
+            # RVM's convention: the first frame gets zero states of shape [1,1,1,1] (broadcast).
+            zero = np.zeros((1, 1, 1, 1), np.float32)
+            self.states = [zero] * 4
+            if self.static_shape is not None:
+                self.states = [np.zeros(i.shape, np.float32) for i in self.session.get_inputs()[1:5]]
+        feed = {"src": src, **{f"r{k}i": s for k, s in enumerate(self.states, 1)}}
+        if self.has_ratio_input:
+            feed["downsample_ratio"] = np.asarray([ratio], np.float32)
+        elif self.baked_ratio is not None:
+            self.ratio = self.baked_ratio
+        fgr, pha, *self.states = self.session.run(self.outputs, feed)
+        return fgr, pha
+
+
+def _metadata_ratio(session):
+    value = session.get_modelmeta().custom_metadata_map.get("downsample_ratio")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def open_matter(checkpoint=None, artifact=None, backend=None, downsample_ratio="auto", threads=0):
+    """The Matter for a model source on a backend (see the module docstring).
+
+    checkpoint: a path, "rvm" or "default" (default when neither is given); artifact: an .onnx
+    (onnxruntime) or a compiled TVM artifact. backend: inferred when None (artifact's kind, else torch).
+    """
+    downsample_ratio = parse_ratio(downsample_ratio)
+    if checkpoint is not None and artifact is not None:
+        raise InputError("give either --checkpoint or --artifact, not both")
+    if backend is not None and backend not in BACKENDS:
+        raise InputError(f"unknown backend '{backend}'; expected one of: {', '.join(BACKENDS)}")
+    if artifact is not None:
+        path = Path(artifact)
+        if not path.is_file():
+            raise InputError(f"artifact '{path}' does not exist; expected an .onnx file or a compiled "
+                             "artifact from `bimatting compile`")
+        is_onnx = path.suffix.lower() in ONNX_SUFFIXES
+        backend = backend or ("onnxruntime" if is_onnx else "tvm")
+        if backend == "torch":
+            raise InputError(f"the torch backend runs checkpoints, not artifacts ('{path}'); "
+                             "use --checkpoint or another backend")
+        if backend == "onnxruntime" and not is_onnx:
+            raise InputError(f"onnxruntime needs an .onnx file, got '{path}'; use --backend tvm for compiled artifacts")
+        if backend == "tvm" and is_onnx:
+            raise InputError(f"the tvm backend runs compiled artifacts, got the ONNX '{path}'; "
+                             f"compile it first (bimatting compile {path.name} --target host)")
+        if backend == "onnxruntime":
+            return OnnxMatter(path, downsample_ratio, name=path, threads=threads)
+        return _tvm_matter(path, downsample_ratio, threads)
+    checkpoint = "default" if checkpoint is None else checkpoint
+    backend = backend or "torch"
+    is_onnx_file = Path(str(checkpoint)).suffix.lower() in ONNX_SUFFIXES and checkpoint not in ("rvm", "default")
+    if backend == "onnxruntime":
+        if is_onnx_file:
+            if not Path(checkpoint).is_file():
+                raise InputError(f"checkpoint '{checkpoint}' does not exist; expected a .pth/.pt/.onnx file, "
+                                 "'rvm' or 'default'")
+            return OnnxMatter(Path(checkpoint), downsample_ratio, name=checkpoint, threads=threads)
+        return OnnxMatter(export_in_memory(checkpoint), downsample_ratio, name=checkpoint, threads=threads)
+    if backend == "tvm":
+        raise InputError("the tvm backend runs compiled artifacts; pass --artifact (from `bimatting compile`)")
+    from bimatting.checkpoints import load_model
+
+    return TorchMatter(load_model(checkpoint), downsample_ratio, name=checkpoint)
+
+
+def export_in_memory(checkpoint):
+    """An ONNX ModelProto of a checkpoint (RVM's official export for "rvm")."""
+    if checkpoint == "rvm":
+        import onnx
+
+        from bimatting.rvm_onnx import official_onnx_path
+
+        with official_onnx_path() as path:
+            return onnx.load(str(path))
+    from bimatting.checkpoints import load_model
+
+    model = load_model(checkpoint)
+    try:
+        from bimatting.export import export_model
+    except ImportError:
+        raise InputError("this install has no ONNX exporter (bimatting.export.export_model); "
+                         "use --backend torch or pass an .onnx with --artifact") from None
+    return export_model(model)
+
+
+def _tvm_matter(path, downsample_ratio, threads):
+    try:
+        from bimatting.deploy import runtime
+    except ImportError:
+        raise InputError("this install has no TVM runtime (bimatting.deploy.runtime); "
+                         "use --backend onnxruntime or torch") from None
+    return TvmMatter(runtime, path, downsample_ratio, threads)
+
+
+class TvmMatter(Matter):
+    """A compiled artifact run by the TVM runtime on this machine."""
+
+    backend = "tvm"
+
+    def __init__(self, runtime, path, downsample_ratio="auto", threads=0):
+        super().__init__(downsample_ratio, path)
+        self.module = runtime.load_artifact(path)
+
+    def _run(self, src, ratio):
+        fgr, pha, *self.states = self.module.run(src, self.states, ratio)
+        return fgr, pha
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+def matte(source, output, *, checkpoint=None, artifact=None, backend=None, output_type="composite",
+          background="green", downsample_ratio="auto", start=0.0, frames=None, rgba=False,
+          progress=True, threads=0):
+    """Matte `source` (video file, image folder or webcam index) into `output` (video or PNG folder).
+
+    Everything the user gave is checked before the model loads; outputs appear only complete
+    (written to temporary names, renamed at the end). Returns a summary dict.
+    """
+    if output_type not in OUTPUT_TYPES:
+        raise InputError(f"unknown output type '{output_type}'; expected one of: {', '.join(OUTPUT_TYPES)}")
+    if backend is not None and backend not in BACKENDS:
+        raise InputError(f"unknown backend '{backend}'; expected one of: {', '.join(BACKENDS)}")
+    parse_ratio(downsample_ratio)
+    if frames is not None and frames < 1:
+        raise InputError(f"--frames must be at least 1, got {frames}")
+    if start < 0:
+        raise InputError(f"--start must be >= 0 seconds, got {start}")
+    kinds = ("composite", "alpha", "foreground") if output_type == "all" else (output_type,)
+    with FrameSource(source, start=start, limit=frames) as reader:
+        color = parse_background(background, reader.size) if "composite" in kinds else None
+        with open_sinks(output, kinds, reader.fps, reader.size, rgba=rgba) as sinks:
+            matter = open_matter(checkpoint, artifact, backend, downsample_ratio, threads)
+            count, began = _loop(reader, matter, sinks, color, progress)
+    seconds = time.perf_counter() - began
+    return {"input": str(source), "outputs": [str(sink.path) for sink in sinks], "frames": count,
+            "size": list(reader.size), "fps": reader.fps, "seconds": round(seconds, 3),
+            "frames_per_second": round(count / seconds, 3) if seconds > 0 else None, **matter.describe()}
+
+
+def _loop(reader, matter, sinks, background, progress):
+    from tqdm import tqdm
+
+    count, began = 0, time.perf_counter()
+    bar = tqdm(total=reader.total, unit="frame", desc="matte", disable=not progress, dynamic_ncols=True)
+    with bar, contextlib.ExitStack() as stack:
+        if reader.kind == "webcam":
+            stack.enter_context(contextlib.suppress(KeyboardInterrupt))  # Ctrl-C ends a live recording
+        for frame in reader:
+            fgr, pha = matter.step(frame)
+            for sink in sinks:
+                sink.write(frame=frame, fgr=fgr, pha=pha, background=background)
+            count += 1
+            bar.update(1)
+    return count, began
