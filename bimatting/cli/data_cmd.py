@@ -22,7 +22,67 @@ def data():
     Examples:
       bimatting data synth --out synth_512x288
       bimatting data synth --out synth --footage clips/walk.mp4 --clips 4 --frames 50
+      bimatting data check videomatte /data/VideoMatte240K_JPEG_SD
     """
+
+
+KINDS = ("videomatte", "imagematte", "background-images", "background-videos", "coco", "spd", "youtubevis")
+
+
+def open_dataset(kind, root, split):
+    """The reader of `kind` on `root` (its layout checked); returns (description, item count)."""
+    from bimatting import data as datasets
+
+    if kind in ("videomatte", "imagematte"):
+        backgrounds = _NoBackgrounds()
+        reader = (datasets.VideoMatteDataset if kind == "videomatte" else datasets.ImageMatteDataset)(
+            root, backgrounds, split=split)
+        count = len(reader.index) if kind == "videomatte" else len(reader.fgr_files)
+        return ("sequences" if kind == "videomatte" else "images"), count
+    if kind == "background-images":
+        return "images", len(datasets.Backgrounds(image_dir=root).images)
+    if kind == "background-videos":
+        return "clips", len(datasets.Backgrounds(video_dir=root).videos)
+    if kind == "coco":
+        return "images with people", len(datasets.coco_from_root(root, split=f"{split}2017"))
+    if kind == "spd":
+        return "images", len(datasets.SuperviselyPersonDataset(root))
+    return "frames of videos with people", len(datasets.youtubevis_from_root(root))
+
+
+class _NoBackgrounds:
+    """Stand-in for a layout check: matting readers only touch backgrounds when an item is read."""
+
+    def __len__(self):
+        return 0
+
+
+@data.command("check")
+@click.argument("kind", type=click.Choice(KINDS))
+@click.argument("root", type=click.Path())
+@click.option("--split", default="train", show_default=True, help="train or valid (COCO: train -> train2017).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def check(kind, root, split, as_json):
+    """Check that ROOT is in the layout the KIND reader expects and count its items.
+
+    \b
+    Layouts:
+      videomatte         <root>/{train,valid}/{fgr,pha}/<clip>/<frame>.jpg
+      imagematte         <root>/{train,valid}/{fgr,pha}/<name>
+      background-images  <root>/<name>.jpg
+      background-videos  <root>/<clip>/<frame>.jpg
+      coco               <root>/{train2017,panoptic_train2017}/, annotations/panoptic_train2017.json
+      spd                <root>/{img,seg}/
+      youtubevis         <root>/JPEGImages/<video>/<frame>.jpg, <root>/instances.json
+    \b
+    Example:
+      bimatting data check videomatte /data/VideoMatte240K_JPEG_SD --split valid
+    """
+    what, count = open_dataset(kind, root, split)
+    if as_json:
+        click.echo(json.dumps({"kind": kind, "root": str(root), "split": split, "items": count, "unit": what}))
+    else:
+        click.echo(f"{kind} '{root}': {count} {what}")
 
 
 @data.command("synth")

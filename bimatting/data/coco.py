@@ -26,7 +26,8 @@ FOREGROUND_CATEGORIES = (1, 27, 32)  # person, backpack, tie
 
 def panoptic_mask(rgb, segments):
     """[H,W,3] uint8 panoptic PNG (RGB) + segments_info -> [H,W] uint8 mask (255 = person)."""
-    ids = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2].astype(np.int64)
+    r, g, b = (rgb[..., c].astype(np.int64) for c in range(3))
+    ids = r + 256 * g + 256 * 256 * b
     keep = [s["id"] for s in segments if s["category_id"] in FOREGROUND_CATEGORIES]
     return np.where(np.isin(ids, keep), 255, 0).astype(np.uint8)
 
