@@ -1,0 +1,188 @@
+"""`bimatting compile`: ONNX model -> one artifact for a target board.
+
+    metadata = compile_model("bimatting.onnx", "rpi4", "bimatting-rpi4.tar", resolution=(512, 288))
+
+Stages: resolve the target and check its compiler (before any heavy work), plan static input
+shapes (shapes.py), import (importer.py), legalize and fuse the standard ops (TVM's CPU
+pipeline), lift the constants into parameters, schedule every PrimFunc (schedules/), compile,
+link (cross compiler for ARM), write the artifact atomically (artifact.py).
+"""
+import datetime
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bimatting.deploy import artifact, importer, shapes, target as targets
+from bimatting.errors import InputError
+
+log = logging.getLogger(__name__)
+LIFT_MIN_ELEMENTS = 2  # scalars stay in the library
+
+
+def pipeline_front(tvm_target):
+    """Legalize + fuse the standard ops (TVM's CPU pipeline, first half)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    passes = cpu.library_dispatch_passes(tvm_target) + cpu.legalize_passes(tvm_target)
+    passes.append(relax.transform.DeadCodeElimination())
+    return tvm.transform.Sequential(passes)
+
+
+def pipeline_back(tvm_target, database=None):
+    """Schedule every PrimFunc, then TVM's CPU lowering and finalization passes."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from bimatting.deploy.schedules import ScheduleModule
+
+    @tvm.transform.module_pass(opt_level=0, name="bimatting.Pipeline")
+    def _pipeline(mod, _ctx):
+        with tvm_target:
+            seq = [ScheduleModule(tvm_target, database)] + cpu.dataflow_lower_passes(tvm_target)
+            return tvm.transform.Sequential(seq + cpu.finalize_passes(tvm_target))(mod)
+
+    return _pipeline
+
+
+def lift_constants(mod, prefix="p"):
+    """Move the tensor constants of `main` into trailing parameters: (mod, {name: array})."""
+    import tvm
+    from tvm import relax
+
+    lifted = []
+
+    @relax.expr_functor.mutator
+    class _Lift(relax.PyExprMutator):
+        def visit_generic_const_(self, op):
+            value = op.value
+            if len(value.shape) == 0 or int(np.prod(value.shape)) < LIFT_MIN_ELEMENTS:
+                return op
+            var = relax.Var(f"{prefix}{len(lifted)}", relax.TensorType(tuple(value.shape), str(value.dtype)))
+            lifted.append((var, value.numpy()))
+            return var
+
+    main = mod["main"]
+    body = _Lift(mod).visit_expr(main.body)
+    params = list(main.params) + [var for var, _ in lifted]
+    func = relax.Function(params, body, main.ret_ty, main.is_pure, main.attrs)
+    mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    mod["main"] = func
+    return mod, {var.name: array for var, array in lifted}
+
+
+def load_onnx(path):
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model '{path}' does not exist; export one with `bimatting export`")
+    try:
+        return onnx.load(str(path))
+    except Exception:  # noqa: BLE001 - protobuf raises several types for a non-ONNX file
+        raise InputError(f"'{path}' is not an ONNX model (cannot parse it); expected a file from "
+                         "`bimatting export`") from None
+
+
+def import_model(model, arch, resolution=None, downsample_ratio=None):
+    """(Relax module, InputPlan) with static shapes at `resolution` (W, H)."""
+    inputs, outputs = importer.graph_io(model)
+    plan = shapes.plan_inputs(inputs, outputs, resolution, downsample_ratio)
+    output_names = [o[0] for o in outputs]
+    for attempt in range(2):
+        mod = importer.import_onnx(model, {k: v for k, v in plan.shapes.items()}, arch, plan.constants)
+        inferred = dict(zip(output_names, importer.output_shapes(mod)))
+        if not shapes.reconcile_states(plan, inferred):
+            plan.output_shapes = inferred
+            return mod, plan
+        log.info("state shapes corrected to %s (attempt %d)", plan.shapes, attempt + 1)
+    raise InputError("the recurrent state shapes do not settle (an output rKo changes shape with its input "
+                     "rKi); export the model with static state shapes")
+
+
+def _versions():
+    import onnx
+    import tvm
+
+    from bimatting import __version__
+
+    return {"bimatting": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__, "numpy": np.__version__}
+
+
+def compile_model(source, target_name, output, resolution=None, downsample_ratio=None, tuning_db=None,
+                  progress=None):
+    """Compile ONNX `source` for `target_name` into the artifact `output`; returns its metadata.
+
+    `progress(stage)` is called before each stage (the CLI drives a progress bar with it).
+    """
+    step = progress or (lambda stage: None)
+    step("target")
+    target = targets.resolve(target_name)
+    targets.check_compiler(target)
+    _check_output(output)
+    step("import")
+    model = load_onnx(source)
+    from bimatting.deploy.schedules import arch_for
+
+    tvm_target = target.tvm_target
+    arch = arch_for(tvm_target)
+    mod, plan = import_model(model, arch, resolution, downsample_ratio)
+    step("legalize")
+    with tvm_target:
+        mod = pipeline_front(tvm_target)(mod)
+    mod, params = lift_constants(mod)
+    step("compile")
+    executable = _compile(mod, tvm_target, tuning_db)
+    step("link")
+    with tempfile.TemporaryDirectory(prefix="bimatting-build-") as tmp:
+        library = Path(tmp) / artifact.LIBRARY
+        executable.export_library(str(library), fcompile=targets.fcompile(target))
+        metadata = _metadata(model, source, target, plan, params, arch)
+        step("write")
+        return artifact.write(output, library, params, metadata)
+
+
+def _check_output(output):
+    from bimatting.atomic import check_writable_parent
+
+    check_writable_parent(output)
+
+
+def _compile(mod, tvm_target, tuning_db):
+    import tvm
+
+    database = None
+    if tuning_db is not None:
+        from bimatting.deploy import tuning
+
+        database = tuning.open_database(tuning_db)
+    with tvm.transform.PassContext(opt_level=3):
+        return tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline_back(tvm_target, database))
+
+
+def _metadata(model, source, target, plan, params, arch):
+    inputs, outputs = importer.graph_io(model, bound=plan.constants)
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    input_meta = [{"name": name, "shape": plan.shapes[name], "dtype": str(tensor_dtype_to_np_dtype(elem)),
+                   "role": "image" if name == plan.image else ("state" if name in plan.states else "input")}
+                  for name, _, elem in inputs]
+    output_meta = [{"name": name, "shape": list(plan.output_shapes[name]),
+                    "dtype": str(tensor_dtype_to_np_dtype(elem))} for name, _, elem in outputs]
+    binary_convs = sum(1 for n in model.graph.node if n.domain == "ai.bimatting" and n.op_type.startswith("BinaryConv"))
+    return {
+        "inputs": input_meta,
+        "outputs": output_meta,
+        "states": plan.states,
+        "params": list(params),
+        "resolution": list(plan.resolution),
+        "downsample_ratio": plan.downsample_ratio,
+        "target": target.summary(),
+        "kernels": {"binary_convs": binary_convs, "word": arch.word_dtype},
+        "source": {"file": Path(source).name, "sha256": artifact.sha256_file(source)},
+        "versions": _versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,267 @@
+"""ONNX pre-pass: recognise the `ai.bimatting` ops and rewrite them for the TVM importer.
+
+TVM's Relax ONNX frontend looks converters up by `op_type` alone and ignores the node domain,
+so this pass is where the domain is honoured: every `ai.bimatting` node becomes a node of the
+private domain below with a `Bimatting*` op type that only our converters (importer.py) know.
+
+Rewrites (the model is copied, never changed in place):
+* BinarizePack -> BinaryConv2d(Masked): one `BimattingPackWords` per packed activation (shared
+  by all convolutions reading it, e.g. SAB's parallel 3x3 and 1x1 branches) straight from the
+  float tensor; a BinaryConv2d fed by other uint8 data re-packs those bytes instead.
+* Weights, scale and bias (initializers or Constant nodes) move into tensor attributes of
+  `BimattingBinaryConv`, which pre-packs them at compile time.
+* Output transform fusion: a following per-channel Mul / Add (e.g. LearnableBias), then PRelu,
+  then a per-channel Add fold into the kernel's epilogue. For the masked op only what keeps
+  masked positions at exactly 0 folds (Mul, PRelu).
+* Standalone BinarizePack / Unpack keep their ONNX semantics (`BimattingBinarizePack`, ...).
+* Frontend gaps: an empty `scales` / `roi` of Resize (legal ONNX, as PyTorch exports it) is
+  made absent; TVM's converter rejects scales and sizes given together.
+"""
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from bimatting.errors import InputError
+
+DOMAIN = "ai.bimatting"
+PRIVATE_DOMAIN = "bimatting.tvm"
+KNOWN_OPS = ("BinarizePack", "Unpack", "BinaryConv2d", "BinaryConv2dMasked")
+CONV_OPS = ("BinaryConv2d", "BinaryConv2dMasked")
+CONSUMER_FIELDS = 10  # per consumer: kh kw sh sw top left bottom right dh dw
+
+
+def _is_custom(node):
+    return node.domain == DOMAIN
+
+
+def _constants(graph):
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = node.attribute[0]
+            if attr.name == "value":
+                values[node.output[0]] = numpy_helper.to_array(attr.t)
+            elif attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
+                values[node.output[0]] = np.asarray(helper.get_attribute_value(attr))
+    return values
+
+
+def _attrs(node):
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def conv_attrs(node):
+    """Attributes of a BinaryConv2d node with the defaults of docs/onnx-ops.md."""
+    a = _attrs(node)
+    for required in ("channels_in", "kernel_shape"):
+        if required not in a:
+            raise InputError(f"{DOMAIN}.{node.op_type} node '{node.name}' lacks attribute '{required}'")
+    return {"channels_in": int(a["channels_in"]), "kernel_shape": tuple(a["kernel_shape"]),
+            "strides": tuple(a.get("strides", (1, 1))), "pads": tuple(a.get("pads", (0, 0, 0, 0))),
+            "dilations": tuple(a.get("dilations", (1, 1)))}
+
+
+class _Graph:
+    """Producer / consumer lookups over a GraphProto."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.consts = _constants(graph)
+        self.outputs = {o.name for o in graph.output}
+        self.producer, self.consumers = {}, {}
+        for node in graph.node:
+            for name in node.output:
+                self.producer[name] = node
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+
+    def sole_consumer(self, name):
+        users = self.consumers.get(name, [])
+        if len(users) == 1 and name not in self.outputs:
+            return users[0]
+        return None
+
+    def const(self, name, what, node):
+        if name not in self.consts:
+            raise InputError(f"{DOMAIN}.{node.op_type} node '{node.name}': {what} '{name}' must be a "
+                             "compile-time constant (an initializer or Constant node)")
+        return self.consts[name]
+
+
+def _per_channel(value, channels):
+    """`value` as a length-`channels` vector if it broadcasts per channel over NCHW, else None."""
+    value = np.asarray(value)
+    if value.size == 1:
+        return np.full(channels, float(value.reshape(-1)[0]), np.float32)
+    squeezed = value.reshape(-1)
+    shape = tuple(value.shape)
+    per_channel_shapes = {(channels,) + (1,) * k for k in (2,)} | {(1, channels, 1, 1)}
+    if squeezed.size == channels and (shape in per_channel_shapes):
+        return squeezed.astype(np.float32)
+    return None
+
+
+def _fold_output_transform(g, conv, channels_out, masked):
+    """Fold Mul/Add -> PRelu -> Add after `conv` into (scale, bias, slope, post_bias)."""
+    scale_mul, bias_add = np.ones(channels_out, np.float64), np.zeros(channels_out, np.float64)
+    slope = post_bias = None
+    folded, out = [], conv.output[0]
+    while True:
+        node = g.sole_consumer(out)
+        if node is None or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            break
+        other = node.input[1] if node.input[0] == out else node.input[0]
+        if other not in g.consts:
+            break
+        if node.op_type == "PRelu" and node.input[0] == out and slope is None:
+            value = _per_channel(g.consts[other], channels_out)
+        elif node.op_type == "Mul" and slope is None:
+            value = _per_channel(g.consts[other], channels_out)
+        elif node.op_type == "Add" and not masked and (slope is None or post_bias is None):
+            value = _per_channel(g.consts[other], channels_out)
+        else:
+            break
+        if value is None:
+            break
+        if node.op_type == "PRelu":
+            slope = value
+        elif node.op_type == "Mul":
+            scale_mul, bias_add = scale_mul * value, bias_add * value
+        elif slope is None:
+            bias_add = bias_add + value
+        else:
+            post_bias = value
+        folded.append(node)
+        out = node.output[0]
+    return folded, out, (scale_mul, bias_add, slope, post_bias)
+
+
+def _geometry_ints(attrs):
+    a = attrs
+    return list(a["kernel_shape"]) + list(a["strides"]) + list(a["pads"]) + list(a["dilations"])
+
+
+def _check_custom_nodes(graph):
+    for node in graph.node:
+        if _is_custom(node) and node.op_type not in KNOWN_OPS:
+            raise InputError(f"unsupported operator {DOMAIN}.{node.op_type} (node '{node.name}'); "
+                             f"this compiler knows {', '.join(KNOWN_OPS)}")
+
+
+def _drop_empty_resize_inputs(graph, consts):
+    for node in graph.node:
+        if node.op_type == "Resize" and node.domain in ("", "ai.onnx"):
+            for index in (1, 2):  # roi, scales
+                name = node.input[index] if len(node.input) > index else ""
+                if name and name in consts and np.asarray(consts[name]).size == 0:
+                    node.input[index] = ""
+
+
+def bind_inputs(model, values):
+    """Turn graph inputs named in `values` ({name: array}) into initializers (a copy)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [i for i in out.graph.input if i.name not in values]
+    del out.graph.input[:]
+    out.graph.input.extend(kept)
+    for name, value in values.items():
+        out.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    return out
+
+
+def rewrite(model):
+    """The rewritten copy of `model` (module docstring) and the number of binary convolutions."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    _check_custom_nodes(graph)
+    g = _Graph(graph)
+    _drop_empty_resize_inputs(graph, g.consts)
+    replaced, conv_nodes, removed = {}, [], set()
+    groups = {}  # (kind, tensor) -> [conv nodes]
+    for node in graph.node:
+        if not (_is_custom(node) and node.op_type in CONV_OPS):
+            continue
+        source = g.producer.get(node.input[0])
+        if source is not None and _is_custom(source) and source.op_type == "BinarizePack":
+            key = ("float", source.input[0])
+        else:
+            key = ("bytes", node.input[0])
+        groups.setdefault(key, []).append(node)
+        conv_nodes.append((node, key))
+    group_ids = {key: i for i, key in enumerate(groups)}
+    for node, key in conv_nodes:
+        replaced[id(node)] = _conv_node(g, node, group_ids[key], removed)
+    for key, convs in groups.items():
+        first = convs[0]
+        replaced[id(first)] = [_pack_node(key, group_ids[key], convs)] + replaced[id(first)]
+    for node in graph.node:  # BinarizePack nodes now only feeding rewritten convs go away
+        if _is_custom(node) and node.op_type == "BinarizePack":
+            users = g.consumers.get(node.output[0], [])
+            if node.output[0] not in g.outputs and users and all(id(u) in replaced for u in users):
+                removed.add(id(node))
+    new_nodes = []
+    for node in graph.node:
+        if id(node) in removed:
+            continue
+        if id(node) in replaced:
+            new_nodes.extend(replaced[id(node)])
+        elif _is_custom(node):
+            new_nodes.append(_plain_custom_node(node))
+        else:
+            new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    kept_functions = [f for f in out.functions if f.domain != DOMAIN]
+    del out.functions[:]
+    out.functions.extend(kept_functions)
+    return out, len(conv_nodes)
+
+
+def _pack_node(key, group_id, convs):
+    kind, tensor = key
+    consumers = []
+    for conv in convs:
+        consumers += _geometry_ints(conv_attrs(conv))
+    attrs = {"group": group_id, "consumers": consumers, "from_bytes": int(kind == "bytes"),
+             "channels_in": conv_attrs(convs[0])["channels_in"]}
+    return helper.make_node("BimattingPackWords", [tensor], [f"__bimatting_packed_{group_id}"],
+                            name=f"bimatting_pack_{group_id}", domain=PRIVATE_DOMAIN, **attrs)
+
+
+def _conv_node(g, node, group_id, removed):
+    attrs = conv_attrs(node)
+    masked = node.op_type == "BinaryConv2dMasked"
+    expected = 5 if masked else 4
+    if len(node.input) != expected:
+        raise InputError(f"{DOMAIN}.{node.op_type} node '{node.name}' has {len(node.input)} inputs, "
+                         f"expected {expected}")
+    weights = np.asarray(g.const(node.input[1], "weights", node), np.uint8)
+    channels_out = weights.shape[0]
+    scale = np.asarray(g.const(node.input[2], "scale", node), np.float64).reshape(-1)
+    bias = np.asarray(g.const(node.input[3], "bias", node), np.float64).reshape(-1)
+    folded, output, (mul, add, slope, post_bias) = _fold_output_transform(g, node, channels_out, masked)
+    removed.update(id(f) for f in folded)
+    tensors = {"weights": weights, "scale": (scale * mul).astype(np.float32),
+               "bias": (bias * mul + add).astype(np.float32)}
+    if slope is not None:
+        tensors["prelu_slope"] = slope
+    if post_bias is not None:
+        tensors["post_bias"] = post_bias
+    inputs = [f"__bimatting_packed_{group_id}"] + ([node.input[4]] if masked else [])
+    tensor_attrs = {k: numpy_helper.from_array(np.asarray(v), k) for k, v in tensors.items()}
+    return [helper.make_node("BimattingBinaryConv", inputs, [output], name=node.name or output,
+                             domain=PRIVATE_DOMAIN, group=group_id, masked=int(masked),
+                             channels_in=attrs["channels_in"], geometry=_geometry_ints(attrs),
+                             **tensor_attrs)]
+
+
+def _plain_custom_node(node):
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.op_type, copy.domain = f"Bimatting{node.op_type}", PRIVATE_DOMAIN
+    return copy
+
+
+def uses_binary_ops(model):
+    return any(_is_custom(n) for n in model.graph.node)

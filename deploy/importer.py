@@ -1,0 +1,152 @@
+"""ONNX -> Relax: standard ops through TVM's frontend, `ai.bimatting` ops through our converters.
+
+    mod = import_onnx(model, shapes, arch)   # arch: schedules.arch_for(target)
+
+The model first goes through graph_rewrite.rewrite (domain check, BinarizePack -> BinaryConv2d
+recognition, output-transform fusion). TVM 0.27's frontend has no hook for custom ops, so the
+converters of the private `Bimatting*` op types are added by swapping the frontend's converter
+map for the duration of one import only (`_scoped_converters`, restored in `finally`, under a
+lock); nothing outlives the call.
+"""
+import contextlib
+import threading
+import warnings
+
+import numpy as np
+from onnx import numpy_helper
+
+from bimatting.deploy import graph_rewrite, lowering
+from bimatting.deploy.kernels.bitserial import ConvGeometry, PackLayout
+from bimatting.errors import InputError
+
+_LOCK = threading.Lock()
+_FIELDS = graph_rewrite.CONSUMER_FIELDS
+
+
+def _geometry(ints, height, width, channels_in, channels_out):
+    kh, kw, sh, sw, top, left, bottom, right, dh, dw = (int(v) for v in ints)
+    return ConvGeometry(height, width, channels_in, channels_out, (kh, kw), (sh, sw),
+                        (top, left, bottom, right), (dh, dw))
+
+
+def _tensor_attr(attr, name):
+    value = attr.get(name)
+    return None if value is None else numpy_helper.to_array(value)
+
+
+def _make_converters(arch):
+    """Converter classes bound to one import (`arch` and the pack layouts of this model)."""
+    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
+
+    packs = {}  # group id -> (layout, height, width)
+
+    class PackWords(OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            shape = lowering.static_shape(inputs[0])
+            channels = int(attr["channels_in"])
+            from_bytes = bool(attr["from_bytes"])
+            expected = -(-channels // 8) if from_bytes else channels
+            if shape[1] != expected:
+                raise InputError(f"binary conv input has {shape[1]} channels, its channels_in={channels} "
+                                 f"needs {expected}{' packed bytes' if from_bytes else ''}")
+            ints = list(attr["consumers"])
+            geoms = [_geometry(ints[i:i + _FIELDS], shape[2], shape[3], channels, 1)
+                     for i in range(0, len(ints), _FIELDS)]
+            layout = PackLayout.covering(geoms, arch.word_dtype)
+            packs[int(attr["group"])] = (layout, shape[2], shape[3])
+            return lowering.emit_pack(bb, inputs[0], layout, channels if from_bytes else None)
+
+    class BinaryConv(OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            layout, height, width = packs[int(attr["group"])]
+            weights = _tensor_attr(attr, "weights")
+            g = _geometry(attr["geometry"], height, width, int(attr["channels_in"]), weights.shape[0])
+            if weights.shape[1:] != (-(-g.channels_in // 8),) + tuple(g.kernel):
+                raise InputError(f"BinaryConv2d weights {weights.shape} do not match channels_in="
+                                 f"{g.channels_in}, kernel_shape={list(g.kernel)}")
+            operands = lowering.conv_operands(weights, _tensor_attr(attr, "scale"), _tensor_attr(attr, "bias"),
+                                              g, arch, _tensor_attr(attr, "prelu_slope"),
+                                              _tensor_attr(attr, "post_bias"))
+            mask = inputs[1] if int(attr["masked"]) else None
+            if mask is not None and lowering.static_shape(mask) != (layout_batch(inputs[0]), 1, g.out_height, g.out_width):
+                raise InputError(f"BinaryConv2dMasked mask has shape {lowering.static_shape(mask)}, expected "
+                                 f"[N, 1, {g.out_height}, {g.out_width}]")
+            return lowering.emit_conv(bb, inputs[0], layout, g, operands, mask)
+
+    class BinarizePack(OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            return lowering.emit_binarize_pack(bb, inputs[0])
+
+    class Unpack(OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            return lowering.emit_unpack(bb, inputs[0], int(attr["channels"]))
+
+    return {"BimattingPackWords": PackWords, "BimattingBinaryConv": BinaryConv,
+            "BimattingBinarizePack": BinarizePack, "BimattingUnpack": Unpack}
+
+
+def layout_batch(expr):
+    return lowering.static_shape(expr)[0]
+
+
+@contextlib.contextmanager
+def _scoped_converters(extra):
+    """TVM's converter map plus `extra` inside the block only."""
+    import tvm.relax.frontend.onnx.onnx_frontend as frontend
+
+    with _LOCK:
+        original = frontend._get_convert_map
+        frontend._get_convert_map = lambda: {**original(), **extra}
+        try:
+            yield
+        finally:
+            frontend._get_convert_map = original
+
+
+def import_onnx(model, shapes, arch, constants=None):
+    """Relax IRModule of `model` with static input `shapes` ({name: [dims]}).
+
+    `constants` ({input name: array}) binds graph inputs to values (e.g. downsample_ratio).
+    Raises InputError naming the operators TVM cannot import.
+    """
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    if constants:
+        model = graph_rewrite.bind_inputs(model, constants)
+    rewritten, _ = graph_rewrite.rewrite(model)
+    with _scoped_converters(_make_converters(arch)), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the ONNX checker does not know the private domain
+        try:
+            return from_onnx(rewritten, shape_dict={k: list(v) for k, v in shapes.items()})
+        except tvm.error.OpNotImplemented as error:
+            raise InputError(f"cannot compile this model: {error}; TVM 0.27's ONNX frontend lacks "
+                             "these operators (re-export without them)") from None
+
+
+def output_shapes(mod):
+    """Static shapes of the outputs of `main` (tuple order)."""
+    ret = mod["main"].ret_type if hasattr(mod["main"], "ret_type") else mod["main"].ty.ret
+    fields = ret.fields if hasattr(ret, "fields") else [ret]
+    return [tuple(int(d) for d in f.shape) if f.shape is not None else None for f in fields]
+
+
+def graph_io(model, bound=()):
+    """(inputs, outputs) of an ONNX model as [(name, dims or names, elem type)], skipping `bound`."""
+    def dims(value):
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in value.type.tensor_type.shape.dim]
+
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [(i.name, dims(i), i.type.tensor_type.elem_type) for i in model.graph.input
+              if i.name not in inits and i.name not in bound]
+    outputs = [(o.name, dims(o), o.type.tensor_type.elem_type) for o in model.graph.output]
+    return inputs, outputs
+
+
+def as_float_array(value):
+    return np.asarray(value, np.float32)

@@ -1,0 +1,212 @@
+"""Bitserial (XNOR / popcount) kernels as TE compute definitions, target agnostic.
+
+Schedules live apart, in `bimatting.deploy.schedules`; `bimatting.deploy.kernels.params`
+prepares the constant operands (weight words, output-transform tables) in numpy.
+
+Internal layout (free to choose inside TVM; the ONNX ops use uint8 NCHW, docs/onnx-ops.md):
+* packed activations `[N, Hp, Wp, CW]` words (uint64 on x86, uint32 on ARM): channel c is bit
+  c % B of word c // B (B = word bits), bit 1 = -1, the same little-endian order as
+  `bimatting.bitpack`. The tensor carries its own spatial border of 0 bits (+1): `top`/`left`
+  rows/columns before the image, and enough after it for every consumer, so a convolution reads
+  without bounds checks. Unused channel bits are 0 in activations and weights: XOR drops them.
+* packed weights `[KH, KW, CW, Op]` with the output channels padded to `Op` (a multiple of the
+  schedule's vector width; padded filters are never stored).
+* popcounts `[N, OH, OWp, Op]` int32, OWp = OW rounded up to `X_GRANULE`: the register tiles of
+  every schedule divide it, so the inner loops need no bounds checks either.
+
+Math (bimatting/bitpack.py): with a +1 border, `D = K_all - 2 * popcount + corr[y, x, o]`, where
+`corr` removes what the border taps added. `corr` only depends on which kernel rows and columns
+fall outside the image, so it is a small table indexed by a row class and a column class. The
+output transform folds scale, bias and the correction into one multiply-add:
+    Y = scale * D + bias = (-2 * scale) * popcount + (scale * (K_all + corr) + bias)
+followed by optional PReLU, a per-channel bias after it, and the SAB mask.
+"""
+from dataclasses import dataclass
+
+from tvm import te, tirx
+
+WORD_BITS = {"uint64": 64, "uint32": 32}
+X_GRANULE = 8  # output columns are computed in multiples of this (register tiles divide it)
+
+
+def ceil_div(a, b):
+    return -(-int(a) // int(b))
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """One binary convolution: input size, channels, kernel, strides, pads, dilations (NCHW terms)."""
+
+    height: int
+    width: int
+    channels_in: int
+    channels_out: int
+    kernel: tuple  # (KH, KW)
+    strides: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)  # (top, left, bottom, right), ONNX Conv order
+    dilations: tuple = (1, 1)
+
+    @property
+    def out_height(self):
+        top, _, bottom, _ = self.pads
+        return (self.height + top + bottom - self.dilations[0] * (self.kernel[0] - 1) - 1) // self.strides[0] + 1
+
+    @property
+    def out_width(self):
+        _, left, _, right = self.pads
+        return (self.width + left + right - self.dilations[1] * (self.kernel[1] - 1) - 1) // self.strides[1] + 1
+
+    @property
+    def out_width_padded(self):
+        return ceil_div(self.out_width, X_GRANULE) * X_GRANULE
+
+    @property
+    def taps(self):
+        """K_all: number of +-1 products in one output value (real channels only)."""
+        return self.kernel[0] * self.kernel[1] * self.channels_in
+
+    def rows_read(self):
+        """Packed rows one output column block reads, counted from the conv's own top pad."""
+        return (self.out_height - 1) * self.strides[0] + (self.kernel[0] - 1) * self.dilations[0] + 1
+
+    def cols_read(self):
+        """Packed columns read (over the padded output width), counted from the conv's left pad."""
+        return (self.out_width_padded - 1) * self.strides[1] + (self.kernel[1] - 1) * self.dilations[1] + 1
+
+
+@dataclass(frozen=True)
+class PackLayout:
+    """Where the image sits inside a packed activation tensor `[N, rows, cols, words]`."""
+
+    top: int
+    left: int
+    rows: int
+    cols: int
+    words: int
+    word_dtype: str
+
+    @staticmethod
+    def covering(geometries, word_dtype):
+        """The smallest layout every convolution in `geometries` (same input) can read from."""
+        top = max(g.pads[0] for g in geometries)
+        left = max(g.pads[1] for g in geometries)
+        g0 = geometries[0]
+        rows = max(max(top - g.pads[0] + g.rows_read() for g in geometries), top + g0.height)
+        cols = max(max(left - g.pads[1] + g.cols_read() for g in geometries), left + g0.width)
+        words = ceil_div(g0.channels_in, WORD_BITS[word_dtype])
+        return PackLayout(top, left, rows, cols, words, word_dtype)
+
+
+def _word_bit(bit_set, b, word_dtype):
+    """`1 << b` as a word where `bit_set`, else 0."""
+    one = tirx.const(1, word_dtype)
+    return tirx.if_then_else(bit_set, one << b.astype(word_dtype), tirx.const(0, word_dtype))
+
+
+def pack_activations(x, layout):
+    """Binarize and bit-pack a float activation: [N, C, H, W] float32 -> [N, rows, cols, CW] words.
+
+    bit (c % B) of word c // B is [x[n, c] < 0]; border positions and unused channels are 0 (+1).
+    """
+    n_, channels, height, width = (int(d) for d in x.shape)
+    bits = WORD_BITS[layout.word_dtype]
+    b = te.reduce_axis((0, bits), name="b")
+
+    def packed(n, y, x_, k):
+        c, yy, xx = k * bits + b, y - layout.top, x_ - layout.left
+        inside = tirx.all(c < channels, yy >= 0, yy < height, xx >= 0, xx < width)
+        value = x[n, tirx.min(c, channels - 1), tirx.max(tirx.min(yy, height - 1), 0),
+                  tirx.max(tirx.min(xx, width - 1), 0)]  # clamped read, masked by `inside`
+        return te.sum(_word_bit(tirx.all(inside, value < 0), b, layout.word_dtype), axis=b)
+
+    return te.compute((n_, layout.rows, layout.cols, layout.words), packed, name="bpack")
+
+
+def repack_bytes(x8, channels, layout):
+    """Re-pack an ONNX packed activation: [N, ceil(C/8), H, W] uint8 -> [N, rows, cols, CW] words.
+
+    Byte j of a word is uint8 channel-word (k * B/8 + j): the little-endian bit order is kept.
+    """
+    n_, byte_words, height, width = (int(d) for d in x8.shape)
+    per_word = WORD_BITS[layout.word_dtype] // 8
+    j = te.reduce_axis((0, per_word), name="j")
+
+    def packed(n, y, x_, k):
+        byte, yy, xx = k * per_word + j, y - layout.top, x_ - layout.left
+        inside = tirx.all(byte < byte_words, yy >= 0, yy < height, xx >= 0, xx < width)
+        value = x8[n, tirx.min(byte, byte_words - 1), tirx.max(tirx.min(yy, height - 1), 0),
+                   tirx.max(tirx.min(xx, width - 1), 0)]
+        word = value.astype(layout.word_dtype) << (j * 8).astype(layout.word_dtype)
+        return te.sum(tirx.if_then_else(inside, word, tirx.const(0, layout.word_dtype)), axis=j)
+
+    del channels  # unused bits of the last byte are already 0 by the ONNX convention
+    return te.compute((n_, layout.rows, layout.cols, layout.words), packed, name="brepack")
+
+
+def popcount_conv(packed, weights, geometry, layout):
+    """Sum of popcount(activation XOR weight) over the window: -> [N, OH, OWp, Op] int32.
+
+    packed [N, rows, cols, CW] (layout), weights [KH, KW, CW, Op] words.
+    """
+    g = geometry
+    kh, kw, words, out_padded = (int(d) for d in weights.shape)
+    (sh, sw), (dh, dw) = g.strides, g.dilations
+    off_y, off_x = layout.top - g.pads[0], layout.left - g.pads[1]
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    rc = te.reduce_axis((0, words), name="rc")
+
+    def count(n, y, x, o):
+        a = packed[n, y * sh + ry * dh + off_y, x * sw + rx * dw + off_x, rc]
+        return te.sum(tirx.popcount(a ^ weights[ry, rx, rc, o]).astype("int32"), axis=[ry, rx, rc])
+
+    shape = (int(packed.shape[0]), g.out_height, g.out_width_padded, out_padded)
+    return te.compute(shape, count, name="bconv_popcount")
+
+
+def output_transform(pop, multiplier, addend, row_class, col_class, geometry, prelu_slope=None,
+                     post_bias=None, mask=None):
+    """Popcounts -> float NCHW output [N, O, OH, OW] (module docstring for the algebra).
+
+    multiplier [Op] = -2 * scale; addend [row classes, col classes, Op] = scale * (K_all + corr)
+    + bias; row_class [OH], col_class [OW] int32; prelu_slope, post_bias [Op]; mask [N, 1, OH, OW]
+    (the value is kept where mask != 0, else exactly 0).
+    """
+    n_ = int(pop.shape[0])
+    g = geometry
+
+    def transform(n, o, y, x):
+        value = pop[n, y, x, o].astype("float32") * multiplier[o] + addend[row_class[y], col_class[x], o]
+        if prelu_slope is not None:
+            value = tirx.if_then_else(value < 0, value * prelu_slope[o], value)
+        if post_bias is not None:
+            value = value + post_bias[o]
+        if mask is not None:
+            value = tirx.if_then_else(mask[n, 0, y, x] != 0, value, tirx.const(0, "float32"))
+        return value
+
+    return te.compute((n_, g.channels_out, g.out_height, g.out_width), transform, name="bconv_output")
+
+
+def binarize_pack_bytes(x):
+    """The ONNX BinarizePack op itself: [N, C, H, W] float -> [N, ceil(C/8), H, W] uint8."""
+    n_, channels, height, width = (int(d) for d in x.shape)
+    b = te.reduce_axis((0, 8), name="b")
+
+    def packed(n, k, y, x_):
+        c = k * 8 + b
+        value = x[n, tirx.min(c, channels - 1), y, x_]
+        return te.sum(_word_bit(tirx.all(c < channels, value < 0), b, "uint8"), axis=b)
+
+    return te.compute((n_, ceil_div(channels, 8), height, width), packed, name="binarize_pack")
+
+
+def unpack_bytes(x8, channels):
+    """The ONNX Unpack op: [N, ceil(C/8), H, W] uint8 -> +-1 float32 [N, C, H, W]."""
+    n_, _, height, width = (int(d) for d in x8.shape)
+
+    def unpacked(n, c, y, x_):
+        bit = (x8[n, c // 8, y, x_] >> (c % 8).astype("uint8")) & tirx.const(1, "uint8")
+        return tirx.const(1.0, "float32") - tirx.const(2.0, "float32") * bit.astype("float32")
+
+    return te.compute((n_, int(channels), height, width), unpacked, name="unpack")

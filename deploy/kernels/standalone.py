@@ -1,0 +1,53 @@
+"""One binary convolution as a standalone TVM module (pack + conv), for kernel tests and benches.
+
+    kernel = BinaryConvKernel(geometry, w_packed, scale, bias, target)
+    lib = kernel.build()                      # or kernel.export(path) for a remote board
+    y = kernel.run(lib, x_float, device)      # float32 NCHW, the BinaryConv2d result
+
+The functions are exactly the ones a compiled network uses (lowering.py + schedules), so a test
+here covers the network's kernels.
+"""
+import numpy as np
+import tvm
+
+from bimatting.deploy import lowering
+from bimatting.deploy.kernels.bitserial import PackLayout
+from bimatting.deploy.schedules import arch_for, schedule_kernel
+
+
+class BinaryConvKernel:
+    def __init__(self, geometry, w_packed, scale, bias, target, batch=1, prelu_slope=None,
+                 post_bias=None, masked=False, arch=None):
+        self.geometry, self.target, self.batch, self.masked = geometry, target, batch, masked
+        self.arch = arch or arch_for(target)
+        self.layout = PackLayout.covering([geometry], self.arch.word_dtype)
+        self.operands = lowering.conv_operands(w_packed, scale, bias, geometry, self.arch, prelu_slope, post_bias)
+        g = geometry
+        self.pack = lowering.pack_func((batch, g.channels_in, g.height, g.width), self.layout)
+        self.conv = lowering.conv_func(batch, g, self.layout, self.operands, masked)
+
+    def module(self, scheduled=True):
+        funcs = {"pack": self.pack, "conv": self.conv}
+        if scheduled:
+            funcs = {name: schedule_kernel(f, self.arch).mod["main"] for name, f in funcs.items()}
+        return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
+
+    def build(self, scheduled=True):
+        return tvm.compile(self.module(scheduled), target=self.target)
+
+    def arrays(self, x, device, mask=None):
+        """Device tensors for one call: packed buffer, operands, (mask), output."""
+        g, lay = self.geometry, self.layout
+        packed = tvm.runtime.empty((self.batch, lay.rows, lay.cols, lay.words), lay.word_dtype, device)
+        consts = [tvm.runtime.tensor(a, device) for a in self.operands.arrays()]
+        extra = [tvm.runtime.tensor(np.asarray(mask, np.float32), device)] if self.masked else []
+        out = tvm.runtime.empty((self.batch, g.channels_out, g.out_height, g.out_width), "float32", device)
+        return tvm.runtime.tensor(np.asarray(x, np.float32), device), packed, consts + extra, out
+
+    def run(self, lib, x, device, mask=None):
+        """Pack `x` and convolve: float32 [N, C, H, W] -> float32 [N, O, OH, OW]."""
+        x_dev, packed, operands, out = self.arrays(x, device, mask)
+        module = lib.mod if hasattr(lib, "mod") else lib
+        module["pack"](x_dev, packed)
+        module["conv"](packed, *operands, out)
+        return out.numpy()

@@ -1,0 +1,136 @@
+"""Binary ops -> TIR PrimFuncs (unscheduled) and Relax `call_tir` calls.
+
+Each PrimFunc carries the attribute `bimatting.kernel` (its kind) so the build pipeline finds it
+and applies the target's schedule (schedules/__init__.py), and `op_pattern = kOpaque` so Relax's
+operator fusion leaves it whole: its output transform is already fused by construction.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax, te
+
+from bimatting.deploy.kernels import bitserial, params as kparams
+
+KERNEL_ATTR = "bimatting.kernel"
+OPAQUE = 8  # relax OpPatternKind::kOpaque
+
+
+def _prim_func(tensors, kind):
+    func = te.create_prim_func(tensors).without_attr("global_symbol")  # named when added to a module
+    return func.with_attrs({KERNEL_ATTR: kind, "op_pattern": OPAQUE, "tirx.noalias": True})
+
+
+def pack_func(shape, layout):
+    """float32 NCHW `shape` -> packed words `layout`."""
+    x = te.placeholder(tuple(shape), "float32", name="x")
+    return _prim_func([x, bitserial.pack_activations(x, layout)], "bpack")
+
+
+def repack_func(shape, channels, layout):
+    """ONNX packed uint8 [N, ceil(C/8), H, W] -> packed words `layout`."""
+    x8 = te.placeholder(tuple(shape), "uint8", name="x8")
+    return _prim_func([x8, bitserial.repack_bytes(x8, channels, layout)], "brepack")
+
+
+def binarize_pack_func(shape):
+    x = te.placeholder(tuple(shape), "float32", name="x")
+    return _prim_func([x, bitserial.binarize_pack_bytes(x)], "binarize_pack")
+
+
+def unpack_func(shape, channels):
+    x8 = te.placeholder(tuple(shape), "uint8", name="x8")
+    return _prim_func([x8, bitserial.unpack_bytes(x8, channels)], "unpack")
+
+
+@dataclass
+class ConvOperands:
+    """numpy constants of one binary convolution (kernels/params.py), in call order."""
+
+    weights: np.ndarray  # [KH, KW, CW, Op] words
+    multiplier: np.ndarray  # [Op]
+    addend: np.ndarray  # [row classes, col classes, Op]
+    row_class: np.ndarray  # [OH] int32
+    col_class: np.ndarray  # [OW] int32
+    prelu_slope: np.ndarray = None  # [Op]
+    post_bias: np.ndarray = None  # [Op]
+
+    def arrays(self):
+        extra = [a for a in (self.prelu_slope, self.post_bias) if a is not None]
+        return [self.weights, self.multiplier, self.addend, self.row_class, self.col_class] + extra
+
+
+def conv_operands(w_packed, scale, bias, geometry, arch, prelu_slope=None, post_bias=None):
+    """Pre-pack weights and fold scale/bias/border correction for `arch` (schedules/x86|aarch64)."""
+    g = geometry
+    out_padded = bitserial.ceil_div(g.channels_out, arch.out_granule) * arch.out_granule
+    weights = kparams.weight_words(w_packed, g.channels_in, arch.word_dtype, out_padded)
+    row_class, col_class, corr = kparams.border_classes(w_packed, g)
+    multiplier, addend = kparams.output_transform_params(scale, bias, corr, g, out_padded)
+    slope = None if prelu_slope is None else kparams.per_channel(prelu_slope, g.channels_out, out_padded)
+    post = None if post_bias is None else kparams.per_channel(post_bias, g.channels_out, out_padded)
+    return ConvOperands(weights, multiplier, addend, row_class, col_class, slope, post)
+
+
+def conv_func(batch, geometry, layout, operands, masked=False):
+    """PrimFunc (packed, weights, multiplier, addend, row_class, col_class[, slope][, post_bias]
+    [, mask]) -> float32 [N, O, OH, OW]."""
+    g = geometry
+    packed = te.placeholder((batch, layout.rows, layout.cols, layout.words), layout.word_dtype, name="packed")
+    const = [te.placeholder(a.shape, str(a.dtype), name=n) for a, n in
+             zip(operands.arrays(), ("weights", "multiplier", "addend", "row_class", "col_class", "e0", "e1"))]
+    weights, multiplier, addend, row_class, col_class = const[:5]
+    extra = iter(const[5:])
+    slope = next(extra) if operands.prelu_slope is not None else None
+    post = next(extra) if operands.post_bias is not None else None
+    mask = te.placeholder((batch, 1, g.out_height, g.out_width), "float32", name="mask") if masked else None
+    pop = bitserial.popcount_conv(packed, weights, g, layout)
+    out = bitserial.output_transform(pop, multiplier, addend, row_class, col_class, g, slope, post, mask)
+    args = [packed] + const + ([mask] if masked else []) + [out]
+    return _prim_func(args, "bconv")
+
+
+# --- Relax ---------------------------------------------------------------------------------------
+
+def _call(bb, func, name, args, out_shape, out_dtype):
+    gvar = bb.add_func(func, name)  # the build names symbols after the (deduplicated) gvar
+    return bb.emit(relax.call_tir(gvar, args, relax.TensorType(tuple(out_shape), out_dtype)))
+
+
+def static_shape(expr):
+    shape = expr.ty.shape
+    try:
+        return tuple(int(d) for d in shape)
+    except TypeError as error:
+        raise ValueError(f"binary ops need static shapes, got {shape}") from error
+
+
+def emit_pack(bb, x, layout, from_bytes_channels=None):
+    """Relax: float NCHW (or ONNX uint8 packed, with `from_bytes_channels`) -> packed words."""
+    shape = static_shape(x)
+    if from_bytes_channels is None:
+        func, name = pack_func(shape, layout), "bpack"
+    else:
+        func, name = repack_func(shape, from_bytes_channels, layout), "brepack"
+    return _call(bb, func, name, [x], (shape[0], layout.rows, layout.cols, layout.words), layout.word_dtype)
+
+
+def emit_conv(bb, packed, layout, geometry, operands, mask=None):
+    """Relax: packed words -> float32 NCHW output of the binary convolution."""
+    g = geometry
+    batch = static_shape(packed)[0]
+    func = conv_func(batch, g, layout, operands, masked=mask is not None)
+    args = [packed] + [relax.const(tvm.runtime.tensor(a)) for a in operands.arrays()]
+    args += [mask] if mask is not None else []
+    return _call(bb, func, "bconv", args, (batch, g.channels_out, g.out_height, g.out_width), "float32")
+
+
+def emit_binarize_pack(bb, x):
+    shape = static_shape(x)
+    out = (shape[0], bitserial.ceil_div(shape[1], 8), shape[2], shape[3])
+    return _call(bb, binarize_pack_func(shape), "binarize_pack", [x], out, "uint8")
+
+
+def emit_unpack(bb, x8, channels):
+    shape = static_shape(x8)
+    return _call(bb, unpack_func(shape, channels), "unpack", [x8], (shape[0], channels) + shape[2:], "float32")

@@ -1,0 +1,110 @@
+"""Run a compiled artifact, locally or on a board over TVM RPC.
+
+    from bimatting.deploy.runtime import CompiledModel, RecurrentRunner
+    model = CompiledModel("bimatting-host.tar")                 # this machine
+    model = CompiledModel("bimatting-rpi4.tar", session=tvm.rpc.connect("pi.local", 9090))
+    runner = RecurrentRunner(model)
+    for frame in frames:                                        # [1, 3, H, W] float32 RGB in [0, 1]
+        out = runner.step(frame)                                # {"fgr": ..., "pha": ..., ...} numpy
+    runner.reset()                                              # a new clip: states back to zero
+
+`CompiledModel.run(**inputs)` is one stateless call (all inputs given, outputs as numpy);
+`RecurrentRunner` owns the recurrent states (inputs with role "state" in the metadata), starts
+them at zero and feeds each output rKo back as the next rKi. The states and parameters stay on
+the device between frames; only the image goes in and the outputs come back.
+`model.metadata` is the artifact's metadata.json (input/output names and shapes, target).
+"""
+import platform
+
+import numpy as np
+
+from bimatting.deploy import artifact as artifacts
+from bimatting.errors import InputError
+
+
+class CompiledModel:
+    """An artifact loaded into a Relax VM on a device (local CPU, or `session.cpu()` over RPC)."""
+
+    def __init__(self, source, session=None):
+        import tvm
+        from tvm import relax
+
+        self.artifact = source if isinstance(source, artifacts.Artifact) else artifacts.read(source)
+        meta = self.metadata
+        if session is None:
+            arch = meta["target"]["arch"]
+            if arch != platform.machine():
+                raise InputError(f"artifact is built for {arch} ({meta['target']['name']}); this machine is "
+                                 f"{platform.machine()}: run it on the board over RPC")
+            library = tvm.runtime.load_module(str(self.artifact.library_path))
+            self.device = tvm.cpu()
+        else:
+            remote_name = f"bimatting-{meta['source']['sha256'][:12]}-{meta['target']['name']}.so"
+            session.upload(str(self.artifact.library_path), remote_name)
+            library = session.load_module(remote_name)
+            self.device = session.cpu()
+        self.session = session
+        self.vm = relax.VirtualMachine(library, self.device)
+        self._params = [tvm.runtime.tensor(self.artifact.params[name], self.device) for name in meta["params"]]
+        self._inputs = {i["name"]: i for i in meta["inputs"]}
+
+    @property
+    def metadata(self):
+        return self.artifact.metadata
+
+    @property
+    def input_names(self):
+        return [i["name"] for i in self.metadata["inputs"]]
+
+    @property
+    def output_names(self):
+        return [o["name"] for o in self.metadata["outputs"]]
+
+    def to_device(self, name, value):
+        """A device tensor for input `name`, checked against the compiled shape."""
+        import tvm
+
+        spec = self._inputs[name]
+        array = np.ascontiguousarray(value, dtype=spec["dtype"])
+        if list(array.shape) != list(spec["shape"]):
+            raise InputError(f"input '{name}' has shape {list(array.shape)}; this artifact was compiled for "
+                             f"{spec['shape']} (compile another resolution)")
+        return tvm.runtime.tensor(array, self.device)
+
+    def call(self, device_inputs):
+        """Run `main` on device tensors in input order; returns the output device tensors."""
+        result = self.vm["main"](*device_inputs, *self._params)
+        return list(result) if len(self.output_names) > 1 else [result]
+
+    def run(self, **inputs):
+        """One stateless call with numpy inputs (all of them); returns {output name: numpy}."""
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise InputError(f"missing inputs {missing}; the model takes {self.input_names}")
+        outputs = self.call([self.to_device(n, inputs[n]) for n in self.input_names])
+        return {name: out.numpy() for name, out in zip(self.output_names, outputs)}
+
+
+class RecurrentRunner:
+    """Frame-by-frame inference with the recurrent states kept on the device."""
+
+    def __init__(self, model):
+        self.model = model
+        self.states = model.metadata["states"]  # state input -> output
+        self.image = next(i["name"] for i in model.metadata["inputs"] if i["role"] == "image")
+        self.reset()
+
+    def reset(self):
+        """Zero states (the start of a clip)."""
+        self._state_values = {name: self.model.to_device(name, np.zeros(spec["shape"], spec["dtype"]))
+                              for name, spec in self.model._inputs.items() if name in self.states}
+
+    def step(self, image, fetch=None):
+        """Run one frame; returns {output: numpy} for `fetch` (default: all non-state outputs)."""
+        inputs = [self.model.to_device(name, image) if name == self.image else self._state_values[name]
+                  for name in self.model.input_names]
+        outputs = dict(zip(self.model.output_names, self.model.call(inputs)))
+        for state, output in self.states.items():
+            self._state_values[state] = outputs[output]
+        wanted = fetch if fetch is not None else [n for n in outputs if n not in self.states.values()]
+        return {name: outputs[name].numpy() for name in wanted}

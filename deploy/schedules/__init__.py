@@ -1,0 +1,81 @@
+"""Schedules: bitserial kernels per architecture (x86.py, aarch64.py) and the full-precision rest
+(fp.py). Compute definitions live in bimatting.deploy.kernels; nothing here changes results.
+
+`arch_for(target)` picks the bitserial configuration (word type, tiles) of a TVM target;
+`schedule_kernel` schedules one bitserial PrimFunc (tagged by lowering.KERNEL_ATTR);
+`ScheduleModule` is the pipeline pass that schedules every PrimFunc of a Relax module: tuned
+records from a MetaSchedule database first, then the manual bitserial schedules, then the FP
+rules.
+"""
+import tvm
+from tvm import s_tir, tirx
+
+from bimatting.deploy.schedules import aarch64, bitserial, fp, x86
+
+KERNEL_ATTR = "bimatting.kernel"
+
+
+def arch_for(target):
+    """The bitserial configuration for a tvm.target.Target (by its triple)."""
+    triple = str(target.attrs.get("mtriple", "")) or tvm.target.codegen.llvm_get_system_triple()
+    if triple.startswith(("aarch64", "arm64")):
+        return aarch64.ARCH
+    if triple.startswith(("x86_64", "i686", "x86")):
+        return x86.ARCH
+    raise ValueError(f"no bitserial schedule for target triple '{triple}' (x86_64 and aarch64 are supported)")
+
+
+def schedule_kernel(func, arch, tunable=False):
+    """A scheduled copy of a bitserial PrimFunc (`s_tir.Schedule`), by its kernel kind."""
+    kind = str(func.attrs[KERNEL_ATTR])
+    sch = s_tir.Schedule(func)
+    if kind == "bconv":
+        arch.schedule_bconv(sch, tunable)
+    elif kind in ("bpack", "brepack"):
+        bitserial.schedule_pack(sch, kind, arch.pack_lanes)
+    elif kind in ("binarize_pack", "unpack"):
+        bitserial.schedule_bytes_op(sch, kind, arch.pack_lanes)
+    else:
+        raise ValueError(f"unknown bitserial kernel kind '{kind}'")
+    return sch
+
+
+def _mark(func):
+    return func.with_attr("tirx.is_scheduled", True)
+
+
+@tvm.transform.module_pass(opt_level=0, name="bimatting.ScheduleModule")
+class ScheduleModule:
+    """Schedule every unscheduled PrimFunc of a module for `target`."""
+
+    def __init__(self, target, database=None):
+        self.target = target
+        self.arch = arch_for(target)
+        self.database = database  # a MetaSchedule database (tuning records) or None
+        self.fp_rules = fp.rules(target)
+
+    def transform_module(self, mod, _ctx):
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+                continue
+            scheduled = self._from_database(func)
+            if scheduled is None and KERNEL_ATTR in func.attrs:
+                scheduled = schedule_kernel(func, self.arch).mod["main"]
+            if scheduled is None:
+                scheduled = fp.apply_rules(func, self.target, self.fp_rules)
+            if scheduled is not None:
+                updates[gvar] = _mark(scheduled.with_attrs(
+                    {k: v for k, v in func.attrs.items() if k not in scheduled.attrs}))
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    def _from_database(self, func):
+        if self.database is None:
+            return None
+        from tvm.s_tir import meta_schedule as ms
+
+        mod = tvm.IRModule({"main": func.without_attr("global_symbol")})
+        sch = self.database.query_schedule(mod, self.target, workload_name="main")
+        return None if sch is None else sch.mod["main"]

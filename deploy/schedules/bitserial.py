@@ -1,0 +1,87 @@
+"""Schedule templates for the bitserial kernels (kernels/bitserial.py), shared by x86 and AArch64.
+
+The per-target files (x86.py, aarch64.py) pick the word type, the tile candidates and defaults;
+these functions apply them with `tvm.s_tir.Schedule`. Every tile size is either a fixed integer
+(`tunable=False`, the default schedule) or sampled with `sample_categorical` (`tunable=True`),
+so the same function is MetaSchedule's design space (`ms.space_generator.ScheduleFn`).
+
+Popcount convolution ([N, OH, OWp, Op] accumulators, NCHW float output):
+    for n*y (parallel) / x tile of `owt` columns / o tile of `vec` channels:
+        acc[owt, vec] (registers) = 0
+        for ry, rx, rc: for xi (unrolled): acc[xi, :] += popcount(a[xi] ^ w[ry, rx, rc, :])  # vector
+        output transform of the tile (scale, correction, PReLU, mask), stored to NCHW
+The weight words of one (ry, rx, rc) are a contiguous vector over o; the activation word is
+broadcast. LLVM lowers the vector popcount to `vpopcntq` (AVX-512 VPOPCNTDQ), a `vpshufb`
+nibble table (AVX2), or `cnt` + `uadalp` / `udot` on NEON.
+"""
+
+
+def _choose(sch, candidates, extent, tunable, default):
+    """A tile size dividing `extent`: sampled when tunable, else `default` (or the best fit)."""
+    fits = [c for c in candidates if extent % c == 0] or [1]
+    if tunable and len(fits) > 1:
+        return sch.sample_categorical(fits, [1.0 / len(fits)] * len(fits))
+    return default if default in fits else fits[0]
+
+
+def _extent(sch, loop):
+    return int(sch.get(loop).extent)
+
+
+def schedule_pack(sch, block_name, lanes):
+    """bpack / brepack [N, rows, cols, CW] <- sum over word bits: vectorize along image columns
+    (contiguous in the NCHW source), unroll the bits, parallel over rows."""
+    block = sch.get_sblock(block_name)
+    n, y, x, k, b = sch.get_loops(block)
+    sch.parallel(sch.fuse(n, y))
+    lanes = max(c for c in (lanes, lanes // 2, lanes // 4, 1) if _extent(sch, x) % c == 0)
+    xo, xi = sch.split(x, [None, lanes])
+    sch.reorder(k, xo, b, xi)
+    sch.unroll(b)
+    sch.vectorize(xi)
+    init = sch.decompose_reduction(block, b)
+    sch.vectorize(sch.get_loops(init)[-1])
+
+
+def schedule_bconv(sch, arch, tunable=False):
+    """Register-tiled popcount convolution with its output transform computed per tile."""
+    block = sch.get_sblock("bconv_popcount")
+    out = sch.get_sblock("bconv_output")
+    n, y, x, o, ry, rx, rc = sch.get_loops(block)
+    vec = _choose(sch, arch.vec_candidates, _extent(sch, o), tunable, arch.default_vec)
+    owt = _choose(sch, arch.owt_candidates, _extent(sch, x), tunable, arch.default_owt)
+    xo, xi = sch.split(x, [None, owt])
+    oo, oi = sch.split(o, [None, vec])
+    sch.reorder(n, y, xo, oo, ry, rx, rc, xi, oi)
+    sch.parallel(sch.fuse(n, y))
+    sch.reverse_compute_at(out, oo)
+    sch.set_scope(block, 0, "local")  # the accumulator tile lives in registers
+    sch.unroll(xi)
+    sch.vectorize(oi)
+    init = sch.decompose_reduction(block, ry)  # after annotating: see TVM 0.27 s_tir rules
+    sch.vectorize(sch.get_loops(init)[-1])
+    # Epilogue of one tile: o outer, x inner (NCHW rows), both unrolled (at most vec x owt).
+    eo, ey, ex = sch.get_loops(out)[-3], sch.get_loops(out)[-2], sch.get_loops(out)[-1]
+    del ey
+    sch.unroll(eo)
+    sch.unroll(ex)
+    return sch
+
+
+def schedule_bytes_op(sch, block_name, lanes):
+    """binarize_pack / unpack (the plain ONNX ops): parallel rows, vectorized columns."""
+    block = sch.get_sblock(block_name)
+    loops = sch.get_loops(block)
+    n, c, y, x = loops[:4]
+    sch.parallel(sch.fuse(n, c, y))
+    lanes = max(v for v in (lanes, lanes // 2, lanes // 4, 1) if _extent(sch, x) % v == 0)
+    if lanes > 1:
+        _, xi = sch.split(x, [None, lanes])
+        if len(loops) > 4:  # a reduction over bits (binarize_pack): bits outside the vector
+            sch.reorder(loops[4], xi)
+            sch.unroll(loops[4])
+            sch.vectorize(xi)
+            init = sch.decompose_reduction(block, loops[4])
+            sch.vectorize(sch.get_loops(init)[-1])
+        else:
+            sch.vectorize(xi)

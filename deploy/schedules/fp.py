@@ -1,0 +1,202 @@
+"""Manual schedules for the full-precision layers Relax legalizes to TIR (stem, heads, guided
+filter, pools, resizes, gate arithmetic): untuned, TVM 0.27 emits naive serial loop nests for
+them, so every PrimFunc left unscheduled by the bitserial pass gets one of these rules
+(dlight-style `ScheduleRule`s, MetaSchedule-free):
+
+* `ConvNCHW`: one reduction block with 4 spatial loops [n, o, y, x] (conv2d, depthwise conv,
+  pooling) plus injective producers (padding) and consumers (bias, activations). Register tile of
+  `ob` output channels x `xb` columns accumulated locally, vectorized along x (contiguous in
+  NCHW), reduction loops outside the tile, consumers computed per tile, rows in parallel.
+* `Injective`: element-wise / layout / resize functions: producers inlined, flattened loop split
+  into a parallel outer part and a vectorized inner part.
+* `ParallelOuter`: anything else (e.g. several reductions): outer spatial loops in parallel.
+"""
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target.codegen import llvm_get_vector_width
+
+PARALLEL_MIN = 4096  # elements: below this the thread pool costs more than it saves
+
+
+@dataclass
+class _Block:
+    block_rv: object
+    kinds: str  # one letter per block iterator: S spatial, R reduction, O other
+
+    def is_injective(self):
+        return set(self.kinds) <= {"S"}
+
+    def dom_kind(self):
+        return self.kinds
+
+
+def _root_blocks(sch):
+    """The root-level blocks of a freshly legalized PrimFunc with their iterator kinds, in order;
+    None when the loop nest is not one loop per block iterator (already transformed)."""
+    kind = {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}
+    blocks = []
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        iters = sch.get(block).iter_vars
+        if len(sch.get_loops(block)) != len(iters):
+            return None
+        blocks.append(_Block(block, "".join(kind.get(i.iter_type, "O") for i in iters)))
+    return blocks
+
+
+def _lanes(target, bits=32):
+    width = llvm_get_vector_width(target)
+    return max(4, (width if width > 0 else 128) // bits)
+
+
+def _extent(sch, loop):
+    extent = sch.get(loop).extent
+    return int(extent) if hasattr(extent, "value") or isinstance(extent, int) else None
+
+
+def _divisor_tile(extent, preferred, minimum):
+    """Largest tile <= preferred dividing `extent` (>= minimum), or `extent` itself if small."""
+    if extent <= preferred:
+        return extent
+    for tile in range(preferred, minimum - 1, -1):
+        if extent % tile == 0:
+            return tile
+    return preferred  # leaves a predicated tail (loop partitioning splits it off)
+
+
+def _flat_parallel_vector(sch, block, lanes):
+    """Injective block: vectorize a tile of the innermost loop (a divisor of its extent, so no
+    tail), run the fused outer loops in parallel."""
+    loops = sch.get_loops(block)
+    extents = [_extent(sch, loop) for loop in loops]
+    if not loops or None in extents:
+        return
+    inner = loops[-1]
+    tile = _divisor_tile(extents[-1], lanes, 2)
+    if extents[-1] % tile:
+        tile = 1
+    outer = loops[:-1]
+    if 1 < tile < extents[-1]:
+        outer_inner, inner = sch.split(inner, [None, tile])
+        outer = outer or [outer_inner]
+    if tile > 1:
+        sch.vectorize(inner)
+    total = 1
+    for extent in extents:
+        total *= extent
+    if outer and total >= PARALLEL_MIN:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+class Injective(ScheduleRule):
+    def apply(self, func, target, tunable):
+        sch = s_tir.Schedule(func)
+        infos = _root_blocks(sch)
+        if infos is None or not all(info.is_injective() for info in infos):
+            return None
+        remaining = _try_inline_all(sch, infos)
+        for info in remaining:
+            _flat_parallel_vector(sch, info.block_rv, _lanes(target))
+        return sch
+
+
+def _try_inline_all(sch, infos):
+    """Inline injective blocks into their consumers where possible; the rest stay."""
+    remaining = []
+    for info in infos[:-1]:
+        try:
+            sch.compute_inline(info.block_rv)
+        except Exception:  # noqa: BLE001 - not inlinable (e.g. several consumers): keep it
+            remaining.append(info)
+    return remaining + infos[-1:]
+
+
+class ConvNCHW(ScheduleRule):
+    """conv2d / depthwise conv / pooling in NCHW with injective producers and consumers."""
+
+    def apply(self, func, target, tunable):
+        sch = s_tir.Schedule(func)
+        infos = _root_blocks(sch)
+        if infos is None:
+            return None
+        reductions = [i for i, info in enumerate(infos) if not info.is_injective()]
+        if len(reductions) != 1 or infos[reductions[0]].dom_kind() not in ("SSSSRRR", "SSSSRR"):
+            return None
+        index = reductions[0]
+        conv = infos[index].block_rv
+        epilogue = infos[index + 1:]
+        try:
+            for info in epilogue[:-1]:
+                sch.compute_inline(info.block_rv)
+        except Exception:  # noqa: BLE001
+            return None
+        lanes = _lanes(target)
+        loops = sch.get_loops(conv)
+        n, o, y, x = loops[:4]
+        reduce = loops[4:]
+        width, channels = _extent(sch, x), _extent(sch, o)
+        xb = _divisor_tile(width, 2 * lanes, max(4, lanes // 2))
+        ob = _divisor_tile(channels, 4, 1) if len(reduce) == 3 else 1
+        xo, xi = sch.split(x, [None, xb])
+        oo, oi = sch.split(o, [None, ob])
+        sch.reorder(n, oo, y, xo, *reduce, oi, xi)
+        if epilogue:
+            sch.set_scope(conv, 0, "local")
+            tail = epilogue[-1].block_rv
+        else:
+            tail = sch.cache_write(conv, 0, "local")
+        sch.reverse_compute_at(tail, xo)
+        sch.parallel(sch.fuse(n, oo, y))
+        sch.unroll(oi)
+        sch.vectorize(xi)
+        for r in reduce[1:]:
+            if (_extent(sch, r) or 99) <= 7:
+                sch.unroll(r)
+        init = sch.decompose_reduction(conv, reduce[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+        tail_loops = sch.get_loops(tail)
+        sch.vectorize(tail_loops[-1])
+        for info in infos[:index]:  # producers (padding): their own parallel, vectorized pass
+            try:
+                _flat_parallel_vector(sch, info.block_rv, lanes)
+            except Exception:  # noqa: BLE001 - already inlined or not a plain loop nest
+                pass
+        return sch
+
+
+class ParallelOuter(ScheduleRule):
+    """Fallback: inline what can be inlined, run the outer spatial loops of each block in parallel."""
+
+    def apply(self, func, target, tunable):
+        sch = s_tir.Schedule(func)
+        infos = _root_blocks(sch)
+        if infos is None:
+            return None
+        for info in infos:
+            loops = sch.get_loops(info.block_rv)
+            kinds = info.dom_kind()
+            lead = len(kinds) - len(kinds.lstrip("S"))
+            if lead == 0 or not loops:
+                continue
+            outer = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
+            if (_extent(sch, outer) or 0) > 1:
+                sch.parallel(outer)
+        return sch
+
+
+def rules(target):
+    del target
+    return [ConvNCHW(), Injective(), ParallelOuter()]
+
+
+def apply_rules(func, target, rule_list):
+    """The first rule that applies, as a scheduled PrimFunc; None if none does."""
+    for rule in rule_list:
+        try:
+            sch = rule.apply(func, target, False)
+        except Exception:  # noqa: BLE001 - a rule that cannot handle this func: try the next
+            sch = None
+        if sch is not None:
+            return sch.mod["main"]
+    return None
