@@ -33,6 +33,7 @@ class GraphBuilder:
         self.custom_ops = set()
         self.module_names = {}  # id(module) -> dotted path, for initializer names
         self.param_cache = {}  # (kind, id(module), ...) -> initializer names shared by repeated use
+        self.marks = {}  # module path -> value name of its output, to compare blocks with torch
 
     def name_modules(self, model):
         """Remember every module's path in `model` so initializers carry state_dict-like names."""
@@ -72,6 +73,11 @@ class GraphBuilder:
             raise ValueError(f"ONNX value name '{name}' used twice")
         self._used.add(name)
         return name
+
+    def mark(self, module_path, value):
+        """Remember `value` as the output of the module at `module_path` (see `with_marks`)."""
+        self.marks[module_path] = value
+        return value
 
     # -- values -----------------------------------------------------------------------------------
 
@@ -194,6 +200,15 @@ class GraphBuilder:
             entry = model.metadata_props.add()
             entry.key, entry.value = str(key), str(value)
         return model
+
+
+def with_marks(model, builder, names):
+    """A copy of `model` that also outputs the marked values `names` (float32, shape unknown)."""
+    extended = onnx.ModelProto()
+    extended.CopyFrom(model)
+    for name in names:
+        extended.graph.output.append(helper.make_tensor_value_info(builder.marks[name], FLOAT, None))
+    return extended
 
 
 def to_array(tensor):

@@ -1,0 +1,128 @@
+"""`bimatting export` as a library: model -> ONNX model, checked, written atomically.
+
+    model = build_onnx(network, arch, opset=18, static_size=None, downsample_ratio=None)
+    report = export(checkpoint, output, arch="bimatting", ...)
+
+A dynamic export takes H, W and the downsample ratio at run time (RVM's interface); a static one
+fixes (width, height) and bakes the ratio in (for runtimes that want fixed shapes, e.g. TensorRT
+or a TVM build), dropping the `downsample_ratio` input.
+"""
+import re
+from pathlib import Path
+
+import onnx
+
+from bimatting.errors import InputError
+from bimatting.export import graph, matting, ops
+
+DEFAULT_OPSET = 18
+MIN_RVM_OPSET = 12  # the official RVM export's opset
+
+
+def parse_size(text):
+    """'512x288' -> (512, 288); InputError otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not match or int(match.group(1)) < 16 or int(match.group(2)) < 16:
+        raise InputError(f"static size '{text}' is not WIDTHxHEIGHT with both sides >= 16, e.g. 512x288")
+    return int(match.group(1)), int(match.group(2))
+
+
+def check_options(arch, opset, static_size, downsample_ratio):
+    """Validate the export options up front (one InputError line each)."""
+    from bimatting.models import model_class
+
+    model_class(arch)  # InputError for an unknown architecture
+    highest = onnx.defs.onnx_opset_version()
+    lowest = ops.MIN_OPSET if arch == "bimatting" else MIN_RVM_OPSET
+    if not lowest <= int(opset) <= highest:
+        why = " (the ai.bimatting function bodies use BitwiseAnd)" if arch == "bimatting" else ""
+        raise InputError(f"opset {opset} is not supported for arch '{arch}'; expected {lowest}..{highest}{why}")
+    if downsample_ratio is not None and not 0 < float(downsample_ratio) <= 1:
+        raise InputError(f"downsample ratio {downsample_ratio} is out of range; expected 0 < S <= 1")
+    if static_size is not None:
+        ratio = 1.0 if downsample_ratio is None else float(downsample_ratio)
+        width, height = static_size
+        if min(width, height) * ratio < 16:
+            raise InputError(f"static size {width}x{height} at ratio {ratio} leaves less than 16 px "
+                             "for the network; use a larger size or ratio")
+
+
+def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_ratio=None):
+    """The ONNX ModelProto of `network` (an eval-mode RVM or BiMatting), fully checked."""
+    from bimatting.export import bimatting as bimatting_emitter
+    from bimatting.export import rvm as rvm_emitter
+    from bimatting.models import model_class
+
+    check_options(arch, opset, static_size, downsample_ratio)
+    if not isinstance(network, model_class(arch)):
+        raise InputError(f"the loaded network is a {type(network).__name__}, not arch '{arch}'; "
+                         f"pass --arch matching the checkpoint")
+    network.eval()
+    ratio = None if static_size is None else (1.0 if downsample_ratio is None else float(downsample_ratio))
+    builder = graph.GraphBuilder(opset, name=arch)
+    interface = matting.Interface(builder, static_size, ratio)
+    emitter = rvm_emitter if arch == "rvm" else bimatting_emitter
+    emitter.emit(builder, network, interface)
+    metadata = {"bimatting.arch": arch, "bimatting.interface": "rvm"}
+    if static_size is not None:
+        metadata.update({"bimatting.static_size": f"{static_size[0]}x{static_size[1]}",
+                         "bimatting.downsample_ratio": repr(ratio)})
+    doc = (f"{arch} exported by bimatting; inputs src, r1i..r4i"
+           f"{'' if static_size else ', downsample_ratio'}; outputs fgr, pha, r1o..r4o")
+    return graph.check(builder.model(doc=doc, metadata=metadata))
+
+
+def load_network(checkpoint, arch):
+    """The network to export: a checkpoint path, or the packaged default (RVM: official weights)."""
+    from bimatting.checkpoints import load_model
+
+    if checkpoint is None:
+        return load_model("rvm" if arch == "rvm" else "default", arch=arch)
+    return load_model(Path(checkpoint), arch=arch)
+
+
+def summary(model):
+    """Counts for the report: nodes by domain, binary convs, packed weight bytes."""
+    custom = [n for n in model.graph.node if n.domain == ops.DOMAIN]
+    packed = sum(len(t.raw_data) for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT8)
+    return {
+        "nodes": len(model.graph.node),
+        "custom_nodes": len(custom),
+        "binary_convs": sum(n.op_type.startswith("BinaryConv2d") for n in custom),
+        "float_convs": sum(n.op_type == "Conv" for n in model.graph.node),
+        "packed_weight_bytes": packed,
+        "opset": next(o.version for o in model.opset_import if o.domain == ""),
+    }
+
+
+def export(checkpoint, output, arch="bimatting", opset=DEFAULT_OPSET, static_size=None,
+           downsample_ratio=None, verify=False, verify_input=None, verify_frames=None, progress=True):
+    """Load, build, verify (optional), write; returns a report dict.
+
+    The file appears only complete and, with `verify`, only verified: it is written to a temporary
+    name, checked, then renamed (RuntimeFailure, and no file, when onnxruntime and PyTorch differ).
+    """
+    from bimatting.atomic import atomic_path, check_writable_parent
+    from bimatting.errors import RuntimeFailure
+
+    check_options(arch, opset, static_size, downsample_ratio)
+    output = Path(output)
+    if output.is_dir():
+        raise InputError(f"output '{output}' is a folder; expected a file path such as model.onnx")
+    check_writable_parent(output)
+    network = load_network(checkpoint, arch)
+    model = build_onnx(network, arch, opset, static_size, downsample_ratio)
+    report = {"output": str(output), "arch": arch, **summary(model),
+              "static_size": list(static_size) if static_size else None, "downsample_ratio": downsample_ratio}
+    with atomic_path(output) as tmp:
+        onnx.save_model(model, str(tmp))
+        report["bytes"] = tmp.stat().st_size
+        if verify:
+            from bimatting.export import verify as verifier
+
+            try:
+                report["verify"] = verifier.verify_file(tmp, network, verify_input, downsample_ratio,
+                                                        frames=verify_frames, progress=progress)
+            except RuntimeFailure as failure:
+                raise RuntimeFailure(f"{failure}; '{output}' was not written") from None
+    return report
