@@ -69,15 +69,19 @@ class Matter:
 
     def step(self, frame):
         """[H, W, 3] float32 RGB -> (fgr [H, W, 3], pha [H, W]) float32; advances the state."""
-        height, width = frame.shape[:2]
+        fgr, pha = self.infer(to_nchw(frame))                              # [1,3,H,W], [1,1,H,W]
+        return np.transpose(fgr[0], (1, 2, 0)), pha[0, 0]
+
+    def infer(self, src):
+        """src [1, 3, H, W] float32 -> (fgr [1, 3, H, W], pha [1, 1, H, W]); advances the state."""
+        height, width = src.shape[-2:]
         if self.size is None:
             self.size = (width, height)
             self.ratio = auto_ratio(height, width) if self.downsample_ratio == "auto" else self.downsample_ratio
         elif self.size != (width, height):
             raise InputError(f"frame of {width}x{height} after frames of {self.size[0]}x{self.size[1]}; "
                              "a clip must keep one size (call reset() between clips)")
-        fgr, pha = self._run(to_nchw(frame), self.ratio)                 # [1,3,H,W], [1,1,H,W]
-        return np.transpose(fgr[0], (1, 2, 0)), pha[0, 0]
+        return self._run(src, self.ratio)
 
     def describe(self):
         return {"backend": self.backend, "model": str(self.model), "downsample_ratio": self.ratio}
@@ -156,7 +160,8 @@ class OnnxMatter(Matter):
 
 
 def _metadata_ratio(session):
-    value = session.get_modelmeta().custom_metadata_map.get("downsample_ratio")
+    # a static export bakes the ratio in and records it (bimatting.export.exporter)
+    value = session.get_modelmeta().custom_metadata_map.get("bimatting.downsample_ratio")
     try:
         return float(value) if value is not None else None
     except ValueError:
@@ -219,14 +224,16 @@ def export_in_memory(checkpoint):
         with official_onnx_path() as path:
             return onnx.load(str(path))
     from bimatting.checkpoints import load_model
+    from bimatting.models import model_class
 
     model = load_model(checkpoint)
     try:
-        from bimatting.export import export_model
+        from bimatting.export.exporter import build_onnx
     except ImportError:
-        raise InputError("this install has no ONNX exporter (bimatting.export.export_model); "
+        raise InputError("this install has no ONNX exporter (bimatting.export.exporter); "
                          "use --backend torch or pass an .onnx with --artifact") from None
-    return export_model(model)
+    arch = "bimatting" if isinstance(model, model_class("bimatting")) else "rvm"
+    return build_onnx(model, arch)
 
 
 def _tvm_matter(path, downsample_ratio, threads):
