@@ -32,3 +32,41 @@ def _few_threads():
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     except ImportError:
         pass
+
+
+# Emulated aarch64 boards: TVM RPC servers under qemu-user (set up by scripts/setup_arm_emu.sh).
+def _emulated_board_factory(server):
+    from bimatting.deploy import emulator
+
+    boards = {}
+
+    def board(target="rpi4"):
+        if target not in boards or not boards[target].alive():
+            try:
+                boards[target] = emulator.start_board(target, server=server)
+            except emulator.EmulatorNotSetUp as error:
+                pytest.skip(f"emulated ARM board unavailable: {error}")
+        return boards[target].host, boards[target].port
+
+    return board, boards
+
+
+@pytest.fixture(scope="session")
+def emulated_board():
+    """Factory: `host, port = emulated_board("rpi4")` -> a C++ TVM RPC server on 127.0.0.1 that
+    emulates that target's CPU (QEMU_CPU from its TOML). One server per target for the session;
+    it serves clients concurrently. Skips when the emulator is not set up."""
+    board, boards = _emulated_board_factory("cpp")
+    yield board
+    for running in boards.values():
+        running.stop()  # kills the server's process group
+
+
+@pytest.fixture(scope="session")
+def emulated_python_board():
+    """Like `emulated_board`, with TVM's own Python rpc_server (~5-10 s to start). It serves ONE
+    client at a time: drop a session (`del remote`) before connecting again."""
+    board, boards = _emulated_board_factory("python")
+    yield board
+    for running in boards.values():
+        running.stop()

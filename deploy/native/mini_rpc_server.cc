@@ -6,7 +6,8 @@
 // int32 RPC_MAGIC, int32 length, "client:<key>[ options]"; we answer RPC_MAGIC (or
 // RPC_MAGIC+2 on a key mismatch), int32 length, "server:<key>". The session itself is the
 // runtime's own loop (global "rpc.ServerLoop"), run in a forked child inside a fresh work folder
-// that the parent deletes afterwards. One client at a time, like the Python server.
+// that the parent deletes afterwards. Unlike the Python server, clients are served concurrently
+// (one process each), so a client that keeps its session open does not block the next one.
 //
 // What it lacks against the Python server: trackers and proxies, session timeouts, and linking
 // uploaded .tar/.o files on the device (upload a cross-linked .so instead).
@@ -14,10 +15,12 @@
 // SECURITY: a TVM RPC server runs whatever code a client uploads. Bind to 127.0.0.1 (the
 // default), a trusted network, or reach it through an SSH tunnel.
 #include <arpa/inet.h>
+#include <elf.h>
 #include <ftw.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -29,6 +32,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <map>
 #include <stdexcept>
 #include <string>
 
@@ -49,7 +54,7 @@ void Log(const std::string& message) {
 
 void OnStopSignal(int) { g_stop = 1; }
 
-// No SA_RESTART: accept() and waitpid() return EINTR so the loops can notice g_stop.
+// No SA_RESTART: poll() and waitpid() return EINTR so the loops notice g_stop at once.
 void InstallStopHandlers() {
   struct sigaction action {};
   action.sa_handler = OnStopSignal;
@@ -105,6 +110,41 @@ bool Handshake(int fd, const std::string& key) {
          WriteAll(fd, server_key.data(), server_key.size());
 }
 
+#if defined(__aarch64__)
+constexpr uint16_t kThisMachine = EM_AARCH64;
+#elif defined(__x86_64__)
+constexpr uint16_t kThisMachine = EM_X86_64;
+#elif defined(__arm__)
+constexpr uint16_t kThisMachine = EM_ARM;
+#endif
+
+std::string MachineName(uint16_t machine) {
+  switch (machine) {
+    case EM_AARCH64: return "aarch64";
+    case EM_X86_64: return "x86_64";
+    case EM_386: return "x86";
+    case EM_ARM: return "32-bit ARM";
+    case EM_RISCV: return "RISC-V";
+    default: return "machine " + std::to_string(machine);
+  }
+}
+
+// dlopen of a library for another CPU only says "No such file or directory": say what it is.
+void CheckLibraryMachine(const std::string& path, const std::string& name) {
+  std::ifstream file(path, std::ios::binary);
+  Elf64_Ehdr header{};  // e_machine sits at the same offset in 32- and 64-bit headers
+  if (!file.read(reinterpret_cast<char*>(&header), sizeof(header)) ||
+      std::memcmp(header.e_ident, ELFMAG, SELFMAG) != 0) {
+    TVM_FFI_THROW(ValueError) << "'" << name << "' is not an ELF shared library; upload the .so that "
+                              << "export_library wrote";
+  }
+  if (header.e_machine != kThisMachine) {
+    TVM_FFI_THROW(ValueError) << "'" << name << "' is built for " << MachineName(header.e_machine)
+                              << ", but this board is " << MachineName(kThisMachine)
+                              << "; compile for the board's target and link with its cross compiler";
+  }
+}
+
 // The functions the session calls by name: where uploads go, and how to load a module.
 void RegisterSessionFunctions(const std::string& work_dir) {
   namespace ffi = tvm::ffi;
@@ -131,6 +171,7 @@ void RegisterSessionFunctions(const std::string& work_dir) {
           TVM_FFI_THROW(ValueError) << "mini_rpc_server cannot link '" << std::string(name)
                                     << "' on the device; upload a cross-linked .so instead";
         }
+        CheckLibraryMachine(path, std::string(name));
         return load_from_file(ffi::String(path));
       }),
       /*override=*/true);
@@ -138,43 +179,62 @@ void RegisterSessionFunctions(const std::string& work_dir) {
 
 int RemoveEntry(const char* path, const struct stat*, int, struct FTW*) { return remove(path); }
 
-// Serves one client in a child process; the parent waits, then deletes the work folder.
-void ServeClient(int listen_fd, int conn_fd) {
+// One client's session, in the forked child: handshake, then the runtime's RPC loop.
+int RunSession(int conn_fd, const std::string& key, const std::string& work_dir) {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) signal(sig, SIG_DFL);
+  if (!Handshake(conn_fd, key)) return 0;  // a port probe or a wrong key: nothing to serve
+  Log("client connected, work folder " + work_dir);
+  try {
+    if (chdir(work_dir.c_str()) != 0) throw std::runtime_error("cannot enter " + work_dir);
+    RegisterSessionFunctions(work_dir);
+    tvm::ffi::Function::GetGlobalRequired("rpc.ServerLoop")(conn_fd);
+  } catch (const std::exception& error) {
+    Log(std::string("session failed: ") + error.what());
+    return 1;
+  }
+  return 0;
+}
+
+// Running sessions (child pid -> its work folder); the parent deletes a folder once its child ends.
+using Sessions = std::map<pid_t, std::string>;
+
+void StartSession(int listen_fd, int conn_fd, const std::string& key, Sessions* sessions) {
   const char* tmp = std::getenv("TMPDIR");
   std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/tvm-rpc-XXXXXX";
-  char* work_dir = mkdtemp(pattern.data());
-  if (work_dir == nullptr) {
-    Log(std::string("cannot make a work folder: ") + std::strerror(errno));
+  if (mkdtemp(pattern.data()) == nullptr) {
+    Log("cannot make a work folder: " + std::string(std::strerror(errno)));
+    close(conn_fd);
     return;
   }
   pid_t child = fork();
   if (child == 0) {
     close(listen_fd);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGHUP, SIG_DFL);
-    int status = 0;
-    try {
-      if (chdir(work_dir) != 0) throw std::runtime_error("cannot enter the work folder");
-      RegisterSessionFunctions(work_dir);
-      tvm::ffi::Function::GetGlobalRequired("rpc.ServerLoop")(conn_fd);
-    } catch (const std::exception& error) {
-      Log(std::string("session failed: ") + error.what());
-      status = 1;
-    }
-    _exit(status);
+    _exit(RunSession(conn_fd, key, pattern));
   }
   close(conn_fd);
   if (child < 0) {
-    Log(std::string("fork failed: ") + std::strerror(errno));
-  } else {
-    int status = 0;
-    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
-      if (g_stop) kill(child, SIGTERM);
-    }
-    Log("session ended");
+    Log("fork failed: " + std::string(std::strerror(errno)));
+    nftw(pattern.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
+    return;
   }
-  nftw(work_dir, RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
+  (*sessions)[child] = pattern;
+}
+
+void ReapSessions(Sessions* sessions, bool wait_all) {
+  while (!sessions->empty()) {
+    int status = 0;
+    pid_t child = waitpid(-1, &status, wait_all ? 0 : WNOHANG);
+    if (child < 0 && errno == EINTR) continue;
+    if (child <= 0) break;
+    auto found = sessions->find(child);
+    if (found == sessions->end()) continue;
+    if (WIFSIGNALED(status)) {  // e.g. SIGILL: the module uses an instruction this CPU lacks
+      Log("session " + std::to_string(child) + " killed by signal " + std::to_string(WTERMSIG(status)) +
+          " (" + strsignal(WTERMSIG(status)) + ")");
+    }
+    nftw(found->second.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
+    sessions->erase(found);
+  }
 }
 
 int Listen(const std::string& host, const std::string& port) {
@@ -220,19 +280,21 @@ int main(int argc, char** argv) {
   int listen_fd = Listen(host, port);
   if (listen_fd < 0) return 1;
   Log("listening on " + host + ":" + std::to_string(BoundPort(listen_fd)));
+  Sessions sessions;
   while (!g_stop) {
+    pollfd waiting{listen_fd, POLLIN, 0};
+    int ready = poll(&waiting, 1, 500);  // wakes up now and then to clean up ended sessions
+    ReapSessions(&sessions, /*wait_all=*/false);
+    if (ready <= 0) continue;  // timeout, or EINTR from a stop signal
     int conn_fd = accept(listen_fd, nullptr, nullptr);
-    if (conn_fd < 0) continue;  // EINTR (maybe a stop signal) or a client that vanished
+    if (conn_fd < 0) continue;
     int on = 1;
     setsockopt(conn_fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
-    if (Handshake(conn_fd, key)) {
-      Log("client connected");
-      ServeClient(listen_fd, conn_fd);
-    } else {
-      close(conn_fd);
-    }
+    StartSession(listen_fd, conn_fd, key, &sessions);
   }
   close(listen_fd);
+  for (const auto& session : sessions) kill(session.first, SIGTERM);
+  ReapSessions(&sessions, /*wait_all=*/true);
   Log("stopped");
   return 0;
 }
