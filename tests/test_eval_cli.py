@@ -120,3 +120,21 @@ def test_default_checkpoint_runs_or_says_why(synth_set, tmp_path):
     else:
         assert result.exit_code == 2 and missing in result.output and "Traceback" not in result.output
         assert not (tmp_path / "p").exists()
+
+
+def test_hr_set_with_jpg_truth(tmp_path):
+    """A set larger than 512 px runs at s = 512/640 with the refiner and is scored by the HR
+    evaluator; JPG ground truth gets JPG predictions under the same names."""
+    data = tmp_path / "hd"
+    result = CliRunner().invoke(cli, ["data", "synth", "--out", str(data), "--clips", "1", "--frames", "2",
+                                      "--size", "640x360", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    for png in list(data.glob("*/*/pha/*.png")) + list(data.glob("*/*/fgr/*.png")):
+        cv2.imwrite(str(png.with_suffix(".jpg")), cv2.imread(str(png), cv2.IMREAD_UNCHANGED))
+        png.unlink()
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(cli, ["test", "--data", str(data), "--checkpoint", "rvm", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)) == {"pha_mad", "pha_mse", "pha_grad", "pha_dtssd", "fgr_mse"}
+    assert json.loads((out / "metrics.json").read_text())["evaluator"] == "hr"
+    assert sorted(p.name for p in (out / "videomatte_static/0000/pha").iterdir()) == ["0000.jpg", "0001.jpg"]

@@ -96,9 +96,11 @@ def check(kind, root, split, as_json):
 @click.option("--backgrounds", multiple=True, type=click.Path(exists=False),
               help="Background images, image folders or videos; repeatable. Default: procedural textures.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same set).")
+@click.option("--teacher", default="rvm", show_default=True,
+              help="Model that mattes the footage: 'rvm' (official weights) or a checkpoint/ONNX file.")
 @click.option("--device", default="cpu", show_default=True, help="torch device for the teacher.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def synth(out_dir, clips, frames, size, footage, backgrounds, seed, device, as_json):
+def synth(out_dir, clips, frames, size, footage, backgrounds, seed, teacher, device, as_json):
     """Write a composited evaluation set with known alpha in RVM's evaluation layout.
 
     <out>/videomatte_{motion,static}/<clip>/{com,fgr,pha,bgr}/NNNN.png. Foregrounds come from
@@ -115,7 +117,7 @@ def synth(out_dir, clips, frames, size, footage, backgrounds, seed, device, as_j
 
     width, height = parse_size(size)
     written = synthesize(out_dir, clips=clips, frames=frames, size=(width, height), footage=list(footage),
-                         backgrounds=list(backgrounds), seed=seed, device=device)
+                         backgrounds=list(backgrounds), seed=seed, teacher=teacher, device=device)
     if as_json:
         click.echo(json.dumps({"out": str(out_dir), "size": [width, height], "frames": frames,
                                "clips": written}, indent=2))

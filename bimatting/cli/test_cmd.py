@@ -1,6 +1,7 @@
 """`bimatting test`: run a model over an evaluation set, write its predictions, score them."""
 import json
 import math
+import os
 from pathlib import Path
 
 import click
@@ -50,7 +51,7 @@ def test(data_dir, checkpoint, arch, out_dir, hr, device, as_json):
     model = bimatting.load_model(checkpoint, arch=arch)
     with atomic_dir(out_dir) as tmp:
         predict_set(model, data_dir, tmp, device=device)
-    result = evaluate(out_dir, data_dir, hr=hr)
+    result = evaluate(out_dir, data_dir, hr=hr, workers=min(8, os.cpu_count() or 1))
     summary = {m: (None if math.isnan(v) else v) for m, v in result.summary.items()}
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps({"checkpoint": str(checkpoint), "evaluator": "hr" if hr else "lr",
