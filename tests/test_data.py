@@ -86,6 +86,12 @@ def test_synth_is_deterministic_and_atomic(synth_set, tmp_path):
     assert bad.exit_code == 2 and "WIDTHxHEIGHT" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "bad").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["again"]                # no temporary leftovers
+    # --out is replaced as a whole: a folder holding anything else is refused and left intact.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    refused = CliRunner().invoke(cli, ["data", "synth", "--out", str(tmp_path / "mine"), "--frames", "1"])
+    assert refused.exit_code == 2 and "notes.txt" in refused.output
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_synth_with_teacher_footage(bedroom_frames_dir, tmp_path):

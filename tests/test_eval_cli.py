@@ -105,6 +105,19 @@ def test_test_command_rejects_a_set_in_the_wrong_layout(tmp_path):
     assert result.exit_code == 2 and "<subset>/<clip>/com/" in result.output and "Traceback" not in result.output
 
 
+def test_test_command_never_replaces_its_input_or_foreign_folders(synth_set, tmp_path):
+    before = sorted(p.relative_to(synth_set) for p in synth_set.rglob("*"))
+    for out in (synth_set, synth_set / "videomatte_motion", synth_set.parent):
+        result = CliRunner().invoke(cli, ["test", "--data", str(synth_set), "--checkpoint", "rvm", "--out", str(out)])
+        assert result.exit_code == 2 and "overlaps the input" in result.output
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "draft.txt").write_text("keep")
+    result = CliRunner().invoke(cli, ["test", "--data", str(synth_set), "--checkpoint", "rvm", "--out", str(tmp_path / "work")])
+    assert result.exit_code == 2 and "draft.txt" in result.output
+    assert (tmp_path / "work" / "draft.txt").read_text() == "keep"
+    assert sorted(p.relative_to(synth_set) for p in synth_set.rglob("*")) == before
+
+
 def test_default_checkpoint_runs_or_says_why(synth_set, tmp_path):
     """`bimatting test` without --checkpoint uses load_model("default"): it scores the set when
     the packaged weights exist, else it exits 2 with load_model's own message."""

@@ -57,7 +57,7 @@ class _NoBackgrounds:
         return 0
 
 
-@data.command("check")
+@data.command("check", short_help="Check a dataset's layout and count its items.")
 @click.argument("kind", type=click.Choice(KINDS))
 @click.argument("root", type=click.Path())
 @click.option("--split", default="train", show_default=True, help="train or valid (COCO: train -> train2017).")
@@ -85,7 +85,7 @@ def check(kind, root, split, as_json):
         click.echo(f"{kind} '{root}': {count} {what}")
 
 
-@data.command("synth")
+@data.command("synth", short_help="Write a composited evaluation set with known alpha.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder to write (built aside, then renamed into place).")
 @click.option("--clips", default=5, show_default=True, type=click.IntRange(1), help="Clips per subset.")

@@ -21,6 +21,7 @@ from bimatting.data.easing import EASINGS, lerp
 from bimatting.data.procedural import soft_shapes_clip, texture
 from bimatting.data.teacher import Teacher, cover_resize, read_footage
 from bimatting.errors import InputError
+from bimatting.eval.tree import check_output_folder
 from bimatting.frames import IMAGE_SUFFIXES, iter_frames, list_images
 
 SUBSETS = ("videomatte_motion", "videomatte_static")
@@ -115,6 +116,7 @@ def synthesize(out, clips=5, frames=100, size=(512, 288), footage=(), background
     for path in footage:
         if not Path(path).exists():
             raise InputError(f"footage '{path}' does not exist; give a video file or a folder of frames")
+    check_output_folder(out, *footage, *backgrounds)                  # it is replaced as a whole
     stills = background_stills(backgrounds)
     sources = plan(clips, list(footage))
     matter = Teacher(teacher, device)

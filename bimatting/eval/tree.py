@@ -104,3 +104,30 @@ def _match_folder(clip, kind, pred_root, true_root):
         raise InputError(f"prediction frame '{pred_folder / pred_names[len(true_names)]}' is not in the truth "
                          f"(the truth has {len(true_names)} frames in '{clip.key}/{kind}')")
     return true_names
+
+
+REPORT_FILES = {"metrics.json", "clips.csv"}
+
+
+def check_output_folder(out, *protected):
+    """Refuse an output folder that would replace something that is not an earlier output.
+
+    The folder is replaced as a whole, so it must be absent, empty, or a tree in this layout
+    (subset/clip/pha folders plus the report files); it must not hold, or lie inside, a folder
+    in `protected` (e.g. the evaluation set being read).
+    """
+    out = Path(out).resolve()
+    for folder in map(lambda p: Path(p).resolve(), protected):
+        if out == folder or folder.is_relative_to(out) or out.is_relative_to(folder):
+            raise InputError(f"output '{out}' overlaps the input '{folder}'; choose an --out outside it")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"output '{out}' is a file; give a folder path for --out")
+    for entry in out.iterdir():
+        if entry.is_file() and entry.name in REPORT_FILES:
+            continue
+        clips = [c for c in entry.iterdir() if c.is_dir()] if entry.is_dir() else []
+        if not clips or not all((c / "pha").is_dir() for c in clips):
+            raise InputError(f"output '{out}' exists and holds '{entry.name}', which is not part of an "
+                             "evaluation tree; choose another --out or remove it (it would be replaced)")
