@@ -178,8 +178,8 @@ def start_board(target="rpi4", port=None, server="cpp", tracker=None, key=None, 
         _check_tracker(tracker)
         key = key if key is not None else board_target["rpc_key"]
     key = key or ""
+    port = free_port(host) if port is None else _check_port_free(host, port)
     emulator = load_emulator(emulator_root)
-    port = _free_port(host) if port is None else _check_port_free(host, port)
     command = _server_command(emulator, server, host, port, key, tracker)
     env = dict(os.environ, QEMU_CPU=board_target["qemu_cpu"])
     env.pop("QEMU_LD_PREFIX", None)  # the launchers pass the sysroot themselves
@@ -234,7 +234,8 @@ def _bind_probe(host, port):
         probe.close()
 
 
-def _free_port(host):
+def free_port(host="127.0.0.1"):
+    """A TCP port that nothing listens on now (the OS picks it)."""
     try:
         return _bind_probe(host, 0)
     except OSError as error:

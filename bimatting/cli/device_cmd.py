@@ -64,6 +64,9 @@ def emulate(target, port, host, server, tracker, key, setup, as_json):
         except emulator.EmulatorNotSetUp:
             click.echo("the emulated board is not set up yet: running setup_arm_emu.sh", err=True)
             emulator.run_setup(stdout=sys.stderr)
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        click.echo(f"warning: binding {host}: anyone who reaches this address can run code on this machine",
+                   err=True)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_stop)
     board = emulator.start_board(target, port=port, server=server, tracker=tracker, key=key, host=host)
