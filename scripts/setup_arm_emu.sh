@@ -55,9 +55,9 @@ qemu=$(command -v qemu-aarch64-static || command -v qemu-aarch64)
 # 2. arm64 sysroot: unpacked Debian packages, no maintainer scripts, nothing run under emulation.
 if [ ! -x "$dest/rootfs/usr/bin/python3.11" ]; then
   step_start "unpacking arm64 CPython 3.11 (Debian bookworm) into rootfs/"
-  rm -rf "$dest/rootfs.partial"
-  mode=root; [ "$(id -u)" = 0 ] || mode=unshare
-  mmdebstrap --quiet --mode=$mode --variant=extract --arch=arm64 \
+  rm -rf "$dest/rootfs.partial" "$dest/.compiled"
+  # --mode=auto: plain extraction as root, a user namespace (unshare) otherwise.
+  mmdebstrap --quiet --mode=auto --variant=extract --arch=arm64 \
     --include=python3.11-minimal,libpython3.11-stdlib,libstdc++6,libgcc-s1 \
     bookworm "$dest/rootfs.partial" "deb $mirror bookworm main" >/dev/null
   rm -rf "$dest/rootfs" && mv "$dest/rootfs.partial" "$dest/rootfs"
@@ -77,7 +77,7 @@ wheels="apache-tvm==$tvm_version apache-tvm-ffi==$ffi_version numpy ml_dtypes ty
 site=$dest/site-packages
 if [ "$(cat "$site/.installed" 2>/dev/null)" != "$wheels" ]; then
   step_start "installing aarch64 wheels: $wheels"
-  rm -rf "$site.partial"
+  rm -rf "$site.partial" "$dest/.compiled"
   platforms=()
   for tag in manylinux_2_36 manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014; do
     platforms+=(--platform "${tag}_aarch64")
@@ -98,7 +98,7 @@ fi
 
 # 4. Byte-compile once: the board's Python would otherwise recompile on every start under
 # PYTHONDONTWRITEBYTECODE. A host CPython 3.11 writes the same .pyc format, 30x faster than emulated.
-if [ ! -e "$dest/.compiled" ] || [ "$site/.installed" -nt "$dest/.compiled" ]; then
+if [ ! -e "$dest/.compiled" ]; then  # removed whenever rootfs/ or site-packages/ is rebuilt
   step_start "byte-compiling the board's Python files"
   if "$hostpy" -c "import sys; sys.exit(sys.version_info[:2] != (3, 11))"; then
     compiler=("$hostpy")
