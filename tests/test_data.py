@@ -362,3 +362,32 @@ def test_pause_repeats_one_frame():
             while end < 8 and values[end] == values[first - 1]:
                 end += 1
             assert values[end:] == list(range(end, 8))
+
+
+# ---------------------------------------------------------------- the trainer's data hook
+def test_training_root_gives_the_stage_passes(matting_tree, tmp_path):
+    from bimatting.train.sources import real_sources
+    from bimatting.train.stages import stage_config
+
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(matting_tree / "vm", root / "VideoMatte240K_JPEG_SD")
+    config = stage_config("bimatting", 3, size_lr=24, seq_lr=3, size_hr=32, seq_hr=2)
+    with pytest.raises(InputError, match="BackgroundVideos"):                  # backgrounds are required
+        real_sources(root, config)
+    shutil.copytree(matting_tree / "bgv", root / "BackgroundVideos" / "train")
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 5:9] = 255
+    _write(root / "SuperviselyPersonDataset/img/a.png", _flat(30, (16, 16, 3)))
+    _write(root / "SuperviselyPersonDataset/seg/a.png", mask)
+    random.seed(0)
+    sources = real_sources(root, config)
+    assert set(sources) == {"lr", "hr", "seg_image"}                           # no YouTubeVIS, no COCO here
+    sample = sources["lr"][0]
+    assert {k: tuple(v.shape) for k, v in sample.items()} == {"fgr": (3, 3, 24, 24), "pha": (3, 1, 24, 24),
+                                                              "bgr": (3, 3, 24, 24)}
+    assert tuple(sources["hr"][0]["fgr"].shape) == (2, 3, 32, 32)
+    still = sources["seg_image"][0]
+    assert tuple(still["img"].shape) == (1, 3, 24, 24) and tuple(still["seg"].shape) == (1, 1, 24, 24)
+    assert any("seg_image" in note for note in sources.notes)

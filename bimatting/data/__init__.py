@@ -25,6 +25,10 @@ Readers of RVM's layouts (torch Datasets; tensors float in [0, 1]; S = size):
         (fgrs, phas, bgrs) -> (fgrs, phas, bgrs) at S x S; presets .videomatte/.imagematte/.valid
     TrainFrameSampler(speeds=(0.5, 1, 2, 3, 4, 5))(T) -> frame offsets (shift, 50% reversed)
 
+The trainer's hook: bimatting.data.training.stage_sources(root, config, Sources) builds the
+passes of one stage ('lr', 'hr', 'seg_video', 'seg_image'; samples are dicts) from a data root in
+RVM's DATA_PATHS layout (see that module). `bimatting data check KIND ROOT` checks one layout.
+
 The composite (src = fgr * pha + bgr * (1 - pha)) and the training-time random crop are the
 trainer's job (RVM builds them on the GPU). Randomness uses Python's `random` and torch's global
 generator, which DataLoader reseeds per worker; every class also takes rng= for determinism.
