@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from bimatting.data.layout import downsample_if_needed, read_rgb, require_folders, to_tensor

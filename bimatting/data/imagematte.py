@@ -7,7 +7,6 @@
 One image is repeated T times (the motion augmentation makes it move). As in RVM, an epoch has
 max(images, background sources) items, item i reading image i modulo the image count.
 """
-import torch
 from torch.utils.data import Dataset
 
 from bimatting.data.layout import image_files, read_mask, read_rgb, require_folders

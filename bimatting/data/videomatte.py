@@ -8,8 +8,8 @@ Item i is (clip, start) with start = 0, T, 2T, ... over each clip, so len = sum 
 (RVM's indexing); frames read are start + offset modulo the clip length, offsets from the
 sampler. Frames are first shrunk to short side `size` when larger.
 """
-from torch.utils.data import Dataset
 import torch
+from torch.utils.data import Dataset
 
 from bimatting.data.layout import image_files, read_mask, read_rgb, require_folders, subfolders
 from bimatting.data.motion import MotionAugmentation
