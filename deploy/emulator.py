@@ -255,15 +255,17 @@ def _wait_listening(board, timeout):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not board.alive():
+            tail = board.log_tail()
             board.stop()
             raise RuntimeFailure(f"the {board.server} RPC server for {board.target} exited with code "
-                                 f"{board.process.returncode} before listening; log tail:\n{board.log_tail()}")
+                                 f"{board.process.returncode} before listening; log tail:\n{tail}")
         if board.port in listening_ports():
             return
         time.sleep(0.05)
+    tail = board.log_tail()
     board.stop()
     raise RuntimeFailure(f"the {board.server} RPC server for {board.target} did not listen on {board.address} "
-                         f"within {timeout:.0f} s; log tail:\n{board.log_tail()}")
+                         f"within {timeout:.0f} s; log tail:\n{tail}")
 
 
 def listening_ports():

@@ -55,7 +55,7 @@ qemu=$(command -v qemu-aarch64-static || command -v qemu-aarch64)
 # 2. arm64 sysroot: unpacked Debian packages, no maintainer scripts, nothing run under emulation.
 if [ ! -x "$dest/rootfs/usr/bin/python3.11" ]; then
   step_start "unpacking arm64 CPython 3.11 (Debian bookworm) into rootfs/"
-  rm -rf "$dest/rootfs.partial" "$dest/.compiled"
+  rm -rf "$dest/rootfs.partial" "$dest/.compiled" "$dest/emu.json"
   # --mode=auto: plain extraction as root, a user namespace (unshare) otherwise.
   mmdebstrap --quiet --mode=auto --variant=extract --arch=arm64 \
     --include=python3.11-minimal,libpython3.11-stdlib,libstdc++6,libgcc-s1 \
@@ -77,7 +77,7 @@ wheels="apache-tvm==$tvm_version apache-tvm-ffi==$ffi_version numpy ml_dtypes ty
 site=$dest/site-packages
 if [ "$(cat "$site/.installed" 2>/dev/null)" != "$wheels" ]; then
   step_start "installing aarch64 wheels: $wheels"
-  rm -rf "$site.partial" "$dest/.compiled"
+  rm -rf "$site.partial" "$dest/.compiled" "$dest/emu.json"
   platforms=()
   for tag in manylinux_2_36 manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014; do
     platforms+=(--platform "${tag}_aarch64")
@@ -115,6 +115,7 @@ server=$dest/cpprpc/mini_rpc_server
 if [ ! -x "$server" ] || [ "$server_source" -nt "$server" ] || [ "$site/.installed" -nt "$server" ]; then
   [ -f "$server_source" ] || die "missing $server_source"
   step_start "building cpprpc/mini_rpc_server (aarch64-linux-gnu-g++)"
+  rm -f "$dest/emu.json"
   mkdir -p "$dest/cpprpc/lib"
   cp "$site/tvm_ffi/lib/libtvm_ffi.so" "$site/tvm/lib/libtvm_runtime.so" "$dest/cpprpc/lib/"
   # --no-as-needed: nothing references libtvm_runtime by symbol, but rpc.ServerLoop lives there.

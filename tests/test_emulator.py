@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from bimatting.deploy import emulator
-from bimatting.errors import InputError
+from bimatting.errors import InputError, RuntimeFailure
 from bimatting.targets import load_target
 
 tvm = pytest.importorskip("tvm")
@@ -322,6 +322,20 @@ def test_missing_emulator_says_how_to_set_up(tmp_path):
         {"qemu": "/usr/bin/true", "python_launcher": "bin/python3", "cpp_server": "x", "sysroot": "rootfs"}))
     with pytest.raises(emulator.EmulatorNotSetUp, match="incomplete"):
         emulator.load_emulator(tmp_path)
+
+
+def test_server_that_dies_at_start_reports_its_log(tmp_path):
+    # A stand-in for qemu that fails the way qemu does on an unknown CPU model.
+    fake_qemu = tmp_path / "qemu-aarch64-static"
+    fake_qemu.write_text('#!/bin/sh\necho "qemu: unable to find CPU model \'$QEMU_CPU\'" >&2\nexit 1\n')
+    fake_qemu.chmod(0o755)
+    for name in ("bin/python3", "mini_rpc_server", "rootfs"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    (tmp_path / "emu.json").write_text(json.dumps({"qemu": str(fake_qemu), "python_launcher": "bin/python3",
+                                                   "cpp_server": "mini_rpc_server", "sysroot": "rootfs"}))
+    with pytest.raises(RuntimeFailure, match="exited with code 1 before listening(.|\n)*'cortex-a72'"):
+        emulator.start_board("rpi4", emulator_root=tmp_path, timeout=30)
 
 
 def test_emulated_targets_are_the_aarch64_boards():
