@@ -29,5 +29,5 @@ if ! command -v aarch64-linux-gnu-g++ >/dev/null 2>&1; then
 fi
 
 if [ "$mode" = "--test" ] && [ -f "$here/scripts/setup_arm_emu.sh" ]; then
-  bash "$here/scripts/setup_arm_emu.sh"
+  PYTHON="$py" bash "$here/scripts/setup_arm_emu.sh"
 fi
