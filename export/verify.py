@@ -75,7 +75,7 @@ class TieAligner:
             handle.remove()
 
 
-def _session(model_or_path, extra_outputs):
+def _session(model_or_path, extra_outputs, threads=None):
     """onnxruntime session that also returns `extra_outputs` (pre-sign values) of the graph."""
     import onnx
     import onnxruntime as ort
@@ -89,7 +89,10 @@ def _session(model_or_path, extra_outputs):
         for name in extra:
             copy.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
         model = copy
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session, extra, model
 
 
@@ -112,12 +115,26 @@ def static_setting(model):
     return (width, height), float(meta["bimatting.downsample_ratio"])
 
 
-def compare(model_or_path, network, frames, downsample_ratio, progress=False):
-    """Run both on `frames` (RGB float32 [H,W,3]) with states fed back; per-frame diffs and a verdict."""
+def compare(model_or_path, network, frames, downsample_ratio, progress=False, threads=None):
+    """Run both on `frames` (RGB float32 [H,W,3]) with states fed back; per-frame diffs and a verdict.
+
+    threads: CPU threads for onnxruntime and PyTorch (default: each library's own choice)."""
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _compare(model_or_path, network, frames, downsample_ratio, progress, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _compare(model_or_path, network, frames, downsample_ratio, progress, threads):
     import torch
     from tqdm import tqdm
 
-    session, extra, model = _session(model_or_path, _decision_values)
+    session, extra, model = _session(model_or_path, _decision_values, threads)
     static = static_setting(model)
     if static is not None:
         downsample_ratio = static[1]
