@@ -115,26 +115,27 @@ def static_setting(model):
     return (width, height), float(meta["bimatting.downsample_ratio"])
 
 
-def compare(model_or_path, network, frames, downsample_ratio, progress=False, threads=None):
+def compare(model_or_path, network, frames, downsample_ratio, progress=False, threads=None, align_ties=True):
     """Run both on `frames` (RGB float32 [H,W,3]) with states fed back; per-frame diffs and a verdict.
 
-    threads: CPU threads for onnxruntime and PyTorch (default: each library's own choice)."""
+    threads: CPU threads for onnxruntime and PyTorch (default: each library's own choice).
+    align_ties: align near-tie sign decisions (module doc); False compares the raw runs."""
     import torch
 
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        return _compare(model_or_path, network, frames, downsample_ratio, progress, threads)
+        return _compare(model_or_path, network, frames, downsample_ratio, progress, threads, align_ties)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _compare(model_or_path, network, frames, downsample_ratio, progress, threads):
+def _compare(model_or_path, network, frames, downsample_ratio, progress, threads, align_ties):
     import torch
     from tqdm import tqdm
 
-    session, extra, model = _session(model_or_path, _decision_values, threads)
+    session, extra, model = _session(model_or_path, _decision_values if align_ties else (lambda m: []), threads)
     static = static_setting(model)
     if static is not None:
         downsample_ratio = static[1]
