@@ -238,25 +238,53 @@ def export_in_memory(checkpoint):
 
 def _tvm_matter(path, downsample_ratio, threads):
     try:
-        from bimatting.deploy import runtime
+        from bimatting.deploy import runtime  # noqa: F401
     except ImportError:
         raise InputError("this install has no TVM runtime (bimatting.deploy.runtime); "
                          "use --backend onnxruntime or torch") from None
-    return TvmMatter(runtime, path, downsample_ratio, threads)
+    return TvmMatter(path, downsample_ratio)
 
 
 class TvmMatter(Matter):
-    """A compiled artifact run by the TVM runtime on this machine."""
+    """A compiled artifact run by the TVM runtime, on this machine or on a board (`session`: TVM RPC).
+
+    An artifact has its input size and ratio baked in: frames of another size are refused, and an
+    explicit ratio must be the compiled one ("auto" takes it).
+    """
 
     backend = "tvm"
 
-    def __init__(self, runtime, path, downsample_ratio="auto", threads=0):
+    def __init__(self, path, downsample_ratio="auto", session=None):
+        from bimatting.deploy.runtime import CompiledModel, RecurrentRunner
+
         super().__init__(downsample_ratio, path)
-        self.module = runtime.load_artifact(path)
+        self.compiled = CompiledModel(path, session=session)
+        self.runner = RecurrentRunner(self.compiled)
+        meta = self.compiled.metadata
+        self.resolution = tuple(meta["resolution"])  # (width, height)
+        self.compiled_ratio = meta.get("downsample_ratio")
+        if self.downsample_ratio != "auto" and self.compiled_ratio is not None \
+                and abs(self.downsample_ratio - self.compiled_ratio) > 1e-9:
+            raise InputError(f"artifact '{path}' is compiled for downsample ratio {self.compiled_ratio:g}, not "
+                             f"{self.downsample_ratio:g}; compile it again with --downsample-ratio "
+                             f"{self.downsample_ratio:g} or use --downsample-ratio auto")
+
+    def reset(self):
+        super().reset()
+        self.runner.reset()
+
+    def infer(self, src):
+        width, height = src.shape[-1], src.shape[-2]
+        if (width, height) != self.resolution:
+            raise InputError(f"artifact '{self.model}' is compiled for {self.resolution[0]}x{self.resolution[1]} "
+                             f"frames, these are {width}x{height}; compile it with --resolution {width}x{height}")
+        return super().infer(src)
 
     def _run(self, src, ratio):
-        fgr, pha, *self.states = self.module.run(src, self.states, ratio)
-        return fgr, pha
+        if self.compiled_ratio is not None:
+            self.ratio = self.compiled_ratio
+        out = self.runner.step(src, fetch=["fgr", "pha"])
+        return out["fgr"], out["pha"]
 
 
 # -- the loop ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from bimatting.matting import auto_ratio, open_matter, parse_ratio
 from bimatting.samples import sample_frames
 
 SIZE = (512, 288)  # (width, height), RVM's low-resolution evaluation size
+SMALL = (256, 144)
 FRAMES = 12
 # The export issue's bounds for the same network on two backends (pha in [0, 1]).
 PHA_MEAN_TOLERANCE = 1e-4
@@ -45,6 +46,12 @@ def video_info(path):
 @pytest.fixture(scope="module")
 def bedroom_frames(bedroom_frames_dir):
     return read_frames(bedroom_frames_dir, size=SIZE, limit=FRAMES)
+
+
+@pytest.fixture(scope="module")
+def small_bedroom_frames(bedroom_frames_dir):
+    """6 real frames at 256x144: the backend comparisons run PyTorch, which is slow on two cores."""
+    return read_frames(bedroom_frames_dir, size=SMALL, limit=6)
 
 
 @pytest.fixture(scope="module")
@@ -101,19 +108,45 @@ def rvm_checkpoint(tmp_path_factory):
     return path
 
 
-def test_rvm_backends_agree_over_a_clip(rvm_checkpoint, bedroom_frames):
+@pytest.fixture(scope="module")
+def rvm_host_artifact(rvm_checkpoint, tmp_path_factory):
+    """The same RVM exported and compiled by TVM for this machine at 256x144 (~20 s)."""
+    import onnx
+
+    from bimatting.deploy.build import compile_model
+    from bimatting.matting import export_in_memory
+
+    folder = tmp_path_factory.mktemp("tvm")
+    onnx.save(export_in_memory(rvm_checkpoint), str(folder / "rvm.onnx"))
+    compile_model(folder / "rvm.onnx", "host", folder / "rvm-host.tar", resolution=SMALL)
+    return folder / "rvm-host.tar"
+
+
+def test_rvm_backends_agree_over_a_clip(rvm_checkpoint, rvm_host_artifact, small_bedroom_frames):
     """The same network on every backend, states carried over real frames: torch, onnxruntime on the
-    in-memory export, onnxruntime on RVM's official file ('rvm') and, when it exists, TVM."""
-    frames = bedroom_frames[:6]
+    in-memory export, onnxruntime on RVM's official file ('rvm'), TVM on the compiled export."""
+    frames = small_bedroom_frames
     reference = run_clip(open_matter(rvm_checkpoint, backend="torch"), frames)
     others = {"onnxruntime (exported in memory)": open_matter(rvm_checkpoint, backend="onnxruntime"),
-              "onnxruntime (official file)": open_matter("rvm", backend="onnxruntime")}
+              "onnxruntime (official file)": open_matter("rvm", backend="onnxruntime"),
+              "tvm (compiled for host)": open_matter(artifact=rvm_host_artifact, backend="tvm")}
     for name, matter in others.items():
         mean, worst = pha_diffs(reference, run_clip(matter, frames))
         assert mean <= PHA_MEAN_TOLERANCE and worst <= PHA_MAX_TOLERANCE, (name, mean, worst)
     # The state matters: frame 5 without its history gives another matte.
     fresh = open_matter(rvm_checkpoint, backend="torch").step(frames[5])[1]
     assert np.abs(fresh - reference[5]).max() > 10 * PHA_MAX_TOLERANCE
+
+
+def test_tvm_artifact_refuses_other_sizes_and_ratios(rvm_host_artifact, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", sample_frames(2, size=(128, 72)))
+    result = CliRunner().invoke(cli, ["matte", str(video), "-o", str(tmp_path / "o.mp4"), "--quiet",
+                                      "--artifact", str(rvm_host_artifact)])
+    assert result.exit_code == 2 and "compiled for 256x144" in result.output, result.output
+    result = CliRunner().invoke(cli, ["matte", str(video), "-o", str(tmp_path / "o.mp4"), "--quiet",
+                                      "--artifact", str(rvm_host_artifact), "--downsample-ratio", "0.5"])
+    assert result.exit_code == 2 and "downsample ratio 1, not 0.5" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +163,7 @@ def bimatting_checkpoint(tmp_path_factory):
     return path
 
 
-def test_bimatting_onnxruntime_backend_matches_torch(bimatting_checkpoint, bedroom_frames_dir):
+def test_bimatting_onnxruntime_backend_matches_torch(bimatting_checkpoint, small_bedroom_frames):
     """BiMatting: the model the onnxruntime backend runs equals the torch backend's network within the
     export issue's tolerances, under the exporter's verification (bimatting.export.verify).
 
@@ -143,8 +176,7 @@ def test_bimatting_onnxruntime_backend_matches_torch(bimatting_checkpoint, bedro
     from bimatting.export.verify import compare
     from bimatting.matting import export_in_memory
 
-    # 256x144 and 3 frames: the PyTorch BiMatting takes ~1-2 s per frame on two cores.
-    frames = read_frames(bedroom_frames_dir, size=(256, 144), limit=3)
+    frames = small_bedroom_frames[:3]  # the PyTorch BiMatting takes ~1-2 s per frame on two cores
     matter = open_matter(bimatting_checkpoint, backend="onnxruntime")
     model = export_in_memory(bimatting_checkpoint)
     report = compare(model, load_model(bimatting_checkpoint), frames, downsample_ratio=1.0)
