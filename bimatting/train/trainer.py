@@ -70,12 +70,13 @@ MIN_CROP = 64   # a 5-level Laplacian pyramid needs >= 3 pixels (reflect pad 2) 
 
 def _check_sizes(config, arch):
     """The smallest random crop (size/2) must fit the 5-level Laplacian and, for BiMatting, leave
-    >= 3 pixels at the coarse 1/16 scale of the downsampled input (1-level Laplacian there)."""
+    >= 4 pixels at the coarse 1/16 scale of the downsampled input (its 1-level Laplacian crops to
+    an even size, then reflect-pads by 2)."""
     checks = [("--size-lr", config.size_lr, 1.0)]
     if config.seq_hr > 0:
         checks.append(("--size-hr", config.size_hr, config.hr_downsample_ratio))
     for option, size, ratio in checks:
-        need = max(2 * MIN_CROP, math.ceil(2 * 3 * 16 / ratio) if arch == "bimatting" else 0)
+        need = max(2 * MIN_CROP, math.ceil(2 * 4 * 16 / ratio) if arch == "bimatting" else 0)
         if size < need:
             raise InputError(f"{option} {size} is too small: random crops go down to half of it and the "
                              f"losses need >= {need // 2} pixels; use {option} {need} or more")
@@ -178,10 +179,10 @@ class Trainer:
                 "seq_lr": c.seq_lr, "seq_hr": c.seq_hr, "size_lr": c.size_lr, "size_hr": c.size_hr}
 
     # -- data -------------------------------------------------------------------------------
-    def _loader(self, dataset, sampler):
+    def _loader(self, dataset, sampler, batch=None):
         from torch.utils.data import DataLoader
 
-        return DataLoader(sampling.SeededDataset(dataset), batch_size=self.options.batch_size, sampler=sampler,
+        return DataLoader(sampling.SeededDataset(dataset), batch_size=batch or self.options.batch_size, sampler=sampler,
                           num_workers=self.options.num_workers, pin_memory=self.options.device == "cuda")
 
     def _epoch_sampler(self, epoch, start=0):
@@ -194,9 +195,11 @@ class Trainer:
         for name in set(self.data) - {"lr"}:
             def uses(step, name=name):
                 return name in step_plan(self.config, available, step)
-            sampler = sampling.StepSampler(len(self.data[name]), self.options.batch_size, self.options.seed,
+            # RVM: the image segmentation pass takes B * T_lr stills (T = 1) instead of B clips
+            batch = self.options.batch_size * (self.config.seq_lr if name == "seg_image" else 1)
+            sampler = sampling.StepSampler(len(self.data[name]), batch, self.options.seed,
                                            name, uses, self.rt.rank, self.step)
-            loaders[name] = iter(self._loader(self.data[name], sampler))
+            loaders[name] = iter(self._loader(self.data[name], sampler, batch))
         return loaders
 
     # -- one pass ---------------------------------------------------------------------------
