@@ -1,0 +1,254 @@
+"""`bimatting demo`: the whole toolchain on the packaged default model and the packaged sample clip.
+
+    report = run_demo(workdir="bimatting-demo")      # then print(format_report(report))
+
+Steps, each a library call of its verb:
+    sample     the packaged sample clip as sample.mp4 (24 frames, 512x288)
+    profile    parameters, 1-bit storage and OPs of BiMatting against RVM at 512x288
+    export     bimatting.onnx (packed binary ops, RVM's dynamic interface)
+    compile    TVM artifacts for `host` and, cross-compiled, for `rpi4` (two processes at once)
+    bench      the host artifact on this CPU, outputs verified against onnxruntime; the rpi4
+               artifact on the emulated board when one is set up (correctness only: emulated
+               timings say nothing about a real board)
+    matte      the sample clip through the host artifact: composite, alpha and foreground videos
+    report     report/matte.png (input | alpha | composite) and report/difference.png (TVM vs
+               onnxruntime alpha)
+"""
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bimatting.errors import InputError, RuntimeFailure
+
+RESOLUTION = (512, 288)  # (width, height), the packaged clip's size; RVM's s = 1 there
+SAMPLE_FRAMES = 24
+PROFILE_FRAMES = 4   # frames the SAB mask density is measured on (PyTorch, ~1 s each on 2 cores)
+BENCH_FRAMES = 8
+BOARD = "rpi4"
+
+
+class Steps:
+    """Prints `[k/n] name ...` before and the time after each step; keeps the timings."""
+
+    def __init__(self, names, echo):
+        self.names, self.echo, self.seconds = list(names), echo, {}
+
+    def run(self, name, work, *args, **kwargs):
+        index = self.names.index(name) + 1
+        self.echo(f"[{index}/{len(self.names)}] {name} ...")
+        began = time.perf_counter()
+        result = work(*args, **kwargs)
+        self.seconds[name] = round(time.perf_counter() - began, 1)
+        self.echo(f"[{index}/{len(self.names)}] {name} done in {self.seconds[name]:.1f} s")
+        return result
+
+
+def run_demo(workdir="bimatting-demo", progress=True, echo=print):
+    """Run every step into `workdir` (created if needed); returns the report dict."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise InputError(f"workdir '{workdir}' is a file; give a folder (it is created if missing)")
+    if not workdir.parent.resolve().is_dir():
+        raise InputError(f"cannot create workdir '{workdir}': its folder does not exist")
+    workdir.mkdir(exist_ok=True)
+    (workdir / "report").mkdir(exist_ok=True)
+    from bimatting.checkpoints import load_model
+
+    model = load_model("default")  # InputError when this install has no packaged model
+    steps = Steps(["sample", "profile", "export", "compile", "bench", "matte", "report"], echo)
+    report = {"workdir": str(workdir), "resolution": list(RESOLUTION)}
+    report["sample"] = steps.run("sample", _sample, workdir)
+    report["profile"] = steps.run("profile", _profile, model)
+    report["export"] = steps.run("export", _export, workdir)
+    report["compile"] = steps.run("compile", _compile_all, workdir, Path(report["export"]["output"]))
+    report["bench"] = steps.run("bench", _bench_all, report["compile"], Path(report["sample"]), progress)
+    host = report["compile"]["host"]["output"]
+    report["matte"] = steps.run("matte", _matte, Path(report["sample"]), workdir / "matte.mp4", host, progress)
+    report["report_images"] = steps.run("report", _report_images, workdir, report)
+    report["seconds"] = dict(steps.seconds, total=round(sum(steps.seconds.values()), 1))
+    return report
+
+
+# -- steps ---------------------------------------------------------------------------------------
+
+def _sample(workdir):
+    from bimatting.samples import write_sample_video
+
+    return str(write_sample_video(workdir / "sample.mp4", frames=SAMPLE_FRAMES, size=RESOLUTION))
+
+
+def _profile(model):
+    from bimatting.models import build_model
+    from bimatting.profile import profile_model
+
+    rvm = build_model("rvm").eval()  # architecture counts need no weights
+    return profile_model(model, RESOLUTION, 1.0, "auto", frames=PROFILE_FRAMES, reference=rvm)
+
+
+def _export(workdir):
+    from bimatting.export.exporter import export
+
+    return export(None, workdir / "bimatting.onnx", arch="bimatting", progress=False)
+
+
+def _compile_one(source, target, output):
+    """Runs in a worker process: one `bimatting compile`."""
+    from bimatting.deploy.build import compile_model
+
+    began = time.perf_counter()
+    metadata = compile_model(source, target, output, resolution=RESOLUTION)
+    return {"output": str(output), "bytes": Path(output).stat().st_size, "target": target,
+            "seconds": round(time.perf_counter() - began, 1), "binary_convs": metadata["kernels"]["binary_convs"]}
+
+
+def _compile_all(workdir, source):
+    """host and rpi4 at once (two processes: each compile is mostly one core). rpi4 is skipped,
+    with the reason, when the cross compiler is missing."""
+    import concurrent.futures
+    import multiprocessing
+
+    from bimatting.deploy import target as targets
+
+    jobs, results = {"host": workdir / "bimatting-host.tar"}, {}
+    try:
+        targets.check_compiler(targets.resolve(BOARD))
+        jobs[BOARD] = workdir / f"bimatting-{BOARD}.tar"
+    except InputError as reason:
+        results[BOARD] = {"skipped": str(reason)}
+    context = multiprocessing.get_context("spawn")  # TVM's thread pools do not survive fork
+    with concurrent.futures.ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as pool:
+        futures = {name: pool.submit(_compile_one, str(source), name, str(path)) for name, path in jobs.items()}
+        for name, future in futures.items():
+            results[name] = future.result()
+    return results
+
+
+def _bench_all(compiled, sample, progress):
+    """Host artifact locally; the board's artifact on the emulated board if there is one."""
+    from bimatting.deploy import bench
+
+    results = {"host": bench.bench(compiled["host"]["output"], frames=BENCH_FRAMES, verify=True,
+                                   verify_input=sample, progress=progress)}
+    if "skipped" in compiled[BOARD]:
+        results[BOARD] = {"skipped": f"no {BOARD} artifact ({compiled[BOARD]['skipped']})"}
+        return results
+    from bimatting.deploy import emulator
+
+    try:
+        emulator.load_emulator()
+    except emulator.EmulatorNotSetUp as reason:
+        results[BOARD] = {"skipped": f"no emulated board ({reason})"}
+        return results
+    with emulator.start_board(BOARD) as board:
+        results[BOARD] = bench.bench(compiled[BOARD]["output"], rpc=f"{board.connect_host}:{board.port}",
+                                     frames=2, verify=True, verify_input=sample, progress=progress)
+    results[BOARD]["emulated"] = True
+    return results
+
+
+def _matte(sample, output, artifact, progress):
+    from bimatting.matting import matte
+
+    return matte(sample, output, artifact=artifact, backend="tvm", output_type="all", progress=progress)
+
+
+def _report_images(workdir, report):
+    """report/matte.png: input | alpha | composite for three frames; report/difference.png:
+    |alpha(TVM) - alpha(onnxruntime)| on the middle frame, scaled so 0.01 is white."""
+    import cv2
+
+    from bimatting.frames import read_frames
+    from bimatting.matting import open_matter
+
+    sample = read_frames(report["sample"])
+    composite = read_frames(report["matte"]["outputs"][0])
+    alpha = read_frames(report["matte"]["outputs"][1])
+    picks = [0, len(sample) // 2, len(sample) - 1]
+    rows = [np.concatenate([sample[i], alpha[i], composite[i]], axis=1) for i in picks]
+    paths = {"matte": workdir / "report" / "matte.png", "difference": workdir / "report" / "difference.png"}
+    _write_png(paths["matte"], np.concatenate(rows, axis=0))
+
+    middle = picks[1]
+    tvm = open_matter(artifact=report["compile"]["host"]["output"], backend="tvm")
+    ort = open_matter(artifact=report["export"]["output"], backend="onnxruntime")
+    pha_tvm = [tvm.step(frame)[1] for frame in sample[:middle + 1]][-1]
+    pha_ort = [ort.step(frame)[1] for frame in sample[:middle + 1]][-1]
+    difference = np.clip(np.abs(pha_tvm - pha_ort) / 0.01, 0.0, 1.0)
+    heat = cv2.applyColorMap((difference * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    _write_png(paths["difference"], cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0)
+    report["difference"] = {"frame": middle, "pha_max": float(np.abs(pha_tvm - pha_ort).max()),
+                            "pha_mean": float(np.abs(pha_tvm - pha_ort).mean())}
+    return {name: str(path) for name, path in paths.items()}
+
+
+def _write_png(path, image):
+    import cv2
+
+    from bimatting.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8),
+                                                  cv2.COLOR_RGB2BGR)):
+            raise RuntimeFailure(f"could not write '{path}'")
+
+
+# -- the table -------------------------------------------------------------------------------------
+
+def _mb(count):
+    return f"{count / 1e6:.2f} MB"
+
+
+def _bench_cells(result):
+    if result is None or "skipped" in result:
+        return "-", "-", "not benched: " + (result or {}).get("skipped", "?")
+    latency = f"{result['latency_ms']['median']:.1f} ms"
+    if result.get("emulated"):
+        latency = "(emulated)"
+    verify = result.get("verify") or {}
+    verdict = "pass" if verify.get("passed") else "FAIL"
+    worst = verify.get("worst", {})
+    detail = f" (pha max {worst['pha_max']:.1e})" if "pha_max" in worst else ""
+    return latency, verdict + detail, ""
+
+
+def format_report(report):
+    p = report["profile"]
+    rvm = p["rvm"]
+    w, h = report["resolution"]
+    lines = [f"bimatting demo: packaged default model on the packaged sample clip "
+             f"({SAMPLE_FRAMES} frames, {w}x{h}, s=1)", ""]
+    lines.append(f"{'':<24}{'RVM (FP32)':>14}{'BiMatting':>14}{'ratio':>9}")
+    lines.append(f"{'parameters':<24}{rvm['params_total'] / 1e6:>12.2f} M{p['params_total'] / 1e6:>12.2f} M{'':>9}")
+    lines.append(f"{'storage':<24}{_mb(rvm['storage_bytes']):>14}{_mb(p['storage_bytes']):>14}"
+                 f"{p['storage_ratio_vs_rvm']:>8.1f}x")
+    lines.append(f"{'OPs, dense':<24}{rvm['ops_dense'] / 1e9:>12.3f} G{p['ops_dense'] / 1e9:>12.3f} G"
+                 f"{p['ops_ratio_vs_rvm_dense']:>8.1f}x")
+    lines.append(f"{'OPs, SAB-sparse':<24}{'':>14}{p['ops_sparse'] / 1e9:>12.3f} G{p['ops_ratio_vs_rvm_sparse']:>8.1f}x")
+    lines.append(f"(OPs = FLOPs + binary MACs / 64; mask density {p['mask_density']:.3f} measured on "
+                 f"{p['mask_density_source']})")
+    lines.append("")
+    lines.append(f"{'artifact':<30}{'size':>10}{'latency/frame':>15}  verification")
+    lines.append(f"{'bimatting.onnx':<30}{_mb(report['export']['bytes']):>10}{'-':>15}  reference (onnxruntime)")
+    for name in ("host", BOARD):
+        compiled, bench = report["compile"].get(name, {}), report["bench"].get(name)
+        label = f"bimatting-{name}.tar" + (" (emulated board)" if bench and bench.get("emulated") else "")
+        if "skipped" in compiled:
+            lines.append(f"{label:<30}{'-':>10}{'-':>15}  not compiled: {compiled['skipped']}")
+            continue
+        latency, verdict, note = _bench_cells(bench)
+        lines.append(f"{label:<30}{_mb(compiled['bytes']):>10}{latency:>15}  {verdict or note}")
+    m = report["matte"]
+    lines.append(f"matte (TVM host): {m['frames']} frames at {m['frames_per_second']:.1f} frames/s, "
+                 f"alpha TVM vs onnxruntime on frame {report['difference']['frame']}: "
+                 f"max {report['difference']['pha_max']:.1e}")
+    lines.append("")
+    lines.append("files:")
+    for label, path in [("onnx", report["export"]["output"])] + \
+            [(f"artifact {n}", c["output"]) for n, c in report["compile"].items() if "output" in c] + \
+            [(f"report {k}", v) for k, v in report["report_images"].items()] + \
+            [("video " + Path(v).stem.replace("matte", "composite").replace("composite_", ""), v)
+             for v in m["outputs"]]:
+        lines.append(f"  {label:<22}{path}")
+    lines.append(f"total {report['seconds']['total']:.0f} s")
+    return "\n".join(lines)
