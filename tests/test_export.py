@@ -210,6 +210,21 @@ def test_onnx_reference_evaluator_runs_the_whole_file(bimatting_onnx):
         assert np.abs(a - b).max() <= 1e-5  # two float32 implementations; measured <= 6e-7
 
 
+def test_a_batch_with_zero_states_equals_frame_by_frame_runs(bimatting_onnx):
+    """B = 2 with [1,1,1,1] zero states: each frame's results as if run alone (per-frame SAB mask)."""
+    session = _ort_session(bimatting_onnx)
+    src = np.stack([_smooth_image(144, 256, seed)[0].numpy() for seed in (7, 8)])   # [2,3,144,256]
+    zeros = np.zeros((1, 1, 1, 1), np.float32)
+    for ratio in (1.0, 0.5):
+        def run(images):
+            return session.run(None, {"src": images, "r1i": zeros, "r2i": zeros, "r3i": zeros, "r4i": zeros,
+                                      "downsample_ratio": np.array([ratio], np.float32)})
+        batch, first, second = run(src), run(src[:1]), run(src[1:])
+        for together, a, b in zip(batch, first, second):
+            # the same kernels per image: bit-identical (measured), no float tolerance needed
+            np.testing.assert_array_equal(together, np.concatenate([a, b]))
+
+
 def test_verification_fails_on_a_wrong_graph(bimatting_net, bimatting_onnx):
     """The check can fail: invert the packed weights of one encoder conv and it must."""
     broken = onnx.ModelProto()
@@ -269,6 +284,18 @@ def test_rvm_export_matches_official_onnx(official_rvm, bedroom_frames_dir, size
             assert x.shape == y.shape
             # same graph up to float summation order: measured <= 1e-5
             assert np.abs(x - y).max() <= 1e-4, (index, name, float(np.abs(x - y).max()))
+
+
+def test_rvm_without_unit_ratio_refinement_follows_pytorch(bedroom_frames_dir):
+    """An RVM from a .pth skips the refiner at s == 1 (PyTorch semantics): Where picks per ratio."""
+    torch.manual_seed(3)
+    network = build_model("rvm").eval()
+    assert not network.refine_at_unit_ratio
+    model = exporter.build_onnx(network, "rvm")
+    frames = _bedroom(bedroom_frames_dir, 2, size=(256, 144))
+    for ratio in (1.0, 0.5):
+        report = verify.compare(model, network, frames, ratio, threads=THREADS)
+        assert report["passed"] and report["worst"]["pha_max"] <= 1e-4, report["worst"]
 
 
 def test_rvm_export_at_the_official_opset_12(official_rvm, bedroom_frames_dir):
