@@ -1,7 +1,7 @@
 """`bimatting export` as a library: model -> ONNX model, checked, written atomically.
 
     model = build_onnx(network, arch, opset=18, static_size=None, downsample_ratio=None)
-    report = export(checkpoint, output, arch="bimatting", ...)
+    report = export(checkpoint, output, arch=None, ...)   # arch: given, the checkpoint's, or bimatting
 
 A dynamic export takes H, W and the downsample ratio at run time (RVM's interface); a static one
 fixes (width, height) and bakes the ratio in (for runtimes that want fixed shapes, e.g. TensorRT
@@ -28,9 +28,11 @@ def parse_size(text):
 
 
 def check_options(arch, opset, static_size, downsample_ratio):
-    """Validate the export options up front (one InputError line each)."""
+    """Validate the export options up front (one InputError line each); arch None: not known yet."""
     from bimatting.models import model_class
 
+    if arch is None:
+        arch = "rvm"  # the lowest opset any architecture accepts; rechecked once arch is known
     model_class(arch)  # InputError for an unknown architecture
     highest = onnx.defs.onnx_opset_version()
     lowest = ops.MIN_OPSET if arch == "bimatting" else MIN_RVM_OPSET
@@ -73,12 +75,17 @@ def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_
 
 
 def load_network(checkpoint, arch):
-    """The network to export: a checkpoint path, or the packaged default (RVM: official weights)."""
+    """(network, arch) to export: a checkpoint path (arch None: the checkpoint's), or without one
+    the packaged default BiMatting (arch rvm: RVM's official weights)."""
     from bimatting.checkpoints import load_model
+    from bimatting.models import ARCHS, model_class
 
     if checkpoint is None:
-        return load_model("rvm" if arch == "rvm" else "default", arch=arch)
-    return load_model(Path(checkpoint), arch=arch)
+        arch = arch or "bimatting"
+        return load_model("rvm" if arch == "rvm" else "default", arch=arch), arch
+    network = load_model(Path(checkpoint), arch=arch)
+    found = next(name for name in ARCHS if isinstance(network, model_class(name)))
+    return network, found
 
 
 def summary(model):
@@ -95,7 +102,7 @@ def summary(model):
     }
 
 
-def export(checkpoint, output, arch="bimatting", opset=DEFAULT_OPSET, static_size=None,
+def export(checkpoint, output, arch=None, opset=DEFAULT_OPSET, static_size=None,
            downsample_ratio=None, verify=False, verify_input=None, verify_frames=None, progress=True):
     """Load, build, verify (optional), write; returns a report dict.
 
@@ -110,7 +117,7 @@ def export(checkpoint, output, arch="bimatting", opset=DEFAULT_OPSET, static_siz
     if output.is_dir():
         raise InputError(f"output '{output}' is a folder; expected a file path such as model.onnx")
     check_writable_parent(output)
-    network = load_network(checkpoint, arch)
+    network, arch = load_network(checkpoint, arch)
     model = build_onnx(network, arch, opset, static_size, downsample_ratio)
     report = {"output": str(output), "arch": arch, **summary(model),
               "static_size": list(static_size) if static_size else None, "downsample_ratio": downsample_ratio}

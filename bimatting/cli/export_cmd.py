@@ -7,8 +7,9 @@ import click
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="The .onnx file to write.")
-@click.option("--arch", default="bimatting", show_default=True, metavar="bimatting|rvm",
-              help="Architecture; rvm exports full-precision RVM with standard ops only.")
+@click.option("--arch", default=None, metavar="bimatting|rvm",
+              help="Architecture (default: the checkpoint's, else bimatting); rvm exports "
+                   "full-precision RVM with standard ops only.")
 @click.option("--opset", type=int, default=18, show_default=True,
               help="Standard ONNX opset (bimatting needs >= 18, rvm >= 12).")
 @click.option("--static", "static_size", default=None, metavar="WxH",
