@@ -52,7 +52,7 @@ def matte(source, output, checkpoint, artifact, backend, output_type, background
         return
     rate = summary["frames_per_second"]
     click.echo(f"matted {summary['frames']} frames of {summary['size'][0]}x{summary['size'][1]} with "
-               f"{summary['model']} on {summary['backend']} (s={summary['downsample_ratio']:g}) "
-               f"at {rate:.2f} frames/s" if rate else "")
+               f"{summary['model']} on {summary['backend']} (s={summary['downsample_ratio']:g})"
+               + (f" at {rate:.2f} frames/s" if rate else ""))
     for path in summary["outputs"]:
         click.echo(f"  {path}")
