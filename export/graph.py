@@ -11,6 +11,7 @@ as torch does; with runtime `scales` it uses the given ratio, like
 `F.interpolate(scale_factor=s, recompute_scale_factor=False)`.
 """
 import contextlib
+import json
 
 import numpy as np
 import onnx
@@ -75,7 +76,8 @@ class GraphBuilder:
         return name
 
     def mark(self, module_path, value):
-        """Remember `value` as the output of the module at `module_path` (see `with_marks`)."""
+        """Record `value` as the output of the module at `module_path`; the file's metadata keeps
+        the map (`block_outputs`), so a block can be compared with its torch module."""
         self.marks[module_path] = value
         return value
 
@@ -196,18 +198,32 @@ class GraphBuilder:
                                   producer_name=producer, doc_string=doc)
         # IR 9 (function attribute defaults) is the oldest that holds the files; newer opsets need newer IR.
         model.ir_version = max(9, helper.find_min_ir_version_for(opsets, ignore_unknown=True))
-        for key, value in (metadata or {}).items():
+        metadata = dict(metadata or {})
+        if self.marks:
+            metadata[BLOCK_OUTPUTS_KEY] = json.dumps(self.marks)
+        for key, value in metadata.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = str(key), str(value)
         return model
 
 
-def with_marks(model, builder, names):
-    """A copy of `model` that also outputs the marked values `names` (float32, shape unknown)."""
+BLOCK_OUTPUTS_KEY = "bimatting.block_outputs"
+
+
+def block_outputs(model):
+    """{module path: value name} of the marked block outputs recorded in the file's metadata."""
+    for prop in model.metadata_props:
+        if prop.key == BLOCK_OUTPUTS_KEY:
+            return json.loads(prop.value)
+    return {}
+
+
+def with_outputs(model, values):
+    """A copy of `model` that also returns the float32 `values` (to compare blocks with torch)."""
     extended = onnx.ModelProto()
     extended.CopyFrom(model)
-    for name in names:
-        extended.graph.output.append(helper.make_tensor_value_info(builder.marks[name], FLOAT, None))
+    for name in values:
+        extended.graph.output.append(helper.make_tensor_value_info(name, FLOAT, None))
     return extended
 
 

@@ -79,16 +79,13 @@ def _session(model_or_path, extra_outputs, threads=None):
     """onnxruntime session that also returns `extra_outputs` (pre-sign values) of the graph."""
     import onnx
     import onnxruntime as ort
-    from onnx import helper
+
+    from bimatting.export.graph import with_outputs
 
     model = onnx.load(str(model_or_path)) if not isinstance(model_or_path, onnx.ModelProto) else model_or_path
     extra = extra_outputs(model)
     if extra:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        for name in extra:
-            copy.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-        model = copy
+        model = with_outputs(model, extra)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
