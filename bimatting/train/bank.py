@@ -1,0 +1,124 @@
+"""In-memory training data for distillation, kept on the training device, batches made there.
+
+Everything is decoded once at start-up (uint8 tensors on the device): no loader can become the
+bottleneck. Three kinds of samples, each a clip {'src', 'fgr', 'pha'} [T, C, H, W] in [0, 1]:
+
+    footage      real frames; fgr/pha are the teacher's outputs on the whole frame (precomputed
+                 over each clip with recurrent state), viewed through the same moving crop
+    recomposite  the teacher's fgr/pha of one clip over the frames of another as background:
+                 the composite's alpha is known exactly
+    procedural   soft-edged procedural figures (bimatting.data.procedural) over real frames
+
+Views: one affine crop per frame (zoom, rotation, translation, flip), interpolated linearly
+between two random draws over the T frames -- camera motion on clips, pseudo-motion on stills --
+and applied with F.grid_sample (bilinear, reflection padding).
+"""
+import math
+import random
+
+import torch
+from torch.nn import functional as F
+
+
+class Item:
+    """One clip (or still, N = 1): frames [N,3,h,w] uint8 + teacher fgr [N,3,h,w] / pha [N,1,h,w]."""
+
+    def __init__(self, name, frames, fgr=None, pha=None):
+        self.name, self.frames, self.fgr, self.pha = name, frames, fgr, pha
+
+    def __len__(self):
+        return self.frames.shape[0]
+
+
+def view_thetas(rng, length, in_h, in_w, out_h, out_w, zoom=(0.55, 1.0), degrees=4.0, motion=0.15):
+    """[T, 2, 3] affine_grid matrices: output crop -> input, moving linearly from one random view
+    towards another (`motion` = how far it gets by the last frame).
+
+    z = input pixels per output pixel, at most the 'cover' scale min(in_w/out_w, in_h/out_h)
+    times U(zoom); the crop centre stays inside the input (reflection covers rotation corners).
+    """
+    cover = min(in_w / out_w, in_h / out_h)
+    flip = -1.0 if rng.random() < 0.5 else 1.0
+
+    def draw():
+        z = cover * rng.uniform(*zoom)
+        room_x, room_y = max(0.0, (in_w - z * out_w) / 2), max(0.0, (in_h - z * out_h) / 2)
+        return z, math.radians(rng.uniform(-degrees, degrees)), rng.uniform(-room_x, room_x), rng.uniform(-room_y, room_y)
+
+    start = draw()
+    end = [a + (b - a) * motion for a, b in zip(start, draw())]
+    thetas = []
+    for t in range(length):
+        f = t / max(length - 1, 1)
+        z, angle, tx, ty = (a + (b - a) * f for a, b in zip(start, end))
+        c, s = math.cos(angle), math.sin(angle)
+        thetas.append([[flip * z * c * out_w / in_w, -z * s * out_h / in_w, 2 * tx / in_w],
+                       [flip * z * s * out_w / in_h, z * c * out_h / in_h, 2 * ty / in_h]])
+    return torch.tensor(thetas, dtype=torch.float32)
+
+
+def warp(images, thetas, out_h, out_w):
+    """[T, C, h, w] (float) -> [T, C, out_h, out_w] through per-frame affine crops."""
+    grid = F.affine_grid(thetas.to(images.device), (images.shape[0], images.shape[1], out_h, out_w), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def frame_window(rng, count, length):
+    """`length` frame indices of a clip of `count` frames: random start, speed 1 or 2, maybe reversed."""
+    if count == 1:
+        return [0] * length
+    speed = rng.choice((1, 1, 2))
+    start = rng.randrange(count)
+    indices = [(start + t * speed) % count for t in range(length)]
+    return indices[::-1] if rng.random() < 0.5 else indices
+
+
+class Bank:
+    """The items of a distillation run and the batch maker.
+
+    items: list of Item with teacher outputs (footage and stills); procedural: list of
+    (fgr [T',3,H,W], pha [T',1,H,W]) uint8 clips; mix: probabilities of
+    (footage, recomposite, procedural).
+    """
+
+    def __init__(self, items, procedural=(), mix=(0.5, 0.3, 0.2), seed=0):
+        self.items, self.procedural = list(items), list(procedural)
+        weights = [0.0 if not self.procedural and k == 2 else p for k, p in enumerate(mix)]
+        self.mix = [w / sum(weights) for w in weights]
+        # clips weigh by frame count, but every still counts as 8 frames so the stills are seen too
+        self.item_weights = [max(len(item), 8) for item in self.items]
+        self.rng = random.Random(seed)
+
+    def _pick(self):
+        return self.rng.choices(self.items, weights=self.item_weights)[0]
+
+    def _view(self, item, tensors, length, height, width):
+        """Stack the item's tensors along C, take a moving crop of a frame window: [T, C, H, W]."""
+        idx = frame_window(self.rng, len(item), length)
+        stacked = torch.cat([t[idx] for t in tensors], dim=1).float().div_(255)
+        thetas = view_thetas(self.rng, length, stacked.shape[-2], stacked.shape[-1], height, width,
+                             degrees=8.0 if len(item) == 1 else 4.0, motion=0.4 if len(item) == 1 else 0.15)
+        return warp(stacked, thetas, height, width)
+
+    def sample(self, length, height, width):
+        kind = self.rng.choices(("footage", "recomposite", "procedural"), weights=self.mix)[0]
+        if kind == "footage":
+            item = self._pick()
+            view = self._view(item, (item.frames, item.fgr, item.pha), length, height, width)
+            return {"src": view[:, :3], "fgr": view[:, 3:6], "pha": view[:, 6:7]}
+        if kind == "recomposite":
+            item = self._pick()
+            layer = self._view(item, (item.fgr, item.pha), length, height, width)
+            fgr, pha = layer[:, :3], layer[:, 3:4]
+        else:
+            fgr_clip, pha_clip = self.procedural[self.rng.randrange(len(self.procedural))]
+            layer = self._view(Item("procedural", fgr_clip), (fgr_clip, pha_clip), length, height, width)
+            fgr, pha = layer[:, :3], layer[:, 3:4]
+        background = self._pick()
+        bgr = self._view(background, (background.frames,), length, height, width)
+        return {"src": fgr * pha + bgr * (1 - pha), "fgr": fgr, "pha": pha}
+
+    def batch(self, size, length, height, width):
+        """{'src', 'fgr', 'pha'} [B, T, C, H, W] float32 on the bank's device."""
+        samples = [self.sample(length, height, width) for _ in range(size)]
+        return {key: torch.stack([s[key] for s in samples]) for key in ("src", "fgr", "pha")}
