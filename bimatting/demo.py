@@ -92,21 +92,27 @@ def _export(workdir):
     return export(None, workdir / "bimatting.onnx", arch="bimatting", progress=False)
 
 
-def _compile_one(source, target, output):
-    """Runs in a worker process: one `bimatting compile`."""
-    from bimatting.deploy.build import compile_model
-
-    began = time.perf_counter()
-    metadata = compile_model(source, target, output, resolution=RESOLUTION)
-    return {"output": str(output), "bytes": Path(output).stat().st_size, "target": target,
-            "seconds": round(time.perf_counter() - began, 1), "binary_convs": metadata["kernels"]["binary_convs"]}
+# One `compile_model` per process; prints its result as JSON, or the error's message and exit code.
+_COMPILE_PROGRAM = """
+import json, sys
+from bimatting.errors import BimattingError
+from bimatting.deploy.build import compile_model
+source, target, output, width, height = sys.argv[1:6]
+try:
+    metadata = compile_model(source, target, output, resolution=(int(width), int(height)))
+except BimattingError as error:
+    print(error, file=sys.stderr)
+    sys.exit(error.exit_code)
+print(json.dumps({"binary_convs": metadata["kernels"]["binary_convs"]}))
+"""
 
 
 def _compile_all(workdir, source):
-    """host and rpi4 at once (two processes: each compile is mostly one core). rpi4 is skipped,
-    with the reason, when the cross compiler is missing."""
-    import concurrent.futures
-    import multiprocessing
+    """host and rpi4 at once, one process each (a compile mostly keeps one core busy). rpi4 is
+    skipped, with the reason, when the cross compiler is missing."""
+    import json
+    import subprocess
+    import sys
 
     from bimatting.deploy import target as targets
 
@@ -116,11 +122,18 @@ def _compile_all(workdir, source):
         jobs[BOARD] = workdir / f"bimatting-{BOARD}.tar"
     except InputError as reason:
         results[BOARD] = {"skipped": str(reason)}
-    context = multiprocessing.get_context("spawn")  # TVM's thread pools do not survive fork
-    with concurrent.futures.ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as pool:
-        futures = {name: pool.submit(_compile_one, str(source), name, str(path)) for name, path in jobs.items()}
-        for name, future in futures.items():
-            results[name] = future.result()
+    began = time.perf_counter()
+    running = {name: subprocess.Popen([sys.executable, "-c", _COMPILE_PROGRAM, str(source), name, str(path),
+                                       *map(str, RESOLUTION)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)
+               for name, path in jobs.items()}
+    for name, process in running.items():
+        out, err = process.communicate()
+        if process.returncode != 0:
+            last = (err.strip().splitlines() or ["no message"])[-1]
+            raise (InputError if process.returncode == 2 else RuntimeFailure)(f"compile for {name} failed: {last}")
+        results[name] = {"output": str(jobs[name]), "bytes": jobs[name].stat().st_size, "target": name,
+                         "seconds": round(time.perf_counter() - began, 1), **json.loads(out.splitlines()[-1])}
     return results
 
 
@@ -201,7 +214,7 @@ def _mb(count):
 
 def _bench_cells(result):
     if result is None or "skipped" in result:
-        return "-", "-", "not benched: " + (result or {}).get("skipped", "?")
+        return "-", "not benched: " + (result or {}).get("skipped", "no result")
     latency = f"{result['latency_ms']['median']:.1f} ms"
     if result.get("emulated"):
         latency = "(emulated)"
@@ -209,7 +222,7 @@ def _bench_cells(result):
     verdict = "pass" if verify.get("passed") else "FAIL"
     worst = verify.get("worst", {})
     detail = f" (pha max {worst['pha_max']:.1e})" if "pha_max" in worst else ""
-    return latency, verdict + detail, ""
+    return latency, verdict + detail
 
 
 def format_report(report):
@@ -236,8 +249,8 @@ def format_report(report):
         if "skipped" in compiled:
             lines.append(f"{label:<30}{'-':>10}{'-':>15}  not compiled: {compiled['skipped']}")
             continue
-        latency, verdict, note = _bench_cells(bench)
-        lines.append(f"{label:<30}{_mb(compiled['bytes']):>10}{latency:>15}  {verdict or note}")
+        latency, verdict = _bench_cells(bench)
+        lines.append(f"{label:<30}{_mb(compiled['bytes']):>10}{latency:>15}  {verdict}")
     m = report["matte"]
     lines.append(f"matte (TVM host): {m['frames']} frames at {m['frames_per_second']:.1f} frames/s, "
                  f"alpha TVM vs onnxruntime on frame {report['difference']['frame']}: "
