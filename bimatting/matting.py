@@ -138,6 +138,10 @@ class OnnxMatter(Matter):
         self.has_ratio_input = "downsample_ratio" in inputs
         self.static_shape = inputs["src"].shape if all(isinstance(d, int) for d in inputs["src"].shape) else None
         self.baked_ratio = _metadata_ratio(self.session) if not self.has_ratio_input else None
+        if self.baked_ratio is not None and self.downsample_ratio not in ("auto", self.baked_ratio):
+            raise InputError(f"'{name}' is exported with downsample ratio {self.baked_ratio:g} baked in, not "
+                             f"{self.downsample_ratio:g}; export it again or use --downsample-ratio auto")
+        self._state_shapes = {k: inputs[f"r{k}i"].shape for k in range(1, 5)}
         self.outputs = ["fgr", "pha", "r1o", "r2o", "r3o", "r4o"]
 
     def _run(self, src, ratio):
@@ -146,10 +150,9 @@ class OnnxMatter(Matter):
                              f"{list(src.shape)}; export it again with the frames' size")
         if self.states is None:
             # RVM's convention: the first frame gets zero states of shape [1,1,1,1] (broadcast).
-            zero = np.zeros((1, 1, 1, 1), np.float32)
-            self.states = [zero] * 4
-            if self.static_shape is not None:
-                self.states = [np.zeros(i.shape, np.float32) for i in self.session.get_inputs()[1:5]]
+            # A static export has fixed state shapes instead.
+            self.states = [np.zeros([d if isinstance(d, int) else 1 for d in self._state_shapes[k]], np.float32)
+                           for k in range(1, 5)]
         feed = {"src": src, **{f"r{k}i": s for k, s in enumerate(self.states, 1)}}
         if self.has_ratio_input:
             feed["downsample_ratio"] = np.asarray([ratio], np.float32)
@@ -181,7 +184,7 @@ def open_matter(checkpoint=None, artifact=None, backend=None, downsample_ratio="
         raise InputError(f"unknown backend '{backend}'; expected one of: {', '.join(BACKENDS)}")
     if artifact is not None:
         path = Path(artifact)
-        if not path.is_file():
+        if not path.exists():  # a compiled artifact may also be a folder
             raise InputError(f"artifact '{path}' does not exist; expected an .onnx file or a compiled "
                              "artifact from `bimatting compile`")
         is_onnx = path.suffix.lower() in ONNX_SUFFIXES
