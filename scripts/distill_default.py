@@ -67,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--minutes", type=float, required=True, help="wall-clock budget of the whole run, start-up included")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     p.add_argument("--size", default="512x288", help="training crop WxH")
-    p.add_argument("--batch", type=int, default=16, help="clips per step")
+    p.add_argument("--batch", type=int, default=32, help="clips per step (32 x 4 frames: 55 GB, 0.69 s/step on an H200)")
     p.add_argument("--frames", type=int, default=4, help="T, frames per clip")
     p.add_argument("--steps", type=int, help="stop after this many steps even if time is left (smoke tests)")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -255,7 +255,6 @@ def main(argv=None):
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision) if args.device == "cuda" else None
     torch.manual_seed(args.seed)
     if args.device == "cuda":
-        torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -265,11 +264,14 @@ def main(argv=None):
     teacher = load_teacher(args.teacher, device)
     log(f"teacher loaded ({time.perf_counter() - started:.1f}s)")
     items = []
+    # No cuDNN autotuning here: stills come in many sizes and each new size would be re-tuned.
+    torch.backends.cudnn.benchmark = False
     for name, frames in clips:
         fgr, pha = run_recurrent(teacher, frames, 16, amp_dtype)
         items.append(Item(name, frames, to_uint8(fgr), to_uint8(pha)))
     _, heldout_teacher_pha = run_recurrent(teacher, heldout, 16, amp_dtype)
     del teacher
+    torch.backends.cudnn.benchmark = args.device == "cuda"   # training shapes are fixed: tune once
     procedural = make_procedural(args.procedural, args.frames, height, width, args.seed, args.workers, device)
     bank = Bank(items, procedural, tuple(float(v) for v in args.mix.split(",")), seed=args.seed)
     log(f"teacher outputs and {len(procedural)} procedural clips ready ({time.perf_counter() - started:.1f}s)")
@@ -283,7 +285,7 @@ def main(argv=None):
     summary = {"script": "scripts/distill_default.py", "teacher": f"RVM mobilenetv3, official weights ({args.teacher})",
                "batch": args.batch, "frames": args.frames, "size": [width, height], "lr": args.lr,
                "mix": args.mix, "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-               "torch": torch.__version__, "steps": 0, "train_seconds": 0.0, "heldout_mad_x1e3": None,
+               "torch": str(torch.__version__), "steps": 0, "train_seconds": 0.0, "heldout_mad_x1e3": None,
                "data": {"clips_and_stills": len(items), "frames": sum(len(i) for i in items),
                         "procedural": len(procedural), "heldout_frames": int(heldout.shape[0])}}
     summary["heldout_mad_x1e3_at_init"] = heldout_mad(model, heldout, heldout_teacher_pha, amp_dtype)
