@@ -8,6 +8,12 @@ Random crop (RVM `train.py` random_crop): w, h drawn from [S/2, S) (BiMatting fl
 multiple of 16), every tensor resized to a max(h, w) square (bilinear) and centre-cropped to h x w.
 The composite src = fgr * pha + bgr * (1 - pha) is made after the crop when a batch carries bgr;
 evaluation-layout batches carry src already.
+
+Distillation weights (this project's choice; RVM/BiMatting train without a teacher): with a
+teacher, labelled passes add 0.5 x the matting loss against the teacher's fgr/pha (ground truth
+stays the main signal; the teacher adds its soft, temporally consistent boundaries), and
+unlabelled passes use 1.0 x the same loss, since the teacher is their only signal. Both include
+the 0.25 x coarse term for BiMatting. The CLI exposes them as --distill-weight/--unlabelled-weight.
 """
 import torch
 from torch.nn import functional as F
