@@ -21,7 +21,8 @@ from bimatting.cli import cli
 from bimatting.models import build_model
 from bimatting.train import passes, runtime
 from bimatting.train.sources import CompositeClips, find_eval_clips
-from bimatting.train.trainer import TrainOptions, train
+from bimatting.train.sampling import seeded_rngs
+from bimatting.train.trainer import fingerprint
 
 TINY = ["--seq-lr", "2", "--size-lr", "128", "--no-progress", "--seed", "7"]
 
@@ -66,23 +67,10 @@ def straight_run(eval_set, tmp_path_factory):
 def fixed_batch_loss(model, eval_set):
     """Matting loss (train-mode BN, no grad) on one fixed window of the set, no crop."""
     dataset = CompositeClips(find_eval_clips(eval_set), 2, 128)
-    with runtime_seed(123):
+    with seeded_rngs(123):
         batch = {key: value[None] for key, value in dataset[0].items()}
     with torch.no_grad():
         return float(passes.matting_pass(model.train(), batch, 1.0)["total"])
-
-
-class runtime_seed:
-    def __init__(self, seed):
-        from bimatting.train.sampling import seeded_rngs
-
-        self.context = seeded_rngs(seed)
-
-    def __enter__(self):
-        return self.context.__enter__()
-
-    def __exit__(self, *exc):
-        return self.context.__exit__(*exc)
 
 
 def test_loss_decreases(straight_run, eval_set):
@@ -127,8 +115,7 @@ def test_torchrun_two_ranks_hold_equal_weights(eval_set, tmp_path):
     prints = summary["rank_fingerprints"]
     assert len(prints) == 2 and prints[0] == prints[1]
     runtime.seed_everything(7)
-    assert prints[0] != __import__("bimatting.train.trainer", fromlist=["fingerprint"]).fingerprint(
-        build_model("bimatting")), "the weights did not move"
+    assert prints[0] != fingerprint(build_model("bimatting")), "the weights did not move"
 
 
 def test_wrong_layout_names_first_missing_folder(eval_set, tmp_path):

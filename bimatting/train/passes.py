@@ -15,7 +15,6 @@ stays the main signal; the teacher adds its soft, temporally consistent boundari
 unlabelled passes use 1.0 x the same loss, since the teacher is their only signal. Both include
 the 0.25 x coarse term for BiMatting. The CLI exposes them as --distill-weight/--unlabelled-weight.
 """
-import torch
 from torch.nn import functional as F
 
 from bimatting.train import losses
