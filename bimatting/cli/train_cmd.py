@@ -50,7 +50,7 @@ def train(stage, data_root, arch, resume, teacher, unlabelled, out, steps, epoch
     Examples:
       bimatting train --stage 1 --data-root ../matting-data --device cuda
       bimatting train --stage 2 --data-root ../matting-data --resume train_out/stage1/epoch-19.pth
-      bimatting data synth -o synth && bimatting train --stage 1 --data-root synth --steps 100
+      bimatting data synth --out synth && bimatting train --stage 1 --data-root synth --steps 100
       bimatting train --stage 1 --data-root synth --teacher rvm --unlabelled footage/
       torchrun --nproc_per_node 4 -m bimatting train --stage 1 --data-root ../matting-data --device cuda
     """
