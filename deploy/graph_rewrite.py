@@ -10,8 +10,9 @@ Rewrites (the model is copied, never changed in place):
   float tensor; a BinaryConv2d fed by other uint8 data re-packs those bytes instead.
 * Weights, scale and bias (initializers or Constant nodes) move into tensor attributes of
   `BimattingBinaryConv`, which pre-packs them at compile time.
-* Output transform fusion: a following per-channel Mul / Add (e.g. LearnableBias), then PRelu,
-  then a per-channel Add fold into the kernel's epilogue. For the masked op only what keeps
+* Output transform fusion: the per-channel Mul / Add / PRelu nodes that only post-process a
+  binary conv (BatchNorm leftovers, LearnableBias, RPReLU) move into the kernel's epilogue, kept
+  in their order so every float rounding stays the graph's. For the masked op only what keeps
   masked positions at exactly 0 folds (Mul, PRelu).
 * Standalone BinarizePack / Unpack keep their ONNX semantics (`BimattingBinarizePack`, ...).
 * Frontend gaps: an empty `scales` / `roi` of Resize (legal ONNX, as PyTorch exports it) is
@@ -102,38 +103,29 @@ def _per_channel(value, channels):
 
 
 def _fold_output_transform(g, conv, channels_out, masked):
-    """Fold Mul/Add -> PRelu -> Add after `conv` into (scale, bias, slope, post_bias)."""
-    scale_mul, bias_add = np.ones(channels_out, np.float64), np.zeros(channels_out, np.float64)
-    slope = post_bias = None
-    folded, out = [], conv.output[0]
+    """Per-channel Mul / Add / PRelu nodes that only post-process `conv`'s output, in order.
+
+    Returns (folded nodes, the last one's output name, [(kind, values)]). The masked op keeps
+    masked positions at exactly 0 only through Mul and PRelu, so Add does not fold there.
+    """
+    folded, steps, out = [], [], conv.output[0]
     while True:
         node = g.sole_consumer(out)
         if node is None or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
             break
         other = node.input[1] if node.input[0] == out else node.input[0]
-        if other not in g.consts:
+        kind = {"Mul": "mul", "Add": "add", "PRelu": "prelu"}.get(node.op_type)
+        if kind is None or other not in g.consts or (masked and kind == "add"):
             break
-        if node.op_type == "PRelu" and node.input[0] == out and slope is None:
-            value = _per_channel(g.consts[other], channels_out)
-        elif node.op_type == "Mul" and slope is None:
-            value = _per_channel(g.consts[other], channels_out)
-        elif node.op_type == "Add" and not masked and (slope is None or post_bias is None):
-            value = _per_channel(g.consts[other], channels_out)
-        else:
+        if kind == "prelu" and node.input[0] != out:
             break
+        value = _per_channel(g.consts[other], channels_out)
         if value is None:
             break
-        if node.op_type == "PRelu":
-            slope = value
-        elif node.op_type == "Mul":
-            scale_mul, bias_add = scale_mul * value, bias_add * value
-        elif slope is None:
-            bias_add = bias_add + value
-        else:
-            post_bias = value
+        steps.append((kind, value))
         folded.append(node)
         out = node.output[0]
-    return folded, out, (scale_mul, bias_add, slope, post_bias)
+    return folded, out, steps
 
 
 def _geometry_ints(attrs):
@@ -238,22 +230,22 @@ def _conv_node(g, node, group_id, removed):
                          f"expected {expected}")
     weights = np.asarray(g.const(node.input[1], "weights", node), np.uint8)
     channels_out = weights.shape[0]
-    scale = np.asarray(g.const(node.input[2], "scale", node), np.float64).reshape(-1)
-    bias = np.asarray(g.const(node.input[3], "bias", node), np.float64).reshape(-1)
-    folded, output, (mul, add, slope, post_bias) = _fold_output_transform(g, node, channels_out, masked)
+    scale = np.asarray(g.const(node.input[2], "scale", node), np.float32).reshape(-1)
+    bias = np.asarray(g.const(node.input[3], "bias", node), np.float32).reshape(-1)
+    if scale.size != channels_out or bias.size != channels_out:
+        raise InputError(f"{DOMAIN}.{node.op_type} node '{node.name}': scale and bias must have "
+                         f"{channels_out} values (one per output channel)")
+    folded, output, post = _fold_output_transform(g, node, channels_out, masked)
     removed.update(id(f) for f in folded)
-    tensors = {"weights": weights, "scale": (scale * mul).astype(np.float32),
-               "bias": (bias * mul + add).astype(np.float32)}
-    if slope is not None:
-        tensors["prelu_slope"] = slope
-    if post_bias is not None:
-        tensors["post_bias"] = post_bias
+    steps = [("mul", scale), ("add", bias)] + post
     inputs = [f"__bimatting_packed_{group_id}"] + ([node.input[4]] if masked else [])
-    tensor_attrs = {k: numpy_helper.from_array(np.asarray(v), k) for k, v in tensors.items()}
+    values = np.stack([np.asarray(v, np.float32).reshape(-1) for _, v in steps])  # [S, O]
     return [helper.make_node("BimattingBinaryConv", inputs, [output], name=node.name or output,
                              domain=PRIVATE_DOMAIN, group=group_id, masked=int(masked),
                              channels_in=attrs["channels_in"], geometry=_geometry_ints(attrs),
-                             **tensor_attrs)]
+                             weights=numpy_helper.from_array(weights, "weights"),
+                             epilogue_kinds=[kind for kind, _ in steps],
+                             epilogue_values=numpy_helper.from_array(values, "epilogue_values"))]
 
 
 def _plain_custom_node(node):

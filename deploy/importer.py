@@ -66,9 +66,9 @@ def _make_converters(arch):
             if weights.shape[1:] != (-(-g.channels_in // 8),) + tuple(g.kernel):
                 raise InputError(f"BinaryConv2d weights {weights.shape} do not match channels_in="
                                  f"{g.channels_in}, kernel_shape={list(g.kernel)}")
-            operands = lowering.conv_operands(weights, _tensor_attr(attr, "scale"), _tensor_attr(attr, "bias"),
-                                              g, arch, _tensor_attr(attr, "prelu_slope"),
-                                              _tensor_attr(attr, "post_bias"))
+            kinds = [k.decode() if isinstance(k, bytes) else str(k) for k in attr["epilogue_kinds"]]
+            epilogue = list(zip(kinds, _tensor_attr(attr, "epilogue_values")))
+            operands = lowering.conv_operands(weights, g, arch, epilogue)
             mask = inputs[1] if int(attr["masked"]) else None
             if mask is not None and lowering.static_shape(mask) != (layout_batch(inputs[0]), 1, g.out_height, g.out_width):
                 raise InputError(f"BinaryConv2dMasked mask has shape {lowering.static_shape(mask)}, expected "

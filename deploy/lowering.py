@@ -48,45 +48,44 @@ class ConvOperands:
     """numpy constants of one binary convolution (kernels/params.py), in call order."""
 
     weights: np.ndarray  # [KH, KW, CW, Op] words
-    multiplier: np.ndarray  # [Op]
-    addend: np.ndarray  # [row classes, col classes, Op]
+    base: np.ndarray  # [row classes, col classes, Op] int32: K_all + border correction
     row_class: np.ndarray  # [OH] int32
     col_class: np.ndarray  # [OW] int32
-    prelu_slope: np.ndarray = None  # [Op]
-    post_bias: np.ndarray = None  # [Op]
+    steps: np.ndarray  # [S, Op] float32 operands of the output transform
+    kinds: tuple  # S step kinds ("mul", "add", "prelu"): part of the kernel's code
 
     def arrays(self):
-        extra = [a for a in (self.prelu_slope, self.post_bias) if a is not None]
-        return [self.weights, self.multiplier, self.addend, self.row_class, self.col_class] + extra
+        return [self.weights, self.base, self.row_class, self.col_class, self.steps]
 
 
-def conv_operands(w_packed, scale, bias, geometry, arch, prelu_slope=None, post_bias=None):
-    """Pre-pack weights and fold scale/bias/border correction for `arch` (schedules/x86|aarch64)."""
+def scale_bias(scale, bias):
+    """The output transform of BinaryConv2d itself: scale * D + bias."""
+    return [("mul", scale), ("add", bias)]
+
+
+def conv_operands(w_packed, geometry, arch, epilogue):
+    """Pre-pack weights and tables for `arch` (schedules/x86|aarch64); `epilogue` is a list of
+    (kind, per-channel values) steps, e.g. scale_bias(scale, bias) + [("prelu", slope)]."""
     g = geometry
     out_padded = bitserial.ceil_div(g.channels_out, arch.out_granule) * arch.out_granule
     weights = kparams.weight_words(w_packed, g.channels_in, arch.word_dtype, out_padded)
     row_class, col_class, corr = kparams.border_classes(w_packed, g)
-    multiplier, addend = kparams.output_transform_params(scale, bias, corr, g, out_padded)
-    slope = None if prelu_slope is None else kparams.per_channel(prelu_slope, g.channels_out, out_padded)
-    post = None if post_bias is None else kparams.per_channel(post_bias, g.channels_out, out_padded)
-    return ConvOperands(weights, multiplier, addend, row_class, col_class, slope, post)
+    kinds, steps = kparams.epilogue_operands(epilogue, g.channels_out, out_padded)
+    return ConvOperands(weights, kparams.exact_base(corr, g, out_padded), row_class, col_class, steps, kinds)
 
 
 def conv_func(batch, geometry, layout, operands, masked=False):
-    """PrimFunc (packed, weights, multiplier, addend, row_class, col_class[, slope][, post_bias]
-    [, mask]) -> float32 [N, O, OH, OW]."""
+    """PrimFunc (packed, weights, base, row_class, col_class, steps[, mask]) -> float32
+    [N, O, OH, OW]."""
     g = geometry
     packed = te.placeholder((batch, layout.rows, layout.cols, layout.words), layout.word_dtype, name="packed")
-    const = [te.placeholder(a.shape, str(a.dtype), name=n) for a, n in
-             zip(operands.arrays(), ("weights", "multiplier", "addend", "row_class", "col_class", "e0", "e1"))]
-    weights, multiplier, addend, row_class, col_class = const[:5]
-    extra = iter(const[5:])
-    slope = next(extra) if operands.prelu_slope is not None else None
-    post = next(extra) if operands.post_bias is not None else None
+    names = ("weights", "base", "row_class", "col_class", "steps")
+    weights, base, row_class, col_class, steps = [te.placeholder(a.shape, str(a.dtype), name=n)
+                                                  for a, n in zip(operands.arrays(), names)]
     mask = te.placeholder((batch, 1, g.out_height, g.out_width), "float32", name="mask") if masked else None
     pop = bitserial.popcount_conv(packed, weights, g, layout)
-    out = bitserial.output_transform(pop, multiplier, addend, row_class, col_class, g, slope, post, mask)
-    args = [packed] + const + ([mask] if masked else []) + [out]
+    out = bitserial.output_transform(pop, base, row_class, col_class, steps, operands.kinds, g, mask)
+    args = [packed, weights, base, row_class, col_class, steps] + ([mask] if masked else []) + [out]
     return _prim_func(args, "bconv")
 
 

@@ -73,8 +73,12 @@ class CompiledModel:
 
     def call(self, device_inputs):
         """Run `main` on device tensors in input order; returns the output device tensors."""
-        result = self.vm["main"](*device_inputs, *self._params)
-        return list(result) if len(self.output_names) > 1 else [result]
+        # set_input / invoke_stateful / get_outputs work the same locally and over RPC (a remote
+        # tuple return value cannot be unpacked by the client).
+        self.vm.set_input("main", *device_inputs, *self._params)
+        self.vm.invoke_stateful("main")
+        result = self.vm.get_outputs("main")
+        return list(result) if isinstance(result, (tuple, list)) else [result]
 
     def run(self, **inputs):
         """One stateless call with numpy inputs (all of them); returns {output name: numpy}."""

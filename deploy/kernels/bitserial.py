@@ -16,10 +16,11 @@ Internal layout (free to choose inside TVM; the ONNX ops use uint8 NCHW, docs/on
 
 Math (bimatting/bitpack.py): with a +1 border, `D = K_all - 2 * popcount + corr[y, x, o]`, where
 `corr` removes what the border taps added. `corr` only depends on which kernel rows and columns
-fall outside the image, so it is a small table indexed by a row class and a column class. The
-output transform folds scale, bias and the correction into one multiply-add:
-    Y = scale * D + bias = (-2 * scale) * popcount + (scale * (K_all + corr) + bias)
-followed by optional PReLU, a per-channel bias after it, and the SAB mask.
+fall outside the image, so it is a small table indexed by a row class and a column class. D is
+computed exactly in int32; the output transform then applies the per-channel float steps the
+graph had (scale, bias, LearnableBias, PReLU, ...) in their order, then the SAB mask. Folding
+them into one multiply-add would be cheaper but rounds differently from the ONNX graph, and a
+binary network turns any rounding difference at a later sign() into a flipped bit.
 """
 from dataclasses import dataclass
 
@@ -164,23 +165,32 @@ def popcount_conv(packed, weights, geometry, layout):
     return te.compute(shape, count, name="bconv_popcount")
 
 
-def output_transform(pop, multiplier, addend, row_class, col_class, geometry, prelu_slope=None,
-                     post_bias=None, mask=None):
+EPILOGUE_KINDS = ("mul", "add", "prelu")
+
+
+def output_transform(pop, base, row_class, col_class, steps, kinds, geometry, mask=None):
     """Popcounts -> float NCHW output [N, O, OH, OW] (module docstring for the algebra).
 
-    multiplier [Op] = -2 * scale; addend [row classes, col classes, Op] = scale * (K_all + corr)
-    + bias; row_class [OH], col_class [OW] int32; prelu_slope, post_bias [Op]; mask [N, 1, OH, OW]
-    (the value is kept where mask != 0, else exactly 0).
+    base [row classes, col classes, Op] int32 = K_all + corr, so D = base - 2 * popcount is the
+    exact integer dot product; row_class [OH], col_class [OW] int32. Then the per-channel float
+    steps (`kinds[i]` with operand steps[i, :Op]: "mul" v*s, "add" v+s, "prelu" v<0 ? v*s : v)
+    in the order the graph applies them, so every float rounding matches the ONNX graph's.
+    mask [N, 1, OH, OW]: the value is kept where mask != 0, else exactly 0.
     """
     n_ = int(pop.shape[0])
     g = geometry
 
     def transform(n, o, y, x):
-        value = pop[n, y, x, o].astype("float32") * multiplier[o] + addend[row_class[y], col_class[x], o]
-        if prelu_slope is not None:
-            value = tirx.if_then_else(value < 0, value * prelu_slope[o], value)
-        if post_bias is not None:
-            value = value + post_bias[o]
+        dot = base[row_class[y], col_class[x], o] - 2 * pop[n, y, x, o]
+        value = dot.astype("float32")
+        for i, kind in enumerate(kinds):
+            operand = steps[i, o]
+            if kind == "mul":
+                value = value * operand
+            elif kind == "add":
+                value = value + operand
+            else:
+                value = tirx.if_then_else(value < 0, value * operand, value)
         if mask is not None:
             value = tirx.if_then_else(mask[n, 0, y, x] != 0, value, tirx.const(0, "float32"))
         return value

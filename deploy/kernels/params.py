@@ -3,8 +3,8 @@
 * `weight_words`: ONNX packed weights [O, ceil(C/8), KH, KW] uint8 -> [KH, KW, CW, Op] words.
 * `border_classes`: which kernel rows / columns of each output row / column read the padding,
   as class indices plus the zero-padding correction per (row class, column class, o).
-* `output_transform_params`: scale, bias and the correction folded into a multiplier and an
-  addend (algebra in bitserial.py and bimatting/bitpack.py).
+* `exact_base`, `epilogue_operands`: K_all + correction (int32) and the per-channel float steps
+  of the output transform (algebra in bitserial.py and bimatting/bitpack.py).
 """
 import numpy as np
 
@@ -56,21 +56,17 @@ def border_classes(w_packed, geometry):
             corr.astype(np.int32))
 
 
-def output_transform_params(scale, bias, corr, geometry, out_padded):
-    """multiplier [Op] = -2 scale, addend [rows, cols, Op] = scale (K_all + corr) + bias (float32)."""
-    o = geometry.channels_out
-    scale = np.asarray(scale, np.float64).reshape(-1)
-    bias = np.asarray(bias, np.float64).reshape(-1)
-    multiplier = np.zeros(out_padded, np.float32)
-    multiplier[:o] = -2.0 * scale
-    addend = np.zeros(corr.shape[:2] + (out_padded,), np.float32)
-    addend[:, :, :o] = scale * (geometry.taps + corr) + bias
-    return multiplier, addend
+def exact_base(corr, geometry, out_padded):
+    """K_all + corr as int32 [rows, cols, Op]: D = base - 2 * popcount."""
+    base = np.zeros(corr.shape[:2] + (out_padded,), np.int32)
+    base[:, :, :geometry.channels_out] = geometry.taps + corr
+    return base
 
 
-def per_channel(values, channels, out_padded, fill=0.0):
-    """A per-output-channel float vector padded to Op (PReLU slopes, post-activation biases)."""
-    out = np.full(out_padded, fill, np.float32)
-    out[:channels] = np.broadcast_to(np.asarray(values, np.float32).reshape(-1), (channels,))
-    return out
-
+def epilogue_operands(steps, channels, out_padded):
+    """[(kind, per-channel values)] -> (kinds tuple, float32 [S, Op]) with values broadcast."""
+    kinds = tuple(kind for kind, _ in steps)
+    table = np.zeros((max(len(steps), 1), out_padded), np.float32)
+    for i, (_, values) in enumerate(steps):
+        table[i, :channels] = np.broadcast_to(np.asarray(values, np.float32).reshape(-1), (channels,))
+    return kinds, table

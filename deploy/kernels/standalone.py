@@ -1,6 +1,6 @@
 """One binary convolution as a standalone TVM module (pack + conv), for kernel tests and benches.
 
-    kernel = BinaryConvKernel(geometry, w_packed, scale, bias, target)
+    kernel = BinaryConvKernel(geometry, w_packed, scale, bias, target, extra_steps=[("prelu", slope)])
     lib = kernel.build()                      # or kernel.export(path) for a remote board
     y = kernel.run(lib, x_float, device)      # float32 NCHW, the BinaryConv2d result
 
@@ -16,12 +16,13 @@ from bimatting.deploy.schedules import arch_for, schedule_kernel
 
 
 class BinaryConvKernel:
-    def __init__(self, geometry, w_packed, scale, bias, target, batch=1, prelu_slope=None,
-                 post_bias=None, masked=False, arch=None):
+    def __init__(self, geometry, w_packed, scale, bias, target, batch=1, extra_steps=(), masked=False,
+                 arch=None):
         self.geometry, self.target, self.batch, self.masked = geometry, target, batch, masked
         self.arch = arch or arch_for(target)
         self.layout = PackLayout.covering([geometry], self.arch.word_dtype)
-        self.operands = lowering.conv_operands(w_packed, scale, bias, geometry, self.arch, prelu_slope, post_bias)
+        epilogue = lowering.scale_bias(scale, bias) + list(extra_steps)
+        self.operands = lowering.conv_operands(w_packed, geometry, self.arch, epilogue)
         g = geometry
         self.pack = lowering.pack_func((batch, g.channels_in, g.height, g.width), self.layout)
         self.conv = lowering.conv_func(batch, g, self.layout, self.operands, masked)
