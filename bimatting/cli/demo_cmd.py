@@ -22,8 +22,13 @@ def demo(workdir, quiet, as_json):
       bimatting demo
       bimatting demo --workdir /tmp/demo --json
     """
-    from bimatting.demo import format_report, run_demo
+    from bimatting.demo import failed_checks, format_report, run_demo
+    from bimatting.errors import RuntimeFailure
 
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     report = run_demo(workdir, progress=not quiet, echo=echo)
     click.echo(json.dumps(report, indent=2, default=str) if as_json else "\n" + format_report(report))
+    failed = failed_checks(report)
+    if failed:
+        raise RuntimeFailure(f"verification failed on {', '.join(failed)}: the compiled model's alpha is "
+                             "outside the tolerance of onnxruntime's (see the table)")
