@@ -1,11 +1,12 @@
-"""One binary convolution as a standalone TVM module (pack + conv), for kernel tests and benches.
+"""Binary convolutions as standalone TVM modules (pack + conv), for kernel tests and benches.
 
     kernel = BinaryConvKernel(geometry, w_packed, scale, bias, target, extra_steps=[("prelu", slope)])
-    lib = kernel.build()                      # or kernel.export(path) for a remote board
-    y = kernel.run(lib, x_float, device)      # float32 NCHW, the BinaryConv2d result
+    lib = build([kernel], target)             # or export([kernels], target, path) for a board
+    y = kernel.run(lib.mod, x_float, device)  # float32 NCHW, the BinaryConv2d (+ steps) result
 
 The functions are exactly the ones a compiled network uses (lowering.py + schedules), so a test
-here covers the network's kernels.
+here covers the network's kernels. Several kernels share one module (functions pack<i>,
+conv<i>), so a board needs one upload.
 """
 import numpy as np
 import tvm
@@ -26,18 +27,16 @@ class BinaryConvKernel:
         g = geometry
         self.pack = lowering.pack_func((batch, g.channels_in, g.height, g.width), self.layout)
         self.conv = lowering.conv_func(batch, g, self.layout, self.operands, masked)
+        self.index = 0  # set by build(): this kernel's functions are pack<index>, conv<index>
 
-    def module(self, scheduled=True):
-        funcs = {"pack": self.pack, "conv": self.conv}
+    def functions(self, scheduled=True):
+        funcs = {f"pack{self.index}": self.pack, f"conv{self.index}": self.conv}
         if scheduled:
             funcs = {name: schedule_kernel(f, self.arch).mod["main"] for name, f in funcs.items()}
-        return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
-
-    def build(self, scheduled=True):
-        return tvm.compile(self.module(scheduled), target=self.target)
+        return {name: f.with_attr("global_symbol", name) for name, f in funcs.items()}
 
     def arrays(self, x, device, mask=None):
-        """Device tensors for one call: packed buffer, operands, (mask), output."""
+        """Device tensors for one call: input, packed buffer, operands (+ mask), output."""
         g, lay = self.geometry, self.layout
         packed = tvm.runtime.empty((self.batch, lay.rows, lay.cols, lay.words), lay.word_dtype, device)
         consts = [tvm.runtime.tensor(a, device) for a in self.operands.arrays()]
@@ -45,10 +44,28 @@ class BinaryConvKernel:
         out = tvm.runtime.empty((self.batch, g.channels_out, g.out_height, g.out_width), "float32", device)
         return tvm.runtime.tensor(np.asarray(x, np.float32), device), packed, consts + extra, out
 
-    def run(self, lib, x, device, mask=None):
+    def run(self, module, x, device, mask=None):
         """Pack `x` and convolve: float32 [N, C, H, W] -> float32 [N, O, OH, OW]."""
         x_dev, packed, operands, out = self.arrays(x, device, mask)
-        module = lib.mod if hasattr(lib, "mod") else lib
-        module["pack"](x_dev, packed)
-        module["conv"](packed, *operands, out)
+        module[f"pack{self.index}"](x_dev, packed)
+        module[f"conv{self.index}"](packed, *operands, out)
         return out.numpy()
+
+
+def module(kernels, scheduled=True):
+    funcs = {}
+    for index, kernel in enumerate(kernels):
+        kernel.index = index
+        funcs.update(kernel.functions(scheduled))
+    return tvm.IRModule(funcs)
+
+
+def build(kernels, target, scheduled=True):
+    """One executable holding every kernel (call through `.mod`)."""
+    return tvm.compile(module(kernels, scheduled), target=target)
+
+
+def export(kernels, target, path, fcompile=None):
+    """Build and write a shared library (cross-compiled with `fcompile`) for a remote board."""
+    build(kernels, target).export_library(str(path), fcompile=fcompile)
+    return path

@@ -1,0 +1,208 @@
+"""Bitserial kernels (deploy/kernels + deploy/schedules) against independent references.
+
+The binary convolution must equal the float convolution of the +-1 tensors *exactly*: both
+sides are integers well below 2^24, so float32 holds them exactly in any summation order. The
+reference is onnxruntime's float Conv on sign(x), sign(w) (zero padding of the +-1 tensor, the
+ONNX op's semantics), independent of the XNOR/popcount path. Channel counts cover one word, word
+multiples and leftovers (3, 16, 20, 35, 64, 195); odd image sizes put borders on every side.
+The same kernels run on the emulated Raspberry Pi 4 (qemu-user, Cortex-A72 ISA) over TVM RPC.
+"""
+import itertools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tvm
+from onnx import TensorProto, helper
+
+from bimatting import bitpack
+from bimatting.deploy import lowering
+from bimatting.deploy.kernels import standalone
+from bimatting.deploy.kernels.bitserial import ConvGeometry, PackLayout
+from bimatting.deploy.target import fcompile, resolve
+
+CHANNELS = (3, 16, 20, 35, 64, 195)
+# (kernel, stride, pads (top, left, bottom, right), dilation)
+CONFIGS = [(1, 1, (0, 0, 0, 0), 1), (1, 2, (0, 0, 0, 0), 1), (3, 1, (1, 1, 1, 1), 1),
+           (3, 2, (1, 1, 1, 1), 1), (3, 1, (2, 2, 2, 2), 2), (3, 2, (1, 0, 2, 1), 1)]
+HEIGHT, WIDTH = 13, 11
+
+
+def float_conv(x, w, strides, pads, dilations):
+    """onnxruntime Conv (float32) of x [N, C, H, W] with w [O, C, KH, KW]."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(strides), pads=list(pads),
+                            dilations=list(dilations))
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
+                                               helper.make_tensor_value_info("w", TensorProto.FLOAT, w.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x.astype(np.float32), "w": w.astype(np.float32)})[0]
+
+
+def _case(channels, config, seed, out_channels=None):
+    kernel, stride, pads, dilation = config
+    rng = np.random.default_rng(seed)
+    out_channels = out_channels or (24, 20, 35)[seed % 3]
+    geometry = ConvGeometry(HEIGHT, WIDTH, channels, out_channels, (kernel, kernel), (stride, stride), pads,
+                            (dilation, dilation))
+    x = rng.standard_normal((1, channels, HEIGHT, WIDTH)).astype(np.float32)
+    x[0, 0, 0, 0] = 0.0  # sign(0) = +1
+    w = rng.standard_normal((out_channels, channels, kernel, kernel)).astype(np.float32)
+    return geometry, x, w
+
+
+def _integer_kernels(target):
+    """One kernel per (channels, config) with scale 1, bias 0: the output is D itself."""
+    cases = []
+    for seed, (channels, config) in enumerate(itertools.product(CHANNELS, CONFIGS)):
+        geometry, x, w = _case(channels, config, seed)
+        ones, zeros = np.ones(geometry.channels_out), np.zeros(geometry.channels_out)
+        kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), ones, zeros, target)
+        cases.append((kernel, x, w))
+    return cases
+
+
+def _check_integer_cases(cases, module, device):
+    for kernel, x, w in cases:
+        g = kernel.geometry
+        got = kernel.run(module, x, device)
+        want = float_conv(bitpack.sign(x), bitpack.sign(w), g.strides, g.pads, g.dilations)
+        assert got.shape == want.shape
+        assert np.array_equal(got, want), (
+            f"C={g.channels_in} k={g.kernel} s={g.strides} pads={g.pads} d={g.dilations}: "
+            f"{int((got != want).sum())} of {got.size} values differ")
+
+
+@pytest.fixture(scope="module")
+def host_target():
+    return resolve("host").tvm_target
+
+
+def test_binary_conv_equals_float_conv_of_signs_on_host(host_target):
+    cases = _integer_kernels(host_target)
+    lib = standalone.build([k for k, _, _ in cases], host_target)
+    _check_integer_cases(cases, lib.mod, tvm.cpu())
+
+
+def test_output_transform_steps_follow_the_graph_order(host_target):
+    """scale, bias, LearnableBias, PReLU, bias as float32 ops in order (numpy reference)."""
+    geometry, x, w = _case(35, CONFIGS[2], seed=7, out_channels=20)
+    rng = np.random.default_rng(1)
+    scale, bias, shift, slope, post = (rng.standard_normal(20).astype(np.float32) for _ in range(5))
+    steps = [("add", shift), ("prelu", slope), ("add", post), ("mul", scale)]
+    kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), scale, bias, host_target, extra_steps=steps)
+    got = kernel.run(standalone.build([kernel], host_target).mod, x, tvm.cpu())
+    d = float_conv(bitpack.sign(x), bitpack.sign(w), geometry.strides, geometry.pads, geometry.dilations)
+    col = (lambda v: v[None, :, None, None])
+    want = d * col(scale) + col(bias) + col(shift)
+    want = np.where(want < 0, want * col(slope), want) + col(post)
+    want = want * col(scale)
+    # LLVM contracts a multiply followed by an add into one FMA (a single rounding instead of
+    # two), so allow a few float32 ulps; the integer part is checked exactly above.
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=2e-6, atol=2e-6)
+
+
+def test_masked_variant_is_exactly_zero_where_the_mask_is(host_target):
+    geometry, x, w = _case(64, CONFIGS[2], seed=3, out_channels=16)
+    rng = np.random.default_rng(2)
+    mask = rng.random((1, 1, geometry.out_height, geometry.out_width)).astype(np.float32)
+    mask[mask < 0.6] = 0.0  # SAB: a soft (bilinear) mask with exact zeros
+    kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), np.ones(16), np.zeros(16), host_target,
+                                         masked=True)
+    got = kernel.run(standalone.build([kernel], host_target).mod, x, tvm.cpu(), mask=mask)
+    dense = float_conv(bitpack.sign(x), bitpack.sign(w), geometry.strides, geometry.pads, geometry.dilations)
+    want = np.where(mask != 0, dense, 0.0)
+    assert np.array_equal(got, want)
+    assert (got[np.broadcast_to(mask == 0, got.shape)] == 0).all()
+
+
+def test_batch_of_two_frames(host_target):
+    geometry, _, w = _case(20, CONFIGS[3], seed=4, out_channels=24)
+    x = np.random.default_rng(5).standard_normal((2, 20, HEIGHT, WIDTH)).astype(np.float32)
+    kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), np.ones(24), np.zeros(24), host_target, batch=2)
+    got = kernel.run(standalone.build([kernel], host_target).mod, x, tvm.cpu())
+    want = float_conv(bitpack.sign(x), bitpack.sign(w), geometry.strides, geometry.pads, geometry.dilations)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("word", ["uint64", "uint32"])
+def test_repacking_onnx_bytes_gives_the_same_words_as_packing_floats(word, host_target):
+    """A BinaryConv2d fed by uint8 data (not by BinarizePack) re-packs bytes into words."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 35, 7, 9)).astype(np.float32)
+    geometry = ConvGeometry(7, 9, 35, 8, (3, 3), (1, 1), (1, 1, 1, 1))
+    layout = PackLayout.covering([geometry], word)
+    funcs = {"pack": lowering.pack_func(x.shape, layout), "repack": lowering.repack_func((1, 5, 7, 9), 35, layout)}
+    mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
+    lib = tvm.compile(mod, target=host_target)
+    shape = (1, layout.rows, layout.cols, layout.words)
+    from_floats, from_bytes = tvm.runtime.empty(shape, word), tvm.runtime.empty(shape, word)
+    lib["pack"](tvm.runtime.tensor(x), from_floats)
+    lib["repack"](tvm.runtime.tensor(bitpack.pack(x)), from_bytes)
+    assert np.array_equal(from_floats.numpy(), from_bytes.numpy())
+    # Words hold channel c at bit c % B of word c // B (bimatting.bitpack's order, widened).
+    words = from_floats.numpy()[0, layout.top:layout.top + 7, layout.left:layout.left + 9]
+    bits = (words[..., :, None] >> np.arange(int(word[4:]), dtype=word)) & 1  # [y, x, CW, B]
+    signs = 1.0 - 2.0 * bits.reshape(7, 9, -1)[..., :35].transpose(2, 0, 1)
+    assert np.array_equal(signs, bitpack.sign(x)[0])
+
+
+def test_onnx_binarize_pack_and_unpack_ops_match_bitpack(host_target):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 20, 5, 6)).astype(np.float32)
+    x[0, :, 0, 0] = 0.0
+    from bimatting.deploy.schedules import arch_for, schedule_kernel
+
+    funcs = {"bp": lowering.binarize_pack_func(x.shape), "up": lowering.unpack_func((2, 3, 5, 6), 20)}
+    arch = arch_for(host_target)
+    mod = tvm.IRModule({name: schedule_kernel(f, arch).mod["main"].with_attr("global_symbol", name)
+                        for name, f in funcs.items()})
+    lib = tvm.compile(mod, target=host_target)
+    packed, unpacked = tvm.runtime.empty((2, 3, 5, 6), "uint8"), tvm.runtime.empty(x.shape, "float32")
+    lib["bp"](tvm.runtime.tensor(x), packed)
+    assert np.array_equal(packed.numpy(), bitpack.pack(x))
+    lib["up"](packed, unpacked)
+    assert np.array_equal(unpacked.numpy(), bitpack.sign(x))
+
+
+def test_host_code_uses_a_vector_popcount(host_target):
+    """AVX-512 VPOPCNTDQ where the CPU has it (vpopcntq), else AVX2's vpshufb nibble table."""
+    from tvm.target.codegen import llvm_get_cpu_features
+
+    geometry, _, w = _case(64, CONFIGS[2], seed=9, out_channels=64)
+    kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), np.ones(64), np.zeros(64), host_target)
+    asm = standalone.build([kernel], host_target).mod.inspect_source("asm")
+    if host_target.attrs.get("mtriple", "x86_64").startswith("aarch64"):
+        assert "cnt\tv" in asm
+    elif "avx512vpopcntdq" in llvm_get_cpu_features(host_target):
+        assert "vpopcntq" in asm
+    else:
+        assert "vpshufb" in asm
+
+
+# --- the same kernels on the emulated Raspberry Pi 4 -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def rpi4_session():
+    emulator = pytest.importorskip("bimatting.deploy.emulator", reason="the ARM emulator module is absent")
+    try:
+        board = emulator.start_board("rpi4")
+    except emulator.EmulatorNotSetUp as error:
+        pytest.skip(f"emulated rpi4 cannot start: {error}")
+    try:
+        yield board.connect()
+    finally:
+        board.stop()
+
+
+@pytest.mark.emulated
+def test_binary_conv_equals_float_conv_of_signs_on_emulated_rpi4(rpi4_session, tmp_path):
+    target = resolve("rpi4")
+    cases = _integer_kernels(target.tvm_target)
+    library = standalone.export([k for k, _, _ in cases], target.tvm_target, tmp_path / "kernels.so",
+                                fcompile(target))
+    rpi4_session.upload(str(library))
+    module = rpi4_session.load_module("kernels.so")
+    _check_integer_cases(cases, module, rpi4_session.cpu())
