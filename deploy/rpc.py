@@ -2,7 +2,7 @@
 
     device = open_device(rpc="pi.local:9090")             # or tracker="host:9190", key="rpi4";
     with device:                                           # neither: this machine (no RPC)
-        device.check_arch(artifact)                        # clear error before anything runs
+        device.check_arch("aarch64", "rpi4")              # clear error before anything runs
         with deadline(120, "frame 3"):
             ...                                            # remote calls, bounded in time
     print(device.describe())                               # JSON-ready: kind, address, arch
@@ -122,23 +122,18 @@ class Device:
 
     @property
     def is_remote(self):
-        return self.session is not None
+        return self.kind != "local"
 
     def describe(self):
         return {"kind": self.kind, "address": self.address, "key": self.key, "arch": self.arch}
 
-    def label(self):
-        where = "this machine" if not self.is_remote else f"{self.address}" + (f" (key {self.key})" if self.key else "")
-        return f"{where}, {self.arch or 'unknown arch'}"
-
-    def check_arch(self, artifact):
-        """InputError unless this device runs `artifact`'s architecture (probes over RPC)."""
-        wanted = artifact.target["arch"]
-        name = artifact.target["name"]
+    def check_arch(self, wanted, name):
+        """InputError unless this device runs `wanted` code (e.g. 'aarch64'); `name` says who needs
+        it ("the artifact (rpi4)"). Over RPC it uploads probe libraries."""
         if not self.is_remote:
             if wanted != self.arch:
-                raise InputError(f"artifact is built for {wanted} ({name}) but this machine is {self.arch}; "
-                                 "bench it on the board with --rpc HOST:PORT, or compile with --target host")
+                raise InputError(f"{name} needs an {wanted} device but this machine is {self.arch}; use the board "
+                                 "with --rpc HOST:PORT, or use --target host")
             return self.arch
         if _probe(self, wanted) is True:
             self.arch = wanted
@@ -146,11 +141,11 @@ class Device:
         others = [arch for arch in PROBE_TRIPLES if arch != wanted and _probe(self, arch) is True]
         if others:
             self.arch = others[0]
-            raise InputError(f"artifact is built for {wanted} ({name}) but the device at {self.address} is "
+            raise InputError(f"{name} needs an {wanted} device but the device at {self.address} is "
                              f"{others[0]}: it cannot load {wanted} code; compile for that device "
                              f"(e.g. `bimatting compile --target host` for an x86_64 server) or connect to the board")
-        raise InputError(f"the device at {self.address} cannot load {wanted} libraries (artifact for {name}); "
-                         "check that it is the board this artifact was compiled for")
+        raise InputError(f"the device at {self.address} cannot load {wanted} libraries ({name} needs them); "
+                         "check that it is the board the code was compiled for")
 
     def close(self):
         self.session = None  # the RPC session closes when its last reference goes

@@ -23,12 +23,14 @@ from bimatting.errors import RuntimeFailure
                    "next to it].")
 @click.option("--timeout", type=float, default=300.0, show_default=True, metavar="SECONDS",
               help="Longest a board may take for one step (loading, one frame); 0: no limit.")
+@click.option("--connect-timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
+              help="Give up on an unreachable or silent server after this long.")
 @click.option("--report", "report_dir", default=None, type=click.Path(), metavar="DIR",
               help="Write bench.json, latency.png and alpha_preview.png into DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench(artifact, rpc_address, tracker, key, frames, warmup, input_path, verify, reference, timeout,
-          report_dir, quiet, as_json):
+          connect_timeout, report_dir, quiet, as_json):
     """Run ARTIFACT frame by frame on a board: latency per frame, FPS, and its alpha checked
     against onnxruntime on the same frames (exit 1 when they differ beyond 1e-4 mean / 1e-2 max).
 
@@ -50,7 +52,8 @@ def bench(artifact, rpc_address, tracker, key, frames, warmup, input_path, verif
     try:
         result = run_bench(artifact, rpc=rpc_address, tracker=tracker, key=key, frames=frames, warmup=warmup,
                            input_path=input_path, verify=verify, reference=reference, report_dir=report_dir,
-                           timeout=timeout or None, progress=not (quiet or as_json))
+                           timeout=timeout or None, connect_timeout=connect_timeout,
+                           progress=not (quiet or as_json))
     except RuntimeFailure as failure:
         partial = getattr(failure, "result", None)
         if partial is not None:

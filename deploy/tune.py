@@ -1,0 +1,436 @@
+"""`bimatting tune`: MetaSchedule tuning of a model's kernels, each candidate measured on the board.
+
+    summary = tune("bimatting.onnx", "rpi4", "rpi4.db", trials=64, rpc="pi.local:9090")
+    compile_model("bimatting.onnx", "rpi4", "rpi4.tar", tuning_db="rpi4.db")
+
+Tasks are the kernels exactly as `bimatting compile` schedules them (same import, legalization,
+fusion and constant lifting, deploy/build.py), so the records match at compile time:
+* binary convs: the design space is the hand-written bitserial schedule with its tile sizes
+  (vector width, register tile) sampled (schedules/bitserial.py, `tunable=True`);
+* float convs: MetaSchedule's default CPU design space.
+Packing and element-wise kernels keep their rules. Tasks are visited largest first (FLOPs x uses).
+
+Measurement. Builders cross-compile each candidate with the target's compiler (MetaSchedule's
+default export is a tar that the board would have to link). `BoardRunner` uploads it and times
+it with `time_evaluator` on the board. Why a runner of our own: MetaSchedule's RPCRunner reaches
+boards only through a tracker, and a plain server (`--rpc`, TVM's Python server or our C++ one,
+which cannot register anywhere) is invisible to a tracker started here; TVM's proxy needs the
+board to connect to it. Connecting straight to the server works with every server, starts no
+helper process, and lets us fill the arguments safely: MetaSchedule fills them with random
+values, but a binary conv reads int32 row/column classes as indices (random ones read out of
+bounds and crash the board), so integer arguments are zeros here and float ones uniform in [0, 1).
+With `--tracker` the same runner asks the tracker for a board per measurement.
+
+The hand-written schedule of every task that got trials is measured too and stored as a record:
+compile picks the fastest record, so a short search never makes a kernel slower than untuned.
+
+Resuming: records are kept in a scratch copy and the database folder is replaced atomically after
+each measured batch (a crash or Ctrl-C keeps every finished batch); running again with the same
+-o adds trials. The manifest (tuning.json, deploy/tuning.py) pins model, target and resolution.
+"""
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bimatting.deploy import rpc as rpc_util
+from bimatting.deploy import tuning
+from bimatting.errors import InputError, RuntimeFailure
+
+KERNEL_KINDS = {"binary": ("bconv",), "float": ("conv",), "all": ("bconv", "conv")}
+BUILD_TIMEOUT_S = 300.0  # one candidate, cross-compiled on a busy 2-core host
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str  # "bconv" (bitserial, hand-written space) or "conv" (float, MetaSchedule's space)
+    mod: object  # IRModule({"main": func}) exactly as the build pipeline queries it
+    weight: int  # call sites in the network
+    flops: float
+
+
+def extract_tasks(model_path, target, resolution=None, downsample_ratio=None, kernels="all"):
+    """The tunable kernels of an ONNX model for a ResolvedTarget, largest first."""
+    import tvm
+
+    from bimatting.deploy import build
+    from bimatting.deploy.schedules import KERNEL_ATTR, arch_for
+
+    if kernels not in KERNEL_KINDS:
+        raise InputError(f"--kernels must be one of {', '.join(KERNEL_KINDS)}, got '{kernels}'")
+    tvm_target = target.tvm_target
+    mod, _ = build.import_model(build.load_onnx(model_path), arch_for(tvm_target), resolution, downsample_ratio)
+    with tvm_target:
+        mod = build.pipeline_front(tvm_target)(mod)
+    mod, _ = build.lift_constants(mod)
+    uses = _call_counts(mod)
+    tasks = []
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        if func.attrs is not None and KERNEL_ATTR in func.attrs:
+            kind = str(func.attrs[KERNEL_ATTR])
+        else:
+            kind = "conv" if "conv2d" in gvar.name_hint else "other"
+        if kind not in KERNEL_KINDS[kernels]:
+            continue
+        workload = tuning.workload(func)
+        tasks.append(Task(gvar.name_hint, kind, workload, uses.get(gvar.name_hint, 1), _flops(workload)))
+    tasks.sort(key=lambda t: (-t.flops * t.weight, t.name))
+    return tasks
+
+
+def _call_counts(mod):
+    """{PrimFunc name: number of call_tir sites in the module's Relax functions}."""
+    from tvm import relax
+
+    counts = {}
+
+    @relax.expr_functor.visitor
+    class _Count(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            for arg in call.args:
+                if hasattr(arg, "name_hint") and isinstance(arg, __import__("tvm").ir.GlobalVar):
+                    counts[arg.name_hint] = counts.get(arg.name_hint, 0) + 1
+            for arg in call.args:
+                self.visit_expr(arg)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            _Count().visit_expr(func)
+    return counts
+
+
+def _flops(mod):
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(mod))
+    except Exception:  # noqa: BLE001 - an opaque kernel: order it last
+        return 0.0
+
+
+# ---- building and measuring (module-level functions: they run in worker processes) -----------
+
+def build_kernel(mod, target, _params=None):
+    """MetaSchedule f_build: compile one candidate (its `main` exported under that name)."""
+    import tvm
+
+    func = mod["main"]
+    if func.attrs is None or "global_symbol" not in func.attrs:
+        func = func.with_attr("global_symbol", "main")
+    return tvm.compile(tvm.IRModule({"main": func}), target=target)
+
+
+def export_kernel(module, compiler=None):
+    """MetaSchedule f_export: a shared library linked here (cross compiler for boards)."""
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="bimatting-tune-"), "kernel.so")
+    module.export_library(path, fcompile=cc.cross_compiler(compiler) if compiler else None)
+    return path
+
+
+def measure_kernel(connect, artifact_path, args_info, number, repeat):
+    """Run in a worker: load one candidate (on the board via `connect()`, or here) and time it.
+
+    Returns the run times in seconds. Arguments: zeros for integer tensors (they may be indices),
+    uniform [0, 1) for float ones (see the module doc)."""
+    import tvm
+
+    session = connect() if connect is not None else None
+    name = os.path.basename(artifact_path)
+    if session is None:
+        module, device = tvm.runtime.load_module(artifact_path), tvm.cpu()
+    else:
+        session.upload(artifact_path, name)
+        module, device = session.load_module(name), session.cpu()
+    rng = np.random.default_rng(0)
+    args = []
+    for _, dtype, shape in args_info:  # ["TENSOR", dtype, shape]
+        array = (rng.random(shape).astype(dtype) if np.dtype(dtype).kind == "f" else np.zeros(shape, dtype))
+        args.append(tvm.runtime.tensor(array, device))
+    timer = module.time_evaluator("main", device, number=number, repeat=repeat)
+    costs = [float(c) for c in timer(*args).results]
+    if session is not None:
+        try:
+            session.remove(name)
+        except Exception:  # noqa: BLE001 - a server without remove: the file dies with its session
+            pass
+    return costs
+
+
+def _runner_class():
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import PyRunner
+    from tvm.s_tir.meta_schedule.runner.rpc_runner import RPCRunnerFuture
+    from tvm.support.popen_pool import PopenPoolExecutor
+
+    @derived_object
+    class BoardRunner(PyRunner):
+        """Times candidates on a board (direct RPC or via a tracker) or here; one at a time."""
+
+        def __init__(self, connect, timeout_sec, number=3, repeat=1):
+            super().__init__()
+            self.connect, self.timeout_sec, self.number, self.repeat = connect, timeout_sec, number, repeat
+            self.pool = PopenPoolExecutor(max_workers=1, timeout=timeout_sec)
+
+        def run(self, runner_inputs):
+            futures = []
+            for item in runner_inputs:
+                args_info = tuple(tuple(a.as_json()) for a in item.args_info)
+                future = self.pool.submit(measure_kernel, self.connect, str(item.artifact_path), args_info,
+                                          self.number, self.repeat)
+                futures.append(RPCRunnerFuture(future, self.timeout_sec))
+            return futures
+
+        def shutdown(self):
+            self.pool.shutdown()
+
+    return BoardRunner
+
+
+# ---- the tuning session ----------------------------------------------------------------------
+
+def tune(model_path, target_name, database_dir, trials, rpc=None, tracker=None, key=None, local=False,
+         resolution=None, downsample_ratio=None, kernels="all", timeout=120.0, progress=True):
+    """Tune the kernels of `model_path` for `target_name` into `database_dir`; returns a summary."""
+    import tvm
+    from tqdm import tqdm
+    from tvm.s_tir import meta_schedule as ms
+
+    from bimatting.deploy import target as targets
+    from bimatting.deploy.schedules import arch_for
+
+    if trials < 1:
+        raise InputError(f"--trials must be >= 1, got {trials}")
+    if sum(bool(x) for x in (rpc, tracker, local)) != 1:
+        raise InputError("give where to measure: --rpc HOST:PORT, --tracker HOST:PORT --key KEY, or --local")
+    target = targets.resolve(target_name)
+    compiler = targets.check_compiler(target) if target.cross_compiler else None
+    manifest = _open_manifest(database_dir, model_path, target, resolution, downsample_ratio)
+    connect = _preflight(target, rpc, tracker, key, local)
+    tvm_target, arch = target.tvm_target, arch_for(target.tvm_target)
+    tasks = extract_tasks(model_path, target, resolution, downsample_ratio, kernels)
+    if not tasks:
+        raise InputError(f"the model has no {kernels} kernels to tune")
+    scratch = Path(tempfile.mkdtemp(prefix=f".{Path(database_dir).name}.", dir=Path(database_dir).resolve().parent))
+    runner = _runner_class()(connect, timeout)
+    try:
+        for name in (tuning.WORKLOADS, tuning.RECORDS):
+            if (Path(database_dir) / name).is_file():
+                shutil.copyfile(Path(database_dir) / name, scratch / name)
+        database = ms.database.JSONDatabase(str(scratch / tuning.WORKLOADS), str(scratch / tuning.RECORDS))
+        counts_before = {t.name: _record_count(database, t) for t in tasks}
+        builder = ms.builder.LocalBuilder(f_build=build_kernel, f_export=functools.partial(export_kernel, compiler=compiler),
+                                          timeout_sec=BUILD_TIMEOUT_S, max_workers=os.cpu_count())
+        contexts = [ms.TuneContext(mod=t.mod, target=tvm_target, space_generator=_space(t, arch),
+                                   search_strategy=ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=16),
+                                   task_name=t.name, num_threads=os.cpu_count()) for t in tasks]
+        done_before = manifest.get("trials", 0)
+
+        def snapshot():  # after each batch: what finished so far survives a crash or Ctrl-C
+            manifest["trials"] = done_before + watcher.measured
+            _snapshot(scratch, database_dir, manifest)
+
+        with tqdm(total=trials, desc="tune", unit="trial", disable=not progress) as bar:
+            watcher = _watcher_class()(bar, snapshot)
+            try:
+                ms.tune_tasks(tasks=contexts, task_weights=[float(t.weight) for t in tasks], work_dir=str(scratch),
+                              max_trials_global=trials, num_trials_per_iter=min(trials, 16), builder=builder,
+                              runner=runner, database=database, cost_model="random",
+                              measure_callbacks=list(ms.MeasureCallback.create("default")) + [watcher],
+                              task_scheduler="round-robin")
+            except tvm.error.TVMError:
+                if watcher.abort_reason:
+                    raise RuntimeFailure(watcher.abort_reason) from None
+                raise
+        tuned = [t for t in tasks if _record_count(database, t) > counts_before[t.name]]
+        baselines = _measure_baselines([t for t in tuned if _entry(manifest, t).get("baseline_ms") is None],
+                                       builder, runner, database, tvm_target, arch)
+        manifest["trials"] = done_before + watcher.measured
+        for task in tuned:
+            entry = _entry(manifest, task)
+            entry.update(kind=task.kind, uses=task.weight, flops=task.flops, records=_record_count(database, task),
+                         best_ms=_best_ms(database, task))
+            if task.name in baselines:
+                entry["baseline_ms"] = baselines[task.name]
+        _snapshot(scratch, database_dir, manifest)
+    finally:
+        runner.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"database": str(database_dir), "target": target.name, "trials": watcher.measured,
+            "failed": watcher.failed, "total_trials": manifest["trials"], "tasks": len(tasks),
+            "tuned": [dict(_entry(manifest, t), name=t.name) for t in tuned]}
+
+
+def _preflight(target, rpc, tracker, key, local):
+    """Check the board before any compile work; returns the runner's connect function."""
+    import gc
+    import platform
+
+    if local:
+        if target.arch != platform.machine():
+            raise InputError(f"--local measures on this {platform.machine()} machine; target '{target.name}' is "
+                             f"{target.arch}: use --rpc/--tracker with the board, or --target host")
+        return None
+    with rpc_util.open_device(rpc, tracker, key) as device:
+        device.check_arch(target.arch, f"target {target.name}")
+    gc.collect()  # close the session now: TVM's Python server serves one client at a time
+    if rpc:
+        return functools.partial(rpc_util.connect, *rpc_util.parse_address(rpc, "--rpc"))
+    return functools.partial(rpc_util.request, *rpc_util.parse_address(tracker, "--tracker"), key)
+
+
+def _space(task, arch):
+    from tvm.s_tir import meta_schedule as ms
+
+    if task.kind == "bconv":  # the hand-written schedule with sampled tiles, applied as is
+        return ms.space_generator.ScheduleFn(lambda sch: arch.schedule_bconv(sch, tunable=True),
+                                             sch_rules=[], postprocs=[], mutator_probs={})
+    return ms.space_generator.PostOrderApply()
+
+
+def _baseline_schedule(task, tvm_target, arch):
+    """The schedule `bimatting compile` applies without a database (traced, so it can be stored)."""
+    from bimatting.deploy.schedules import fp, schedule_kernel
+
+    func = task.mod["main"]
+    if task.kind == "bconv":
+        return schedule_kernel(func, arch)
+    for rule in fp.rules(tvm_target):
+        try:
+            sch = rule.apply(func, tvm_target, False)
+        except Exception:  # noqa: BLE001 - as fp.apply_rules: try the next rule
+            sch = None
+        if sch is not None:
+            return sch
+    return None
+
+
+def _measure_baselines(tasks, builder, runner, database, tvm_target, arch):
+    """Build and time the hand-written schedule of each task; commit it as a record. {name: ms}."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import remove_build_dir
+
+    planned = [(t, _baseline_schedule(t, tvm_target, arch)) for t in tasks]
+    planned = [(t, sch) for t, sch in planned if sch is not None]
+    if not planned:
+        return {}
+    built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target) for _, sch in planned])
+    times = {}
+    for (task, sch), result in zip(planned, built):
+        if result.error_msg is not None:
+            continue
+        args_info = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
+        (future,) = runner.run([ms.runner.RunnerInput(result.artifact_path, "cpu", args_info)])
+        measured = future.result()
+        remove_build_dir(result.artifact_path)
+        if measured.error_msg is None and measured.run_secs:
+            secs = [float(s) for s in measured.run_secs]
+            database.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, database.commit_workload(task.mod), secs, tvm_target, args_info))
+            times[task.name] = float(np.mean(secs)) * 1e3
+    return times
+
+
+def _record_count(database, task):
+    if not database.has_workload(task.mod):
+        return 0
+    return len(database.get_top_k(database.commit_workload(task.mod), 1 << 30))
+
+
+def _best_ms(database, task):
+    best = database.get_top_k(database.commit_workload(task.mod), 1)
+    return float(np.mean([float(s) for s in best[0].run_secs])) * 1e3 if best else None
+
+
+def _entry(manifest, task):
+    return manifest.setdefault("tasks", {}).setdefault(task.name, {})
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _open_manifest(database_dir, model_path, target, resolution, downsample_ratio):
+    """The existing manifest (checked against this model/target/resolution) or a new one."""
+    from bimatting.atomic import check_writable_parent
+
+    path = Path(database_dir)
+    if not Path(model_path).is_file():
+        raise InputError(f"model '{model_path}' does not exist; export one with `bimatting export`")
+    pinned = {"format": tuning.FORMAT, "version": 1,
+              "model": {"file": Path(model_path).name, "sha256": _sha256(model_path)},
+              "target": {"name": target.name, "llvm": target.llvm},
+              "resolution": list(resolution) if resolution else None, "downsample_ratio": downsample_ratio}
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        manifest = tuning.read_manifest(path)
+        for field in ("model", "target", "resolution", "downsample_ratio"):
+            if manifest.get(field) != pinned[field]:
+                raise InputError(f"tuning database '{path}' holds another {field.replace('_', ' ')} "
+                                 f"({manifest.get(field)!r}, not {pinned[field]!r}); resume only with the same "
+                                 "model, target and resolution, or choose a new -o")
+        return manifest
+    check_writable_parent(path)
+    return dict(pinned, trials=0, tasks={})
+
+
+def _snapshot(scratch, database_dir, manifest):
+    """Replace the database folder with the scratch records and the manifest, atomically."""
+    from bimatting.atomic import atomic_dir
+
+    with atomic_dir(database_dir) as tmp:
+        for name in (tuning.WORKLOADS, tuning.RECORDS):
+            source = Path(scratch) / name
+            if source.is_file():
+                shutil.copyfile(source, Path(tmp) / name)
+            else:
+                (Path(tmp) / name).write_text("")
+        (Path(tmp) / tuning.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def _watcher_class():
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class Watcher(PyMeasureCallback):
+        """After each measured batch: progress bar, database snapshot, stop on a dead board."""
+
+        def __init__(self, bar, snapshot, give_up_after=16):
+            super().__init__()
+            self.bar, self.snapshot, self.give_up_after = bar, snapshot, give_up_after
+            self.measured, self.failed, self.failed_in_a_row, self.abort_reason = 0, 0, 0, None
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            for built, ran in zip(builder_results, runner_results):
+                error = built.error_msg or ran.error_msg
+                self.measured += 1
+                if error is None:
+                    self.failed_in_a_row = 0
+                    continue
+                self.failed += 1
+                self.failed_in_a_row += 1
+                if self.failed_in_a_row >= self.give_up_after and self.abort_reason is None:
+                    last = [line for line in str(error).splitlines() if line.strip()][-1:]
+                    self.abort_reason = (f"the last {self.failed_in_a_row} measurements failed (is the board still "
+                                         f"up?); last error: {' '.join(last)[:300]}")
+            self.bar.update(len(measure_candidates))
+            self.bar.set_postfix_str(f"failed {self.failed}" if self.failed else "")
+            self.snapshot()
+            if self.abort_reason:
+                raise RuntimeFailure(self.abort_reason)
+
+    return Watcher
