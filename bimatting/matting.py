@@ -199,7 +199,7 @@ def open_matter(checkpoint=None, artifact=None, backend=None, downsample_ratio="
                              f"compile it first (bimatting compile {path.name} --target host)")
         if backend == "onnxruntime":
             return OnnxMatter(path, downsample_ratio, name=path, threads=threads)
-        return _tvm_matter(path, downsample_ratio, threads)
+        return _tvm_matter(path, downsample_ratio)
     checkpoint = "default" if checkpoint is None else checkpoint
     backend = backend or "torch"
     is_onnx_file = Path(str(checkpoint)).suffix.lower() in ONNX_SUFFIXES and checkpoint not in ("rvm", "default")
@@ -239,12 +239,12 @@ def export_in_memory(checkpoint):
     return build_onnx(model, arch)
 
 
-def _tvm_matter(path, downsample_ratio, threads):
-    try:
-        from bimatting.deploy import runtime  # noqa: F401
-    except ImportError:
+def _tvm_matter(path, downsample_ratio):
+    import importlib.util
+
+    if importlib.util.find_spec("bimatting.deploy.runtime") is None:
         raise InputError("this install has no TVM runtime (bimatting.deploy.runtime); "
-                         "use --backend onnxruntime or torch") from None
+                         "use --backend onnxruntime or torch")
     return TvmMatter(path, downsample_ratio)
 
 

@@ -1,7 +1,6 @@
 """`bimatting matte`: real videos in and out through OpenCV, recurrent state across frames, the
 backends agreeing on the same network, PNG folders, and bad input refused before any output."""
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
