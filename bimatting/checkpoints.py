@@ -49,12 +49,18 @@ def load_model(source, arch=None):
     path = Path(source)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
-        raise InputError(f"checkpoint '{path}' {what}; expected a .pth/.pt/.onnx file, 'rvm' or 'default'")
+        raise InputError(f"checkpoint '{path}' {what}; expected a .pth/.pt/.npz/.onnx file, 'rvm' or 'default'")
     if path.suffix.lower() == ".onnx":
         from bimatting.rvm_onnx import load_rvm_onnx
 
         _check_arch("rvm", arch, f"'{path}' (an ONNX file, read as RVM's official export)")
         return load_rvm_onnx(path)
+    if path.suffix.lower() == ".npz":
+        from bimatting.packed import load_packed
+
+        model = load_packed(path)  # a packed BiMatting file (bimatting/packed.py), no pickle involved
+        _check_arch(_arch_of(model), arch, f"'{path}'")
+        return model.eval()
     return _model_from_data(_read_torch_file(path), path, arch).eval()
 
 
