@@ -39,7 +39,9 @@ class CompiledModel:
             library = tvm.runtime.load_module(str(self.artifact.library_path))
             self.device = tvm.cpu()
         else:
-            remote_name = f"bimatting-{meta['source']['sha256'][:12]}-{meta['target']['name']}.so"
+            # One name per library: a session may load several artifacts of the same model.
+            digest = artifacts.sha256_file(self.artifact.library_path)[:16]
+            remote_name = f"bimatting-{meta['target']['name']}-{digest}.so"
             session.upload(str(self.artifact.library_path), remote_name)
             library = session.load_module(remote_name)
             self.device = session.cpu()

@@ -206,3 +206,73 @@ def test_binary_conv_equals_float_conv_of_signs_on_emulated_rpi4(rpi4_session, t
     rpi4_session.upload(str(library))
     module = rpi4_session.load_module("kernels.so")
     _check_integer_cases(cases, module, rpi4_session.cpu())
+
+
+# --- MetaSchedule: the tunable schedule is a valid design space; tuned records are used -----------
+
+def _tunable_case(host_target):
+    geometry, x, w = _case(64, CONFIGS[3], seed=12, out_channels=32)
+    kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), np.ones(32), np.zeros(32), host_target)
+    want = float_conv(bitpack.sign(x), bitpack.sign(w), geometry.strides, geometry.pads, geometry.dilations)
+    return kernel, x, want
+
+
+def _run_conv(kernel, conv_func, x, host_target):
+    from bimatting.deploy.schedules import schedule_kernel
+
+    pack = schedule_kernel(kernel.pack, kernel.arch).mod["main"]
+    mod = tvm.IRModule({"pack0": pack.with_attr("global_symbol", "pack0"),
+                        "conv0": conv_func.with_attr("global_symbol", "conv0")})
+    kernel.index = 0
+    return kernel.run(tvm.compile(mod, target=host_target).mod, x, tvm.cpu())
+
+
+def test_sampled_tile_sizes_of_the_design_space_stay_exact(host_target):
+    from tvm import s_tir
+
+    from bimatting.deploy import tuning
+
+    kernel, x, want = _tunable_case(host_target)
+    space = tuning.design_space(kernel.arch)
+    decisions = set()
+    for seed in range(1, 5):
+        sch = s_tir.Schedule(kernel.conv, seed=seed)
+        space(sch)
+        decisions.add(tuple(int(v) for v in sch.trace.decisions.values()))
+        assert np.array_equal(_run_conv(kernel, sch.mod["main"], x, host_target), want)
+    assert decisions and all(len(d) == 2 for d in decisions)  # vector width and column tile sampled
+
+
+def test_tuning_database_record_is_used_by_the_build(host_target, tmp_path):
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from bimatting.deploy import tuning
+    from bimatting.deploy.schedules import ScheduleModule
+
+    kernel, x, want = _tunable_case(host_target)
+    sch = s_tir.Schedule(tuning.workload(kernel.conv), seed=3)
+    tuning.design_space(kernel.arch)(sch)
+    database = tuning.open_database(tmp_path, create=True)
+    record = ms.database.TuningRecord(sch.trace, database.commit_workload(tuning.workload(kernel.conv)),
+                                      run_secs=[1e-4], target=host_target,
+                                      args_info=ms.arg_info.ArgInfo.from_prim_func(kernel.conv))
+    database.commit_tuning_record(record)
+    reopened = tuning.open_database(tmp_path)
+    scheduled = ScheduleModule(host_target, reopened)._from_database(kernel.conv)
+    assert scheduled is not None
+    tvm.ir.assert_structural_equal(scheduled.body, sch.mod["main"].body, map_free_vars=True)  # trace replayed
+    assert np.array_equal(_run_conv(kernel, scheduled, x, host_target), want)
+
+
+@pytest.mark.slow
+def test_metaschedule_tunes_a_binary_conv(host_target, tmp_path):
+    """A short real tuning run (LocalBuilder/LocalRunner, 4 trials) produces usable records."""
+    from bimatting.deploy import tuning
+    from bimatting.deploy.schedules import ScheduleModule
+
+    kernel, x, want = _tunable_case(host_target)
+    tuning.tune_func(kernel.conv, resolve("host"), tmp_path, trials=4)
+    scheduled = ScheduleModule(host_target, tuning.open_database(tmp_path))._from_database(kernel.conv)
+    assert scheduled is not None
+    assert np.array_equal(_run_conv(kernel, scheduled, x, host_target), want)

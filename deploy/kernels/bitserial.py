@@ -180,8 +180,14 @@ def output_transform(pop, base, row_class, col_class, steps, kinds, geometry, ma
     n_ = int(pop.shape[0])
     g = geometry
 
+    rows, cols = int(base.shape[0]), int(base.shape[1])
+
     def transform(n, o, y, x):
-        dot = base[row_class[y], col_class[x], o] - 2 * pop[n, y, x, o]
+        # Clamped class indices: any table content stays in bounds (MetaSchedule runs kernels
+        # on random data).
+        ry = tirx.max(tirx.min(row_class[y], rows - 1), 0)
+        rx = tirx.max(tirx.min(col_class[x], cols - 1), 0)
+        dot = base[ry, rx, o] - 2 * pop[n, y, x, o]
         value = dot.astype("float32")
         for i, kind in enumerate(kinds):
             operand = steps[i, o]

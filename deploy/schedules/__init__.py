@@ -25,10 +25,17 @@ def arch_for(target):
     raise ValueError(f"no bitserial schedule for target triple '{triple}' (x86_64 and aarch64 are supported)")
 
 
+def fresh(func):
+    """A deep copy of a PrimFunc. TVM 0.27's s_tir.Schedule can edit the blocks of the PrimFunc it
+    was given in place (seen with `IRModule({"main": func.with_attr(...)})`), so every schedule
+    starts from a copy and the unscheduled original stays reusable."""
+    return tvm.ir.load_json(tvm.ir.save_json(func))
+
+
 def schedule_kernel(func, arch, tunable=False):
     """A scheduled copy of a bitserial PrimFunc (`s_tir.Schedule`), by its kernel kind."""
     kind = str(func.attrs[KERNEL_ATTR])
-    sch = s_tir.Schedule(func)
+    sch = s_tir.Schedule(fresh(func))
     if kind == "bconv":
         arch.schedule_bconv(sch, tunable)
     elif kind in ("bpack", "brepack"):
@@ -74,8 +81,7 @@ class ScheduleModule:
     def _from_database(self, func):
         if self.database is None:
             return None
-        from tvm.s_tir import meta_schedule as ms
+        from bimatting.deploy.tuning import workload
 
-        mod = tvm.IRModule({"main": func.without_attr("global_symbol")})
-        sch = self.database.query_schedule(mod, self.target, workload_name="main")
-        return None if sch is None else sch.mod["main"]
+        sch = self.database.query_schedule(workload(func), self.target, workload_name="main")
+        return None if sch is None else sch.mod["main"].without_attr("global_symbol")

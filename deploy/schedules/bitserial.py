@@ -46,7 +46,6 @@ def schedule_pack(sch, block_name, lanes):
 def schedule_bconv(sch, arch, tunable=False):
     """Register-tiled popcount convolution with its output transform computed per tile."""
     block = sch.get_sblock("bconv_popcount")
-    out = sch.get_sblock("bconv_output")
     n, y, x, o, ry, rx, rc = sch.get_loops(block)
     vec = _choose(sch, arch.vec_candidates, _extent(sch, o), tunable, arch.default_vec)
     owt = _choose(sch, arch.owt_candidates, _extent(sch, x), tunable, arch.default_owt)
@@ -54,17 +53,20 @@ def schedule_bconv(sch, arch, tunable=False):
     oo, oi = sch.split(o, [None, vec])
     sch.reorder(n, y, xo, oo, ry, rx, rc, xi, oi)
     sch.parallel(sch.fuse(n, y))
+    # (looked up here, not first: TVM 0.27 mis-replays a JSON trace that opens with two
+    # get_sblock calls followed by get_loops, which breaks tuning databases)
+    out = sch.get_sblock("bconv_output")
     sch.reverse_compute_at(out, oo)
     sch.set_scope(block, 0, "local")  # the accumulator tile lives in registers
     sch.unroll(xi)
     sch.vectorize(oi)
     init = sch.decompose_reduction(block, ry)  # after annotating: see TVM 0.27 s_tir rules
     sch.vectorize(sch.get_loops(init)[-1])
-    # Epilogue of one tile: o outer, x inner (NCHW rows), both unrolled (at most vec x owt).
-    eo, ey, ex = sch.get_loops(out)[-3], sch.get_loops(out)[-2], sch.get_loops(out)[-1]
-    del ey
-    sch.unroll(eo)
-    sch.unroll(ex)
+    # Epilogue of one tile (the loops reverse_compute_at made under `oo`): o outer, x inner
+    # (contiguous in NCHW), both unrolled: at most vec x owt values.
+    tile_loops = sch.get_loops(out)[-2:]
+    for loop in tile_loops:
+        sch.unroll(loop)
     return sch
 
 

@@ -192,9 +192,11 @@ def rules(target):
 
 def apply_rules(func, target, rule_list):
     """The first rule that applies, as a scheduled PrimFunc; None if none does."""
+    from bimatting.deploy.schedules import fresh
+
     for rule in rule_list:
         try:
-            sch = rule.apply(func, target, False)
+            sch = rule.apply(fresh(func), target, False)  # a failed rule must not leave edits behind
         except Exception:  # noqa: BLE001 - a rule that cannot handle this func: try the next
             sch = None
         if sch is not None:
