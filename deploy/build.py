@@ -123,6 +123,10 @@ def compile_model(source, target_name, output, resolution=None, downsample_ratio
     target = targets.resolve(target_name)
     targets.check_compiler(target)
     _check_output(output)
+    if tuning_db is not None:
+        from bimatting.deploy import tuning
+
+        tuning.check(tuning_db, target.name, target.llvm)  # tuned for this very target (InputError)
     step("import")
     model = load_onnx(source)
     from bimatting.deploy.schedules import arch_for
@@ -141,6 +145,8 @@ def compile_model(source, target_name, output, resolution=None, downsample_ratio
         library = Path(tmp) / artifact.LIBRARY
         executable.export_library(str(library), fcompile=targets.fcompile(target))
         metadata = _metadata(model, source, target, plan, params, arch)
+        if tuning_db is not None:
+            metadata["tuning"] = tuning.summary(tuning_db)
         step("write")
         return artifact.write(output, library, params, metadata)
 

@@ -227,52 +227,42 @@ def _run_conv(kernel, conv_func, x, host_target):
     return kernel.run(tvm.compile(mod, target=host_target).mod, x, tvm.cpu())
 
 
-def test_sampled_tile_sizes_of_the_design_space_stay_exact(host_target):
+def _sampled_schedule(kernel, seed):
+    """The tunable schedule (MetaSchedule's design space of a binary conv) with sampled tiles."""
     from tvm import s_tir
 
-    from bimatting.deploy import tuning
+    from bimatting.deploy.schedules import fresh
 
+    sch = s_tir.Schedule(tvm.IRModule({"main": fresh(kernel.conv)}), seed=seed)
+    kernel.arch.schedule_bconv(sch, tunable=True)
+    return sch
+
+
+def test_sampled_tile_sizes_of_the_design_space_stay_exact(host_target):
     kernel, x, want = _tunable_case(host_target)
-    space = tuning.design_space(kernel.arch)
     decisions = set()
     for seed in range(1, 5):
-        sch = s_tir.Schedule(kernel.conv, seed=seed)
-        space(sch)
+        sch = _sampled_schedule(kernel, seed)
         decisions.add(tuple(int(v) for v in sch.trace.decisions.values()))
         assert np.array_equal(_run_conv(kernel, sch.mod["main"], x, host_target), want)
     assert decisions and all(len(d) == 2 for d in decisions)  # vector width and column tile sampled
 
 
-def test_tuning_database_record_is_used_by_the_build(host_target, tmp_path):
-    from tvm import s_tir
+def test_a_tuning_record_replaces_the_manual_schedule(host_target):
     from tvm.s_tir import meta_schedule as ms
 
     from bimatting.deploy import tuning
     from bimatting.deploy.schedules import ScheduleModule
 
     kernel, x, want = _tunable_case(host_target)
-    sch = s_tir.Schedule(tuning.workload(kernel.conv), seed=3)
-    tuning.design_space(kernel.arch)(sch)
-    database = tuning.open_database(tmp_path, create=True)
-    record = ms.database.TuningRecord(sch.trace, database.commit_workload(tuning.workload(kernel.conv)),
-                                      run_secs=[1e-4], target=host_target,
-                                      args_info=ms.arg_info.ArgInfo.from_prim_func(kernel.conv))
-    database.commit_tuning_record(record)
-    reopened = tuning.open_database(tmp_path)
-    scheduled = ScheduleModule(host_target, reopened)._from_database(kernel.conv)
+    sch = _sampled_schedule(kernel, seed=3)
+    database = ms.database.MemoryDatabase()
+    workload = database.commit_workload(tuning.workload(kernel.conv))
+    database.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, workload, run_secs=[1e-4], target=host_target,
+        args_info=ms.arg_info.ArgInfo.from_prim_func(kernel.conv)))
+    scheduled = ScheduleModule(host_target, database)._from_database(kernel.conv)
     assert scheduled is not None
     tvm.ir.assert_structural_equal(scheduled.body, sch.mod["main"].body, map_free_vars=True)  # trace replayed
     assert np.array_equal(_run_conv(kernel, scheduled, x, host_target), want)
-
-
-@pytest.mark.slow
-def test_metaschedule_tunes_a_binary_conv(host_target, tmp_path):
-    """A short real tuning run (LocalBuilder/LocalRunner, 4 trials) produces usable records."""
-    from bimatting.deploy import tuning
-    from bimatting.deploy.schedules import ScheduleModule
-
-    kernel, x, want = _tunable_case(host_target)
-    tuning.tune_func(kernel.conv, resolve("host"), tmp_path, trials=4)
-    scheduled = ScheduleModule(host_target, tuning.open_database(tmp_path))._from_database(kernel.conv)
-    assert scheduled is not None
-    assert np.array_equal(_run_conv(kernel, scheduled, x, host_target), want)
+    assert ScheduleModule(host_target, ms.database.MemoryDatabase())._from_database(kernel.conv) is None

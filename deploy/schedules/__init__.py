@@ -83,5 +83,5 @@ class ScheduleModule:
             return None
         from bimatting.deploy.tuning import workload
 
-        sch = self.database.query_schedule(workload(func), self.target, workload_name="main")
+        sch = self.database.query_schedule(workload(fresh(func)), self.target, workload_name="main")
         return None if sch is None else sch.mod["main"].without_attr("global_symbol")

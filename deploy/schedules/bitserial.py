@@ -53,8 +53,6 @@ def schedule_bconv(sch, arch, tunable=False):
     oo, oi = sch.split(o, [None, vec])
     sch.reorder(n, y, xo, oo, ry, rx, rc, xi, oi)
     sch.parallel(sch.fuse(n, y))
-    # (looked up here, not first: TVM 0.27 mis-replays a JSON trace that opens with two
-    # get_sblock calls followed by get_loops, which breaks tuning databases)
     out = sch.get_sblock("bconv_output")
     sch.reverse_compute_at(out, oo)
     sch.set_scope(block, 0, "local")  # the accumulator tile lives in registers
