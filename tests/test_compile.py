@@ -217,16 +217,12 @@ def test_jetson_orin_artifact_builds_with_dotprod(built, small_onnx, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def rpi4_session():
-    emulator = pytest.importorskip("bimatting.deploy.emulator", reason="the ARM emulator module is absent")
-    try:
-        board = emulator.start_board("rpi4")
-    except emulator.EmulatorNotSetUp as error:
-        pytest.skip(f"emulated rpi4 cannot start: {error}")
-    try:
-        yield board.connect()
-    finally:
-        board.stop()
+def rpi4_session(emulated_board):
+    """An RPC session with the emulated Raspberry Pi 4 (conftest's board; skips without it)."""
+    from tvm import rpc
+
+    host, port = emulated_board("rpi4")
+    return rpc.connect(host, port)
 
 
 @pytest.mark.emulated

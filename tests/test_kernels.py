@@ -185,16 +185,12 @@ def test_host_code_uses_a_vector_popcount(host_target):
 # --- the same kernels on the emulated Raspberry Pi 4 -----------------------------------------------
 
 @pytest.fixture(scope="module")
-def rpi4_session():
-    emulator = pytest.importorskip("bimatting.deploy.emulator", reason="the ARM emulator module is absent")
-    try:
-        board = emulator.start_board("rpi4")
-    except emulator.EmulatorNotSetUp as error:
-        pytest.skip(f"emulated rpi4 cannot start: {error}")
-    try:
-        yield board.connect()
-    finally:
-        board.stop()
+def rpi4_session(emulated_board):
+    """An RPC session with the emulated Raspberry Pi 4 (conftest's board; skips without it)."""
+    from tvm import rpc
+
+    host, port = emulated_board("rpi4")
+    return rpc.connect(host, port)
 
 
 @pytest.mark.emulated

@@ -44,8 +44,15 @@ class BinaryConvKernel:
         out = tvm.runtime.empty((self.batch, g.channels_out, g.out_height, g.out_width), "float32", device)
         return tvm.runtime.tensor(np.asarray(x, np.float32), device), packed, consts + extra, out
 
+    def build(self, scheduled=True):
+        """This kernel alone as an executable (see the module-level `build` for several)."""
+        return build([self], self.target, scheduled)
+
     def run(self, module, x, device, mask=None):
-        """Pack `x` and convolve: float32 [N, C, H, W] -> float32 [N, O, OH, OW]."""
+        """Pack `x` and convolve: float32 [N, C, H, W] -> float32 [N, O, OH, OW].
+
+        `module`: a runtime module holding this kernel (or the executable from `build`)."""
+        module = module.mod if isinstance(module, tvm.runtime.Executable) else module
         x_dev, packed, operands, out = self.arrays(x, device, mask)
         module[f"pack{self.index}"](x_dev, packed)
         module[f"conv{self.index}"](packed, *operands, out)
