@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bimatting.errors import InputError
+from bimatting.errors import InputError, RuntimeFailure
 from bimatting.frames import to_nchw
 from bimatting.matting_io import FrameSource, open_sinks, parse_background
 
@@ -70,6 +70,11 @@ class Matter:
     def step(self, frame):
         """[H, W, 3] float32 RGB -> (fgr [H, W, 3], pha [H, W]) float32; advances the state."""
         fgr, pha = self.infer(to_nchw(frame))                              # [1,3,H,W], [1,1,H,W]
+        height, width = frame.shape[:2]
+        if tuple(fgr.shape) != (1, 3, height, width) or tuple(pha.shape) != (1, 1, height, width):
+            raise InputError(f"'{self.model}' returned fgr {list(fgr.shape)} and pha {list(pha.shape)} for a "
+                             f"{width}x{height} frame; expected [1, 3, {height}, {width}] and [1, 1, {height}, "
+                             f"{width}] (not a matting network in RVM's interface, or a corrupt one)")
         return np.transpose(fgr[0], (1, 2, 0)), pha[0, 0]
 
     def infer(self, src):
@@ -123,7 +128,11 @@ class OnnxMatter(Matter):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3  # no warnings about unused initializers
-        source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+        if not hasattr(model, "SerializeToString"):  # a file: untrusted until checked
+            from bimatting.onnx_check import load_checked
+
+            model = load_checked(model)
+        source = model.SerializeToString()
         try:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception types
@@ -158,7 +167,12 @@ class OnnxMatter(Matter):
             feed["downsample_ratio"] = np.asarray([ratio], np.float32)
         elif self.baked_ratio is not None:
             self.ratio = self.baked_ratio
-        fgr, pha, *self.states = self.session.run(self.outputs, feed)
+        try:
+            fgr, pha, *self.states = self.session.run(self.outputs, feed)
+        except Exception as error:  # onnxruntime's own types: a graph that loads but cannot run
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise RuntimeFailure(f"onnxruntime failed running '{self.model}' ({first}); the model is "
+                                 "corrupt or not a matting network for these frames") from None
         return fgr, pha
 
 

@@ -99,11 +99,14 @@ def conv_targets(model):
 def _read_graph(path):
     import onnx
 
+    from bimatting.onnx_check import check_parsed
+
     try:
-        return onnx.load(str(path)).graph
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises several unrelated types for non-ONNX bytes
         raise InputError(f"'{path}' is not a readable ONNX model ({type(error).__name__}); "
                          "expected RVM's official rvm_mobilenetv3_fp32.onnx") from None
+    return check_parsed(model, path).graph  # untrusted file: versions, ops, tensor sizes (InputError)
 
 
 def _conv_tensors(node, initializers, path, index, name):

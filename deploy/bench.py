@@ -234,9 +234,11 @@ def run_reference(onnx_path, meta, clip):
     import onnxruntime as ort
 
     from bimatting.frames import to_nchw
+    from bimatting.onnx_check import load_checked
 
+    checked = load_checked(onnx_path)  # untrusted file: checked before onnxruntime parses it
     options = ort.SessionOptions()
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(checked.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     states = dict(meta["states"])  # rKi -> rKo
     shapes = {i["name"]: i["shape"] for i in meta["inputs"]}

@@ -75,16 +75,12 @@ def lift_constants(mod, prefix="p"):
 
 
 def load_onnx(path):
-    import onnx
+    from bimatting.onnx_check import load_checked
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model '{path}' does not exist; export one with `bimatting export`")
-    try:
-        return onnx.load(str(path))
-    except Exception:  # noqa: BLE001 - protobuf raises several types for a non-ONNX file
-        raise InputError(f"'{path}' is not an ONNX model (cannot parse it); expected a file from "
-                         "`bimatting export`") from None
+    return load_checked(path)  # untrusted file: versions, ops, tensor sizes, shapes (InputError)
 
 
 def import_model(model, arch, resolution=None, downsample_ratio=None):
