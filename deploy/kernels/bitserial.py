@@ -108,40 +108,53 @@ def pack_activations(x, layout):
     """Binarize and bit-pack a float activation: [N, C, H, W] float32 -> [N, rows, cols, CW] words.
 
     bit (c % B) of word c // B is [x[n, c] < 0]; border positions and unused channels are 0 (+1).
+    Two stages: the image's words (no spatial bounds checks in the bit loop), then the border.
     """
     n_, channels, height, width = (int(d) for d in x.shape)
     bits = WORD_BITS[layout.word_dtype]
     b = te.reduce_axis((0, bits), name="b")
 
-    def packed(n, y, x_, k):
-        c, yy, xx = k * bits + b, y - layout.top, x_ - layout.left
-        inside = tirx.all(c < channels, yy >= 0, yy < height, xx >= 0, xx < width)
-        value = x[n, tirx.min(c, channels - 1), tirx.max(tirx.min(yy, height - 1), 0),
-                  tirx.max(tirx.min(xx, width - 1), 0)]  # clamped read, masked by `inside`
-        return te.sum(_word_bit(tirx.all(inside, value < 0), b, layout.word_dtype), axis=b)
+    def image_word(n, y, x_, k):
+        c = k * bits + b
+        negative = tirx.all(c < channels, x[n, tirx.min(c, channels - 1), y, x_] < 0)
+        return te.sum(_word_bit(negative, b, layout.word_dtype), axis=b)
 
-    return te.compute((n_, layout.rows, layout.cols, layout.words), packed, name="bpack")
+    words = te.compute((n_, height, width, layout.words), image_word, name="bpack_image")
+    return _with_border(words, layout, "bpack")
+
+
+def _with_border(words, layout, name):
+    """[N, H, W, CW] words -> [N, rows, cols, CW] with 0 words (+1) around the image."""
+    height, width = int(words.shape[1]), int(words.shape[2])
+
+    def bordered(n, y, x_, k):
+        yy, xx = y - layout.top, x_ - layout.left
+        inside = tirx.all(yy >= 0, yy < height, xx >= 0, xx < width)
+        value = words[n, tirx.max(tirx.min(yy, height - 1), 0), tirx.max(tirx.min(xx, width - 1), 0), k]
+        return tirx.if_then_else(inside, value, tirx.const(0, layout.word_dtype))
+
+    return te.compute((int(words.shape[0]), layout.rows, layout.cols, layout.words), bordered, name=name)
 
 
 def repack_bytes(x8, channels, layout):
     """Re-pack an ONNX packed activation: [N, ceil(C/8), H, W] uint8 -> [N, rows, cols, CW] words.
 
-    Byte j of a word is uint8 channel-word (k * B/8 + j): the little-endian bit order is kept.
+    Byte j of a word is uint8 channel-word (k * B/8 + j): the little-endian bit order is kept;
+    unused bits of the last byte are already 0 by the ONNX convention.
     """
+    del channels
     n_, byte_words, height, width = (int(d) for d in x8.shape)
     per_word = WORD_BITS[layout.word_dtype] // 8
     j = te.reduce_axis((0, per_word), name="j")
 
-    def packed(n, y, x_, k):
-        byte, yy, xx = k * per_word + j, y - layout.top, x_ - layout.left
-        inside = tirx.all(byte < byte_words, yy >= 0, yy < height, xx >= 0, xx < width)
-        value = x8[n, tirx.min(byte, byte_words - 1), tirx.max(tirx.min(yy, height - 1), 0),
-                   tirx.max(tirx.min(xx, width - 1), 0)]
-        word = value.astype(layout.word_dtype) << (j * 8).astype(layout.word_dtype)
-        return te.sum(tirx.if_then_else(inside, word, tirx.const(0, layout.word_dtype)), axis=j)
+    def image_word(n, y, x_, k):
+        byte = k * per_word + j
+        value = x8[n, tirx.min(byte, byte_words - 1), y, x_].astype(layout.word_dtype)
+        shifted = value << (j * 8).astype(layout.word_dtype)
+        return te.sum(tirx.if_then_else(byte < byte_words, shifted, tirx.const(0, layout.word_dtype)), axis=j)
 
-    del channels  # unused bits of the last byte are already 0 by the ONNX convention
-    return te.compute((n_, layout.rows, layout.cols, layout.words), packed, name="brepack")
+    words = te.compute((n_, height, width, layout.words), image_word, name="brepack_image")
+    return _with_border(words, layout, "brepack")
 
 
 def popcount_conv(packed, weights, geometry, layout):
