@@ -138,7 +138,8 @@ def _read_torch_file(path):
         raise InputError(f"refused to load '{path}': its pickle needs more than tensors and plain "
                          f"containers{detail}, and unpickling it could run arbitrary code; expected "
                          "a plain state_dict, e.g. re-saved with torch.save(model.state_dict(), path)") from None
-    except (RuntimeError, EOFError, OSError) as error:
+    except Exception as error:  # noqa: BLE001 - corrupt bytes fail torch's reader in many ways (fuzzing
+        # found UnicodeDecodeError, AttributeError besides RuntimeError/EOFError/OSError)
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"checkpoint '{path}' is truncated or corrupt ({first_line[:120]}); "
                          "expected a complete file saved by torch.save") from None
@@ -148,8 +149,8 @@ def _check_torch_zip(path):
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        raise InputError(f"checkpoint '{path}' is truncated (its zip directory is missing); "
+    except Exception:  # noqa: BLE001 - BadZipFile, OSError, UnicodeDecodeError of a flipped name, ...
+        raise InputError(f"checkpoint '{path}' is truncated (its zip directory is missing or corrupt); "
                          "expected a complete file saved by torch.save") from None
     if not any(name.endswith("data.pkl") for name in names):
         raise InputError(f"'{path}' is a zip archive but not a torch checkpoint (no data.pkl); "

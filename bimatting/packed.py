@@ -31,7 +31,6 @@ torch is needed only to build the network (`load_packed`); `read_packed` is nump
 """
 import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -102,16 +101,32 @@ def read_packed(path):
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-        raise InputError(f"'{path}' is not a readable packed-weights .npz ({error}); "
+    except Exception as error:  # noqa: BLE001 - BadZipFile, ValueError, OSError, zlib.error (a corrupt stream), ...
+        first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise InputError(f"'{path}' is not a readable packed-weights .npz ({first}); "
                          "expected a file written by bimatting.packed.save_packed") from None
     if META_KEY not in arrays:
         raise InputError(f"'{path}' has no {META_KEY} entry; expected a file written by bimatting.packed.save_packed")
-    meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
-    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+    meta = _parse_meta(arrays.pop(META_KEY), path)
+    if meta.get("format") != FORMAT or not isinstance(meta.get("format_version", 0), int) \
+            or meta.get("format_version", 0) > FORMAT_VERSION:
         raise InputError(f"'{path}' is format {meta.get('format')!r} v{meta.get('format_version')}; "
                          f"expected {FORMAT!r} v<={FORMAT_VERSION} (update bimatting to read it)")
     return meta, arrays
+
+
+def _parse_meta(raw, path):
+    """The metadata dict, its fields of the expected types; InputError otherwise."""
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except (ValueError, AttributeError):  # not UTF-8 / not JSON
+        raise InputError(f"'{path}': {META_KEY} is not UTF-8 JSON; the file is corrupt") from None
+    expected = {"arch": str, "config": dict, "binary_convs": list}
+    if not isinstance(meta, dict) or any(not isinstance(meta.get(k), t) for k, t in expected.items()) \
+            or not all(isinstance(name, str) for name in meta["binary_convs"]):
+        raise InputError(f"'{path}': {META_KEY} lacks arch (str), config (dict) or binary_convs (list of str); "
+                         "expected a file written by bimatting.packed.save_packed")
+    return meta
 
 
 def unpack_weight(bits, alpha, channels):
@@ -155,26 +170,34 @@ def load_packed(path, device="cpu"):
     """The network stored at `path`, in eval mode: BiMatting (or any arch with binary convs)."""
     import torch
 
-    from bimatting.models import build_model
+    from bimatting.checkpoints import _build, _load_state
+    from bimatting.models import model_class
 
     meta, arrays = read_packed(path)
-    model = build_model(meta["arch"], **meta.get("config", {}))
+    model_class(meta["arch"])  # InputError for an unknown architecture
+    model = _build(meta["arch"], meta["config"], path)  # InputError for a config it does not accept
     binary = dict(_binary_convs(model))
-    if sorted(binary) != sorted(meta.get("binary_convs", [])):
+    if sorted(binary) != sorted(meta["binary_convs"]):
         raise InputError(f"'{path}' does not match the '{meta['arch']}' network of this version "
-                         f"({len(meta.get('binary_convs', []))} binary convs stored, {len(binary)} expected)")
+                         f"({len(meta['binary_convs'])} binary convs stored, {len(binary)} expected)")
+    odd = [key for key, value in arrays.items() if value.dtype.kind not in "fiub"]
+    if odd:
+        raise InputError(f"'{path}': entry '{odd[0]}' holds {arrays[odd[0]].dtype} data; expected numeric arrays")
     state = {key: torch.from_numpy(value) for key, value in arrays.items()
              if not key.endswith((BITS_SUFFIX, ALPHA_SUFFIX))}
     for name, conv in binary.items():
         state[name + ".weight"] = torch.zeros_like(conv.weight)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise InputError(f"'{path}' does not match the '{meta['arch']}' network: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
+    _load_state(model, state, meta["arch"], path)  # InputError naming missing/unexpected/wrong-shape entries
     for name, conv in binary.items():
-        bits, alpha = arrays[name + BITS_SUFFIX], arrays[name + ALPHA_SUFFIX]
-        if bits.shape[0] != conv.weight.shape[0] or bits.shape[1] != bitpack.packed_channels(conv.weight.shape[1]):
-            raise InputError(f"'{path}': {name} bits have shape {bits.shape}, expected weight {tuple(conv.weight.shape)}")
+        bits, alpha = arrays.get(name + BITS_SUFFIX), arrays.get(name + ALPHA_SUFFIX)
+        out_channels, channels, kh, kw = conv.weight.shape
+        want = (out_channels, bitpack.packed_channels(channels), kh, kw)
+        if bits is None or bits.dtype != np.uint8 or bits.shape != want:
+            raise InputError(f"'{path}': {name} bits are {None if bits is None else (bits.dtype, bits.shape)}, "
+                             f"expected uint8 {want}")
+        if alpha is None or alpha.dtype.kind != "f" or alpha.shape != (out_channels,):
+            raise InputError(f"'{path}': {name} alpha is {None if alpha is None else (alpha.dtype, alpha.shape)}, "
+                             f"expected float [{out_channels}]")
         _rebuild_weight(conv, bits, alpha.astype(np.float32))
     model.packed_meta = meta
     return model.to(device).eval()
