@@ -6,8 +6,9 @@ private domain below with a `Bimatting*` op type that only our converters (impor
 
 Rewrites (the model is copied, never changed in place):
 * BinarizePack -> BinaryConv2d(Masked): one `BimattingPackWords` per packed activation (shared
-  by all convolutions reading it, e.g. SAB's parallel 3x3 and 1x1 branches) straight from the
-  float tensor; a BinaryConv2d fed by other uint8 data re-packs those bytes instead.
+  by all convolutions reading it) straight from the float tensor, with a per-channel Add right
+  before it (LearnableBias) folded in: the pack computes sign(x + b); a BinaryConv2d fed by
+  other uint8 data re-packs those bytes instead.
 * Weights, scale and bias (initializers or Constant nodes) move into tensor attributes of
   `BimattingBinaryConv`, which pre-packs them at compile time.
 * Output transform fusion: the per-channel Mul / Add / PRelu nodes that only post-process a
@@ -171,12 +172,14 @@ def rewrite(model):
     _drop_empty_resize_inputs(graph, g.consts)
     replaced, conv_nodes, removed = {}, [], set()
     groups = {}  # (kind, tensor) -> [conv nodes]
+    packs = {}  # ("float", tensor) -> its BinarizePack node
     for node in graph.node:
         if not (_is_custom(node) and node.op_type in CONV_OPS):
             continue
         source = g.producer.get(node.input[0])
         if source is not None and _is_custom(source) and source.op_type == "BinarizePack":
             key = ("float", source.input[0])
+            packs.setdefault(key, source)
         else:
             key = ("bytes", node.input[0])
         groups.setdefault(key, []).append(node)
@@ -184,9 +187,15 @@ def rewrite(model):
     group_ids = {key: i for i, key in enumerate(groups)}
     for node, key in conv_nodes:
         replaced[id(node)] = _conv_node(g, node, group_ids[key], removed)
+    # After the epilogue folds: an Add already moved into a conv epilogue stays there.
+    sources = {key: (_pack_source(g, packs[key], conv_attrs(convs[0])["channels_in"], removed)
+                     if key in packs else (key[1], None, None)) for key, convs in groups.items()}
     for key, convs in groups.items():
+        tensor, bias, add = sources[key]
+        if add is not None:
+            removed.add(id(add))
         first = convs[0]
-        replaced[id(first)] = [_pack_node(key, group_ids[key], convs)] + replaced[id(first)]
+        replaced[id(first)] = [_pack_node(key[0], tensor, bias, group_ids[key], convs)] + replaced[id(first)]
     for node in graph.node:  # BinarizePack nodes now only feeding rewritten convs go away
         if _is_custom(node) and node.op_type == "BinarizePack":
             users = g.consumers.get(node.output[0], [])
@@ -210,13 +219,33 @@ def rewrite(model):
     return out, len(conv_nodes)
 
 
-def _pack_node(key, group_id, convs):
-    kind, tensor = key
+def _pack_source(g, pack, channels, taken):
+    """What a BinarizePack really reads: (tensor, bias, Add node). A per-channel constant Add
+    (LearnableBias) whose only use is this BinarizePack folds into the pack kernel, which then
+    computes sign(x + b) with the same float32 addition."""
+    tensor = pack.input[0]
+    add = g.producer.get(tensor)
+    users = g.consumers.get(pack.output[0], [])
+    if (add is None or id(add) in taken or add.op_type != "Add" or add.domain not in ("", "ai.onnx")
+            or g.sole_consumer(tensor) is not pack
+            or pack.output[0] in g.outputs or not all(_is_custom(u) and u.op_type in CONV_OPS for u in users)):
+        return tensor, None, None
+    for x, other in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+        if other in g.consts and x not in g.consts:
+            bias = _per_channel(g.consts[other], channels)
+            if bias is not None:
+                return x, bias, add
+    return tensor, None, None
+
+
+def _pack_node(kind, tensor, bias, group_id, convs):
     consumers = []
     for conv in convs:
         consumers += _geometry_ints(conv_attrs(conv))
     attrs = {"group": group_id, "consumers": consumers, "from_bytes": int(kind == "bytes"),
              "channels_in": conv_attrs(convs[0])["channels_in"]}
+    if bias is not None:
+        attrs["bias"] = numpy_helper.from_array(np.asarray(bias, np.float32), "bias")
     return helper.make_node("BimattingPackWords", [tensor], [f"__bimatting_packed_{group_id}"],
                             name=f"bimatting_pack_{group_id}", domain=PRIVATE_DOMAIN, **attrs)
 

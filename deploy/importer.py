@@ -55,7 +55,8 @@ def _make_converters(arch):
                      for i in range(0, len(ints), _FIELDS)]
             layout = PackLayout.covering(geoms, arch.word_dtype)
             packs[int(attr["group"])] = (layout, shape[2], shape[3])
-            return lowering.emit_pack(bb, inputs[0], layout, channels if from_bytes else None)
+            return lowering.emit_pack(bb, inputs[0], layout, channels if from_bytes else None,
+                                      _tensor_attr(attr, "bias"))
 
     class BinaryConv(OnnxOpConverter):
         @classmethod

@@ -21,10 +21,11 @@ def _prim_func(tensors, kind):
     return func.with_attrs({KERNEL_ATTR: kind, "op_pattern": OPAQUE, "tirx.noalias": True})
 
 
-def pack_func(shape, layout):
-    """float32 NCHW `shape` -> packed words `layout`."""
+def pack_func(shape, layout, with_bias=False):
+    """float32 NCHW `shape` (+ per-channel bias [C]) -> packed words `layout`."""
     x = te.placeholder(tuple(shape), "float32", name="x")
-    return _prim_func([x, bitserial.pack_activations(x, layout)], "bpack")
+    bias = te.placeholder((shape[1],), "float32", name="bias") if with_bias else None
+    return _prim_func([x] + ([bias] if with_bias else []) + [bitserial.pack_activations(x, layout, bias)], "bpack")
 
 
 def repack_func(shape, channels, layout):
@@ -104,14 +105,18 @@ def static_shape(expr):
         raise ValueError(f"binary ops need static shapes, got {shape}") from error
 
 
-def emit_pack(bb, x, layout, from_bytes_channels=None):
-    """Relax: float NCHW (or ONNX uint8 packed, with `from_bytes_channels`) -> packed words."""
+def emit_pack(bb, x, layout, from_bytes_channels=None, bias=None):
+    """Relax: float NCHW (+ per-channel `bias`, numpy) or ONNX uint8 packed (with
+    `from_bytes_channels`) -> packed words."""
     shape = static_shape(x)
-    if from_bytes_channels is None:
-        func, name = pack_func(shape, layout), "bpack"
-    else:
+    args = [x]
+    if from_bytes_channels is not None:
         func, name = repack_func(shape, from_bytes_channels, layout), "brepack"
-    return _call(bb, func, name, [x], (shape[0], layout.rows, layout.cols, layout.words), layout.word_dtype)
+    else:
+        func, name = pack_func(shape, layout, with_bias=bias is not None), "bpack"
+        if bias is not None:
+            args.append(relax.const(tvm.runtime.tensor(np.asarray(bias, np.float32))))
+    return _call(bb, func, name, args, (shape[0], layout.rows, layout.cols, layout.words), layout.word_dtype)
 
 
 def emit_conv(bb, packed, layout, geometry, operands, mask=None):

@@ -55,6 +55,8 @@ def recurrent_model(seed=0):
         "w3": bitpack.pack(f32(20, 16, 3, 3)), "s3": np.abs(f32(20)) * 0.1, "b3": f32(20) * 0.1,
         "lb3": f32(1, 20, 1, 1) * 0.1, "slope3": np.abs(f32(20, 1, 1)) * 0.25,
         "w1": bitpack.pack(f32(20, 16, 1, 1)), "s1": np.abs(f32(20)) * 0.1, "b1": f32(20) * 0.1,
+        "lb1": f32(1, 20, 1, 1) * 0.1, "slope1": np.abs(f32(1, 20, 1, 1)) * 0.25, "post1": f32(1, 20, 1, 1) * 0.1,
+        "w11": bitpack.pack(f32(20, 20, 1, 1)), "s11": np.abs(f32(20)) * 0.1, "b11": f32(20) * 0.1,
         "w_mask": f32(1, 20, 1, 1) * 0.3, "zero": np.zeros((), np.float32), "half": np.full((), 0.5, np.float32),
         "wg": bitpack.pack(f32(8, 28, 3, 3)), "sg": np.abs(f32(8)) * 0.05, "bg": f32(8) * 0.1,
         "w_head": f32(1, 28, 1, 1) * 0.3, "scales": np.array([1, 1, 2, 2], np.float32),
@@ -69,7 +71,13 @@ def recurrent_model(seed=0):
         node("Add", ["y3", "lb3"], ["y3b"]),
         node("PRelu", ["y3b", "slope3"], ["y3p"]),
         ops.make_node("BinaryConv2d", ["xp", "w1", "s1", "b1"], ["y1"], channels_in=16, kernel_shape=[1, 1]),
-        node("Add", ["y3p", "y1"], ["z"]),
+        # conv -> Add -> PRelu -> Add -> BinarizePack -> conv: the epilogue takes all three
+        node("Add", ["y1", "lb1"], ["y1b"]),
+        node("PRelu", ["y1b", "slope1"], ["y1p"]),
+        node("Add", ["y1p", "post1"], ["y1q"]),
+        ops.make_node("BinarizePack", ["y1q"], ["y1qp"]),
+        ops.make_node("BinaryConv2d", ["y1qp", "w11", "s11", "b11"], ["y11"], channels_in=20, kernel_shape=[1, 1]),
+        node("Add", ["y3p", "y11"], ["z"]),
         node("Conv", ["z", "w_mask"], ["m_logit"]),
         node("Greater", ["m_logit", "zero"], ["m_bool"]),
         node("Cast", ["m_bool"], ["mask"], to=TensorProto.FLOAT),
@@ -172,7 +180,7 @@ def test_artifact_holds_library_params_and_metadata(built, small_onnx):
     assert inputs["src"]["shape"] == [1, 3, HEIGHT, WIDTH] and inputs["src"]["role"] == "image"
     assert inputs["r1i"]["shape"] == [1, 8, HEIGHT // 2, WIDTH // 2] and inputs["r1i"]["role"] == "state"
     assert meta["states"] == {"r1i": "r1o"}
-    assert meta["kernels"]["binary_convs"] == 3
+    assert meta["kernels"]["binary_convs"] == 4
 
 
 def _objdump_functions(library):

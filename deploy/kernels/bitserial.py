@@ -104,11 +104,12 @@ def _word_bit(bit_set, b, word_dtype):
     return tirx.if_then_else(bit_set, one << b.astype(word_dtype), tirx.const(0, word_dtype))
 
 
-def pack_activations(x, layout):
+def pack_activations(x, layout, bias=None):
     """Binarize and bit-pack a float activation: [N, C, H, W] float32 -> [N, rows, cols, CW] words.
 
-    bit (c % B) of word c // B is [x[n, c] < 0]; border positions and unused channels are 0 (+1).
-    Two stages: the image's words (no spatial bounds checks in the bit loop), then the border.
+    bit (c % B) of word c // B is [x[n, c] (+ bias[c]) < 0]; border positions and unused
+    channels are 0 (+1). Two stages: the image's words (no spatial bounds checks in the bit
+    loop), then the border.
     """
     n_, channels, height, width = (int(d) for d in x.shape)
     bits = WORD_BITS[layout.word_dtype]
@@ -116,7 +117,9 @@ def pack_activations(x, layout):
 
     def image_word(n, y, x_, k):
         c = k * bits + b
-        negative = tirx.all(c < channels, x[n, tirx.min(c, channels - 1), y, x_] < 0)
+        channel = tirx.min(c, channels - 1)
+        value = x[n, channel, y, x_] if bias is None else x[n, channel, y, x_] + bias[channel]
+        negative = tirx.all(c < channels, value < 0)
         return te.sum(_word_bit(negative, b, layout.word_dtype), axis=b)
 
     words = te.compute((n_, height, width, layout.words), image_word, name="bpack_image")
