@@ -137,7 +137,8 @@ class ConvNCHW(ScheduleRule):
         reduce = loops[4:]
         width, channels = _extent(sch, x), _extent(sch, o)
         xb = _divisor_tile(width, 2 * lanes, max(4, lanes // 2))
-        ob = _divisor_tile(channels, 4, 1) if len(reduce) == 3 else 1
+        # ob x (xb / lanes) accumulator registers: 16 of 32 (AVX-512, NEON); 8 of AVX2's 16
+        ob = _divisor_tile(channels, 4 if lanes == 8 else 8, 1) if len(reduce) == 3 else 1
         xo, xi = sch.split(x, [None, xb])
         oo, oi = sch.split(o, [None, ob])
         sch.reorder(n, oo, y, xo, *reduce, oi, xi)
