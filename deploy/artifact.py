@@ -12,6 +12,7 @@ referenced.
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 import tempfile
@@ -50,17 +51,20 @@ def write(path, library_file, params, metadata):
     meta = dict(metadata, format=FORMAT, format_version=FORMAT_VERSION)
     files = {METADATA: json.dumps(meta, indent=2, sort_keys=True).encode(), PARAMS: _params_bytes(params)}
     if is_tar_path(path):
-        with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
-            tar.add(library_file, arcname=LIBRARY)
-            for name, data in files.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
+        with atomic_path(path) as tmp:
+            with tarfile.open(tmp, "w") as tar:
+                tar.add(library_file, arcname=LIBRARY)
+                for name, data in files.items():
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mode = len(data), 0o644
+                    tar.addfile(info, io.BytesIO(data))
+            os.chmod(tmp, 0o644)  # temp files are private; an artifact is meant to be shared
     else:
         with atomic_dir(path) as tmp:
             shutil.copyfile(library_file, Path(tmp) / LIBRARY)
             for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)
+            os.chmod(tmp, 0o755)
     return meta
 
 

@@ -12,7 +12,6 @@ import contextlib
 import threading
 import warnings
 
-import numpy as np
 from onnx import numpy_helper
 
 from bimatting.deploy import graph_rewrite, lowering
@@ -71,7 +70,8 @@ def _make_converters(arch):
             epilogue = list(zip(kinds, _tensor_attr(attr, "epilogue_values")))
             operands = lowering.conv_operands(weights, g, arch, epilogue)
             mask = inputs[1] if int(attr["masked"]) else None
-            if mask is not None and lowering.static_shape(mask) != (layout_batch(inputs[0]), 1, g.out_height, g.out_width):
+            batch = lowering.static_shape(inputs[0])[0]
+            if mask is not None and lowering.static_shape(mask) != (batch, 1, g.out_height, g.out_width):
                 raise InputError(f"BinaryConv2dMasked mask has shape {lowering.static_shape(mask)}, expected "
                                  f"[N, 1, {g.out_height}, {g.out_width}]")
             return lowering.emit_conv(bb, inputs[0], layout, g, operands, mask)
@@ -88,10 +88,6 @@ def _make_converters(arch):
 
     return {"BimattingPackWords": PackWords, "BimattingBinaryConv": BinaryConv,
             "BimattingBinarizePack": BinarizePack, "BimattingUnpack": Unpack}
-
-
-def layout_batch(expr):
-    return lowering.static_shape(expr)[0]
 
 
 @contextlib.contextmanager
@@ -148,6 +144,3 @@ def graph_io(model, bound=()):
     outputs = [(o.name, dims(o), o.type.tensor_type.elem_type) for o in model.graph.output]
     return inputs, outputs
 
-
-def as_float_array(value):
-    return np.asarray(value, np.float32)

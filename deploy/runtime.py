@@ -54,6 +54,10 @@ class CompiledModel:
     def metadata(self):
         return self.artifact.metadata
 
+    def input_spec(self, name):
+        """{"name", "shape", "dtype", "role"} of input `name` (role: image, state or input)."""
+        return self._inputs[name]
+
     @property
     def input_names(self):
         return [i["name"] for i in self.metadata["inputs"]]
@@ -102,8 +106,10 @@ class RecurrentRunner:
 
     def reset(self):
         """Zero states (the start of a clip)."""
-        self._state_values = {name: self.model.to_device(name, np.zeros(spec["shape"], spec["dtype"]))
-                              for name, spec in self.model._inputs.items() if name in self.states}
+        self._state_values = {}
+        for name in self.states:
+            spec = self.model.input_spec(name)
+            self._state_values[name] = self.model.to_device(name, np.zeros(spec["shape"], spec["dtype"]))
 
     def step(self, image, fetch=None):
         """Run one frame; returns {output: numpy} for `fetch` (default: all non-state outputs)."""
