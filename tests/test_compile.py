@@ -263,7 +263,7 @@ def test_cli_compile_writes_folder_artifact_with_json_report(small_onnx, tmp_pat
     assert np.abs(got["pha"] - pha).max() <= 1e-5 and np.abs(got["r1o"] - r1o).max() <= 1e-5
 
 
-def test_binary_conv_on_uint8_input_without_function_bodies(tmp_path):
+def test_binary_conv_on_uint8_input_without_function_bodies():
     """BinaryConv2d fed by packed bytes from outside (re-packed in TVM); no FunctionProto, so the
     reference is bimatting.bitpack's numpy binary conv."""
     rng = np.random.default_rng(4)
@@ -276,27 +276,44 @@ def test_binary_conv_on_uint8_input_without_function_bodies(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 5, 7])],
         initializer=[numpy_helper.from_array(v, k) for k, v in (("w", w), ("s", scale), ("b", bias))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ops.DOMAIN, 1)])
-    path = tmp_path / "bytes.onnx"
-    onnx.save(model, str(path))
-    # Not an image model: plan the only input by hand through the library call.
+    x = bitpack.pack(rng.standard_normal((1, 35, 9, 14)))
+    got = _run_library_import(model, {"xb": [1, 5, 9, 14]}, [x])[0]
+    d = bitpack.binary_conv2d(x, w, 35, (2, 2), (1, 1, 1, 1)).astype(np.float32)
+    want = d * scale[None, :, None, None] + bias[None, :, None, None]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)  # FMA vs two roundings: ulps
+
+
+def _run_library_import(model, shapes, inputs):
+    """Import + build for the host without an artifact (models that are not image models)."""
+    import tvm
+    from tvm import relax
+
     from bimatting.deploy import build, importer
     from bimatting.deploy.schedules import arch_for
     from bimatting.deploy.target import resolve
 
     target = resolve("host").tvm_target
-    mod = importer.import_onnx(model, {"xb": [1, 5, 9, 14]}, arch_for(target))
+    mod = importer.import_onnx(model, shapes, arch_for(target))
     with target:
         mod = build.pipeline_front(target)(mod)
     mod, params = build.lift_constants(mod)
-    import tvm
-    from tvm import relax
-
     vm = relax.VirtualMachine(build._compile(mod, target, None), tvm.cpu())
-    x = bitpack.pack(rng.standard_normal((1, 35, 9, 14)))
-    got = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(v) for v in params.values()]).numpy()
-    d = bitpack.binary_conv2d(x, w, 35, (2, 2), (1, 1, 1, 1)).astype(np.float32)
-    want = d * scale[None, :, None, None] + bias[None, :, None, None]
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)  # FMA vs two roundings: ulps
+    out = vm["main"](*[tvm.runtime.tensor(v) for v in inputs], *[tvm.runtime.tensor(v) for v in params.values()])
+    return [out.numpy()] if isinstance(out, tvm.runtime.Tensor) else [o.numpy() for o in out]
+
+
+def test_standalone_binarize_pack_and_unpack_ops():
+    """BinarizePack as a graph output and Unpack keep their ONNX semantics (bitpack reference)."""
+    graph = helper.make_graph(
+        [ops.make_node("BinarizePack", ["x"], ["xp"]), ops.make_node("Unpack", ["xp"], ["xs"], channels=20)],
+        "pack_unpack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 20, 5, 7])],
+        [helper.make_tensor_value_info("xp", TensorProto.UINT8, [1, 3, 5, 7]),
+         helper.make_tensor_value_info("xs", TensorProto.FLOAT, [1, 20, 5, 7])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ops.DOMAIN, 1)])
+    x = np.random.default_rng(9).standard_normal((1, 20, 5, 7)).astype(np.float32)
+    x[0, 3, 2, 2] = 0.0
+    packed, signs = _run_library_import(model, {"x": [1, 20, 5, 7]}, [x])
+    assert np.array_equal(packed, bitpack.pack(x)) and np.array_equal(signs, bitpack.sign(x))
 
 
 def test_plain_float_model_compiles_official_rvm(built, workdir):
