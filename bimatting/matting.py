@@ -330,9 +330,13 @@ def matte(source, output, *, checkpoint=None, artifact=None, backend=None, outpu
             matter = open_matter(checkpoint, artifact, backend, downsample_ratio, threads)
             count, began = _loop(reader, matter, sinks, color, progress)
     seconds = time.perf_counter() - began
-    return {"input": str(source), "outputs": [str(sink.path) for sink in sinks], "frames": count,
-            "size": list(reader.size), "fps": reader.fps, "seconds": round(seconds, 3),
-            "frames_per_second": round(count / seconds, 3) if seconds > 0 else None, **matter.describe()}
+    summary = {"input": str(source), "outputs": [str(sink.path) for sink in sinks], "frames": count,
+               "size": list(reader.size), "fps": reader.fps, "seconds": round(seconds, 3),
+               "frames_per_second": round(count / seconds, 3) if seconds > 0 else None, **matter.describe()}
+    if reader.kind == "video" and reader.total is not None and count < reader.total:
+        summary["warning"] = (f"the input declares {reader.total} frames but only {count} could be decoded "
+                              "(a truncated or corrupt stream?); the output holds those")
+    return summary
 
 
 def _loop(reader, matter, sinks, background, progress):

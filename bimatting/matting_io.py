@@ -105,7 +105,8 @@ class FrameSource:
         import cv2
 
         while True:
-            ok, frame = self.capture.read()
+            with _quiet_stderr():  # FFmpeg reports damaged packets itself; matte's summary warns once
+                ok, frame = self.capture.read()
             if not ok:
                 return
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
@@ -198,7 +199,7 @@ class VideoSink:
     def __init__(self, path, tmp, kind, fps, size):
         import cv2
 
-        self.path, self.kind = path, kind
+        self.path, self.kind, self.tmp, self.size, self.count = path, kind, tmp, tuple(size), 0
         fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[path.suffix.lower()])
         self.writer = cv2.VideoWriter(str(tmp), fourcc, float(fps), tuple(size))
         if not self.writer.isOpened():
@@ -212,9 +213,30 @@ class VideoSink:
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)                 # gray video as RGB
         self.writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        self.count += 1
 
     def close(self):
-        self.writer.release()
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+
+    def finish(self):
+        """Close the file and read it back: OpenCV's writer reports no failed write (a full disk, a
+        file size limit), so a short or unreadable file is caught here, before it is renamed."""
+        import cv2
+
+        self.close()
+        if not self.count:
+            return
+        capture = cv2.VideoCapture(str(self.tmp))
+        try:
+            frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+            ok, first = capture.read() if capture.isOpened() else (False, None)
+        finally:
+            capture.release()
+        if not ok or frames != self.count or (first.shape[1], first.shape[0]) != self.size:
+            raise RuntimeFailure(f"could not write '{self.path}' completely ({frames} of {self.count} frames "
+                                 "readable back; disk full or file size limit?); the previous file, if any, is kept")
 
 
 class PngSink:
@@ -234,6 +256,9 @@ class PngSink:
         self.index += 1
 
     def close(self):
+        pass
+
+    def finish(self):
         pass
 
 
@@ -267,6 +292,9 @@ def open_sinks(output, kinds, fps, size, rgba=False):
     check_writable_parent(path)
     if kind == "video" and rgba:
         raise InputError("--rgba needs a PNG folder output; videos hold no alpha channel")
+    if kind == "video" and (size[0] % 2 or size[1] % 2):  # the codecs store 4:2:0 colour: they would crop
+        raise InputError(f"frames of {size[0]}x{size[1]} cannot be stored in a video (its codecs need an even "
+                         f"width and height); write a PNG folder instead (-o {path.stem}/)")
     if rgba and "foreground" not in kinds:
         raise InputError("--rgba applies to the foreground; use --output-type foreground or all")
     sinks = []
@@ -286,3 +314,5 @@ def open_sinks(output, kinds, fps, size, rgba=False):
                 sub.mkdir(exist_ok=True)
                 sinks.append(PngSink(path if len(kinds) == 1 else path / item, sub, item, rgba))
         yield sinks
+        for sink in sinks:  # before the renames: a sink that cannot be read back is not swapped in
+            sink.finish()

@@ -47,6 +47,8 @@ def matte(source, output, checkpoint, artifact, backend, output_type, background
     summary = run_matte(source, output, checkpoint=checkpoint, artifact=artifact, backend=backend,
                         output_type=output_type, background=background, downsample_ratio=downsample_ratio,
                         start=start, frames=frames, rgba=rgba, progress=not quiet)
+    if "warning" in summary:
+        click.echo(f"warning: {summary['warning']}", err=True)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
