@@ -52,11 +52,15 @@ def run_demo(workdir="bimatting-demo", progress=True, echo=print):
         raise InputError(f"workdir '{workdir}' is a file; give a folder (it is created if missing)")
     if not workdir.parent.resolve().is_dir():
         raise InputError(f"cannot create workdir '{workdir}': its folder does not exist")
-    workdir.mkdir(exist_ok=True)
-    (workdir / "report").mkdir(exist_ok=True)
     from bimatting.checkpoints import load_model
 
-    model = load_model("default")  # InputError when this install has no packaged model
+    try:
+        model = load_model("default")
+    except InputError:
+        raise InputError("the demo needs the packaged default model (bimatting/assets/bimatting_default.npz), "
+                         "which this install lacks; reinstall bimatting with scripts/install.sh") from None
+    workdir.mkdir(exist_ok=True)
+    (workdir / "report").mkdir(exist_ok=True)
     steps = Steps(["sample", "profile", "export", "compile", "bench", "matte", "report"], echo)
     report = {"workdir": str(workdir), "resolution": list(RESOLUTION)}
     report["sample"] = steps.run("sample", _sample, workdir)
