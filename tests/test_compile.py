@@ -495,3 +495,50 @@ def test_network_rpi4_artifact_on_emulated_board_vs_onnxruntime(resolution, rati
     model = CompiledModel(built.get(source, "rpi4", resolution, ratio), session=rpi4_session)
     frames = read_frames(bedroom_frames_dir, size=resolution, limit=NETWORK_FRAMES)
     _network_check(RecurrentRunner(model), source, frames, model.metadata["downsample_ratio"])
+
+
+def test_compile_path_works_without_torch(small_onnx, tmp_path):
+    """deploy/ is torch-free: in a fresh interpreter where `import torch` fails, import every
+    compile/runtime module, build an artifact and load it. (tvm_ffi itself tries `import torch`
+    when it is installed and carries on without it, so torch being absent is the real test.)"""
+    import subprocess
+    import sys
+
+    artifact_path = str(tmp_path / "a.tar")
+    code = "\n".join([
+        "import sys",
+        "class NoTorch:",
+        "    def find_spec(self, name, path=None, target=None):",
+        "        if name == 'torch' or name.startswith('torch.'):",
+        "            raise ImportError('torch is blocked in this test')",
+        "sys.meta_path.insert(0, NoTorch())",
+        "from bimatting.deploy import artifact, build, graph_rewrite, importer, lowering, runtime, shapes, target",
+        "from bimatting.deploy.kernels import bitserial, params, standalone",
+        "from bimatting.deploy.schedules import aarch64, fp, x86",
+        f"build.compile_model({str(small_onnx)!r}, 'host', {artifact_path!r}, (32, 16))",
+        f"runtime.RecurrentRunner(runtime.CompiledModel({artifact_path!r}))",
+        "assert 'torch' not in sys.modules",
+    ])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_cli_compiles_a_checkpoint_by_exporting_it_in_process(tmp_path):
+    """A .pth source is exported in the CLI process (the only torch use of `compile`)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("bimatting.export.exporter", reason="the ONNX exporter is absent")
+    from bimatting.checkpoints import save_checkpoint
+    from bimatting.models import build_model
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "bimatting.pth"
+    save_checkpoint(checkpoint, build_model("bimatting").eval(), "bimatting")
+    out = tmp_path / "from-checkpoint.tar"
+    result = CliRunner().invoke(cli, ["compile", str(checkpoint), "--target", "host", "-o", str(out),
+                                      "--resolution", "64x48", "--json"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.output[result.output.index("{"):])
+    assert meta["kernels"]["binary_convs"] > 50 and meta["source"]["file"] == "model.onnx"
+    model = CompiledModel(out)
+    output = RecurrentRunner(model).step(np.full((1, 3, 48, 64), 0.5, np.float32))
+    assert output["pha"].shape == (1, 1, 48, 64) and np.isfinite(output["pha"]).all()

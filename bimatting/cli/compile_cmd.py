@@ -78,10 +78,7 @@ def _onnx_source(model):
                          "export to ONNX first with `bimatting export`") from None
     import onnx
 
-    from bimatting.models import model_class
-
-    network = load_network(model, "bimatting" if model is None else None)
-    arch = "bimatting" if isinstance(network, model_class("bimatting")) else "rvm"
+    network, arch = load_network(model, None)  # arch from the checkpoint; none: packaged BiMatting
     onnx_model = build_onnx(network, arch)
     folder = tempfile.TemporaryDirectory(prefix="bimatting-export-")
     path = Path(folder.name) / "model.onnx"

@@ -184,6 +184,13 @@ def popcount_conv(packed, weights, geometry, layout):
 EPILOGUE_KINDS = ("mul", "add", "prelu")
 
 
+def _rounded(product):
+    """A product rounded to float32 on its own: LLVM may not fuse it with a later add into an
+    FMA (one rounding instead of the graph's two), which would make the kernel's output differ
+    from the ONNX graph's in the last bit, and a later sign() flip."""
+    return tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", product)
+
+
 def output_transform(pop, base, row_class, col_class, steps, kinds, geometry, mask=None):
     """Popcounts -> float NCHW output [N, O, OH, OW] (module docstring for the algebra).
 
@@ -208,11 +215,11 @@ def output_transform(pop, base, row_class, col_class, steps, kinds, geometry, ma
         for i, kind in enumerate(kinds):
             operand = steps[i, o]
             if kind == "mul":
-                value = value * operand
+                value = _rounded(value * operand)
             elif kind == "add":
                 value = value + operand
             else:
-                value = tirx.if_then_else(value < 0, value * operand, value)
+                value = tirx.if_then_else(value < 0, _rounded(value * operand), value)
         if mask is not None:
             value = tirx.if_then_else(mask[n, 0, y, x] != 0, value, tirx.const(0, "float32"))
         return value
