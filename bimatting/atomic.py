@@ -4,11 +4,24 @@ A failed or interrupted write never leaves a half-written file at the target pat
 previous file (if any) stays intact. Every output of the toolchain goes through here.
 """
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 
-from bimatting.errors import InputError
+from bimatting.errors import InputError, RuntimeFailure
+
+# errors that only a write raises: a full disk, a file size limit (RLIMIT_FSIZE with SIGXFSZ
+# ignored), a quota, a read-only file system (a folder without write permission is refused up
+# front by check_writable_parent)
+WRITE_FAILURES = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
+def _write_failure(path, error):
+    """A RuntimeFailure (one line) for an OSError of the write, else None."""
+    if isinstance(error, OSError) and error.errno in WRITE_FAILURES:
+        return RuntimeFailure(f"could not write '{path}' ({error.strerror}); the previous file, if any, is unchanged")
+    return None
 
 
 def check_writable_parent(path):
@@ -35,9 +48,12 @@ def atomic_path(path, suffix=None):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        failure = _write_failure(path, error)
+        if failure is not None:
+            raise failure from None
         raise
 
 
@@ -57,9 +73,12 @@ def atomic_dir(path):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
+        failure = _write_failure(path, error)
+        if failure is not None:
+            raise failure from None
         raise
 
 

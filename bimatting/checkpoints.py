@@ -15,6 +15,7 @@ would run code is refused, never executed.
 """
 import collections
 import importlib.resources
+import io
 import pickle
 import re
 import warnings
@@ -87,8 +88,10 @@ def save_checkpoint(path, model, arch, config=None, extra=None):
         "state_dict": {key: value.detach().cpu().clone() for key, value in model.state_dict().items()},
         "extra": extra if extra is not None else {},
     }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)  # in memory first: a failed disk write is then a plain OSError (atomic_path)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        Path(tmp).write_bytes(buffer.getvalue())
 
 
 def load_checkpoint(path):

@@ -228,12 +228,13 @@ class VideoSink:
         self.close()
         if not self.count:
             return
-        capture = cv2.VideoCapture(str(self.tmp))
-        try:
-            frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
-            ok, first = capture.read() if capture.isOpened() else (False, None)
-        finally:
-            capture.release()
+        with _quiet_stderr():  # a damaged file makes the demuxers talk; the error below is the message
+            capture = cv2.VideoCapture(str(self.tmp))
+            try:
+                frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+                ok, first = capture.read() if capture.isOpened() else (False, None)
+            finally:
+                capture.release()
         if not ok or frames != self.count or (first.shape[1], first.shape[0]) != self.size:
             raise RuntimeFailure(f"could not write '{self.path}' completely ({frames} of {self.count} frames "
                                  "readable back; disk full or file size limit?); the previous file, if any, is kept")
@@ -251,8 +252,10 @@ class PngSink:
         if image.ndim == 3:
             image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
         target = self.folder / f"{self.index:05d}.png"
-        if not cv2.imwrite(str(target), image):
-            raise RuntimeFailure(f"could not write '{target}' (disk full?)")
+        ok, encoded = cv2.imencode(".png", image)  # encoded in memory: a failed write is an OSError
+        if not ok:                                 # (atomic_dir: one line), not libpng noise on stderr
+            raise RuntimeFailure(f"OpenCV could not encode '{target}' as PNG")
+        target.write_bytes(encoded.tobytes())
         self.index += 1
 
     def close(self):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bimatting.atomic import atomic_dir, atomic_path
-from bimatting.errors import InputError
+from bimatting.errors import InputError, RuntimeFailure
 
 FORMAT = "bimatting-tvm-artifact"
 FORMAT_VERSION = 1
@@ -107,6 +107,9 @@ def read(path):
                     tar.extract(name, keep.name, filter="data")
         except tarfile.TarError:
             raise InputError(f"'{path}' is not a bimatting artifact (not a tar file)") from None
+        except OSError as error:  # a full disk or file size limit while unpacking to the temp folder
+            raise RuntimeFailure(f"cannot unpack artifact '{path}' into {keep.name} ({error.strerror}); "
+                                 "free some disk space or pass the artifact as a folder") from None
         folder = Path(keep.name)
     try:
         metadata = json.loads((folder / METADATA).read_text())

@@ -15,13 +15,14 @@ device latency on the right. alpha_preview.png: input | device alpha | reference
 |difference| (scaled so the max tolerance, 1e-2, is full scale) for the frame that differs most.
 Every file is written atomically; the folder is created if needed and other files in it are kept.
 """
+import contextlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from bimatting.atomic import atomic_path
-from bimatting.errors import InputError
+from bimatting.errors import InputError, RuntimeFailure
 
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (170, 170, 170)
 BLUE, ORANGE, RED = (200, 110, 30), (30, 140, 240), (40, 40, 220)  # BGR
@@ -39,10 +40,14 @@ def write(folder, result, clip, run):
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: str(folder / name) for name in FILES}
     plot = latency_plot(result["latency_ms"]["per_frame"], result["roundtrip_ms"]["per_frame"])
-    _write_png(folder / "latency.png", plot, cv2)
-    _write_png(folder / "alpha_preview.png", alpha_preview(clip, run), cv2)
-    with atomic_path(folder / "bench.json") as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=2, default=_plain) + "\n")
+    contents = {"latency.png": _png_bytes(plot, cv2), "alpha_preview.png": _png_bytes(alpha_preview(clip, run), cv2),
+                "bench.json": (json.dumps(result, indent=2, default=_plain) + "\n").encode()}
+    # all three written to temporary files first, renamed only once every write succeeded: a full
+    # disk leaves the previous report whole
+    with contextlib.ExitStack() as stack:
+        for name in FILES:
+            tmp = stack.enter_context(atomic_path(folder / name))
+            Path(tmp).write_bytes(contents[name])
     return paths
 
 
@@ -52,10 +57,11 @@ def _plain(value):
     return str(value)
 
 
-def _write_png(path, image, cv2):
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise InputError(f"cannot write '{path}' (OpenCV could not encode the PNG)")
+def _png_bytes(image, cv2):
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeFailure("OpenCV could not encode a report image as PNG")
+    return encoded.tobytes()
 
 
 def _nice_max(value):
