@@ -8,18 +8,12 @@ fusion and constant lifting, deploy/build.py), so the records match at compile t
 * binary convs: the design space is the hand-written bitserial schedule with its tile sizes
   (vector width, register tile) sampled (schedules/bitserial.py, `tunable=True`);
 * float convs: MetaSchedule's default CPU design space.
-Packing and element-wise kernels keep their rules. Tasks are visited largest first (FLOPs x uses).
+Packing and element-wise kernels keep their rules. Tasks are visited round robin, those with the
+fewest records first, then the largest (FLOPs x uses).
 
-Measurement. Builders cross-compile each candidate with the target's compiler (MetaSchedule's
-default export is a tar that the board would have to link). `BoardRunner` uploads it and times
-it with `time_evaluator` on the board. Why a runner of our own: MetaSchedule's RPCRunner reaches
-boards only through a tracker, and a plain server (`--rpc`, TVM's Python server or our C++ one,
-which cannot register anywhere) is invisible to a tracker started here; TVM's proxy needs the
-board to connect to it. Connecting straight to the server works with every server, starts no
-helper process, and lets us fill the arguments safely: MetaSchedule fills them with random
-values, but a binary conv reads int32 row/column classes as indices (random ones read out of
-bounds and crash the board), so integer arguments are zeros here and float ones uniform in [0, 1).
-With `--tracker` the same runner asks the tracker for a board per measurement.
+Measurement (deploy/measure.py): candidates are cross-compiled here and timed on the board with
+`time_evaluator`, straight over `--rpc` (MetaSchedule's RPCRunner needs a tracker, which a plain
+server cannot join), through a tracker (`--tracker`/`--key`), or here (`--local`).
 
 The hand-written schedule of every task that got trials is measured too and stored as a record:
 compile picks the fastest record, so a short search never makes a kernel slower than untuned.
@@ -39,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bimatting.deploy import measure, tuning
 from bimatting.deploy import rpc as rpc_util
-from bimatting.deploy import tuning
 from bimatting.errors import InputError, RuntimeFailure
 
 KERNEL_KINDS = {"binary": ("bconv",), "float": ("conv",), "all": ("bconv", "conv")}
@@ -117,97 +111,12 @@ def _flops(mod):
         return 0.0
 
 
-# ---- building and measuring (module-level functions: they run in worker processes) -----------
-
-def build_kernel(mod, target, _params=None):
-    """MetaSchedule f_build: compile one candidate (its `main` exported under that name)."""
-    import tvm
-
-    func = mod["main"]
-    if func.attrs is None or "global_symbol" not in func.attrs:
-        func = func.with_attr("global_symbol", "main")
-    return tvm.compile(tvm.IRModule({"main": func}), target=target)
-
-
-def export_kernel(module, compiler=None):
-    """MetaSchedule f_export: a shared library linked here (cross compiler for boards)."""
-    from tvm.support import cc
-
-    path = os.path.join(tempfile.mkdtemp(prefix="bimatting-tune-"), "kernel.so")
-    module.export_library(path, fcompile=cc.cross_compiler(compiler) if compiler else None)
-    return path
-
-
-def measure_kernel(connect, artifact_path, args_info, number, repeat):
-    """Run in a worker: load one candidate (on the board via `connect()`, or here) and time it.
-
-    Returns the run times in seconds. Arguments: zeros for integer tensors (they may be indices),
-    uniform [0, 1) for float ones (see the module doc)."""
-    import tvm
-
-    session = connect() if connect is not None else None
-    name = os.path.basename(artifact_path)
-    if session is None:
-        module, device = tvm.runtime.load_module(artifact_path), tvm.cpu()
-    else:
-        session.upload(artifact_path, name)
-        module, device = session.load_module(name), session.cpu()
-    rng = np.random.default_rng(0)
-    args = []
-    for _, dtype, shape in args_info:  # ["TENSOR", dtype, shape]
-        array = (rng.random(shape).astype(dtype) if np.dtype(dtype).kind == "f" else np.zeros(shape, dtype))
-        args.append(tvm.runtime.tensor(array, device))
-    timer = module.time_evaluator("main", device, number=number, repeat=repeat)
-    costs = [float(c) for c in timer(*args).results]
-    if session is not None:
-        try:
-            session.remove(name)
-        except Exception:  # noqa: BLE001 - a server without remove: the file dies with its session
-            pass
-    return costs
-
-
-def _runner_class():
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.runner import PyRunner
-    from tvm.s_tir.meta_schedule.runner.rpc_runner import RPCRunnerFuture
-    from tvm.support.popen_pool import PopenPoolExecutor
-
-    @derived_object
-    class BoardRunner(PyRunner):
-        """Times candidates on a board (direct RPC or via a tracker) or here; one at a time."""
-
-        def __init__(self, connect, timeout_sec, number=3, repeat=1):
-            super().__init__()
-            self.connect, self.timeout_sec, self.number, self.repeat = connect, timeout_sec, number, repeat
-            self.pool = PopenPoolExecutor(max_workers=1, timeout=timeout_sec)
-
-        def run(self, runner_inputs):
-            futures = []
-            for item in runner_inputs:
-                args_info = tuple(tuple(a.as_json()) for a in item.args_info)
-                future = self.pool.submit(measure_kernel, self.connect, str(item.artifact_path), args_info,
-                                          self.number, self.repeat)
-                futures.append(RPCRunnerFuture(future, self.timeout_sec))
-            return futures
-
-        def shutdown(self):
-            self.pool.shutdown()
-
-    return BoardRunner
-
-
 # ---- the tuning session ----------------------------------------------------------------------
 
 def tune(model_path, target_name, database_dir, trials, rpc=None, tracker=None, key=None, local=False,
          resolution=None, downsample_ratio=None, kernels="all", timeout=120.0, progress=True):
     """Tune the kernels of `model_path` for `target_name` into `database_dir`; returns a summary."""
-    import tvm
-    from tqdm import tqdm
-    from tvm.s_tir import meta_schedule as ms
-
     from bimatting.deploy import target as targets
-    from bimatting.deploy.schedules import arch_for
 
     if trials < 1:
         raise InputError(f"--trials must be >= 1, got {trials}")
@@ -217,58 +126,107 @@ def tune(model_path, target_name, database_dir, trials, rpc=None, tracker=None, 
     compiler = targets.check_compiler(target) if target.cross_compiler else None
     manifest = _open_manifest(database_dir, model_path, target, resolution, downsample_ratio)
     connect = _preflight(target, rpc, tracker, key, local)
-    tvm_target, arch = target.tvm_target, arch_for(target.tvm_target)
     tasks = extract_tasks(model_path, target, resolution, downsample_ratio, kernels)
     if not tasks:
         raise InputError(f"the model has no {kernels} kernels to tune")
     scratch = Path(tempfile.mkdtemp(prefix=f".{Path(database_dir).name}.", dir=Path(database_dir).resolve().parent))
-    runner = _runner_class()(connect, timeout)
-    try:
-        for name in (tuning.WORKLOADS, tuning.RECORDS):
-            if (Path(database_dir) / name).is_file():
-                shutil.copyfile(Path(database_dir) / name, scratch / name)
-        database = ms.database.JSONDatabase(str(scratch / tuning.WORKLOADS), str(scratch / tuning.RECORDS))
-        counts_before = {t.name: _record_count(database, t) for t in tasks}
-        builder = ms.builder.LocalBuilder(f_build=build_kernel, f_export=functools.partial(export_kernel, compiler=compiler),
-                                          timeout_sec=BUILD_TIMEOUT_S, max_workers=os.cpu_count())
-        contexts = [ms.TuneContext(mod=t.mod, target=tvm_target, space_generator=_space(t, arch),
-                                   search_strategy=ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=16),
-                                   task_name=t.name, num_threads=os.cpu_count()) for t in tasks]
-        done_before = manifest.get("trials", 0)
+    with measure.Interrupt() as interrupt:
+        runner = measure.make_runner(connect, timeout, interrupt)
+        try:
+            return _session(tasks, target, compiler, manifest, scratch, database_dir, trials, runner, interrupt,
+                            progress)
+        except Exception:
+            if interrupt.is_set():  # whatever the killed workers broke: it is the Ctrl-C
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            runner.shutdown()
+            shutil.rmtree(scratch, ignore_errors=True)
 
-        def snapshot():  # after each batch: what finished so far survives a crash or Ctrl-C
-            manifest["trials"] = done_before + watcher.measured
-            _snapshot(scratch, database_dir, manifest)
 
-        with tqdm(total=trials, desc="tune", unit="trial", disable=not progress) as bar:
-            watcher = _watcher_class()(bar, snapshot)
-            try:
-                ms.tune_tasks(tasks=contexts, task_weights=[float(t.weight) for t in tasks], work_dir=str(scratch),
-                              max_trials_global=trials, num_trials_per_iter=min(trials, 16), builder=builder,
-                              runner=runner, database=database, cost_model="random",
-                              measure_callbacks=list(ms.MeasureCallback.create("default")) + [watcher],
-                              task_scheduler="round-robin")
-            except tvm.error.TVMError:
-                if watcher.abort_reason:
-                    raise RuntimeFailure(watcher.abort_reason) from None
-                raise
-        tuned = [t for t in tasks if _record_count(database, t) > counts_before[t.name]]
-        baselines = _measure_baselines([t for t in tuned if _entry(manifest, t).get("baseline_ms") is None],
-                                       builder, runner, database, tvm_target, arch)
+def _session(tasks, target, compiler, manifest, scratch, database_dir, trials, runner, interrupt, progress):
+    from tqdm import tqdm
+
+    _import_cpu_intrinsics()
+    from tvm.s_tir import meta_schedule as ms
+
+    from bimatting.deploy.schedules import arch_for
+
+    tvm_target, arch, task_count = target.tvm_target, arch_for(target.tvm_target), len(tasks)
+    for name in (tuning.WORKLOADS, tuning.RECORDS):
+        if (Path(database_dir) / name).is_file():
+            shutil.copyfile(Path(database_dir) / name, scratch / name)
+    database = ms.database.JSONDatabase(str(scratch / tuning.WORKLOADS), str(scratch / tuning.RECORDS))
+    counts_before = {t.name: _record_count(database, t) for t in tasks}
+    # Kernels with the fewest records first (a resumed run spreads to untuned kernels), largest
+    # first among equals. Round robin gives each visited task at least one trial, so no more than
+    # `trials` tasks can be reached: the rest are not set up at all.
+    tasks = sorted(tasks, key=lambda t: (counts_before[t.name], -t.flops * t.weight, t.name))[:trials]
+    builder = measure.make_builder(compiler, BUILD_TIMEOUT_S, interrupt)
+    contexts = [ms.TuneContext(mod=t.mod, target=tvm_target, space_generator=_space(t, arch),
+                               search_strategy=ms.search_strategy.EvolutionarySearch(population_size=64,
+                                                                                     init_min_unmeasured=16),
+                               task_name=t.name, num_threads=os.cpu_count()) for t in tasks]
+    done_before = manifest.get("trials", 0)
+
+    def snapshot():  # after each batch: what finished so far survives a crash or Ctrl-C
         manifest["trials"] = done_before + watcher.measured
-        for task in tuned:
-            entry = _entry(manifest, task)
-            entry.update(kind=task.kind, uses=task.weight, flops=task.flops, records=_record_count(database, task),
-                         best_ms=_best_ms(database, task))
-            if task.name in baselines:
-                entry["baseline_ms"] = baselines[task.name]
         _snapshot(scratch, database_dir, manifest)
-    finally:
-        runner.shutdown()
-        shutil.rmtree(scratch, ignore_errors=True)
+
+    with tqdm(total=trials, desc="tune", unit="trial", disable=not progress) as bar:
+        watcher = measure.make_watcher(bar, snapshot, interrupt)
+        try:
+            ms.tune_tasks(tasks=contexts, task_weights=[float(t.weight) for t in tasks], work_dir=str(scratch),
+                          max_trials_global=trials, num_trials_per_iter=min(trials, 16), builder=builder,
+                          runner=runner, database=database, cost_model="random",
+                          measure_callbacks=list(ms.MeasureCallback.create("default")) + [watcher],
+                          task_scheduler="round-robin")
+        except Exception:  # noqa: BLE001 - whatever TVM made of the Watcher's error
+            if interrupt.is_set():
+                raise KeyboardInterrupt from None
+            if watcher.abort_reason:
+                raise RuntimeFailure(watcher.abort_reason) from None
+            raise
+    if interrupt.is_set():
+        raise KeyboardInterrupt
+    tuned = [t for t in tasks if _record_count(database, t) > counts_before[t.name]]
+    baselines = _measure_baselines([t for t in tuned if _entry(manifest, t).get("baseline_ms") is None],
+                                   builder, runner, database, tvm_target, arch)
+    manifest["trials"] = done_before + watcher.measured
+    for task in tuned:
+        entry = _entry(manifest, task)
+        entry.update(kind=task.kind, uses=task.weight, flops=task.flops, records=_record_count(database, task),
+                     best_ms=_best_ms(database, task))
+        if task.name in baselines:
+            entry["baseline_ms"] = baselines[task.name]
+    _snapshot(scratch, database_dir, manifest)
     return {"database": str(database_dir), "target": target.name, "trials": watcher.measured,
-            "failed": watcher.failed, "total_trials": manifest["trials"], "tasks": len(tasks),
+            "failed": watcher.failed, "total_trials": manifest["trials"], "tasks": task_count,
             "tuned": [dict(_entry(manifest, t), name=t.name) for t in tuned]}
+
+
+def _import_cpu_intrinsics():
+    """Register the CPU tensor intrinsics without TVM's CUDA ones.
+
+    TuneContext imports the package tvm.s_tir.tensor_intrin, whose __init__ imports its CUDA
+    module: ~500 TVMScript functions, each parsed with inspect.stack(), 30-50 s on a busy 2-core
+    host, for intrinsics no CPU schedule uses. The package is entered in sys.modules without
+    running that __init__, and its x86 and AArch64 modules (what llvm targets use, ~2 s) are
+    imported; any other submodule still imports on demand through the package path."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        package = types.ModuleType(name)
+        package.__spec__, package.__file__, package.__package__ = spec, spec.origin, name
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules[name] = package
+    for module in ("x86", "arm_cpu"):
+        importlib.import_module(f"{name}.{module}")
 
 
 def _preflight(target, rpc, tracker, key, local):
@@ -401,36 +359,3 @@ def _snapshot(scratch, database_dir, manifest):
         (Path(tmp) / tuning.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def _watcher_class():
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
-
-    @derived_object
-    class Watcher(PyMeasureCallback):
-        """After each measured batch: progress bar, database snapshot, stop on a dead board."""
-
-        def __init__(self, bar, snapshot, give_up_after=16):
-            super().__init__()
-            self.bar, self.snapshot, self.give_up_after = bar, snapshot, give_up_after
-            self.measured, self.failed, self.failed_in_a_row, self.abort_reason = 0, 0, 0, None
-
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            for built, ran in zip(builder_results, runner_results):
-                error = built.error_msg or ran.error_msg
-                self.measured += 1
-                if error is None:
-                    self.failed_in_a_row = 0
-                    continue
-                self.failed += 1
-                self.failed_in_a_row += 1
-                if self.failed_in_a_row >= self.give_up_after and self.abort_reason is None:
-                    last = [line for line in str(error).splitlines() if line.strip()][-1:]
-                    self.abort_reason = (f"the last {self.failed_in_a_row} measurements failed (is the board still "
-                                         f"up?); last error: {' '.join(last)[:300]}")
-            self.bar.update(len(measure_candidates))
-            self.bar.set_postfix_str(f"failed {self.failed}" if self.failed else "")
-            self.snapshot()
-            if self.abort_reason:
-                raise RuntimeFailure(self.abort_reason)
-
-    return Watcher

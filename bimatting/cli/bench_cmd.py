@@ -54,6 +54,9 @@ def bench(artifact, rpc_address, tracker, key, frames, warmup, input_path, verif
                            input_path=input_path, verify=verify, reference=reference, report_dir=report_dir,
                            timeout=timeout or None, connect_timeout=connect_timeout,
                            progress=not (quiet or as_json))
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)  # (click would say "Aborted!" and exit 1)
+        click.get_current_context().exit(130)
     except RuntimeFailure as failure:
         partial = getattr(failure, "result", None)
         if partial is not None:

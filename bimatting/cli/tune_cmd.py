@@ -42,9 +42,14 @@ def tune(model, target_name, rpc_address, tracker, key, local, trials, database,
     from bimatting.profile import parse_resolution
 
     size = parse_resolution(resolution) if resolution else None
-    summary = run_tune(model, target_name, database, trials, rpc=rpc_address, tracker=tracker, key=key, local=local,
-                       resolution=size, downsample_ratio=downsample_ratio, kernels=kernels, timeout=timeout,
-                       progress=not as_json)
+    try:
+        summary = run_tune(model, target_name, database, trials, rpc=rpc_address, tracker=tracker, key=key,
+                           local=local, resolution=size, downsample_ratio=downsample_ratio, kernels=kernels,
+                           timeout=timeout, progress=not as_json)
+    except KeyboardInterrupt:
+        # click would print "Aborted!" and exit 1; say what was kept and exit as interrupted programs do.
+        click.echo(f"Interrupted: {database} keeps the batches measured before Ctrl-C.", err=True)
+        click.get_current_context().exit(130)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
