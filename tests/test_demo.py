@@ -69,19 +69,30 @@ def test_demo_exits_0_and_prints_the_table(demo_run, record_property):
 
 
 def test_default_model_agrees_on_three_backends(demo_run):
-    """The packaged model on torch, on onnxruntime (the demo's ONNX) and on TVM (the demo's host
-    artifact), states carried over the sample clip: within the export issue's tolerances."""
+    """The packaged model, states carried over the sample clip, on onnxruntime (the demo's ONNX),
+    TVM (the demo's host artifact) and PyTorch, within the export issue's tolerances.
+
+    onnxruntime and TVM evaluate the graph as written and must agree outright. PyTorch orders some
+    float operations differently (BN after the conv, not folded into it), so a few pre-sign values
+    within float rounding of zero take the other sign and the flip cascades (measured on this
+    clip: pha mean |diff| ~8e-3 from the second frame). The export issue's verification
+    (bimatting.export.verify) aligns exactly those near-ties (|x| <= 1e-4) and counts them; a wrong
+    graph flips decisions far from zero and fails.
+    """
+    from bimatting.checkpoints import load_model
+    from bimatting.export.verify import compare
     from bimatting.frames import read_frames
     from bimatting.matting import open_matter
 
     result, workdir, _ = demo_run
-    assert result.returncode == 0, result.stderr[-3000:]
+    built = [workdir / "sample.mp4", workdir / "bimatting.onnx", workdir / "bimatting-host.tar"]
+    assert all(path.is_file() for path in built), result.stderr[-3000:]
     frames = read_frames(workdir / "sample.mp4", limit=6)
-    runs = {"torch": open_matter("default", backend="torch"),
-            "onnxruntime": open_matter(artifact=workdir / "bimatting.onnx", backend="onnxruntime"),
-            "tvm": open_matter(artifact=workdir / "bimatting-host.tar", backend="tvm")}
-    pha = {name: np.stack([matter.step(frame)[1] for frame in frames]) for name, matter in runs.items()}
-    for name in ("onnxruntime", "tvm"):
-        diff = np.abs(pha[name] - pha["torch"])
-        assert diff.mean() <= PHA_MEAN_TOLERANCE and diff.max() <= PHA_MAX_TOLERANCE, \
-            (name, float(diff.mean()), float(diff.max()))
+    onnx_pha, tvm_pha = (np.stack([m.step(f)[1] for f in frames]) for m in (
+        open_matter(artifact=workdir / "bimatting.onnx", backend="onnxruntime"),
+        open_matter(artifact=workdir / "bimatting-host.tar", backend="tvm")))
+    diff = np.abs(onnx_pha - tvm_pha)
+    assert diff.mean() <= PHA_MEAN_TOLERANCE and diff.max() <= PHA_MAX_TOLERANCE, (float(diff.mean()), float(diff.max()))
+    assert np.std(onnx_pha) > 0.01  # the packaged model's matte depends on the frame
+    report = compare(workdir / "bimatting.onnx", load_model("default"), frames[:4], downsample_ratio=1.0)
+    assert report["passed"], (report["worst"], report["aligned_near_ties"])
