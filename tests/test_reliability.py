@@ -215,23 +215,97 @@ def _interrupted_matte(args, log, after_frames, timeout=120):
     return process.returncode, stdout, log.read_text()
 
 
+def _video_frames(path):
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame.astype(np.int16))
+    capture.release()
+    return frames
+
+
+def _assert_interrupted(code, err, frames_at_least):
+    assert code == 130 and "Traceback" not in err, err
+    found = re.search(r"Interrupted after (\d+) frames; kept .* continue with the same command and --resume", err)
+    assert found and int(found[1]) >= frames_at_least, err
+    return int(found[1])
+
+
 @pytest.mark.timeout(300)
-def test_ctrl_c_during_matte_leaves_no_corrupt_output(rvm_onnx, tmp_path):
-    """Ctrl-C in the middle of a long clip: a clean stop, the earlier output untouched and still
-    playable, no partial or temporary file."""
-    video = write_video(tmp_path / "long.avi", gradient_frames(1500, 64, 48))
+def test_ctrl_c_keeps_a_playable_partial_video_and_resume_finishes_it(rvm_onnx, tmp_path):
+    """Ctrl-C in the middle of a long clip: exit 130, the earlier output at OUTPUT untouched, the
+    frames done kept as a playable partial video beside it; --resume then writes the whole clip.
+    Frames after the interruption equal an uninterrupted run's exactly (the recurrent state is
+    restored bit for bit); the kept ones went through the lossy codec once more (MJPG at the same
+    quality: within 2 levels of 255)."""
+    video = write_video(tmp_path / "long.avi", gradient_frames(400, 64, 48))
+    args = [video, "--artifact", rvm_onnx]
+    code, _, err = _cli("matte", *args, "-o", tmp_path / "straight.avi", "--quiet")
+    assert code == 0, err
     out = tmp_path / "out.avi"
     write_video(out, gradient_frames(3, 64, 48))  # an earlier result at the same path
     before = _digest(out)
-    code, _, err = _interrupted_matte([video, "-o", out, "--artifact", rvm_onnx], tmp_path / "log", after_frames=100)
-    # click ends an interrupted verb with "Aborted!" and exit 1 (bimatting.cli.main would say
-    # "Interrupted." with 130 if click let the KeyboardInterrupt through); either is a clean stop
-    assert (code, err.strip().splitlines()[-1]) in ((130, "Interrupted."), (1, "Aborted!")), err
-    assert "Traceback" not in err, err
+    code, _, err = _interrupted_matte([*args, "-o", out], tmp_path / "log", after_frames=40)
+    kept = _assert_interrupted(code, err, 40)
     assert _digest(out) == before and not _leftovers(tmp_path, "out.avi")
-    capture = cv2.VideoCapture(str(out))
-    assert capture.read()[0]  # still the playable earlier video
-    capture.release()
+    partial = tmp_path / "out.partial.avi"
+    assert len(_video_frames(partial)) == kept and (tmp_path / "out.avi.resume.npz").is_file()
+
+    code, stdout, err = _cli("matte", *args, "-o", out, "--resume", "--quiet")
+    assert code == 0 and "matted 400 frames" in stdout, err
+    assert not partial.exists() and not (tmp_path / "out.avi.resume.npz").exists()
+    straight, resumed = _video_frames(tmp_path / "straight.avi"), _video_frames(out)
+    assert len(resumed) == 400 and kept < 400
+    assert max(int(np.abs(a - b).max()) for a, b in zip(straight[:kept], resumed[:kept])) <= 2
+    assert all(np.array_equal(a, b) for a, b in zip(straight[kept:], resumed[kept:]))
+
+
+@pytest.mark.timeout(300)
+def test_resume_of_png_output_equals_an_uninterrupted_run(rvm_onnx, tmp_path):
+    video = write_video(tmp_path / "long.avi", gradient_frames(300, 64, 48))
+    args = [video, "--artifact", rvm_onnx, "--output-type", "alpha"]
+    code, _, err = _cli("matte", *args, "-o", tmp_path / "straight", "--quiet")
+    assert code == 0, err
+    code, _, err = _interrupted_matte([*args, "-o", tmp_path / "out"], tmp_path / "log", after_frames=30)
+    kept = _assert_interrupted(code, err, 30)
+    assert not (tmp_path / "out").exists() and len(list((tmp_path / "out.partial").iterdir())) == kept < 300
+    code, _, err = _cli("matte", video, "--artifact", rvm_onnx, "-o", tmp_path / "out", "--resume", "--quiet",
+                        "--output-type", "composite")  # not the interrupted run's options
+    assert_clean_error(code, err, fragment="another input or other options")
+    code, _, err = _cli("matte", *args, "-o", tmp_path / "never", "--resume", "--quiet")
+    assert_clean_error(code, err, fragment="nothing to resume")
+    code, _, err = _cli("matte", *args, "-o", tmp_path / "out", "--resume", "--quiet")
+    assert code == 0, err
+    assert _digest(tmp_path / "out") == _digest(tmp_path / "straight")  # every PNG byte-identical
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log", "long.avi", "out", "straight"]
+
+
+def test_recurrent_state_round_trip_on_every_backend(tiny_onnx, tmp_path):
+    """matte_resume.get_states / set_states: a fresh network given the saved state continues exactly
+    like the one that ran the first frames (torch, onnxruntime and a compiled TVM artifact)."""
+    from bimatting.deploy.build import compile_model
+    from bimatting.matte_resume import get_states, set_states
+    from bimatting.matting import TorchMatter, open_matter
+    from bimatting.models import build_model
+
+    frames = [f.astype(np.float32) / 255 for f in gradient_frames(6, *TINY_SIZE)]
+    compile_model(tiny_onnx, "host", tmp_path / "tiny.tar", resolution=TINY_SIZE)
+    makers = {"onnxruntime": lambda: open_matter(artifact=tiny_onnx),
+              "tvm": lambda: open_matter(artifact=tmp_path / "tiny.tar"),
+              "torch": lambda: TorchMatter(network)}
+    network = build_model("rvm").eval()  # one network for both matters (random weights)
+    for backend, make in makers.items():
+        first, second = make(), make()
+        for frame in frames[:3]:
+            first.step(frame)
+        second.step(frames[0])  # fixes size and ratio, as a resumed run's restore does
+        set_states(second, [np.copy(a) for a in get_states(first)])
+        for frame in frames[3:]:
+            (fgr_a, pha_a), (fgr_b, pha_b) = first.step(frame), second.step(frame)
+            assert np.array_equal(pha_a, pha_b) and np.array_equal(fgr_a, fgr_b), backend
 
 
 # -- long recurrent runs ---------------------------------------------------------------------------

@@ -24,10 +24,12 @@ import click
               help="Start T seconds into the input (image folders count as 30 frames/s).")
 @click.option("--frames", type=int, default=None, metavar="N", help="Matte at most N frames.")
 @click.option("--rgba", is_flag=True, help="PNG folders: write the foreground as RGBA (alpha in the 4th channel).")
+@click.option("--resume", is_flag=True,
+              help="Continue a run stopped with Ctrl-C (same command): its partial output and state are kept.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def matte(source, output, checkpoint, artifact, backend, output_type, background, downsample_ratio,
-          start, frames, rgba, quiet, as_json):
+          start, frames, rgba, resume, quiet, as_json):
     """Matte INPUT (a video file, a folder of images or a webcam index) into OUTPUT.
 
     The network's recurrent state is carried from frame to frame; the output keeps the input's
@@ -41,12 +43,18 @@ def matte(source, output, checkpoint, artifact, backend, output_type, background
       bimatting matte input.mp4 -o out.mp4 --artifact bimatting-host.tar --backend tvm
       bimatting matte input.mp4 -o out/ --output-type all --rgba --start 2 --frames 48
       bimatting matte 0 -o webcam.mp4 --frames 300                 # webcam 0, 300 frames
+      bimatting matte long.mp4 -o out.mp4 --resume                 # continue after Ctrl-C
     """
+    from bimatting.matte_resume import MatteInterrupted
     from bimatting.matting import matte as run_matte
 
-    summary = run_matte(source, output, checkpoint=checkpoint, artifact=artifact, backend=backend,
-                        output_type=output_type, background=background, downsample_ratio=downsample_ratio,
-                        start=start, frames=frames, rgba=rgba, progress=not quiet)
+    try:
+        summary = run_matte(source, output, checkpoint=checkpoint, artifact=artifact, backend=backend,
+                            output_type=output_type, background=background, downsample_ratio=downsample_ratio,
+                            start=start, frames=frames, rgba=rgba, progress=not quiet, resume=resume)
+    except MatteInterrupted as stopped:  # what was kept and how to go on, then the shell's Ctrl-C code
+        click.echo(str(stopped), err=True)
+        raise SystemExit(130) from None
     if "warning" in summary:
         click.echo(f"warning: {summary['warning']}", err=True)
     if as_json:
