@@ -336,7 +336,8 @@ def test_recurrent_drift_machinery_on_a_small_model(tiny_onnx, tmp_path):
 @pytest.mark.timeout(1800)
 def test_thousand_recurrent_frames_do_not_drift():
     """The issue's check: 1,000 recurrent frames of the packaged BiMatting, compiled for host at
-    256x144, against onnxruntime; every frame's mean |pha diff| <= 1e-4 (run: bench/drift.py)."""
+    256x144, against onnxruntime; every frame's mean |pha diff| <= 1e-4 (bench/drift.py; ~10 min
+    on 2 cores, opt-in: python -m pytest -m slow)."""
     import importlib.resources
 
     if not (importlib.resources.files("bimatting") / "assets" / "bimatting_default.npz").is_file():
