@@ -167,9 +167,11 @@ def binary_layer_ms(cin, cout, height, width, repeats):
         raise RuntimeError(f"bitserial kernel disagrees with numpy (max diff {np.abs(got - expected).max():.3g})")
     x_dev, packed, operands, out = kernel.arrays(x, device)
 
+    pack, conv = module[f"pack{kernel.index}"], module[f"conv{kernel.index}"]
+
     def run():
-        module["pack"](x_dev, packed)
-        module["conv"](packed, *operands, out)
+        pack(x_dev, packed)
+        conv(packed, *operands, out)
     return median_ms(run, repeats)
 
 
@@ -210,6 +212,8 @@ def part_layers(repeats):
                 row[key] = measure(cin, cout, height, width, repeats)
             except NotAvailable as reason:
                 row[key] = f"n/a ({reason})"
+            except Exception as error:  # report and go on: one table per run
+                row[key] = f"n/a ({type(error).__name__}: {str(error).splitlines()[0][:100]})"
         rows.append(row)
     return rows
 
