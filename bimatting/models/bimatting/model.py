@@ -61,28 +61,17 @@ class BiMatting(nn.Module):
         fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)          # [N, 3|1, H', W']
         if downsample_ratio != 1:
             fgr_residual, pha = self.refiner(frames, small, fgr_residual, pha, hid)  # [N, 3|1, H, W]
-        fgr = self._clamp(fgr_residual + frames)
-        pha = self._clamp(pha)
+        fgr = (fgr_residual + frames).clamp(0.0, 1.0)
+        pha = pha.clamp(0.0, 1.0)
         if not return_coarse:
             return restore(fgr), restore(pha), r1, r2, r3, r4
 
         fgr_residual_s, pha_s = coarse.split([3, 1], dim=1)                     # [N, 3|1, H'/16, W'/16]
         # As official: the full-resolution src, bilinearly shrunk to the coarse size (no antialias).
         src_s = F.interpolate(frames, size=fgr_residual_s.shape[-2:], mode="bilinear", align_corners=False)
-        fgr_s = self._clamp(fgr_residual_s + src_s)
-        pha_s = self._clamp(pha_s)
+        fgr_s = (fgr_residual_s + src_s).clamp(0.0, 1.0)
+        pha_s = pha_s.clamp(0.0, 1.0)
         return restore(fgr), restore(pha), restore(fgr_s), restore(pha_s), r1, r2, r3, r4
-
-    def _clamp(self, x):
-        """clamp(x, 0, 1); in training the gradient passes straight through (values are unchanged).
-
-        Trained from scratch (no pretrained backbone), the heads can start out of [0, 1] everywhere;
-        a plain clamp then has zero gradient and alpha stays stuck at 0 (observed: every pixel
-        clamped after a few hundred steps). The loss terms still see the clamped values, so a
-        pixel clamped onto its target gets no push; one clamped away from it is pulled back.
-        """
-        clamped = x.clamp(0.0, 1.0)
-        return x + (clamped - x).detach() if self.training else clamped
 
     def binary_convs(self):
         """(name, BiConv2d) for every binary convolution, in definition order."""
