@@ -119,6 +119,7 @@ class Device:
         self.kind, self.session, self.address, self.key = kind, session, address, key
         self.timeout = timeout  # seconds for one remote operation (None: unbounded)
         self.arch = platform.machine() if session is None else None
+        self._sockets = {}  # fd -> 'socket:[inode]' opened for this session (see abort)
 
     @property
     def is_remote(self):
@@ -147,14 +148,50 @@ class Device:
         raise InputError(f"the device at {self.address} cannot load {wanted} libraries ({name} needs them); "
                          "check that it is the board the code was compiled for")
 
+    def abort(self):
+        """Shut the session's sockets down, so that every later remote call (and the remote
+        objects' destructors, which free their handles over RPC) fails at once instead of
+        waiting for a board that stopped answering. The file descriptors stay TVM's."""
+        for fd, link in self._sockets.items():
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") != link:
+                    continue  # closed meanwhile and the number reused: not ours
+                duplicate = socket.socket(fileno=os.dup(fd))
+                try:
+                    duplicate.shutdown(socket.SHUT_RDWR)
+                finally:
+                    duplicate.close()
+            except OSError:
+                pass
+        self._sockets = {}
+
     def close(self):
         self.session = None  # the RPC session closes when its last reference goes
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type, *exc_info):
+        if exc_type is not None:
+            self.abort()
         self.close()
+
+
+def _open_sockets():
+    """{fd: 'socket:[inode]'} of this process (Linux /proc; empty elsewhere)."""
+    found = {}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        try:
+            link = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:"):
+            found[int(name)] = link
+    return found
 
 
 def open_device(rpc=None, tracker=None, key=None, connect_timeout=CONNECT_TIMEOUT_S, timeout=None):
@@ -165,15 +202,19 @@ def open_device(rpc=None, tracker=None, key=None, connect_timeout=CONNECT_TIMEOU
         raise InputError("--tracker needs --key KEY (the key the board registered with, e.g. rpi4)")
     if key and not tracker:
         raise InputError("--key is used with --tracker HOST:PORT; for a plain server give --rpc HOST:PORT")
+    before = _open_sockets()
     if rpc:
         host, port = parse_address(rpc, "--rpc")
         session = connect(host, port, connect_timeout=connect_timeout)
-        return Device("rpc", session, f"{host}:{port}", timeout=timeout)
-    if tracker:
+        device = Device("rpc", session, f"{host}:{port}", timeout=timeout)
+    elif tracker:
         host, port = parse_address(tracker, "--tracker")
         session = request(host, port, key, connect_timeout=connect_timeout)
-        return Device("tracker", session, f"{host}:{port}", key, timeout=timeout)
-    return Device("local", timeout=timeout)
+        device = Device("tracker", session, f"{host}:{port}", key, timeout=timeout)
+    else:
+        return Device("local", timeout=timeout)
+    device._sockets = {fd: link for fd, link in _open_sockets().items() if before.get(fd) != link}
+    return device
 
 
 def connect(host, port, connect_timeout=CONNECT_TIMEOUT_S, session_timeout=None):

@@ -198,6 +198,39 @@ def test_server_killed_mid_bench_keeps_a_partial_report(emulator_root_ready, tin
     assert "error    the device closed the connection" in stdout
 
 
+@pytest.mark.emulated
+def test_a_board_that_stops_answering_hits_the_timeout(emulator_root_ready, tiny, tmp_path):
+    needs_cross_compiler()
+    out = tmp_path / "report"
+    with emulator.start_board("rpi4") as board:
+        command = CLI + ["bench", str(tiny / "tiny-rpi4.tar"), "--rpc", board.address, "--frames", "2000",
+                         "--warmup", "0", "--timeout", "4", "--report", str(out)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        progress = ProgressWatcher(process.stderr, "bench")
+        progress.wait_for(3, timeout=120)
+        os.killpg(board.pgid, signal.SIGSTOP)  # the board hangs: its session never answers
+        stopped = time.monotonic()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        finally:
+            waited = time.monotonic() - stopped
+            os.killpg(board.pgid, signal.SIGCONT)
+        process.stdout.read()
+    assert process.returncode == 1 and waited < 30, progress.text[-2000:]
+    assert re.search(r"did not finish frame \d+ of 2000 within 4 s", progress.text)
+    data = check_report_files(out, None)
+    assert data["completed"] is False and 3 <= data["frames"] < 2000
+
+
+def test_bench_and_tune_modules_do_not_import_torch():
+    code = ("import sys; import bimatting.deploy.bench, bimatting.deploy.tune, bimatting.deploy.report, "
+            "bimatting.deploy.measure, bimatting.cli.bench_cmd, bimatting.cli.tune_cmd; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
 def test_aarch64_artifact_against_an_x86_server_is_a_clear_error(tiny):
     needs_cross_compiler()
     port = emulator.free_port()
