@@ -9,7 +9,7 @@ seeded: a failing id names the same bytes on every run.
 
 Case counts (this file): 27 hand-made models x 3 entry points (check, matte backend, compile),
 25 truncations + 200 bit flips through the matte backend (check + onnxruntime, 2 frames),
-6 CLI runs, 2 reader/bench cases.
+4 CLI runs (compile and matte), 2 reader/bench cases, 5 external-data cases.
 """
 import numpy as np
 import onnx
