@@ -99,7 +99,7 @@ def test_truncated_and_bit_flipped_checkpoints(checkpoint_bytes, tmp_path):
     cases = (truncations(data, 20) + bit_flips(data, 120, seed=11, regions=_structure_regions(data))
              + bit_flips(data, 20, seed=12, regions=_tensor_regions(data)))
     counts = _run_corruptions(cases, tmp_path, ".pth")
-    assert counts.get("InputError", 0) >= 100 and counts.get("ok", 0) >= 20, counts  # both outcomes exercised
+    assert counts.get("InputError", 0) >= 80 and counts.get("ok", 0) >= 20, counts  # both outcomes exercised
 
 
 @pytest.mark.timeout(240)
