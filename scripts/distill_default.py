@@ -278,6 +278,7 @@ def main(argv=None):
 
     model = build_model("bimatting") if not args.init else __import__("bimatting").load_model(args.init, "bimatting")
     model = model.to(device).train()
+    model.straight_through_clamp = True       # a plain clamp let alpha die at 0 in the first GPU run
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)

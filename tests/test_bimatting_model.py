@@ -188,3 +188,25 @@ def test_sequence_equals_frame_by_frame_with_states(model):
         torch.testing.assert_close(whole[i], torch.stack([s[i] for s in steps], dim=1), rtol=1e-5, atol=1e-5)
     for final, state in zip(whole[4:], states):
         torch.testing.assert_close(final, state, rtol=1e-5, atol=1e-5)
+
+
+def test_straight_through_clamp_keeps_a_gradient_where_the_plain_clamp_has_none():
+    """Heads pushed far below 0: the plain clamp (default, as RVM) gives pha no gradient at all."""
+    torch.manual_seed(0)
+    net = build_model("bimatting").train()
+    with torch.no_grad():
+        net.project_mat.conv.bias[3] = -100.0        # every alpha logit far out of [0, 1]
+    src = torch.rand(1, 3, 64, 64)
+    gradients = {}
+    for straight_through in (False, True):
+        net.straight_through_clamp = straight_through
+        net.zero_grad()
+        _, pha, *_ = net(src, return_coarse=False)
+        assert float(pha.max()) == 0.0                # the forward values are the same clamp
+        (1.0 - pha).abs().mean().backward()           # target alpha 1 everywhere
+        gradients[straight_through] = net.project_mat.conv.bias.grad[3].item()
+    assert gradients[False] == 0.0
+    assert gradients[True] < 0                        # descent raises the alpha bias
+    net.eval()
+    _, pha, *_ = net(src, return_coarse=False)        # eval: a plain clamp either way
+    assert float(pha.min()) >= 0.0

@@ -37,6 +37,9 @@ class BiMatting(nn.Module):
         self.project_mat = Projection(16, 4)
         self.project_seg = Projection(16, 1)
         self.refiner = BiDeepGuidedFilterRefiner()
+        # Off: RVM's plain clamp, as the official training. On: see _clamp (used for distillation
+        # from random initialisation, where a plain clamp let alpha die).
+        self.straight_through_clamp = False
 
     def forward(self, src, r1=None, r2=None, r3=None, r4=None, downsample_ratio=1.0,
                 segmentation_pass=False, return_coarse=True):
@@ -61,17 +64,30 @@ class BiMatting(nn.Module):
         fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)          # [N, 3|1, H', W']
         if downsample_ratio != 1:
             fgr_residual, pha = self.refiner(frames, small, fgr_residual, pha, hid)  # [N, 3|1, H, W]
-        fgr = (fgr_residual + frames).clamp(0.0, 1.0)
-        pha = pha.clamp(0.0, 1.0)
+        fgr = self._clamp(fgr_residual + frames)
+        pha = self._clamp(pha)
         if not return_coarse:
             return restore(fgr), restore(pha), r1, r2, r3, r4
 
         fgr_residual_s, pha_s = coarse.split([3, 1], dim=1)                     # [N, 3|1, H'/16, W'/16]
         # As official: the full-resolution src, bilinearly shrunk to the coarse size (no antialias).
         src_s = F.interpolate(frames, size=fgr_residual_s.shape[-2:], mode="bilinear", align_corners=False)
-        fgr_s = (fgr_residual_s + src_s).clamp(0.0, 1.0)
-        pha_s = pha_s.clamp(0.0, 1.0)
+        fgr_s = self._clamp(fgr_residual_s + src_s)
+        pha_s = self._clamp(pha_s)
         return restore(fgr), restore(pha), restore(fgr_s), restore(pha_s), r1, r2, r3, r4
+
+    def _clamp(self, x):
+        """clamp(x, 0, 1). With straight_through_clamp in training: forward unchanged, d/dx = 1.
+
+        Trained from random weights, the heads can drift out of [0, 1] everywhere; a plain clamp
+        then has zero gradient and alpha stays at 0 (observed after a few hundred steps). Passing
+        the gradient straight through, a pixel clamped onto its target still gets no push (the
+        loss sees the clamped value) while one clamped away from it is pulled back.
+        """
+        clamped = x.clamp(0.0, 1.0)
+        if self.straight_through_clamp and self.training:
+            return x + (clamped - x).detach()
+        return clamped
 
     def binary_convs(self):
         """(name, BiConv2d) for every binary convolution, in definition order."""
