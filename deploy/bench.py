@@ -21,13 +21,13 @@ A device that fails mid-run (server killed, timeout) keeps the frames measured s
 verified and reported, then the run fails with RuntimeFailure (exit 1).
 """
 import datetime
-import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
 
 from bimatting.deploy import rpc as rpc_util
+from bimatting.deploy.artifact import sha256_file
 from bimatting.errors import InputError, RuntimeFailure
 
 # The compile issue's acceptance tolerance for the board's outputs against onnxruntime (the same
@@ -123,7 +123,7 @@ def find_reference(art, artifact_path, reference):
             candidates.append(Path(artifact_path).resolve().parent / source["file"])
     for path in candidates:
         if path.is_file():
-            if source.get("sha256") and _sha256(path) != source["sha256"]:
+            if source.get("sha256") and sha256_file(path) != source["sha256"]:
                 if reference is None:
                     continue
                 raise InputError(f"reference '{path}' is not the model this artifact was compiled from (sha256 "
@@ -131,14 +131,6 @@ def find_reference(art, artifact_path, reference):
             return path
     raise InputError(f"verification needs the ONNX file the artifact was compiled from ('{source.get('file', '?')}'); "
                      "pass it with --reference MODEL.onnx, or skip the check with --no-verify")
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _measure(art, device, clip, warmup, progress):

@@ -72,8 +72,8 @@ def ensure_reachable(host, port, timeout=CONNECT_TIMEOUT_S, what="RPC server"):
     except OSError as error:
         reason = error.strerror or str(error)
     hint = ("start `python -m tvm.exec.rpc_tracker` there" if what == "RPC tracker" else
-            "start `python -m tvm.exec.rpc_server --host 0.0.0.0 --port PORT` on the board, "
-            "or `bimatting device emulate`")
+            "start `python -m tvm.exec.rpc_server --host 127.0.0.1 --port PORT` on the board and "
+            "reach it through `ssh -N -L PORT:127.0.0.1:PORT board`, or `bimatting device emulate`")
     raise InputError(f"cannot reach the {what} at {host}:{port}: {reason}; check the address, or {hint}")
 
 

@@ -23,7 +23,6 @@ each measured batch (a crash or Ctrl-C keeps every finished batch); running agai
 -o adds trials. The manifest (tuning.json, deploy/tuning.py) pins model, target and resolution.
 """
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -35,6 +34,7 @@ import numpy as np
 
 from bimatting.deploy import measure, tuning
 from bimatting.deploy import rpc as rpc_util
+from bimatting.deploy.artifact import sha256_file
 from bimatting.errors import InputError, RuntimeFailure
 
 KERNEL_KINDS = {"binary": ("bconv",), "float": ("conv",), "all": ("bconv", "conv")}
@@ -314,14 +314,6 @@ def _entry(manifest, task):
     return manifest.setdefault("tasks", {}).setdefault(task.name, {})
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _open_manifest(database_dir, model_path, target, resolution, downsample_ratio):
     """The existing manifest (checked against this model/target/resolution) or a new one."""
     from bimatting.atomic import check_writable_parent
@@ -330,7 +322,7 @@ def _open_manifest(database_dir, model_path, target, resolution, downsample_rati
     if not Path(model_path).is_file():
         raise InputError(f"model '{model_path}' does not exist; export one with `bimatting export`")
     pinned = {"format": tuning.FORMAT, "version": 1,
-              "model": {"file": Path(model_path).name, "sha256": _sha256(model_path)},
+              "model": {"file": Path(model_path).name, "sha256": sha256_file(model_path)},
               "target": {"name": target.name, "llvm": target.llvm},
               "resolution": list(resolution) if resolution else None, "downsample_ratio": downsample_ratio}
     if path.exists() and (not path.is_dir() or any(path.iterdir())):

@@ -346,3 +346,28 @@ def test_thousand_recurrent_frames_do_not_drift():
     # on failure the message carries the baseline: onnxruntime against itself (optimizations on vs
     # off) shows how far this model's binary decisions amplify float rounding on their own
     assert result["passed"], result
+
+
+@pytest.mark.parametrize("argv,code", [(["profile", "--help"], 0), (["no-such-verb"], 2),
+                                       (["profile", "--resolution", "bad"], 2)])
+def test_entry_point_exit_codes(argv, code, capsys):
+    from bimatting.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == code, capsys.readouterr()
+
+
+def test_ctrl_c_anywhere_in_a_verb_exits_130_not_1(monkeypatch, capsys):
+    """click alone would print "Aborted!" and exit 1; the entry point says "Interrupted." and exits 130."""
+    import bimatting.profile
+    from bimatting.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bimatting.profile, "profile", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        main(["profile"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 130 and "Interrupted." in err and "Aborted" not in err, err

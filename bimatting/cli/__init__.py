@@ -84,12 +84,18 @@ def cli():
 
 
 def main(argv=None):
-
+    # Not click's standalone mode: it turns Ctrl-C into "Aborted!" with exit code 1, which reads
+    # like a failure; an interrupted run exits 130 (128 + SIGINT) as shells expect.
     try:
-        cli.main(args=argv, prog_name="bimatting", standalone_mode=True)
-    except KeyboardInterrupt:
+        outcome = cli.main(args=argv, prog_name="bimatting", standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except click.ClickException as error:       # usage errors: click's message, exit 2
+        error.show()
+        sys.exit(error.exit_code)
+    # --help / --version come back as click's exit code; a verb that returns exits 0
+    sys.exit(outcome if isinstance(outcome, int) and not isinstance(outcome, bool) else 0)
 
 
 if __name__ == "__main__":
