@@ -79,6 +79,9 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=float, default=2.0, help="minutes between saves")
     p.add_argument("--eval-every", type=float, default=60.0, help="seconds between held-out evaluations")
     p.add_argument("--log-every", type=float, default=15.0, help="seconds between loss prints")
+    p.add_argument("--hr-ratio", type=float, default=0.5,
+                   help="also train each batch at this downsample ratio, so the refiner (which only "
+                        "runs when s < 1) learns too; 0 turns the pass off")
     p.add_argument("--init", help="start from this checkpoint instead of random weights")
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
     p.add_argument("--channels-last", action="store_true")
@@ -285,7 +288,7 @@ def main(argv=None):
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     summary = {"script": "scripts/distill_default.py", "teacher": f"RVM mobilenetv3, official weights ({args.teacher})",
                "batch": args.batch, "frames": args.frames, "size": [width, height], "lr": args.lr,
-               "mix": args.mix, "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+               "mix": args.mix, "hr_ratio": args.hr_ratio, "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
                "torch": str(torch.__version__), "steps": 0, "train_seconds": 0.0, "heldout_mad_x1e3": None,
                "data": {"clips_and_stills": len(items), "frames": sum(len(i) for i in items),
                         "procedural": len(procedural), "heldout_frames": int(heldout.shape[0])}}
@@ -308,6 +311,11 @@ def main(argv=None):
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 terms = passes.matting_pass(model, batch, 1.0)
+                if args.hr_ratio:
+                    # RVM's HR pass: the network at s * size, the guided-filter refiner back to size.
+                    # Without it the refiner's weights (and the biases before its signs) stay at their
+                    # initial values, and its sign() inputs sit at exact ties on flat regions.
+                    terms["total"] = terms["total"] + passes.matting_pass(model, batch, args.hr_ratio)["total"]
             scaler.scale(terms["total"]).backward()
             scaler.step(optimizer)
             scaler.update()
