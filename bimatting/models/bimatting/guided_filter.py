@@ -9,10 +9,9 @@ unit1/unit2 are binary 1x1 units (bias -> sign -> BiConv -> BN -> bias -> PReLU)
 Source: Wu et al., "Fast End-to-End Trainable Guided Filter" (CVPR 2018); RVM / htqin/BiMatting
 `model/deep_guided_filter.py`.
 """
-import torch
 from torch import nn
-from torch.nn import functional as F
 
+from ..rvm.guided_filter import deep_guided_filter
 from .binarize import binary_conv_unit
 
 
@@ -32,20 +31,4 @@ class BiDeepGuidedFilterRefiner(nn.Module):
         )
 
     def forward(self, fine_src, base_src, base_fgr, base_pha, base_hid):
-        fine_x = torch.cat([fine_src, fine_src.mean(1, keepdim=True)], dim=1)    # [N, 4, H, W]
-        base_x = torch.cat([base_src, base_src.mean(1, keepdim=True)], dim=1)    # [N, 4, h, w]
-        base_y = torch.cat([base_fgr, base_pha], dim=1)                          # [N, 4, h, w]
-
-        mean_x = self.box_filter(base_x)
-        mean_y = self.box_filter(base_y)
-        cov_xy = self.box_filter(base_x * base_y) - mean_x * mean_y
-        var_x = self.box_filter(base_x * base_x) - mean_x * mean_x
-
-        A = self.conv(torch.cat([cov_xy, var_x, base_hid], dim=1))               # [N, 4, h, w]
-        b = mean_y - A * mean_x
-
-        size = fine_src.shape[-2:]
-        A = F.interpolate(A, size=size, mode="bilinear", align_corners=False)
-        b = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
-        fgr, pha = (A * fine_x + b).split([3, 1], dim=1)
-        return fgr, pha
+        return deep_guided_filter(self.box_filter, self.conv, fine_src, base_src, base_fgr, base_pha, base_hid)

@@ -29,20 +29,31 @@ class DeepGuidedFilterRefiner(nn.Module):
 
     def forward(self, fine_src, base_src, base_fgr_residual, base_pha, base_hid):
         """fine_src [N,3,H,W], base_* at [N,·,h,w] -> (fgr_residual [N,3,H,W], pha [N,1,H,W])."""
-        fine_x = torch.cat([fine_src, fine_src.mean(1, keepdim=True)], dim=1)      # [N,4,H,W]
-        base_x = torch.cat([base_src, base_src.mean(1, keepdim=True)], dim=1)      # [N,4,h,w]
-        base_y = torch.cat([base_fgr_residual, base_pha], dim=1)                   # [N,4,h,w]
+        return deep_guided_filter(self.box_filter, self.conv, fine_src, base_src, base_fgr_residual, base_pha, base_hid)
 
-        mean_x = self.box_filter(base_x)
-        mean_y = self.box_filter(base_y)
-        cov_xy = self.box_filter(base_x * base_y) - mean_x * mean_y
-        var_x = self.box_filter(base_x * base_x) - mean_x * mean_x
 
-        A = self.conv(torch.cat([cov_xy, var_x, base_hid], dim=1))                 # [N,4,h,w]
-        b = mean_y - A * mean_x
-        size = fine_src.shape[2:]
-        A = F.interpolate(A, size, mode="bilinear", align_corners=False)           # [N,4,H,W]
-        b = F.interpolate(b, size, mode="bilinear", align_corners=False)
-        out = A * fine_x + b
-        fgr_residual, pha = out.split([3, 1], dim=1)
-        return fgr_residual, pha
+def deep_guided_filter(box_filter, predict_a, fine_src, base_src, base_fgr_residual, base_pha, base_hid):
+    """The guided-filter arithmetic shared by RVM's refiner and BiMatting's binary one (BiDGF):
+    only `predict_a`, the 1x1 network from [cov_xy, var_x, hid] to A, differs between them.
+
+        cov_xy = box(x*y) - box(x)*box(y),   var_x = box(x*x) - box(x)^2
+        A = predict_a([cov_xy, var_x, hid]),  b = box(y) - A*box(x)
+        out = up(A) * x_fine + up(b)          (bilinear, align_corners=False)
+    """
+    fine_x = torch.cat([fine_src, fine_src.mean(1, keepdim=True)], dim=1)      # [N,4,H,W]
+    base_x = torch.cat([base_src, base_src.mean(1, keepdim=True)], dim=1)      # [N,4,h,w]
+    base_y = torch.cat([base_fgr_residual, base_pha], dim=1)                   # [N,4,h,w]
+
+    mean_x = box_filter(base_x)
+    mean_y = box_filter(base_y)
+    cov_xy = box_filter(base_x * base_y) - mean_x * mean_y
+    var_x = box_filter(base_x * base_x) - mean_x * mean_x
+
+    A = predict_a(torch.cat([cov_xy, var_x, base_hid], dim=1))                 # [N,4,h,w]
+    b = mean_y - A * mean_x
+    size = fine_src.shape[2:]
+    A = F.interpolate(A, size, mode="bilinear", align_corners=False)           # [N,4,H,W]
+    b = F.interpolate(b, size, mode="bilinear", align_corners=False)
+    out = A * fine_x + b
+    fgr_residual, pha = out.split([3, 1], dim=1)
+    return fgr_residual, pha
