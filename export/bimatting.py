@@ -21,27 +21,14 @@ PHA_S = "decoder.incoherent_mask.pha_s"  # the coarse alpha [N,1,h16,w16] the ma
 
 def emit(builder, model, interface):
     """Emit the whole network; declares the graph outputs."""
-    b = builder
-    b.name_modules(model)
-    src = interface.src
-    src_sm = matting.downsample(b, src, interface.ratio)                  # [N,3,H',W']
-    with b.scope("backbone"):
-        f1, f2, f3, f4 = encoder(b, model.backbone, src_sm)
-    with b.scope("aspp"):
-        f4 = b.mark("aspp", b.op("Mul", [layers.sequential(b, model.aspp.aspp1, f4),  # [N,128,h16,w16]
-                                         layers.sequential(b, model.aspp.aspp2, f4)]))
-    with b.scope("decoder"):
-        hid, states = decoder(b, model.decoder, model.project_mat, src_sm, (f1, f2, f3, f4), interface.states)
-    with b.scope("project_mat"):
-        coarse = layers.conv(b, model.project_mat.conv, hid)              # [N,4,H',W']
-    mode = matting.refine_mode(interface, always=False)
-    refined = None
-    if mode != "never":
-        with b.scope("refiner"):
-            refined = matting.guided_filter(b, model.refiner, src, src_sm, coarse, hid,
-                                            lambda x: layers.sequential(b, model.refiner.conv, x))
-    fgr, pha = matting.head(b, interface, src, coarse, refined, mode)
-    interface.declare_outputs(fgr, pha, states)
+    def aspp(b, module, f4):                                              # [N,128,h16,w16]
+        return b.mark("aspp", b.op("Mul", [layers.sequential(b, module.aspp1, f4),
+                                           layers.sequential(b, module.aspp2, f4)]))
+
+    def decode(b, net, s0, features, states):
+        return decoder(b, net.decoder, net.project_mat, s0, features, states)
+
+    matting.emit_network(builder, model, interface, encoder, aspp, decode, refine_always=False)
 
 
 # -- encoder ----------------------------------------------------------------------------------

@@ -148,3 +148,31 @@ def head(builder, interface, src, coarse, refined, mode):
     fgr_residual, pha = b.split(out, [3, 1])
     fgr = b.clip(b.op("Add", [fgr_residual, src]), 0.0, 1.0, out="fgr")
     return fgr, b.clip(pha, 0.0, 1.0, out="pha")
+
+
+def emit_network(b, model, interface, encoder, aspp, decoder, refine_always):
+    """RVM's forward, top to bottom, for either network; the architectures differ only in the
+    emitters passed in. Declares the graph outputs.
+
+    encoder(b, backbone, src_sm) -> f1..f4;  aspp(b, aspp_module, f4) -> f4;
+    decoder(b, model, src_sm, (f1, f2, f3, f4), states) -> hid, states
+    """
+    b.name_modules(model)
+    src = interface.src
+    src_sm = downsample(b, src, interface.ratio)                          # [N,3,H',W']
+    with b.scope("backbone"):
+        f1, f2, f3, f4 = encoder(b, model.backbone, src_sm)
+    with b.scope("aspp"):
+        f4 = aspp(b, model.aspp, f4)                                      # [N,128,H'/16,W'/16]
+    with b.scope("decoder"):
+        hid, states = decoder(b, model, src_sm, (f1, f2, f3, f4), interface.states)
+    with b.scope("project_mat"):
+        coarse = layers.conv(b, model.project_mat.conv, hid)              # [N,4,H',W']
+    mode = refine_mode(interface, always=refine_always)
+    refined = None
+    if mode != "never":
+        with b.scope("refiner"):
+            refined = guided_filter(b, model.refiner, src, src_sm, coarse, hid,
+                                    lambda x: layers.sequential(b, model.refiner.conv, x))
+    fgr, pha = head(b, interface, src, coarse, refined, mode)
+    interface.declare_outputs(fgr, pha, states)

@@ -12,26 +12,9 @@ from bimatting.export import layers, matting
 
 def emit(builder, model, interface):
     """Emit the whole network; declares the graph outputs."""
-    b = builder
-    b.name_modules(model)
-    src = interface.src
-    src_sm = matting.downsample(b, src, interface.ratio)                  # [N,3,H',W']
-    with b.scope("backbone"):
-        f1, f2, f3, f4 = encoder(b, model.backbone, src_sm)
-    with b.scope("aspp"):
-        f4 = lraspp(b, model.aspp, f4)                                    # [N,128,H'/16,W'/16]
-    with b.scope("decoder"):
-        hid, states = decoder(b, model.decoder, src_sm, (f1, f2, f3, f4), interface.states)
-    with b.scope("project_mat"):
-        coarse = layers.conv(b, model.project_mat.conv, hid)              # [N,4,H',W']
-    mode = matting.refine_mode(interface, always=model.refine_at_unit_ratio)
-    refined = None
-    if mode != "never":
-        with b.scope("refiner"):
-            refined = matting.guided_filter(b, model.refiner, src, src_sm, coarse, hid,
-                                            lambda x: layers.sequential(b, model.refiner.conv, x))
-    fgr, pha = matting.head(b, interface, src, coarse, refined, mode)
-    interface.declare_outputs(fgr, pha, states)
+    matting.emit_network(builder, model, interface, encoder, lraspp,
+                         lambda b, net, s0, features, states: decoder(b, net.decoder, s0, features, states),
+                         refine_always=model.refine_at_unit_ratio)
 
 
 def encoder(b, backbone, x):
