@@ -55,9 +55,9 @@ def _one_side_shift(values):
     return (-(low - torch.clamp(high - low, min=1.0))).float()
 
 
-def tie_free_bimatting(clip, seed=0):
-    """Random-init BiMatting calibrated on `clip` ([1, T, 3, H, W]); returns (network, smallest
-    |pre-sign value| over the clip)."""
+def tie_free_bimatting(clip, seed=0, downsample_ratio=1.0):
+    """Random-init BiMatting calibrated on `clip` ([1, T, 3, H, W]) at `downsample_ratio` (below 1
+    the refiner's signs are calibrated too); returns (network, smallest |pre-sign value| over the clip)."""
     import torch
 
     from bimatting.models import build_model
@@ -107,9 +107,9 @@ def tie_free_bimatting(clip, seed=0):
         with torch.no_grad():
             # One pass over the clip as a [1, T] sequence: non-recurrent layers see all frames at
             # once (every threshold in call order), the GRUs step through time as in the bench.
-            net(clip, downsample_ratio=1.0, return_coarse=False)
+            net(clip, downsample_ratio=downsample_ratio, return_coarse=False)
             state.update(calibrate=False, margins=[], made_by={}, head_calls=0)
-            net(clip, downsample_ratio=1.0, return_coarse=False)
+            net(clip, downsample_ratio=downsample_ratio, return_coarse=False)
     finally:
         for handle in handles:
             handle.remove()
