@@ -103,10 +103,14 @@ def explain(error, where):
     """A one-line RuntimeFailure for an error raised by a remote call during `where`."""
     if isinstance(error, RuntimeFailure):
         return error
-    text = str(error).strip().splitlines()
-    first = next((line for line in text if line.strip()), type(error).__name__)
-    if "RPCCode::kReturn" in first or "kShutdown" in first or "connection" in first.lower() \
-            or "Socket" in first or isinstance(error, (ConnectionError, BrokenPipeError)):
+    # TVM's errors may start with a C++ traceback: search every line, show the message line.
+    text = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    message = [line for line in text if not line.startswith(("Traceback", "File ", "File \"")) and
+               not line[:1].isdigit()]
+    first = message[-1] if message else (text[-1] if text else type(error).__name__)
+    whole = " ".join(text)
+    if "RPCCode::kReturn" in whole or "kShutdown" in whole or "connection" in whole.lower() \
+            or "Socket" in whole or isinstance(error, (ConnectionError, BrokenPipeError)):
         return DeviceLost(f"the device closed the connection during {where} (its server stopped or "
                           "crashed; a library built for another CPU dies with an illegal instruction)")
     return DeviceLost(f"the device failed during {where}: {first[:300]}")

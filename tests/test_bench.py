@@ -189,7 +189,8 @@ def test_server_killed_mid_bench_keeps_a_partial_report(emulator_root_ready, tin
         stdout = process.stdout.read()
         process.wait(timeout=120)
     assert process.returncode == 1, progress.text
-    assert "closed the connection during frame" in progress.text and "partial report in" in progress.text
+    assert "closed the connection during frame" in progress.text and "partial report in" in progress.text, \
+        progress.text[-800:]
     data = check_report_files(out, None)
     assert data["completed"] is False and "closed the connection" in data["error"]
     assert 5 <= data["frames"] < 2000 == data["frames_requested"]
