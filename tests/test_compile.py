@@ -527,7 +527,6 @@ def test_network_rpi4_artifact_on_emulated_board_vs_onnxruntime(resolution, rati
     _network_check(RecurrentRunner(model), source, frames, model.metadata["downsample_ratio"])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("resolution, ratio", NETWORK_CASES, ids=["512x288", "960x540-s0.25"])
 def test_network_host_artifact_vs_onnxruntime_without_near_ties(resolution, ratio, built, workdir,
                                                                 bedroom_frames_dir):
@@ -537,7 +536,6 @@ def test_network_host_artifact_vs_onnxruntime_without_near_ties(resolution, rati
     _network_check(RecurrentRunner(model), source, frames, model.metadata["downsample_ratio"], tie_free=True)
 
 
-@pytest.mark.slow
 @pytest.mark.emulated
 @pytest.mark.parametrize("resolution, ratio", NETWORK_CASES, ids=["512x288", "960x540-s0.25"])
 def test_network_rpi4_artifact_without_near_ties_on_emulated_board(resolution, ratio, built, workdir,
