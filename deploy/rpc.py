@@ -109,7 +109,8 @@ def explain(error, where):
                not line[:1].isdigit()]
     first = message[-1] if message else (text[-1] if text else type(error).__name__)
     whole = " ".join(text)
-    if "RPCCode::kReturn" in whole or "kShutdown" in whole or "connection" in whole.lower() \
+    # RPCCode:: / HandleUntilReturnEvent: TVM's RPC protocol checks, which fail when the peer is gone
+    if "RPCCode::" in whole or "HandleUntilReturnEvent" in whole or "kShutdown" in whole or "connection" in whole.lower() \
             or "Socket" in whole or isinstance(error, (ConnectionError, BrokenPipeError)):
         return DeviceLost(f"the device closed the connection during {where} (its server stopped or "
                           "crashed; a library built for another CPU dies with an illegal instruction)")
