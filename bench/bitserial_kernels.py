@@ -45,8 +45,9 @@ def bench_binary(cin, cout, height, width, target, repeat):
     return _median_us(pack), _median_us(conv)
 
 
-def bench_tvm_float(cin, cout, height, width, target, repeat):
-    import tvm
+def build_float_conv(cin, cout, height, width, target):
+    """A float 3x3 conv (padding 1) compiled for `target` the way `compile_model` compiles FP layers;
+    the Relax executable."""
     from tvm import relax
 
     from bimatting.deploy import build
@@ -60,7 +61,14 @@ def bench_tvm_float(cin, cout, height, width, target, repeat):
         bb.emit_func_output(y)
     with target:
         mod = build.pipeline_front(target)(bb.get())
-    vm = relax.VirtualMachine(build._compile(mod, target, None), tvm.cpu())
+    return build._compile(mod, target, None)
+
+
+def bench_tvm_float(cin, cout, height, width, target, repeat):
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(build_float_conv(cin, cout, height, width, target), tvm.cpu())
     rng = np.random.default_rng(1)
     vm.set_input("main", tvm.runtime.tensor(rng.standard_normal((1, cin, height, width)).astype(np.float32)),
                  tvm.runtime.tensor(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)))

@@ -75,20 +75,9 @@ def binary_conv_asm(cin, cout, height, width, tvm_target):
 
 
 def float_conv_asm(cin, cout, height, width, tvm_target):
-    from tvm import relax
+    from bitserial_kernels import build_float_conv  # bench/ is on sys.path when a bench script runs
 
-    from bimatting.deploy import build
-
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, cin, height, width), "float32"))
-    w = relax.Var("w", relax.TensorType((cout, cin, 3, 3), "float32"))
-    with bb.function("main", [x, w]):
-        with bb.dataflow():
-            y = bb.emit_output(bb.emit(relax.op.nn.conv2d(x, w, padding=(1, 1))))
-        bb.emit_func_output(y)
-    with tvm_target:
-        mod = build.pipeline_front(tvm_target)(bb.get())
-    return _llvm_asm(build._compile(mod, tvm_target, None).mod)  # the same call `compile_model` makes
+    return _llvm_asm(build_float_conv(cin, cout, height, width, tvm_target).mod)
 
 
 # -- finding the hot loop ---------------------------------------------------------------------
