@@ -175,15 +175,20 @@ def test_silent_server_fails_at_the_connect_timeout(tiny):
     assert "does not answer as a TVM RPC server" in result.output
 
 
+def _start_long_bench(tiny, board, out, *options):
+    """`bimatting bench` of 2000 frames on the emulated board in a child process: (process, its bar)."""
+    command = CLI + ["bench", str(tiny / "tiny-rpi4.tar"), "--rpc", board.address, "--frames", "2000",
+                     "--warmup", "0", *options, "--report", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, ProgressWatcher(process.stderr, "bench")
+
+
 @pytest.mark.emulated
 def test_server_killed_mid_bench_keeps_a_partial_report(emulator_root_ready, tiny, tmp_path):
     needs_cross_compiler()
     out = tmp_path / "report"
     with emulator.start_board("rpi4") as board:
-        command = CLI + ["bench", str(tiny / "tiny-rpi4.tar"), "--rpc", board.address, "--frames", "2000",
-                         "--warmup", "0", "--report", str(out)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        progress = ProgressWatcher(process.stderr, "bench")
+        process, progress = _start_long_bench(tiny, board, out)
         progress.wait_for(5, timeout=120)  # a few frames measured on the board
         os.killpg(board.pgid, signal.SIGKILL)
         stdout = process.stdout.read()
@@ -204,10 +209,7 @@ def test_a_board_that_stops_answering_hits_the_timeout(emulator_root_ready, tiny
     needs_cross_compiler()
     out = tmp_path / "report"
     with emulator.start_board("rpi4") as board:
-        command = CLI + ["bench", str(tiny / "tiny-rpi4.tar"), "--rpc", board.address, "--frames", "2000",
-                         "--warmup", "0", "--timeout", "4", "--report", str(out)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        progress = ProgressWatcher(process.stderr, "bench")
+        process, progress = _start_long_bench(tiny, board, out, "--timeout", "4")
         progress.wait_for(3, timeout=120)
         os.killpg(board.pgid, signal.SIGSTOP)  # the board hangs: its session never answers
         stopped = time.monotonic()
