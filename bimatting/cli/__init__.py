@@ -24,6 +24,7 @@ VERBS = {
     "matte": ("bimatting.cli.matte_cmd", "matte", "Matte a video, a folder of images or a webcam."),
     "demo": ("bimatting.cli.demo_cmd", "demo", "Run the whole toolchain on packaged sample footage."),
     "train": ("bimatting.cli.train_cmd", "train", "Train BiMatting or RVM (one of RVM's 4 stages)."),
+    "distill": ("bimatting.cli.distill_cmd", "distill", "Distil BiMatting from RVM on unlabelled footage."),
     "test": ("bimatting.cli.test_cmd", "test", "Run a model over an evaluation set and score it."),
     "evaluate": ("bimatting.cli.evaluate_cmd", "evaluate", "Score predicted mattes against true ones."),
     "data": ("bimatting.cli.data_cmd", "data", "Make and check datasets (e.g. synthetic composites)."),

@@ -78,11 +78,11 @@ class Bank:
 
     items: list of Item with teacher outputs (footage and stills); procedural: list of
     (fgr [T',3,H,W], pha [T',1,H,W]) uint8 clips; mix: probabilities of
-    (footage, recomposite, procedural).
+    (footage, recomposite, procedural); zoom: the crop-scale range of view_thetas.
     """
 
-    def __init__(self, items, procedural=(), mix=(0.5, 0.3, 0.2), seed=0):
-        self.items, self.procedural = list(items), list(procedural)
+    def __init__(self, items, procedural=(), mix=(0.5, 0.3, 0.2), seed=0, zoom=(0.55, 1.0)):
+        self.items, self.procedural, self.zoom = list(items), list(procedural), tuple(zoom)
         weights = [0.0 if not self.procedural and k == 2 else p for k, p in enumerate(mix)]
         self.mix = [w / sum(weights) for w in weights]
         # clips weigh by frame count, but every still counts as 8 frames so the stills are seen too
@@ -96,7 +96,7 @@ class Bank:
         """Stack the item's tensors along C, take a moving crop of a frame window: [T, C, H, W]."""
         idx = frame_window(self.rng, len(item), length)
         stacked = torch.cat([t[idx] for t in tensors], dim=1).float().div_(255)
-        thetas = view_thetas(self.rng, length, stacked.shape[-2], stacked.shape[-1], height, width,
+        thetas = view_thetas(self.rng, length, stacked.shape[-2], stacked.shape[-1], height, width, zoom=self.zoom,
                              degrees=8.0 if len(item) == 1 else 4.0, motion=0.4 if len(item) == 1 else 0.15)
         return warp(stacked, thetas, height, width)
 

@@ -93,6 +93,9 @@ class BiConv2d(nn.Conv2d):
     """
 
     binary = True  # exporters find every binary conv by isinstance(m, BiConv2d) or this tag
+    # False only in step 1 of ReActNet's two-step training (bimatting.train.recipe): real weights,
+    # binary activations. Inference and export always binarize.
+    binarize_weights = True
 
     def centred_weight(self):
         """w~ = w - mean over (Cin, KH, KW) per output channel: [O, Cin, KH, KW]."""
@@ -112,8 +115,8 @@ class BiConv2d(nn.Conv2d):
 
     def forward(self, x):
         # [N, Cin, H, W] (+-1) -> [N, O, OH, OW]
-        return F.conv2d(x, self.quantized_weight(), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        weight = self.quantized_weight() if self.binarize_weights else self.weight
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class LearnableBias(nn.Module):

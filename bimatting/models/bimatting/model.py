@@ -19,7 +19,7 @@ Deliberate departures from htqin/BiMatting @746876b, each a fix:
 from torch import nn
 from torch.nn import functional as F
 
-from .binarize import BiConv2d
+from .binarize import BiConv2d, BinaryActivation, LearnableBias
 from .bimobilenet import BiMobileNet
 from .decoder import Projection, SABDecoder
 from .guided_filter import BiDeepGuidedFilterRefiner
@@ -92,6 +92,26 @@ class BiMatting(nn.Module):
     def binary_convs(self):
         """(name, BiConv2d) for every binary convolution, in definition order."""
         return [(name, m) for name, m in self.named_modules() if isinstance(m, BiConv2d)]
+
+    def sign_sites(self):
+        """(name, threshold, convs) for every sign: the LearnableBias that shifts its input (the
+        learnable threshold) and the binary convs that read its output, in definition order.
+        Names are the threshold's module name (e.g. 'aspp.aspp2.1', 'backbone.feature.3.move21')."""
+        from .bimobilenet import BinaryBlock
+
+        sites = []
+        for name, module in self.named_modules():
+            if isinstance(module, BinaryBlock):
+                pointwise = tuple(m for n, m in module.named_children() if n.startswith("binary_pw"))
+                sites.append((f"{name}.move11", module.move11, (module.binary_3x3,)))
+                sites.append((f"{name}.move21", module.move21, pointwise))
+            elif isinstance(module, nn.Sequential):
+                layers = list(module)
+                for i in range(1, len(layers) - 1):
+                    if (isinstance(layers[i], BinaryActivation) and isinstance(layers[i - 1], LearnableBias)
+                            and isinstance(layers[i + 1], BiConv2d)):
+                        sites.append((f"{name}.{i - 1}", layers[i - 1], (layers[i + 1],)))
+        return sites
 
     def masked_convs(self):
         """(name, conv) for every conv the SAB mask gates (see SABDecoder.masked_convs)."""

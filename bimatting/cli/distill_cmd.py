@@ -1,0 +1,105 @@
+"""`bimatting distill`: train BiMatting from a teacher on unlabelled footage (the default model's recipe)."""
+import json
+from pathlib import Path
+
+import click
+
+from bimatting.errors import InputError
+
+
+def _size(text):
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--size '{text}' is not WxH (e.g. 128x128)") from None
+    if w % 16 or h % 16 or w < 64 or h < 64:
+        raise InputError(f"--size {text}: both sides must be multiples of 16 and >= 64 (e.g. 128x128)")
+    return w, h
+
+
+@click.command("distill")
+@click.argument("footage", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--heldout", multiple=True, help="Footage never trained on, scored against the teacher during the "
+              "run: a clip, or CLIP@START:STOP for a frame range (the rest of that clip may be trained on).")
+@click.option("--images", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folders of still images of people (each seen as a short clip with pseudo-motion).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (resume state, log, curve).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--steps", "total_steps", type=click.IntRange(1), default=10000, show_default=True,
+              help="Length of the schedule (warm-up, cosine decay).")
+@click.option("--stop-at", type=click.IntRange(1), help="Stop this invocation at this step (resume later).")
+@click.option("--size", default="128x128", show_default=True, help="Training crop WxH.")
+@click.option("--batch", type=click.IntRange(1), default=4, show_default=True, help="Clips per step.")
+@click.option("--frames", type=click.IntRange(1), default=2, show_default=True, help="Frames per clip (T).")
+@click.option("--latent-lr", type=float, default=5e-3, show_default=True, help="Adam rate of latent binary weights.")
+@click.option("--float-lr", type=float, default=5e-4, show_default=True, help="Adam rate of everything else.")
+@click.option("--latent-init", type=float, default=0.0, show_default=True,
+              help="Latent weights start as U(0,1) x this (ReActNet: 1e-3); 0 = PyTorch's default init.")
+@click.option("--threshold-init/--no-threshold-init", default=True, show_default=True,
+              help="Sign thresholds start at minus the per-channel median of their input on the first batch.")
+@click.option("--binary-weights-from", type=click.IntRange(0), default=0, show_default=True,
+              help="Two-step training: real weights (binary activations) until this step.")
+@click.option("--feature-weight", type=float, default=1.0, show_default=True,
+              help="Weight of decoder-feature matching to the teacher (0 = off).")
+@click.option("--attention-weight", type=float, default=0.0, show_default=True,
+              help="Weight of encoder attention-map matching to the teacher (0 = off).")
+@click.option("--heads-from-teacher/--no-heads-from-teacher", default=True, show_default=True,
+              help="Float layers with the teacher's shapes start from its weights.")
+@click.option("--warmup-steps", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--hr-every", type=click.IntRange(0), default=4, show_default=True,
+              help="Every N steps also a pass at --hr-ratio so the refiner trains (0 = never).")
+@click.option("--eval-every", type=click.IntRange(1), default=250, show_default=True,
+              help="Steps between held-out evaluations (they also write the packed model and the curve).")
+@click.option("--diagnose-every", type=click.IntRange(0), default=500, show_default=True,
+              help="Steps between sign-health lines in the log.")
+@click.option("--threads", type=click.IntRange(1), help="torch threads (fixed, so a resumed run is bit-identical).")
+@click.option("--init", help="Start from these weights instead of the recipe's initialisation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--diagnose", is_flag=True, help="Only report sign health of --init (or the run's resume state) on "
+              "one batch of FOOTAGE and exit.")
+@click.option("--no-progress", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (or the --diagnose report) as JSON.")
+def distill(footage, heldout, images, out, resume, total_steps, stop_at, size, batch, frames, latent_lr, float_lr,
+            latent_init, threshold_init, binary_weights_from, feature_weight, attention_weight, heads_from_teacher,
+            warmup_steps, hr_every, eval_every, diagnose_every, threads, init, seed, diagnose, no_progress, as_json):
+    """Distil BiMatting from RVM on unlabelled footage with the binary-network recipe.
+
+    Targets are the teacher's mattes of the footage (and of people recomposited over other
+    footage, and procedural figures); decoder features are matched to the teacher's too. The run
+    folder keeps an exact resume state, log.csv, health.jsonl, curve.png and the packed model
+    (bimatting_default.npz) with its training record.
+
+    \b
+    Examples:
+      bimatting distill clips/ --images photos/ --heldout clips/street --out run/ --threads 1
+      bimatting distill clips/ --heldout clips/street --out run/ --resume       # continue
+      bimatting distill clips/ --out run/ --diagnose --init run/resume.pth     # sign health
+    """
+    from bimatting.train.distill import DistillOptions, Distillation
+
+    if hr_every and min(_size(size)) * 0.5 < 64:
+        raise InputError(f"--size {size} is too small for the HR pass at s = 0.5 (its coarse outputs need >= 4 "
+                         "pixels at 1/16); use 128x128 or more, or --hr-every 0")
+    from bimatting.train.recipe import Recipe
+
+    recipe = Recipe(latent_lr=latent_lr, float_lr=float_lr, latent_init=latent_init, threshold_init=threshold_init,
+                    binary_weights_from=binary_weights_from, feature_weight=feature_weight,
+                    attention_weight=attention_weight, heads_from_teacher=heads_from_teacher,
+                    warmup_steps=warmup_steps, total_steps=total_steps)
+    options = DistillOptions(footage=tuple(footage), out=out, heldout=tuple(heldout), images=tuple(images),
+                             stop_at=stop_at, size=_size(size), batch=batch, frames=frames, hr_every=hr_every,
+                             eval_every=eval_every, diagnose_every=diagnose_every, seed=seed, threads=threads,
+                             init=init, resume=resume or diagnose, progress=not no_progress and not as_json,
+                             recipe=recipe)
+    run = Distillation(options)
+    if diagnose:
+        report = run.diagnose_report()
+        click.echo(json.dumps(report, indent=2) if as_json else report["text"])
+        return
+    summary = run.run()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif summary["heldout"]:
+        h = summary["heldout"]
+        click.echo(f"step {summary['steps']}: held-out pha MAD {h['pha_mad_mean'] * 1e3:.1f}e-3 "
+                   f"(worst clip {h['pha_mad_worst'] * 1e3:.1f}e-3), IoU {h['iou_mean']:.3f}; wrote {out}")

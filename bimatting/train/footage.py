@@ -1,0 +1,168 @@
+"""Footage for distillation: decoded once into memory, the teacher's outputs computed once.
+
+    training clips   frame folders / videos / stills, decoded to at most `short_side`; each gets
+                     the teacher's fgr/pha over the whole clip with recurrent state (stills: one
+                     frame), cached beside the run so a resumed run does not recompute them
+    held-out clips   footage never trained on, at the evaluation size (long side `eval_long_side`),
+                     with the teacher's outputs at that size, for the agreement curve
+
+A held-out spec is a path, or `path@start:stop` for a frame range of a clip (e.g. the last 64
+frames of a 200-frame folder: `bedroom/frames@136:200`); its frames outside the range may still be
+trained on only if the spec names a range and the training list names the same path (they are
+then cut out of the training copy).
+"""
+import hashlib
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bimatting.errors import InputError
+from bimatting.frames import IMAGE_SUFFIXES
+from bimatting.train.bank import Item
+from bimatting.train.sources import VIDEO_SUFFIXES, find_footage
+
+
+def resolve_clip(path):
+    """A folder holding no images but exactly one video stands for that video (as find_footage)."""
+    path = Path(path)
+    if path.is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+        videos = [p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES]
+        if len(videos) == 1:
+            return videos[0]
+    return path
+
+
+def parse_heldout(spec):
+    """'path' or 'path@start:stop' -> (Path, start, stop or None)."""
+    match = re.fullmatch(r"(.+?)@(\d*):(\d*)", str(spec))
+    if not match:
+        return resolve_clip(spec), 0, None
+    path, start, stop = match.groups()
+    return resolve_clip(path), int(start or 0), int(stop) if stop else None
+
+
+def _shrink(image, short_side=None, long_side=None):
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = min(short_side / min(h, w) if short_side else 1.0, long_side / max(h, w) if long_side else 1.0)
+    if scale >= 1.0 and not long_side:
+        return image
+    size = (max(16, round(w * scale)), max(16, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def read_clip(source, limit, **size):
+    """RGB uint8 frames [h, w, 3] of a frame folder, a video or one image (first `limit`)."""
+    import cv2
+
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+        images = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files]
+    elif source.suffix.lower() in IMAGE_SUFFIXES:
+        images = [cv2.imread(str(source), cv2.IMREAD_COLOR)]
+    else:
+        capture, images = cv2.VideoCapture(str(source)), []
+        while len(images) < limit:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            images.append(frame)
+        capture.release()
+    if not images or any(image is None for image in images):
+        raise InputError(f"cannot read frames from '{source}'; expected a frame folder, a video or an image")
+    return [_shrink(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), **size) for image in images]
+
+
+def to_tensor(frames):
+    """list of uint8 [h, w, 3] -> uint8 [N, 3, h, w]."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2)))
+
+
+@torch.no_grad()
+def teacher_outputs(teacher, frames, chunk=16):
+    """(fgr, pha) uint8 of the teacher over a clip uint8 [N, 3, h, w], states carried."""
+    from bimatting.eval.agreement import run_recurrent
+
+    fgr, pha = run_recurrent(teacher, frames, 1.0, chunk)
+    return _to_uint8(fgr), _to_uint8(pha)
+
+
+def _to_uint8(x):
+    return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+
+
+def _cached(cache_dir, key, compute):
+    """compute() -> tuple of tensors, stored under cache_dir/<sha of key>.pt."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".pt")
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(value, tmp)
+    tmp.replace(path)
+    return value
+
+
+def _same(a, b):
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def load_training_items(footage, images, heldout, teacher, short_side, max_frames, cache_dir=None, workers=2):
+    """[Item] with teacher targets for every training clip and still, minus the held-out frames."""
+    clip_sources, stills = find_footage(footage)
+    for folder in images:
+        if not Path(folder).is_dir():
+            raise InputError(f"--images '{folder}' is not a folder of images")
+        stills += sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    held = [parse_heldout(spec) for spec in heldout]
+    items = []
+
+    def load(source, still):
+        cut = next(((start, stop) for path, start, stop in held if _same(path, source)), None)
+        if cut is not None and cut == (0, None):
+            return None                                            # the whole clip is held out
+        key = f"{Path(source).resolve()}|{short_side}|{max_frames}|{cut}|teacher-v1"
+
+        def compute():
+            # a held-out range: only the frames before it are trained on
+            limit = 1 if still else min(max_frames, cut[0]) if cut else max_frames
+            frames = to_tensor(read_clip(source, limit, short_side=short_side)[:limit])
+            return (frames, *teacher_outputs(teacher, frames))
+        frames, fgr, pha = _cached(cache_dir, key, compute)
+        return Item(Path(source).name, frames, fgr, pha) if len(frames) else None
+
+    jobs = [(s, False) for s in clip_sources] + [(s, True) for s in stills]
+    with ThreadPoolExecutor(workers) as pool:
+        for item in pool.map(lambda job: load(*job), jobs):
+            if item is not None:
+                items.append(item)
+    return items
+
+
+def load_heldout(specs, teacher, long_side, frames_per_clip, cache_dir=None):
+    """[(name, frames uint8 [N,3,h,w])] and [(fgr, pha) float32] of the teacher, at the eval size."""
+    clips, outputs = [], []
+    for spec in specs:
+        path, start, stop = parse_heldout(spec)
+        key = f"heldout|{path.resolve()}|{start}|{stop}|{long_side}|{frames_per_clip}|teacher-v2"
+
+        def compute():
+            frames = read_clip(path, stop or start + frames_per_clip, long_side=long_side)[start:stop]
+            frames = to_tensor(frames[:frames_per_clip])
+            from bimatting.eval.agreement import run_recurrent
+            return (frames, *run_recurrent(teacher, frames, 1.0, 16))
+        frames, fgr, pha = _cached(cache_dir, key, compute)
+        if len(frames) == 0:
+            raise InputError(f"held-out '{spec}' has no frames in that range")
+        name = path.parent.name if path.name == "frames" or path.is_file() else path.name
+        clips.append((name + (f"@{start}:{stop or ''}" if (start or stop) else ""), frames))
+        outputs.append((fgr, pha))
+    return clips, outputs

@@ -1,0 +1,182 @@
+"""The binary-network training recipe: each piece a switch, all of them recorded in checkpoints.
+
+Why these pieces (measured on this project's BiMatting, fitting 4 frames to the RVM teacher,
+150 Adam steps; an all-zero matte scores 60.8e-3 pha MAD): one Adam rate for everything and
+thresholds at 0 gave 72.2e-3 (worse than empty); latent binary weights at 10x the float rate
+32.1e-3; that plus data-initialised thresholds 16.9e-3. Full precision reached 12.7e-3.
+
+    latent_lr, float_lr      per-group Adam rates: the latent weights of binary convs apart from
+                             everything else (a latent weight only matters through its sign, so it
+                             needs larger steps to flip; AdamBNN, Liu et al. ICML 2021)
+    latent_init              latent weights start as U(0, 1) * latent_init (ReActNet's
+                             HardBinaryConv: rand * 1e-3), inside the STE window |w~| <= 1; 0 keeps
+                             PyTorch's default conv initialisation
+    threshold_init           every learnable threshold before a sign starts at minus the
+                             per-channel median of its input on the first batch, so each sign
+                             starts balanced and inside the STE window (thresholds at 0 left the
+                             ASPP gate dead and sign(image in [0, 1]) constant)
+    binary_weights_from      ReActNet's two steps (Liu et al., ECCV 2020): binary activations
+                             with real-valued weights until this step, binary weights from then
+                             on (0: binary from the start); weight decay only in step 1
+    feature_weight,          distillation of intermediate features from the teacher
+    attention_weight         (bimatting.train.features): decoder features matched directly (same
+                             widths as RVM), encoder taps through attention maps (Real-to-Binary,
+                             Martinez et al., ICLR 2020)
+    heads_from_teacher       float layers whose shapes equal the teacher's start from its weights
+    warmup_steps, total_steps, final_lr_fraction
+                             linear warm-up, then cosine decay to final_lr_fraction of each
+                             group's rate at total_steps: a function of the step only, so a
+                             resumed run follows the same schedule
+
+The learning rate of parameter group g at step k:
+    lr_g(k) = base_g * min(1, (k + 1) / warmup) * (f + (1 - f) * (1 + cos(pi * min(k / total, 1))) / 2)
+"""
+import dataclasses
+import math
+
+import torch
+
+from bimatting.models.bimatting.binarize import BiConv2d
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    latent_lr: float = 5e-3
+    float_lr: float = 5e-4
+    latent_init: float = 0.0
+    threshold_init: bool = True
+    binary_weights_from: int = 0
+    weight_decay_step1: float = 1e-5
+    feature_weight: float = 1.0
+    attention_weight: float = 0.0
+    heads_from_teacher: bool = True
+    warmup_steps: int = 100
+    total_steps: int = 10000
+    final_lr_fraction: float = 0.05
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    @classmethod
+    def plain(cls, lr, total_steps):
+        """No recipe pieces: one Adam rate, default init, zero thresholds, binary from the start."""
+        return cls(latent_lr=lr, float_lr=lr, threshold_init=False, feature_weight=0.0,
+                   heads_from_teacher=False, warmup_steps=1, total_steps=total_steps, final_lr_fraction=1.0)
+
+
+def latent_parameters(model):
+    """The latent weights of every binary conv (their signs are the deployed weights)."""
+    return [m.weight for m in model.modules() if isinstance(m, BiConv2d)]
+
+
+def parameter_groups(model, recipe, stage_rates=None, group_of=None):
+    """Adam groups [{'params', 'lr', 'base_lr', 'name'}]: 'latent' (every binary conv's weight) at
+    recipe.latent_lr; the other parameters at recipe.float_lr, or, for RVM's stages, one group per
+    module group (`group_of(name)`) at `stage_rates[group]`."""
+    latent = {id(p) for p in latent_parameters(model)}
+    rates = dict(stage_rates) if stage_rates else {"float": recipe.float_lr}
+    rates["latent"] = recipe.latent_lr
+    groups = {"latent": []}
+    for name, parameter in model.named_parameters():
+        key = "latent" if id(parameter) in latent else (group_of(name) if stage_rates else "float")
+        groups.setdefault(key, []).append(parameter)
+    return [{"params": params, "lr": rates[name], "base_lr": rates[name], "name": name}
+            for name, params in groups.items() if params]
+
+
+def schedule_factor(recipe, step):
+    warm = min(1.0, (step + 1) / max(recipe.warmup_steps, 1))
+    f = recipe.final_lr_fraction
+    progress = min(step / max(recipe.total_steps, 1), 1.0)
+    return warm * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def apply_schedule(optimizer, recipe, step):
+    """Set every group's lr (from its base_lr) and weight decay for `step`."""
+    factor = schedule_factor(recipe, step)
+    decay = recipe.weight_decay_step1 if step < recipe.binary_weights_from else 0.0
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+        group["weight_decay"] = decay
+
+
+def set_binary_weights(model, enabled):
+    """Two-step switch: binary convs use alpha * sign(w~) (enabled) or the real w (ReActNet step 1)."""
+    for module in model.modules():
+        if isinstance(module, BiConv2d):
+            module.binarize_weights = bool(enabled)
+
+
+def binary_weights_at(recipe, step):
+    return step >= recipe.binary_weights_from
+
+
+@torch.no_grad()
+def init_latent_weights(model, scale, generator=None):
+    """Latent weights := U(0, 1) * scale (ReActNet HardBinaryConv init); biases of binary convs kept."""
+    for weight in latent_parameters(model):
+        weight.copy_(torch.rand(weight.shape, generator=generator, dtype=weight.dtype) * scale)
+
+
+@torch.no_grad()
+def init_thresholds(model, forward):
+    """Set each sign's learnable threshold to minus the per-channel median of its input, in one
+    forward pass (`forward()` runs the model on the first batch): a pre-hook on each threshold sets
+    it from what reaches it, so later thresholds see the already-balanced earlier signs.
+    Returns {site name: median |input| after the shift} as a record."""
+    handles, done = [], {}
+
+    def hook_for(name):
+        def hook(module, args):
+            if name in done:
+                return
+            x = args[0].detach().float()
+            median = x.transpose(0, 1).flatten(1).median(dim=1).values           # [C]
+            module.bias.copy_(-median.view_as(module.bias))
+            done[name] = float((x + module.bias).abs().median())
+        return hook
+
+    for name, threshold, _ in model.sign_sites():
+        handles.append(threshold.register_forward_pre_hook(hook_for(name)))
+    try:
+        forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return done
+
+
+# (student parameter prefix, teacher prefix): float layers of BiMatting with the teacher's shapes
+TEACHER_LAYERS = (
+    ("backbone.feature.0.conv1", "backbone.features.0.0"),
+    ("backbone.feature.0.bn1", "backbone.features.0.1"),
+    ("decoder.decode0.conv.5", "decoder.decode0.conv.3"),
+    ("decoder.decode0.conv.6", "decoder.decode0.conv.4"),
+    ("project_mat.conv", "project_mat.conv"),
+    ("project_seg.conv", "project_seg.conv"),
+    ("refiner.box_filter", "refiner.box_filter"),
+    ("refiner.conv.12", "refiner.conv.6"),
+)
+
+
+@torch.no_grad()
+def init_from_teacher(student, teacher):
+    """Copy the teacher's tensors into the TEACHER_LAYERS of `student` where shapes match.
+    Returns the student keys copied."""
+    theirs = teacher.state_dict()
+    ours = student.state_dict()
+    copied = []
+    for mine, source in TEACHER_LAYERS:
+        for key, value in ours.items():
+            if not key.startswith(mine + "."):
+                continue
+            other = source + key[len(mine):]
+            if other in theirs and theirs[other].shape == value.shape:
+                value.copy_(theirs[other])
+                copied.append(key)
+    return copied

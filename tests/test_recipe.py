@@ -1,0 +1,199 @@
+"""The binary-network training recipe: each piece on its own, exact resume of a distillation run,
+and a CPU smoke run whose held-out agreement with the teacher improves.
+
+Footage is the packaged sample clip (written to a temporary folder), so nothing here needs the
+shared data; the teacher is RVM with its official weights.
+"""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from bimatting.models import build_model
+from bimatting.models.bimatting.binarize import BiConv2d
+from bimatting.samples import sample_frames
+from bimatting.train import recipe as recipes
+from bimatting.train.distill import DistillOptions, Distillation
+from bimatting.train.features import FeatureTaps, feature_distillation
+from bimatting.train.sign_health import SignHealth, summarize
+from bimatting.train.trainer import fingerprint
+
+
+def _batch(seed=0, n=4, size=64):
+    """[N, 3, size, size] frames of the sample clip (real content, values in [0, 1])."""
+    frames = sample_frames(frames=n, size=(size, size))
+    return torch.from_numpy(np.stack(frames).transpose(0, 3, 1, 2).astype(np.float32) / 255)
+
+
+def test_threshold_init_centres_every_sign_input():
+    torch.manual_seed(0)
+    model = build_model("bimatting").train()
+    src = _batch()
+    recipes.init_thresholds(model, lambda: model(src))
+    medians, seen = {}, set()
+
+    def hook_for(name):
+        def hook(module, args, output):
+            if name not in seen:                        # first call (a GRU calls its gates per frame)
+                seen.add(name)
+                medians[name] = output.detach().transpose(0, 1).flatten(1).median(dim=1).values
+        return hook
+
+    handles = [t.register_forward_hook(hook_for(n)) for n, t, _ in model.sign_sites()]
+    with torch.no_grad():
+        model(src)
+    for h in handles:
+        h.remove()
+    assert len(medians) == len(model.sign_sites()) - 2          # the refiner's two run only at s < 1
+    worst = max(float(m.abs().max()) for m in medians.values())
+    assert worst < 1e-5, f"a sign input's per-channel median is {worst} after threshold init"
+
+
+def test_thresholds_at_zero_leave_the_aspp_gate_dead_and_init_revives_it():
+    torch.manual_seed(0)
+    model = build_model("bimatting").train()
+    src = _batch()
+    before = SignHealth(model).measure(lambda: model(src))
+    recipes.init_thresholds(model, lambda: model(src))
+    after = SignHealth(model).measure(lambda: model(src))
+    assert before["aspp.aspp2.1"]["dead"] and "aspp.aspp2.1" in summarize(before)
+    assert not any(entry["dead"] for entry in after.values()), summarize(after)
+    # the decoder's image input in [0, 1]: sign constant at threshold 0, balanced after init
+    assert before["decoder.decode0.conv.0"]["dead_channels"] > after["decoder.decode0.conv.0"]["dead_channels"]
+
+
+def test_per_group_learning_rates_reach_the_optimizer():
+    model = build_model("bimatting")
+    recipe = recipes.Recipe(latent_lr=7e-3, float_lr=3e-4, warmup_steps=10, total_steps=100)
+    optimizer = torch.optim.Adam(recipes.parameter_groups(model, recipe))
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    latent = {id(m.weight) for m in model.modules() if isinstance(m, BiConv2d)}
+    assert {id(p) for p in groups["latent"]["params"]} == latent
+    assert len(groups["float"]["params"]) + len(latent) == len(list(model.parameters()))
+    recipes.apply_schedule(optimizer, recipe, 50)
+    factor = recipe.final_lr_fraction + (1 - recipe.final_lr_fraction) * 0.5 * (1 + np.cos(np.pi * 0.5))
+    assert groups["latent"]["lr"] == pytest.approx(7e-3 * factor)
+    assert groups["float"]["lr"] == pytest.approx(3e-4 * factor)
+    recipes.apply_schedule(optimizer, recipe, 0)
+    assert groups["latent"]["lr"] == pytest.approx(7e-3 * 0.1)     # first warm-up step
+
+
+def test_stage_rates_keep_module_groups_and_split_the_latent_weights():
+    from bimatting.train import stages
+
+    model = build_model("bimatting")
+    config = stages.stage_config("bimatting", 1)
+    groups = recipes.parameter_groups(model, recipes.Recipe(latent_lr=1e-3), config.lr, stages.module_group)
+    rates = {g["name"]: g["lr"] for g in groups}
+    assert rates == {"latent": 1e-3, "backbone": 1e-4, "aspp": 2e-4, "decoder": 2e-4, "refiner": 0.0}
+
+
+def test_two_step_switch_real_then_binary_weights():
+    torch.manual_seed(0)
+    conv = BiConv2d(8, 4, 3, padding=1, bias=False)
+    x = torch.randn(1, 8, 5, 5).sign()
+    recipe = recipes.Recipe(binary_weights_from=5)
+    model = torch.nn.Sequential(conv)
+    recipes.set_binary_weights(model, recipes.binary_weights_at(recipe, 4))
+    assert torch.allclose(conv(x), F.conv2d(x, conv.weight, padding=1))
+    recipes.set_binary_weights(model, recipes.binary_weights_at(recipe, 5))
+    signs, alpha = conv.binary_weight()
+    assert torch.allclose(conv(x), F.conv2d(x, signs * alpha.view(-1, 1, 1, 1), padding=1), atol=1e-6)
+    # weight decay only in step 1
+    optimizer = torch.optim.Adam(recipes.parameter_groups(model, recipe))
+    recipes.apply_schedule(optimizer, recipe, 4)
+    assert all(g["weight_decay"] == recipe.weight_decay_step1 for g in optimizer.param_groups)
+    recipes.apply_schedule(optimizer, recipe, 5)
+    assert all(g["weight_decay"] == 0 for g in optimizer.param_groups)
+
+
+def test_heads_from_teacher_copy_where_shapes_match():
+    from bimatting.checkpoints import load_model
+
+    teacher, student = load_model("rvm"), build_model("bimatting")
+    copied = recipes.init_from_teacher(student, teacher)
+    assert "project_mat.conv.weight" in copied and "refiner.conv.12.bias" in copied
+    assert torch.equal(student.project_mat.conv.weight, teacher.project_mat.conv.weight)
+    assert torch.equal(student.backbone.feature[0].conv1.weight, teacher.backbone.features[0][0].weight)
+
+
+def test_feature_taps_match_shapes_and_vanish_on_identical_features():
+    from bimatting.checkpoints import load_model
+
+    teacher, student = load_model("rvm").eval(), build_model("bimatting").train()
+    src = _batch(n=2)[None]
+    with FeatureTaps(student, attention=True) as mine:
+        student(src)
+    with torch.no_grad(), FeatureTaps(teacher, attention=True) as theirs:
+        teacher(src)
+    for name in ("aspp", "decoder.decode4", "decoder.decode3", "decoder.decode2", "decoder.decode1", "decoder.decode0"):
+        assert mine.features[name].shape == theirs.features[name].shape, name
+    terms = feature_distillation(mine.features, theirs.features, 1.0, 1.0)
+    assert float(terms["feature_total"].detach()) > 0
+    same = feature_distillation(theirs.features, theirs.features, 1.0, 1.0)
+    assert float(same["feature_total"]) < 1e-6
+    terms["feature_total"].backward()
+    assert student.decoder.decode0.conv[5].weight.grad.abs().sum() > 0
+
+
+# -- the distillation loop --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory):
+    """Two frame folders made from the packaged sample clip: one to train on, one held out."""
+    root = tmp_path_factory.mktemp("footage")
+    frames = sample_frames(frames=24, size=(256, 144))
+    for name, part in (("train", frames[:16]), ("heldout", frames[16:])):
+        (root / name).mkdir()
+        for k, frame in enumerate(part):
+            cv2.imwrite(str(root / name / f"{k:04d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    return root
+
+
+def _options(footage, out, stop_at, total=8, **recipe):
+    return DistillOptions(footage=(footage / "train",), heldout=(footage / "heldout",), out=out, stop_at=stop_at,
+                          size=(64, 64), batch=2, frames=2, hr_every=0, procedural=2, short_side=144,
+                          eval_every=4, eval_frames=8, eval_long_side=128, save_every=2, diagnose_every=4,
+                          threads=1, resume=True, progress=False,
+                          recipe=recipes.Recipe(warmup_steps=2, total_steps=total, **recipe))
+
+
+def test_distillation_resumes_bit_identically(footage, tmp_path):
+    straight = Distillation(_options(footage, tmp_path / "straight", 6))
+    straight.run()
+    first = Distillation(_options(footage, tmp_path / "resumed", 3))
+    first.run()
+    second = Distillation(_options(footage, tmp_path / "resumed", 6))
+    assert second.step == 3
+    second.run()
+    assert fingerprint(second.model) == fingerprint(straight.model)
+    for a, b in zip(second.model.buffers(), straight.model.buffers()):
+        assert torch.equal(a, b)
+    assert second.optimizer.state_dict()["state"][0]["exp_avg"].equal(straight.optimizer.state_dict()["state"][0]["exp_avg"])
+    # the training record travels with the packed model
+    from bimatting.packed import read_packed
+
+    meta, _ = read_packed(tmp_path / "resumed" / "bimatting_default.npz")
+    assert meta["provenance"]["steps"] == 6 and meta["provenance"]["recipe"]["threshold_init"] is True
+    assert (tmp_path / "resumed" / "curve.png").is_file()
+    health = [json.loads(line) for line in (tmp_path / "resumed" / "health.jsonl").read_text().splitlines()]
+    assert health[-1]["step"] == 4 and health[-1]["latent_flips_per_1k"] == {}
+
+
+def test_resume_refuses_changed_settings(footage, tmp_path):
+    from bimatting.errors import InputError
+
+    Distillation(_options(footage, tmp_path / "run", 2)).run()
+    with pytest.raises(InputError, match="latent_lr"):
+        Distillation(_options(footage, tmp_path / "run", 4, latent_lr=1e-2))
+
+
+def test_cpu_smoke_run_improves_heldout_agreement(footage, tmp_path):
+    run = Distillation(_options(footage, tmp_path / "smoke", 40, total=40))
+    before = run.evaluate()["pha_mad_mean"]
+    summary = run.run()
+    after = summary["heldout"]["pha_mad_mean"]
+    assert after < 0.8 * before, f"held-out pha MAD {before:.4f} -> {after:.4f} after 40 steps"
