@@ -164,7 +164,9 @@ def test_stage3_hr_pass_and_distillation_from_rvm(eval_set, tmp_path):
     assert all(float(r["distill_total"]) > 0 for r in rows)
     extra = load_checkpoint(tmp_path / "stage3" / "step-0000001.pth")["extra"]
     lrs = {group["name"]: group["lr"] for group in extra["optimizer"]["param_groups"]}
-    assert lrs == {"backbone": 1e-5, "aspp": 1e-5, "decoder": 1e-5, "refiner": 2e-4}
+    # the stage's per-module rates, and the recipe's latent binary weights apart at 10x the backbone's
+    assert lrs == {"latent": 1e-4, "backbone": 1e-5, "aspp": 1e-5, "decoder": 1e-5, "refiner": 2e-4}
+    assert extra["recipe"]["threshold_init"] is True
 
 
 def write_rvm_layout(root, clips=2, frames=3, size=(144, 128)):

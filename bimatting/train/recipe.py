@@ -63,6 +63,15 @@ class Recipe:
         return cls(**{key: value for key, value in values.items() if key in known})
 
     @classmethod
+    def for_stage(cls, config, total_steps, **changes):
+        """`bimatting train`'s default for an RVM stage: the stage's constant per-module rates for
+        the float parameters, latent weights at 10x the backbone's rate, thresholds from data."""
+        values = dict(latent_lr=10 * config.lr["backbone"], warmup_steps=1, total_steps=max(total_steps, 1),
+                      final_lr_fraction=1.0)
+        values.update(changes)
+        return cls(**values)
+
+    @classmethod
     def plain(cls, lr, total_steps):
         """No recipe pieces: one Adam rate, default init, zero thresholds, binary from the start."""
         return cls(latent_lr=lr, float_lr=lr, threshold_init=False, feature_weight=0.0,

@@ -40,6 +40,12 @@ class Runtime:
         dist.all_gather_object(gathered, obj)
         return gathered
 
+    def broadcast_(self, tensors, source=0):
+        """Overwrite each tensor in place with rank `source`'s value (no-op in a single process)."""
+        if self.distributed:
+            for tensor in tensors:
+                dist.broadcast(tensor, source)
+
     def close(self):
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()

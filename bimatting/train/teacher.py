@@ -25,3 +25,12 @@ class Teacher:
         # src [B, T, 3, H, W] -> fgr [B, T, 3, H, W], pha [B, T, 1, H, W] (float32, detached)
         outputs = self.model(src, downsample_ratio=downsample_ratio)
         return {"fgr": outputs[0].float(), "pha": outputs[1].float()}
+
+    @torch.no_grad()
+    def features(self, src, downsample_ratio=1.0, direct=True, attention=False):
+        """The teacher's intermediate features on src (bimatting.train.features taps)."""
+        from bimatting.train.features import FeatureTaps
+
+        with FeatureTaps(self.model, direct, attention) as taps:
+            self.model(src, downsample_ratio=downsample_ratio)
+        return taps.features

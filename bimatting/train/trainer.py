@@ -5,7 +5,10 @@ Per global step k (the plan is data: `step_plan`):
     hr          matting pass at s = hr_downsample_ratio on a T = seq_hr batch (stages 3-4)
     seg_video / seg_image   segmentation pass, alternating by step (when those sets exist)
     unlabelled  teacher-only pass on unlabelled footage (when --unlabelled and --teacher)
-each with its own Adam step (RVM), AMP on CUDA. Checkpoints every `checkpoint_every` steps
+each with its own Adam step (RVM), AMP on CUDA. The binary-network recipe (bimatting.train.recipe)
+sets the Adam groups (latent binary weights apart from the stage's per-module rates), the
+schedule, the two-step switch, the sign thresholds (from the first batch, step 0) and, with a
+teacher, the float heads and the feature-distillation term; it is recorded in every checkpoint. Checkpoints every `checkpoint_every` steps
 (`step-KKKKKKK.pth`) and after each epoch (`epoch-E.pth`) hold the model, optimizer, grad scaler,
 step, epoch and every rank's RNG states; sample data is a pure function of (seed, epoch/step,
 rank, position) (see sampling.py), so a resumed run continues exactly as an uninterrupted one.
@@ -20,7 +23,8 @@ from pathlib import Path
 import torch
 
 from bimatting.errors import InputError, RuntimeFailure
-from bimatting.train import passes, runtime, sampling, sources, stages
+from bimatting.train import passes, recipe as recipes, runtime, sampling, sources, stages
+from bimatting.train.features import FeatureTaps, feature_distillation
 from bimatting.train.logbook import Logbook, write_summary
 
 
@@ -50,6 +54,8 @@ class TrainOptions:
     deterministic: bool = False   # CUDA: deterministic kernels (bit-identical resume on GPU too)
     progress: bool = True
     cache_frames: bool = False
+    recipe: object = None         # bimatting.train.recipe.Recipe; None = Recipe.for_stage(...)
+    diagnose_every: int = 0       # steps between sign-health lines in the log (0 = never)
 
 
 def step_plan(config, available, step):
@@ -126,7 +132,9 @@ class Trainer:
         if rt.distributed and options.device == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(rt.device).train()
-        self.optimizer = torch.optim.Adam(stages.parameter_groups(self.model, self.config.lr))
+        self.recipe = options.recipe or recipes.Recipe.for_stage(self.config, self._planned_steps())
+        self.optimizer = torch.optim.Adam(recipes.parameter_groups(self.model, self.recipe, self.config.lr,
+                                                                   stages.module_group))
         cuda = options.device == "cuda"
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(options.precision) if cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -134,6 +142,10 @@ class Trainer:
             self.optimizer.load_state_dict(self.extra["optimizer"])
             self.scaler.load_state_dict(self.extra["scaler"])
         self.net = self.model
+        if options.arch == "bimatting":
+            from bimatting.train.sign_health import SignHealth
+
+            self.health = SignHealth(self.model)
         if rt.distributed:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[rt.local_rank] if cuda else None, find_unused_parameters=True)
@@ -142,6 +154,24 @@ class Trainer:
             from bimatting.train.teacher import Teacher
 
             self.teacher = Teacher(options.teacher, rt.device)
+
+    def _planned_steps(self):
+        steps_per_epoch = len(self._epoch_sampler(0)) // self.options.batch_size
+        epochs = self.options.epochs if self.options.epochs is not None else self.config.epoch_count
+        total = epochs * steps_per_epoch
+        return total if self.options.steps is None else min(self.options.steps, total)
+
+    def _first_step_inits(self, batch):
+        """Step 0 of a fresh BiMatting run: the teacher's float heads, then sign thresholds from data."""
+        if self.options.arch != "bimatting" or self.step != 0 or self.options.resume:
+            return
+        if self.recipe.heads_from_teacher and self.teacher is not None:
+            recipes.init_from_teacher(self.model, self.teacher.model)
+        if self.recipe.threshold_init:
+            src = passes.composite({k: v.to(self.rt.device) for k, v in batch.items()})["src"]
+            recipes.init_thresholds(self.model, lambda: self.model(src))
+        # each rank saw its own first batch: every rank takes rank 0's initial values
+        self.rt.broadcast_(list(self.model.state_dict().values()))
 
     def _load_resume(self, source):
         """Full resume from a checkpoint of this stage; otherwise take its weights only."""
@@ -175,8 +205,11 @@ class Trainer:
 
     def _run_identity(self):
         c, o = self.config, self.options
-        return {"world_size": self.rt.world_size, "batch_size": o.batch_size, "seed": o.seed,
-                "seq_lr": c.seq_lr, "seq_hr": c.seq_hr, "size_lr": c.size_lr, "size_hr": c.size_hr}
+        identity = {"world_size": self.rt.world_size, "batch_size": o.batch_size, "seed": o.seed,
+                    "seq_lr": c.seq_lr, "seq_hr": c.seq_hr, "size_lr": c.size_lr, "size_hr": c.size_hr}
+        if o.recipe is not None:
+            identity.update({f"recipe.{k}": v for k, v in o.recipe.as_dict().items()})
+        return identity
 
     # -- data -------------------------------------------------------------------------------
     def _loader(self, dataset, sampler, batch=None):
@@ -213,15 +246,29 @@ class Trainer:
             size = batch["src" if "src" in batch else "fgr"].shape[-1]
         batch = passes.random_crop(batch, *passes.crop_size(rng, size, self.config.crop_multiple))
         self.optimizer.zero_grad(set_to_none=True)
+        recipes.apply_schedule(self.optimizer, self.recipe, self.step)
+        recipes.set_binary_weights(self.model, recipes.binary_weights_at(self.recipe, self.step))
+        features = self.teacher is not None and self.options.arch == "bimatting" and (
+            self.recipe.feature_weight or self.recipe.attention_weight) and name in ("lr", "unlabelled")
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             if name.startswith("seg_"):
                 terms = passes.segmentation_pass(self.net, batch)
             elif name == "unlabelled":
-                terms = passes.unlabelled_pass(self.net, batch, 1.0, self.teacher, self.options.unlabelled_weight)
+                with FeatureTaps(self.model, bool(self.recipe.feature_weight), bool(self.recipe.attention_weight)) as taps:
+                    terms = passes.unlabelled_pass(self.net, batch, 1.0, self.teacher, self.options.unlabelled_weight)
             else:
                 ratio = 1.0 if name == "lr" else self.config.hr_downsample_ratio
-                terms = passes.matting_pass(self.net, passes.composite(batch), ratio, self.teacher,
-                                            self.options.distill_weight)
+                with FeatureTaps(self.model, bool(self.recipe.feature_weight), bool(self.recipe.attention_weight)) as taps:
+                    terms = passes.matting_pass(self.net, passes.composite(batch), ratio, self.teacher,
+                                                self.options.distill_weight)
+            if features:
+                src = batch["src"] if "src" in batch else passes.composite(batch)["src"]
+                theirs = self.teacher.features(src, 1.0, bool(self.recipe.feature_weight),
+                                               bool(self.recipe.attention_weight))
+                distilled = feature_distillation(taps.features, theirs, self.recipe.feature_weight,
+                                                 self.recipe.attention_weight)
+                terms["feature_total"] = distilled["feature_total"]
+                terms["total"] = terms["total"] + distilled["feature_total"]
         if not torch.isfinite(terms["total"]):
             raise RuntimeFailure(f"training diverged: {name} loss is {float(terms['total'])} at step {self.step}")
         self.scaler.scale(terms["total"]).backward()
@@ -236,7 +283,7 @@ class Trainer:
         rngs = self.rt.all_gather(runtime.rng_state())
         if not self.rt.main:
             return
-        extra = {"stage": self.options.stage, "step": self.step, "epoch": epoch,
+        extra = {"stage": self.options.stage, "step": self.step, "epoch": epoch, "recipe": self.recipe.as_dict(),
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "rng": rngs, "run": self._run_identity(), "options": _plain_options(self.options)}
         # SyncBatchNorm (multi-GPU) keeps BatchNorm2d's keys, so the checkpoint loads as usual.
@@ -265,6 +312,8 @@ class Trainer:
                 for batch in self._loader(self.data["lr"], self._epoch_sampler(epoch, offset)):
                     started = time.perf_counter()
                     last = {}
+                    if self.step == 0:
+                        self._first_step_inits(batch)
                     for name in step_plan(config, set(self.data), self.step):
                         pass_started = time.perf_counter()
                         terms = self._run_pass(name, batch if name == "lr" else next(side[name]))
@@ -273,6 +322,8 @@ class Trainer:
                     self.step += 1
                     seconds.append(time.perf_counter() - started)
                     log.step_done(self.step, last)
+                    if options.diagnose_every and self.step % options.diagnose_every == 0 and self.options.arch == "bimatting":
+                        log.note(f"step {self.step}: {self._sign_health(batch)}")
                     if options.checkpoint_every and self.step % options.checkpoint_every == 0:
                         self.save(self.out / f"step-{self.step:07d}.pth", epoch)
                     if self.step >= total:
@@ -282,6 +333,17 @@ class Trainer:
         finally:
             log.close()
         return self._finish(seconds, total)
+
+    def _sign_health(self, batch):
+        from bimatting.train.sign_health import summarize
+
+        src = passes.composite({k: v.to(self.rt.device) for k, v in batch.items()})["src"]
+        buffers = {k: v.clone() for k, v in self.model.named_buffers()}
+        report = self.health.measure(lambda: self.model(src))
+        with torch.no_grad():
+            for key, value in self.model.named_buffers():
+                value.copy_(buffers[key])
+        return summarize(report, self.health.latent_flips(self.step))
 
     def _finish(self, seconds, total):
         prints = self.rt.all_gather(fingerprint(self.model))
