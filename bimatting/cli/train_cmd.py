@@ -36,11 +36,24 @@ import click
               help="Weight of the teacher terms on unlabelled passes.")
 @click.option("--deterministic", is_flag=True, help="Deterministic CUDA kernels (exact resume on GPU).")
 @click.option("--cache-frames", is_flag=True, help="Keep decoded evaluation-layout frames in memory.")
+@click.option("--latent-lr", type=float, help="Adam rate of the latent binary weights (default: 10x the stage's "
+              "backbone rate).")
+@click.option("--threshold-init/--no-threshold-init", default=True, show_default=True,
+              help="Sign thresholds start at minus the per-channel median of their input on the first batch.")
+@click.option("--binary-weights-from", type=click.IntRange(0), default=0, show_default=True,
+              help="Two-step training: real weights (binary activations) until this step.")
+@click.option("--feature-weight", type=float, default=1.0, show_default=True,
+              help="With --teacher: weight of decoder-feature matching (0 = off).")
+@click.option("--heads-from-teacher/--no-heads-from-teacher", default=True, show_default=True,
+              help="With --teacher: float layers with the teacher's shapes start from its weights.")
+@click.option("--diagnose-every", type=click.IntRange(0), default=0, show_default=True,
+              help="Steps between sign-health lines (STE window, near-zero decisions, dead branches).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def train(stage, data_root, arch, resume, teacher, unlabelled, out, steps, epochs, checkpoint_every, device,
           batch_size, seq_lr, seq_hr, size_lr, size_hr, num_workers, seed, precision, distill_weight,
-          unlabelled_weight, deterministic, cache_frames, no_progress, as_json):
+          unlabelled_weight, deterministic, cache_frames, latent_lr, threshold_init, binary_weights_from,
+          feature_weight, heads_from_teacher, diagnose_every, no_progress, as_json):
     """Train one of RVM's four stages (losses, epochs, T and per-module lrs as RVM/BiMatting).
 
     Multi-GPU / multi-node: launch with torchrun (one process per GPU, DDP, NCCL; gloo on CPU).
@@ -56,13 +69,18 @@ def train(stage, data_root, arch, resume, teacher, unlabelled, out, steps, epoch
     """
     from bimatting.train.trainer import TrainOptions, train as run_training
 
+    changes = dict(threshold_init=threshold_init, binary_weights_from=binary_weights_from,
+                   feature_weight=feature_weight, heads_from_teacher=heads_from_teacher)
+    if latent_lr is not None:
+        changes["latent_lr"] = latent_lr
+
     options = TrainOptions(
         stage=stage, data_root=data_root, arch=arch, out=out, resume=resume, teacher=teacher,
         unlabelled=tuple(unlabelled), steps=steps, epochs=epochs, checkpoint_every=checkpoint_every,
         device=device, batch_size=batch_size, seq_lr=seq_lr, seq_hr=seq_hr, size_lr=size_lr, size_hr=size_hr,
         num_workers=num_workers, seed=seed, precision=precision, distill_weight=distill_weight,
         unlabelled_weight=unlabelled_weight, deterministic=deterministic, progress=not no_progress and not as_json,
-        cache_frames=cache_frames)
+        cache_frames=cache_frames, recipe_changes=changes, diagnose_every=diagnose_every)
     summary = run_training(options)
     if summary.pop("rank") != 0:     # torchrun: one report, from rank 0
         return

@@ -6,6 +6,7 @@ downsample ratio. Per frame:
     fgr_mad   mean |fgr_s - fgr_t| over pixels where the teacher's pha > 0 (RVM's fgr metrics
               count only the foreground; elsewhere fgr is undefined)
     iou       |{pha_s > 0.5} and {pha_t > 0.5}| / |union| (1 where both are empty)
+    zero_pha_mad  what an all-zero matte would score (mean of the teacher's pha): the floor to beat
 Clip figures: mean of the per-frame MADs; IoU from the counts summed over the clip.
 """
 import dataclasses
@@ -21,6 +22,7 @@ class ClipAgreement:
     fgr_mad: list
     intersection: int = 0
     union: int = 0
+    zero_pha_mad: list = dataclasses.field(default_factory=list)   # what an all-zero matte scores
 
     @property
     def iou(self):
@@ -29,7 +31,7 @@ class ClipAgreement:
     def summary(self):
         return {"clip": self.name, "frames": len(self.pha_mad), "pha_mad": float(np.mean(self.pha_mad)),
                 "fgr_mad": float(np.mean(self.fgr_mad)), "iou": self.iou,
-                "pha_mad_max_frame": float(np.max(self.pha_mad))}
+                "pha_mad_max_frame": float(np.max(self.pha_mad)), "zero_pha_mad": float(np.mean(self.zero_pha_mad))}
 
 
 @torch.no_grad()
@@ -52,6 +54,7 @@ def compare(name, student, teacher):
     result = ClipAgreement(name, [], [])
     for k in range(pha_s.shape[0]):
         result.pha_mad.append(float((pha_s[k] - pha_t[k]).abs().mean()))
+        result.zero_pha_mad.append(float(pha_t[k].abs().mean()))
         mask = (pha_t[k] > 0).expand_as(fgr_t[k])
         result.fgr_mad.append(float((fgr_s[k] - fgr_t[k]).abs()[mask].mean()) if mask.any() else 0.0)
         hard_s, hard_t = pha_s[k] > 0.5, pha_t[k] > 0.5
@@ -80,4 +83,5 @@ def totals(results):
             "pha_mad_worst": float(np.max([s["pha_mad"] for s in summaries])),
             "iou_mean": float(np.mean([s["iou"] for s in summaries])),
             "iou_worst": float(np.min([s["iou"] for s in summaries])),
-            "fgr_mad_mean": float(np.mean([s["fgr_mad"] for s in summaries]))}
+            "fgr_mad_mean": float(np.mean([s["fgr_mad"] for s in summaries])),
+            "zero_pha_mad_mean": float(np.mean([s["zero_pha_mad"] for s in summaries]))}

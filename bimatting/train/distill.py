@@ -270,7 +270,7 @@ class Distillation:
                     row = dict(row or {"step": self.step, "seconds": round(self.seconds, 1), "loss": None},
                                heldout_pha_mad=figures["pha_mad_mean"], heldout_iou=figures["iou_mean"])
                     bar.set_postfix_str(f"held-out MAD {figures['pha_mad_mean'] * 1e3:.1f}e-3 "
-                                        f"IoU {figures['iou_mean']:.2f}")
+                                        f"(empty {figures['zero_pha_mad_mean'] * 1e3:.0f}e-3) IoU {figures['iou_mean']:.2f}")
                 if row is not None:
                     lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
                     row.update(lr_latent=lrs.get("latent"), lr_float=lrs.get("float"))

@@ -55,6 +55,7 @@ class TrainOptions:
     progress: bool = True
     cache_frames: bool = False
     recipe: object = None         # bimatting.train.recipe.Recipe; None = Recipe.for_stage(...)
+    recipe_changes: dict = None   # fields changed from Recipe.for_stage (when recipe is None)
     diagnose_every: int = 0       # steps between sign-health lines in the log (0 = never)
 
 
@@ -127,12 +128,13 @@ class Trainer:
         runtime.seed_everything(options.seed)       # the same initial weights on every rank and run
         self.model = build_model(options.arch)
         self.step, self.extra = 0, None
+        self.recipe = options.recipe or recipes.Recipe.for_stage(self.config, self._planned_steps(),
+                                                                 **(options.recipe_changes or {}))
         if options.resume:
             self._load_resume(options.resume)
         if rt.distributed and options.device == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(rt.device).train()
-        self.recipe = options.recipe or recipes.Recipe.for_stage(self.config, self._planned_steps())
         self.optimizer = torch.optim.Adam(recipes.parameter_groups(self.model, self.recipe, self.config.lr,
                                                                    stages.module_group))
         cuda = options.device == "cuda"
@@ -207,8 +209,8 @@ class Trainer:
         c, o = self.config, self.options
         identity = {"world_size": self.rt.world_size, "batch_size": o.batch_size, "seed": o.seed,
                     "seq_lr": c.seq_lr, "seq_hr": c.seq_hr, "size_lr": c.size_lr, "size_hr": c.size_hr}
-        if o.recipe is not None:
-            identity.update({f"recipe.{k}": v for k, v in o.recipe.as_dict().items()})
+        if getattr(self, "recipe", None) is not None:
+            identity.update({f"recipe.{k}": v for k, v in self.recipe.as_dict().items()})
         return identity
 
     # -- data -------------------------------------------------------------------------------
