@@ -162,11 +162,12 @@ def _options(footage, out, stop_at, total=8, **recipe):
 
 
 def test_distillation_resumes_bit_identically(footage, tmp_path):
-    straight = Distillation(_options(footage, tmp_path / "straight", 6))
+    pieces = dict(feature_weight=0.5, heads_from_teacher=True, binary_weights_from=2)   # every path of a step
+    straight = Distillation(_options(footage, tmp_path / "straight", 6, **pieces))
     straight.run()
-    first = Distillation(_options(footage, tmp_path / "resumed", 3))
+    first = Distillation(_options(footage, tmp_path / "resumed", 3, **pieces))
     first.run()
-    second = Distillation(_options(footage, tmp_path / "resumed", 6))
+    second = Distillation(_options(footage, tmp_path / "resumed", 6, **pieces))
     assert second.step == 3
     second.run()
     assert fingerprint(second.model) == fingerprint(straight.model)

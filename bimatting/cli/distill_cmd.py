@@ -39,11 +39,11 @@ def _size(text):
               help="Sign thresholds start at minus the per-channel median of their input on the first batch.")
 @click.option("--binary-weights-from", type=click.IntRange(0), default=0, show_default=True,
               help="Two-step training: real weights (binary activations) until this step.")
-@click.option("--feature-weight", type=float, default=1.0, show_default=True,
+@click.option("--feature-weight", type=float, default=0.0, show_default=True,
               help="Weight of decoder-feature matching to the teacher (0 = off).")
 @click.option("--attention-weight", type=float, default=0.0, show_default=True,
               help="Weight of encoder attention-map matching to the teacher (0 = off).")
-@click.option("--heads-from-teacher/--no-heads-from-teacher", default=True, show_default=True,
+@click.option("--heads-from-teacher/--no-heads-from-teacher", default=False, show_default=True,
               help="Float layers with the teacher's shapes start from its weights.")
 @click.option("--warmup-steps", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--hr-every", type=click.IntRange(0), default=4, show_default=True,

@@ -42,9 +42,9 @@ import click
               help="Sign thresholds start at minus the per-channel median of their input on the first batch.")
 @click.option("--binary-weights-from", type=click.IntRange(0), default=0, show_default=True,
               help="Two-step training: real weights (binary activations) until this step.")
-@click.option("--feature-weight", type=float, default=1.0, show_default=True,
+@click.option("--feature-weight", type=float, default=0.0, show_default=True,
               help="With --teacher: weight of decoder-feature matching (0 = off).")
-@click.option("--heads-from-teacher/--no-heads-from-teacher", default=True, show_default=True,
+@click.option("--heads-from-teacher/--no-heads-from-teacher", default=False, show_default=True,
               help="With --teacher: float layers with the teacher's shapes start from its weights.")
 @click.option("--diagnose-every", type=click.IntRange(0), default=0, show_default=True,
               help="Steps between sign-health lines (STE window, near-zero decisions, dead branches).")
