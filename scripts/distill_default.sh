@@ -7,7 +7,7 @@
 # Held out (never trained on): the bedroom clip's frames 136-199 and four clips of people.
 set -euo pipefail
 data=${1:-../shared/data}
-out=${2:-runs/default}
+out=${2:-training/default}
 shift $(( $# < 2 ? $# : 2 ))
 clips=$data/people/clips
 exec nice -n 5 bimatting distill "$clips" "$data/sam2_bedroom_video/frames" \

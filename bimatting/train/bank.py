@@ -6,7 +6,8 @@ bottleneck. Three kinds of samples, each a clip {'src', 'fgr', 'pha'} [T, C, H, 
     footage      real frames; fgr/pha are the teacher's outputs on the whole frame (precomputed
                  over each clip with recurrent state), viewed through the same moving crop
     recomposite  the teacher's fgr/pha of one clip over the frames of another as background:
-                 the composite's alpha is known exactly
+                 the target is the layer over the teacher's matte of the background footage
+                 (alpha a + (1 - a) * a_bg), since that footage shows people too
     procedural   soft-edged procedural figures (bimatting.data.procedural) over real frames
 
 Views: one affine crop per frame (zoom, rotation, translation, flip), interpolated linearly
@@ -114,9 +115,14 @@ class Bank:
             fgr_clip, pha_clip = self.procedural[self.rng.randrange(len(self.procedural))]
             layer = self._view(Item("procedural", fgr_clip), (fgr_clip, pha_clip), length, height, width)
             fgr, pha = layer[:, :3], layer[:, 3:4]
+        # The background is footage of people too: the teacher's matte of it stays in the target,
+        # under the new layer (otherwise half the batches would teach that people are background).
         background = self._pick()
-        bgr = self._view(background, (background.frames,), length, height, width)
-        return {"src": fgr * pha + bgr * (1 - pha), "fgr": fgr, "pha": pha}
+        under = self._view(background, (background.frames, background.fgr, background.pha), length, height, width)
+        bgr, under_fgr, under_pha = under[:, :3], under[:, 3:6], under[:, 6:7]
+        total = pha + (1 - pha) * under_pha
+        fgr_total = (fgr * pha + under_fgr * under_pha * (1 - pha)) / total.clamp_min(1e-6)
+        return {"src": fgr * pha + bgr * (1 - pha), "fgr": torch.where(total > 0, fgr_total, fgr), "pha": total}
 
     def batch(self, size, length, height, width):
         """{'src', 'fgr', 'pha'} [B, T, C, H, W] float32 on the bank's device."""

@@ -30,6 +30,8 @@ from bimatting.train.features import FeatureTaps, feature_distillation
 from bimatting.train.sign_health import SignHealth, summarize
 
 RESUME = "resume.pth"
+# 2: recomposites keep the teacher's matte of the people in the background footage in the target
+DATA_VERSION = 2
 PACKED = "bimatting_default.npz"
 
 
@@ -68,7 +70,8 @@ class DistillOptions:
         keep = ("size", "batch", "frames", "zoom", "hr_every", "hr_ratio", "mix", "procedural",
                 "max_frames", "short_side", "seed")
         recipe = {f"recipe.{k}": v for k, v in self.recipe.as_dict().items()}
-        return json.loads(json.dumps({**{k: getattr(self, k) for k in keep}, **recipe}))
+        data = {"data_version": DATA_VERSION}
+        return json.loads(json.dumps({**{k: getattr(self, k) for k in keep}, **recipe, **data}))
 
 
 class Distillation:
