@@ -28,15 +28,15 @@ def _median_us(timer):
 def bench_binary(cin, cout, height, width, target, repeat):
     import tvm
 
-    from bimatting import bitpack
-    from bimatting.deploy.kernels.bitserial import ConvGeometry
+    from bimatting.binops import layout
+    from bimatting.binops.geometry import ConvGeometry
     from bimatting.deploy.kernels.standalone import BinaryConvKernel
 
     rng = np.random.default_rng(0)
     geometry = ConvGeometry(height, width, cin, cout, (3, 3), (1, 1), (1, 1, 1, 1))
     x = rng.standard_normal((1, cin, height, width)).astype(np.float32)
     w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
-    kernel = BinaryConvKernel(geometry, bitpack.pack(w), np.ones(cout), np.zeros(cout), target)
+    kernel = BinaryConvKernel(geometry, layout.pack(w), np.ones(cout), np.zeros(cout), target)
     module = kernel.build().mod
     device = tvm.cpu()
     x_dev, packed, operands, out = kernel.arrays(x, device)

@@ -63,14 +63,14 @@ def _llvm_asm(runtime_module):
 
 
 def binary_conv_asm(cin, cout, height, width, tvm_target):
-    from bimatting import bitpack
-    from bimatting.deploy.kernels.bitserial import ConvGeometry
+    from bimatting.binops import layout
+    from bimatting.binops.geometry import ConvGeometry
     from bimatting.deploy.kernels.standalone import BinaryConvKernel, build
 
     geometry = ConvGeometry(height, width, cin, cout, (3, 3), (1, 1), (1, 1, 1, 1))
     # Weights only set constants of the output transform, not the loop: any values do.
     w = np.random.default_rng(0).standard_normal((cout, cin, 3, 3)).astype(np.float32)
-    kernel = BinaryConvKernel(geometry, bitpack.pack(w), np.ones(cout), np.zeros(cout), tvm_target)
+    kernel = BinaryConvKernel(geometry, layout.pack(w), np.ones(cout), np.zeros(cout), tvm_target)
     return _llvm_asm(build([kernel], tvm_target).mod)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bimatting.binops import schema
 from bimatting.deploy import artifact, importer, shapes, target as targets
 from bimatting.errors import InputError
 
@@ -174,7 +175,7 @@ def _metadata(model, source, target, plan, params, arch):
                   for name, _, elem in inputs]
     output_meta = [{"name": name, "shape": list(plan.output_shapes[name]),
                     "dtype": str(tensor_dtype_to_np_dtype(elem))} for name, _, elem in outputs]
-    binary_convs = sum(1 for n in model.graph.node if n.domain == "ai.bimatting" and n.op_type.startswith("BinaryConv"))
+    binary_convs = sum(1 for n in model.graph.node if schema.is_binary_conv(n))
     return {
         "inputs": input_meta,
         "outputs": output_meta,

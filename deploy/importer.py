@@ -14,18 +14,13 @@ import warnings
 
 from onnx import numpy_helper
 
+from bimatting.binops.geometry import INTS_PER_GEOMETRY, ConvGeometry
+from bimatting.binops.layout import packed_channels, packed_weight_shape
 from bimatting.deploy import graph_rewrite, lowering
-from bimatting.deploy.kernels.bitserial import ConvGeometry, PackLayout
+from bimatting.deploy.kernels.bitserial import PackLayout
 from bimatting.errors import InputError
 
 _LOCK = threading.Lock()
-_FIELDS = graph_rewrite.CONSUMER_FIELDS
-
-
-def _geometry(ints, height, width, channels_in, channels_out):
-    kh, kw, sh, sw, top, left, bottom, right, dh, dw = (int(v) for v in ints)
-    return ConvGeometry(height, width, channels_in, channels_out, (kh, kw), (sh, sw),
-                        (top, left, bottom, right), (dh, dw))
 
 
 def _tensor_attr(attr, name):
@@ -45,13 +40,13 @@ def _make_converters(arch):
             shape = lowering.static_shape(inputs[0])
             channels = int(attr["channels_in"])
             from_bytes = bool(attr["from_bytes"])
-            expected = -(-channels // 8) if from_bytes else channels
+            expected = packed_channels(channels) if from_bytes else channels
             if shape[1] != expected:
                 raise InputError(f"binary conv input has {shape[1]} channels, its channels_in={channels} "
                                  f"needs {expected}{' packed bytes' if from_bytes else ''}")
             ints = list(attr["consumers"])
-            geoms = [_geometry(ints[i:i + _FIELDS], shape[2], shape[3], channels, 1)
-                     for i in range(0, len(ints), _FIELDS)]
+            geoms = [ConvGeometry.from_ints(ints[i:i + INTS_PER_GEOMETRY], shape[2], shape[3], channels, 1)
+                     for i in range(0, len(ints), INTS_PER_GEOMETRY)]
             layout = PackLayout.covering(geoms, arch.word_dtype)
             packs[int(attr["group"])] = (layout, shape[2], shape[3])
             return lowering.emit_pack(bb, inputs[0], layout, channels if from_bytes else None,
@@ -62,8 +57,8 @@ def _make_converters(arch):
         def _impl_v1(cls, bb, inputs, attr, params):
             layout, height, width = packs[int(attr["group"])]
             weights = _tensor_attr(attr, "weights")
-            g = _geometry(attr["geometry"], height, width, int(attr["channels_in"]), weights.shape[0])
-            if weights.shape[1:] != (-(-g.channels_in // 8),) + tuple(g.kernel):
+            g = ConvGeometry.from_ints(attr["geometry"], height, width, int(attr["channels_in"]), weights.shape[0])
+            if weights.shape != packed_weight_shape(g.channels_out, g.channels_in, g.kernel):
                 raise InputError(f"BinaryConv2d weights {weights.shape} do not match channels_in="
                                  f"{g.channels_in}, kernel_shape={list(g.kernel)}")
             kinds = [k.decode() if isinstance(k, bytes) else str(k) for k in attr["epilogue_kinds"]]

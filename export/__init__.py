@@ -1,6 +1,5 @@
 """PyTorch networks -> ONNX with the binary structure explicit (installed as `bimatting.export`).
 
-    ops        the ai.bimatting operators: schema, FunctionProto bodies, numpy execution
     graph      a small ONNX graph builder (names, initializers, opset-aware helpers)
     layers     torch layers -> nodes (BN folding, packed binary convs, Sequential walker)
     matting    RVM's graph interface and the pieces both networks share
@@ -9,5 +8,6 @@
     exporter   build_onnx(network, arch, ...) and export(checkpoint, output, ...)
     verify     onnxruntime against PyTorch on real frames
 
-See docs/onnx-ops.md for the operators and how the exporter uses them.
+The ai.bimatting operators themselves (schema, function bodies, numpy execution) are
+bimatting.binops; docs/onnx-ops.md describes them and how the exporter uses them.
 """

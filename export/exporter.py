@@ -13,7 +13,8 @@ from pathlib import Path
 import onnx
 
 from bimatting.errors import InputError
-from bimatting.export import graph, matting, ops
+from bimatting.binops import schema
+from bimatting.export import graph, matting
 
 DEFAULT_OPSET = 18
 MIN_RVM_OPSET = 12  # the official RVM export's opset
@@ -35,7 +36,7 @@ def check_options(arch, opset, static_size, downsample_ratio):
         arch = "rvm"  # the lowest opset any architecture accepts; rechecked once arch is known
     model_class(arch)  # InputError for an unknown architecture
     highest = onnx.defs.onnx_opset_version()
-    lowest = ops.MIN_OPSET if arch == "bimatting" else MIN_RVM_OPSET
+    lowest = schema.MIN_OPSET if arch == "bimatting" else MIN_RVM_OPSET
     if not lowest <= int(opset) <= highest:
         why = " (the ai.bimatting function bodies use BitwiseAnd)" if arch == "bimatting" else ""
         raise InputError(f"opset {opset} is not supported for arch '{arch}'; expected {lowest}..{highest}{why}")
@@ -90,7 +91,7 @@ def load_network(checkpoint, arch):
 
 def summary(model):
     """Counts for the report: nodes by domain, binary convs, packed weight bytes."""
-    custom = [n for n in model.graph.node if n.domain == ops.DOMAIN]
+    custom = [n for n in model.graph.node if schema.is_domain_node(n)]
     packed = sum(len(t.raw_data) for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT8)
     return {
         "nodes": len(model.graph.node),
