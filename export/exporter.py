@@ -63,7 +63,7 @@ def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_
     network.eval()
     ratio = None if static_size is None else (1.0 if downsample_ratio is None else float(downsample_ratio))
     builder = graph.GraphBuilder(opset, name=arch)
-    interface = matting.Interface(builder, static_size, ratio)
+    interface = matting.Interface(builder, matting.state_channels(network.decoder), static_size, ratio)
     emitter = rvm_emitter if arch == "rvm" else bimatting_emitter
     emitter.emit(builder, network, interface)
     metadata = {"bimatting.arch": arch, "bimatting.interface": "rvm"}
