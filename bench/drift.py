@@ -111,7 +111,7 @@ def run_drift(onnx_path, artifact_path, frames, progress=True, baseline=False):
     two float32 engines that differ only in rounding, the model's own sensitivity."""
     from tqdm import tqdm
 
-    from bimatting.deploy.runtime import CompiledModel, RecurrentRunner
+    from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
     from bimatting.frames import to_nchw
 
     compiled = CompiledModel(artifact_path)
@@ -158,7 +158,7 @@ def measure(model="default", frames=1000, resolution=(256, 144), source=None, to
             baseline=False, series=False):
     """Compile `model` for host at `resolution` and compare `frames` recurrent frames; a summary dict
     (`series`: with the per-frame pha mean differences)."""
-    from bimatting.deploy.build import compile_model
+    from bimatting.deploy.compiler.build import compile_model
 
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bimatting-drift-") as folder:

@@ -92,7 +92,7 @@ def bimatting_tvm_host(size, ratio, network, workdir):
     try:
         import onnx
 
-        from bimatting.deploy.build import compile_model
+        from bimatting.deploy.compiler.build import compile_model
         from bimatting.export.exporter import build_onnx
     except ImportError as error:
         raise NotAvailable(f"needs the exporter and the TVM compiler: {error}") from None
@@ -146,7 +146,7 @@ def binary_layer_ms(cin, cout, height, width, repeats):
 
         from bimatting.binops import layout, reference
         from bimatting.binops.geometry import ConvGeometry
-        from bimatting.deploy.kernels.standalone import BinaryConvKernel
+        from bimatting.deploy.compiler.kernels.standalone import BinaryConvKernel
     except ImportError as error:
         raise NotAvailable(f"no bitserial kernels: {error}") from None
     weight, bias = layer_operands(cin, cout)

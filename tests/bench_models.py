@@ -145,7 +145,7 @@ def rpi4_artifact(folder):
     """tiefree.onnx compiled for rpi4 at SIZE, beside its ONNX (cached per session)."""
     if "rpi4" not in _built:
         onnx_path = tie_free_onnx(folder)
-        from bimatting.deploy.build import compile_model
+        from bimatting.deploy.compiler.build import compile_model
 
         compile_model(onnx_path, "rpi4", folder / "tiefree-rpi4.tar", resolution=SIZE)
         _built["rpi4"] = folder / "tiefree-rpi4.tar"

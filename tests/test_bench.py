@@ -22,8 +22,8 @@ from click.testing import CliRunner
 
 import bench_models
 from bimatting.cli import cli
-from bimatting.deploy import bench as bench_lib
-from bimatting.deploy import emulator, report, rpc
+from bimatting.deploy.device import bench as bench_lib
+from bimatting.deploy.device import emulator, report, rpc
 from bimatting.errors import InputError
 
 pytest.importorskip("tvm")
@@ -50,7 +50,7 @@ def bimatting_rpi4(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A small float model with the matting interface, compiled for host and for rpi4 (seconds)."""
-    from bimatting.deploy.build import compile_model
+    from bimatting.deploy.compiler.build import compile_model
 
     folder = tmp_path_factory.mktemp("tiny")
     onnx_path = bench_models.tiny_recurrent_onnx(folder / "tiny.onnx")
@@ -228,8 +228,8 @@ def test_a_board_that_stops_answering_hits_the_timeout(emulator_root_ready, tiny
 
 
 def test_bench_and_tune_modules_do_not_import_torch():
-    code = ("import sys; import bimatting.deploy.bench, bimatting.deploy.tune, bimatting.deploy.report, "
-            "bimatting.deploy.measure, bimatting.cli.bench_cmd, bimatting.cli.tune_cmd; "
+    code = ("import sys; import bimatting.deploy.device.bench, bimatting.deploy.tuning.session, bimatting.deploy.device.report, "
+            "bimatting.deploy.tuning.measure, bimatting.cli.bench_cmd, bimatting.cli.tune_cmd; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 

@@ -10,7 +10,7 @@ import pytest
 from bimatting.binops import functions as op_functions
 from bimatting.binops import layout, reference, schema
 from bimatting.binops.geometry import ConvGeometry, output_size
-from bimatting.deploy.kernels import params
+from bimatting.deploy.compiler.kernels import params
 from bimatting.errors import InputError
 
 # (H, W, C, O, kernel, strides, pads (top, left, bottom, right), dilations)
@@ -152,7 +152,7 @@ def test_function_bodies_carry_the_schema_defaults():
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("word", ["uint32", "uint64"])
 def test_kernel_parameters_follow_the_contract(case, word):
-    """deploy/kernels/params.py: per-class border tables, the exact base and the weight words."""
+    """deploy/compiler/kernels/params.py: per-class border tables, the exact base and the weight words."""
     g, _, w = _case(case, seed=1)
     w_packed = layout.pack(w)
     row_class, col_class, corr = params.border_classes(w_packed, g)

@@ -31,8 +31,8 @@ from bimatting.binops import layout, schema
 from bimatting.binops import reference as numpy_reference
 from bimatting.cli import cli
 from bimatting.deploy import artifact as artifacts
-from bimatting.deploy.build import compile_model
-from bimatting.deploy.runtime import CompiledModel, RecurrentRunner
+from bimatting.deploy.compiler.build import compile_model
+from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
 from bimatting.errors import InputError
 from bimatting.frames import read_frames, to_nchw
 
@@ -288,8 +288,8 @@ def _run_library_import(model, shapes, inputs):
     import tvm
     from tvm import relax
 
-    from bimatting.deploy import build, importer
-    from bimatting.deploy.schedules import arch_for
+    from bimatting.deploy.compiler import build, importer
+    from bimatting.deploy.compiler.schedules import arch_for
     from bimatting.deploy.target import resolve
 
     target = resolve("host").tvm_target
@@ -573,9 +573,12 @@ def test_compile_path_works_without_torch(small_onnx, tmp_path):
         "        if name == 'torch' or name.startswith('torch.'):",
         "            raise ImportError('torch is blocked in this test')",
         "sys.meta_path.insert(0, NoTorch())",
-        "from bimatting.deploy import artifact, build, graph_rewrite, importer, lowering, runtime, shapes, target",
-        "from bimatting.deploy.kernels import bitserial, params, standalone",
-        "from bimatting.deploy.schedules import aarch64, fp, x86",
+        "from bimatting.deploy import artifact, target",
+        "from bimatting.deploy.compiler import build, graph_rewrite, importer, lowering, shapes",
+        "from bimatting.deploy.device import bench, emulator, report, rpc, runtime",
+        "from bimatting.deploy.tuning import measure, session",
+        "from bimatting.deploy.compiler.kernels import bitserial, params, standalone",
+        "from bimatting.deploy.compiler.schedules import aarch64, fp, x86",
         f"build.compile_model({str(small_onnx)!r}, 'host', {artifact_path!r}, (32, 16))",
         f"runtime.RecurrentRunner(runtime.CompiledModel({artifact_path!r}))",
         "assert 'torch' not in sys.modules",

@@ -23,9 +23,9 @@ def missing_parts():
     if not asset.is_file():
         missing.append("the packaged default model (bimatting/assets/bimatting_default.npz)")
     for module, what in (("bimatting.export.exporter", "the ONNX exporter"),
-                         ("bimatting.deploy.build", "the TVM compiler"),
-                         ("bimatting.deploy.runtime", "the TVM runtime"),
-                         ("bimatting.deploy.bench", "`bimatting bench`")):
+                         ("bimatting.deploy.compiler.build", "the TVM compiler"),
+                         ("bimatting.deploy.device.runtime", "the TVM runtime"),
+                         ("bimatting.deploy.device.bench", "`bimatting bench`")):
         if importlib.util.find_spec(module) is None:
             missing.append(f"{what} ({module})")
     return missing

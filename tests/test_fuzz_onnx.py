@@ -210,7 +210,7 @@ def test_the_base_model_passes_and_runs(base, tmp_path):
 def test_bad_model_is_refused_by_every_entry_point(name, base, tmp_path):
     """The check, the matte backend and the compiler all refuse it with the same one line,
     and the compiler leaves no artifact (it refuses before TVM sees the graph)."""
-    from bimatting.deploy.build import compile_model
+    from bimatting.deploy.compiler.build import compile_model
     from bimatting.matting import open_matter
 
     fragment = MUTATIONS[name][1]
@@ -337,7 +337,7 @@ def test_rvm_reader_and_bench_reference_check_the_file(base, tmp_path):
     """load_model(".onnx") (RVM's official layout) and the bench's onnxruntime reference both go
     through the check: a bad file is refused before onnxruntime or the weight reader parse it."""
     import bimatting
-    from bimatting.deploy.bench import run_reference
+    from bimatting.deploy.device.bench import run_reference
 
     path = _write(tmp_path, _mutated(base, "huge declared initializer, 4 bytes stored"))
     with pytest.raises(InputError) as error:

@@ -18,9 +18,9 @@ from onnx import TensorProto, helper
 
 from bimatting.binops import layout as bit_layout
 from bimatting.binops.geometry import ConvGeometry
-from bimatting.deploy import lowering
-from bimatting.deploy.kernels import standalone
-from bimatting.deploy.kernels.bitserial import PackLayout
+from bimatting.deploy.compiler import lowering
+from bimatting.deploy.compiler.kernels import standalone
+from bimatting.deploy.compiler.kernels.bitserial import PackLayout
 from bimatting.deploy.target import fcompile, resolve
 
 CHANNELS = (3, 16, 20, 35, 64, 195)
@@ -153,7 +153,7 @@ def test_onnx_binarize_pack_and_unpack_ops_match_the_bit_layout(host_target):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 20, 5, 6)).astype(np.float32)
     x[0, :, 0, 0] = 0.0
-    from bimatting.deploy.schedules import arch_for, schedule_kernel
+    from bimatting.deploy.compiler.schedules import arch_for, schedule_kernel
 
     funcs = {"bp": lowering.binarize_pack_func(x.shape), "up": lowering.unpack_func((2, 3, 5, 6), 20)}
     arch = arch_for(host_target)
@@ -214,7 +214,7 @@ def _tunable_case(host_target):
 
 
 def _run_conv(kernel, conv_func, x, host_target):
-    from bimatting.deploy.schedules import schedule_kernel
+    from bimatting.deploy.compiler.schedules import schedule_kernel
 
     pack = schedule_kernel(kernel.pack, kernel.arch).mod["main"]
     mod = tvm.IRModule({"pack0": pack.with_attr("global_symbol", "pack0"),
@@ -227,7 +227,7 @@ def _sampled_schedule(kernel, seed):
     """The tunable schedule (MetaSchedule's design space of a binary conv) with sampled tiles."""
     from tvm import s_tir
 
-    from bimatting.deploy.schedules import fresh
+    from bimatting.deploy.compiler.schedules import fresh
 
     sch = s_tir.Schedule(tvm.IRModule({"main": fresh(kernel.conv)}), seed=seed)
     kernel.arch.schedule_bconv(sch, tunable=True)
@@ -247,8 +247,8 @@ def test_sampled_tile_sizes_of_the_design_space_stay_exact(host_target):
 def test_a_tuning_record_replaces_the_manual_schedule(host_target):
     from tvm.s_tir import meta_schedule as ms
 
-    from bimatting.deploy import tuning
-    from bimatting.deploy.schedules import ScheduleModule
+    from bimatting.deploy.compiler import tuning_database as tuning
+    from bimatting.deploy.compiler.schedules import ScheduleModule
 
     kernel, x, want = _tunable_case(host_target)
     sch = _sampled_schedule(kernel, seed=3)

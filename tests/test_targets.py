@@ -48,7 +48,7 @@ def test_host_resolves_native_cpu_and_core_count():
 def test_bitserial_word_per_architecture(name, word, arch):
     import platform
 
-    from bimatting.deploy.schedules import arch_for
+    from bimatting.deploy.compiler.schedules import arch_for
     from bimatting.deploy.target import resolve
 
     if name == "host" and platform.machine() != "x86_64":

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 import bench_models
 from bimatting.cli import cli
-from bimatting.deploy import emulator, tuning
+from bimatting.deploy.device import emulator
+from bimatting.deploy.compiler import tuning_database as tuning
 
 pytest.importorskip("tvm")
 CLI = [sys.executable, "-c", "import sys; from bimatting.cli import main; main(sys.argv[1:])"]

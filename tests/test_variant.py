@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from bimatting.deploy.build import compile_model
-from bimatting.deploy.runtime import CompiledModel, RecurrentRunner
+from bimatting.deploy.compiler.build import compile_model
+from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
 from bimatting.export import exporter, verify
 from bimatting.frames import to_nchw
 from bimatting.samples import sample_frames

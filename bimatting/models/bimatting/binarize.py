@@ -86,7 +86,7 @@ class BiConv2d(nn.Conv2d):
 
     Zero padding is the official semantics (a padded tap adds 0 to the dot product); the deploy
     kernels pad with +1 bits and add the border correction derived in bimatting.binops.reference
-    (deploy/kernels/params.py evaluates it per class of border rows and columns).
+    (deploy/compiler/kernels/params.py evaluates it per class of border rows and columns).
 
     The official class also owns a `channel_threshold` parameter [1, Cin, 1, 1] that forward never
     reads (9,184 dead parameters in the whole network). It is dropped here; checkpoints that carry

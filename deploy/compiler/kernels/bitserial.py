@@ -1,6 +1,6 @@
 """Bitserial (XNOR / popcount) kernels as TE compute definitions, target agnostic.
 
-Schedules live apart, in `bimatting.deploy.schedules`; `bimatting.deploy.kernels.params`
+Schedules live apart, in `bimatting.deploy.compiler.schedules`; `bimatting.deploy.compiler.kernels.params`
 prepares the constant operands (weight words, output-transform tables) in numpy.
 
 Internal layout (free to choose inside TVM; the ONNX ops use uint8 NCHW, docs/onnx-ops.md):

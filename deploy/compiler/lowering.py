@@ -11,7 +11,7 @@ import tvm
 from tvm import relax, te
 
 from bimatting.binops import layout as bit_layout
-from bimatting.deploy.kernels import bitserial, params as kparams
+from bimatting.deploy.compiler.kernels import bitserial, params as kparams
 
 KERNEL_ATTR = "bimatting.kernel"
 OPAQUE = 8  # relax OpPatternKind::kOpaque

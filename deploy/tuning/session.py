@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bimatting.deploy import measure, tuning
-from bimatting.deploy import rpc as rpc_util
 from bimatting.deploy.artifact import sha256_file
+from bimatting.deploy.compiler import tuning_database as tuning
+from bimatting.deploy.device import rpc as rpc_util
+from bimatting.deploy.tuning import measure
 from bimatting.errors import InputError, RuntimeFailure
 
 KERNEL_KINDS = {"binary": ("bconv",), "float": ("conv",), "all": ("bconv", "conv")}
@@ -54,8 +55,8 @@ def extract_tasks(model_path, target, resolution=None, downsample_ratio=None, ke
     """The tunable kernels of an ONNX model for a ResolvedTarget, largest first."""
     import tvm
 
-    from bimatting.deploy import build
-    from bimatting.deploy.schedules import KERNEL_ATTR, arch_for
+    from bimatting.deploy.compiler import build
+    from bimatting.deploy.compiler.schedules import KERNEL_ATTR, arch_for
 
     if kernels not in KERNEL_KINDS:
         raise InputError(f"--kernels must be one of {', '.join(KERNEL_KINDS)}, got '{kernels}'")
@@ -150,7 +151,7 @@ def _session(tasks, target, compiler, manifest, scratch, database_dir, trials, r
     _import_cpu_intrinsics()
     from tvm.s_tir import meta_schedule as ms
 
-    from bimatting.deploy.schedules import arch_for
+    from bimatting.deploy.compiler.schedules import arch_for
 
     tvm_target, arch, task_count = target.tvm_target, arch_for(target.tvm_target), len(tasks)
     for name in (tuning.WORKLOADS, tuning.RECORDS):
@@ -258,7 +259,7 @@ def _space(task, arch):
 
 def _baseline_schedule(task, tvm_target, arch):
     """The schedule `bimatting compile` applies without a database (traced, so it can be stored)."""
-    from bimatting.deploy.schedules import fp, schedule_kernel
+    from bimatting.deploy.compiler.schedules import fp, schedule_kernel
 
     func = task.mod["main"]
     if task.kind == "bconv":

@@ -1,5 +1,5 @@
 """Schedules: bitserial kernels per architecture (x86.py, aarch64.py) and the full-precision rest
-(fp.py). Compute definitions live in bimatting.deploy.kernels; nothing here changes results.
+(fp.py). Compute definitions live in bimatting.deploy.compiler.kernels; nothing here changes results.
 
 `arch_for(target)` picks the bitserial configuration (word type, tiles) of a TVM target;
 `schedule_kernel` schedules one bitserial PrimFunc (tagged by lowering.KERNEL_ATTR);
@@ -10,7 +10,7 @@ rules.
 import tvm
 from tvm import s_tir, tirx
 
-from bimatting.deploy.schedules import aarch64, bitserial, fp, x86
+from bimatting.deploy.compiler.schedules import aarch64, bitserial, fp, x86
 
 KERNEL_ATTR = "bimatting.kernel"
 
@@ -81,7 +81,7 @@ class ScheduleModule:
     def _from_database(self, func):
         if self.database is None:
             return None
-        from bimatting.deploy.tuning import workload
+        from bimatting.deploy.compiler.tuning_database import workload
 
         sch = self.database.query_schedule(workload(fresh(func)), self.target, workload_name="main")
         return None if sch is None else sch.mod["main"].without_attr("global_symbol")

@@ -12,7 +12,7 @@ module only lays their results out for the kernels.
 import numpy as np
 
 from bimatting.binops import layout, reference
-from bimatting.deploy.kernels.bitserial import KERNEL_WORD_BITS
+from bimatting.deploy.compiler.kernels.bitserial import KERNEL_WORD_BITS
 
 NUMPY_WORDS = {"uint64": np.dtype("<u8"), "uint32": np.dtype("<u4")}
 

@@ -8,7 +8,7 @@ keep 16 accumulator registers of the 32 NEON registers busy.
 """
 from dataclasses import dataclass
 
-from bimatting.deploy.schedules import bitserial
+from bimatting.deploy.compiler.schedules import bitserial
 
 
 @dataclass(frozen=True)

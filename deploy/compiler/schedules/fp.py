@@ -193,7 +193,7 @@ def rules(target):
 
 def apply_rules(func, target, rule_list):
     """The first rule that applies, as a scheduled PrimFunc; None if none does."""
-    from bimatting.deploy.schedules import fresh
+    from bimatting.deploy.compiler.schedules import fresh
 
     for rule in rule_list:
         try:

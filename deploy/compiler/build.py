@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from bimatting.binops import schema
-from bimatting.deploy import artifact, importer, shapes, target as targets
+from bimatting.deploy import artifact, target as targets
+from bimatting.deploy.compiler import importer, shapes
 from bimatting.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def pipeline_back(tvm_target, database=None):
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from bimatting.deploy.schedules import ScheduleModule
+    from bimatting.deploy.compiler.schedules import ScheduleModule
 
     @tvm.transform.module_pass(opt_level=0, name="bimatting.Pipeline")
     def _pipeline(mod, _ctx):
@@ -121,12 +122,12 @@ def compile_model(source, target_name, output, resolution=None, downsample_ratio
     targets.check_compiler(target)
     _check_output(output)
     if tuning_db is not None:
-        from bimatting.deploy import tuning
+        from bimatting.deploy.compiler import tuning_database as tuning
 
         tuning.check(tuning_db, target.name, target.llvm)  # tuned for this very target (InputError)
     step("import")
     model = load_onnx(source)
-    from bimatting.deploy.schedules import arch_for
+    from bimatting.deploy.compiler.schedules import arch_for
 
     tvm_target = target.tvm_target
     arch = arch_for(tvm_target)
@@ -159,7 +160,7 @@ def _compile(mod, tvm_target, tuning_db):
 
     database = None
     if tuning_db is not None:
-        from bimatting.deploy import tuning
+        from bimatting.deploy.compiler import tuning_database as tuning
 
         database = tuning.open_database(tuning_db)
     with tvm.transform.PassContext(opt_level=3):

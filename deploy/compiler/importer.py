@@ -16,8 +16,8 @@ from onnx import numpy_helper
 
 from bimatting.binops.geometry import INTS_PER_GEOMETRY, ConvGeometry
 from bimatting.binops.layout import packed_channels, packed_weight_shape
-from bimatting.deploy import graph_rewrite, lowering
-from bimatting.deploy.kernels.bitserial import PackLayout
+from bimatting.deploy.compiler import graph_rewrite, lowering
+from bimatting.deploy.compiler.kernels.bitserial import PackLayout
 from bimatting.errors import InputError
 
 _LOCK = threading.Lock()

@@ -11,9 +11,9 @@ conv<i>), so a board needs one upload.
 import numpy as np
 import tvm
 
-from bimatting.deploy import lowering
-from bimatting.deploy.kernels.bitserial import PackLayout
-from bimatting.deploy.schedules import arch_for, schedule_kernel
+from bimatting.deploy.compiler import lowering
+from bimatting.deploy.compiler.kernels.bitserial import PackLayout
+from bimatting.deploy.compiler.schedules import arch_for, schedule_kernel
 
 
 class BinaryConvKernel:
