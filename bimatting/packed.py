@@ -35,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bimatting.binops import layout
 from bimatting._version import __version__
 from bimatting.atomic import atomic_path
+from bimatting.binops import layout
 from bimatting.errors import InputError
+from bimatting.models import model_class
+from bimatting.network_state import build_network, load_state
 
 FORMAT = "bimatting-packed"
 FORMAT_VERSION = 1
@@ -170,12 +172,9 @@ def load_packed(path, device="cpu"):
     """The network stored at `path`, in eval mode: BiMatting (or any arch with binary convs)."""
     import torch
 
-    from bimatting.checkpoints import _build, _load_state
-    from bimatting.models import model_class
-
     meta, arrays = read_packed(path)
     model_class(meta["arch"])  # InputError for an unknown architecture
-    model = _build(meta["arch"], meta["config"], path)  # InputError for a config it does not accept
+    model = build_network(meta["arch"], meta["config"], path)  # InputError for a config it does not accept
     binary = dict(_binary_convs(model))
     if sorted(binary) != sorted(meta["binary_convs"]):
         raise InputError(f"'{path}' does not match the '{meta['arch']}' network of this version "
@@ -187,7 +186,7 @@ def load_packed(path, device="cpu"):
              if not key.endswith((BITS_SUFFIX, ALPHA_SUFFIX))}
     for name, conv in binary.items():
         state[name + ".weight"] = torch.zeros_like(conv.weight)
-    _load_state(model, state, meta["arch"], path)  # InputError naming missing/unexpected/wrong-shape entries
+    load_state(model, state, meta["arch"], path)  # InputError naming missing/unexpected/wrong-shape entries
     for name, conv in binary.items():
         bits, alpha = arrays.get(name + BITS_SUFFIX), arrays.get(name + ALPHA_SUFFIX)
         out_channels, channels, kh, kw = conv.weight.shape
