@@ -10,7 +10,6 @@ The same kernels run on the emulated Raspberry Pi 4 (qemu-user, Cortex-A72 ISA) 
 import itertools
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import tvm
@@ -153,11 +152,11 @@ def test_onnx_binarize_pack_and_unpack_ops_match_the_bit_layout(host_target):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 20, 5, 6)).astype(np.float32)
     x[0, :, 0, 0] = 0.0
-    from bimatting.deploy.compiler.schedules import arch_for, schedule_kernel
+    from bimatting.deploy.compiler.schedules import kernel_config_for, schedule_kernel
 
     funcs = {"bp": lowering.binarize_pack_func(x.shape), "up": lowering.unpack_func((2, 3, 5, 6), 20)}
-    arch = arch_for(host_target)
-    mod = tvm.IRModule({name: schedule_kernel(f, arch).mod["main"].with_attr("global_symbol", name)
+    kernel_config = kernel_config_for(host_target)
+    mod = tvm.IRModule({name: schedule_kernel(f, kernel_config).mod["main"].with_attr("global_symbol", name)
                         for name, f in funcs.items()})
     lib = tvm.compile(mod, target=host_target)
     packed, unpacked = tvm.runtime.empty((2, 3, 5, 6), "uint8"), tvm.runtime.empty(x.shape, "float32")
@@ -216,7 +215,7 @@ def _tunable_case(host_target):
 def _run_conv(kernel, conv_func, x, host_target):
     from bimatting.deploy.compiler.schedules import schedule_kernel
 
-    pack = schedule_kernel(kernel.pack, kernel.arch).mod["main"]
+    pack = schedule_kernel(kernel.pack, kernel.kernel_config).mod["main"]
     mod = tvm.IRModule({"pack0": pack.with_attr("global_symbol", "pack0"),
                         "conv0": conv_func.with_attr("global_symbol", "conv0")})
     kernel.index = 0
@@ -227,10 +226,10 @@ def _sampled_schedule(kernel, seed):
     """The tunable schedule (MetaSchedule's design space of a binary conv) with sampled tiles."""
     from tvm import s_tir
 
-    from bimatting.deploy.compiler.schedules import fresh
+    from bimatting.deploy.compiler.schedules.primfunc import fresh
 
     sch = s_tir.Schedule(tvm.IRModule({"main": fresh(kernel.conv)}), seed=seed)
-    kernel.arch.schedule_bconv(sch, tunable=True)
+    kernel.kernel_config.schedule_bconv(sch, tunable=True)
     return sch
 
 

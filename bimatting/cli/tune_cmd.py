@@ -43,7 +43,7 @@ def tune(model, target_name, rpc_address, tracker, key, local, trials, database,
 
     size = parse_resolution(resolution) if resolution else None
     try:
-        summary = run_tune(model, target_name, database, trials, rpc=rpc_address, tracker=tracker, key=key,
+        summary = run_tune(model, target_name, database, trials=trials, rpc=rpc_address, tracker=tracker, key=key,
                            local=local, resolution=size, downsample_ratio=downsample_ratio, kernels=kernels,
                            timeout=timeout, progress=not as_json)
     except KeyboardInterrupt:

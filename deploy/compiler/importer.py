@@ -1,6 +1,6 @@
 """ONNX -> Relax: standard ops through TVM's frontend, `ai.bimatting` ops through our converters.
 
-    mod = import_onnx(model, shapes, arch)   # arch: schedules.arch_for(target)
+    mod = import_onnx(model, shapes, kernel_config)   # kernel_config: schedules.kernel_config_for(target)
 
 The model first goes through graph_rewrite.rewrite (domain check, BinarizePack -> BinaryConv2d
 recognition, output-transform fusion). TVM 0.27's frontend has no hook for custom ops, so the
@@ -28,8 +28,8 @@ def _tensor_attr(attr, name):
     return None if value is None else numpy_helper.to_array(value)
 
 
-def _make_converters(arch):
-    """Converter classes bound to one import (`arch` and the pack layouts of this model)."""
+def _make_converters(kernel_config):
+    """Converter classes bound to one import (`kernel_config` and the pack layouts of this model)."""
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
     packs = {}  # group id -> (layout, height, width)
@@ -47,7 +47,7 @@ def _make_converters(arch):
             ints = list(attr["consumers"])
             geoms = [ConvGeometry.from_ints(ints[i:i + INTS_PER_GEOMETRY], shape[2], shape[3], channels, 1)
                      for i in range(0, len(ints), INTS_PER_GEOMETRY)]
-            layout = PackLayout.covering(geoms, arch.word_dtype)
+            layout = PackLayout.covering(geoms, kernel_config.word_dtype)
             packs[int(attr["group"])] = (layout, shape[2], shape[3])
             return lowering.emit_pack(bb, inputs[0], layout, channels if from_bytes else None,
                                       _tensor_attr(attr, "bias"))
@@ -63,7 +63,7 @@ def _make_converters(arch):
                                  f"{g.channels_in}, kernel_shape={list(g.kernel)}")
             kinds = [k.decode() if isinstance(k, bytes) else str(k) for k in attr["epilogue_kinds"]]
             epilogue = list(zip(kinds, _tensor_attr(attr, "epilogue_values")))
-            operands = lowering.conv_operands(weights, g, arch, epilogue)
+            operands = lowering.conv_operands(weights, g, kernel_config, epilogue)
             mask = inputs[1] if int(attr["masked"]) else None
             batch = lowering.static_shape(inputs[0])[0]
             if mask is not None and lowering.static_shape(mask) != (batch, 1, g.out_height, g.out_width):
@@ -99,7 +99,7 @@ def _scoped_converters(extra):
             frontend._get_convert_map = original
 
 
-def import_onnx(model, shapes, arch, constants=None):
+def import_onnx(model, shapes, kernel_config, constants=None):
     """Relax IRModule of `model` with static input `shapes` ({name: [dims]}).
 
     `constants` ({input name: array}) binds graph inputs to values (e.g. downsample_ratio).
@@ -111,7 +111,7 @@ def import_onnx(model, shapes, arch, constants=None):
     if constants:
         model = graph_rewrite.bind_inputs(model, constants)
     rewritten, _ = graph_rewrite.rewrite(model)
-    with _scoped_converters(_make_converters(arch)), warnings.catch_warnings():
+    with _scoped_converters(_make_converters(kernel_config)), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the ONNX checker does not know the private domain
         try:
             return from_onnx(rewritten, shape_dict={k: list(v) for k, v in shapes.items()})

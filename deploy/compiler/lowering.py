@@ -65,12 +65,12 @@ def scale_bias(scale, bias):
     return [("mul", scale), ("add", bias)]
 
 
-def conv_operands(w_packed, geometry, arch, epilogue):
-    """Pre-pack weights and tables for `arch` (schedules/x86|aarch64); `epilogue` is a list of
+def conv_operands(w_packed, geometry, kernel_config, epilogue):
+    """Pre-pack weights and tables for `kernel_config` (schedules/x86|aarch64); `epilogue` is a list of
     (kind, per-channel values) steps, e.g. scale_bias(scale, bias) + [("prelu", slope)]."""
     g = geometry
-    out_padded = bit_layout.ceil_div(g.channels_out, arch.out_granule) * arch.out_granule
-    weights = kparams.weight_words(w_packed, g.channels_in, arch.word_dtype, out_padded)
+    out_padded = bit_layout.ceil_div(g.channels_out, kernel_config.out_granule) * kernel_config.out_granule
+    weights = kparams.weight_words(w_packed, g.channels_in, kernel_config.word_dtype, out_padded)
     row_class, col_class, corr = kparams.border_classes(w_packed, g)
     kinds, steps = kparams.epilogue_operands(epilogue, g.channels_out, out_padded)
     return ConvOperands(weights, kparams.exact_base(corr, g, out_padded), row_class, col_class, steps, kinds)

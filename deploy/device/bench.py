@@ -40,10 +40,10 @@ GROUPS = (("binary_convs", ("bconv",)), ("bit_packing", ("bpack", "brepack", "bi
 PROFILED_FRAMES = 3
 
 
-def bench(artifact_path, rpc=None, tracker=None, key=None, frames=DEFAULT_FRAMES, warmup=DEFAULT_WARMUP,
+def bench(artifact_path, *, rpc=None, tracker=None, key=None, frames=DEFAULT_FRAMES, warmup=DEFAULT_WARMUP,
           input_path=None, verify=True, reference=None, report_dir=None, timeout=DEFAULT_TIMEOUT_S,
           connect_timeout=rpc_util.CONNECT_TIMEOUT_S, progress=True):
-    """Bench (and verify) an artifact; returns the result dict (see deploy/report.py for its keys).
+    """Bench (and verify) an artifact; returns the result dict (see device/report.py for its keys).
 
     Raises InputError for bad input (exit 2), RuntimeFailure when the device fails mid-run (the
     partial result is written to `report_dir` first; exit 1). A failed verification is not raised

@@ -25,4 +25,4 @@ class AArch64Bitserial:
         return bitserial.schedule_bconv(sch, self, tunable)
 
 
-ARCH = AArch64Bitserial()
+KERNEL_CONFIG = AArch64Bitserial()

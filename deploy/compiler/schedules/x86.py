@@ -23,4 +23,4 @@ class X86Bitserial:
         return bitserial.schedule_bconv(sch, self, tunable)
 
 
-ARCH = X86Bitserial()
+KERNEL_CONFIG = X86Bitserial()
