@@ -26,7 +26,6 @@ from bimatting.deploy.device import bench as bench_lib
 from bimatting.deploy.device import emulator, report, rpc
 from bimatting.errors import InputError
 
-pytest.importorskip("tvm")
 CLI = [sys.executable, "-c", "import sys; from bimatting.cli import main; main(sys.argv[1:])"]
 
 
@@ -42,7 +41,6 @@ def needs_cross_compiler():
 @pytest.fixture(scope="session")
 def bimatting_rpi4(tmp_path_factory):
     """A tie-free random BiMatting (tests/bench_models.py) compiled for rpi4 at 128x96."""
-    pytest.importorskip("torch")
     needs_cross_compiler()
     return bench_models.rpi4_artifact(tmp_path_factory.mktemp("bench-models"))
 

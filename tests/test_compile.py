@@ -17,24 +17,30 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from bimatting.binops import functions as op_functions
 from bimatting.binops import layout, schema
 from bimatting.binops import reference as numpy_reference
+from bimatting.checkpoints import load_model, save_checkpoint
 from bimatting.cli import cli
 from bimatting.deploy import artifact as artifacts
 from bimatting.deploy.compiler.build import compile_model
 from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
 from bimatting.errors import InputError
+from bimatting.export import exporter
 from bimatting.frames import read_frames, to_nchw
+from bimatting.models import build_model
 
 WIDTH, HEIGHT = 40, 24  # small: the test builds several artifacts on a 2-core machine
 
@@ -289,11 +295,11 @@ def _run_library_import(model, shapes, inputs):
     from tvm import relax
 
     from bimatting.deploy.compiler import build, importer
-    from bimatting.deploy.compiler.schedules import arch_for
+    from bimatting.deploy.compiler.schedules import kernel_config_for
     from bimatting.deploy.target import resolve
 
     target = resolve("host").tvm_target
-    mod = importer.import_onnx(model, shapes, arch_for(target))
+    mod = importer.import_onnx(model, shapes, kernel_config_for(target))
     with target:
         mod = build.pipeline_front(target)(mod)
     mod, params = build.lift_constants(mod)
@@ -420,11 +426,6 @@ def _exported_bimatting(folder):
     with non-degenerate float parameters: freshly initialized BatchNorm (identity) and zero
     biases put every pre-sign value on a lattice of one scale, where exact ties make the float
     summation order decide signs, which no trained network has."""
-    torch = pytest.importorskip("torch")
-    exporter = pytest.importorskip("bimatting.export.exporter", reason="the ONNX exporter is absent")
-    from bimatting.checkpoints import load_model
-    from bimatting.models import build_model
-
     path = folder / "bimatting.onnx"
     if path.exists():
         return path
@@ -451,11 +452,6 @@ def _tie_free_exported(folder, frames, ratio):
     `frames` at `ratio` (tests/bench_models.py), exported: no decision on this footage is within
     2e-5 of its threshold, so float32 engines that sum in different orders must agree to float
     precision, and any larger difference is the compiler's."""
-    pytest.importorskip("torch")
-    pytest.importorskip("bimatting.export.exporter", reason="the ONNX exporter is absent")
-    import sys
-    from pathlib import Path
-
     height, width = frames[0].shape[:2]
     path = folder / f"tiefree-{width}x{height}-s{ratio:g}.onnx"
     if not path.exists():
@@ -562,9 +558,6 @@ def test_compile_path_works_without_torch(small_onnx, tmp_path):
     """deploy/ is torch-free: in a fresh interpreter where `import torch` fails, import every
     compile/runtime module, build an artifact and load it. (tvm_ffi itself tries `import torch`
     when it is installed and carries on without it, so torch being absent is the real test.)"""
-    import subprocess
-    import sys
-
     artifact_path = str(tmp_path / "a.tar")
     code = "\n".join([
         "import sys",
@@ -589,11 +582,6 @@ def test_compile_path_works_without_torch(small_onnx, tmp_path):
 
 def test_cli_compiles_a_checkpoint_by_exporting_it_in_process(tmp_path):
     """A .pth source is exported in the CLI process (the only torch use of `compile`)."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("bimatting.export.exporter", reason="the ONNX exporter is absent")
-    from bimatting.checkpoints import save_checkpoint
-    from bimatting.models import build_model
-
     torch.manual_seed(0)
     checkpoint = tmp_path / "bimatting.pth"
     save_checkpoint(checkpoint, build_model("bimatting").eval(), "bimatting")

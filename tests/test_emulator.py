@@ -16,15 +16,15 @@ import time
 
 import numpy as np
 import pytest
+import tvm
 from click.testing import CliRunner
+from tvm import rpc, te
+from tvm.support import cc
 
 from bimatting.deploy.device import emulator
 from bimatting.errors import InputError, RuntimeFailure
 from bimatting.targets import load_target
 
-tvm = pytest.importorskip("tvm")
-from tvm import rpc, te  # noqa: E402
-from tvm.support import cc  # noqa: E402
 
 LOOPBACK_HEX = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it (little-endian)
 

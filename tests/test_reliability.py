@@ -382,7 +382,8 @@ def test_thousand_recurrent_frames_without_near_ties_do_not_drift(tmp_path):
     one side): a flipped bit can then only come from a wrong kernel or a corrupted state, so pha
     and fgr must stay within 1e-4 of onnxruntime on every frame. (The packaged model's own drift,
     where float32 rounding decides near-zero signs, is the test above.)"""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from bench_models import tie_free_bimatting
     from bimatting.checkpoints import save_checkpoint
     from bimatting.frames import to_nchw
