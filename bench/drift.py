@@ -7,7 +7,7 @@
 MODEL is an .onnx from `bimatting export`, a checkpoint (.pth / packed .npz), 'default' (the
 packaged BiMatting) or 'rvm'; checkpoints are exported in memory. The ONNX is compiled for `host`
 at the resolution, then both engines run the same frames with their own recurrent states fed
-back (TVM: deploy.runtime.RecurrentRunner; onnxruntime: r1o..r4o -> r1i..r4i), starting from
+back (TVM: deploy.device.runtime.RecurrentRunner; onnxruntime: r1o..r4o -> r1i..r4i), starting from
 the same zero states. Any difference that builds up in the states shows as a growing per-frame
 pha error; the check fails when a frame's mean |pha_tvm - pha_ort| exceeds the tolerance
 (1e-4, the bench verification's mean tolerance).

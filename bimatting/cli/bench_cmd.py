@@ -1,4 +1,4 @@
-"""`bimatting bench`: latency and output verification of an artifact on a board (wraps deploy.bench)."""
+"""`bimatting bench`: latency and output verification of an artifact on a board (wraps deploy.device.bench)."""
 import json
 
 import click

@@ -1,4 +1,4 @@
-"""`bimatting tune`: MetaSchedule tuning of a model's kernels on a board (wraps deploy.tune)."""
+"""`bimatting tune`: MetaSchedule tuning of a model's kernels on a board (wraps deploy.tuning.session)."""
 import json
 
 import click
