@@ -5,7 +5,7 @@
 
 Times (median of repeats, microseconds): the activation pack (float NCHW -> packed words), the
 binary conv with its output transform, TVM's float conv (the FP layers' manual schedule,
-deploy/schedules/fp.py) and onnxruntime's float conv. Kernels come from the same code a compiled
+deploy/compiler/schedules/fp.py) and onnxruntime's float conv. Kernels come from the same code a compiled
 network uses. Busy machines give noisy numbers: compare columns of one run.
 """
 import argparse
@@ -28,15 +28,15 @@ def _median_us(timer):
 def bench_binary(cin, cout, height, width, target, repeat):
     import tvm
 
-    from bimatting import bitpack
-    from bimatting.deploy.kernels.bitserial import ConvGeometry
-    from bimatting.deploy.kernels.standalone import BinaryConvKernel
+    from bimatting.binops import layout
+    from bimatting.binops.geometry import ConvGeometry
+    from bimatting.deploy.compiler.kernels.standalone import BinaryConvKernel
 
     rng = np.random.default_rng(0)
     geometry = ConvGeometry(height, width, cin, cout, (3, 3), (1, 1), (1, 1, 1, 1))
     x = rng.standard_normal((1, cin, height, width)).astype(np.float32)
     w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
-    kernel = BinaryConvKernel(geometry, bitpack.pack(w), np.ones(cout), np.zeros(cout), target)
+    kernel = BinaryConvKernel(geometry, layout.pack(w), np.ones(cout), np.zeros(cout), target)
     module = kernel.build().mod
     device = tvm.cpu()
     x_dev, packed, operands, out = kernel.arrays(x, device)
@@ -50,7 +50,7 @@ def build_float_conv(cin, cout, height, width, target):
     the Relax executable."""
     from tvm import relax
 
-    from bimatting.deploy import build
+    from bimatting.deploy.compiler import build
 
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, cin, height, width), "float32"))

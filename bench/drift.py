@@ -7,7 +7,7 @@
 MODEL is an .onnx from `bimatting export`, a checkpoint (.pth / packed .npz), 'default' (the
 packaged BiMatting) or 'rvm'; checkpoints are exported in memory. The ONNX is compiled for `host`
 at the resolution, then both engines run the same frames with their own recurrent states fed
-back (TVM: deploy.runtime.RecurrentRunner; onnxruntime: r1o..r4o -> r1i..r4i), starting from
+back (TVM: deploy.device.runtime.RecurrentRunner; onnxruntime: r1o..r4o -> r1i..r4i), starting from
 the same zero states. Any difference that builds up in the states shows as a growing per-frame
 pha error; the check fails when a frame's mean |pha_tvm - pha_ort| exceeds the tolerance
 (1e-4, the bench verification's mean tolerance).
@@ -111,7 +111,7 @@ def run_drift(onnx_path, artifact_path, frames, progress=True, baseline=False):
     two float32 engines that differ only in rounding, the model's own sensitivity."""
     from tqdm import tqdm
 
-    from bimatting.deploy.runtime import CompiledModel, RecurrentRunner
+    from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
     from bimatting.frames import to_nchw
 
     compiled = CompiledModel(artifact_path)
@@ -158,7 +158,7 @@ def measure(model="default", frames=1000, resolution=(256, 144), source=None, to
             baseline=False, series=False):
     """Compile `model` for host at `resolution` and compare `frames` recurrent frames; a summary dict
     (`series`: with the per-frame pha mean differences)."""
-    from bimatting.deploy.build import compile_model
+    from bimatting.deploy.compiler.build import compile_model
 
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bimatting-drift-") as folder:

@@ -5,9 +5,9 @@
     python bench/mca.py --save-reports mca-reports/      # + both loops and full llvm-mca reports
 
 Both kernels are compiled for the target by the code a compiled network uses: the bitserial
-BinaryConv2d kernel (deploy/kernels/standalone.py, the AArch64 bitserial schedule) and a float
+BinaryConv2d kernel (deploy/compiler/kernels/standalone.py, the AArch64 bitserial schedule) and a float
 conv2d of the same shape through `bimatting compile`'s Relax pipeline (its FP layers' ConvNCHW
-rule, deploy/schedules/fp.py). Only LLVM's assembly is needed (`inspect_source("asm")`), so no
+rule, deploy/compiler/schedules/fp.py). Only LLVM's assembly is needed (`inspect_source("asm")`), so no
 board and no linking; the cross compiler is still checked, as `bimatting compile` would.
 
 Extraction rule (one hot loop per kernel): in the assembly, every branch whose target label is
@@ -63,14 +63,14 @@ def _llvm_asm(runtime_module):
 
 
 def binary_conv_asm(cin, cout, height, width, tvm_target):
-    from bimatting import bitpack
-    from bimatting.deploy.kernels.bitserial import ConvGeometry
-    from bimatting.deploy.kernels.standalone import BinaryConvKernel, build
+    from bimatting.binops import layout
+    from bimatting.binops.geometry import ConvGeometry
+    from bimatting.deploy.compiler.kernels.standalone import BinaryConvKernel, build
 
     geometry = ConvGeometry(height, width, cin, cout, (3, 3), (1, 1), (1, 1, 1, 1))
     # Weights only set constants of the output transform, not the loop: any values do.
     w = np.random.default_rng(0).standard_normal((cout, cin, 3, 3)).astype(np.float32)
-    kernel = BinaryConvKernel(geometry, bitpack.pack(w), np.ones(cout), np.zeros(cout), tvm_target)
+    kernel = BinaryConvKernel(geometry, layout.pack(w), np.ones(cout), np.zeros(cout), tvm_target)
     return _llvm_asm(build([kernel], tvm_target).mod)
 
 

@@ -92,7 +92,7 @@ def bimatting_tvm_host(size, ratio, network, workdir):
     try:
         import onnx
 
-        from bimatting.deploy.build import compile_model
+        from bimatting.deploy.compiler.build import compile_model
         from bimatting.export.exporter import build_onnx
     except ImportError as error:
         raise NotAvailable(f"needs the exporter and the TVM compiler: {error}") from None
@@ -144,13 +144,13 @@ def binary_layer_ms(cin, cout, height, width, repeats):
     try:
         import tvm
 
-        from bimatting import bitpack
-        from bimatting.deploy.kernels.bitserial import ConvGeometry
-        from bimatting.deploy.kernels.standalone import BinaryConvKernel
+        from bimatting.binops import layout, reference
+        from bimatting.binops.geometry import ConvGeometry
+        from bimatting.deploy.compiler.kernels.standalone import BinaryConvKernel
     except ImportError as error:
         raise NotAvailable(f"no bitserial kernels: {error}") from None
     weight, bias = layer_operands(cin, cout)
-    w_packed = bitpack.pack(bitpack.sign(weight))
+    w_packed = layout.pack(layout.sign(weight))
     alpha = np.abs(weight).mean(axis=(1, 2, 3)).astype(np.float32)
     geometry = ConvGeometry(height, width, cin, cout, (3, 3), (1, 1), (1, 1, 1, 1))
     target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 1})
@@ -160,8 +160,8 @@ def binary_layer_ms(cin, cout, height, width, repeats):
     device = tvm.cpu()
     x = np.random.default_rng(1).standard_normal((1, cin, height, width)).astype(np.float32)
     # Correctness first: the kernel against the numpy reference of the same binary conv.
-    expected = alpha[None, :, None, None] * bitpack.binary_conv2d(
-        bitpack.pack(bitpack.sign(x)), w_packed, cin, pads=(1, 1, 1, 1)) + bias[None, :, None, None]
+    expected = alpha[None, :, None, None] * reference.binary_conv2d(
+        layout.pack(layout.sign(x)), w_packed, cin, pads=(1, 1, 1, 1)) + bias[None, :, None, None]
     got = kernel.run(lib, x, device)
     if not np.allclose(got, expected, rtol=1e-5, atol=1e-4):
         raise RuntimeError(f"bitserial kernel disagrees with numpy (max diff {np.abs(got - expected).max():.3g})")

@@ -28,6 +28,8 @@ from bimatting._version import __version__
 from bimatting.atomic import atomic_path
 from bimatting.errors import InputError
 from bimatting.models import ARCHS, build_model, model_class
+from bimatting.network_state import build_network, first_items, load_state
+from bimatting.packed import load_packed
 
 FORMAT = "bimatting-checkpoint"
 FORMAT_VERSION = 1
@@ -57,8 +59,6 @@ def load_model(source, arch=None):
         _check_arch("rvm", arch, f"'{path}' (an ONNX file, read as RVM's official export)")
         return load_rvm_onnx(path)
     if path.suffix.lower() == ".npz":
-        from bimatting.packed import load_packed
-
         model = load_packed(path)  # a packed BiMatting file (bimatting/packed.py), no pickle involved
         _check_arch(_arch_of(model), arch, f"'{path}'")
         return model.eval()
@@ -164,22 +164,22 @@ def _model_from_data(data, path, arch):
     if isinstance(data, dict) and data.get("format") == FORMAT:
         checkpoint = _validated_checkpoint(data, path)
         _check_arch(checkpoint["arch"], arch, f"'{path}'")
-        model = _build(checkpoint["arch"], checkpoint["config"], path)
-        _load_state(model, checkpoint["state_dict"], checkpoint["arch"], path)
+        model = build_network(checkpoint["arch"], checkpoint["config"], path)
+        load_state(model, checkpoint["state_dict"], checkpoint["arch"], path)
         return model
     if not (isinstance(data, dict) and data and all(isinstance(k, str) for k in data)):
         raise InputError(f"'{path}' holds a {type(data).__name__}, not a state_dict; expected a dict "
                          "of tensors (model.state_dict()) or a file from save_checkpoint")
     others = [k for k, v in data.items() if not isinstance(v, torch.Tensor)]
     if others:
-        raise InputError(f"'{path}' is a dict with non-tensor entries ({_first(others)}), neither a "
+        raise InputError(f"'{path}' is a dict with non-tensor entries ({first_items(others)}), neither a "
                          "state_dict nor a bimatting checkpoint; expected model.state_dict() or a file "
                          "from save_checkpoint")
     if all(k.startswith("module.") for k in data):  # saved from a DistributedDataParallel wrapper
         data = {k[len("module."):]: v for k, v in data.items()}
     found = recognise_arch(data)
     if found is None and arch is None:
-        raise InputError(f"'{path}' is a state_dict of an unknown network (first keys: {_first(list(data))}); "
+        raise InputError(f"'{path}' is a state_dict of an unknown network (first keys: {first_items(list(data))}); "
                          "expected RVM (backbone.features.*) or BiMatting (backbone.feature.*) keys")
     if found is not None:
         _check_arch(found, arch, f"'{path}'")
@@ -187,7 +187,7 @@ def _model_from_data(data, path, arch):
     state = {k: v for k, v in data.items() if not k.endswith("." + DEAD_PARAMETER)}
     # An official RVM .pth is the PyTorch model, which skips the refiner at s == 1.
     model = build_model(arch)
-    _load_state(model, state, arch, path)
+    load_state(model, state, arch, path)
     return model
 
 
@@ -209,33 +209,6 @@ def _validated_checkpoint(data, path):
     return data
 
 
-def _build(arch, config, path):
-    try:
-        return build_model(arch, **config)
-    except TypeError as error:
-        raise InputError(f"checkpoint '{path}' has a config {config} that {arch} does not accept ({error}); "
-                         "expected the constructor arguments of the saved network") from None
-
-
-def _load_state(model, state, arch, path):
-    """Strict load with one readable line about every mismatch (BN counters may be absent)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    not_tensors = [k for k in state if k in expected and not isinstance(state[k], torch.Tensor)]
-    wrong = [f"{k} {list(state[k].shape)} != {list(expected[k].shape)}" for k in expected
-             if k in state and k not in not_tensors and state[k].shape != expected[k].shape]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("not a tensor", not_tensors),
-                         ("wrong shape", wrong)):
-        if items:
-            problems.append(f"{len(items)} {label} ({_first(items)})")
-    if problems:
-        raise InputError(f"'{path}' does not fit the {arch} network: {'; '.join(problems)}; "
-                         f"expected a state_dict of {model_class(arch).__name__}")
-    model.load_state_dict(state, strict=False)  # strictness checked above
-
-
 # -- named sources -------------------------------------------------------------------------------
 
 def _load_official_rvm():
@@ -248,8 +221,6 @@ def _load_packaged_default():
     resource = importlib.resources.files("bimatting") / "assets" / DEFAULT_ASSET
     if not resource.is_file():
         raise InputError("no packaged default model in this install; pass a checkpoint path or 'rvm'")
-    from bimatting.packed import load_packed
-
     with importlib.resources.as_file(resource) as path:
         return load_packed(path)
 
@@ -267,11 +238,6 @@ def _check_arch(found, requested, what):
     if requested is not None and found != requested:
         raise InputError(f"{what} holds {found or 'unrecognised'} weights, but arch='{requested}' was "
                          f"requested; pass arch='{found}' or a {requested} checkpoint")
-
-
-def _first(items, count=3):
-    shown = ", ".join(str(item) for item in items[:count])
-    return shown + (", ..." if len(items) > count else "")
 
 
 _PLAIN = (str, int, float, bool, type(None))

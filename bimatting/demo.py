@@ -101,7 +101,7 @@ def _export(workdir):
 _COMPILE_PROGRAM = """
 import json, sys
 from bimatting.errors import BimattingError
-from bimatting.deploy.build import compile_model
+from bimatting.deploy.compiler.build import compile_model
 source, target, output, width, height = sys.argv[1:6]
 try:
     metadata = compile_model(source, target, output, resolution=(int(width), int(height)))
@@ -145,7 +145,7 @@ def _compile_all(workdir, source):
 def _bench_all(workdir, compiled, sample, progress):
     """`bimatting bench` of the host artifact on this CPU, and of the board's artifact on the
     emulated board when one is set up; both verified against onnxruntime on the source ONNX."""
-    from bimatting.deploy.bench import bench
+    from bimatting.deploy.device.bench import bench
 
     report = workdir / "report"
     results = {"host": bench(compiled["host"]["output"], frames=BENCH_FRAMES, input_path=sample,
@@ -153,7 +153,7 @@ def _bench_all(workdir, compiled, sample, progress):
     if "skipped" in compiled[BOARD]:
         results[BOARD] = {"skipped": f"no {BOARD} artifact"}
         return results
-    from bimatting.deploy import emulator
+    from bimatting.deploy.device import emulator
 
     try:
         emulator.load_emulator()

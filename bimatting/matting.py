@@ -9,7 +9,7 @@ the states r1..r4 in, fgr, pha and the next states out):
     torch        the PyTorch network from bimatting.load_model (checkpoint, "rvm" or "default")
     onnxruntime  an .onnx in RVM's interface: a file given as artifact/checkpoint, RVM's official
                  export for "rvm", else the checkpoint exported in memory by bimatting.export
-    tvm          a compiled artifact (bimatting compile), run by bimatting.deploy.runtime
+    tvm          a compiled artifact (bimatting compile), run by bimatting.deploy.device.runtime
 
 Only the torch backend and the in-memory export import torch: a board with onnxruntime or the TVM
 runtime mattes without it. Frames are RGB float32 [H, W, 3] in [0, 1] (bimatting.frames).
@@ -261,8 +261,8 @@ def export_in_memory(checkpoint):
 def _tvm_matter(path, downsample_ratio):
     import importlib.util
 
-    if importlib.util.find_spec("bimatting.deploy.runtime") is None:
-        raise InputError("this install has no TVM runtime (bimatting.deploy.runtime); "
+    if importlib.util.find_spec("bimatting.deploy.device.runtime") is None:
+        raise InputError("this install has no TVM runtime (bimatting.deploy.device.runtime); "
                          "use --backend onnxruntime or torch")
     return TvmMatter(path, downsample_ratio)
 
@@ -277,7 +277,7 @@ class TvmMatter(Matter):
     backend = "tvm"
 
     def __init__(self, path, downsample_ratio="auto", session=None):
-        from bimatting.deploy.runtime import CompiledModel, RecurrentRunner
+        from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
 
         super().__init__(downsample_ratio, path)
         self.compiled = CompiledModel(path, session=session)

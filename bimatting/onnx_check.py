@@ -29,10 +29,10 @@ from pathlib import Path
 import onnx
 from onnx import AttributeProto, TensorProto
 
+from bimatting.binops import functions as binop_functions
+from bimatting.binops import layout, schema
 from bimatting.errors import InputError
 
-BIMATTING_DOMAIN = "ai.bimatting"
-BIMATTING_DOMAIN_VERSION = 1
 STANDARD_DOMAINS = ("", "ai.onnx")
 MIN_IR_VERSION = 3      # opset_import appeared in IR 3
 MIN_OPSET = 7           # the oldest opset onnxruntime and TVM's frontend both import
@@ -175,12 +175,12 @@ def _check_versions(model, name):
         opsets[domain] = entry.version
         if domain == "" and not MIN_OPSET <= entry.version <= highest:
             raise InputError(f"{name} uses standard opset {entry.version}; expected {MIN_OPSET}..{highest}")
-        elif domain == BIMATTING_DOMAIN and entry.version != BIMATTING_DOMAIN_VERSION:
-            raise InputError(f"{name} uses {BIMATTING_DOMAIN} version {entry.version}; this bimatting "
-                             f"implements version {BIMATTING_DOMAIN_VERSION} (docs/onnx-ops.md)")
-        elif domain not in ("", BIMATTING_DOMAIN):
+        elif domain == schema.DOMAIN and entry.version != schema.DOMAIN_VERSION:
+            raise InputError(f"{name} uses {schema.DOMAIN} version {entry.version}; this bimatting "
+                             f"implements version {schema.DOMAIN_VERSION} (docs/onnx-ops.md)")
+        elif domain not in ("", schema.DOMAIN):
             raise InputError(f"{name} imports the operator domain '{entry.domain}'; only the standard "
-                             f"domain and {BIMATTING_DOMAIN} are supported")
+                             f"domain and {schema.DOMAIN} are supported")
     if "" not in opsets:
         raise InputError(f"{name} imports no standard opset; expected an opset_import for the ai.onnx domain")
     return opsets
@@ -191,14 +191,12 @@ def _check_functions(model, name):
 
     onnxruntime runs the body while `bimatting compile` runs its own kernel for the op; a body
     that differs from docs/onnx-ops.md would make the two compute different things."""
-    from bimatting.export import ops
-
     found = set()
     for function in model.functions:
         key = (function.domain, function.name)
-        if function.domain != BIMATTING_DOMAIN or function.name not in ops.FUNCTION_BUILDERS:
+        if function.domain != schema.DOMAIN or function.name not in binop_functions.FUNCTION_BUILDERS:
             raise InputError(f"{name} defines the function {function.domain or 'ai.onnx'}.{function.name}; only the "
-                             f"{BIMATTING_DOMAIN} ops ({', '.join(ops.FUNCTION_BUILDERS)}) may be model-local functions")
+                             f"{schema.DOMAIN} ops ({', '.join(binop_functions.FUNCTION_BUILDERS)}) may be model-local functions")
         if key in found:
             raise InputError(f"{name} defines the function {function.domain}.{function.name} twice")
         found.add(key)
@@ -211,11 +209,9 @@ def _check_functions(model, name):
 
 
 def _canonical_function(op_type, opset):
-    from bimatting.export import ops
-
-    if not isinstance(opset, int) or not ops.MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+    if not isinstance(opset, int) or not schema.MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         return None
-    return _without_docs(ops.FUNCTION_BUILDERS[op_type](opset))
+    return _without_docs(binop_functions.FUNCTION_BUILDERS[op_type](opset))
 
 
 def _without_docs(function):
@@ -319,7 +315,7 @@ def _check_node(node, opsets, functions, where):
     domain = "" if node.domain == "ai.onnx" else node.domain
     if domain not in opsets:
         raise InputError(f"{where}{label} uses domain '{node.domain}', which the model does not import")
-    if domain == BIMATTING_DOMAIN:
+    if domain == schema.DOMAIN:
         _check_bimatting_node(node, functions, f"{where}{label}")
         return
     if (node.domain, node.op_type) in functions:
@@ -331,30 +327,24 @@ def _check_node(node, opsets, functions, where):
                          "(re-export with standard ops)") from None
 
 
-def _bimatting_schemas():
-    from bimatting.export.ops import OP_SCHEMAS  # torch-free data (docs/onnx-ops.md)
-
-    return OP_SCHEMAS
-
-
 def _check_bimatting_node(node, functions, label):
-    schemas = _bimatting_schemas()
+    schemas = schema.OP_SCHEMAS
     if node.op_type not in schemas:
-        raise InputError(f"unsupported operator {BIMATTING_DOMAIN}.{node.op_type} ({label}); "
+        raise InputError(f"unsupported operator {schema.DOMAIN}.{node.op_type} ({label}); "
                          f"known: {', '.join(schemas)}")
-    if (BIMATTING_DOMAIN, node.op_type) not in functions:
+    if (schema.DOMAIN, node.op_type) not in functions:
         raise InputError(f"{label} has no function body in the model; expected one FunctionProto per "
-                         f"{BIMATTING_DOMAIN} op (docs/onnx-ops.md), as `bimatting export` writes")
-    schema = schemas[node.op_type]
-    if len(node.input) != len(schema["inputs"]) or len(node.output) != len(schema["outputs"]):
+                         f"{schema.DOMAIN} op (docs/onnx-ops.md), as `bimatting export` writes")
+    op = schemas[node.op_type]
+    if len(node.input) != len(op["inputs"]) or len(node.output) != len(op["outputs"]):
         raise InputError(f"{label} has {len(node.input)} inputs and {len(node.output)} outputs; expected "
-                         f"{len(schema['inputs'])} ({', '.join(schema['inputs'])}) and {len(schema['outputs'])}")
+                         f"{len(op['inputs'])} ({', '.join(op['inputs'])}) and {len(op['outputs'])}")
     attrs = {a.name: a for a in node.attribute}
     for attr_name in attrs:
-        if attr_name not in schema["attributes"]:
+        if attr_name not in op["attributes"]:
             raise InputError(f"{label} has the unknown attribute '{attr_name}'")
     values = {}
-    for attr_name, (kind, required, default) in schema["attributes"].items():
+    for attr_name, (kind, required, default) in op["attributes"].items():
         attr = attrs.get(attr_name)
         if attr is None:
             if required:
@@ -385,7 +375,7 @@ def _check_bimatting_weights(model, name):
     """Packed weights of BinaryConv2d(Masked) fit [O, ceil(C/8), KH, KW] and scale/bias [O]."""
     inits = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
-        if node.domain != BIMATTING_DOMAIN or not node.op_type.startswith("BinaryConv2d"):
+        if not schema.is_binary_conv(node):
             continue
         attrs = {a.name: a for a in node.attribute}
         channels, kernel = attrs["channels_in"].i, list(attrs["kernel_shape"].ints)
@@ -394,10 +384,11 @@ def _check_bimatting_weights(model, name):
             continue  # a computed weight: shape inference checks it
         label = f"{name}: node '{node.name or node.op_type}'"
         dims = list(weight.dims)
-        if weight.data_type != TensorProto.UINT8 or len(dims) != 4 or dims[1:] != [-(-channels // 8)] + kernel:
+        words = layout.packed_channels(channels)
+        if weight.data_type != TensorProto.UINT8 or len(dims) != 4 or dims[1:] != [words] + kernel:
             raise InputError(f"{label} has packed weights {TensorProto.DataType.Name(weight.data_type)} {dims}; "
                              f"channels_in={channels}, kernel_shape={kernel} need uint8 "
-                             f"[O, {-(-channels // 8)}, {kernel[0]}, {kernel[1]}]")
+                             f"[O, {words}, {kernel[0]}, {kernel[1]}]")
         for index in (2, 3):
             other = inits.get(node.input[index])
             if other is not None and list(other.dims) != [dims[0]]:

@@ -2,7 +2,7 @@
 
 File layout (np.savez_compressed; read with np.load(allow_pickle=False)):
 
-    <conv>.weight.bits     uint8 [O, ceil(C/8), KH, KW]   sign(w~) packed by bimatting.bitpack.pack
+    <conv>.weight.bits     uint8 [O, ceil(C/8), KH, KW]   sign(w~) packed by bimatting.binops.layout.pack
                                                           (bit 1 = -1, little-endian along C)
     <conv>.weight.alpha    float32 [O]                    alpha = mean |w~| per output channel
     <name>                 every other parameter/buffer: float32 (int64 for BN batch counters)
@@ -35,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bimatting import bitpack
 from bimatting._version import __version__
 from bimatting.atomic import atomic_path
+from bimatting.binops import layout
 from bimatting.errors import InputError
+from bimatting.models import model_class
+from bimatting.network_state import build_network, load_state
 
 FORMAT = "bimatting-packed"
 FORMAT_VERSION = 1
@@ -65,7 +67,7 @@ def pack_state(model, arch, config=None, provenance=None):
     with torch.no_grad():
         for name, conv in binary.items():
             signs, alpha = conv.binary_weight()                   # [O, C, KH, KW] +-1, [O]
-            arrays[name + BITS_SUFFIX] = bitpack.pack(signs.float().cpu().numpy(), axis=1)
+            arrays[name + BITS_SUFFIX] = layout.pack(signs.float().cpu().numpy(), axis=1)
             arrays[name + ALPHA_SUFFIX] = alpha.float().cpu().numpy().astype(np.float32)
             binary_names.append(name)
         skip = {name + ".weight" for name in binary}
@@ -132,7 +134,7 @@ def _parse_meta(raw, path):
 def unpack_weight(bits, alpha, channels):
     """Float weight [O, C, KH, KW] whose centring gives sign = unpack(bits) and mean|.| = alpha
     (alpha [O], float32 or float64; the result is float32)."""
-    signs = bitpack.unpack(bits, channels, axis=1).astype(np.float64)   # [O, C, KH, KW]
+    signs = layout.unpack(bits, channels, axis=1).astype(np.float64)   # [O, C, KH, KW]
     axes = (1, 2, 3)
     centred = signs - signs.mean(axis=axes, keepdims=True)
     spread = np.abs(centred).mean(axis=axes, keepdims=True)
@@ -170,12 +172,9 @@ def load_packed(path, device="cpu"):
     """The network stored at `path`, in eval mode: BiMatting (or any arch with binary convs)."""
     import torch
 
-    from bimatting.checkpoints import _build, _load_state
-    from bimatting.models import model_class
-
     meta, arrays = read_packed(path)
     model_class(meta["arch"])  # InputError for an unknown architecture
-    model = _build(meta["arch"], meta["config"], path)  # InputError for a config it does not accept
+    model = build_network(meta["arch"], meta["config"], path)  # InputError for a config it does not accept
     binary = dict(_binary_convs(model))
     if sorted(binary) != sorted(meta["binary_convs"]):
         raise InputError(f"'{path}' does not match the '{meta['arch']}' network of this version "
@@ -187,11 +186,11 @@ def load_packed(path, device="cpu"):
              if not key.endswith((BITS_SUFFIX, ALPHA_SUFFIX))}
     for name, conv in binary.items():
         state[name + ".weight"] = torch.zeros_like(conv.weight)
-    _load_state(model, state, meta["arch"], path)  # InputError naming missing/unexpected/wrong-shape entries
+    load_state(model, state, meta["arch"], path)  # InputError naming missing/unexpected/wrong-shape entries
     for name, conv in binary.items():
         bits, alpha = arrays.get(name + BITS_SUFFIX), arrays.get(name + ALPHA_SUFFIX)
         out_channels, channels, kh, kw = conv.weight.shape
-        want = (out_channels, bitpack.packed_channels(channels), kh, kw)
+        want = (out_channels, layout.packed_channels(channels), kh, kw)
         if bits is None or bits.dtype != np.uint8 or bits.shape != want:
             raise InputError(f"'{path}': {name} bits are {None if bits is None else (bits.dtype, bits.shape)}, "
                              f"expected uint8 {want}")

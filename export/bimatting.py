@@ -14,7 +14,7 @@ Graph-level choices, each reproducing the PyTorch model:
 """
 import numpy as np
 
-from bimatting.export import layers, matting
+from bimatting.export import layers, shared_graph
 
 PHA_S = "decoder.incoherent_mask.pha_s"  # the coarse alpha [N,1,h16,w16] the mask thresholds
 
@@ -28,7 +28,7 @@ def emit(builder, model, interface):
     def decode(b, net, s0, features, states):
         return decoder(b, net.decoder, net.project_mat, s0, features, states)
 
-    matting.emit_network(builder, model, interface, encoder, aspp, decode, refine_always=False)
+    shared_graph.emit_network(builder, model, interface, encoder, aspp, decode, refine_always=False)
 
 
 # -- encoder ----------------------------------------------------------------------------------
@@ -117,19 +117,19 @@ def decoder(b, dec, project_mat, s0, features, states):
         new_states.insert(0, r)
     with b.scope("decode0"):
         block = dec.decode0
-        x = b.op("Concat", [matting.upsample2_crop(b, x, s0), s0], axis=1)  # [N,35,H',W']
+        x = b.op("Concat", [shared_graph.upsample2_crop(b, x, s0), s0], axis=1)  # [N,35,H',W']
         hid = b.mark("decoder.decode0", sab_branches(b, block, x, b.resize_to(mask, b.shape_slice(s0, 2, 4))))
     return hid, new_states
 
 
 def incoherent_mask(b, pha_s, threshold):
     """M = [|m - up(down(m))| >= threshold], m = [pha_s > 0], down to max(h // 2, 1).  [N,1,h,w]"""
-    hard = b.op("Cast", [b.op("Greater", [pha_s, b.const(0.0, np.float32)])], to=matting.FLOAT)
+    hard = b.op("Cast", [b.op("Greater", [pha_s, b.const(0.0, np.float32)])], to=shared_graph.FLOAT)
     size = b.shape_slice(pha_s, 2, 4)
     half = b.op("Max", [b.op("Div", [size, b.const([2, 2])]), b.const([1, 1])])
     smooth = b.resize_to(b.resize_to(hard, half), size)
     far = b.op("GreaterOrEqual", [b.op("Abs", [b.op("Sub", [hard, smooth])]), b.const(threshold, np.float32)])
-    return b.op("Cast", [far], to=matting.FLOAT)
+    return b.op("Cast", [far], to=shared_graph.FLOAT)
 
 
 def sab_branches(b, block, x, mask_up):
@@ -140,7 +140,7 @@ def sab_branches(b, block, x, mask_up):
 
 def upsampling_block(b, block, x, f, s, r, mask, out):
     """decode3/2/1: [N,in,h,w] -> [N,out,H,W] (H, W = s's size), state r -> `out`."""
-    x = b.op("Concat", [matting.upsample2_crop(b, x, s), f, s], axis=1)
+    x = b.op("Concat", [shared_graph.upsample2_crop(b, x, s), f, s], axis=1)
     mask_up = b.resize_to(mask, b.shape_slice(s, 2, 4))                  # [N,1,H,W] soft
     x = sab_branches(b, block, x, mask_up)
     half = block.out_channels // 2
@@ -151,15 +151,15 @@ def upsampling_block(b, block, x, f, s, r, mask, out):
 
 def conv_gru(b, gru, x, state, out):
     """decode4's plain binary ConvGRU step: x [N,C,H,W] -> h' named `out`."""
-    h = matting.expand_state(b, state, x)
+    h = shared_graph.expand_state(b, state, x)
     r, z = b.split(layers.sequential(b, gru.ih, b.op("Concat", [x, h], axis=1)), [gru.channels] * 2)
     c = layers.sequential(b, gru.hh, b.op("Concat", [x, b.op("Mul", [r, h])], axis=1))
-    return matting.gru_update(b, h, z, c, out)
+    return shared_graph.gru_update(b, h, z, c, out)
 
 
 def conv_gru_up(b, gru, x, state, mask_up, out):
     """SAB ConvGRU step: every gate = act(3x3) * M_up + act(1x1), the 3x3 masked."""
-    h = matting.expand_state(b, state, x)
+    h = shared_graph.expand_state(b, state, x)
 
     def gate(masked_branch, dense_branch, inputs):
         masked = b.op("Mul", [layers.sequential(b, masked_branch, inputs, mask=mask_up), mask_up])
@@ -168,4 +168,4 @@ def conv_gru_up(b, gru, x, state, mask_up, out):
     xh = b.op("Concat", [x, h], axis=1)
     r, z = b.split(gate(gru.ih, gru.ih_1x1, xh), [gru.channels] * 2)
     c = gate(gru.hh, gru.hh_1x1, b.op("Concat", [x, b.op("Mul", [r, h])], axis=1))
-    return matting.gru_update(b, h, z, c, out)
+    return shared_graph.gru_update(b, h, z, c, out)

@@ -1,7 +1,7 @@
 """`bimatting export` as a library: model -> ONNX model, checked, written atomically.
 
     model = build_onnx(network, arch, opset=18, static_size=None, downsample_ratio=None)
-    report = export(checkpoint, output, arch=None, ...)   # arch: given, the checkpoint's, or bimatting
+    report = export(checkpoint, output, *, arch=None, ...)   # arch: given, the checkpoint's, or bimatting
 
 A dynamic export takes H, W and the downsample ratio at run time (RVM's interface); a static one
 fixes (width, height) and bakes the ratio in (for runtimes that want fixed shapes, e.g. TensorRT
@@ -13,7 +13,8 @@ from pathlib import Path
 import onnx
 
 from bimatting.errors import InputError
-from bimatting.export import graph, matting, ops
+from bimatting.binops import schema
+from bimatting.export import graph, shared_graph
 
 DEFAULT_OPSET = 18
 MIN_RVM_OPSET = 12  # the official RVM export's opset
@@ -35,7 +36,7 @@ def check_options(arch, opset, static_size, downsample_ratio):
         arch = "rvm"  # the lowest opset any architecture accepts; rechecked once arch is known
     model_class(arch)  # InputError for an unknown architecture
     highest = onnx.defs.onnx_opset_version()
-    lowest = ops.MIN_OPSET if arch == "bimatting" else MIN_RVM_OPSET
+    lowest = schema.MIN_OPSET if arch == "bimatting" else MIN_RVM_OPSET
     if not lowest <= int(opset) <= highest:
         why = " (the ai.bimatting function bodies use BitwiseAnd)" if arch == "bimatting" else ""
         raise InputError(f"opset {opset} is not supported for arch '{arch}'; expected {lowest}..{highest}{why}")
@@ -62,7 +63,7 @@ def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_
     network.eval()
     ratio = None if static_size is None else (1.0 if downsample_ratio is None else float(downsample_ratio))
     builder = graph.GraphBuilder(opset, name=arch)
-    interface = matting.Interface(builder, static_size, ratio)
+    interface = shared_graph.Interface(builder, shared_graph.state_channels(network.decoder), static_size, ratio)
     emitter = rvm_emitter if arch == "rvm" else bimatting_emitter
     emitter.emit(builder, network, interface)
     metadata = {"bimatting.arch": arch, "bimatting.interface": "rvm"}
@@ -90,7 +91,7 @@ def load_network(checkpoint, arch):
 
 def summary(model):
     """Counts for the report: nodes by domain, binary convs, packed weight bytes."""
-    custom = [n for n in model.graph.node if n.domain == ops.DOMAIN]
+    custom = [n for n in model.graph.node if schema.is_domain_node(n)]
     packed = sum(len(t.raw_data) for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT8)
     return {
         "nodes": len(model.graph.node),
@@ -102,7 +103,7 @@ def summary(model):
     }
 
 
-def export(checkpoint, output, arch=None, opset=DEFAULT_OPSET, static_size=None,
+def export(checkpoint, output, *, arch=None, opset=DEFAULT_OPSET, static_size=None,
            downsample_ratio=None, verify=False, verify_input=None, verify_frames=None, progress=True):
     """Load, build, verify (optional), write; returns a report dict.
 

@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bimatting.export import ops
+from bimatting.binops import functions as binop_functions
+from bimatting.binops import schema
 
 FLOAT = TensorProto.FLOAT
 
@@ -122,7 +123,7 @@ class GraphBuilder:
     def custom(self, op_type, inputs, out=None, **attrs):
         """Emit one node of the ai.bimatting domain (attributes checked against its schema)."""
         names = self._outputs(op_type, 1, out)
-        node = ops.make_node(op_type, list(inputs), names, name=self.fresh(op_type), **attrs)
+        node = schema.make_node(op_type, list(inputs), names, name=self.fresh(op_type), **attrs)
         self.nodes.append(node)
         self.custom_ops.add(op_type)
         return names[0]
@@ -190,9 +191,9 @@ class GraphBuilder:
         opsets = [helper.make_opsetid("", self.opset)]
         functions = []
         if self.custom_ops:
-            ops.check_opset(self.opset)
-            opsets.append(helper.make_opsetid(ops.DOMAIN, ops.DOMAIN_VERSION))
-            functions = ops.functions(self.opset, used=self.custom_ops)
+            schema.check_opset(self.opset)
+            opsets.append(helper.make_opsetid(schema.DOMAIN, schema.DOMAIN_VERSION))
+            functions = binop_functions.functions(self.opset, used=self.custom_ops)
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
         model = helper.make_model(graph, opset_imports=opsets, functions=functions,
                                   producer_name=producer, doc_string=doc)

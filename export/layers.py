@@ -12,7 +12,7 @@ BN, and keeping them apart reproduces the model's order of float additions.
 import numpy as np
 from torch import nn
 
-from bimatting.export import ops
+from bimatting.binops import reference
 from bimatting.export.graph import to_array
 
 
@@ -91,7 +91,7 @@ def binary_weights(module):
     if module.groups != 1:
         raise ValueError(f"binary conv with groups={module.groups} cannot be exported; expected groups=1")
     sign, alpha = module.binary_weight()
-    return ops.pack_weights(to_array(sign)), to_array(alpha).astype(np.float64)
+    return reference.pack_weights(to_array(sign)), to_array(alpha).astype(np.float64)
 
 
 def binary_conv(builder, module, packed, bn=None, mask=None):

@@ -7,12 +7,12 @@ and `load_model("rvm")` refine at every ratio).
 """
 import numpy as np
 
-from bimatting.export import layers, matting
+from bimatting.export import layers, shared_graph
 
 
 def emit(builder, model, interface):
     """Emit the whole network; declares the graph outputs."""
-    matting.emit_network(builder, model, interface, encoder, lraspp,
+    shared_graph.emit_network(builder, model, interface, encoder, lraspp,
                          lambda b, net, s0, features, states: decoder(b, net.decoder, s0, features, states),
                          refine_always=model.refine_at_unit_ratio)
 
@@ -56,10 +56,10 @@ def lraspp(b, aspp, x):
 
 def conv_gru(b, gru, x, state, out):
     """ConvGRU step on one frame: x [N,C,H,W], state (broadcastable) -> h' [N,C,H,W] named `out`."""
-    h = matting.expand_state(b, state, x)
+    h = shared_graph.expand_state(b, state, x)
     r, z = b.split(layers.sequential(b, gru.ih, b.op("Concat", [x, h], axis=1)), [gru.channels] * 2)
     c = layers.sequential(b, gru.hh, b.op("Concat", [x, b.op("Mul", [r, h])], axis=1))
-    return matting.gru_update(b, h, z, c, out)
+    return shared_graph.gru_update(b, h, z, c, out)
 
 
 def decoder(b, dec, s0, features, states):
@@ -79,7 +79,7 @@ def decoder(b, dec, s0, features, states):
                                ("decode1", f1, s1, r1, "r1o")):
         block = getattr(dec, name)
         with b.scope(name):
-            x = b.op("Concat", [matting.upsample2_crop(b, x, s), f, s], axis=1)
+            x = b.op("Concat", [shared_graph.upsample2_crop(b, x, s), f, s], axis=1)
             x = layers.sequential(b, block.conv, x)
             half = block.out_channels // 2
             a, rest = b.split(x, [half, half])
@@ -87,7 +87,7 @@ def decoder(b, dec, s0, features, states):
             x = b.op("Concat", [a, r], axis=1)
         new_states.insert(0, r)
     with b.scope("decode0"):
-        x = b.op("Concat", [matting.upsample2_crop(b, x, s0), s0], axis=1)
+        x = b.op("Concat", [shared_graph.upsample2_crop(b, x, s0), s0], axis=1)
         hid = layers.sequential(b, dec.decode0.conv, x)                   # [N,16,H',W']
     return hid, new_states
 

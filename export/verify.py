@@ -16,6 +16,7 @@ a wrong graph flips signs far from ties, which stay unaligned and fail the check
 """
 import numpy as np
 
+from bimatting.binops import schema
 from bimatting.errors import InputError, RuntimeFailure
 
 TOLERANCE = {"mean": 1e-4, "max": 1e-2}
@@ -96,9 +97,7 @@ def _session(model_or_path, extra_outputs, threads=None):
 def _decision_values(model):
     """Names of the values every sign decision reads: BinarizePack inputs in graph order, then pha_s."""
     from bimatting.export.bimatting import PHA_S
-    from bimatting.export.ops import DOMAIN
-
-    names = [n.input[0] for n in model.graph.node if n.domain == DOMAIN and n.op_type == "BinarizePack"]
+    names = [n.input[0] for n in model.graph.node if schema.is_domain_node(n) and n.op_type == "BinarizePack"]
     produced = {o for n in model.graph.node for o in n.output}
     return names + ([PHA_S] if PHA_S in produced else [])
 

@@ -8,7 +8,7 @@
 #   DEST/rootfs/          arm64 Debian bookworm files: CPython 3.11 + the C/C++ runtime (qemu -L sysroot)
 #   DEST/site-packages/   aarch64 wheels: apache-tvm (runtime libraries only), apache-tvm-ffi, numpy,
 #                         cloudpickle, psutil -- installed by the host's pip for the aarch64 platform
-#   DEST/cpprpc/          mini_rpc_server (deploy/native/mini_rpc_server.cc) + the two libraries it needs
+#   DEST/cpprpc/          mini_rpc_server (deploy/device/native/mini_rpc_server.cc) + the two libraries it needs
 #   DEST/bin/python3      the board's Python under qemu (sys.executable re-exec works without binfmt)
 #   DEST/emu.json         what was installed; written last, so its presence means "ready"
 # Needs qemu-user-static, mmdebstrap and the aarch64 cross compiler; as root on Debian/Ubuntu they are
@@ -21,7 +21,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 dest=${1:-${BIMATTING_ARM_EMU:-${XDG_CACHE_HOME:-$HOME/.cache}/bimatting/arm-emu}}
 hostpy=${PYTHON:-python3}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-server_source=$repo/deploy/native/mini_rpc_server.cc
+server_source=$repo/deploy/device/native/mini_rpc_server.cc
 started=$SECONDS
 
 say() { echo "[arm-emu] $*"; }

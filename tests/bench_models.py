@@ -55,9 +55,10 @@ def _one_side_shift(values):
     return (-(low - torch.clamp(high - low, min=1.0))).float()
 
 
-def tie_free_bimatting(clip, seed=0, downsample_ratio=1.0):
-    """Random-init BiMatting calibrated on `clip` ([1, T, 3, H, W]) at `downsample_ratio` (below 1
-    the refiner's signs are calibrated too); returns (network, smallest |pre-sign value| over the clip)."""
+def tie_free_bimatting(clip, seed=0, downsample_ratio=1.0, config=None):
+    """Random-init BiMatting (build_model `config`, default the official widths) calibrated on `clip`
+    ([1, T, 3, H, W]) at `downsample_ratio` (below 1 the refiner's signs are calibrated too); returns
+    (network, smallest |pre-sign value| over the clip)."""
     import torch
 
     from bimatting.models import build_model
@@ -65,7 +66,7 @@ def tie_free_bimatting(clip, seed=0, downsample_ratio=1.0):
     from bimatting.models.bimatting.gru import ConvGRU, ConvGRU_Up
 
     torch.manual_seed(seed)
-    net = build_model("bimatting").eval()
+    net = build_model("bimatting", **(config or {})).eval()
     recurrent = {m for gru in net.modules() if isinstance(gru, (ConvGRU, ConvGRU_Up))
                  for m in gru.modules() if isinstance(m, LearnableBias)}
     head = net.project_mat.conv
@@ -144,7 +145,7 @@ def rpi4_artifact(folder):
     """tiefree.onnx compiled for rpi4 at SIZE, beside its ONNX (cached per session)."""
     if "rpi4" not in _built:
         onnx_path = tie_free_onnx(folder)
-        from bimatting.deploy.build import compile_model
+        from bimatting.deploy.compiler.build import compile_model
 
         compile_model(onnx_path, "rpi4", folder / "tiefree-rpi4.tar", resolution=SIZE)
         _built["rpi4"] = folder / "tiefree-rpi4.tar"

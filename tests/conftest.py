@@ -36,7 +36,7 @@ def _few_threads():
 
 # Emulated aarch64 boards: TVM RPC servers under qemu-user (set up by scripts/setup_arm_emu.sh).
 def _emulated_board_factory(server):
-    from bimatting.deploy import emulator
+    from bimatting.deploy.device import emulator
 
     boards = {}
 

@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bimatting import bitpack
+from bimatting.binops import functions as op_functions
+from bimatting.binops import layout, schema
 
 TINY_SIZE = (24, 16)  # (W, H) of the frames the tiny model is run on (even: it upsamples by 2)
 
@@ -20,13 +21,11 @@ def tiny_matting_onnx(seed=0):
     """A small ONNX in RVM's interface (src, r1i..r4i -> fgr, pha, r1o..r4o) with a BinarizePack ->
     BinaryConv2d pair carrying its function bodies, as `bimatting export` writes them; runs in
     onnxruntime and through `bimatting matte --backend onnxruntime`."""
-    from bimatting.export import ops
-
     rng = np.random.default_rng(seed)
     f32 = (lambda *shape: rng.standard_normal(shape).astype(np.float32))
     inits = {
         "w_stem": f32(8, 3, 3, 3) * 0.5, "b_stem": f32(8) * 0.1,
-        "w_bin": bitpack.pack(f32(8, 8, 3, 3)), "s_bin": np.abs(f32(8)) * 0.05, "b_bin": f32(8) * 0.1,
+        "w_bin": layout.pack(f32(8, 8, 3, 3)), "s_bin": np.abs(f32(8)) * 0.05, "b_bin": f32(8) * 0.1,
         "w_pha": f32(1, 8, 1, 1) * 0.3, "w_fgr": f32(3, 8, 1, 1) * 0.3, "half": np.full((), 0.5, np.float32),
         "up": np.array([1, 1, 2, 2], np.float32),
     }
@@ -34,8 +33,8 @@ def tiny_matting_onnx(seed=0):
     nodes = [
         node("Conv", ["src", "w_stem", "b_stem"], ["stem"], pads=[1, 1, 1, 1], strides=[2, 2],
              name="stem"),                                             # [1,8,H/2,W/2] (RVM's r1 size)
-        ops.make_node("BinarizePack", ["stem"], ["packed"], name="pack"),
-        ops.make_node("BinaryConv2d", ["packed", "w_bin", "s_bin", "b_bin"], ["bin"], name="bconv",
+        schema.make_node("BinarizePack", ["stem"], ["packed"], name="pack"),
+        schema.make_node("BinaryConv2d", ["packed", "w_bin", "s_bin", "b_bin"], ["bin"], name="bconv",
                       channels_in=8, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         node("Mul", ["r1i", "half"], ["r1h"], name="decay"),
         node("Add", ["bin", "r1h"], ["r1o"], name="state"),          # (+ [1,1,1,1] zeros at frame 0)
@@ -60,9 +59,9 @@ def tiny_matting_onnx(seed=0):
          helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "height", "width"])]
         + [helper.make_tensor_value_info(f"r{k}o", TensorProto.FLOAT, states_out[k]) for k in range(1, 5)],
         initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.MIN_OPSET),
-                                                    helper.make_opsetid(ops.DOMAIN, ops.DOMAIN_VERSION)],
-                              functions=ops.functions(used={"BinarizePack", "BinaryConv2d"}))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", schema.MIN_OPSET),
+                                                    helper.make_opsetid(schema.DOMAIN, schema.DOMAIN_VERSION)],
+                              functions=op_functions.functions(used={"BinarizePack", "BinaryConv2d"}))
     model.ir_version = 9
     onnx.checker.check_model(model, full_check=True)
     return model

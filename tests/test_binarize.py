@@ -4,18 +4,19 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bimatting import bitpack
+from bimatting.binops import layout
+from bimatting.binops import reference as numpy_reference
 from bimatting.models.bimatting.binarize import (BiConv2d, LearnableBias, binary_activation,
                                                  binary_conv_unit, sign)
 
 
-def test_sign_of_zero_is_plus_one_and_matches_bitpack():
+def test_sign_of_zero_is_plus_one_and_matches_the_numpy_sign():
     x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 2.5, -2.5, float("inf"), float("-inf")])
     assert sign(x).tolist() == [1.0, 1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
     noisy = torch.randn(4, 13, 5, 7, generator=torch.Generator().manual_seed(0))
     noisy[noisy.abs() < 0.3] = 0.0  # plenty of exact zeros
-    np.testing.assert_array_equal(sign(noisy).numpy(), bitpack.sign(noisy.numpy()))
-    np.testing.assert_array_equal(binary_activation(noisy).numpy(), bitpack.sign(noisy.numpy()))
+    np.testing.assert_array_equal(sign(noisy).numpy(), layout.sign(noisy.numpy()))
+    np.testing.assert_array_equal(binary_activation(noisy).numpy(), layout.sign(noisy.numpy()))
     assert torch.sign(torch.tensor(0.0)).item() == 0.0  # why torch.sign is not used
 
 
@@ -88,7 +89,7 @@ def test_binary_conv_equals_alpha_times_packed_integer_conv(cin, cout, k, stride
         # The forward weights are exactly alpha * (+-1), the values an exporter packs.
         assert torch.equal(conv.quantized_weight(), alpha.view(-1, 1, 1, 1) * w_sign)
 
-    packed = bitpack.binary_conv2d(bitpack.pack(x.numpy()), bitpack.pack(w_sign.numpy()), cin,
+    packed = numpy_reference.binary_conv2d(layout.pack(x.numpy()), layout.pack(w_sign.numpy()), cin,
                                    strides=(stride, stride), pads=(k // 2, k // 2))
     np.testing.assert_array_equal(integer.numpy().astype(np.int32), packed)
     # out = alpha * D + bias: float32 rounding of a product and a sum, relative 1e-6 of |D| <= 531.

@@ -4,7 +4,7 @@ A small recurrent model built here with onnx.helper exercises every path of the 
 shared BinarizePack feeding a 3x3 and a 1x1 BinaryConv2d, output-transform fusion (Add, PRelu),
 the masked SAB op with a mask computed in the graph, a recurrent state pair (r1i/r1o), float
 Conv / Sigmoid / Tanh / Concat / Resize around them. The ai.bimatting ops carry their ONNX
-function bodies (bimatting.export.ops), so onnxruntime runs the same file as the reference.
+function bodies (bimatting.binops.functions), so onnxruntime runs the same file as the reference.
 
 onnxruntime runs with graph optimizations off: it then executes the graph as written, the same
 float operations in the same order as the compiled model (whose binary convs are exact
@@ -17,24 +17,30 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from bimatting import bitpack
+from bimatting.binops import functions as op_functions
+from bimatting.binops import layout, schema
+from bimatting.binops import reference as numpy_reference
+from bimatting.checkpoints import load_model, save_checkpoint
 from bimatting.cli import cli
 from bimatting.deploy import artifact as artifacts
-from bimatting.deploy.build import compile_model
-from bimatting.deploy.runtime import CompiledModel, RecurrentRunner
+from bimatting.deploy.compiler.build import compile_model
+from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
 from bimatting.errors import InputError
+from bimatting.export import exporter
 from bimatting.frames import read_frames, to_nchw
-
-ops = pytest.importorskip("bimatting.export.ops", reason="the ai.bimatting op definitions are absent")
+from bimatting.models import build_model
 
 WIDTH, HEIGHT = 40, 24  # small: the test builds several artifacts on a 2-core machine
 
@@ -52,38 +58,38 @@ def recurrent_model(seed=0):
     inits = {
         "w_stem": f32(16, 3, 3, 3) * 0.5, "b_stem": f32(16),
         "shift": f32(1, 16, 1, 1) * 0.1,
-        "w3": bitpack.pack(f32(20, 16, 3, 3)), "s3": np.abs(f32(20)) * 0.1, "b3": f32(20) * 0.1,
+        "w3": layout.pack(f32(20, 16, 3, 3)), "s3": np.abs(f32(20)) * 0.1, "b3": f32(20) * 0.1,
         "lb3": f32(1, 20, 1, 1) * 0.1, "slope3": np.abs(f32(20, 1, 1)) * 0.25,
-        "w1": bitpack.pack(f32(20, 16, 1, 1)), "s1": np.abs(f32(20)) * 0.1, "b1": f32(20) * 0.1,
+        "w1": layout.pack(f32(20, 16, 1, 1)), "s1": np.abs(f32(20)) * 0.1, "b1": f32(20) * 0.1,
         "lb1": f32(1, 20, 1, 1) * 0.1, "slope1": np.abs(f32(1, 20, 1, 1)) * 0.25, "post1": f32(1, 20, 1, 1) * 0.1,
-        "w11": bitpack.pack(f32(20, 20, 1, 1)), "s11": np.abs(f32(20)) * 0.1, "b11": f32(20) * 0.1,
+        "w11": layout.pack(f32(20, 20, 1, 1)), "s11": np.abs(f32(20)) * 0.1, "b11": f32(20) * 0.1,
         "w_mask": f32(1, 20, 1, 1) * 0.3, "zero": np.zeros((), np.float32), "half": np.full((), 0.5, np.float32),
-        "wg": bitpack.pack(f32(8, 28, 3, 3)), "sg": np.abs(f32(8)) * 0.05, "bg": f32(8) * 0.1,
+        "wg": layout.pack(f32(8, 28, 3, 3)), "sg": np.abs(f32(8)) * 0.05, "bg": f32(8) * 0.1,
         "w_head": f32(1, 28, 1, 1) * 0.3, "scales": np.array([1, 1, 2, 2], np.float32),
     }
     node = helper.make_node
     nodes = [
         node("Conv", ["src", "w_stem", "b_stem"], ["f1"], strides=[2, 2], pads=[1, 1, 1, 1]),
         node("Add", ["f1", "shift"], ["f1s"]),
-        ops.make_node("BinarizePack", ["f1s"], ["xp"]),
-        ops.make_node("BinaryConv2d", ["xp", "w3", "s3", "b3"], ["y3"], channels_in=16, kernel_shape=[3, 3],
+        schema.make_node("BinarizePack", ["f1s"], ["xp"]),
+        schema.make_node("BinaryConv2d", ["xp", "w3", "s3", "b3"], ["y3"], channels_in=16, kernel_shape=[3, 3],
                       pads=[1, 1, 1, 1]),
         node("Add", ["y3", "lb3"], ["y3b"]),
         node("PRelu", ["y3b", "slope3"], ["y3p"]),
-        ops.make_node("BinaryConv2d", ["xp", "w1", "s1", "b1"], ["y1"], channels_in=16, kernel_shape=[1, 1]),
+        schema.make_node("BinaryConv2d", ["xp", "w1", "s1", "b1"], ["y1"], channels_in=16, kernel_shape=[1, 1]),
         # conv -> Add -> PRelu -> Add -> BinarizePack -> conv: the epilogue takes all three
         node("Add", ["y1", "lb1"], ["y1b"]),
         node("PRelu", ["y1b", "slope1"], ["y1p"]),
         node("Add", ["y1p", "post1"], ["y1q"]),
-        ops.make_node("BinarizePack", ["y1q"], ["y1qp"]),
-        ops.make_node("BinaryConv2d", ["y1qp", "w11", "s11", "b11"], ["y11"], channels_in=20, kernel_shape=[1, 1]),
+        schema.make_node("BinarizePack", ["y1q"], ["y1qp"]),
+        schema.make_node("BinaryConv2d", ["y1qp", "w11", "s11", "b11"], ["y11"], channels_in=20, kernel_shape=[1, 1]),
         node("Add", ["y3p", "y11"], ["z"]),
         node("Conv", ["z", "w_mask"], ["m_logit"]),
         node("Greater", ["m_logit", "zero"], ["m_bool"]),
         node("Cast", ["m_bool"], ["mask"], to=TensorProto.FLOAT),
         node("Concat", ["z", "r1i"], ["zc"], axis=1),
-        ops.make_node("BinarizePack", ["zc"], ["zp"]),
-        ops.make_node("BinaryConv2dMasked", ["zp", "wg", "sg", "bg", "mask"], ["g"], channels_in=28,
+        schema.make_node("BinarizePack", ["zc"], ["zp"]),
+        schema.make_node("BinaryConv2dMasked", ["zp", "wg", "sg", "bg", "mask"], ["g"], channels_in=28,
                       kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         node("Tanh", ["g"], ["gt"]),
         node("Mul", ["gt", "half"], ["gh"]),
@@ -102,8 +108,8 @@ def recurrent_model(seed=0):
         [helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "height", "width"]),
          helper.make_tensor_value_info("r1o", TensorProto.FLOAT, [1, 8, "h2", "w2"])],
         initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ops.DOMAIN, 1)],
-                              functions=ops.functions())
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(schema.DOMAIN, 1)],
+                              functions=op_functions.functions())
     onnx.checker.check_model(model)
     return model
 
@@ -265,20 +271,20 @@ def test_cli_compile_writes_folder_artifact_with_json_report(small_onnx, tmp_pat
 
 def test_binary_conv_on_uint8_input_without_function_bodies():
     """BinaryConv2d fed by packed bytes from outside (re-packed in TVM); no FunctionProto, so the
-    reference is bimatting.bitpack's numpy binary conv."""
+    reference is bimatting.binops.reference's numpy binary conv."""
     rng = np.random.default_rng(4)
-    w = bitpack.pack(rng.standard_normal((12, 35, 3, 3)))
+    w = layout.pack(rng.standard_normal((12, 35, 3, 3)))
     scale, bias = rng.random(12).astype(np.float32), rng.standard_normal(12).astype(np.float32)
     graph = helper.make_graph(
-        [ops.make_node("BinaryConv2d", ["xb", "w", "s", "b"], ["y"], channels_in=35, kernel_shape=[3, 3],
+        [schema.make_node("BinaryConv2d", ["xb", "w", "s", "b"], ["y"], channels_in=35, kernel_shape=[3, 3],
                        strides=[2, 2], pads=[1, 1, 1, 1])],
         "bytes_in", [helper.make_tensor_value_info("xb", TensorProto.UINT8, [1, 5, 9, 14])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 5, 7])],
         initializer=[numpy_helper.from_array(v, k) for k, v in (("w", w), ("s", scale), ("b", bias))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ops.DOMAIN, 1)])
-    x = bitpack.pack(rng.standard_normal((1, 35, 9, 14)))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(schema.DOMAIN, 1)])
+    x = layout.pack(rng.standard_normal((1, 35, 9, 14)))
     got = _run_library_import(model, {"xb": [1, 5, 9, 14]}, [x])[0]
-    d = bitpack.binary_conv2d(x, w, 35, (2, 2), (1, 1, 1, 1)).astype(np.float32)
+    d = numpy_reference.binary_conv2d(x, w, 35, (2, 2), (1, 1, 1, 1)).astype(np.float32)
     want = d * scale[None, :, None, None] + bias[None, :, None, None]
     assert np.array_equal(got, want)  # float32 Mul then Add, rounded as the graph does
 
@@ -288,12 +294,12 @@ def _run_library_import(model, shapes, inputs):
     import tvm
     from tvm import relax
 
-    from bimatting.deploy import build, importer
-    from bimatting.deploy.schedules import arch_for
+    from bimatting.deploy.compiler import build, importer
+    from bimatting.deploy.compiler.schedules import kernel_config_for
     from bimatting.deploy.target import resolve
 
     target = resolve("host").tvm_target
-    mod = importer.import_onnx(model, shapes, arch_for(target))
+    mod = importer.import_onnx(model, shapes, kernel_config_for(target))
     with target:
         mod = build.pipeline_front(target)(mod)
     mod, params = build.lift_constants(mod)
@@ -303,17 +309,17 @@ def _run_library_import(model, shapes, inputs):
 
 
 def test_standalone_binarize_pack_and_unpack_ops():
-    """BinarizePack as a graph output and Unpack keep their ONNX semantics (bitpack reference)."""
+    """BinarizePack as a graph output and Unpack keep their ONNX semantics (bimatting.binops reference)."""
     graph = helper.make_graph(
-        [ops.make_node("BinarizePack", ["x"], ["xp"]), ops.make_node("Unpack", ["xp"], ["xs"], channels=20)],
+        [schema.make_node("BinarizePack", ["x"], ["xp"]), schema.make_node("Unpack", ["xp"], ["xs"], channels=20)],
         "pack_unpack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 20, 5, 7])],
         [helper.make_tensor_value_info("xp", TensorProto.UINT8, [1, 3, 5, 7]),
          helper.make_tensor_value_info("xs", TensorProto.FLOAT, [1, 20, 5, 7])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ops.DOMAIN, 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(schema.DOMAIN, 1)])
     x = np.random.default_rng(9).standard_normal((1, 20, 5, 7)).astype(np.float32)
     x[0, 3, 2, 2] = 0.0
     packed, signs = _run_library_import(model, {"x": [1, 20, 5, 7]}, [x])
-    assert np.array_equal(packed, bitpack.pack(x)) and np.array_equal(signs, bitpack.sign(x))
+    assert np.array_equal(packed, layout.pack(x)) and np.array_equal(signs, layout.sign(x))
 
 
 def test_plain_float_model_compiles_official_rvm(built, workdir):
@@ -352,7 +358,7 @@ def _compile_cli(args, tmp_path):
 
 def test_unknown_custom_op_is_rejected_without_artifact(tmp_path):
     model = recurrent_model()
-    model.graph.node.append(helper.make_node("BinaryDeconv2d", ["pha"], ["extra"], domain=ops.DOMAIN))
+    model.graph.node.append(helper.make_node("BinaryDeconv2d", ["pha"], ["extra"], domain=schema.DOMAIN))
     path = tmp_path / "bad.onnx"
     onnx.save(model, str(path))
     result, out, leftovers = _compile_cli([str(path), "--target", "host"], tmp_path)
@@ -420,11 +426,6 @@ def _exported_bimatting(folder):
     with non-degenerate float parameters: freshly initialized BatchNorm (identity) and zero
     biases put every pre-sign value on a lattice of one scale, where exact ties make the float
     summation order decide signs, which no trained network has."""
-    torch = pytest.importorskip("torch")
-    exporter = pytest.importorskip("bimatting.export.exporter", reason="the ONNX exporter is absent")
-    from bimatting.checkpoints import load_model
-    from bimatting.models import build_model
-
     path = folder / "bimatting.onnx"
     if path.exists():
         return path
@@ -451,11 +452,6 @@ def _tie_free_exported(folder, frames, ratio):
     `frames` at `ratio` (tests/bench_models.py), exported: no decision on this footage is within
     2e-5 of its threshold, so float32 engines that sum in different orders must agree to float
     precision, and any larger difference is the compiler's."""
-    pytest.importorskip("torch")
-    pytest.importorskip("bimatting.export.exporter", reason="the ONNX exporter is absent")
-    import sys
-    from pathlib import Path
-
     height, width = frames[0].shape[:2]
     path = folder / f"tiefree-{width}x{height}-s{ratio:g}.onnx"
     if not path.exists():
@@ -562,9 +558,6 @@ def test_compile_path_works_without_torch(small_onnx, tmp_path):
     """deploy/ is torch-free: in a fresh interpreter where `import torch` fails, import every
     compile/runtime module, build an artifact and load it. (tvm_ffi itself tries `import torch`
     when it is installed and carries on without it, so torch being absent is the real test.)"""
-    import subprocess
-    import sys
-
     artifact_path = str(tmp_path / "a.tar")
     code = "\n".join([
         "import sys",
@@ -573,9 +566,12 @@ def test_compile_path_works_without_torch(small_onnx, tmp_path):
         "        if name == 'torch' or name.startswith('torch.'):",
         "            raise ImportError('torch is blocked in this test')",
         "sys.meta_path.insert(0, NoTorch())",
-        "from bimatting.deploy import artifact, build, graph_rewrite, importer, lowering, runtime, shapes, target",
-        "from bimatting.deploy.kernels import bitserial, params, standalone",
-        "from bimatting.deploy.schedules import aarch64, fp, x86",
+        "from bimatting.deploy import artifact, target",
+        "from bimatting.deploy.compiler import build, graph_rewrite, importer, lowering, shapes",
+        "from bimatting.deploy.device import bench, emulator, report, rpc, runtime",
+        "from bimatting.deploy.tuning import measure, session",
+        "from bimatting.deploy.compiler.kernels import bitserial, params, standalone",
+        "from bimatting.deploy.compiler.schedules import aarch64, fp, x86",
         f"build.compile_model({str(small_onnx)!r}, 'host', {artifact_path!r}, (32, 16))",
         f"runtime.RecurrentRunner(runtime.CompiledModel({artifact_path!r}))",
         "assert 'torch' not in sys.modules",
@@ -586,11 +582,6 @@ def test_compile_path_works_without_torch(small_onnx, tmp_path):
 
 def test_cli_compiles_a_checkpoint_by_exporting_it_in_process(tmp_path):
     """A .pth source is exported in the CLI process (the only torch use of `compile`)."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("bimatting.export.exporter", reason="the ONNX exporter is absent")
-    from bimatting.checkpoints import save_checkpoint
-    from bimatting.models import build_model
-
     torch.manual_seed(0)
     checkpoint = tmp_path / "bimatting.pth"
     save_checkpoint(checkpoint, build_model("bimatting").eval(), "bimatting")

@@ -1,7 +1,5 @@
 """`bimatting demo`: the real chain (profile, export, compile host + rpi4, bench with verification,
 matte) on the packaged default model and sample clip, run as a user runs it: a fresh process."""
-import importlib.resources
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,25 +12,6 @@ import pytest
 # The export issue's bounds for the same network on two backends (pha in [0, 1]).
 PHA_MEAN_TOLERANCE = 1e-4
 PHA_MAX_TOLERANCE = 1e-2
-
-
-def missing_parts():
-    """What the demo needs that this install lacks (each with where it should come from)."""
-    missing = []
-    asset = importlib.resources.files("bimatting") / "assets" / "bimatting_default.npz"
-    if not asset.is_file():
-        missing.append("the packaged default model (bimatting/assets/bimatting_default.npz)")
-    for module, what in (("bimatting.export.exporter", "the ONNX exporter"),
-                         ("bimatting.deploy.build", "the TVM compiler"),
-                         ("bimatting.deploy.runtime", "the TVM runtime"),
-                         ("bimatting.deploy.bench", "`bimatting bench`")):
-        if importlib.util.find_spec(module) is None:
-            missing.append(f"{what} ({module})")
-    return missing
-
-
-MISSING = missing_parts()
-pytestmark = pytest.mark.skipif(bool(MISSING), reason="demo needs " + "; ".join(MISSING) + ", not yet in this install")
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,15 @@ import time
 
 import numpy as np
 import pytest
+import tvm
 from click.testing import CliRunner
+from tvm import rpc, te
+from tvm.support import cc
 
-from bimatting.deploy import emulator
+from bimatting.deploy.device import emulator
 from bimatting.errors import InputError, RuntimeFailure
 from bimatting.targets import load_target
 
-tvm = pytest.importorskip("tvm")
-from tvm import rpc, te  # noqa: E402
-from tvm.support import cc  # noqa: E402
 
 LOOPBACK_HEX = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it (little-endian)
 
@@ -346,7 +346,7 @@ def test_emulated_targets_are_the_aarch64_boards():
 
 
 def test_emulator_and_cli_import_neither_torch_nor_tvm():
-    code = ("import sys, bimatting.deploy.emulator, bimatting.cli.device_cmd; "
+    code = ("import sys, bimatting.deploy.device.emulator, bimatting.cli.device_cmd; "
             "print(sorted(m for m in ('torch', 'tvm') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

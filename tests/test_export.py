@@ -13,9 +13,10 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from bimatting.bitpack import pack, packed_channels
+from bimatting.binops.layout import pack, packed_channels
 from bimatting.cli import cli
-from bimatting.export import exporter, ops, verify
+from bimatting.binops import schema
+from bimatting.export import exporter, verify
 from bimatting.frames import iter_frames
 from bimatting.models import build_model
 from bimatting.models.bimatting.binarize import BiConv2d, LearnableBias
@@ -99,7 +100,7 @@ def test_bimatting_file_is_small_checked_and_every_binary_conv_is_custom(bimatti
     assert size <= MAX_BIMATTING_BYTES, f"{size} bytes"
 
     binary = dict(bimatting_net.binary_convs())
-    custom_convs = [n for n in model.graph.node if n.domain == ops.DOMAIN and n.op_type.startswith("BinaryConv2d")]
+    custom_convs = [n for n in model.graph.node if n.domain == schema.DOMAIN and n.op_type.startswith("BinaryConv2d")]
     weights = _initializers(model)
     exported = {}
     for node in custom_convs:
@@ -126,10 +127,10 @@ def test_bimatting_file_is_small_checked_and_every_binary_conv_is_custom(bimatti
                     if n.op_type == "BinaryConv2dMasked")
     assert len(masked) == 10 and all(".conv." in n or ".ih." in n or ".hh." in n for n in masked)
     # each op used ships as a model-local function of the domain
-    used = {n.op_type for n in model.graph.node if n.domain == ops.DOMAIN}
+    used = {n.op_type for n in model.graph.node if n.domain == schema.DOMAIN}
     assert used == {"BinarizePack", "BinaryConv2d", "BinaryConv2dMasked"}
-    assert {(f.domain, f.name) for f in model.functions} == {(ops.DOMAIN, op) for op in used}
-    assert {(o.domain, o.version) for o in model.opset_import} == {("", 18), (ops.DOMAIN, 1)}
+    assert {(f.domain, f.name) for f in model.functions} == {(schema.DOMAIN, op) for op in used}
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 18), (schema.DOMAIN, 1)}
 
 
 def _dims(value_info):

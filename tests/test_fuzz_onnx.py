@@ -16,12 +16,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from bimatting.binops import schema
 from bimatting.errors import BimattingError, InputError
 from bimatting.onnx_check import MAX_DIM, check_model, load_checked
 from fuzz_inputs import (TINY_SIZE, assert_clean_error, assert_one_line, bit_flips, run_cli, tiny_matting_onnx,
                          truncations)
-
-ops = pytest.importorskip("bimatting.export.ops", reason="the ai.bimatting op definitions are absent")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +83,7 @@ def _mutations():
 
     @case("ai.bimatting version 2", "ai.bimatting version 2")
     def _(m):
-        next(o for o in m.opset_import if o.domain == ops.DOMAIN).version = 2
+        next(o for o in m.opset_import if o.domain == schema.DOMAIN).version = 2
 
     @case("IR version from the future", "IR version 99")
     def _(m):
@@ -211,7 +210,7 @@ def test_the_base_model_passes_and_runs(base, tmp_path):
 def test_bad_model_is_refused_by_every_entry_point(name, base, tmp_path):
     """The check, the matte backend and the compiler all refuse it with the same one line,
     and the compiler leaves no artifact (it refuses before TVM sees the graph)."""
-    from bimatting.deploy.build import compile_model
+    from bimatting.deploy.compiler.build import compile_model
     from bimatting.matting import open_matter
 
     fragment = MUTATIONS[name][1]
@@ -338,7 +337,7 @@ def test_rvm_reader_and_bench_reference_check_the_file(base, tmp_path):
     """load_model(".onnx") (RVM's official layout) and the bench's onnxruntime reference both go
     through the check: a bad file is refused before onnxruntime or the weight reader parse it."""
     import bimatting
-    from bimatting.deploy.bench import run_reference
+    from bimatting.deploy.device.bench import run_reference
 
     path = _write(tmp_path, _mutated(base, "huge declared initializer, 4 bytes stored"))
     with pytest.raises(InputError) as error:

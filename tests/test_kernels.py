@@ -10,16 +10,16 @@ The same kernels run on the emulated Raspberry Pi 4 (qemu-user, Cortex-A72 ISA) 
 import itertools
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import tvm
 from onnx import TensorProto, helper
 
-from bimatting import bitpack
-from bimatting.deploy import lowering
-from bimatting.deploy.kernels import standalone
-from bimatting.deploy.kernels.bitserial import ConvGeometry, PackLayout
+from bimatting.binops import layout as bit_layout
+from bimatting.binops.geometry import ConvGeometry
+from bimatting.deploy.compiler import lowering
+from bimatting.deploy.compiler.kernels import standalone
+from bimatting.deploy.compiler.kernels.bitserial import PackLayout
 from bimatting.deploy.target import fcompile, resolve
 
 CHANNELS = (3, 16, 20, 35, 64, 195)
@@ -59,7 +59,7 @@ def _integer_kernels(target):
     for seed, (channels, config) in enumerate(itertools.product(CHANNELS, CONFIGS)):
         geometry, x, w = _case(channels, config, seed)
         ones, zeros = np.ones(geometry.channels_out), np.zeros(geometry.channels_out)
-        kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), ones, zeros, target)
+        kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), ones, zeros, target)
         cases.append((kernel, x, w))
     return cases
 
@@ -68,7 +68,7 @@ def _check_integer_cases(cases, module, device):
     for kernel, x, w in cases:
         g = kernel.geometry
         got = kernel.run(module, x, device)
-        want = float_conv(bitpack.sign(x), bitpack.sign(w), g.strides, g.pads, g.dilations)
+        want = float_conv(bit_layout.sign(x), bit_layout.sign(w), g.strides, g.pads, g.dilations)
         assert got.shape == want.shape
         assert np.array_equal(got, want), (
             f"C={g.channels_in} k={g.kernel} s={g.strides} pads={g.pads} d={g.dilations}: "
@@ -92,9 +92,9 @@ def test_output_transform_steps_follow_the_graph_order(host_target):
     rng = np.random.default_rng(1)
     scale, bias, shift, slope, post = (rng.standard_normal(20).astype(np.float32) for _ in range(5))
     steps = [("add", shift), ("prelu", slope), ("add", post), ("mul", scale)]
-    kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), scale, bias, host_target, extra_steps=steps)
+    kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), scale, bias, host_target, extra_steps=steps)
     got = kernel.run(standalone.build([kernel], host_target).mod, x, tvm.cpu())
-    d = float_conv(bitpack.sign(x), bitpack.sign(w), geometry.strides, geometry.pads, geometry.dilations)
+    d = float_conv(bit_layout.sign(x), bit_layout.sign(w), geometry.strides, geometry.pads, geometry.dilations)
     col = (lambda v: v[None, :, None, None])
     want = d * col(scale) + col(bias) + col(shift)
     want = np.where(want < 0, want * col(slope), want) + col(post)
@@ -108,10 +108,10 @@ def test_masked_variant_is_exactly_zero_where_the_mask_is(host_target):
     rng = np.random.default_rng(2)
     mask = rng.random((1, 1, geometry.out_height, geometry.out_width)).astype(np.float32)
     mask[mask < 0.6] = 0.0  # SAB: a soft (bilinear) mask with exact zeros
-    kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), np.ones(16), np.zeros(16), host_target,
+    kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), np.ones(16), np.zeros(16), host_target,
                                          masked=True)
     got = kernel.run(standalone.build([kernel], host_target).mod, x, tvm.cpu(), mask=mask)
-    dense = float_conv(bitpack.sign(x), bitpack.sign(w), geometry.strides, geometry.pads, geometry.dilations)
+    dense = float_conv(bit_layout.sign(x), bit_layout.sign(w), geometry.strides, geometry.pads, geometry.dilations)
     want = np.where(mask != 0, dense, 0.0)
     assert np.array_equal(got, want)
     assert (got[np.broadcast_to(mask == 0, got.shape)] == 0).all()
@@ -120,9 +120,9 @@ def test_masked_variant_is_exactly_zero_where_the_mask_is(host_target):
 def test_batch_of_two_frames(host_target):
     geometry, _, w = _case(20, CONFIGS[3], seed=4, out_channels=24)
     x = np.random.default_rng(5).standard_normal((2, 20, HEIGHT, WIDTH)).astype(np.float32)
-    kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), np.ones(24), np.zeros(24), host_target, batch=2)
+    kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), np.ones(24), np.zeros(24), host_target, batch=2)
     got = kernel.run(standalone.build([kernel], host_target).mod, x, tvm.cpu())
-    want = float_conv(bitpack.sign(x), bitpack.sign(w), geometry.strides, geometry.pads, geometry.dilations)
+    want = float_conv(bit_layout.sign(x), bit_layout.sign(w), geometry.strides, geometry.pads, geometry.dilations)
     assert np.array_equal(got, want)
 
 
@@ -139,31 +139,31 @@ def test_repacking_onnx_bytes_gives_the_same_words_as_packing_floats(word, host_
     shape = (1, layout.rows, layout.cols, layout.words)
     from_floats, from_bytes = tvm.runtime.empty(shape, word), tvm.runtime.empty(shape, word)
     lib["pack"](tvm.runtime.tensor(x), from_floats)
-    lib["repack"](tvm.runtime.tensor(bitpack.pack(x)), from_bytes)
+    lib["repack"](tvm.runtime.tensor(bit_layout.pack(x)), from_bytes)
     assert np.array_equal(from_floats.numpy(), from_bytes.numpy())
-    # Words hold channel c at bit c % B of word c // B (bimatting.bitpack's order, widened).
+    # Words hold channel c at bit c % B of word c // B (bimatting.binops.layout's order, widened).
     words = from_floats.numpy()[0, layout.top:layout.top + 7, layout.left:layout.left + 9]
     bits = (words[..., :, None] >> np.arange(int(word[4:]), dtype=word)) & 1  # [y, x, CW, B]
     signs = 1.0 - 2.0 * bits.reshape(7, 9, -1)[..., :35].transpose(2, 0, 1)
-    assert np.array_equal(signs, bitpack.sign(x)[0])
+    assert np.array_equal(signs, bit_layout.sign(x)[0])
 
 
-def test_onnx_binarize_pack_and_unpack_ops_match_bitpack(host_target):
+def test_onnx_binarize_pack_and_unpack_ops_match_the_bit_layout(host_target):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 20, 5, 6)).astype(np.float32)
     x[0, :, 0, 0] = 0.0
-    from bimatting.deploy.schedules import arch_for, schedule_kernel
+    from bimatting.deploy.compiler.schedules import kernel_config_for, schedule_kernel
 
     funcs = {"bp": lowering.binarize_pack_func(x.shape), "up": lowering.unpack_func((2, 3, 5, 6), 20)}
-    arch = arch_for(host_target)
-    mod = tvm.IRModule({name: schedule_kernel(f, arch).mod["main"].with_attr("global_symbol", name)
+    kernel_config = kernel_config_for(host_target)
+    mod = tvm.IRModule({name: schedule_kernel(f, kernel_config).mod["main"].with_attr("global_symbol", name)
                         for name, f in funcs.items()})
     lib = tvm.compile(mod, target=host_target)
     packed, unpacked = tvm.runtime.empty((2, 3, 5, 6), "uint8"), tvm.runtime.empty(x.shape, "float32")
     lib["bp"](tvm.runtime.tensor(x), packed)
-    assert np.array_equal(packed.numpy(), bitpack.pack(x))
+    assert np.array_equal(packed.numpy(), bit_layout.pack(x))
     lib["up"](packed, unpacked)
-    assert np.array_equal(unpacked.numpy(), bitpack.sign(x))
+    assert np.array_equal(unpacked.numpy(), bit_layout.sign(x))
 
 
 def test_host_code_uses_a_vector_popcount(host_target):
@@ -171,7 +171,7 @@ def test_host_code_uses_a_vector_popcount(host_target):
     from tvm.target.codegen import llvm_get_cpu_features
 
     geometry, _, w = _case(64, CONFIGS[2], seed=9, out_channels=64)
-    kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), np.ones(64), np.zeros(64), host_target)
+    kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), np.ones(64), np.zeros(64), host_target)
     asm = standalone.build([kernel], host_target).mod.inspect_source("asm")
     if host_target.attrs.get("mtriple", "x86_64").startswith("aarch64"):
         assert "cnt\tv" in asm
@@ -207,15 +207,15 @@ def test_binary_conv_equals_float_conv_of_signs_on_emulated_rpi4(rpi4_session, t
 
 def _tunable_case(host_target):
     geometry, x, w = _case(64, CONFIGS[3], seed=12, out_channels=32)
-    kernel = standalone.BinaryConvKernel(geometry, bitpack.pack(w), np.ones(32), np.zeros(32), host_target)
-    want = float_conv(bitpack.sign(x), bitpack.sign(w), geometry.strides, geometry.pads, geometry.dilations)
+    kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), np.ones(32), np.zeros(32), host_target)
+    want = float_conv(bit_layout.sign(x), bit_layout.sign(w), geometry.strides, geometry.pads, geometry.dilations)
     return kernel, x, want
 
 
 def _run_conv(kernel, conv_func, x, host_target):
-    from bimatting.deploy.schedules import schedule_kernel
+    from bimatting.deploy.compiler.schedules import schedule_kernel
 
-    pack = schedule_kernel(kernel.pack, kernel.arch).mod["main"]
+    pack = schedule_kernel(kernel.pack, kernel.kernel_config).mod["main"]
     mod = tvm.IRModule({"pack0": pack.with_attr("global_symbol", "pack0"),
                         "conv0": conv_func.with_attr("global_symbol", "conv0")})
     kernel.index = 0
@@ -226,10 +226,10 @@ def _sampled_schedule(kernel, seed):
     """The tunable schedule (MetaSchedule's design space of a binary conv) with sampled tiles."""
     from tvm import s_tir
 
-    from bimatting.deploy.schedules import fresh
+    from bimatting.deploy.compiler.schedules.primfunc import fresh
 
     sch = s_tir.Schedule(tvm.IRModule({"main": fresh(kernel.conv)}), seed=seed)
-    kernel.arch.schedule_bconv(sch, tunable=True)
+    kernel.kernel_config.schedule_bconv(sch, tunable=True)
     return sch
 
 
@@ -246,8 +246,8 @@ def test_sampled_tile_sizes_of_the_design_space_stay_exact(host_target):
 def test_a_tuning_record_replaces_the_manual_schedule(host_target):
     from tvm.s_tir import meta_schedule as ms
 
-    from bimatting.deploy import tuning
-    from bimatting.deploy.schedules import ScheduleModule
+    from bimatting.deploy.compiler import tuning_database as tuning
+    from bimatting.deploy.compiler.schedules import ScheduleModule
 
     kernel, x, want = _tunable_case(host_target)
     sch = _sampled_schedule(kernel, seed=3)

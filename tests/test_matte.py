@@ -112,7 +112,7 @@ def rvm_host_artifact(rvm_checkpoint, tmp_path_factory):
     """The same RVM exported and compiled by TVM for this machine at 256x144 (~20 s)."""
     import onnx
 
-    from bimatting.deploy.build import compile_model
+    from bimatting.deploy.compiler.build import compile_model
     from bimatting.matting import export_in_memory
 
     folder = tmp_path_factory.mktemp("tvm")
@@ -178,7 +178,7 @@ def test_bimatting_backends_agree(tie_free_checkpoint, tmp_path):
     this machine), states carried over the clip: within the export issue's tolerances."""
     import onnx
 
-    from bimatting.deploy.build import compile_model
+    from bimatting.deploy.compiler.build import compile_model
     from bimatting.matting import export_in_memory
 
     checkpoint, clip = tie_free_checkpoint

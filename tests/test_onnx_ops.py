@@ -1,6 +1,6 @@
 """The ai.bimatting ops as shipped: function bodies run by onnxruntime and onnx.reference.
 
-References are independent of the bodies: bimatting.bitpack (numpy, unpack + integer conv) and
+References are independent of the bodies: bimatting.binops.reference (numpy, unpack + integer conv) and
 torch's float conv of the +-1 tensors. Binary dot products are integers (|D| <= KH*KW*C < 2^24),
 so every comparison of D is exact equality; only the fused float scale/bias is compared with a
 1-ulp-level tolerance.
@@ -13,19 +13,20 @@ import torch
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from bimatting import bitpack
-from bimatting.export import ops
+from bimatting.binops import functions as op_functions
+from bimatting.binops import layout, schema
+from bimatting.binops import reference as numpy_reference
 
 
-def _op_model(op_type, inputs, out_type, attrs, opset=ops.MIN_OPSET):
+def _op_model(op_type, inputs, out_type, attrs, opset=schema.MIN_OPSET):
     """A one-node model calling `op_type`, its function shipped in the model."""
     infos = [helper.make_tensor_value_info(name, elem, shape) for name, elem, shape in inputs]
-    node = ops.make_node(op_type, [name for name, _, _ in inputs], ["out"], name="op", **attrs)
+    node = schema.make_node(op_type, [name for name, _, _ in inputs], ["out"], name="op", **attrs)
     out = helper.make_tensor_value_info("out", out_type, ["y0", "y1", "y2", "y3"])
     graph = helper.make_graph([node], op_type, infos, [out])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                    helper.make_opsetid(ops.DOMAIN, ops.DOMAIN_VERSION)],
-                              functions=ops.functions(opset, used={op_type}))
+                                                    helper.make_opsetid(schema.DOMAIN, schema.DOMAIN_VERSION)],
+                              functions=op_functions.functions(opset, used={op_type}))
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -59,27 +60,27 @@ def test_worked_example_of_the_doc():
     pack = _op_model("BinarizePack", [("X", TensorProto.FLOAT, ["n", 3, "h", "w"])], TensorProto.UINT8, {})
     x_packed = _run_ort(pack, {"X": x})
     assert x_packed.dtype == np.uint8 and x_packed.ravel().tolist() == [2]
-    assert ops.pack_weights(w).ravel().tolist() == [3]
+    assert numpy_reference.pack_weights(w).ravel().tolist() == [3]
     conv = _conv_model(3, kernel_shape=[1, 1])
-    y = _run_ort(conv, {"X": x_packed, "W": ops.pack_weights(w), "scale": np.array([0.5], np.float32),
+    y = _run_ort(conv, {"X": x_packed, "W": numpy_reference.pack_weights(w), "scale": np.array([0.5], np.float32),
                         "bias": np.array([0.25], np.float32)})
     assert y.ravel().tolist() == [0.75]
 
 
 @pytest.mark.parametrize("channels", [1, 3, 8, 20, 35, 195])
-def test_binarize_pack_and_unpack_match_bitpack(channels):
+def test_binarize_pack_and_unpack_match_the_bit_layout(channels):
     rng = np.random.default_rng(channels)
     x = _random_activation(rng, (2, channels, 5, 7))
     pack = _op_model("BinarizePack", [("X", TensorProto.FLOAT, ["n", "c", "h", "w"])], TensorProto.UINT8, {})
     packed = _run_ort(pack, {"X": x})
-    assert packed.shape == (2, bitpack.packed_channels(channels), 5, 7)
-    np.testing.assert_array_equal(packed, bitpack.pack(x))
+    assert packed.shape == (2, layout.packed_channels(channels), 5, 7)
+    np.testing.assert_array_equal(packed, layout.pack(x))
     # channel padding bits are 0
     if channels % 8:
         assert not np.any(packed[:, -1] >> (channels % 8))
     unpack = _op_model("Unpack", [("Y", TensorProto.UINT8, ["n", "cw", "h", "w"])], TensorProto.FLOAT,
                        {"channels": channels})
-    np.testing.assert_array_equal(_run_ort(unpack, {"Y": packed}), bitpack.sign(x))
+    np.testing.assert_array_equal(_run_ort(unpack, {"Y": packed}), layout.sign(x))
 
 
 # (C_in, C_out, kernel, stride, dilation, pads [top, left, bottom, right], H, W)
@@ -99,8 +100,8 @@ CONV_CASES = [
 def _torch_pm1_conv(x, w, stride, dilation, pads):
     """Float conv of the +-1 tensors in torch, zero padding (pads in ONNX order)."""
     top, left, bottom, right = pads
-    xs = torch.nn.functional.pad(torch.from_numpy(bitpack.sign(x)), (left, right, top, bottom))
-    ws = torch.from_numpy(bitpack.sign(w))
+    xs = torch.nn.functional.pad(torch.from_numpy(layout.sign(x)), (left, right, top, bottom))
+    ws = torch.from_numpy(layout.sign(w))
     return torch.nn.functional.conv2d(xs, ws, stride=stride, dilation=dilation).numpy()
 
 
@@ -111,24 +112,24 @@ def test_binary_conv2d_is_the_exact_pm1_convolution(c_in, c_out, k, stride, dila
     weight = rng.standard_normal((c_out, c_in, k, k)).astype(np.float32)
     attrs = dict(kernel_shape=[k, k], strides=[stride, stride], pads=pads, dilations=[dilation, dilation])
     model = _conv_model(c_in, **attrs)
-    feeds = {"X": bitpack.pack(x), "W": ops.pack_weights(weight), "scale": np.ones(c_out, np.float32),
+    feeds = {"X": layout.pack(x), "W": numpy_reference.pack_weights(weight), "scale": np.ones(c_out, np.float32),
              "bias": np.zeros(c_out, np.float32)}
     dot = _run_ort(model, feeds)
-    reference = bitpack.binary_conv2d(feeds["X"], feeds["W"], c_in, (stride, stride), pads, (dilation, dilation))
-    np.testing.assert_array_equal(dot, reference.astype(np.float32))
+    expected_dot = numpy_reference.binary_conv2d(feeds["X"], feeds["W"], c_in, (stride, stride), pads, (dilation, dilation))
+    np.testing.assert_array_equal(dot, expected_dot.astype(np.float32))
     np.testing.assert_array_equal(dot, _torch_pm1_conv(x, weight, stride, dilation, pads))
     # border positions are really there: the zero-padding correction is non-zero at some border
     if any(pads):
-        plus_one_padded = bitpack.xnor_popcount_conv2d(feeds["X"], feeds["W"], c_in, h, w, (stride, stride),
+        plus_one_padded = numpy_reference.xnor_popcount_conv2d(feeds["X"], feeds["W"], c_in, h, w, (stride, stride),
                                                        pads, (dilation, dilation))
         np.testing.assert_array_equal(dot, plus_one_padded.astype(np.float32))
-        corr = bitpack.border_correction(bitpack.sign(weight), h, w, (stride, stride), pads, (dilation, dilation))
+        corr = numpy_reference.border_correction(layout.sign(weight), h, w, (stride, stride), pads, (dilation, dilation))
         assert np.any(corr != 0)
     # fused per-channel output transform
     feeds["scale"] = rng.uniform(0.01, 2.0, c_out).astype(np.float32)
     feeds["bias"] = rng.standard_normal(c_out).astype(np.float32)
     attrs_all = dict(channels_in=c_in, **attrs)
-    expected = ops.execute("BinaryConv2d", [feeds[k_] for k_ in ("X", "W", "scale", "bias")], attrs_all)[0]
+    expected = numpy_reference.execute("BinaryConv2d", [feeds[k_] for k_ in ("X", "W", "scale", "bias")], attrs_all)[0]
     # same float32 Mul then Add as the reference: at most rounding of one op apart
     np.testing.assert_allclose(_run_ort(model, feeds), expected, rtol=1e-6, atol=1e-6)
 
@@ -140,7 +141,7 @@ def test_binary_conv2d_masked_is_zero_exactly_where_mask_is_unset():
     weight = rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32)
     mask = rng.uniform(0, 1, (1, 1, h, w)).astype(np.float32)
     mask[mask < 0.6] = 0.0  # soft (bilinear) mask values: nonzero means "compute"
-    feeds = {"X": bitpack.pack(x), "W": ops.pack_weights(weight),
+    feeds = {"X": layout.pack(x), "W": numpy_reference.pack_weights(weight),
              "scale": rng.uniform(0.1, 1, c_out).astype(np.float32),
              "bias": rng.standard_normal(c_out).astype(np.float32)}
     attrs = dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
@@ -150,7 +151,7 @@ def test_binary_conv2d_masked_is_zero_exactly_where_mask_is_unset():
     assert unset.any() and (~unset).any()
     assert np.all(masked[unset] == 0.0)
     np.testing.assert_array_equal(masked[~unset], dense[~unset])
-    expected = ops.execute("BinaryConv2dMasked", [feeds["X"], feeds["W"], feeds["scale"], feeds["bias"], mask],
+    expected = numpy_reference.execute("BinaryConv2dMasked", [feeds["X"], feeds["W"], feeds["scale"], feeds["bias"], mask],
                            dict(channels_in=c_in, **attrs))[0]
     np.testing.assert_allclose(masked, expected, rtol=1e-6, atol=1e-6)
 
@@ -161,27 +162,27 @@ def test_onnx_reference_evaluator_runs_the_functions():
     weight = rng.standard_normal((6, 20, 3, 3)).astype(np.float32)
     pack = _op_model("BinarizePack", [("X", TensorProto.FLOAT, ["n", "c", "h", "w"])], TensorProto.UINT8, {})
     packed = ReferenceEvaluator(pack).run(None, {"X": x})[0]
-    np.testing.assert_array_equal(packed, bitpack.pack(x))
+    np.testing.assert_array_equal(packed, layout.pack(x))
     model = _conv_model(20, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], dilations=[1, 1])
-    feeds = {"X": packed, "W": ops.pack_weights(weight), "scale": np.ones(6, np.float32),
+    feeds = {"X": packed, "W": numpy_reference.pack_weights(weight), "scale": np.ones(6, np.float32),
              "bias": np.zeros(6, np.float32)}
     dot = ReferenceEvaluator(model).run(None, feeds)[0]
-    np.testing.assert_array_equal(dot, bitpack.binary_conv2d(packed, feeds["W"], 20, (2, 2), (1, 1, 1, 1)))
+    np.testing.assert_array_equal(dot, numpy_reference.binary_conv2d(packed, feeds["W"], 20, (2, 2), (1, 1, 1, 1)))
 
 
 def test_function_bodies_are_standard_ops_and_need_opset_18():
-    for function in ops.functions():
-        assert function.domain == ops.DOMAIN
+    for function in op_functions.functions():
+        assert function.domain == schema.DOMAIN
         assert {n.domain for n in function.node} <= {""}  # standard ops only
-        assert [o.version for o in function.opset_import if o.domain == ""] == [ops.MIN_OPSET]
+        assert [o.version for o in function.opset_import if o.domain == ""] == [schema.MIN_OPSET]
     with pytest.raises(ValueError, match="opset >= 18"):
-        ops.functions(17)
+        op_functions.functions(17)
 
 
 def test_make_node_checks_the_schema():
     with pytest.raises(ValueError, match="channels_in"):
-        ops.make_node("BinaryConv2d", ["x", "w", "s", "b"], ["y"], kernel_shape=[3, 3])
+        schema.make_node("BinaryConv2d", ["x", "w", "s", "b"], ["y"], kernel_shape=[3, 3])
     with pytest.raises(ValueError, match="group"):
-        ops.make_node("BinaryConv2d", ["x", "w", "s", "b"], ["y"], channels_in=3, kernel_shape=[1, 1], group=2)
-    node = ops.make_node("BinaryConv2d", ["x", "w", "s", "b"], ["y"], channels_in=3, kernel_shape=[1, 1])
-    assert ops.node_attributes(node)["pads"] == [0, 0, 0, 0]  # defaults are written explicitly
+        schema.make_node("BinaryConv2d", ["x", "w", "s", "b"], ["y"], channels_in=3, kernel_shape=[1, 1], group=2)
+    node = schema.make_node("BinaryConv2d", ["x", "w", "s", "b"], ["y"], channels_in=3, kernel_shape=[1, 1])
+    assert schema.node_attributes(node)["pads"] == [0, 0, 0, 0]  # defaults are written explicitly

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bimatting import bitpack
+from bimatting.binops import layout
 from bimatting.errors import InputError
 from bimatting.models import build_model
 from bimatting.packed import load_packed, read_packed, save_packed, unpack_weight
@@ -48,7 +48,7 @@ def test_file_is_pickle_free_npz_with_packed_bits(packed):
         conv_name, conv = model.binary_convs()[0]
         bits = data[conv_name + ".weight.bits"]
         assert bits.dtype == np.uint8
-        assert bits.shape == (conv.weight.shape[0], bitpack.packed_channels(conv.weight.shape[1]), *conv.weight.shape[2:])
+        assert bits.shape == (conv.weight.shape[0], layout.packed_channels(conv.weight.shape[1]), *conv.weight.shape[2:])
         assert data[conv_name + ".weight.alpha"].dtype == np.float32
         meta = json.loads(data["__meta__.json"].tobytes())
     assert meta["arch"] == "bimatting" and meta["provenance"] == {"note": "test"}
@@ -102,9 +102,9 @@ def test_unpack_weight_recentres_to_the_same_signs_and_alpha():
     signs[1, 0, 0, 0] = 1.0                            # a single +1 among -1s
     alpha = rng.uniform(0.01, 0.2, 6).astype(np.float32)
     alpha[0] = 0.0
-    weight = unpack_weight(bitpack.pack(signs, axis=1), alpha, 19)
+    weight = unpack_weight(layout.pack(signs, axis=1), alpha, 19)
     centred = weight - weight.mean(axis=(1, 2, 3), keepdims=True)
-    np.testing.assert_array_equal(bitpack.sign(centred), signs)
+    np.testing.assert_array_equal(layout.sign(centred), signs)
     np.testing.assert_allclose(np.abs(centred).mean(axis=(1, 2, 3)), alpha, rtol=1e-6)
 
 

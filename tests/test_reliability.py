@@ -286,7 +286,7 @@ def test_resume_of_png_output_equals_an_uninterrupted_run(rvm_onnx, tmp_path):
 def test_recurrent_state_round_trip_on_every_backend(tiny_onnx, tmp_path):
     """matte_resume.get_states / set_states: a fresh network given the saved state continues exactly
     like the one that ran the first frames (torch, onnxruntime and a compiled TVM artifact)."""
-    from bimatting.deploy.build import compile_model
+    from bimatting.deploy.compiler.build import compile_model
     from bimatting.matte_resume import get_states, set_states
     from bimatting.matting import TorchMatter, open_matter
     from bimatting.models import build_model
@@ -382,7 +382,8 @@ def test_thousand_recurrent_frames_without_near_ties_do_not_drift(tmp_path):
     one side): a flipped bit can then only come from a wrong kernel or a corrupted state, so pha
     and fgr must stay within 1e-4 of onnxruntime on every frame. (The packaged model's own drift,
     where float32 rounding decides near-zero signs, is the test above.)"""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from bench_models import tie_free_bimatting
     from bimatting.checkpoints import save_checkpoint
     from bimatting.frames import to_nchw

@@ -48,14 +48,14 @@ def test_host_resolves_native_cpu_and_core_count():
 def test_bitserial_word_per_architecture(name, word, arch):
     import platform
 
-    from bimatting.deploy.schedules import arch_for
+    from bimatting.deploy.compiler.schedules import kernel_config_for
     from bimatting.deploy.target import resolve
 
     if name == "host" and platform.machine() != "x86_64":
         pytest.skip("the host word size is checked on x86_64 machines")
     target = resolve(name)
     assert target.arch == arch
-    assert arch_for(target.tvm_target).word_dtype == word
+    assert kernel_config_for(target.tvm_target).word_dtype == word
 
 
 def test_unknown_target_lists_known_ones():

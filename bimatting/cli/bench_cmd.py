@@ -1,4 +1,4 @@
-"""`bimatting bench`: latency and output verification of an artifact on a board (wraps deploy.bench)."""
+"""`bimatting bench`: latency and output verification of an artifact on a board (wraps deploy.device.bench)."""
 import json
 
 import click
@@ -47,7 +47,7 @@ def bench(artifact, rpc_address, tracker, key, frames, warmup, input_path, verif
       bimatting device emulate --target rpi4 --port 9091 &   # an emulated board (correctness only)
       bimatting bench bimatting-rpi4.tar --rpc 127.0.0.1:9091 --frames 4
     """
-    from bimatting.deploy.bench import bench as run_bench
+    from bimatting.deploy.device.bench import bench as run_bench
 
     try:
         result = run_bench(artifact, rpc=rpc_address, tracker=tracker, key=key, frames=frames, warmup=warmup,

@@ -1,4 +1,4 @@
-"""`bimatting compile` and `bimatting targets` (thin wrappers of bimatting.deploy.build / targets)."""
+"""`bimatting compile` and `bimatting targets` (thin wrappers of bimatting.deploy.compiler.build / targets)."""
 import json
 from pathlib import Path
 
@@ -37,7 +37,7 @@ def compile_(model, target_name, output, resolution, downsample_ratio, tuning_db
     """
     from tqdm import tqdm
 
-    from bimatting.deploy.build import compile_model
+    from bimatting.deploy.compiler.build import compile_model
     from bimatting.deploy.target import check_compiler, resolve
     from bimatting.profile import parse_resolution
 

@@ -56,7 +56,7 @@ def emulate(target, port, host, server, tracker, key, setup, as_json):
       bimatting device emulate --target jetson-orin --port 9091 --json
       bimatting device emulate --target rpi4 --server python --tracker 127.0.0.1:9190 --key rpi4
     """
-    from bimatting.deploy import emulator
+    from bimatting.deploy.device import emulator
 
     if setup:
         try:

@@ -1,4 +1,4 @@
-"""`bimatting tune`: MetaSchedule tuning of a model's kernels on a board (wraps deploy.tune)."""
+"""`bimatting tune`: MetaSchedule tuning of a model's kernels on a board (wraps deploy.tuning.session)."""
 import json
 
 import click
@@ -38,12 +38,12 @@ def tune(model, target_name, rpc_address, tracker, key, local, trials, database,
       bimatting tune bimatting.onnx --target host --local --trials 32 --kernels binary -o host.db
       bimatting compile bimatting.onnx --target rpi4 --tuning-db rpi4.db -o bimatting-rpi4.tar
     """
-    from bimatting.deploy.tune import tune as run_tune
+    from bimatting.deploy.tuning.session import tune as run_tune
     from bimatting.profile import parse_resolution
 
     size = parse_resolution(resolution) if resolution else None
     try:
-        summary = run_tune(model, target_name, database, trials, rpc=rpc_address, tracker=tracker, key=key,
+        summary = run_tune(model, target_name, database, trials=trials, rpc=rpc_address, tracker=tracker, key=key,
                            local=local, resolution=size, downsample_ratio=downsample_ratio, kernels=kernels,
                            timeout=timeout, progress=not as_json)
     except KeyboardInterrupt:

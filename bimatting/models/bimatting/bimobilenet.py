@@ -1,6 +1,7 @@
 """BiMobileNet: BiMatting's binary encoder (ReActNet-A style with shrinkable blocks and dense skips).
 
-Widths (entry 0 = FP stem, 1..17 = binary blocks; stride 2 at blocks 2, 5, 11; output stride 16):
+Widths (entry 0 = FP stem, 1..17 = binary blocks; stride 2 at blocks 2, 5, 11; output stride 16),
+by default the official ones (any 18 widths whose neighbours keep the ratios BinaryBlock accepts):
     [16] + [32, 64, 32] + [64, 128, 64] * 2 + [128, 256, 128] * 2 + [256] + [1024]
 Taps: f1 = stem (16 @1/2), f2 = block 3 (32 @1/4), f3 = block 9 (64 @1/8), f4 = block 17 (1024 @1/16).
 Names (`feature.N.move11`, `binary_3x3`, `bn2_1`, ...) equal the official state_dict keys.
@@ -94,19 +95,28 @@ class BinaryBlock(nn.Module):
 
 class BiMobileNet(nn.Module):
     """[N, 3, H, W] RGB in [0, 1] -> f1 [N,16,H/2,W/2], f2 [N,32,H/4,.], f3 [N,64,H/8,.], f4 [N,1024,H/16,.]
+    (channels of the default widths; `tap_channels` gives them for any)
 
     Sizes round up at each halving (conv padding 1, pooling with ceil_mode).
     """
 
-    def __init__(self):
+    def __init__(self, widths=STAGE_WIDTHS):
         super().__init__()
-        self.feature = nn.ModuleList([Stem(3, STAGE_WIDTHS[0])])
-        for i in range(1, len(STAGE_WIDTHS)):
+        if len(widths) != len(STAGE_WIDTHS):
+            raise ValueError(f"BiMobileNet takes {len(STAGE_WIDTHS)} widths (stem + 17 blocks), got {len(widths)}")
+        self.widths = tuple(int(w) for w in widths)
+        self.feature = nn.ModuleList([Stem(3, self.widths[0])])
+        for i in range(1, len(self.widths)):
             stride = 2 if i in STRIDE2_BLOCKS else 1
-            self.feature.append(BinaryBlock(STAGE_WIDTHS[i - 1], STAGE_WIDTHS[i], stride))
+            self.feature.append(BinaryBlock(self.widths[i - 1], self.widths[i], stride))
         self.pool = nn.AvgPool2d(2, 2, ceil_mode=True)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def tap_channels(self):
+        """{"f1": C1, ..., "f4": C4}: the channels of the four features."""
+        return {name: self.widths[index] for index, name in TAPS.items()}
 
     def forward(self, x):
         x = (x - self.mean) / self.std  # ImageNet normalisation, as the official encoder

@@ -1,9 +1,9 @@
 """Binarization primitives of BiMatting (Larq-style: forward and STE gradient written as math).
 
-Conventions are those of `bimatting.bitpack` (the numpy definition every other part follows):
+Conventions are those of `bimatting.binops` (the torch-free contract every other part follows):
 sign(x) = +1 for x >= 0, -1 otherwise; a binary conv sees a +-1 tensor padded with zeros.
 
-    sign(x)            the torch twin of bitpack.sign (NOT torch.sign, which maps 0 to 0)
+    sign(x)            the torch twin of bimatting.binops.layout.sign (NOT torch.sign, which maps 0 to 0)
     binary_activation  sign with the clipped straight-through estimator (Bi-Real / ReActNet)
     BinaryActivation   module wrapper of binary_activation (keeps the official Sequential indices)
     BiConv2d           nn.Conv2d with centred, scaled, binarized weights (ReActNet / BiMatting)
@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 
 def sign(x):
-    """sign(x) = +1 if x >= 0 else -1, same dtype as x (matches bitpack.sign exactly, NaN -> -1)."""
+    """sign(x) = +1 if x >= 0 else -1, same dtype as x (matches bimatting.binops.layout.sign exactly, NaN -> -1)."""
     return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
 
@@ -84,8 +84,9 @@ class BiConv2d(nn.Conv2d):
     Backward:  dL/dw = J^T (dL/dw_b * 1{|w~| <= 1}), the gradient of clamp(w~, -1, 1)
                back through the centring (J = I - 1/n: it also flows into mean(w)).
 
-    Zero padding is the official semantics (a padded tap adds 0 to the dot product); deploy
-    kernels pad with +1 bits and add `bitpack.border_correction`.
+    Zero padding is the official semantics (a padded tap adds 0 to the dot product); the deploy
+    kernels pad with +1 bits and add the border correction derived in bimatting.binops.reference
+    (deploy/compiler/kernels/params.py evaluates it per class of border rows and columns).
 
     The official class also owns a `channel_threshold` parameter [1, Cin, 1, 1] that forward never
     reads (9,184 dead parameters in the whole network). It is dropped here; checkpoints that carry

@@ -20,26 +20,41 @@ from torch import nn
 from torch.nn import functional as F
 
 from .binarize import BiConv2d, BinaryActivation, LearnableBias
-from .bimobilenet import BiMobileNet
+from .bimobilenet import STAGE_WIDTHS, BiMobileNet
 from .decoder import Projection, SABDecoder
 from .guided_filter import BiDeepGuidedFilterRefiner
 from .lraspp import BiLRASPP
 
 DEAD_PARAMETER = "channel_threshold"  # official BiConv2d parameter that forward never reads
+# The official widths; build_model("bimatting", **config) takes others (saved as `config`).
+DEFAULT_CONFIG = {"widths": list(STAGE_WIDTHS), "aspp_channels": 128, "decoder_channels": [80, 40, 32, 16]}
 
 
 class BiMatting(nn.Module):
-    def __init__(self):
+    """widths: BiMobileNet's 18 stage widths; aspp_channels: the ASPP output (also decode4's width);
+    decoder_channels: decode3, decode2, decode1, decode0 (the last is the hidden width of the heads
+    and the refiner). Recurrent states have half of decode1, decode2, decode3 and the ASPP width."""
+
+    def __init__(self, widths=STAGE_WIDTHS, aspp_channels=128, decoder_channels=(80, 40, 32, 16)):
         super().__init__()
-        self.backbone = BiMobileNet()
-        self.aspp = BiLRASPP(1024, 128)
-        self.decoder = SABDecoder([16, 32, 64, 128], [80, 40, 32, 16])
-        self.project_mat = Projection(16, 4)
-        self.project_seg = Projection(16, 1)
-        self.refiner = BiDeepGuidedFilterRefiner()
+        self._config = {"widths": [int(w) for w in widths], "aspp_channels": int(aspp_channels),
+                        "decoder_channels": [int(c) for c in decoder_channels]}
+        self.backbone = BiMobileNet(widths)
+        taps = self.backbone.tap_channels
+        hidden = int(decoder_channels[3])
+        self.aspp = BiLRASPP(taps["f4"], aspp_channels)
+        self.decoder = SABDecoder([taps["f1"], taps["f2"], taps["f3"], aspp_channels], decoder_channels)
+        self.project_mat = Projection(hidden, 4)
+        self.project_seg = Projection(hidden, 1)
+        self.refiner = BiDeepGuidedFilterRefiner(hidden)
         # Off: RVM's plain clamp, as the official training. On: see _clamp (used for distillation
         # from random initialisation, where a plain clamp let alpha die).
         self.straight_through_clamp = False
+
+    @property
+    def config(self):
+        """Constructor arguments that differ from the official network (saved in checkpoints)."""
+        return {key: value for key, value in self._config.items() if value != DEFAULT_CONFIG[key]}
 
     def forward(self, src, r1=None, r2=None, r3=None, r4=None, downsample_ratio=1.0,
                 segmentation_pass=False, return_coarse=True):

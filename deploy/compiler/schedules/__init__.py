@@ -1,7 +1,7 @@
 """Schedules: bitserial kernels per architecture (x86.py, aarch64.py) and the full-precision rest
-(fp.py). Compute definitions live in bimatting.deploy.kernels; nothing here changes results.
+(fp.py). Compute definitions live in bimatting.deploy.compiler.kernels; nothing here changes results.
 
-`arch_for(target)` picks the bitserial configuration (word type, tiles) of a TVM target;
+`kernel_config_for(target)` picks the bitserial configuration (word type, tiles) of a TVM target;
 `schedule_kernel` schedules one bitserial PrimFunc (tagged by lowering.KERNEL_ATTR);
 `ScheduleModule` is the pipeline pass that schedules every PrimFunc of a Relax module: tuned
 records from a MetaSchedule database first, then the manual bitserial schedules, then the FP
@@ -10,38 +10,33 @@ rules.
 import tvm
 from tvm import s_tir, tirx
 
-from bimatting.deploy.schedules import aarch64, bitserial, fp, x86
+from bimatting.deploy.compiler.schedules import aarch64, bitserial, fp, x86
+from bimatting.deploy.compiler.schedules.primfunc import fresh
+from bimatting.deploy.compiler.tuning_database import workload
 
 KERNEL_ATTR = "bimatting.kernel"
 
 
-def arch_for(target):
+def kernel_config_for(target):
     """The bitserial configuration for a tvm.target.Target (by its triple)."""
     triple = str(target.attrs.get("mtriple", "")) or tvm.target.codegen.llvm_get_system_triple()
     if triple.startswith(("aarch64", "arm64")):
-        return aarch64.ARCH
+        return aarch64.KERNEL_CONFIG
     if triple.startswith(("x86_64", "i686", "x86")):
-        return x86.ARCH
+        return x86.KERNEL_CONFIG
     raise ValueError(f"no bitserial schedule for target triple '{triple}' (x86_64 and aarch64 are supported)")
 
 
-def fresh(func):
-    """A deep copy of a PrimFunc. TVM 0.27's s_tir.Schedule can edit the blocks of the PrimFunc it
-    was given in place (seen with `IRModule({"main": func.with_attr(...)})`), so every schedule
-    starts from a copy and the unscheduled original stays reusable."""
-    return tvm.ir.load_json(tvm.ir.save_json(func))
-
-
-def schedule_kernel(func, arch, tunable=False):
+def schedule_kernel(func, kernel_config, tunable=False):
     """A scheduled copy of a bitserial PrimFunc (`s_tir.Schedule`), by its kernel kind."""
     kind = str(func.attrs[KERNEL_ATTR])
     sch = s_tir.Schedule(fresh(func))
     if kind == "bconv":
-        arch.schedule_bconv(sch, tunable)
+        kernel_config.schedule_bconv(sch, tunable)
     elif kind in ("bpack", "brepack"):
-        bitserial.schedule_pack(sch, kind, arch.pack_lanes)
+        bitserial.schedule_pack(sch, kind, kernel_config.pack_lanes)
     elif kind in ("binarize_pack", "unpack"):
-        bitserial.schedule_bytes_op(sch, kind, arch.pack_lanes)
+        bitserial.schedule_bytes_op(sch, kind, kernel_config.pack_lanes)
     else:
         raise ValueError(f"unknown bitserial kernel kind '{kind}'")
     return sch
@@ -57,7 +52,7 @@ class ScheduleModule:
 
     def __init__(self, target, database=None):
         self.target = target
-        self.arch = arch_for(target)
+        self.kernel_config = kernel_config_for(target)
         self.database = database  # a MetaSchedule database (tuning records) or None
         self.fp_rules = fp.rules(target)
 
@@ -68,7 +63,7 @@ class ScheduleModule:
                 continue
             scheduled = self._from_database(func)
             if scheduled is None and KERNEL_ATTR in func.attrs:
-                scheduled = schedule_kernel(func, self.arch).mod["main"]
+                scheduled = schedule_kernel(func, self.kernel_config).mod["main"]
             if scheduled is None:
                 scheduled = fp.apply_rules(func, self.target, self.fp_rules)
             if scheduled is not None:
@@ -81,7 +76,5 @@ class ScheduleModule:
     def _from_database(self, func):
         if self.database is None:
             return None
-        from bimatting.deploy.tuning import workload
-
         sch = self.database.query_schedule(workload(fresh(func)), self.target, workload_name="main")
         return None if sch is None else sch.mod["main"].without_attr("global_symbol")

@@ -1,6 +1,6 @@
 """Run a compiled artifact, locally or on a board over TVM RPC.
 
-    from bimatting.deploy.runtime import CompiledModel, RecurrentRunner
+    from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
     model = CompiledModel("bimatting-host.tar")                 # this machine
     model = CompiledModel("bimatting-rpi4.tar", session=tvm.rpc.connect("pi.local", 9090))
     runner = RecurrentRunner(model)

@@ -1,12 +1,12 @@
 """Bitserial (XNOR / popcount) kernels as TE compute definitions, target agnostic.
 
-Schedules live apart, in `bimatting.deploy.schedules`; `bimatting.deploy.kernels.params`
+Schedules live apart, in `bimatting.deploy.compiler.schedules`; `bimatting.deploy.compiler.kernels.params`
 prepares the constant operands (weight words, output-transform tables) in numpy.
 
 Internal layout (free to choose inside TVM; the ONNX ops use uint8 NCHW, docs/onnx-ops.md):
 * packed activations `[N, Hp, Wp, CW]` words (uint64 on x86, uint32 on ARM): channel c is bit
   c % B of word c // B (B = word bits), bit 1 = -1, the same little-endian order as
-  `bimatting.bitpack`. The tensor carries its own spatial border of 0 bits (+1): `top`/`left`
+  `bimatting.binops.layout`. The tensor carries its own spatial border of 0 bits (+1): `top`/`left`
   rows/columns before the image, and enough after it for every consumer, so a convolution reads
   without bounds checks. Unused channel bits are 0 in activations and weights: XOR drops them.
 * packed weights `[KH, KW, CW, Op]` with the output channels padded to `Op` (a multiple of the
@@ -14,7 +14,7 @@ Internal layout (free to choose inside TVM; the ONNX ops use uint8 NCHW, docs/on
 * popcounts `[N, OH, OWp, Op]` int32, OWp = OW rounded up to `X_GRANULE`: the register tiles of
   every schedule divide it, so the inner loops need no bounds checks either.
 
-Math (bimatting/bitpack.py): with a +1 border, `D = K_all - 2 * popcount + corr[y, x, o]`, where
+Math (bimatting/binops/reference.py): with a +1 border, `D = K_all - 2 * popcount + corr[y, x, o]`, where
 `corr` removes what the border taps added. `corr` only depends on which kernel rows and columns
 fall outside the image, so it is a small table indexed by a row class and a column class. D is
 computed exactly in int32; the output transform then applies the per-channel float steps the
@@ -26,53 +26,28 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-WORD_BITS = {"uint64": 64, "uint32": 32}
+from bimatting.binops import layout as bit_layout
+from bimatting.binops.layout import packed_channels
+
+KERNEL_WORD_BITS = {"uint64": 64, "uint32": 32}  # the kernels' own words (the ONNX ops use bytes)
 X_GRANULE = 8  # output columns are computed in multiples of this (register tiles divide it)
 
 
-def ceil_div(a, b):
-    return -(-int(a) // int(b))
+def out_width_padded(geometry):
+    """OW rounded up to X_GRANULE: the popcount tensor's width (no bounds checks in the tiles)."""
+    return packed_channels(geometry.out_width, X_GRANULE) * X_GRANULE
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    """One binary convolution: input size, channels, kernel, strides, pads, dilations (NCHW terms)."""
+def rows_read(geometry):
+    """Packed rows one output column block reads, counted from the conv's own top pad."""
+    g = geometry
+    return (g.out_height - 1) * g.strides[0] + (g.kernel[0] - 1) * g.dilations[0] + 1
 
-    height: int
-    width: int
-    channels_in: int
-    channels_out: int
-    kernel: tuple  # (KH, KW)
-    strides: tuple = (1, 1)
-    pads: tuple = (0, 0, 0, 0)  # (top, left, bottom, right), ONNX Conv order
-    dilations: tuple = (1, 1)
 
-    @property
-    def out_height(self):
-        top, _, bottom, _ = self.pads
-        return (self.height + top + bottom - self.dilations[0] * (self.kernel[0] - 1) - 1) // self.strides[0] + 1
-
-    @property
-    def out_width(self):
-        _, left, _, right = self.pads
-        return (self.width + left + right - self.dilations[1] * (self.kernel[1] - 1) - 1) // self.strides[1] + 1
-
-    @property
-    def out_width_padded(self):
-        return ceil_div(self.out_width, X_GRANULE) * X_GRANULE
-
-    @property
-    def taps(self):
-        """K_all: number of +-1 products in one output value (real channels only)."""
-        return self.kernel[0] * self.kernel[1] * self.channels_in
-
-    def rows_read(self):
-        """Packed rows one output column block reads, counted from the conv's own top pad."""
-        return (self.out_height - 1) * self.strides[0] + (self.kernel[0] - 1) * self.dilations[0] + 1
-
-    def cols_read(self):
-        """Packed columns read (over the padded output width), counted from the conv's left pad."""
-        return (self.out_width_padded - 1) * self.strides[1] + (self.kernel[1] - 1) * self.dilations[1] + 1
+def cols_read(geometry):
+    """Packed columns read (over the padded output width), counted from the conv's left pad."""
+    g = geometry
+    return (out_width_padded(g) - 1) * g.strides[1] + (g.kernel[1] - 1) * g.dilations[1] + 1
 
 
 @dataclass(frozen=True)
@@ -92,9 +67,9 @@ class PackLayout:
         top = max(g.pads[0] for g in geometries)
         left = max(g.pads[1] for g in geometries)
         g0 = geometries[0]
-        rows = max(max(top - g.pads[0] + g.rows_read() for g in geometries), top + g0.height)
-        cols = max(max(left - g.pads[1] + g.cols_read() for g in geometries), left + g0.width)
-        words = ceil_div(g0.channels_in, WORD_BITS[word_dtype])
+        rows = max(max(top - g.pads[0] + rows_read(g) for g in geometries), top + g0.height)
+        cols = max(max(left - g.pads[1] + cols_read(g) for g in geometries), left + g0.width)
+        words = packed_channels(g0.channels_in, KERNEL_WORD_BITS[word_dtype])
         return PackLayout(top, left, rows, cols, words, word_dtype)
 
 
@@ -112,7 +87,7 @@ def pack_activations(x, layout, bias=None):
     loop), then the border.
     """
     n_, channels, height, width = (int(d) for d in x.shape)
-    bits = WORD_BITS[layout.word_dtype]
+    bits = KERNEL_WORD_BITS[layout.word_dtype]
     b = te.reduce_axis((0, bits), name="b")
 
     def image_word(n, y, x_, k):
@@ -147,7 +122,7 @@ def repack_bytes(x8, channels, layout):
     """
     del channels
     n_, byte_words, height, width = (int(d) for d in x8.shape)
-    per_word = WORD_BITS[layout.word_dtype] // 8
+    per_word = KERNEL_WORD_BITS[layout.word_dtype] // bit_layout.WORD_BITS
     j = te.reduce_axis((0, per_word), name="j")
 
     def image_word(n, y, x_, k):
@@ -177,7 +152,7 @@ def popcount_conv(packed, weights, geometry, layout):
         a = packed[n, y * sh + ry * dh + off_y, x * sw + rx * dw + off_x, rc]
         return te.sum(tirx.popcount(a ^ weights[ry, rx, rc, o]).astype("int32"), axis=[ry, rx, rc])
 
-    shape = (int(packed.shape[0]), g.out_height, g.out_width_padded, out_padded)
+    shape = (int(packed.shape[0]), g.out_height, out_width_padded(g), out_padded)
     return te.compute(shape, count, name="bconv_popcount")
 
 
@@ -230,14 +205,15 @@ def output_transform(pop, base, row_class, col_class, steps, kinds, geometry, ma
 def binarize_pack_bytes(x):
     """The ONNX BinarizePack op itself: [N, C, H, W] float -> [N, ceil(C/8), H, W] uint8."""
     n_, channels, height, width = (int(d) for d in x.shape)
-    b = te.reduce_axis((0, 8), name="b")
+    byte_bits = bit_layout.WORD_BITS
+    b = te.reduce_axis((0, byte_bits), name="b")
 
     def packed(n, k, y, x_):
-        c = k * 8 + b
+        c = k * byte_bits + b
         value = x[n, tirx.min(c, channels - 1), y, x_]
         return te.sum(_word_bit(tirx.all(c < channels, value < 0), b, "uint8"), axis=b)
 
-    return te.compute((n_, ceil_div(channels, 8), height, width), packed, name="binarize_pack")
+    return te.compute((n_, packed_channels(channels), height, width), packed, name="binarize_pack")
 
 
 def unpack_bytes(x8, channels):
@@ -245,7 +221,8 @@ def unpack_bytes(x8, channels):
     n_, _, height, width = (int(d) for d in x8.shape)
 
     def unpacked(n, c, y, x_):
-        bit = (x8[n, c // 8, y, x_] >> (c % 8).astype("uint8")) & tirx.const(1, "uint8")
+        byte_bits = bit_layout.WORD_BITS
+        bit = (x8[n, c // byte_bits, y, x_] >> (c % byte_bits).astype("uint8")) & tirx.const(1, "uint8")
         return tirx.const(1.0, "float32") - tirx.const(2.0, "float32") * bit.astype("float32")
 
     return te.compute((n_, int(channels), height, width), unpacked, name="unpack")

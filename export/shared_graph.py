@@ -5,7 +5,8 @@ Interface (RVM's official ONNX, so its drivers run our files unchanged):
     inputs   src [B,3,H,W] float32 RGB in [0, 1]; r1i..r4i recurrent states (zeros of shape
              [1,1,1,1] on the first frame: they are broadcast with Expand); downsample_ratio [1]
              float32 (absent with a static export, where the ratio is baked in)
-    outputs  fgr [B,3,H,W], pha [B,1,H,W], r1o..r4o [B,C_k,h_k,w_k] (C = 16, 20, 40, 64)
+    outputs  fgr [B,3,H,W], pha [B,1,H,W], r1o..r4o [B,C_k,h_k,w_k] (C_k read from the network's
+             decoder, `state_channels`: 16, 20, 40, 64 for both official networks)
 Dynamic axis names never clash: src/fgr/pha share `batch`, `height`, `width`; each state has its
 own (`r1i_height`, `r2_width`, ...), since a state fed as [1,1,1,1] has none of the image's sizes.
 """
@@ -16,15 +17,22 @@ from onnx import TensorProto
 
 from bimatting.export import layers
 
-STATE_CHANNELS = (16, 20, 40, 64)
 FLOAT = TensorProto.FLOAT
+
+
+def state_channels(decoder):
+    """(C1, C2, C3, C4) of r1..r4: the GRUs run on the second half of decode1/2/3/4's channels
+    (the same attributes in RVM's and BiMatting's decoders)."""
+    return (decoder.decode1.out_channels // 2, decoder.decode2.out_channels // 2,
+            decoder.decode3.out_channels // 2, decoder.decode4.channels // 2)
 
 
 class Interface:
     """Declares the graph inputs and outputs; `ratio` is a value name (dynamic) or a float (static)."""
 
-    def __init__(self, builder, static_size=None, ratio=None):
+    def __init__(self, builder, state_channels, static_size=None, ratio=None):
         self.builder = builder
+        self.state_channels = tuple(state_channels)  # C of r1..r4
         self.static_size = static_size  # (width, height) or None
         if static_size is None:
             self.src = builder.input("src", FLOAT, ["batch", 3, "height", "width"])
@@ -36,7 +44,7 @@ class Interface:
             width, height = static_size
             self.src = builder.input("src", FLOAT, [1, 3, height, width])
             self.states = [builder.input(f"r{k}i", FLOAT, [1, c, h, w])
-                           for k, (c, (h, w)) in enumerate(zip(STATE_CHANNELS, state_sizes(static_size, ratio)), 1)]
+                           for k, (c, (h, w)) in enumerate(zip(self.state_channels, state_sizes(static_size, ratio)), 1)]
             self.ratio = float(ratio)
 
     @property
@@ -48,13 +56,13 @@ class Interface:
         if self.dynamic:
             b.output(fgr, FLOAT, ["batch", 3, "height", "width"])
             b.output(pha, FLOAT, ["batch", 1, "height", "width"])
-            for k, (state, channels) in enumerate(zip(states, STATE_CHANNELS), 1):
+            for k, (state, channels) in enumerate(zip(states, self.state_channels), 1):
                 b.output(state, FLOAT, ["batch", channels, f"r{k}_height", f"r{k}_width"])
             return
         width, height = self.static_size
         b.output(fgr, FLOAT, [1, 3, height, width])
         b.output(pha, FLOAT, [1, 1, height, width])
-        for state, channels, (h, w) in zip(states, STATE_CHANNELS, state_sizes(self.static_size, self.ratio)):
+        for state, channels, (h, w) in zip(states, self.state_channels, state_sizes(self.static_size, self.ratio)):
             b.output(state, FLOAT, [1, channels, h, w])
 
 

@@ -331,7 +331,7 @@ class LocalTracker:
     """
 
     def __init__(self, host="127.0.0.1", port=None, start_timeout=60.0):
-        from bimatting.deploy.emulator import free_port, listening_ports
+        from bimatting.deploy.device.emulator import free_port, listening_ports
 
         self.host = host
         self.port = port or free_port(host)

@@ -4,26 +4,25 @@
 * `border_classes`: which kernel rows / columns of each output row / column read the padding,
   as class indices plus the zero-padding correction per (row class, column class, o).
 * `exact_base`, `epilogue_operands`: K_all + correction (int32) and the per-channel float steps
-  of the output transform (algebra in bitserial.py and bimatting/bitpack.py).
+  of the output transform (algebra in bitserial.py and bimatting/binops/reference.py).
+
+Geometry, bit layout and the correction formula are the contract's (bimatting.binops); this
+module only lays their results out for the kernels.
 """
 import numpy as np
 
-from bimatting.deploy.kernels.bitserial import WORD_BITS, ceil_div
+from bimatting.binops import layout, reference
+from bimatting.deploy.compiler.kernels.bitserial import KERNEL_WORD_BITS
 
 NUMPY_WORDS = {"uint64": np.dtype("<u8"), "uint32": np.dtype("<u4")}
 
 
-def sign_bits(w_packed, channels_in):
-    """[O, ceil(C/8), KH, KW] uint8 -> bits [O, C, KH, KW] uint8 (1 = -1)."""
-    return np.unpackbits(np.asarray(w_packed, np.uint8), axis=1, count=channels_in, bitorder="little")
-
-
 def weight_words(w_packed, channels_in, word_dtype, out_padded):
     """Packed ONNX weights -> [KH, KW, CW, Op] words; channels and outputs past the real ones are 0."""
-    bits = sign_bits(w_packed, channels_in)  # [O, C, KH, KW]
+    bits = layout.sign_bits(w_packed, channels_in)  # [O, C, KH, KW], 1 = -1
     o, c, kh, kw = bits.shape
-    word_bits = WORD_BITS[word_dtype]
-    words = ceil_div(c, word_bits)
+    word_bits = KERNEL_WORD_BITS[word_dtype]
+    words = layout.packed_channels(c, word_bits)
     padded = np.zeros((kh, kw, out_padded, words * word_bits), np.uint8)
     padded[:, :, :o, :c] = bits.transpose(2, 3, 0, 1)
     as_bytes = np.packbits(padded, axis=-1, bitorder="little")  # [KH, KW, Op, CW * B/8]
@@ -31,29 +30,19 @@ def weight_words(w_packed, channels_in, word_dtype, out_padded):
     return np.ascontiguousarray(as_words.transpose(0, 1, 3, 2)).astype(np.dtype(word_dtype))
 
 
-def _valid_taps(out_size, in_size, kernel, stride, pad_before, dilation):
-    """[out_size, kernel] bool: tap i of output position y reads inside the image."""
-    pos = np.arange(out_size)[:, None] * stride + np.arange(kernel)[None, :] * dilation - pad_before
-    return (pos >= 0) & (pos < in_size)
-
-
 def border_classes(w_packed, geometry):
     """Row / column classes and the zero-padding correction table.
 
-    Returns row_class [OH] int32, col_class [OW] int32, corr [rows, cols, O] int32 with
-    corr = -(sum over padded taps of w) = -(sum_all w - sum_{valid i, valid j} wsum[o, i, j]).
+    Output rows (columns) whose kernel rows (columns) read the same image/padding pattern share a
+    class; returns row_class [OH] int32, col_class [OW] int32 and corr [row classes, col classes, O]
+    int32, reference.border_correction_table evaluated once per class.
     """
     g = geometry
-    w_sign = 1 - 2 * sign_bits(w_packed, g.channels_in).astype(np.int64)  # [O, C, KH, KW] +-1
-    wsum = w_sign.sum(axis=1)  # [O, KH, KW]
-    rows = _valid_taps(g.out_height, g.height, g.kernel[0], g.strides[0], g.pads[0], g.dilations[0])
-    cols = _valid_taps(g.out_width, g.width, g.kernel[1], g.strides[1], g.pads[1], g.dilations[1])
-    row_sets, row_class = np.unique(rows, axis=0, return_inverse=True)
-    col_sets, col_class = np.unique(cols, axis=0, return_inverse=True)
-    valid_sum = np.einsum("ri,cj,oij->rco", row_sets.astype(np.int64), col_sets.astype(np.int64), wsum)
-    corr = -(wsum.sum(axis=(1, 2))[None, None, :] - valid_sum)
-    return (row_class.reshape(-1).astype(np.int32), col_class.reshape(-1).astype(np.int32),
-            corr.astype(np.int32))
+    w_sign = layout.unpack(w_packed, g.channels_in, axis=1)  # [O, C, KH, KW] +-1
+    row_sets, row_class = np.unique(g.valid_rows(), axis=0, return_inverse=True)
+    col_sets, col_class = np.unique(g.valid_cols(), axis=0, return_inverse=True)
+    corr = reference.border_correction_table(w_sign, row_sets, col_sets)
+    return row_class.reshape(-1).astype(np.int32), col_class.reshape(-1).astype(np.int32), corr
 
 
 def exact_base(corr, geometry, out_padded):

@@ -6,7 +6,7 @@ AVX2) and 4-column register tiles were best; uint64 beat uint32 on x86 (TVM_0.27
 """
 from dataclasses import dataclass
 
-from bimatting.deploy.schedules import bitserial
+from bimatting.deploy.compiler.schedules import bitserial
 
 
 @dataclass(frozen=True)
@@ -23,4 +23,4 @@ class X86Bitserial:
         return bitserial.schedule_bconv(sch, self, tunable)
 
 
-ARCH = X86Bitserial()
+KERNEL_CONFIG = X86Bitserial()

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bimatting.deploy import artifact, importer, shapes, target as targets
+from bimatting.binops import schema
+from bimatting.deploy import artifact, target as targets
+from bimatting.deploy.compiler import importer, shapes
 from bimatting.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ def pipeline_back(tvm_target, database=None):
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from bimatting.deploy.schedules import ScheduleModule
+    from bimatting.deploy.compiler.schedules import ScheduleModule
 
     @tvm.transform.module_pass(opt_level=0, name="bimatting.Pipeline")
     def _pipeline(mod, _ctx):
@@ -83,13 +85,13 @@ def load_onnx(path):
     return load_checked(path)  # untrusted file: versions, ops, tensor sizes, shapes (InputError)
 
 
-def import_model(model, arch, resolution=None, downsample_ratio=None):
+def import_model(model, kernel_config, resolution=None, downsample_ratio=None):
     """(Relax module, InputPlan) with static shapes at `resolution` (W, H)."""
     inputs, outputs = importer.graph_io(model)
     plan = shapes.plan_inputs(inputs, outputs, resolution, downsample_ratio)
     output_names = [o[0] for o in outputs]
     for attempt in range(2):
-        mod = importer.import_onnx(model, {k: v for k, v in plan.shapes.items()}, arch, plan.constants)
+        mod = importer.import_onnx(model, {k: v for k, v in plan.shapes.items()}, kernel_config, plan.constants)
         inferred = dict(zip(output_names, importer.output_shapes(mod)))
         if not shapes.reconcile_states(plan, inferred):
             plan.output_shapes = inferred
@@ -120,16 +122,16 @@ def compile_model(source, target_name, output, resolution=None, downsample_ratio
     targets.check_compiler(target)
     _check_output(output)
     if tuning_db is not None:
-        from bimatting.deploy import tuning
+        from bimatting.deploy.compiler import tuning_database as tuning
 
         tuning.check(tuning_db, target.name, target.llvm)  # tuned for this very target (InputError)
     step("import")
     model = load_onnx(source)
-    from bimatting.deploy.schedules import arch_for
+    from bimatting.deploy.compiler.schedules import kernel_config_for
 
     tvm_target = target.tvm_target
-    arch = arch_for(tvm_target)
-    mod, plan = import_model(model, arch, resolution, downsample_ratio)
+    kernel_config = kernel_config_for(tvm_target)
+    mod, plan = import_model(model, kernel_config, resolution, downsample_ratio)
     step("legalize")
     with tvm_target:
         mod = pipeline_front(tvm_target)(mod)
@@ -140,7 +142,7 @@ def compile_model(source, target_name, output, resolution=None, downsample_ratio
     with tempfile.TemporaryDirectory(prefix="bimatting-build-") as tmp:
         library = Path(tmp) / artifact.LIBRARY
         executable.export_library(str(library), fcompile=targets.fcompile(target))
-        metadata = _metadata(model, source, target, plan, params, arch)
+        metadata = _metadata(model, source, target, plan, params, kernel_config)
         if tuning_db is not None:
             metadata["tuning"] = tuning.summary(tuning_db)
         step("write")
@@ -158,14 +160,14 @@ def _compile(mod, tvm_target, tuning_db):
 
     database = None
     if tuning_db is not None:
-        from bimatting.deploy import tuning
+        from bimatting.deploy.compiler import tuning_database as tuning
 
         database = tuning.open_database(tuning_db)
     with tvm.transform.PassContext(opt_level=3):
         return tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline_back(tvm_target, database))
 
 
-def _metadata(model, source, target, plan, params, arch):
+def _metadata(model, source, target, plan, params, kernel_config):
     inputs, outputs = importer.graph_io(model, bound=plan.constants)
     from onnx.helper import tensor_dtype_to_np_dtype
 
@@ -174,7 +176,7 @@ def _metadata(model, source, target, plan, params, arch):
                   for name, _, elem in inputs]
     output_meta = [{"name": name, "shape": list(plan.output_shapes[name]),
                     "dtype": str(tensor_dtype_to_np_dtype(elem))} for name, _, elem in outputs]
-    binary_convs = sum(1 for n in model.graph.node if n.domain == "ai.bimatting" and n.op_type.startswith("BinaryConv"))
+    binary_convs = sum(1 for n in model.graph.node if schema.is_binary_conv(n))
     return {
         "inputs": input_meta,
         "outputs": output_meta,
@@ -183,7 +185,7 @@ def _metadata(model, source, target, plan, params, arch):
         "resolution": list(plan.resolution),
         "downsample_ratio": plan.downsample_ratio,
         "target": target.summary(),
-        "kernels": {"binary_convs": binary_convs, "word": arch.word_dtype},
+        "kernels": {"binary_convs": binary_convs, "word": kernel_config.word_dtype},
         "source": {"file": Path(source).name, "sha256": artifact.sha256_file(source)},
         "versions": _versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

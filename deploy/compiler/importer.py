@@ -1,6 +1,6 @@
 """ONNX -> Relax: standard ops through TVM's frontend, `ai.bimatting` ops through our converters.
 
-    mod = import_onnx(model, shapes, arch)   # arch: schedules.arch_for(target)
+    mod = import_onnx(model, shapes, kernel_config)   # kernel_config: schedules.kernel_config_for(target)
 
 The model first goes through graph_rewrite.rewrite (domain check, BinarizePack -> BinaryConv2d
 recognition, output-transform fusion). TVM 0.27's frontend has no hook for custom ops, so the
@@ -14,18 +14,13 @@ import warnings
 
 from onnx import numpy_helper
 
-from bimatting.deploy import graph_rewrite, lowering
-from bimatting.deploy.kernels.bitserial import ConvGeometry, PackLayout
+from bimatting.binops.geometry import INTS_PER_GEOMETRY, ConvGeometry
+from bimatting.binops.layout import packed_channels, packed_weight_shape
+from bimatting.deploy.compiler import graph_rewrite, lowering
+from bimatting.deploy.compiler.kernels.bitserial import PackLayout
 from bimatting.errors import InputError
 
 _LOCK = threading.Lock()
-_FIELDS = graph_rewrite.CONSUMER_FIELDS
-
-
-def _geometry(ints, height, width, channels_in, channels_out):
-    kh, kw, sh, sw, top, left, bottom, right, dh, dw = (int(v) for v in ints)
-    return ConvGeometry(height, width, channels_in, channels_out, (kh, kw), (sh, sw),
-                        (top, left, bottom, right), (dh, dw))
 
 
 def _tensor_attr(attr, name):
@@ -33,8 +28,8 @@ def _tensor_attr(attr, name):
     return None if value is None else numpy_helper.to_array(value)
 
 
-def _make_converters(arch):
-    """Converter classes bound to one import (`arch` and the pack layouts of this model)."""
+def _make_converters(kernel_config):
+    """Converter classes bound to one import (`kernel_config` and the pack layouts of this model)."""
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
     packs = {}  # group id -> (layout, height, width)
@@ -45,14 +40,14 @@ def _make_converters(arch):
             shape = lowering.static_shape(inputs[0])
             channels = int(attr["channels_in"])
             from_bytes = bool(attr["from_bytes"])
-            expected = -(-channels // 8) if from_bytes else channels
+            expected = packed_channels(channels) if from_bytes else channels
             if shape[1] != expected:
                 raise InputError(f"binary conv input has {shape[1]} channels, its channels_in={channels} "
                                  f"needs {expected}{' packed bytes' if from_bytes else ''}")
             ints = list(attr["consumers"])
-            geoms = [_geometry(ints[i:i + _FIELDS], shape[2], shape[3], channels, 1)
-                     for i in range(0, len(ints), _FIELDS)]
-            layout = PackLayout.covering(geoms, arch.word_dtype)
+            geoms = [ConvGeometry.from_ints(ints[i:i + INTS_PER_GEOMETRY], shape[2], shape[3], channels, 1)
+                     for i in range(0, len(ints), INTS_PER_GEOMETRY)]
+            layout = PackLayout.covering(geoms, kernel_config.word_dtype)
             packs[int(attr["group"])] = (layout, shape[2], shape[3])
             return lowering.emit_pack(bb, inputs[0], layout, channels if from_bytes else None,
                                       _tensor_attr(attr, "bias"))
@@ -62,13 +57,13 @@ def _make_converters(arch):
         def _impl_v1(cls, bb, inputs, attr, params):
             layout, height, width = packs[int(attr["group"])]
             weights = _tensor_attr(attr, "weights")
-            g = _geometry(attr["geometry"], height, width, int(attr["channels_in"]), weights.shape[0])
-            if weights.shape[1:] != (-(-g.channels_in // 8),) + tuple(g.kernel):
+            g = ConvGeometry.from_ints(attr["geometry"], height, width, int(attr["channels_in"]), weights.shape[0])
+            if weights.shape != packed_weight_shape(g.channels_out, g.channels_in, g.kernel):
                 raise InputError(f"BinaryConv2d weights {weights.shape} do not match channels_in="
                                  f"{g.channels_in}, kernel_shape={list(g.kernel)}")
             kinds = [k.decode() if isinstance(k, bytes) else str(k) for k in attr["epilogue_kinds"]]
             epilogue = list(zip(kinds, _tensor_attr(attr, "epilogue_values")))
-            operands = lowering.conv_operands(weights, g, arch, epilogue)
+            operands = lowering.conv_operands(weights, g, kernel_config, epilogue)
             mask = inputs[1] if int(attr["masked"]) else None
             batch = lowering.static_shape(inputs[0])[0]
             if mask is not None and lowering.static_shape(mask) != (batch, 1, g.out_height, g.out_width):
@@ -104,7 +99,7 @@ def _scoped_converters(extra):
             frontend._get_convert_map = original
 
 
-def import_onnx(model, shapes, arch, constants=None):
+def import_onnx(model, shapes, kernel_config, constants=None):
     """Relax IRModule of `model` with static input `shapes` ({name: [dims]}).
 
     `constants` ({input name: array}) binds graph inputs to values (e.g. downsample_ratio).
@@ -116,7 +111,7 @@ def import_onnx(model, shapes, arch, constants=None):
     if constants:
         model = graph_rewrite.bind_inputs(model, constants)
     rewritten, _ = graph_rewrite.rewrite(model)
-    with _scoped_converters(_make_converters(arch)), warnings.catch_warnings():
+    with _scoped_converters(_make_converters(kernel_config)), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the ONNX checker does not know the private domain
         try:
             return from_onnx(rewritten, shape_dict={k: list(v) for k, v in shapes.items()})

@@ -10,7 +10,8 @@ import numpy as np
 import tvm
 from tvm import relax, te
 
-from bimatting.deploy.kernels import bitserial, params as kparams
+from bimatting.binops import layout as bit_layout
+from bimatting.deploy.compiler.kernels import bitserial, params as kparams
 
 KERNEL_ATTR = "bimatting.kernel"
 OPAQUE = 8  # relax OpPatternKind::kOpaque
@@ -64,12 +65,12 @@ def scale_bias(scale, bias):
     return [("mul", scale), ("add", bias)]
 
 
-def conv_operands(w_packed, geometry, arch, epilogue):
-    """Pre-pack weights and tables for `arch` (schedules/x86|aarch64); `epilogue` is a list of
+def conv_operands(w_packed, geometry, kernel_config, epilogue):
+    """Pre-pack weights and tables for `kernel_config` (schedules/x86|aarch64); `epilogue` is a list of
     (kind, per-channel values) steps, e.g. scale_bias(scale, bias) + [("prelu", slope)]."""
     g = geometry
-    out_padded = bitserial.ceil_div(g.channels_out, arch.out_granule) * arch.out_granule
-    weights = kparams.weight_words(w_packed, g.channels_in, arch.word_dtype, out_padded)
+    out_padded = bit_layout.ceil_div(g.channels_out, kernel_config.out_granule) * kernel_config.out_granule
+    weights = kparams.weight_words(w_packed, g.channels_in, kernel_config.word_dtype, out_padded)
     row_class, col_class, corr = kparams.border_classes(w_packed, g)
     kinds, steps = kparams.epilogue_operands(epilogue, g.channels_out, out_padded)
     return ConvOperands(weights, kparams.exact_base(corr, g, out_padded), row_class, col_class, steps, kinds)
@@ -131,7 +132,7 @@ def emit_conv(bb, packed, layout, geometry, operands, mask=None):
 
 def emit_binarize_pack(bb, x):
     shape = static_shape(x)
-    out = (shape[0], bitserial.ceil_div(shape[1], 8), shape[2], shape[3])
+    out = (shape[0], bit_layout.packed_channels(shape[1]), shape[2], shape[3])
     return _call(bb, binarize_pack_func(shape), "binarize_pack", [x], out, "uint8")
 
 

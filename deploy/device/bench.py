@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bimatting.deploy import rpc as rpc_util
+from bimatting.deploy.device import rpc as rpc_util
 from bimatting.deploy.artifact import sha256_file
 from bimatting.errors import InputError, RuntimeFailure
 
@@ -40,10 +40,10 @@ GROUPS = (("binary_convs", ("bconv",)), ("bit_packing", ("bpack", "brepack", "bi
 PROFILED_FRAMES = 3
 
 
-def bench(artifact_path, rpc=None, tracker=None, key=None, frames=DEFAULT_FRAMES, warmup=DEFAULT_WARMUP,
+def bench(artifact_path, *, rpc=None, tracker=None, key=None, frames=DEFAULT_FRAMES, warmup=DEFAULT_WARMUP,
           input_path=None, verify=True, reference=None, report_dir=None, timeout=DEFAULT_TIMEOUT_S,
           connect_timeout=rpc_util.CONNECT_TIMEOUT_S, progress=True):
-    """Bench (and verify) an artifact; returns the result dict (see deploy/report.py for its keys).
+    """Bench (and verify) an artifact; returns the result dict (see device/report.py for its keys).
 
     Raises InputError for bad input (exit 2), RuntimeFailure when the device fails mid-run (the
     partial result is written to `report_dir` first; exit 1). A failed verification is not raised
@@ -68,7 +68,7 @@ def bench(artifact_path, rpc=None, tracker=None, key=None, frames=DEFAULT_FRAMES
     else:
         result["verify"] = {"skipped": True, "passed": None, "pha_max_abs": None, "pha_mean_abs": None}
     if report_dir is not None:
-        from bimatting.deploy import report
+        from bimatting.deploy.device import report
 
         result["report"] = report.write(report_dir, result, clip, run)
     if run["error"] is not None:
@@ -137,7 +137,7 @@ def _measure(art, device, clip, warmup, progress):
     """Load the artifact on the device and run the clip; failures end the loop, frames are kept."""
     from tqdm import tqdm
 
-    from bimatting.deploy.runtime import CompiledModel, RecurrentRunner
+    from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
     from bimatting.frames import to_nchw
 
     run = {"outputs": [], "device_ms": [], "roundtrip_ms": [], "groups": None, "error": None}

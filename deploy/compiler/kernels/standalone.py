@@ -11,19 +11,19 @@ conv<i>), so a board needs one upload.
 import numpy as np
 import tvm
 
-from bimatting.deploy import lowering
-from bimatting.deploy.kernels.bitserial import PackLayout
-from bimatting.deploy.schedules import arch_for, schedule_kernel
+from bimatting.deploy.compiler import lowering
+from bimatting.deploy.compiler.kernels.bitserial import PackLayout
+from bimatting.deploy.compiler.schedules import kernel_config_for, schedule_kernel
 
 
 class BinaryConvKernel:
     def __init__(self, geometry, w_packed, scale, bias, target, batch=1, extra_steps=(), masked=False,
-                 arch=None):
+                 kernel_config=None):
         self.geometry, self.target, self.batch, self.masked = geometry, target, batch, masked
-        self.arch = arch or arch_for(target)
-        self.layout = PackLayout.covering([geometry], self.arch.word_dtype)
+        self.kernel_config = kernel_config or kernel_config_for(target)
+        self.layout = PackLayout.covering([geometry], self.kernel_config.word_dtype)
         epilogue = lowering.scale_bias(scale, bias) + list(extra_steps)
-        self.operands = lowering.conv_operands(w_packed, geometry, self.arch, epilogue)
+        self.operands = lowering.conv_operands(w_packed, geometry, self.kernel_config, epilogue)
         g = geometry
         self.pack = lowering.pack_func((batch, g.channels_in, g.height, g.width), self.layout)
         self.conv = lowering.conv_func(batch, g, self.layout, self.operands, masked)
@@ -32,7 +32,7 @@ class BinaryConvKernel:
     def functions(self, scheduled=True):
         funcs = {f"pack{self.index}": self.pack, f"conv{self.index}": self.conv}
         if scheduled:
-            funcs = {name: schedule_kernel(f, self.arch).mod["main"] for name, f in funcs.items()}
+            funcs = {name: schedule_kernel(f, self.kernel_config).mod["main"] for name, f in funcs.items()}
         return {name: f.with_attr("global_symbol", name) for name, f in funcs.items()}
 
     def arrays(self, x, device, mask=None):

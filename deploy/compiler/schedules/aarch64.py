@@ -8,7 +8,7 @@ keep 16 accumulator registers of the 32 NEON registers busy.
 """
 from dataclasses import dataclass
 
-from bimatting.deploy.schedules import bitserial
+from bimatting.deploy.compiler.schedules import bitserial
 
 
 @dataclass(frozen=True)
@@ -25,4 +25,4 @@ class AArch64Bitserial:
         return bitserial.schedule_bconv(sch, self, tunable)
 
 
-ARCH = AArch64Bitserial()
+KERNEL_CONFIG = AArch64Bitserial()

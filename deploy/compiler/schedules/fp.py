@@ -17,6 +17,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target.codegen import llvm_get_vector_width
 
+from bimatting.deploy.compiler.schedules.primfunc import fresh
+
 PARALLEL_MIN = 4096  # elements: below this the thread pool costs more than it saves
 
 
@@ -107,7 +109,7 @@ def _try_inline_all(sch, infos):
     for info in infos[:-1]:
         try:
             sch.compute_inline(info.block_rv)
-        except Exception:  # noqa: BLE001 - not inlinable (e.g. several consumers): keep it
+        except s_tir.ScheduleError:  # not inlinable (e.g. several consumers): keep it
             remaining.append(info)
     return remaining + infos[-1:]
 
@@ -129,7 +131,7 @@ class ConvNCHW(ScheduleRule):
         try:
             for info in epilogue[:-1]:
                 sch.compute_inline(info.block_rv)
-        except Exception:  # noqa: BLE001
+        except s_tir.ScheduleError:  # an epilogue block that cannot be inlined: not this rule's case
             return None
         lanes = _lanes(target)
         loops = sch.get_loops(conv)
@@ -161,7 +163,7 @@ class ConvNCHW(ScheduleRule):
         for info in infos[:index]:  # producers (padding): their own parallel, vectorized pass
             try:
                 _flat_parallel_vector(sch, info.block_rv, lanes)
-            except Exception:  # noqa: BLE001 - already inlined or not a plain loop nest
+            except s_tir.ScheduleError:  # already inlined or not a plain loop nest
                 pass
         return sch
 
@@ -193,12 +195,12 @@ def rules(target):
 
 def apply_rules(func, target, rule_list):
     """The first rule that applies, as a scheduled PrimFunc; None if none does."""
-    from bimatting.deploy.schedules import fresh
-
     for rule in rule_list:
         try:
             sch = rule.apply(fresh(func), target, False)  # a failed rule must not leave edits behind
-        except Exception:  # noqa: BLE001 - a rule that cannot handle this func: try the next
+        except s_tir.ScheduleError:
+            # a schedule primitive refused this func (the rule's precondition held only in part):
+            # try the next rule. Any other exception is a bug in the rule and propagates.
             sch = None
         if sch is not None:
             return sch.mod["main"]

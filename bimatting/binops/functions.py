@@ -1,47 +1,19 @@
-"""The `ai.bimatting` ONNX operators: schema as data, FunctionProto bodies, numpy execution.
+"""The ONNX function body of each `ai.bimatting` op, built from standard ops (opset >= 18).
 
-Every op is specified in docs/onnx-ops.md and follows the binary conventions of
-`bimatting.bitpack` (bit 1 = -1, uint8 words, little-endian bits along channels, zero padding of
-the +-1 tensor). Each op ships in the exported file as a model-local function built from standard
-ONNX ops (opset >= 18: the bodies use BitwiseAnd, new in opset 18, and ReduceSum with `axes` as an
-input), so onnxruntime, `onnx.reference` and Netron run and show the file unchanged while a
-compiler recognises the op by (domain, name) and ignores the body.
+Each op ships in an exported file as a model-local function, so onnxruntime, `onnx.reference` and
+Netron run and show the file unchanged while a compiler recognises the op by (domain, name) and
+ignores the body. The bodies use BitwiseAnd (new in opset 18) and ReduceSum with `axes` as an input.
 
-Function bodies are exact: Unpack yields +-1 floats, the float Conv of +-1 operands sums integers
-of magnitude <= KH*KW*C < 2^24, which float32 represents exactly in any summation order.
+Bodies are exact: Unpack yields +-1 floats, the float Conv of +-1 operands sums integers of
+magnitude <= KH*KW*C < 2^24, which float32 represents exactly in any summation order. Bit order
+and encoding are layout.py's; attributes and defaults schema.py's.
 """
 import numpy as np
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from bimatting import bitpack
-
-DOMAIN = "ai.bimatting"
-DOMAIN_VERSION = 1
-MIN_OPSET = 18  # BitwiseAnd (18) in the Unpack body
+from bimatting.binops.schema import DOMAIN, MIN_OPSET, OP_SCHEMAS, check_opset
 
 _INT, _INTS = AttributeProto.INT, AttributeProto.INTS
-
-# Schema as data: inputs, outputs, attributes (type, required, default). docs/onnx-ops.md explains.
-OP_SCHEMAS = {
-    "BinarizePack": {"inputs": ["X"], "outputs": ["Y"], "attributes": {}},
-    "Unpack": {"inputs": ["Y"], "outputs": ["X"], "attributes": {"channels": (_INT, True, None)}},
-    "BinaryConv2d": {
-        "inputs": ["X", "W", "scale", "bias"],
-        "outputs": ["Y"],
-        "attributes": {
-            "channels_in": (_INT, True, None),
-            "kernel_shape": (_INTS, True, None),
-            "strides": (_INTS, False, [1, 1]),
-            "pads": (_INTS, False, [0, 0, 0, 0]),
-            "dilations": (_INTS, False, [1, 1]),
-        },
-    },
-}
-OP_SCHEMAS["BinaryConv2dMasked"] = {
-    "inputs": OP_SCHEMAS["BinaryConv2d"]["inputs"] + ["mask"],
-    "outputs": ["Y"],
-    "attributes": OP_SCHEMAS["BinaryConv2d"]["attributes"],
-}
 
 
 class _Body:
@@ -103,23 +75,21 @@ def _channels_tensor(body, attr_name):
 
 
 def _opsets(opset):
-    if opset < MIN_OPSET:
-        raise ValueError(f"the ai.bimatting function bodies need opset >= {MIN_OPSET}, got {opset}")
-    return [helper.make_opsetid("", opset)]
+    return [helper.make_opsetid("", check_opset(opset))]
 
 
 def _defaults(op_type):
     """AttributeProtos with the defaults of the optional attributes of `op_type`."""
     protos = []
-    for name, (_, required, default) in OP_SCHEMAS[op_type]["attributes"].items():
-        if not required:
-            protos.append(helper.make_attribute(name, default))
+    for name, spec in OP_SCHEMAS[op_type]["attributes"].items():
+        if not spec.required:
+            protos.append(helper.make_attribute(name, spec.default))
     return protos
 
 
 def _function(op_type, body, inputs, outputs, opset, doc):
     schema = OP_SCHEMAS[op_type]
-    required = [name for name, (_, req, _) in schema["attributes"].items() if req]
+    required = [name for name, spec in schema["attributes"].items() if spec.required]
     return helper.make_function(DOMAIN, op_type, inputs, outputs, body.nodes, _opsets(opset),
                                 attributes=required, attribute_protos=_defaults(op_type), doc_string=doc)
 
@@ -194,63 +164,3 @@ FUNCTION_BUILDERS = {
 def functions(opset=MIN_OPSET, used=None):
     """The FunctionProtos of the ops in `used` (all ops if None), in a fixed order."""
     return [build(opset) for name, build in FUNCTION_BUILDERS.items() if used is None or name in used]
-
-
-def make_node(op_type, inputs, outputs, name=None, **attrs):
-    """A node of the domain, its attributes checked against OP_SCHEMAS (all written explicitly)."""
-    schema = OP_SCHEMAS[op_type]
-    if len(inputs) != len(schema["inputs"]):
-        raise ValueError(f"{op_type} takes {len(schema['inputs'])} inputs {schema['inputs']}, got {len(inputs)}")
-    unknown = set(attrs) - set(schema["attributes"])
-    if unknown:
-        raise ValueError(f"{op_type} has no attribute(s) {sorted(unknown)}")
-    full = {}
-    for attr, (_, required, default) in schema["attributes"].items():
-        if attr not in attrs and required:
-            raise ValueError(f"{op_type} needs attribute '{attr}'")
-        full[attr] = attrs.get(attr, default)
-    return helper.make_node(op_type, list(inputs), list(outputs), name=name, domain=DOMAIN, **full)
-
-
-def node_attributes(node):
-    """The attributes of a domain node as a dict, defaults filled in from OP_SCHEMAS."""
-    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    for attr, (_, _, default) in OP_SCHEMAS[node.op_type]["attributes"].items():
-        values.setdefault(attr, default)
-    return values
-
-
-# --- numpy execution (the reference every function body and kernel is tested against) ----------
-
-def execute(op_type, inputs, attrs):
-    """Run one op in numpy (bimatting.bitpack); returns the list of outputs."""
-    if op_type == "BinarizePack":
-        return [bitpack.pack(inputs[0], axis=1)]
-    if op_type == "Unpack":
-        return [bitpack.unpack(inputs[0], attrs["channels"], axis=1)]
-    if op_type in ("BinaryConv2d", "BinaryConv2dMasked"):
-        x, w, scale, bias = inputs[:4]
-        dot = bitpack.binary_conv2d(x, w, attrs["channels_in"], strides=attrs.get("strides", (1, 1)),
-                                    pads=attrs.get("pads", (0, 0, 0, 0)),
-                                    dilations=attrs.get("dilations", (1, 1)))
-        y = (dot.astype(np.float32) * np.asarray(scale, np.float32)[None, :, None, None]
-             + np.asarray(bias, np.float32)[None, :, None, None])
-        if op_type == "BinaryConv2dMasked":
-            y = np.where(np.asarray(inputs[4]) != 0, y, np.float32(0))
-        return [y.astype(np.float32)]
-    raise ValueError(f"unknown op {DOMAIN}.{op_type}")
-
-
-def pack_weights(weight_sign):
-    """+-1 (or any sign-carrying) float weights [O, C, KH, KW] -> packed uint8 [O, ceil(C/8), KH, KW]."""
-    return bitpack.pack(np.asarray(weight_sign, dtype=np.float32), axis=1)
-
-
-def check_opset(opset):
-    """Validate the standard opset a model with these functions may use."""
-    _opsets(int(opset))
-    return int(opset)
-
-
-__all__ = ["DOMAIN", "DOMAIN_VERSION", "MIN_OPSET", "OP_SCHEMAS", "functions", "make_node",
-           "node_attributes", "execute", "pack_weights", "check_opset"]

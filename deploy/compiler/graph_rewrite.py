@@ -23,17 +23,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from bimatting.binops import schema
+from bimatting.binops.geometry import ConvGeometry
 from bimatting.errors import InputError
 
-DOMAIN = "ai.bimatting"
 PRIVATE_DOMAIN = "bimatting.tvm"
-KNOWN_OPS = ("BinarizePack", "Unpack", "BinaryConv2d", "BinaryConv2dMasked")
-CONV_OPS = ("BinaryConv2d", "BinaryConv2dMasked")
-CONSUMER_FIELDS = 10  # per consumer: kh kw sh sw top left bottom right dh dw
-
-
-def _is_custom(node):
-    return node.domain == DOMAIN
+_is_custom = schema.is_domain_node
 
 
 def _constants(graph):
@@ -46,21 +41,6 @@ def _constants(graph):
             elif attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
                 values[node.output[0]] = np.asarray(helper.get_attribute_value(attr))
     return values
-
-
-def _attrs(node):
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def conv_attrs(node):
-    """Attributes of a BinaryConv2d node with the defaults of docs/onnx-ops.md."""
-    a = _attrs(node)
-    for required in ("channels_in", "kernel_shape"):
-        if required not in a:
-            raise InputError(f"{DOMAIN}.{node.op_type} node '{node.name}' lacks attribute '{required}'")
-    return {"channels_in": int(a["channels_in"]), "kernel_shape": tuple(a["kernel_shape"]),
-            "strides": tuple(a.get("strides", (1, 1))), "pads": tuple(a.get("pads", (0, 0, 0, 0))),
-            "dilations": tuple(a.get("dilations", (1, 1)))}
 
 
 class _Graph:
@@ -85,7 +65,7 @@ class _Graph:
 
     def const(self, name, what, node):
         if name not in self.consts:
-            raise InputError(f"{DOMAIN}.{node.op_type} node '{node.name}': {what} '{name}' must be a "
+            raise InputError(f"{schema.DOMAIN}.{node.op_type} node '{node.name}': {what} '{name}' must be a "
                              "compile-time constant (an initializer or Constant node)")
         return self.consts[name]
 
@@ -129,16 +109,11 @@ def _fold_output_transform(g, conv, channels_out, masked):
     return folded, out, steps
 
 
-def _geometry_ints(attrs):
-    a = attrs
-    return list(a["kernel_shape"]) + list(a["strides"]) + list(a["pads"]) + list(a["dilations"])
-
-
 def _check_custom_nodes(graph):
     for node in graph.node:
-        if _is_custom(node) and node.op_type not in KNOWN_OPS:
-            raise InputError(f"unsupported operator {DOMAIN}.{node.op_type} (node '{node.name}'); "
-                             f"this compiler knows {', '.join(KNOWN_OPS)}")
+        if _is_custom(node) and node.op_type not in schema.KNOWN_OPS:
+            raise InputError(f"unsupported operator {schema.DOMAIN}.{node.op_type} (node '{node.name}'); "
+                             f"this compiler knows {', '.join(schema.KNOWN_OPS)}")
 
 
 def _drop_empty_resize_inputs(graph, consts):
@@ -174,7 +149,7 @@ def rewrite(model):
     groups = {}  # (kind, tensor) -> [conv nodes]
     packs = {}  # ("float", tensor) -> its BinarizePack node
     for node in graph.node:
-        if not (_is_custom(node) and node.op_type in CONV_OPS):
+        if not (_is_custom(node) and node.op_type in schema.CONV_OPS):
             continue
         source = g.producer.get(node.input[0])
         if source is not None and _is_custom(source) and source.op_type == "BinarizePack":
@@ -188,7 +163,7 @@ def rewrite(model):
     for node, key in conv_nodes:
         replaced[id(node)] = _conv_node(g, node, group_ids[key], removed)
     # After the epilogue folds: an Add already moved into a conv epilogue stays there.
-    sources = {key: (_pack_source(g, packs[key], conv_attrs(convs[0])["channels_in"], removed)
+    sources = {key: (_pack_source(g, packs[key], schema.node_attributes(convs[0])["channels_in"], removed)
                      if key in packs else (key[1], None, None)) for key, convs in groups.items()}
     for key, convs in groups.items():
         tensor, bias, add = sources[key]
@@ -213,7 +188,7 @@ def rewrite(model):
             new_nodes.append(node)
     del graph.node[:]
     graph.node.extend(new_nodes)
-    kept_functions = [f for f in out.functions if f.domain != DOMAIN]
+    kept_functions = [f for f in out.functions if f.domain != schema.DOMAIN]
     del out.functions[:]
     out.functions.extend(kept_functions)
     return out, len(conv_nodes)
@@ -228,7 +203,7 @@ def _pack_source(g, pack, channels, taken):
     users = g.consumers.get(pack.output[0], [])
     if (add is None or id(add) in taken or add.op_type != "Add" or add.domain not in ("", "ai.onnx")
             or g.sole_consumer(tensor) is not pack
-            or pack.output[0] in g.outputs or not all(_is_custom(u) and u.op_type in CONV_OPS for u in users)):
+            or pack.output[0] in g.outputs or not all(_is_custom(u) and u.op_type in schema.CONV_OPS for u in users)):
         return tensor, None, None
     for x, other in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
         if other in g.consts and x not in g.consts:
@@ -241,9 +216,9 @@ def _pack_source(g, pack, channels, taken):
 def _pack_node(kind, tensor, bias, group_id, convs):
     consumers = []
     for conv in convs:
-        consumers += _geometry_ints(conv_attrs(conv))
+        consumers += ConvGeometry.ints_from_attributes(schema.node_attributes(conv))
     attrs = {"group": group_id, "consumers": consumers, "from_bytes": int(kind == "bytes"),
-             "channels_in": conv_attrs(convs[0])["channels_in"]}
+             "channels_in": schema.node_attributes(convs[0])["channels_in"]}
     if bias is not None:
         attrs["bias"] = numpy_helper.from_array(np.asarray(bias, np.float32), "bias")
     return helper.make_node("BimattingPackWords", [tensor], [f"__bimatting_packed_{group_id}"],
@@ -251,18 +226,18 @@ def _pack_node(kind, tensor, bias, group_id, convs):
 
 
 def _conv_node(g, node, group_id, removed):
-    attrs = conv_attrs(node)
+    attrs = schema.node_attributes(node)
     masked = node.op_type == "BinaryConv2dMasked"
     expected = 5 if masked else 4
     if len(node.input) != expected:
-        raise InputError(f"{DOMAIN}.{node.op_type} node '{node.name}' has {len(node.input)} inputs, "
+        raise InputError(f"{schema.DOMAIN}.{node.op_type} node '{node.name}' has {len(node.input)} inputs, "
                          f"expected {expected}")
     weights = np.asarray(g.const(node.input[1], "weights", node), np.uint8)
     channels_out = weights.shape[0]
     scale = np.asarray(g.const(node.input[2], "scale", node), np.float32).reshape(-1)
     bias = np.asarray(g.const(node.input[3], "bias", node), np.float32).reshape(-1)
     if scale.size != channels_out or bias.size != channels_out:
-        raise InputError(f"{DOMAIN}.{node.op_type} node '{node.name}': scale and bias must have "
+        raise InputError(f"{schema.DOMAIN}.{node.op_type} node '{node.name}': scale and bias must have "
                          f"{channels_out} values (one per output channel)")
     folded, output, post = _fold_output_transform(g, node, channels_out, masked)
     removed.update(id(f) for f in folded)
@@ -271,7 +246,7 @@ def _conv_node(g, node, group_id, removed):
     values = np.stack([np.asarray(v, np.float32).reshape(-1) for _, v in steps])  # [S, O]
     return [helper.make_node("BimattingBinaryConv", inputs, [output], name=node.name or output,
                              domain=PRIVATE_DOMAIN, group=group_id, masked=int(masked),
-                             channels_in=attrs["channels_in"], geometry=_geometry_ints(attrs),
+                             channels_in=attrs["channels_in"], geometry=ConvGeometry.ints_from_attributes(attrs),
                              weights=numpy_helper.from_array(weights, "weights"),
                              epilogue_kinds=[kind for kind, _ in steps],
                              epilogue_values=numpy_helper.from_array(values, "epilogue_values"))]

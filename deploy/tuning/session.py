@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bimatting.deploy import measure, tuning
-from bimatting.deploy import rpc as rpc_util
 from bimatting.deploy.artifact import sha256_file
+from bimatting.deploy.compiler import tuning_database as tuning
+from bimatting.deploy.device import rpc as rpc_util
+from bimatting.deploy.tuning import measure
 from bimatting.errors import InputError, RuntimeFailure
 
 KERNEL_KINDS = {"binary": ("bconv",), "float": ("conv",), "all": ("bconv", "conv")}
@@ -54,13 +55,13 @@ def extract_tasks(model_path, target, resolution=None, downsample_ratio=None, ke
     """The tunable kernels of an ONNX model for a ResolvedTarget, largest first."""
     import tvm
 
-    from bimatting.deploy import build
-    from bimatting.deploy.schedules import KERNEL_ATTR, arch_for
+    from bimatting.deploy.compiler import build
+    from bimatting.deploy.compiler.schedules import KERNEL_ATTR, kernel_config_for
 
     if kernels not in KERNEL_KINDS:
         raise InputError(f"--kernels must be one of {', '.join(KERNEL_KINDS)}, got '{kernels}'")
     tvm_target = target.tvm_target
-    mod, _ = build.import_model(build.load_onnx(model_path), arch_for(tvm_target), resolution, downsample_ratio)
+    mod, _ = build.import_model(build.load_onnx(model_path), kernel_config_for(tvm_target), resolution, downsample_ratio)
     with tvm_target:
         mod = build.pipeline_front(tvm_target)(mod)
     mod, _ = build.lift_constants(mod)
@@ -113,7 +114,7 @@ def _flops(mod):
 
 # ---- the tuning session ----------------------------------------------------------------------
 
-def tune(model_path, target_name, database_dir, trials, rpc=None, tracker=None, key=None, local=False,
+def tune(model_path, target_name, database_dir, *, trials, rpc=None, tracker=None, key=None, local=False,
          resolution=None, downsample_ratio=None, kernels="all", timeout=120.0, progress=True):
     """Tune the kernels of `model_path` for `target_name` into `database_dir`; returns a summary."""
     from bimatting.deploy import target as targets
@@ -150,9 +151,9 @@ def _session(tasks, target, compiler, manifest, scratch, database_dir, trials, r
     _import_cpu_intrinsics()
     from tvm.s_tir import meta_schedule as ms
 
-    from bimatting.deploy.schedules import arch_for
+    from bimatting.deploy.compiler.schedules import kernel_config_for
 
-    tvm_target, arch, task_count = target.tvm_target, arch_for(target.tvm_target), len(tasks)
+    tvm_target, kernel_config, task_count = target.tvm_target, kernel_config_for(target.tvm_target), len(tasks)
     for name in (tuning.WORKLOADS, tuning.RECORDS):
         if (Path(database_dir) / name).is_file():
             shutil.copyfile(Path(database_dir) / name, scratch / name)
@@ -163,7 +164,7 @@ def _session(tasks, target, compiler, manifest, scratch, database_dir, trials, r
     # `trials` tasks can be reached: the rest are not set up at all.
     tasks = sorted(tasks, key=lambda t: (counts_before[t.name], -t.flops * t.weight, t.name))[:trials]
     builder = measure.make_builder(compiler, BUILD_TIMEOUT_S, interrupt)
-    contexts = [ms.TuneContext(mod=t.mod, target=tvm_target, space_generator=_space(t, arch),
+    contexts = [ms.TuneContext(mod=t.mod, target=tvm_target, space_generator=_space(t, kernel_config),
                                search_strategy=ms.search_strategy.EvolutionarySearch(population_size=64,
                                                                                      init_min_unmeasured=16),
                                task_name=t.name, num_threads=os.cpu_count()) for t in tasks]
@@ -191,7 +192,7 @@ def _session(tasks, target, compiler, manifest, scratch, database_dir, trials, r
         raise KeyboardInterrupt
     tuned = [t for t in tasks if _record_count(database, t) > counts_before[t.name]]
     baselines = _measure_baselines([t for t in tuned if _entry(manifest, t).get("baseline_ms") is None],
-                                   builder, runner, database, tvm_target, arch)
+                                   builder, runner, database, tvm_target, kernel_config)
     manifest["trials"] = done_before + watcher.measured
     for task in tuned:
         entry = _entry(manifest, task)
@@ -247,22 +248,22 @@ def _preflight(target, rpc, tracker, key, local):
     return functools.partial(rpc_util.request, *rpc_util.parse_address(tracker, "--tracker"), key)
 
 
-def _space(task, arch):
+def _space(task, kernel_config):
     from tvm.s_tir import meta_schedule as ms
 
     if task.kind == "bconv":  # the hand-written schedule with sampled tiles, applied as is
-        return ms.space_generator.ScheduleFn(lambda sch: arch.schedule_bconv(sch, tunable=True),
+        return ms.space_generator.ScheduleFn(lambda sch: kernel_config.schedule_bconv(sch, tunable=True),
                                              sch_rules=[], postprocs=[], mutator_probs={})
     return ms.space_generator.PostOrderApply()
 
 
-def _baseline_schedule(task, tvm_target, arch):
+def _baseline_schedule(task, tvm_target, kernel_config):
     """The schedule `bimatting compile` applies without a database (traced, so it can be stored)."""
-    from bimatting.deploy.schedules import fp, schedule_kernel
+    from bimatting.deploy.compiler.schedules import fp, schedule_kernel
 
     func = task.mod["main"]
     if task.kind == "bconv":
-        return schedule_kernel(func, arch)
+        return schedule_kernel(func, kernel_config)
     for rule in fp.rules(tvm_target):
         try:
             sch = rule.apply(func, tvm_target, False)
@@ -273,12 +274,12 @@ def _baseline_schedule(task, tvm_target, arch):
     return None
 
 
-def _measure_baselines(tasks, builder, runner, database, tvm_target, arch):
+def _measure_baselines(tasks, builder, runner, database, tvm_target, kernel_config):
     """Build and time the hand-written schedule of each task; commit it as a record. {name: ms}."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import remove_build_dir
 
-    planned = [(t, _baseline_schedule(t, tvm_target, arch)) for t in tasks]
+    planned = [(t, _baseline_schedule(t, tvm_target, kernel_config)) for t in tasks]
     planned = [(t, sch) for t, sch in planned if sch is not None]
     if not planned:
         return {}

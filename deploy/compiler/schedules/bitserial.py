@@ -47,12 +47,12 @@ def schedule_pack(sch, block_name, lanes):
     sch.parallel(sch.fuse(n, y))
 
 
-def schedule_bconv(sch, arch, tunable=False):
+def schedule_bconv(sch, kernel_config, tunable=False):
     """Register-tiled popcount convolution with its output transform computed per tile."""
     block = sch.get_sblock("bconv_popcount")
     n, y, x, o, ry, rx, rc = sch.get_loops(block)
-    vec = _choose(sch, arch.vec_candidates, _extent(sch, o), tunable, arch.default_vec)
-    owt = _choose(sch, arch.owt_candidates, _extent(sch, x), tunable, arch.default_owt)
+    vec = _choose(sch, kernel_config.vec_candidates, _extent(sch, o), tunable, kernel_config.default_vec)
+    owt = _choose(sch, kernel_config.owt_candidates, _extent(sch, x), tunable, kernel_config.default_owt)
     xo, xi = sch.split(x, [None, owt])
     oo, oi = sch.split(o, [None, vec])
     sch.reorder(n, y, xo, oo, ry, rx, rc, xi, oi)

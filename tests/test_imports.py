@@ -1,0 +1,98 @@
+"""The import structure the layout promises, read statically from the sources (nothing is imported).
+
+* No cycles between the project's modules, counting the imports inside functions too (a cycle
+  hidden behind a function-level import is still a cycle).
+* Data flows one way: deploy/ imports neither export/ nor torch, bimatting.binops imports only
+  itself and bimatting.errors, and the device side of deploy/ does not import the compiler side.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FOLDERS = {"bimatting": "bimatting", "bimatting.export": "export", "bimatting.deploy": "deploy",
+           "bimatting.targets": "targets"}
+
+
+def _modules():
+    """{module name: source path} with setup.py's folder mapping."""
+    found = {}
+    for package, folder in FOLDERS.items():
+        for path in (REPO / folder).rglob("*.py"):
+            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([package] + parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _owner(name):
+    """The project module that `name` (a module or a name inside one) belongs to, or None."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(path):
+    """[(imported name, inside a function)] of one source file, absolute imports only."""
+    tree = ast.parse(path.read_text())
+    in_function = {id(sub) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for sub in ast.walk(node)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, id(node) in in_function) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                # `from package import submodule` depends on the submodule; Python initialises the
+                # package first whatever the importer, so that is not an edge of its own.
+                found.append((full if full in MODULES else node.module, id(node) in in_function))
+    return found
+
+
+def _graph():
+    return {module: {_owner(name) for name, _ in _imports(path) if _owner(name) not in (None, module)}
+            for module, path in MODULES.items()}
+
+
+def test_no_import_cycles_even_through_function_level_imports():
+    graph, cycles = _graph(), []
+    state = {}  # module -> "open" while on the DFS stack, "done" after
+
+    def visit(module, trail):
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append(trail[trail.index(target):] + [target])
+            elif target not in state:
+                visit(target, trail + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("bimatting.deploy")))
+def test_deploy_imports_neither_export_nor_torch(module):
+    names = [name for name, _ in _imports(MODULES[module])]
+    assert not [n for n in names if n.startswith("bimatting.export") or n.split(".")[0] == "torch"], names
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("bimatting.binops")))
+def test_the_contract_depends_on_nothing_but_itself(module):
+    project = {_owner(name) for name, _ in _imports(MODULES[module])} - {None}
+    assert project <= {m for m in MODULES if m.startswith("bimatting.binops")} | {"bimatting.errors"}, project
+    assert not [n for n, _ in _imports(MODULES[module]) if n.split(".")[0] == "torch"]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("bimatting.deploy.device")))
+def test_the_device_side_does_not_import_the_compiler(module):
+    names = [name for name, _ in _imports(MODULES[module])]
+    assert not [n for n in names if n.startswith(("bimatting.deploy.compiler", "bimatting.deploy.tuning"))], names

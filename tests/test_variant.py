@@ -1,0 +1,87 @@
+"""A BiMatting with other widths goes torch -> ONNX -> host artifact with nothing under export/
+or deploy/ knowing its widths: every size is read from the modules themselves.
+
+The variant halves every width of the packaged network (encoder, ASPP, decoder). Its sign
+thresholds are calibrated off near ties on the clip it is run on (tests/bench_models.py), so the
+three engines must agree to float precision and the checks are enforced outright.
+"""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from bimatting.deploy.compiler.build import compile_model
+from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
+from bimatting.export import exporter, verify
+from bimatting.frames import to_nchw
+from bimatting.samples import sample_frames
+from bench_models import tie_free_bimatting
+
+HALF_WIDTHS = dict(
+    widths=[8] + [16, 32, 16] + [32, 64, 32] * 2 + [64, 128, 64] * 2 + [128] + [512],
+    aspp_channels=64,
+    decoder_channels=(40, 20, 16, 8),
+)
+SIZE = (64, 48)  # (W, H): small, the whole test compiles in well under a minute
+FRAMES = 3
+STATES = {"r1o": 8, "r2o": 10, "r3o": 20, "r4o": 32}  # decoder_channels[2::-1] / 2, aspp_channels / 2
+
+
+def _variant():
+    frames = sample_frames(FRAMES, SIZE)
+    clip = torch.from_numpy(np.stack([to_nchw(f)[0] for f in frames])[None])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the host is shared
+    try:
+        network, margin = tie_free_bimatting(clip, config=HALF_WIDTHS)
+    finally:
+        torch.set_num_threads(previous)
+    assert margin > 2e-5, f"calibration left a near tie ({margin:.1e})"
+    return network, frames
+
+
+def test_bimatting_with_other_widths_exports_compiles_and_verifies(tmp_path):
+    network, frames = _variant()
+    assert network.backbone.feature[-1].out_channels == 512 and network.aspp.aspp1[2].out_channels == 64
+
+    model = exporter.build_onnx(network, "bimatting")
+    outputs = {o.name: o.type.tensor_type.shape.dim[1].dim_value for o in model.graph.output}
+    assert {name: outputs[name] for name in STATES} == STATES
+
+    # ONNX against PyTorch (what `bimatting export --verify` runs), states fed back.
+    report = verify.compare(model, network, frames, 1.0, threads=1)
+    assert report["passed"], report["worst"]
+    assert report["aligned_near_ties"] == 0  # calibrated: no tie to align
+
+    # The host artifact against onnxruntime (optimizations off: the graph's own float order).
+    path = tmp_path / "variant.onnx"
+    onnx.save(model, str(path))
+    compile_model(path, "host", tmp_path / "variant.tar", SIZE)
+    runner = RecurrentRunner(CompiledModel(tmp_path / "variant.tar"))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    states = {f"r{k}i": np.zeros((1, 1, 1, 1), np.float32) for k in range(1, 5)}
+    for index, frame in enumerate(frames):
+        src = to_nchw(frame)
+        step = runner.step(src, fetch=["fgr", "pha"])
+        fgr, pha, *rs = session.run(None, {"src": src, **states, "downsample_ratio": np.array([1.0], np.float32)})
+        states = dict(zip(states, rs))
+        for name, got, want in (("fgr", step["fgr"], fgr), ("pha", step["pha"], pha)):
+            error = np.abs(got - want)
+            # tolerances of the network checks in test_compile.py: mean 1e-4, max 1e-2 per frame
+            assert error.mean() <= 1e-4 and error.max() <= 1e-2, (index, name, float(error.mean()), float(error.max()))
+
+
+def test_a_variant_checkpoint_rebuilds_its_widths(tmp_path):
+    from bimatting.checkpoints import load_model, save_checkpoint
+    from bimatting.models import build_model
+
+    network = build_model("bimatting", **HALF_WIDTHS).eval()
+    assert network.config == {"widths": HALF_WIDTHS["widths"], "aspp_channels": 64, "decoder_channels": [40, 20, 16, 8]}
+    assert build_model("bimatting").config == {}  # the official widths: checkpoints as before
+    save_checkpoint(tmp_path / "half.pth", network, "bimatting")
+    loaded = load_model(tmp_path / "half.pth")
+    assert loaded.config == network.config
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), network.state_dict().values()))
