@@ -153,15 +153,9 @@ class Distillation:
 
     # -- one step ---------------------------------------------------------------------------
     def _first_step_inits(self, batch):
-        r, src = self.options.recipe, batch["src"]
-        if self.options.init:
-            return
-        if r.heads_from_teacher:
-            self.record["heads_from_teacher"] = recipes.init_from_teacher(self.model, self.teacher)
-        if r.threshold_init:
-            recipes.set_binary_weights(self.model, recipes.binary_weights_at(r, 0))
-            medians = recipes.init_thresholds(self.model, lambda: self.model(src))
-            self.record["threshold_init_sites"] = len(medians)
+        if not self.options.init:
+            self.record.update(recipes.first_step_inits(self.model, self.options.recipe, self.teacher,
+                                                        lambda: self.model(batch["src"])))
 
     def _losses(self, batch, ratio, with_features):
         r = self.options.recipe
@@ -210,11 +204,7 @@ class Distillation:
 
     def diagnose(self, batch):
         """Sign health on `batch` (train-mode statistics; BN buffers restored after)."""
-        buffers = {k: v.clone() for k, v in self.model.named_buffers()}
         report = self.health.measure(lambda: self.model(batch["src"]))
-        with torch.no_grad():
-            for key, value in self.model.named_buffers():
-                value.copy_(buffers[key])
         return report, self.health.latent_flips(self.step)
 
     def diagnose_report(self):

@@ -167,6 +167,19 @@ def init_thresholds(model, forward):
     return done
 
 
+def first_step_inits(model, recipe, teacher, forward):
+    """Step 0 of a fresh run: the teacher's float heads (if asked and a teacher is given), then the
+    sign thresholds from `forward()` on the first batch, with the weights in step 0's mode.
+    Returns a record {'heads_from_teacher': [keys], 'threshold_init_sites': n}."""
+    record = {}
+    if recipe.heads_from_teacher and teacher is not None:
+        record["heads_from_teacher"] = init_from_teacher(model, teacher)
+    if recipe.threshold_init:
+        set_binary_weights(model, binary_weights_at(recipe, 0))
+        record["threshold_init_sites"] = len(init_thresholds(model, forward))
+    return record
+
+
 # (student parameter prefix, teacher prefix): float layers of BiMatting with the teacher's shapes
 TEACHER_LAYERS = (
     ("backbone.feature.0.conv1", "backbone.features.0.0"),

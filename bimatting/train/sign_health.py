@@ -26,8 +26,11 @@ class SignHealth:
 
     @torch.no_grad()
     def measure(self, forward):
-        """Run `forward()` once with hooks on every threshold; returns {site: stats}."""
+        """Run `forward()` once with hooks on every threshold; returns {site: stats}.
+        The model's buffers (BatchNorm running statistics, which a train-mode forward updates) are
+        restored afterwards, so measuring does not change the run."""
         stats, handles = {}, []
+        buffers = {key: value.clone() for key, value in self.model.named_buffers()}
 
         def hook_for(name):
             def hook(module, args, output):
@@ -52,6 +55,8 @@ class SignHealth:
         finally:
             for handle in handles:
                 handle.remove()
+            for key, value in self.model.named_buffers():
+                value.copy_(buffers[key])
         report = {}
         for name, entry in stats.items():
             in_window = entry["in_window"] / entry["count"]

@@ -167,11 +167,9 @@ class Trainer:
         """Step 0 of a fresh BiMatting run: the teacher's float heads, then sign thresholds from data."""
         if self.options.arch != "bimatting" or self.step != 0 or self.options.resume:
             return
-        if self.recipe.heads_from_teacher and self.teacher is not None:
-            recipes.init_from_teacher(self.model, self.teacher.model)
-        if self.recipe.threshold_init:
-            src = passes.composite({k: v.to(self.rt.device) for k, v in batch.items()})["src"]
-            recipes.init_thresholds(self.model, lambda: self.model(src))
+        src = passes.composite({k: v.to(self.rt.device) for k, v in batch.items()})["src"]
+        recipes.first_step_inits(self.model, self.recipe, self.teacher.model if self.teacher else None,
+                                 lambda: self.model(src))
         # each rank saw its own first batch: every rank takes rank 0's initial values
         self.rt.broadcast_(list(self.model.state_dict().values()))
 
@@ -340,11 +338,7 @@ class Trainer:
         from bimatting.train.sign_health import summarize
 
         src = passes.composite({k: v.to(self.rt.device) for k, v in batch.items()})["src"]
-        buffers = {k: v.clone() for k, v in self.model.named_buffers()}
         report = self.health.measure(lambda: self.model(src))
-        with torch.no_grad():
-            for key, value in self.model.named_buffers():
-                value.copy_(buffers[key])
         return summarize(report, self.health.latent_flips(self.step))
 
     def _finish(self, seconds, total):
