@@ -104,7 +104,8 @@ def summary(model):
 
 
 def export(checkpoint, output, *, arch=None, opset=DEFAULT_OPSET, static_size=None,
-           downsample_ratio=None, verify=False, verify_input=None, verify_frames=None, progress=True):
+           downsample_ratio=None, verify=False, verify_input=None, verify_frames=None, align_ties=True,
+           progress=True):
     """Load, build, verify (optional), write; returns a report dict.
 
     The file appears only complete and, with `verify`, only verified: it is written to a temporary
@@ -130,7 +131,8 @@ def export(checkpoint, output, *, arch=None, opset=DEFAULT_OPSET, static_size=No
 
             try:
                 report["verify"] = verifier.verify_file(tmp, network, verify_input, downsample_ratio,
-                                                        frames=verify_frames, progress=progress)
+                                                        frames=verify_frames, align_ties=align_ties,
+                                                        progress=progress)
             except RuntimeFailure as failure:
                 raise RuntimeFailure(f"{failure}; '{output}' was not written") from None
     return report

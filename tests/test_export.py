@@ -184,6 +184,7 @@ def test_bimatting_onnxruntime_matches_pytorch_on_20_frames(bimatting_net, bimat
     # signs far from 0 are never aligned.
     assert report["aligned_near_ties"] <= 10 * len(frames), report["per_frame"]["aligned"]
     assert report["largest_aligned_tie"] <= 1e-5
+    assert report["decisions_flipped"] == 0, report["first_parting"]
 
 
 @pytest.mark.parametrize("size,ratio", [((512, 288), 1.0), ((960, 540), 0.25)], ids=["512x288-s1", "960x540-s0.25"])
@@ -276,6 +277,11 @@ def test_verification_fails_on_a_wrong_graph(bimatting_net, bimatting_onnx):
     report = verify.compare(broken, bimatting_net, frames, 1.0, threads=THREADS)
     assert not report["passed"]
     assert report["worst"]["pha_max"] > 1e-2 or report["worst"]["pha_mean"] > 1e-4
+    # The report points at the broken layer: the first decision that parts is the sign that reads
+    # the inverted conv's block output, on the first frame, far from a tie.
+    first = report["first_parting"]
+    assert first["frame"] == 0 and first["site"].startswith("backbone.feature.4/"), first
+    assert first["largest_abs"] > verify.NEAR_TIE and report["decisions_flipped"] > 1000
 
 
 # -- RVM ----------------------------------------------------------------------------------------------
