@@ -35,8 +35,9 @@ def view_thetas(rng, length, in_h, in_w, out_h, out_w, zoom=(0.55, 1.0), degrees
     """[T, 2, 3] affine_grid matrices: output crop -> input, moving linearly from one random view
     towards another (`motion` = how far it gets by the last frame).
 
-    z = input pixels per output pixel, at most the 'cover' scale min(in_w/out_w, in_h/out_h)
-    times U(zoom); the crop centre stays inside the input (reflection covers rotation corners).
+    z = input pixels per output pixel: the 'cover' scale min(in_w/out_w, in_h/out_h) times U(zoom);
+    zoom > 1 looks past the frame's short side (reflection fills the rest, and rotation corners), so
+    people also appear small, as in wide shots; the crop centre stays inside the input.
     """
     cover = min(in_w / out_w, in_h / out_h)
     flip = -1.0 if rng.random() < 0.5 else 1.0
@@ -82,12 +83,14 @@ class Bank:
     (footage, recomposite, procedural); zoom: the crop-scale range of view_thetas.
     """
 
-    def __init__(self, items, procedural=(), mix=(0.5, 0.3, 0.2), seed=0, zoom=(0.55, 1.0)):
+    def __init__(self, items, procedural=(), mix=(0.5, 0.3, 0.2), seed=0, zoom=(0.55, 1.0), still_weight=8,
+                 background_tries=1):
         self.items, self.procedural, self.zoom = list(items), list(procedural), tuple(zoom)
+        self.background_tries = background_tries
         weights = [0.0 if not self.procedural and k == 2 else p for k, p in enumerate(mix)]
         self.mix = [w / sum(weights) for w in weights]
-        # clips weigh by frame count, but every still counts as 8 frames so the stills are seen too
-        self.item_weights = [max(len(item), 8) for item in self.items]
+        # clips weigh by frame count, every still as `still_weight` frames
+        self.item_weights = [len(item) if len(item) > 1 else still_weight for item in self.items]
         self.rng = random.Random(seed)
 
     def _pick(self):
@@ -117,12 +120,18 @@ class Bank:
             fgr, pha = layer[:, :3], layer[:, 3:4]
         # The background is footage of people too: the teacher's matte of it stays in the target,
         # under the new layer (otherwise half the batches would teach that people are background).
-        background = self._pick()
-        under = self._view(background, (background.frames, background.fgr, background.pha), length, height, width)
+        # Of `background_tries` draws the view with the least foreground is kept: the footage is
+        # mostly people close up, and a new layer over them would leave little background to learn.
+        under = min((self._background_view(length, height, width) for _ in range(self.background_tries)),
+                    key=lambda view: float(view[:, 6:7].mean()))
         bgr, under_fgr, under_pha = under[:, :3], under[:, 3:6], under[:, 6:7]
         total = pha + (1 - pha) * under_pha
         fgr_total = (fgr * pha + under_fgr * under_pha * (1 - pha)) / total.clamp_min(1e-6)
         return {"src": fgr * pha + bgr * (1 - pha), "fgr": torch.where(total > 0, fgr_total, fgr), "pha": total}
+
+    def _background_view(self, length, height, width):
+        background = self._pick()
+        return self._view(background, (background.frames, background.fgr, background.pha), length, height, width)
 
     def batch(self, size, length, height, width):
         """{'src', 'fgr', 'pha'} [B, T, C, H, W] float32 on the bank's device."""
