@@ -20,26 +20,32 @@ from torch import nn
 from torch.nn import functional as F
 
 from .binarize import BiConv2d, BinaryActivation, LearnableBias
-from .bimobilenet import STAGE_WIDTHS, BiMobileNet
+from .bimobilenet import STAGE_WIDTHS, TRIPLES, BiMobileNet, stage_widths
 from .decoder import Projection, SABDecoder
 from .guided_filter import BiDeepGuidedFilterRefiner
 from .lraspp import BiLRASPP
 
 DEAD_PARAMETER = "channel_threshold"  # official BiConv2d parameter that forward never reads
 # The official widths; build_model("bimatting", **config) takes others (saved as `config`).
-DEFAULT_CONFIG = {"widths": list(STAGE_WIDTHS), "aspp_channels": 128, "decoder_channels": [80, 40, 32, 16]}
+DEFAULT_CONFIG = {"widths": list(STAGE_WIDTHS), "aspp_channels": 128, "decoder_channels": [80, 40, 32, 16],
+                  "encoder_triples": list(TRIPLES)}
 
 
 class BiMatting(nn.Module):
-    """widths: BiMobileNet's 18 stage widths; aspp_channels: the ASPP output (also decode4's width);
+    """widths: BiMobileNet's block widths (18 for the official arrangement; default: the official
+    pattern for `encoder_triples`); aspp_channels: the ASPP output (also decode4's width);
     decoder_channels: decode3, decode2, decode1, decode0 (the last is the hidden width of the heads
-    and the refiner). Recurrent states have half of decode1, decode2, decode3 and the ASPP width."""
+    and the refiner); encoder_triples: BiMobileNet's dense triples in its 1/4, 1/8 and 1/16 stages
+    (official (1, 2, 2); e.g. (1, 1, 1) is a shallower encoder with 11 binary blocks).
+    Recurrent states have half of decode1, decode2, decode3 and the ASPP width."""
 
-    def __init__(self, widths=STAGE_WIDTHS, aspp_channels=128, decoder_channels=(80, 40, 32, 16)):
+    def __init__(self, widths=None, aspp_channels=128, decoder_channels=(80, 40, 32, 16), encoder_triples=TRIPLES):
         super().__init__()
+        widths = stage_widths(encoder_triples) if widths is None else widths
         self._config = {"widths": [int(w) for w in widths], "aspp_channels": int(aspp_channels),
-                        "decoder_channels": [int(c) for c in decoder_channels]}
-        self.backbone = BiMobileNet(widths)
+                        "decoder_channels": [int(c) for c in decoder_channels],
+                        "encoder_triples": [int(t) for t in encoder_triples]}
+        self.backbone = BiMobileNet(widths, encoder_triples)
         taps = self.backbone.tap_channels
         hidden = int(decoder_channels[3])
         self.aspp = BiLRASPP(taps["f4"], aspp_channels)
