@@ -14,7 +14,7 @@ import onnx
 
 from bimatting.errors import InputError
 from bimatting.binops import schema
-from bimatting.export import graph, shared_graph
+from bimatting.export import graph, interface, layers
 
 DEFAULT_OPSET = 18
 MIN_RVM_OPSET = 12  # the official RVM export's opset
@@ -51,9 +51,10 @@ def check_options(arch, opset, static_size, downsample_ratio):
 
 
 def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_ratio=None):
-    """The ONNX ModelProto of `network` (an eval-mode RVM or BiMatting), fully checked."""
-    from bimatting.export import bimatting as bimatting_emitter
-    from bimatting.export import rvm as rvm_emitter
+    """The ONNX ModelProto of `network` (an eval-mode RVM or BiMatting), fully checked.
+
+    The network emits itself (`network.emit_onnx(builder, interface)`, written beside its forward);
+    nothing here knows its structure."""
     from bimatting.models import model_class
 
     check_options(arch, opset, static_size, downsample_ratio)
@@ -62,10 +63,8 @@ def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_
                          f"pass --arch matching the checkpoint")
     network.eval()
     ratio = None if static_size is None else (1.0 if downsample_ratio is None else float(downsample_ratio))
-    builder = graph.GraphBuilder(opset, name=arch)
-    interface = shared_graph.Interface(builder, shared_graph.state_channels(network.decoder), static_size, ratio)
-    emitter = rvm_emitter if arch == "rvm" else bimatting_emitter
-    emitter.emit(builder, network, interface)
+    builder = layers.Builder(opset, name=arch)
+    network.emit_onnx(builder, interface.Interface(builder, network.state_channels, static_size, ratio))
     metadata = {"bimatting.arch": arch, "bimatting.interface": "rvm"}
     if static_size is not None:
         metadata.update({"bimatting.static_size": f"{static_size[0]}x{static_size[1]}",

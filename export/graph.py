@@ -1,8 +1,8 @@
 """A small ONNX graph builder: unique names, initializers, opset-aware helpers, the binary ops.
 
-The per-architecture emitters (export/rvm.py, export/bimatting.py) walk a PyTorch module tree and
-call these helpers block by block, so node names, value names, dynamic shapes and the packing of
-binary weights are all under our control (unlike a traced export). Value names follow the module
+Each module of bimatting/models emits its own nodes (`emit_onnx(b, ...)`, beside its forward)
+through these helpers and those of layers.Builder, so node names, value names, dynamic shapes and
+the packing of binary weights are all under our control (unlike a traced export). Value names follow the module
 path that produced them (`decoder.decode3/Concat_2`), initializers the parameter they came from.
 
 Shapes are NCHW throughout. Resize follows torch's bilinear with align_corners=False:
@@ -24,6 +24,8 @@ FLOAT = TensorProto.FLOAT
 
 
 class GraphBuilder:
+    FLOAT = FLOAT  # for Cast(to=...) in emitters that do not import onnx
+
     def __init__(self, opset, name="graph"):
         self.opset = int(opset)
         self.name = name

@@ -1,4 +1,9 @@
-"""PyTorch layers -> ONNX nodes: BN folding, FP convs, binary convs with packed weights.
+"""The builder every module's `emit_onnx(b, ...)` receives: graph ops plus torch layers -> nodes.
+
+`Builder` adds to graph.GraphBuilder the op-level toolkit, which knows no network: BN folding, FP
+convs, binary convs with packed weights, sign + bit-packing, the Sequential walker and the resizes.
+The networks are written once, in bimatting/models: each module type emits its own nodes beside
+its forward and receives this builder as `b`, so the models import nothing from export/.
 
 Folding (eval-mode BatchNorm directly after a conv, as RVM's official export does):
     a = gamma / sqrt(running_var + eps),  b = beta - running_mean * a
@@ -13,7 +18,7 @@ import numpy as np
 from torch import nn
 
 from bimatting.binops import reference
-from bimatting.export.graph import to_array
+from bimatting.export.graph import GraphBuilder, to_array
 
 
 def bn_affine(bn):
@@ -35,88 +40,12 @@ def _conv_attrs(conv):
                 dilations=list(conv.dilation))
 
 
-def _cached(builder, key, make):
-    """Initializer names for `key`, made once: a module applied several times shares its weights."""
-    if key not in builder.param_cache:
-        builder.param_cache[key] = make()
-    return builder.param_cache[key]
-
-
-def conv(builder, module, x, bn=None):
-    """nn.Conv2d (+ following BatchNorm2d folded in) -> ONNX Conv.  [N,Cin,H,W] -> [N,O,OH,OW]"""
-    def make():
-        name = builder.module_name(module)
-        weight = to_array(module.weight).astype(np.float64)
-        bias = to_array(module.bias).astype(np.float64) if module.bias is not None else None
-        if bn is not None:
-            a, b = bn_affine(bn)
-            weight = weight * a[:, None, None, None]
-            bias = b + (bias * a if bias is not None else 0.0)
-        names = [builder.initializer(weight.astype(np.float32), f"{name}.weight")]
-        if bias is not None:
-            names.append(builder.initializer(bias.astype(np.float32), f"{name}.bias"))
-        return names
-
-    params = _cached(builder, ("conv", id(module), id(bn)), make)
-    return builder.op("Conv", [x] + params, group=module.groups, **_conv_attrs(module))
-
-
-def add_channel_bias(builder, module, x):
-    """LearnableBias: x + b, b [1, C, 1, 1]."""
-    bias = _cached(builder, ("shift", id(module)),
-                   lambda: builder.initializer(to_array(module.bias), f"{builder.module_name(module)}.bias"))
-    return builder.op("Add", [x, bias])
-
-
-def prelu(builder, module, x):
-    """nn.PReLU(C): slope stored [C, 1, 1] to broadcast over NCHW."""
-    def make():
-        name = f"{builder.module_name(module)}.weight"
-        if module.weight.numel() == 1:
-            return builder.initializer(to_array(module.weight).reshape(1), name)
-        return builder.channel_vector(to_array(module.weight), name)
-
-    return builder.op("PRelu", [x, _cached(builder, ("prelu", id(module)), make)])
-
-
-def binarize_pack(builder, x, shift=None):
-    """[shift ->] sign -> bit-pack: float [N,C,H,W] -> uint8 [N,ceil(C/8),H,W] (ai.bimatting.BinarizePack)."""
-    if shift is not None:
-        x = add_channel_bias(builder, shift, x)
-    return builder.custom("BinarizePack", [x])
-
-
 def binary_weights(module):
     """A BiConv2d's (packed uint8 [O, ceil(C/8), KH, KW], alpha float64 [O])."""
     if module.groups != 1:
         raise ValueError(f"binary conv with groups={module.groups} cannot be exported; expected groups=1")
     sign, alpha = module.binary_weight()
     return reference.pack_weights(to_array(sign)), to_array(alpha).astype(np.float64)
-
-
-def binary_conv(builder, module, packed, bn=None, mask=None):
-    """BiConv2d (+ conv bias, + following BN) on a packed input -> ai.bimatting.BinaryConv2d[Masked].
-
-    uint8 [N,ceil(Cin/8),H,W] -> float [N,O,OH,OW]; with `mask` [N,1,OH,OW] exactly 0 where mask == 0.
-    """
-    def make():
-        name = builder.module_name(module)
-        weight_packed, alpha = binary_weights(module)
-        scale, bias = alpha, np.zeros_like(alpha)
-        if module.bias is not None:
-            bias = to_array(module.bias).astype(np.float64)
-        if bn is not None:
-            a, b = bn_affine(bn)
-            scale, bias = scale * a, b + bias * a
-        return [builder.initializer(weight_packed, f"{name}.weight_packed"),
-                builder.initializer(scale.astype(np.float32), f"{name}.scale"),
-                builder.initializer(bias.astype(np.float32), f"{name}.bias")]
-
-    inputs = [packed] + _cached(builder, ("binary_conv", id(module), id(bn)), make)
-    attrs = dict(channels_in=module.in_channels, **_conv_attrs(module))
-    if mask is not None:
-        return builder.custom("BinaryConv2dMasked", inputs + [mask], **attrs)
-    return builder.custom("BinaryConv2d", inputs, **attrs)
 
 
 def is_binary_conv(module):
@@ -135,63 +64,167 @@ def _halo(layers):
     return reach
 
 
-def sequential(builder, seq, x, mask=None):
-    """Emit an nn.Sequential of the layers the two networks use, left to right.
-
-    LearnableBias + sign -> BinarizePack; BiConv2d [+ BN] -> BinaryConv2d (Masked when `mask` is
-    given: computed where mask != 0, widened by the reach of later convs); Conv2d [+ BN] -> Conv;
-    LearnableBias -> Add; PReLU, ReLU, Sigmoid, Tanh, Hardswish; AdaptiveAvgPool2d(1) -> GAP.
-    """
-    layers = list(seq)
-    index = 0
-    while index < len(layers):
-        layer = layers[index]
-        after = layers[index + 1] if index + 1 < len(layers) else None
-        kind = type(layer).__name__
-        if kind == "LearnableBias" and type(after).__name__ == "BinaryActivation":
-            x = binarize_pack(builder, x, shift=layer)
-            index += 2
-            continue
-        if kind == "BinaryActivation":
-            x = binarize_pack(builder, x)
-        elif isinstance(layer, nn.Conv2d):
-            bn = after if isinstance(after, nn.BatchNorm2d) else None
-            if is_binary_conv(layer):
-                conv_mask = None
-                if mask is not None:
-                    reach = _halo(layers[index + 1:])
-                    conv_mask = mask if reach == 0 else builder.op(
-                        "MaxPool", [mask], kernel_shape=[2 * reach + 1] * 2, pads=[reach] * 4)
-                x = binary_conv(builder, layer, x, bn=bn, mask=conv_mask)
-            else:
-                x = conv(builder, layer, x, bn=bn)
-            index += 2 if bn is not None else 1
-            continue
-        elif kind == "LearnableBias":
-            x = add_channel_bias(builder, layer, x)
-        elif isinstance(layer, nn.PReLU):
-            x = prelu(builder, layer, x)
-        elif isinstance(layer, nn.ReLU):
-            x = builder.op("Relu", [x])
-        elif isinstance(layer, nn.Sigmoid):
-            x = builder.op("Sigmoid", [x])
-        elif isinstance(layer, nn.Tanh):
-            x = builder.op("Tanh", [x])
-        elif isinstance(layer, nn.Hardswish):
-            x = hardswish(builder, x)
-        elif isinstance(layer, nn.AdaptiveAvgPool2d) and _is_global(layer):
-            x = builder.op("GlobalAveragePool", [x])
-        else:
-            raise ValueError(f"cannot export layer {kind} in {builder.module_name(seq)}")
-        index += 1
-    return x
-
-
-def hardswish(builder, x):
-    """x * hardsigmoid(x) = x * clip(x / 6 + 1/2, 0, 1) (RVM's official decomposition)."""
-    return builder.op("Mul", [x, builder.op("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)])
-
-
 def _is_global(pool):
     size = pool.output_size
     return size == 1 or tuple(size) == (1, 1)
+
+
+class Builder(GraphBuilder):
+    """GraphBuilder + torch layers -> nodes. Shapes NCHW; every size is read from the modules."""
+
+    def _cached(self, key, make):
+        """Initializer names for `key`, made once: a module applied several times shares its weights."""
+        if key not in self.param_cache:
+            self.param_cache[key] = make()
+        return self.param_cache[key]
+
+    def tensor(self, value, name):
+        """A torch tensor (buffer or parameter) as a float32 initializer of the same shape."""
+        return self.initializer(to_array(value), name)
+
+    def conv(self, module, x, bn=None):
+        """nn.Conv2d (+ following BatchNorm2d folded in) -> ONNX Conv.  [N,Cin,H,W] -> [N,O,OH,OW]"""
+        def make():
+            name = self.module_name(module)
+            weight = to_array(module.weight).astype(np.float64)
+            bias = to_array(module.bias).astype(np.float64) if module.bias is not None else None
+            if bn is not None:
+                a, b = bn_affine(bn)
+                weight = weight * a[:, None, None, None]
+                bias = b + (bias * a if bias is not None else 0.0)
+            names = [self.initializer(weight.astype(np.float32), f"{name}.weight")]
+            if bias is not None:
+                names.append(self.initializer(bias.astype(np.float32), f"{name}.bias"))
+            return names
+
+        params = self._cached(("conv", id(module), id(bn)), make)
+        return self.op("Conv", [x] + params, group=module.groups, **_conv_attrs(module))
+
+    def add_channel_bias(self, module, x):
+        """LearnableBias: x + b, b [1, C, 1, 1]."""
+        bias = self._cached(("shift", id(module)),
+                            lambda: self.initializer(to_array(module.bias), f"{self.module_name(module)}.bias"))
+        return self.op("Add", [x, bias])
+
+    def prelu(self, module, x):
+        """nn.PReLU(C): slope stored [C, 1, 1] to broadcast over NCHW."""
+        def make():
+            name = f"{self.module_name(module)}.weight"
+            if module.weight.numel() == 1:
+                return self.initializer(to_array(module.weight).reshape(1), name)
+            return self.channel_vector(to_array(module.weight), name)
+
+        return self.op("PRelu", [x, self._cached(("prelu", id(module)), make)])
+
+    def binarize_pack(self, x, shift=None):
+        """[shift ->] sign -> bit-pack: float [N,C,H,W] -> uint8 [N,ceil(C/8),H,W] (ai.bimatting.BinarizePack)."""
+        if shift is not None:
+            x = self.add_channel_bias(shift, x)
+        return self.custom("BinarizePack", [x])
+
+    def binary_conv(self, module, packed, bn=None, mask=None):
+        """BiConv2d (+ conv bias, + following BN) on a packed input -> ai.bimatting.BinaryConv2d[Masked].
+
+        uint8 [N,ceil(Cin/8),H,W] -> float [N,O,OH,OW]; with `mask` [N,1,OH,OW] exactly 0 where mask == 0.
+        """
+        def make():
+            name = self.module_name(module)
+            weight_packed, alpha = binary_weights(module)
+            scale, bias = alpha, np.zeros_like(alpha)
+            if module.bias is not None:
+                bias = to_array(module.bias).astype(np.float64)
+            if bn is not None:
+                a, b = bn_affine(bn)
+                scale, bias = scale * a, b + bias * a
+            return [self.initializer(weight_packed, f"{name}.weight_packed"),
+                    self.initializer(scale.astype(np.float32), f"{name}.scale"),
+                    self.initializer(bias.astype(np.float32), f"{name}.bias")]
+
+        inputs = [packed] + self._cached(("binary_conv", id(module), id(bn)), make)
+        attrs = dict(channels_in=module.in_channels, **_conv_attrs(module))
+        if mask is not None:
+            return self.custom("BinaryConv2dMasked", inputs + [mask], **attrs)
+        return self.custom("BinaryConv2d", inputs, **attrs)
+
+    def sequential(self, seq, x, mask=None):
+        """Emit an nn.Sequential, left to right.
+
+        LearnableBias + sign -> BinarizePack; BiConv2d [+ BN] -> BinaryConv2d (Masked when `mask` is
+        given: computed where mask != 0, widened by the reach of later convs); Conv2d [+ BN] -> Conv;
+        LearnableBias -> Add; PReLU, ReLU, Sigmoid, Tanh, Hardswish; AdaptiveAvgPool2d(1) -> GAP;
+        a nested Sequential is walked in turn; any other module emits itself (its `emit_onnx(b, x)`).
+        """
+        layers = list(seq)
+        index = 0
+        while index < len(layers):
+            layer = layers[index]
+            after = layers[index + 1] if index + 1 < len(layers) else None
+            kind = type(layer).__name__
+            if kind == "LearnableBias" and type(after).__name__ == "BinaryActivation":
+                x = self.binarize_pack(x, shift=layer)
+                index += 2
+                continue
+            if kind == "BinaryActivation":
+                x = self.binarize_pack(x)
+            elif isinstance(layer, nn.Conv2d):
+                bn = after if isinstance(after, nn.BatchNorm2d) else None
+                if is_binary_conv(layer):
+                    conv_mask = None
+                    if mask is not None:
+                        reach = _halo(layers[index + 1:])
+                        conv_mask = mask if reach == 0 else self.op(
+                            "MaxPool", [mask], kernel_shape=[2 * reach + 1] * 2, pads=[reach] * 4)
+                    x = self.binary_conv(layer, x, bn=bn, mask=conv_mask)
+                else:
+                    x = self.conv(layer, x, bn=bn)
+                index += 2 if bn is not None else 1
+                continue
+            elif kind == "LearnableBias":
+                x = self.add_channel_bias(layer, x)
+            elif isinstance(layer, nn.PReLU):
+                x = self.prelu(layer, x)
+            elif isinstance(layer, nn.ReLU):
+                x = self.op("Relu", [x])
+            elif isinstance(layer, nn.Sigmoid):
+                x = self.op("Sigmoid", [x])
+            elif isinstance(layer, nn.Tanh):
+                x = self.op("Tanh", [x])
+            elif isinstance(layer, nn.Hardswish):
+                x = self.hardswish(x)
+            elif isinstance(layer, nn.AdaptiveAvgPool2d) and _is_global(layer):
+                x = self.op("GlobalAveragePool", [x])
+            elif isinstance(layer, nn.Sequential) and mask is None:
+                x = self.sequential(layer, x)
+            elif hasattr(layer, "emit_onnx") and mask is None:
+                x = layer.emit_onnx(self, x)
+            else:
+                raise ValueError(f"cannot export layer {kind} in {self.module_name(seq)}")
+            index += 1
+        return x
+
+    def apply(self, module, x):
+        """One module on x: a Sequential walked, a layer the walker knows, or the module's emit_onnx."""
+        return self.sequential([module], x)
+
+    def hardswish(self, x):
+        """x * hardsigmoid(x) = x * clip(x / 6 + 1/2, 0, 1) (RVM's official decomposition)."""
+        return self.op("Mul", [x, self.op("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)])
+
+    def resize_by(self, x, ratio):
+        """Bilinear resize by the downsample ratio: a value name (runtime [1] float32) or a float
+        (baked in; 1.0 is the identity and emits no node)."""
+        if isinstance(ratio, str):
+            scales = self.op("Concat", [self.const([1.0, 1.0], np.float32), ratio, ratio], axis=0)
+            return self.resize_scale(x, scales)
+        if ratio == 1.0:
+            return x
+        return self.resize_scale(x, self.const([1.0, 1.0, ratio, ratio], np.float32))
+
+    def upsample2_crop(self, x, like):
+        """Bilinear x2 (align_corners=False), cropped to `like`'s H, W.  [N,C,h,w] -> [N,C,H,W]"""
+        up = self.resize_scale(x, self.const([1.0, 1.0, 2.0, 2.0], np.float32))
+        return self.crop_to(up, like)
+
+    def expand_like(self, x, like):
+        """x broadcast to `like`'s shape (a [1,1,1,1] zero state -> zeros [N,C,H,W])."""
+        return self.op("Expand", [x, self.op("Shape", [like])])

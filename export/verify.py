@@ -125,7 +125,8 @@ def _sign_nodes(model):
 
 def _decision_values(model):
     """Names of the values every sign decision reads: BinarizePack inputs in graph order, then pha_s."""
-    from bimatting.export.bimatting import PHA_S
+    from bimatting.models.bimatting.decoder import PHA_S
+
     names = [n.input[0] for n in _sign_nodes(model)]
     produced = {o for n in model.graph.node for o in n.output}
     return names + ([PHA_S] if PHA_S in produced else [])

@@ -96,3 +96,11 @@ def test_the_contract_depends_on_nothing_but_itself(module):
 def test_the_device_side_does_not_import_the_compiler(module):
     names = [name for name, _ in _imports(MODULES[module])]
     assert not [n for n in names if n.startswith(("bimatting.deploy.compiler", "bimatting.deploy.tuning"))], names
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("bimatting.models")))
+def test_the_models_emit_onnx_without_importing_export_or_onnx(module):
+    # Each module's emit_onnx gets the builder as an argument: the networks are defined once, in
+    # the models, and the exporter depends on them, never the other way round.
+    names = [name for name, _ in _imports(MODULES[module])]
+    assert not [n for n in names if n.startswith("bimatting.export") or n.split(".")[0] == "onnx"], names

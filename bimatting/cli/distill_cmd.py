@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from bimatting.cli.recipe_options import recipe_options
 from bimatting.errors import InputError
 
 
@@ -35,16 +36,9 @@ def _size(text):
 @click.option("--float-lr", type=float, default=5e-4, show_default=True, help="Adam rate of everything else.")
 @click.option("--latent-init", type=float, default=0.0, show_default=True,
               help="Latent weights start as U(0,1) x this (ReActNet: 1e-3); 0 = PyTorch's default init.")
-@click.option("--threshold-init/--no-threshold-init", default=True, show_default=True,
-              help="Sign thresholds start at minus the per-channel median of their input on the first batch.")
-@click.option("--binary-weights-from", type=click.IntRange(0), default=0, show_default=True,
-              help="Two-step training: real weights (binary activations) until this step.")
-@click.option("--feature-weight", type=float, default=0.0, show_default=True,
-              help="Weight of decoder-feature matching to the teacher (0 = off).")
+@recipe_options()
 @click.option("--attention-weight", type=float, default=0.0, show_default=True,
               help="Weight of encoder attention-map matching to the teacher (0 = off).")
-@click.option("--heads-from-teacher/--no-heads-from-teacher", default=False, show_default=True,
-              help="Float layers with the teacher's shapes start from its weights.")
 @click.option("--warmup-steps", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--hr-every", type=click.IntRange(0), default=4, show_default=True,
               help="Every N steps also a pass at --hr-ratio so the refiner trains (0 = never).")

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import click
 
+from bimatting.cli.recipe_options import recipe_options
+
 
 @click.command("train")
 @click.option("--stage", type=click.IntRange(1, 4), required=True, help="RVM training stage (1-4).")
@@ -38,14 +40,7 @@ import click
 @click.option("--cache-frames", is_flag=True, help="Keep decoded evaluation-layout frames in memory.")
 @click.option("--latent-lr", type=float, help="Adam rate of the latent binary weights (default: 10x the stage's "
               "backbone rate).")
-@click.option("--threshold-init/--no-threshold-init", default=True, show_default=True,
-              help="Sign thresholds start at minus the per-channel median of their input on the first batch.")
-@click.option("--binary-weights-from", type=click.IntRange(0), default=0, show_default=True,
-              help="Two-step training: real weights (binary activations) until this step.")
-@click.option("--feature-weight", type=float, default=0.0, show_default=True,
-              help="With --teacher: weight of decoder-feature matching (0 = off).")
-@click.option("--heads-from-teacher/--no-heads-from-teacher", default=False, show_default=True,
-              help="With --teacher: float layers with the teacher's shapes start from its weights.")
+@recipe_options(teacher_note="With --teacher: ")
 @click.option("--diagnose-every", type=click.IntRange(0), default=0, show_default=True,
               help="Steps between sign-health lines (STE window, near-zero decisions, dead branches).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

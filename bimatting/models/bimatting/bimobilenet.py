@@ -1,24 +1,51 @@
 """BiMobileNet: BiMatting's binary encoder (ReActNet-A style with shrinkable blocks and dense skips).
 
-Widths (entry 0 = FP stem, 1..17 = binary blocks; stride 2 at blocks 2, 5, 11; output stride 16),
-by default the official ones (any 18 widths whose neighbours keep the ratios BinaryBlock accepts):
+Blocks: entry 0 = FP stem (stride 2), then three stages of dense triples (the first triple of each
+stage holds its stride-2 block in the middle), then two tail blocks; output stride 16.
+`triples` gives the triples per stage: the official (1, 2, 2) makes 17 binary blocks with stride
+2 at blocks 2, 5, 11 and these widths (any others whose neighbours keep the ratios BinaryBlock
+accepts will do; one per block):
     [16] + [32, 64, 32] + [64, 128, 64] * 2 + [128, 256, 128] * 2 + [256] + [1024]
-Taps: f1 = stem (16 @1/2), f2 = block 3 (32 @1/4), f3 = block 9 (64 @1/8), f4 = block 17 (1024 @1/16).
+Taps: f1 = stem (16 @1/2), f2 = stage 1's end (block 3, 32 @1/4), f3 = stage 2's end (block 9,
+64 @1/8), f4 = the last block (17, 1024 @1/16).
 Names (`feature.N.move11`, `binary_3x3`, `bn2_1`, ...) equal the official state_dict keys.
 Source: htqin/BiMatting `model/mobilenet.py` (structure and numbers; code written anew).
 """
+import numpy as np
 import torch
 from torch import nn
 
-from .binarize import BiConv2d, BinaryActivation, LearnableBias, rprelu
+from .binarize import BiConv2d, BinaryActivation, LearnableBias, emit_rprelu, rprelu
 
+TRIPLES = (1, 2, 2)  # dense triples in the 1/4, 1/8 and 1/16 stages
+STAGE_TRIPLE_WIDTHS = ([32, 64, 32], [64, 128, 64], [128, 256, 128])
 STAGE_WIDTHS = [16] + [32, 64, 32] + [64, 128, 64] * 2 + [128, 256, 128] * 2 + [256] + [1024]
-STRIDE2_BLOCKS = (2, 5, 11)
-# Dense topology: the first block's output of each triple is added (pooled) after its last block.
-DENSE_TRIPLES = ((1, 3), (4, 6), (7, 9), (10, 12), (13, 15))
-TAPS = {0: "f1", 3: "f2", 9: "f3", 17: "f4"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def stage_widths(triples=TRIPLES):
+    """The official widths pattern for `triples` (STAGE_WIDTHS for the official (1, 2, 2))."""
+    widths = [16]
+    for count, triple in zip(triples, STAGE_TRIPLE_WIDTHS):
+        widths += triple * int(count)
+    return widths + [256, 1024]
+
+
+def layout(triples=TRIPLES):
+    """(stride-2 block indices, {first: last} of each dense triple, {block index: tap name})."""
+    if len(triples) != 3 or min(int(t) for t in triples) < 1:
+        raise ValueError(f"BiMobileNet takes 3 stages of at least one triple each, got {list(triples)}")
+    strides, dense, taps, index = [], {}, {0: "f1"}, 1
+    for stage, count in enumerate(triples):
+        strides.append(index + 1)  # the middle block of the stage's first triple
+        for _ in range(int(count)):
+            dense[index] = index + 2
+            index += 3
+        if stage < 2:
+            taps[index - 1] = ("f2", "f3")[stage]
+    taps[index + 1] = "f4"  # after the two tail blocks
+    return tuple(strides), dense, taps
 
 
 class Stem(nn.Module):
@@ -31,6 +58,9 @@ class Stem(nn.Module):
 
     def forward(self, x):
         return self.bn1(self.conv1(x))
+
+    def emit_onnx(self, b, x):                              # as forward
+        return b.conv(self.conv1, x, bn=self.bn1)
 
 
 class BinaryBlock(nn.Module):
@@ -92,6 +122,26 @@ class BinaryBlock(nn.Module):
             o2 = self.bn2_1(self.binary_pw_down1(u)) + (first + second) / 2
         return rprelu(o2, self.move22, self.prelu2, self.move23)
 
+    def emit_onnx(self, b, x):
+        """As forward; each sign + bit-packing is one node, read by every conv of its step."""
+        shortcut = b.avg_pool2(x) if self.stride == 2 else x
+        packed = b.binarize_pack(x, shift=self.move11)
+        o1 = b.op("Add", [b.binary_conv(self.binary_3x3, packed, bn=self.bn1), shortcut])
+        o1 = emit_rprelu(b, o1, self.move12, self.prelu1, self.move13)
+
+        u = b.binarize_pack(o1, shift=self.move21)
+        if self.out_channels == self.in_channels:
+            o2 = b.op("Add", [b.binary_conv(self.binary_pw, u, bn=self.bn2), o1])
+        elif self.out_channels > self.in_channels:
+            o2 = b.op("Concat", [b.op("Add", [b.binary_conv(getattr(self, f"binary_pw_down{k}"), u,
+                                                            bn=getattr(self, f"bn2_{k}")), o1])
+                                 for k in range(1, self.out_channels // self.in_channels + 1)], axis=1)
+        else:
+            first, second = b.split(o1, [self.out_channels] * 2)
+            halved = b.op("Div", [b.op("Add", [first, second]), b.const(2.0, np.float32)])
+            o2 = b.op("Add", [b.binary_conv(self.binary_pw_down1, u, bn=self.bn2_1), halved])
+        return emit_rprelu(b, o2, self.move22, self.prelu2, self.move23)
+
 
 class BiMobileNet(nn.Module):
     """[N, 3, H, W] RGB in [0, 1] -> f1 [N,16,H/2,W/2], f2 [N,32,H/4,.], f3 [N,64,H/8,.], f4 [N,1024,H/16,.]
@@ -100,14 +150,19 @@ class BiMobileNet(nn.Module):
     Sizes round up at each halving (conv padding 1, pooling with ceil_mode).
     """
 
-    def __init__(self, widths=STAGE_WIDTHS):
+    def __init__(self, widths=None, triples=TRIPLES):
         super().__init__()
-        if len(widths) != len(STAGE_WIDTHS):
-            raise ValueError(f"BiMobileNet takes {len(STAGE_WIDTHS)} widths (stem + 17 blocks), got {len(widths)}")
+        self.triples = tuple(int(t) for t in triples)
+        strides, self.dense, self.taps = layout(self.triples)
+        widths = stage_widths(self.triples) if widths is None else widths
+        blocks = 3 + 3 * sum(self.triples)
+        if len(widths) != blocks:
+            raise ValueError(f"BiMobileNet with triples {list(self.triples)} takes {blocks} widths "
+                             f"(stem + {blocks - 1} blocks), got {len(widths)}")
         self.widths = tuple(int(w) for w in widths)
         self.feature = nn.ModuleList([Stem(3, self.widths[0])])
         for i in range(1, len(self.widths)):
-            stride = 2 if i in STRIDE2_BLOCKS else 1
+            stride = 2 if i in strides else 1
             self.feature.append(BinaryBlock(self.widths[i - 1], self.widths[i], stride))
         self.pool = nn.AvgPool2d(2, 2, ceil_mode=True)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -116,23 +171,44 @@ class BiMobileNet(nn.Module):
     @property
     def tap_channels(self):
         """{"f1": C1, ..., "f4": C4}: the channels of the four features."""
-        return {name: self.widths[index] for index, name in TAPS.items()}
+        return {name: self.widths[index] for index, name in self.taps.items()}
 
     def forward(self, x):
         x = (x - self.mean) / self.std  # ImageNet normalisation, as the official encoder
-        starts = {first: last for first, last in DENSE_TRIPLES}
         saved, saved_until = None, None
         taps = {}
         for i, block in enumerate(self.feature):
             x = block(x)
-            if i in starts:
-                saved, saved_until = x, starts[i]
+            if i in self.dense:
+                saved, saved_until = x, self.dense[i]
             elif i == saved_until:
                 # Literal official rule: the dense skip is added only when the triple changed the
-                # spatial size (so triples 7-9 and 13-15 get none); compared on height only, as there.
+                # spatial size (so the repeated triples of a stage get none); compared on height only, as there.
                 if saved.shape[-2] != x.shape[-2]:
                     x = x + self.pool(saved)
                 saved, saved_until = None, None
-            if i in TAPS:
-                taps[TAPS[i]] = x
+            if i in self.taps:
+                taps[self.taps[i]] = x
+        return taps["f1"], taps["f2"], taps["f3"], taps["f4"]
+
+    def emit_onnx(self, b, x):
+        """As forward (`b`: export's layers.Builder); marks each block's own output for per-block checks."""
+        name = b.module_name(self)
+        mean, std = b.tensor(self.mean, f"{name}.mean"), b.tensor(self.std, f"{name}.std")
+        x = b.op("Div", [b.op("Sub", [x, mean]), std])
+        saved, saved_until = None, None
+        taps = {}
+        for i, block in enumerate(self.feature):
+            with b.scope(f"feature.{i}"):
+                x = b.mark(b.module_name(block), block.emit_onnx(b, x))  # before a dense skip
+                if i in self.dense:
+                    saved, saved_until = x, self.dense[i]
+                elif i == saved_until:
+                    # forward's size test, decided from the structure: a stride-2 block halves
+                    # every input of at least 2 px (the network needs 16)
+                    if any(self.feature[k].stride == 2 for k in range(saved_until - 2, saved_until + 1)):
+                        x = b.op("Add", [x, b.avg_pool2(saved)])
+                    saved, saved_until = None, None
+            if i in self.taps:
+                taps[self.taps[i]] = x
         return taps["f1"], taps["f2"], taps["f3"], taps["f4"]

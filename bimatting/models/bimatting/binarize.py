@@ -8,7 +8,7 @@ sign(x) = +1 for x >= 0, -1 otherwise; a binary conv sees a +-1 tensor padded wi
     BinaryActivation   module wrapper of binary_activation (keeps the official Sequential indices)
     BiConv2d           nn.Conv2d with centred, scaled, binarized weights (ReActNet / BiMatting)
     LearnableBias      per-channel shift; before sign it is RSign, around PReLU it is RPReLU
-    rprelu             bias -> PReLU -> bias (ReActNet's RPReLU)
+    rprelu             bias -> PReLU -> bias (ReActNet's RPReLU); emit_rprelu its ONNX nodes
     binary_conv_unit   the standard unit: bias -> sign -> BiConv -> BN -> bias -> PReLU
 
 Source of the formulas: ReActNet (Liu et al., ECCV 2020) and BiMatting (Qin et al., NeurIPS
@@ -137,6 +137,11 @@ class LearnableBias(nn.Module):
 def rprelu(x, shift_in, prelu, shift_out):
     """ReActNet's RPReLU: shift_out(PReLU(shift_in(x))), each shift a LearnableBias."""
     return shift_out(prelu(shift_in(x)))
+
+
+def emit_rprelu(b, x, shift_in, prelu, shift_out):
+    """rprelu as ONNX nodes (`b`: export's layers.Builder): Add -> PRelu -> Add."""
+    return b.add_channel_bias(shift_out, b.prelu(prelu, b.add_channel_bias(shift_in, x)))
 
 
 def binary_conv_unit(in_channels, out_channels, kernel_size, stride=1):

@@ -11,12 +11,15 @@ the sparsity only shows in the OPs count (and in deploy kernels that skip where 
 Everything works on frames flattened to N = B*T; only the GRUs see [B, T, ...] (shape `bt`).
 Source: htqin/BiMatting `model/bidecoder.py` (BiRecurrentDecoder); RVM `model/decoder.py`.
 """
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .binarize import BiConv2d, BinaryActivation, LearnableBias, binary_conv_unit
-from .gru import ConvGRU, ConvGRU_Up
+from .gru import ConvGRU, ConvGRU_Up, emit_sab
+
+PHA_S = "decoder.incoherent_mask.pha_s"  # the graph's name of the coarse alpha the mask thresholds
 
 
 def upsample_to(x, size):
@@ -39,6 +42,14 @@ class IncoherentMask(nn.Module):
         smooth = upsample_to(upsample_to(hard, (max(h // 2, 1), max(w // 2, 1))), (h, w))
         return ((hard - smooth).abs() >= self.threshold).to(pha_s.dtype)
 
+    def emit_onnx(self, b, pha_s):  # as forward; the half size comes from the runtime shape
+        hard = b.op("Cast", [b.op("Greater", [pha_s, b.const(0.0, np.float32)])], to=b.FLOAT)
+        size = b.shape_slice(pha_s, 2, 4)
+        half = b.op("Max", [b.op("Div", [size, b.const([2, 2])]), b.const([1, 1])])
+        smooth = b.resize_to(b.resize_to(hard, half), size)
+        far = b.op("GreaterOrEqual", [b.op("Abs", [b.op("Sub", [hard, smooth])]), b.const(self.threshold, np.float32)])
+        return b.op("Cast", [far], to=b.FLOAT)
+
 
 class ImagePyramid(nn.Module):
     """s0 [N, 3, H, W] -> s1, s2, s3 at 1/2, 1/4, 1/8 (2x2 average, ceil_mode, no padded counts)."""
@@ -51,6 +62,11 @@ class ImagePyramid(nn.Module):
         s1 = self.pool(s0)
         s2 = self.pool(s1)
         return s1, s2, self.pool(s2)
+
+    def emit_onnx(self, b, s0):  # as forward
+        s1 = b.avg_pool2(s0)
+        s2 = b.avg_pool2(s1)
+        return s1, s2, b.avg_pool2(s2)
 
 
 class BottleneckBlock(nn.Module):
@@ -67,6 +83,12 @@ class BottleneckBlock(nn.Module):
         b, r = self.gru(b.unflatten(0, bt), r)             # [B, T, C/2, h, w]
         x = torch.cat([a, b.flatten(0, 1)], dim=1)          # [N, C, h, w]
         return x, r, self.conv(x)
+
+    def emit_onnx(self, b, x, r, out):  # as forward, one frame per batch entry; new state named `out`
+        a, rest = b.split(x, [self.channels // 2] * 2)
+        r = self.gru.emit_onnx(b, rest, r, out)
+        x = b.op("Concat", [a, r], axis=1)
+        return x, r, b.mark(b.module_name(self.conv), b.sequential(self.conv, x))
 
 
 class UpsamplingBlock(nn.Module):
@@ -90,6 +112,14 @@ class UpsamplingBlock(nn.Module):
         a, b = x.split(self.out_channels // 2, dim=1)
         b, r = self.gru(b.unflatten(0, bt), r, mask_up.unflatten(0, bt))
         return torch.cat([a, b.flatten(0, 1)], dim=1), r
+
+    def emit_onnx(self, b, x, f, s, r, mask, out):  # as forward; new state named `out`
+        x = b.op("Concat", [b.upsample2_crop(x, s), f, s], axis=1)
+        mask_up = b.resize_to(mask, b.shape_slice(s, 2, 4))
+        x = emit_sab(b, self.conv, self.conv_1x1, x, mask_up)
+        a, rest = b.split(x, [self.out_channels // 2] * 2)
+        r = self.gru.emit_onnx(b, rest, r, mask_up, out)
+        return b.mark(b.module_name(self), b.op("Concat", [a, r], axis=1)), r
 
 
 def _output_branch(in_channels, out_channels, kernel_size):
@@ -122,6 +152,11 @@ class OutputBlock(nn.Module):
         # The official 4-D path skipped the mask here; both paths use it in this implementation.
         return self.conv(x) * upsample_to(mask, size) + self.conv_1x1(x)
 
+    def emit_onnx(self, b, x, s, mask):  # as forward; the FP 3x3 after the masked binary one widens its mask
+        x = b.op("Concat", [b.upsample2_crop(x, s), s], axis=1)
+        hid = emit_sab(b, self.conv, self.conv_1x1, x, b.resize_to(mask, b.shape_slice(s, 2, 4)))
+        return b.mark(b.module_name(self), hid)
+
 
 class Projection(nn.Module):
     """Full-precision 1x1 head: [N, in, H, W] -> [N, out, H, W]."""
@@ -132,6 +167,9 @@ class Projection(nn.Module):
 
     def forward(self, x):
         return self.conv(x)
+
+    def emit_onnx(self, b, x):  # as forward
+        return b.conv(self.conv, x)
 
 
 class SABDecoder(nn.Module):
@@ -165,6 +203,34 @@ class SABDecoder(nn.Module):
         x1, r1 = self.decode1(x2, f1, s1, r1, mask, bt)                 # [N, 32, H/2, W/2]
         hid = self.decode0(x1, s0, mask)                                # [N, 16, H, W]
         return hid, coarse, r1, r2, r3, r4
+
+    @property
+    def state_channels(self):
+        """(C1, C2, C3, C4) of r1..r4: the GRUs run on the second half of decode1..4's channels."""
+        return (self.decode1.out_channels // 2, self.decode2.out_channels // 2,
+                self.decode3.out_channels // 2, self.decode4.channels // 2)
+
+    def emit_onnx(self, b, s0, f1, f2, f3, f4, states, outs, coarse_head):
+        """As forward, one frame per batch entry (ONNX has no time axis: the caller feeds the states
+        back). states: r1..r4 values, outs: names for r1o..r4o -> hid [N, 16, H, W], [r1o..r4o].
+        The coarse head output itself is not returned: the graph's outputs are RVM's."""
+        r1, r2, r3, r4 = states
+        s1, s2, s3 = self.pyramid.emit_onnx(b, s0)
+        with b.scope("decode4"):
+            x4, r4, hid_s = self.decode4.emit_onnx(b, f4, r4, outs[3])    # [N, 128, H/16, W/16]
+        with b.scope("incoherent_mask"):
+            coarse = coarse_head.emit_onnx(b, hid_s)                      # [N, 4, H/16, W/16]
+            pha_s = b.clip(b.slice(coarse, [3], [4], [1]), 0.0, 1.0, out=PHA_S)
+            mask = b.mark(b.module_name(self.incoherent_mask), self.incoherent_mask.emit_onnx(b, pha_s))
+        with b.scope("decode3"):
+            x3, r3 = self.decode3.emit_onnx(b, x4, f3, s3, r3, mask, outs[2])  # [N, 80, H/8, W/8]
+        with b.scope("decode2"):
+            x2, r2 = self.decode2.emit_onnx(b, x3, f2, s2, r2, mask, outs[1])  # [N, 40, H/4, W/4]
+        with b.scope("decode1"):
+            x1, r1 = self.decode1.emit_onnx(b, x2, f1, s1, r1, mask, outs[0])  # [N, 32, H/2, W/2]
+        with b.scope("decode0"):
+            hid = self.decode0.emit_onnx(b, x1, s0, mask)                 # [N, 16, H, W]
+        return hid, [r1, r2, r3, r4]
 
     def masked_convs(self):
         """The convs whose outputs the SAB mask gates: a sparse kernel computes them only where

@@ -11,6 +11,7 @@ Source: htqin/BiMatting `model/bidecoder.py`; RVM `model/decoder.py` (ConvGRU).
 import torch
 from torch import nn
 
+from ..rvm.conv_gru import emit_update
 from .binarize import BiConv2d, BinaryActivation, LearnableBias
 
 
@@ -52,6 +53,14 @@ class ConvGRU(nn.Module):
             outputs.append(h)
         return torch.stack(outputs, dim=1), h
 
+    def emit_onnx(self, b, x, h, out):
+        """step on one frame (the graph's caller loops over time): x [N,C,H,W], h the state input
+        ([1,1,1,1] zeros or [N,C,H,W]) -> h' [N,C,H,W], the value named `out`."""
+        h = b.expand_like(h, x)                                  # _initial_state's zeros
+        r, z = b.split(b.sequential(self.ih, b.op("Concat", [x, h], axis=1)), [self.channels] * 2)
+        c = b.sequential(self.hh, b.op("Concat", [x, b.op("Mul", [r, h])], axis=1))
+        return emit_update(b, h, z, c, out)
+
 
 class ConvGRU_Up(nn.Module):
     """x [B, T, C, H, W], h [B, C, H, W] | None, mask [B, T, 1, H, W] -> (o [B, T, C, H, W], h [B, C, H, W]).
@@ -83,3 +92,19 @@ class ConvGRU_Up(nn.Module):
             h = self.step(x_t, h, mask_t)
             outputs.append(h)
         return torch.stack(outputs, dim=1), h
+
+    def emit_onnx(self, b, x, h, mask, out):
+        """step on one frame: x [N,C,H,W], h the state input, mask [N,1,H,W] -> h' named `out`."""
+        h = b.expand_like(h, x)
+        xh = b.op("Concat", [x, h], axis=1)
+        r, z = b.split(emit_sab(b, self.ih, self.ih_1x1, xh, mask), [self.channels] * 2)
+        xrh = b.op("Concat", [x, b.op("Mul", [r, h])], axis=1)
+        c = emit_sab(b, self.hh, self.hh_1x1, xrh, mask)
+        return emit_update(b, h, z, c, out)
+
+
+def emit_sab(b, masked_branch, dense_branch, x, mask):
+    """masked_branch(x) * mask + dense_branch(x) as ONNX nodes, the masked branch's binary conv a
+    BinaryConv2dMasked: it computes only where mask != 0, where the product keeps it."""
+    masked = b.op("Mul", [b.sequential(masked_branch, x, mask=mask), mask])
+    return b.op("Add", [masked, b.sequential(dense_branch, x)])

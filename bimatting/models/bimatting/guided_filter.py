@@ -11,7 +11,7 @@ Source: Wu et al., "Fast End-to-End Trainable Guided Filter" (CVPR 2018); RVM / 
 """
 from torch import nn
 
-from ..rvm.guided_filter import deep_guided_filter
+from ..rvm.guided_filter import deep_guided_filter, emit_deep_guided_filter
 from .binarize import binary_conv_unit
 
 
@@ -32,3 +32,7 @@ class BiDeepGuidedFilterRefiner(nn.Module):
 
     def forward(self, fine_src, base_src, base_fgr, base_pha, base_hid):
         return deep_guided_filter(self.box_filter, self.conv, fine_src, base_src, base_fgr, base_pha, base_hid)
+
+    def emit_onnx(self, b, fine_src, base_src, base_y, base_hid):
+        """As forward, with base_y = [fgr residual, pha] [N,4,h,w] unsplit -> [N,4,H,W] unsplit."""
+        return emit_deep_guided_filter(b, self.box_filter, self.conv, fine_src, base_src, base_y, base_hid)

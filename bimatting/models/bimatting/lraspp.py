@@ -25,3 +25,6 @@ class BiLRASPP(nn.Module):
 
     def forward(self, x):
         return self.aspp1(x) * self.aspp2(x)  # [N, out, h, w] * [N, out, 1, 1]
+
+    def emit_onnx(self, b, x):  # as forward; marks its output for per-block checks
+        return b.mark(b.module_name(self), b.op("Mul", [b.sequential(self.aspp1, x), b.sequential(self.aspp2, x)]))

@@ -20,26 +20,32 @@ from torch import nn
 from torch.nn import functional as F
 
 from .binarize import BiConv2d, BinaryActivation, LearnableBias
-from .bimobilenet import STAGE_WIDTHS, BiMobileNet
+from .bimobilenet import STAGE_WIDTHS, TRIPLES, BiMobileNet, stage_widths
 from .decoder import Projection, SABDecoder
 from .guided_filter import BiDeepGuidedFilterRefiner
 from .lraspp import BiLRASPP
 
 DEAD_PARAMETER = "channel_threshold"  # official BiConv2d parameter that forward never reads
 # The official widths; build_model("bimatting", **config) takes others (saved as `config`).
-DEFAULT_CONFIG = {"widths": list(STAGE_WIDTHS), "aspp_channels": 128, "decoder_channels": [80, 40, 32, 16]}
+DEFAULT_CONFIG = {"widths": list(STAGE_WIDTHS), "aspp_channels": 128, "decoder_channels": [80, 40, 32, 16],
+                  "encoder_triples": list(TRIPLES)}
 
 
 class BiMatting(nn.Module):
-    """widths: BiMobileNet's 18 stage widths; aspp_channels: the ASPP output (also decode4's width);
+    """widths: BiMobileNet's block widths (18 for the official arrangement; default: the official
+    pattern for `encoder_triples`); aspp_channels: the ASPP output (also decode4's width);
     decoder_channels: decode3, decode2, decode1, decode0 (the last is the hidden width of the heads
-    and the refiner). Recurrent states have half of decode1, decode2, decode3 and the ASPP width."""
+    and the refiner); encoder_triples: BiMobileNet's dense triples in its 1/4, 1/8 and 1/16 stages
+    (official (1, 2, 2); e.g. (1, 1, 1) is a shallower encoder with 11 binary blocks).
+    Recurrent states have half of decode1, decode2, decode3 and the ASPP width."""
 
-    def __init__(self, widths=STAGE_WIDTHS, aspp_channels=128, decoder_channels=(80, 40, 32, 16)):
+    def __init__(self, widths=None, aspp_channels=128, decoder_channels=(80, 40, 32, 16), encoder_triples=TRIPLES):
         super().__init__()
+        widths = stage_widths(encoder_triples) if widths is None else widths
         self._config = {"widths": [int(w) for w in widths], "aspp_channels": int(aspp_channels),
-                        "decoder_channels": [int(c) for c in decoder_channels]}
-        self.backbone = BiMobileNet(widths)
+                        "decoder_channels": [int(c) for c in decoder_channels],
+                        "encoder_triples": [int(t) for t in encoder_triples]}
+        self.backbone = BiMobileNet(widths, encoder_triples)
         taps = self.backbone.tap_channels
         hidden = int(decoder_channels[3])
         self.aspp = BiLRASPP(taps["f4"], aspp_channels)
@@ -90,6 +96,35 @@ class BiMatting(nn.Module):
         fgr_s = self._clamp(fgr_residual_s + src_s)
         pha_s = self._clamp(pha_s)
         return restore(fgr), restore(pha), restore(fgr_s), restore(pha_s), r1, r2, r3, r4
+
+    @property
+    def state_channels(self):
+        """(C1, C2, C3, C4): channels of the recurrent states r1..r4."""
+        return self.decoder.state_channels
+
+    def emit_onnx(self, b, io):
+        """forward (return_coarse=False) as ONNX nodes, one frame per batch entry (`b`: export's
+        layers.Builder, `io`: its graph interface: src, ratio, states in; fgr, pha, states out).
+        Children emit themselves; see docs/onnx-ops.md for the binary ops."""
+        b.name_modules(self)
+        small = b.resize_by(io.src, io.ratio)                                   # [N, 3, H', W']
+        with b.scope("backbone"):
+            f1, f2, f3, f4 = self.backbone.emit_onnx(b, small)
+        with b.scope("aspp"):
+            f4 = self.aspp.emit_onnx(b, f4)                                     # [N, 128, H'/16, W'/16]
+        with b.scope("decoder"):
+            hid, states = self.decoder.emit_onnx(b, small, f1, f2, f3, f4, io.states, io.state_outputs,
+                                                 self.project_mat)              # hid [N, 16, H', W']
+        with b.scope("project_mat"):
+            coarse = self.project_mat.emit_onnx(b, hid)                         # [N, 4, H', W']
+        mode = io.refine_mode(always=False)  # the refiner runs only when s != 1
+        refined = None
+        if mode != "never":
+            with b.scope("refiner"):
+                refined = self.refiner.emit_onnx(b, io.src, small, coarse, hid)  # [N, 4, H, W]
+        fgr_residual, pha = b.split(io.select_refined(coarse, refined, mode), [3, 1])
+        fgr = b.clip(b.op("Add", [fgr_residual, io.src]), 0.0, 1.0, out="fgr")  # _clamp in eval mode
+        io.declare_outputs(fgr, b.clip(pha, 0.0, 1.0, out="pha"), states)
 
     def _clamp(self, x):
         """clamp(x, 0, 1). With straight_through_clamp in training: forward unchanged, d/dx = 1.

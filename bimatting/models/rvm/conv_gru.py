@@ -1,6 +1,7 @@
 """Convolutional GRU (Shi et al., "Convolutional LSTM Network", NeurIPS 2015, GRU form) holding
 RVM's temporal state. It is the only module that looks along time: every other module sees the
 frames of a clip flattened into the batch, [B*T, C, H, W]."""
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,3 +35,17 @@ class ConvGRU(nn.Module):
             h = self.step(xt, h)
             outputs.append(h)
         return torch.stack(outputs, dim=1).flatten(0, 1), h
+
+    def emit_onnx(self, b, x, h, out):
+        """One step on one frame (the graph runs frame by frame): x [N,C,H,W], h the state input
+        ([1,1,1,1] zeros or [N,C,H,W]) -> h' [N,C,H,W], the value named `out`."""
+        h = b.expand_like(h, x)                             # forward's zeros_like when None
+        r, z = b.split(b.sequential(self.ih, b.op("Concat", [x, h], axis=1)), [self.channels] * 2)
+        c = b.sequential(self.hh, b.op("Concat", [x, b.op("Mul", [r, h])], axis=1))
+        return emit_update(b, h, z, c, out)
+
+
+def emit_update(b, h, z, c, out):
+    """h' = (1 - z) * h + z * c, in the order the PyTorch code computes it."""
+    keep = b.op("Mul", [b.op("Sub", [b.const(1.0, np.float32), z]), h])
+    return b.op("Add", [keep, b.op("Mul", [z, c])], out=out)

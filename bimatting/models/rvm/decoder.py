@@ -34,6 +34,11 @@ class BottleneckBlock(nn.Module):
         b, r = self.gru(b, r, frames)
         return torch.cat([a, b], dim=1), r
 
+    def emit_onnx(self, b, x, r, out):                      # as forward; the new state is named `out`
+        a, rest = b.split(x, [self.channels // 2] * 2)
+        r = self.gru.emit_onnx(b, rest, r, out)
+        return b.op("Concat", [a, r], axis=1), r
+
 
 class UpsamplingBlock(nn.Module):
     """up x2 -> concat [x, skip feature, image pyramid level] -> conv3x3-BN-ReLU -> half ConvGRU."""
@@ -51,6 +56,13 @@ class UpsamplingBlock(nn.Module):
         b, r = self.gru(b, r, frames)                       # r [B,Cout/2,H,W]
         return torch.cat([a, b], dim=1), r
 
+    def emit_onnx(self, b, x, f, s, r, out):                # as forward; the new state is named `out`
+        x = b.op("Concat", [b.upsample2_crop(x, s), f, s], axis=1)
+        x = b.sequential(self.conv, x)
+        a, rest = b.split(x, [self.out_channels // 2] * 2)
+        r = self.gru.emit_onnx(b, rest, r, out)
+        return b.op("Concat", [a, r], axis=1), r
+
 
 class OutputBlock(nn.Module):
     """up x2 -> concat [x, image] -> two conv3x3-BN-ReLU; gives the 16-channel hidden feature."""
@@ -65,6 +77,9 @@ class OutputBlock(nn.Module):
     def forward(self, x, s):                                # [N,Cin,h,w] -> [N,Cout,H,W]
         x = upsample_to(x, s)
         return self.conv(torch.cat([x, s], dim=1))
+
+    def emit_onnx(self, b, x, s):                           # as forward
+        return b.sequential(self.conv, b.op("Concat", [b.upsample2_crop(x, s), s], axis=1))
 
 
 class RecurrentDecoder(nn.Module):
@@ -92,3 +107,28 @@ class RecurrentDecoder(nn.Module):
         x1, r1 = self.decode1(x2, f1, s1, r1, frames)       # [N,32,H/2,W/2]
         x0 = self.decode0(x1, s0)                           # [N,16,H,W]
         return x0, r1, r2, r3, r4
+
+    @property
+    def state_channels(self):
+        """(C1, C2, C3, C4) of r1..r4: the GRUs run on the second half of decode1..4's channels."""
+        return (self.decode1.out_channels // 2, self.decode2.out_channels // 2,
+                self.decode3.out_channels // 2, self.decode4.channels // 2)
+
+    def emit_onnx(self, b, s0, f1, f2, f3, f4, states, outs):
+        """As forward, for one frame per batch entry (ONNX has no time axis: the caller feeds the
+        states back). states: r1..r4 values, outs: names of r1o..r4o -> hid, [r1o..r4o]."""
+        r1, r2, r3, r4 = states
+        s1 = b.avg_pool2(s0)                                # image pyramid, as self.avgpool
+        s2 = b.avg_pool2(s1)
+        s3 = b.avg_pool2(s2)
+        with b.scope("decode4"):
+            x4, r4 = self.decode4.emit_onnx(b, f4, r4, outs[3])
+        with b.scope("decode3"):
+            x3, r3 = self.decode3.emit_onnx(b, x4, f3, s3, r3, outs[2])
+        with b.scope("decode2"):
+            x2, r2 = self.decode2.emit_onnx(b, x3, f2, s2, r2, outs[1])
+        with b.scope("decode1"):
+            x1, r1 = self.decode1.emit_onnx(b, x2, f1, s1, r1, outs[0])
+        with b.scope("decode0"):
+            x0 = self.decode0.emit_onnx(b, x1, s0)
+        return x0, [r1, r2, r3, r4]

@@ -31,6 +31,10 @@ class DeepGuidedFilterRefiner(nn.Module):
         """fine_src [N,3,H,W], base_* at [N,·,h,w] -> (fgr_residual [N,3,H,W], pha [N,1,H,W])."""
         return deep_guided_filter(self.box_filter, self.conv, fine_src, base_src, base_fgr_residual, base_pha, base_hid)
 
+    def emit_onnx(self, b, fine_src, base_src, base_y, base_hid):
+        """As forward, with base_y = [fgr residual, pha] [N,4,h,w] unsplit -> [N,4,H,W] unsplit."""
+        return emit_deep_guided_filter(b, self.box_filter, self.conv, fine_src, base_src, base_y, base_hid)
+
 
 def deep_guided_filter(box_filter, predict_a, fine_src, base_src, base_fgr_residual, base_pha, base_hid):
     """The guided-filter arithmetic shared by RVM's refiner and BiMatting's binary one (BiDGF):
@@ -57,3 +61,23 @@ def deep_guided_filter(box_filter, predict_a, fine_src, base_src, base_fgr_resid
     out = A * fine_x + b
     fgr_residual, pha = out.split([3, 1], dim=1)
     return fgr_residual, pha
+
+
+def emit_deep_guided_filter(b, box_filter, predict_a, fine_src, base_src, base_y, base_hid):
+    """deep_guided_filter as ONNX nodes (`b`: export's layers.Builder). The forward's split of y
+    into (fgr residual, pha) and concat back is an identity, so y stays one [N,4,.,.] value here."""
+    def with_gray(image):                                                      # [N,3,.,.] -> [N,4,.,.]
+        return b.op("Concat", [image, b.reduce_mean(image, [1])], axis=1)
+
+    def box(x):                                                                # one shared initializer
+        return b.conv(box_filter, x)
+
+    fine_x, base_x = with_gray(fine_src), with_gray(base_src)
+    mean_x, mean_y = box(base_x), box(base_y)
+    cov_xy = b.op("Sub", [box(b.op("Mul", [base_x, base_y])), b.op("Mul", [mean_x, mean_y])])
+    var_x = b.op("Sub", [box(b.op("Mul", [base_x, base_x])), b.op("Mul", [mean_x, mean_x])])
+    a = b.sequential(predict_a, b.op("Concat", [cov_xy, var_x, base_hid], axis=1))    # [N,4,h,w]
+    offset = b.op("Sub", [mean_y, b.op("Mul", [a, mean_x])])
+    size = b.shape_slice(fine_src, 2, 4)
+    a, offset = b.resize_to(a, size), b.resize_to(offset, size)                # [N,4,H,W]
+    return b.op("Add", [b.op("Mul", [a, fine_x]), offset])

@@ -21,3 +21,6 @@ class LRASPP(nn.Module):
 
     def forward(self, x):                                   # [N,960,h,w] -> [N,128,h,w]
         return self.aspp1(x) * self.aspp2(x)                # gate [N,128,1,1] broadcasts
+
+    def emit_onnx(self, b, x):                              # as forward
+        return b.op("Mul", [b.sequential(self.aspp1, x), b.sequential(self.aspp2, x)])

@@ -82,6 +82,12 @@ class SqueezeExcitation(nn.Module):
         scale = F.hardsigmoid(self.fc2(F.relu(self.fc1(scale))))
         return x * scale
 
+    def emit_onnx(self, b, x):                              # as forward
+        scale = b.op("GlobalAveragePool", [x])
+        scale = b.op("Relu", [b.conv(self.fc1, scale)])
+        scale = b.op("HardSigmoid", [b.conv(self.fc2, scale)], alpha=1.0 / 6.0, beta=0.5)
+        return b.op("Mul", [x, scale])
+
 
 class InvertedResidual(nn.Module):
     """expand 1x1 -> depthwise kxk -> (SE) -> project 1x1, residual when shape is kept."""
@@ -101,6 +107,10 @@ class InvertedResidual(nn.Module):
     def forward(self, x):                                   # [N,Cin,H,W] -> [N,Cout,H/s,W/s]
         out = self.block(x)
         return out + x if self.use_residual else out
+
+    def emit_onnx(self, b, x):                              # as forward
+        out = b.sequential(self.block, x)
+        return b.op("Add", [out, x]) if self.use_residual else out
 
 
 class MobileNetV3LargeEncoder(nn.Module):
@@ -137,6 +147,18 @@ class MobileNetV3LargeEncoder(nn.Module):
         taps = []
         for index, layer in enumerate(self.features):
             x = layer(x)
+            if index in TAPS:
+                taps.append(x)
+        return taps
+
+    def emit_onnx(self, b, x):                              # as forward; `b`: export's layers.Builder
+        name = b.module_name(self)
+        mean, std = b.tensor(self.mean, f"{name}.mean"), b.tensor(self.std, f"{name}.std")
+        x = b.op("Div", [b.op("Sub", [x, mean]), std])
+        taps = []
+        for index, layer in enumerate(self.features):
+            with b.scope(f"features.{index}"):
+                x = b.apply(layer, x)
             if index in TAPS:
                 taps.append(x)
         return taps

@@ -70,6 +70,33 @@ class RVM(nn.Module):
         pha = pha.clamp(0.0, 1.0)
         return [self._restore_time(fgr, src), self._restore_time(pha, src), r1, r2, r3, r4]
 
+    @property
+    def state_channels(self):
+        """(C1, C2, C3, C4): channels of the recurrent states r1..r4."""
+        return self.decoder.state_channels
+
+    def emit_onnx(self, b, io):
+        """forward as ONNX nodes, one frame per batch entry (`b`: export's layers.Builder, `io`: its
+        graph interface: src, ratio, states in; fgr, pha, states out). Children emit themselves."""
+        b.name_modules(self)
+        src_sm = b.resize_by(io.src, io.ratio)                              # [N,3,H',W']
+        with b.scope("backbone"):
+            f1, f2, f3, f4 = self.backbone.emit_onnx(b, src_sm)
+        with b.scope("aspp"):
+            f4 = self.aspp.emit_onnx(b, f4)                                 # [N,128,H'/16,W'/16]
+        with b.scope("decoder"):
+            hid, states = self.decoder.emit_onnx(b, src_sm, f1, f2, f3, f4, io.states, io.state_outputs)
+        with b.scope("project_mat"):
+            coarse = self.project_mat.emit_onnx(b, hid)                     # [N,4,H',W']
+        mode = io.refine_mode(always=self.refine_at_unit_ratio)
+        refined = None
+        if mode != "never":
+            with b.scope("refiner"):
+                refined = self.refiner.emit_onnx(b, io.src, src_sm, coarse, hid)   # [N,4,H,W]
+        fgr_residual, pha = b.split(io.select_refined(coarse, refined, mode), [3, 1])
+        fgr = b.clip(b.op("Add", [fgr_residual, io.src]), 0.0, 1.0, out="fgr")
+        io.declare_outputs(fgr, b.clip(pha, 0.0, 1.0, out="pha"), states)
+
     @staticmethod
     def _downsample(x, ratio):
         if ratio == 1:
