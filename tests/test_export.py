@@ -209,7 +209,8 @@ def test_each_marked_block_matches_its_torch_module(bimatting_net, bimatting_onn
     outputs = session.run(None, {"src": src, "r1i": zeros, "r2i": zeros, "r3i": zeros, "r4i": zeros,
                                  "downsample_ratio": np.array([1.0], np.float32)})
     ours = dict(zip(blocks, outputs[6:6 + len(blocks)]))
-    aligner = verify.TieAligner(bimatting_net)  # float-rounding near-ties only (see export/verify.py)
+    sites = [n.name for n in verify._sign_nodes(bimatting_onnx)]
+    aligner = verify.DecisionProbe(bimatting_net, sites)  # aligns float-rounding near-ties only (export/verify.py)
     aligner.start_frame(outputs[6 + len(blocks):-1], outputs[-1])
     captured, modules = {}, dict(bimatting_net.named_modules())
 
