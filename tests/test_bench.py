@@ -309,7 +309,12 @@ def test_operator_groups_follow_kernel_names():
     assert bench_lib.operator_group("bconv12") == "binary_convs"
     assert bench_lib.operator_group("bpack3") == "bit_packing"
     assert bench_lib.operator_group("fused_conv2d4_add34") == "float_convs"
-    assert bench_lib.operator_group("fused_add3_prelu2") == "other"
+    assert bench_lib.operator_group("fused_add3_prelu2") == "elementwise"
+    assert bench_lib.operator_group("fused_concatenate_resize2d9_strided_slice4_concatenate11") == "resize_concat"
+    assert bench_lib.operator_group("fused_strided_slice_maximum_minimum_greater_cast_resize2d1") == "sab_mask"
+    assert bench_lib.operator_group("max_pool2d") == "sab_mask"
+    assert bench_lib.operator_group("vm.builtin.alloc_tensor") == "runtime"
+    assert bench_lib.operator_group("fused_conv2d5_multiply12_subtract6") == "float_convs"
 
 
 def test_report_drawings_cope_with_one_frame_and_none():

@@ -82,8 +82,9 @@ def format_result(result):
                      f"round trip mean {trip['mean']:.2f} ms")
     groups = result.get("op_groups_ms")
     if groups:
-        parts = ", ".join(f"{name.replace('_', ' ')} {groups[name]:.2f}" for name in
-                          ("binary_convs", "bit_packing", "float_convs", "other"))
+        from bimatting.deploy.device.bench import GROUP_NAMES
+
+        parts = ", ".join(f"{name.replace('_', ' ')} {groups[name]:.2f}" for name in GROUP_NAMES)
         lines.append(f"groups   ms per frame: {parts}")
     check = result["verify"]
     if check.get("skipped"):

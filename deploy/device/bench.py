@@ -36,7 +36,17 @@ from bimatting.errors import InputError, RuntimeFailure
 # diffs of ~1e-7 are expected; a wrong kernel moves a whole region.
 TOLERANCE = {"mean": 1e-4, "max": 1e-2}
 DEFAULT_FRAMES, DEFAULT_WARMUP, DEFAULT_TIMEOUT_S = 24, 2, 300.0
-GROUPS = (("binary_convs", ("bconv",)), ("bit_packing", ("bpack", "brepack", "binarize_pack", "unpack")))
+# Operator groups of the per-frame breakdown, first match wins. Kernel names come from
+# deploy/compiler/lowering (bconv*, bpack*); Relax names a fused function after its operators.
+GROUP_NAMES = ("binary_convs", "bit_packing", "float_convs", "sab_mask", "resize_concat", "elementwise", "runtime")
+GROUP_RULES = (
+    ("binary_convs", lambda n: n.startswith("bconv")),
+    ("bit_packing", lambda n: n.startswith(("bpack", "brepack", "binarize_pack", "unpack"))),
+    ("float_convs", lambda n: "conv2d" in n),
+    ("sab_mask", lambda n: "greater" in n or "max_pool2d" in n),       # the incoherent mask and its widening
+    ("resize_concat", lambda n: any(op in n for op in ("resize2d", "concatenate", "strided_slice"))),
+    ("runtime", lambda n: n.startswith("vm.builtin")),                 # allocation, tuples, shape checks
+)
 PROFILED_FRAMES = 3
 
 
@@ -207,8 +217,7 @@ def profile_groups(model, runner, frames, fetch):
         total = time.perf_counter() - started
     finally:
         model.vm.set_instrument(lambda *args: 0)
-    groups = {name: round(spans.get(name, 0.0) * 1e3 / len(frames), 3)
-              for name in ("binary_convs", "bit_packing", "float_convs", "other")}
+    groups = {name: round(spans.get(name, 0.0) * 1e3 / len(frames), 3) for name in GROUP_NAMES}
     groups["frames_profiled"] = len(frames)
     groups["frame_ms_while_profiled"] = round(total * 1e3 / len(frames), 3)
     return groups
@@ -216,10 +225,7 @@ def profile_groups(model, runner, frames, fetch):
 
 def operator_group(name):
     """The group of a VM-called function by its name (kernels from deploy/lowering, Relax names)."""
-    for group, prefixes in GROUPS:
-        if name.startswith(prefixes):
-            return group
-    return "float_convs" if "conv2d" in name else "other"
+    return next((group for group, matches in GROUP_RULES if matches(name)), "elementwise")
 
 
 def run_reference(onnx_path, meta, clip):
