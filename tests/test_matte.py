@@ -137,6 +137,37 @@ def test_rvm_backends_agree_over_a_clip(rvm_checkpoint, rvm_host_artifact, small
     assert np.abs(fresh - reference[5]).max() > 10 * PHA_MAX_TOLERANCE
 
 
+def test_the_matte_command_runs_an_artifact_on_the_tvm_runtime_alone(rvm_host_artifact, small_bedroom_frames,
+                                                                    tmp_path):
+    """`bimatting matte --artifact` as a board runs it: the TVM runtime library only (no compiler
+    library, no torch), and the same alpha as the TVM backend in a process that has both."""
+    import subprocess
+    import sys
+
+    video = write_video(tmp_path / "clip.mp4", small_bedroom_frames[:3])
+    report = tmp_path / "loaded.txt"
+    probe = ("import atexit, sys\n"
+             "def report():\n"
+             "    import tvm.base\n"
+             f"    open({str(report)!r}, 'w').write(' '.join(sorted(tvm.base._LOADED_LIBS)) + "
+             "' torch=' + str(sys.modules.get('torch') is not None))\n"
+             "atexit.register(report)\n"
+             "from bimatting.cli import main\n"
+             "sys.argv = ['bimatting'] + sys.argv[1:]\n"
+             "main()\n")
+    out = tmp_path / "alpha"
+    done = subprocess.run([sys.executable, "-c", probe, "matte", str(video), "-o", str(out), "--quiet",
+                           "--output-type", "alpha", "--artifact", str(rvm_host_artifact)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert report.read_text() == "tvm_runtime torch=False", report.read_text()
+    expected = run_clip(open_matter(artifact=rvm_host_artifact, backend="tvm"), read_frames(video))
+    written = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted(out.iterdir())]
+    assert len(written) == 3
+    for ours, theirs in zip(written, expected):
+        assert np.abs(ours.astype(np.float32) / 255 - np.squeeze(theirs)).max() <= 1 / 255 + 1e-6
+
+
 def test_tvm_artifact_refuses_other_sizes_and_ratios(rvm_host_artifact, tmp_path):
     video = write_video(tmp_path / "clip.mp4", sample_frames(2, size=(128, 72)))
     result = CliRunner().invoke(cli, ["matte", str(video), "-o", str(tmp_path / "o.mp4"), "--quiet",

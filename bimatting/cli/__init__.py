@@ -84,7 +84,14 @@ def cli():
     """
 
 
+# True in the process the `bimatting` command started (argv from the shell), where a verb may set
+# process-wide things (e.g. which TVM libraries load); False when called as a library (tests).
+COMMAND_PROCESS = False
+
+
 def main(argv=None):
+    global COMMAND_PROCESS
+    COMMAND_PROCESS = argv is None
     # Not click's standalone mode: it turns Ctrl-C into "Aborted!" with exit code 1, which reads
     # like a failure; an interrupted run exits 130 (128 + SIGINT) as shells expect.
     try:

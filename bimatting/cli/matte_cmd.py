@@ -48,6 +48,9 @@ def matte(source, output, checkpoint, artifact, backend, output_type, background
     from bimatting.matte_resume import MatteInterrupted
     from bimatting.matting import matte as run_matte
 
+    if artifact is not None and not str(artifact).lower().endswith(".onnx"):
+        _runtime_only_tvm()
+
     try:
         summary = run_matte(source, output, checkpoint=checkpoint, artifact=artifact, backend=backend,
                             output_type=output_type, background=background, downsample_ratio=downsample_ratio,
@@ -66,3 +69,21 @@ def matte(source, output, checkpoint, artifact, backend, output_type, background
                + (f" at {rate:.2f} frames/s" if rate else ""))
     for path in summary["outputs"]:
         click.echo(f"  {path}")
+
+
+def _runtime_only_tvm():
+    """A compiled artifact needs the TVM runtime, not the compiler: load only libtvm_runtime (the
+    compiler library and its LLVM add ~100 MB resident), as a board would. Only in the process the
+    command started, which never compiles; a library caller or a process that already imported TVM
+    keeps what it has."""
+    import os
+    import sys
+
+    from bimatting import cli
+
+    if cli.COMMAND_PROCESS and "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+        # TVM's FFI imports torch whenever it is installed (for DLPack interop this path never
+        # uses; deploy/ needs no torch, and a board has none): keep it out, ~150 MB resident.
+        if "torch" not in sys.modules:
+            sys.modules["torch"] = None

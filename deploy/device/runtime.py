@@ -27,7 +27,7 @@ class CompiledModel:
 
     def __init__(self, source, session=None):
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine  # runtime only: no compiler library needed
 
         self.artifact = source if isinstance(source, artifacts.Artifact) else artifacts.read(source)
         meta = self.metadata
@@ -46,7 +46,7 @@ class CompiledModel:
             library = session.load_module(remote_name)
             self.device = session.cpu()
         self.session = session
-        self.vm = relax.VirtualMachine(library, self.device)
+        self.vm = VirtualMachine(library, self.device)
         self._params = [tvm.runtime.tensor(self.artifact.params[name], self.device) for name in meta["params"]]
         self._inputs = {i["name"]: i for i in meta["inputs"]}
 
