@@ -261,3 +261,33 @@ def test_a_tuning_record_replaces_the_manual_schedule(host_target):
     tvm.ir.assert_structural_equal(scheduled.body, sch.mod["main"].body, map_free_vars=True)  # trace replayed
     assert np.array_equal(_run_conv(kernel, scheduled, x, host_target), want)
     assert ScheduleModule(host_target, ms.database.MemoryDatabase())._from_database(kernel.conv) is None
+
+
+def test_elementwise_chain_with_a_pool_is_scheduled_and_exact(host_target):
+    """A ReActNet block's tail as Relax fuses it (residual adds, RPReLU-like arithmetic, the next
+    block's 2x2 average pool, an add): the ElementwiseWithReductions rule takes it (vectorized,
+    parallel), and the built function equals numpy to float32 rounding of the same operations."""
+    from tvm import te, topi
+
+    from bimatting.deploy.compiler.schedules import fp
+
+    x = te.placeholder((1, 8, 18, 32), name="x")
+    y = te.placeholder((1, 8, 9, 16), name="y")
+    shifted = topi.add(topi.divide(topi.add(x, 0.25), 2.0), x)
+    activated = topi.maximum(shifted, topi.multiply(shifted, 0.125))
+    pooled = topi.nn.pool2d(activated, (2, 2), (2, 2), (1, 1), (0, 0, 0, 0), "avg")
+    out = topi.add(pooled, y)
+    func = te.create_prim_func([x, y, out])
+    rules = fp.rules(host_target)
+    assert fp.ElementwiseWithReductions().apply(fp.fresh(func), host_target, False) is not None
+    scheduled = fp.apply_rules(func, host_target, rules)
+    assert "parallel" in scheduled.script() and "vectorized" in scheduled.script()
+    built = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=host_target)
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((1, 8, 18, 32)).astype(np.float32), rng.standard_normal((1, 8, 9, 16)).astype(np.float32)
+    got = tvm.runtime.tensor(np.zeros((1, 8, 9, 16), np.float32))
+    built["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ys), got)
+    s = (xs + np.float32(0.25)) / np.float32(2) + xs
+    a = np.maximum(s, s * np.float32(0.125))
+    expected = a.reshape(1, 8, 9, 2, 16, 2).mean(axis=(3, 5), dtype=np.float32) + ys
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)

@@ -9,7 +9,9 @@ them, so every PrimFunc left unscheduled by the bitserial pass gets one of these
   NCHW), reduction loops outside the tile, consumers computed per tile, rows in parallel.
 * `Injective`: element-wise / layout / resize functions: producers inlined, flattened loop split
   into a parallel outer part and a vectorized inner part.
-* `ParallelOuter`: anything else (e.g. several reductions): outer spatial loops in parallel.
+* `ElementwiseWithReductions`: element-wise chains holding small reductions (pools, means):
+  producers inlined, each remaining block parallel outside and vectorized inside.
+* `ParallelOuter`: anything else: outer spatial loops in parallel.
 """
 from dataclasses import dataclass
 
@@ -168,6 +170,63 @@ class ConvNCHW(ScheduleRule):
         return sch
 
 
+class ElementwiseWithReductions(ScheduleRule):
+    """Element-wise chains that also hold small reductions (e.g. a block's residual adds, RPReLU
+    and the next block's 2x2 average pool, fused by Relax): injective blocks are inlined where
+    they can be, and every block left runs its outer spatial loops in parallel and its innermost
+    spatial loop vectorized (a reduction's: unrolled below its own loops). Blocks whose
+    iterators are not spatial-then-reduction stop the rule (the fallback takes them)."""
+
+    def apply(self, func, target, tunable):
+        sch = s_tir.Schedule(func)
+        infos = _root_blocks(sch)
+        if infos is None or all(info.is_injective() for info in infos):
+            return None
+        if not all(_spatial_then_reduction(info.dom_kind()) for info in infos):
+            return None
+        lanes = _lanes(target)
+        remaining = []
+        for info in infos[:-1]:
+            if not info.is_injective():
+                remaining.append(info)
+                continue
+            try:
+                sch.compute_inline(info.block_rv)
+            except s_tir.ScheduleError:  # several consumers or not inlinable: keep it
+                remaining.append(info)
+        for info in remaining + infos[-1:]:
+            if info.is_injective():
+                _flat_parallel_vector(sch, info.block_rv, lanes)
+            else:
+                _reduction_parallel_vector(sch, info, lanes)
+        return sch
+
+
+def _spatial_then_reduction(kinds):
+    spatial = len(kinds) - len(kinds.lstrip("S"))
+    return spatial >= 1 and set(kinds[spatial:]) <= {"R"}
+
+
+def _reduction_parallel_vector(sch, info, lanes):
+    """[s0 .. sk, r0 .. rm] -> parallel(s0 .. s_k-1), sk split by the vector width with the
+    reduction loops between its halves (the inner half unrolled), the initialisation vectorized."""
+    block = info.block_rv
+    loops = sch.get_loops(block)
+    spatial = len(info.dom_kind()) - len(info.dom_kind().lstrip("S"))
+    outer, last, reduce = loops[:spatial - 1], loops[spatial - 1], loops[spatial:]
+    extent = _extent(sch, last)
+    tile = _divisor_tile(extent, lanes, 2) if extent else 1
+    if not extent or extent % tile or tile < 2:
+        raise s_tir.ScheduleError("no vector tile")
+    xo, xi = sch.split(last, [None, tile])
+    sch.reorder(*outer, xo, *reduce, xi)
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    init = sch.decompose_reduction(block, reduce[0])
+    sch.unroll(xi)  # TVM refuses to vectorize under reduction loops; LLVM's SLP pass packs the unrolled lanes
+    sch.vectorize(sch.get_loops(init)[-1])
+
+
 class ParallelOuter(ScheduleRule):
     """Fallback: inline what can be inlined, run the outer spatial loops of each block in parallel."""
 
@@ -190,7 +249,7 @@ class ParallelOuter(ScheduleRule):
 
 def rules(target):
     del target
-    return [ConvNCHW(), Injective(), ParallelOuter()]
+    return [ConvNCHW(), Injective(), ElementwiseWithReductions(), ParallelOuter()]
 
 
 def apply_rules(func, target, rule_list):
