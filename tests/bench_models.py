@@ -152,6 +152,17 @@ def rpi4_artifact(folder):
     return _built["rpi4"]
 
 
+def host_artifact(folder):
+    """tiefree.onnx compiled for host at SIZE, beside its ONNX (cached per session)."""
+    if "host" not in _built:
+        onnx_path = tie_free_onnx(folder)
+        from bimatting.deploy.compiler.build import compile_model
+
+        compile_model(onnx_path, "host", folder / "tiefree-host.tar", resolution=SIZE)
+        _built["host"] = folder / "tiefree-host.tar"
+    return _built["host"]
+
+
 def _run_cli(*args):
     """A bimatting command in a fresh interpreter (the exporter's torch threads stay there)."""
     command = [sys.executable, "-c", "import sys; from bimatting.cli import main; main(sys.argv[1:])", *args]

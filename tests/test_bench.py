@@ -117,6 +117,54 @@ def test_corrupted_parameters_fail_verification_with_exit_1(emulated_board, bima
     assert "FAIL" in result.output and "verification failed" in result.output
 
 
+@pytest.fixture(scope="session")
+def bimatting_host(tmp_path_factory):
+    """The tie-free random BiMatting compiled for host at 128x96: verification must be exact."""
+    return bench_models.host_artifact(tmp_path_factory.mktemp("bench-models-host"))
+
+
+def _first_binary_conv(params, order):
+    """Names of the first binary conv's operands in the artifact: the threshold (bias) its input
+    is packed with, its packed weights and its exact base table (K_all + border correction per
+    row class, column class, output channel), found by kind: the first uint64 parameter is packed
+    weights, the float vector before it the pack's bias, the int32 table after it the base."""
+    weights = next(i for i, name in enumerate(order) if params[name].dtype == np.uint64)
+    bias = order[weights - 1]
+    base = order[weights + 1]
+    assert params[bias].dtype == np.float32 and params[bias].ndim == 1, (bias, params[bias].shape)
+    assert params[base].dtype == np.int32 and params[base].ndim == 3, (base, params[base].shape)
+    return bias, order[weights], base
+
+
+@pytest.mark.parametrize("corruption", ["inverted weights", "shifted threshold", "wrong border correction"])
+def test_a_wrong_compile_fails_the_verification(bimatting_host, corruption, tmp_path):
+    """What a compiler bug would leave in an artifact fails `bench`'s check against onnxruntime:
+    one binary conv's weights inverted for one output channel, one channel's threshold moved by
+    0.5, or the interior's base used on the top border row (a missing padding correction)."""
+    folder = tmp_path / "artifact"
+    folder.mkdir()
+    with tarfile.open(bimatting_host) as tar:
+        tar.extractall(folder, filter="data")
+    order = json.loads((folder / "metadata.json").read_text())["params"]
+    with np.load(folder / "params.npz") as data:
+        params = dict(data)
+    bias, weights, base = _first_binary_conv(params, order)
+    if corruption == "inverted weights":
+        params[weights][..., 0] = ~params[weights][..., 0]
+    elif corruption == "shifted threshold":
+        params[bias][0] += 0.5
+    else:
+        assert (params[base][0] != params[base][1]).any()  # the border row's correction matters
+        params[base][0] = params[base][1]
+    np.savez(folder / "params.npz", **params)
+    result = invoke("bench", folder, "--frames", 1, "--warmup", 0, "--reference",
+                    bimatting_host.parent / "tiefree.onnx")
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and "verification failed" in result.output
+    untouched = invoke("bench", bimatting_host, "--frames", 1, "--warmup", 0)
+    assert untouched.exit_code == 0, untouched.output
+
+
 @pytest.mark.emulated
 def test_tracker_and_key_serve_bench_and_tune(emulator_root_ready, bimatting_rpi4, tmp_path):
     onnx_path = bimatting_rpi4.parent / "tiefree.onnx"
