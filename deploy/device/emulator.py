@@ -163,11 +163,12 @@ class Board:
 
 
 def start_board(target="rpi4", port=None, server="cpp", tracker=None, key=None, *, host="127.0.0.1",
-                timeout=None, emulator_root=None, log_path=None):
+                timeout=None, emulator_root=None, log_path=None, env=None):
     """Starts an emulated `target` board running an RPC server; returns a Board once it listens.
 
     port: None picks a free one. tracker: "HOST:PORT" of a TVM RPC tracker (python server only);
     key: the RPC key (default: the target's `rpc_key` with a tracker, else none).
+    env: extra environment for the server, e.g. {"TMPDIR": folder} to keep its work folders apart.
     """
     board_target = _check_target(target)
     if server not in SERVERS:
@@ -181,7 +182,7 @@ def start_board(target="rpi4", port=None, server="cpp", tracker=None, key=None, 
     port = free_port(host) if port is None else _check_port_free(host, port)
     emulator = load_emulator(emulator_root)
     command = _server_command(emulator, server, host, port, key, tracker)
-    env = dict(os.environ, QEMU_CPU=board_target["qemu_cpu"])
+    env = dict(os.environ, **(env or {}), QEMU_CPU=board_target["qemu_cpu"])
     env.pop("QEMU_LD_PREFIX", None)  # the launchers pass the sysroot themselves
     owns_log = log_path is None
     if owns_log:
