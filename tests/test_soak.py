@@ -1,0 +1,42 @@
+"""bench/soak.py in small, on the C++ RPC server of the emulated rpi4 board: it keeps serving through
+sequential, concurrent and killed clients and leaves no child process or work folder behind.
+
+Only the C++ server: TVM's Python server takes ~20 s to start under qemu on a busy 2-core host;
+`python bench/soak.py` soaks both at full size (minutes). No timing is asserted.
+"""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from bimatting.deploy.device import emulator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench_soak():
+    spec = importlib.util.spec_from_file_location("bench_soak", REPO / "bench" / "soak.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.emulated
+def test_cpp_server_keeps_serving_and_leaks_nothing_under_a_small_soak():
+    try:
+        emulator.load_emulator()
+    except emulator.EmulatorNotSetUp as error:
+        pytest.skip(f"emulated ARM board unavailable: {error}")
+    soak = _bench_soak()
+    args = soak.parse_args(["--servers", "cpp", "--sessions", "30", "--clients", "4", "--per-client", "5",
+                            "--kills", "3", "--upload-mb", "8", "--run-seconds", "1.5"])
+    rows, (summary,) = soak.soak(args)
+    by_phase = {row["phase"]: row for row in rows}
+    assert by_phase["sequential"]["sessions"] == 30 and by_phase["concurrent"]["sessions"] == 20
+    assert by_phase["kill-upload"]["sessions"] + by_phase["kill-upload"]["missed"] == 3
+    if summary["kernel"]:  # with the cross compiler, clients are also killed mid-run
+        assert by_phase["kill-run"]["sessions"] + by_phase["kill-run"]["missed"] == 3
+    for row in rows:
+        assert row["serves"] and row["failures"] == 0, row
+        assert row["children_left"] == 0 and row["folders_left"] == 0, row
+    assert summary["problems"] == [], summary
