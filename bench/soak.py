@@ -225,6 +225,13 @@ class Server:
     def settle(self, timeout):
         return soak_probe.settle(self.pid, self.tmpdir, self.baseline_children, timeout)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.board.stop()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
 
 def run_phase(server, name, work, library, settle_s):
     rss_before, started = server.rss(), time.monotonic()
@@ -247,8 +254,7 @@ def _mb(value):
 
 def soak_server(kind, args, library, tmp_root):
     """All phases on one server kind; returns (rows, summary)."""
-    server = Server(kind, tmp_root)
-    try:
+    with Server(kind, tmp_root) as server:
         warmup_failures = [r for r in (one_session(server.board, library) for _ in range(WARMUP)) if r]
         rss_warm = server.rss()
         upload_bytes = int(args.upload_mb * (1 << 20))
@@ -274,13 +280,10 @@ def soak_server(kind, args, library, tmp_root):
                    "log_tail": server.board.log_tail(5)}
         summary["problems"] = problems(rows, summary, args.rss_bound_mb, len(phases))
         return rows, summary
-    finally:
-        server.board.stop()
-        shutil.rmtree(server.tmpdir, ignore_errors=True)
 
 
 def problems(rows, summary, rss_bound_mb, phases):
-    found = []
+    found = [f"warm-up: {summary['warmup_failures']} failed sessions"] if summary["warmup_failures"] else []
     if len(rows) < phases or not all(row["serves"] for row in rows):
         found.append("the server died or stopped serving")
     for row in rows:
@@ -316,8 +319,12 @@ def print_table(rows, summaries):
     for summary in summaries:
         verdict = "; ".join(summary["problems"]) or "ok"
         print(f"{summary['server']}: started in {summary['start_seconds']} s, RSS {summary['rss_after_warmup_mb']} MB "
-              f"after warm-up -> {summary['rss_end_mb']} MB at the end ({summary['rss_growth_mb']:+} MB), "
+              f"after warm-up -> {summary['rss_end_mb']} MB at the end ({_signed(summary['rss_growth_mb'])} MB), "
               f"{summary['upload_seconds']} s per full upload: {verdict}")
+
+
+def _signed(value):
+    return "?" if value is None else f"{value:+}"
 
 
 def parse_args(argv=None):

@@ -40,3 +40,20 @@ def test_cpp_server_keeps_serving_and_leaks_nothing_under_a_small_soak():
         assert row["serves"] and row["failures"] == 0, row
         assert row["children_left"] == 0 and row["folders_left"] == 0, row
     assert summary["problems"] == [], summary
+
+
+@pytest.mark.emulated
+def test_soak_probe_sees_an_open_session(tmp_path):
+    """The leak counts are not vacuous: an open session is one child and one work folder."""
+    try:
+        emulator.load_emulator()
+    except emulator.EmulatorNotSetUp as error:
+        pytest.skip(f"emulated ARM board unavailable: {error}")
+    soak = _bench_soak()
+    with soak.Server("cpp", tmp_path) as server:
+        remote = server.board.connect()
+        assert remote.cpu().exist
+        assert len(soak.soak_probe.children(server.pid)) == 1 and len(soak.soak_probe.folders(server.tmpdir)) == 1
+        del remote
+        assert server.settle(10) == ([], [])
+        assert server.rss() > 0
