@@ -320,7 +320,8 @@ def print_table(rows, summaries):
         verdict = "; ".join(summary["problems"]) or "ok"
         print(f"{summary['server']}: started in {summary['start_seconds']} s, RSS {summary['rss_after_warmup_mb']} MB "
               f"after warm-up -> {summary['rss_end_mb']} MB at the end ({_signed(summary['rss_growth_mb'])} MB), "
-              f"{summary['upload_seconds']} s per full upload: {verdict}")
+              + (f"{summary['upload_seconds']} s per full upload" if summary["upload_seconds"] else "no kills")
+              + f": {verdict}")
 
 
 def _signed(value):
