@@ -147,8 +147,8 @@ def rpi4_artifact(folder):
         onnx_path = tie_free_onnx(folder)
         from bimatting.deploy.compiler.build import compile_model
 
-        compile_model(onnx_path, "rpi4", folder / "tiefree-rpi4.tar", resolution=SIZE)
-        _built["rpi4"] = folder / "tiefree-rpi4.tar"
+        compile_model(onnx_path, "rpi4", onnx_path.parent / "tiefree-rpi4.tar", resolution=SIZE)
+        _built["rpi4"] = onnx_path.parent / "tiefree-rpi4.tar"   # beside its ONNX, wherever that was made
     return _built["rpi4"]
 
 
@@ -158,8 +158,8 @@ def host_artifact(folder):
         onnx_path = tie_free_onnx(folder)
         from bimatting.deploy.compiler.build import compile_model
 
-        compile_model(onnx_path, "host", folder / "tiefree-host.tar", resolution=SIZE)
-        _built["host"] = folder / "tiefree-host.tar"
+        compile_model(onnx_path, "host", onnx_path.parent / "tiefree-host.tar", resolution=SIZE)
+        _built["host"] = onnx_path.parent / "tiefree-host.tar"   # beside its ONNX, wherever that was made
     return _built["host"]
 
 
