@@ -257,8 +257,10 @@ def _wait_until(condition, timeout, what):
 def test_cli_emulate_prints_address_and_stops_on_ctrl_c(emulator_ready):
     command = [sys.executable, "-c", "import sys; from bimatting.cli import main; main(sys.argv[1:])",
                "device", "emulate", "--target", "rpi4", "--no-setup"]
+    # Ctrl-C's default action even when the test run itself was started in the background (a
+    # shell's background jobs ignore SIGINT, and children inherit that).
     cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+                           start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first_line = cli.stdout.readline()
         found = re.match(r"listening on 127\.0\.0\.1:(\d+) \(rpi4: qemu cortex-a72, cpp server, pid (\d+)", first_line)
