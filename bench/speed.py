@@ -137,8 +137,15 @@ def rvm_int8_path(workdir):
 
         opset13 = os.path.join(workdir, "rvm_fp32_opset13.onnx")
         onnx.save(version_converter.convert_version(onnx.load(str(fp32)), 13), opset13)
-        q.quantize_static(opset13, path, Calibration(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                          activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
+        import logging
+
+        level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process would split the table
+        try:
+            q.quantize_static(opset13, path, Calibration(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
+        finally:
+            logging.getLogger().setLevel(level)
     return path
 
 
