@@ -416,14 +416,14 @@ def print_table(result):
     columns = [(f"{w}x{h}", f"{w}x{h} s={r:g}") for (w, h), r in RESOLUTIONS]
     header = "".join(f"{label:>24}" for _, label in columns)
     if two:
-        header += "".join(f"{label + ' 2 thr':>30}" for _, label in columns)
+        header += "".join(f"{label + ' 2 thr':>36}" for _, label in columns)
     print(f"{'per-frame median':<24}" + header)
     for name in ENGINES:
         cells = [_cell(networks, name, size, networks, notes) for size, _ in columns]
         if two:
             cells += [_cell(two, name, size, networks, notes, own=networks) for size, _ in columns]
         print(f"{name:<24}" + "".join(f"{c:>24}" for c in cells[:len(columns)])
-              + "".join(f"{c:>30}" for c in cells[len(columns):]))
+              + "".join(f"{c:>36}" for c in cells[len(columns):]))
     print("(ratios: RVM FP32 onnxruntime latency at 1 thread / this engine's; > 1 is faster than RVM;"
           + (" 2-thread cells also give the gain over the same engine at 1 thread)" if two else ")"))
     for size, error in result.get("int8_pha_error", {}).items():
