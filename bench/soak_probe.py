@@ -8,19 +8,12 @@ import os
 import time
 from pathlib import Path
 
+from bimatting.deploy.device.emulator import listening_sockets
+
 
 def listen_inode(port):
-    """Socket inode of the LISTEN socket on `port` (from /proc/net/tcp*), or None."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return int(fields[9])
-    return None
+    """Socket inode of the LISTEN socket on `port`, or None."""
+    return next((inode for listening, inode in listening_sockets() if listening == port), None)
 
 
 def _ppid_and_state(pid):

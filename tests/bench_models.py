@@ -141,26 +141,16 @@ def tie_free_onnx(folder):
     return _built["onnx"]
 
 
-def rpi4_artifact(folder):
-    """tiefree.onnx compiled for rpi4 at SIZE, beside its ONNX (cached per session)."""
-    if "rpi4" not in _built:
+def compiled_artifact(folder, target):
+    """tiefree.onnx compiled for `target` at SIZE, beside its ONNX wherever that was made (the
+    ONNX is cached per session, possibly in another fixture's folder); cached per session."""
+    if target not in _built:
         onnx_path = tie_free_onnx(folder)
         from bimatting.deploy.compiler.build import compile_model
 
-        compile_model(onnx_path, "rpi4", onnx_path.parent / "tiefree-rpi4.tar", resolution=SIZE)
-        _built["rpi4"] = onnx_path.parent / "tiefree-rpi4.tar"   # beside its ONNX, wherever that was made
-    return _built["rpi4"]
-
-
-def host_artifact(folder):
-    """tiefree.onnx compiled for host at SIZE, beside its ONNX (cached per session)."""
-    if "host" not in _built:
-        onnx_path = tie_free_onnx(folder)
-        from bimatting.deploy.compiler.build import compile_model
-
-        compile_model(onnx_path, "host", onnx_path.parent / "tiefree-host.tar", resolution=SIZE)
-        _built["host"] = onnx_path.parent / "tiefree-host.tar"   # beside its ONNX, wherever that was made
-    return _built["host"]
+        compile_model(onnx_path, target, onnx_path.parent / f"tiefree-{target}.tar", resolution=SIZE)
+        _built[target] = onnx_path.parent / f"tiefree-{target}.tar"
+    return _built[target]
 
 
 def _run_cli(*args):

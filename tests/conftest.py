@@ -35,6 +35,17 @@ def _few_threads():
 
 
 # Emulated aarch64 boards: TVM RPC servers under qemu-user (set up by scripts/setup_arm_emu.sh).
+@pytest.fixture(scope="session")
+def emulator_ready():
+    """The emulator's root folder; skips (with the set-up hint) when the emulator is not set up."""
+    from bimatting.deploy.device import emulator
+
+    try:
+        return emulator.load_emulator()
+    except emulator.EmulatorNotSetUp as error:
+        pytest.skip(f"emulated ARM board unavailable: {error}")
+
+
 def _emulated_board_factory(server):
     from bimatting.deploy.device import emulator
 

@@ -42,7 +42,7 @@ def needs_cross_compiler():
 def bimatting_rpi4(tmp_path_factory):
     """A tie-free random BiMatting (tests/bench_models.py) compiled for rpi4 at 128x96."""
     needs_cross_compiler()
-    return bench_models.rpi4_artifact(tmp_path_factory.mktemp("bench-models"))
+    return bench_models.compiled_artifact(tmp_path_factory.mktemp("bench-models"), "rpi4")
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_corrupted_parameters_fail_verification_with_exit_1(emulated_board, bima
 @pytest.fixture(scope="session")
 def bimatting_host(tmp_path_factory):
     """The tie-free random BiMatting compiled for host at 128x96: verification must be exact."""
-    return bench_models.host_artifact(tmp_path_factory.mktemp("bench-models-host"))
+    return bench_models.compiled_artifact(tmp_path_factory.mktemp("bench-models-host"), "host")
 
 
 def _first_binary_conv(params, order):
@@ -166,7 +166,7 @@ def test_a_wrong_compile_fails_the_verification(bimatting_host, corruption, tmp_
 
 
 @pytest.mark.emulated
-def test_tracker_and_key_serve_bench_and_tune(emulator_root_ready, bimatting_rpi4, tmp_path):
+def test_tracker_and_key_serve_bench_and_tune(emulator_ready, bimatting_rpi4, tmp_path):
     onnx_path = bimatting_rpi4.parent / "tiefree.onnx"
     with rpc.LocalTracker() as tracker:
         board = emulator.start_board("rpi4", server="python", tracker=tracker.address, key="rpi4-bench")
@@ -190,12 +190,6 @@ def test_tracker_and_key_serve_bench_and_tune(emulator_root_ready, bimatting_rpi
             board.stop()
 
 
-@pytest.fixture(scope="module")
-def emulator_root_ready():
-    try:
-        return emulator.load_emulator()
-    except emulator.EmulatorNotSetUp as error:
-        pytest.skip(f"emulated ARM board unavailable: {error}")
 
 
 # ---- failures ---------------------------------------------------------------------------------
@@ -230,7 +224,7 @@ def _start_long_bench(tiny, board, out, *options):
 
 
 @pytest.mark.emulated
-def test_server_killed_mid_bench_keeps_a_partial_report(emulator_root_ready, tiny, tmp_path):
+def test_server_killed_mid_bench_keeps_a_partial_report(emulator_ready, tiny, tmp_path):
     needs_cross_compiler()
     out = tmp_path / "report"
     with emulator.start_board("rpi4") as board:
@@ -251,7 +245,7 @@ def test_server_killed_mid_bench_keeps_a_partial_report(emulator_root_ready, tin
 
 
 @pytest.mark.emulated
-def test_a_board_that_stops_answering_hits_the_timeout(emulator_root_ready, tiny, tmp_path):
+def test_a_board_that_stops_answering_hits_the_timeout(emulator_ready, tiny, tmp_path):
     needs_cross_compiler()
     out = tmp_path / "report"
     with emulator.start_board("rpi4") as board:

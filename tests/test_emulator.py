@@ -106,12 +106,6 @@ def listening_address(port):
     return None
 
 
-@pytest.fixture(scope="module")
-def emulator_ready():
-    try:
-        return emulator.load_emulator()
-    except emulator.EmulatorNotSetUp as error:
-        pytest.skip(f"emulated ARM board unavailable: {error}")
 
 
 # ---- the C++ server (fast; shared per target for the session) --------------------------------

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from bimatting.deploy.device import emulator
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -22,11 +20,7 @@ def _bench_soak():
 
 
 @pytest.mark.emulated
-def test_cpp_server_keeps_serving_and_leaks_nothing_under_a_small_soak():
-    try:
-        emulator.load_emulator()
-    except emulator.EmulatorNotSetUp as error:
-        pytest.skip(f"emulated ARM board unavailable: {error}")
+def test_cpp_server_keeps_serving_and_leaks_nothing_under_a_small_soak(emulator_ready):
     soak = _bench_soak()
     args = soak.parse_args(["--servers", "cpp", "--sessions", "30", "--clients", "4", "--per-client", "5",
                             "--kills", "3", "--upload-mb", "8", "--run-seconds", "1.5"])
@@ -43,12 +37,8 @@ def test_cpp_server_keeps_serving_and_leaks_nothing_under_a_small_soak():
 
 
 @pytest.mark.emulated
-def test_soak_probe_sees_an_open_session(tmp_path):
+def test_soak_probe_sees_an_open_session(emulator_ready, tmp_path):
     """The leak counts are not vacuous: an open session is one child and one work folder."""
-    try:
-        emulator.load_emulator()
-    except emulator.EmulatorNotSetUp as error:
-        pytest.skip(f"emulated ARM board unavailable: {error}")
     soak = _bench_soak()
     with soak.Server("cpp", tmp_path) as server:
         remote = server.board.connect()

@@ -31,7 +31,7 @@ def bimatting_rpi4(tmp_path_factory):
     """The tie-free random BiMatting of tests/bench_models.py, compiled for rpi4 (shared with bench)."""
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("cross compiler aarch64-linux-gnu-g++ is not installed")
-    return bench_models.rpi4_artifact(tmp_path_factory.mktemp("bench-models"))
+    return bench_models.compiled_artifact(tmp_path_factory.mktemp("bench-models"), "rpi4")
 
 
 def tune_args(onnx_path, db, trials, *where):

@@ -269,9 +269,9 @@ def _wait_listening(board, timeout):
                          f"within {timeout:.0f} s; log tail:\n{tail}")
 
 
-def listening_ports():
-    """TCP ports in LISTEN state on this machine (from /proc/net/tcp*, no connection made)."""
-    ports = set()
+def listening_sockets():
+    """(port, socket inode) of every TCP socket in LISTEN state on this machine (from
+    /proc/net/tcp*, no connection made)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             rows = Path(table).read_text().splitlines()[1:]
@@ -279,9 +279,13 @@ def listening_ports():
             continue
         for row in rows:
             fields = row.split()
-            if len(fields) > 3 and fields[3] == "0A":  # 0A = TCP_LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+            if len(fields) > 9 and fields[3] == "0A":  # 0A = TCP_LISTEN
+                yield int(fields[1].rsplit(":", 1)[1], 16), int(fields[9])
+
+
+def listening_ports():
+    """TCP ports in LISTEN state on this machine."""
+    return {port for port, _ in listening_sockets()}
 
 
 def group_pids(pgid):
