@@ -170,8 +170,8 @@ def check_tools(target_name, mca_path):
                       f"or pass --llvm-mca PATH")
     try:
         target = resolve(target_name)
-        if target.arch != "aarch64":
-            raise Missing(f"target '{target_name}' is {target.arch}; this bench reads AArch64 assembly")
+        if target.isa != "aarch64":
+            raise Missing(f"target '{target_name}' is {target.isa}; this bench reads AArch64 assembly")
         check_compiler(target)
     except InputError as error:
         raise Missing(str(error)) from None

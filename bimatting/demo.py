@@ -88,7 +88,7 @@ def _profile(model):
     from bimatting.profile import profile_model
 
     rvm = build_model("rvm").eval()  # architecture counts need no weights
-    return profile_model(model, RESOLUTION, 1.0, "auto", frames=PROFILE_FRAMES, reference=rvm)
+    return profile_model(model, RESOLUTION, 1.0, mask_density="auto", frames=PROFILE_FRAMES, reference=rvm)
 
 
 def _export(workdir):

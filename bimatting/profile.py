@@ -215,7 +215,7 @@ def measurement_clip(resolution, frames=AUTO_FRAMES, source=None):
     return np.stack(sample_frames(frames, resolution)), f"packaged sample clip ({frames} frames)"
 
 
-def profile_model(model, resolution=(512, 288), downsample_ratio=1.0, mask_density="auto",
+def profile_model(model, resolution=(512, 288), downsample_ratio=1.0, *, mask_density="auto",
                   frames=AUTO_FRAMES, frames_source=None, reference=None, progress=False):
     """Counts of `model` at `resolution` (width, height); `reference` (RVM) gives the ratios.
 
@@ -251,7 +251,7 @@ def profile_model(model, resolution=(512, 288), downsample_ratio=1.0, mask_densi
     report["mask_density_source"] = (measured_on if mask_density == "auto" else "given") if masked else None
 
     if reference is not None:
-        ref = report if reference is model else profile_model(reference, resolution, downsample_ratio, 1.0)
+        ref = report if reference is model else profile_model(reference, resolution, downsample_ratio, mask_density=1.0)
         report["rvm"] = {key: ref[key] for key in ("params_total", "storage_bytes", "fp_macs", "ops_dense")}
         report["storage_ratio_vs_rvm"] = ref["storage_bytes"] / report["storage_bytes"]
         report["ops_ratio_vs_rvm_dense"] = ref["ops_dense"] / report["ops_dense"]
@@ -331,13 +331,14 @@ def rvm_reference():
         return None
 
 
-def profile(checkpoint=None, arch=None, resolution=(512, 288), downsample_ratio=1.0, mask_density="auto",
+def profile(checkpoint=None, arch=None, resolution=(512, 288), downsample_ratio=1.0, *, mask_density="auto",
             frames=AUTO_FRAMES, frames_source=None, progress=False):
     """What `bimatting profile` reports: profile_model of the loaded model, compared with RVM."""
     model, arch, weights = load_for_profile(checkpoint, arch)
     reference = model if arch == "rvm" else rvm_reference()
     report = {"arch": arch, "weights": weights}
-    report.update(profile_model(model, resolution, downsample_ratio, mask_density, frames, frames_source,
+    report.update(profile_model(model, resolution, downsample_ratio, mask_density=mask_density, frames=frames,
+                                frames_source=frames_source,
                                 reference=reference, progress=progress))
     if report["mask_density"] is not None and mask_density == "auto" and weights.startswith("untrained"):
         # An untrained coarse head puts alpha edges everywhere: the density is real but not representative.

@@ -29,7 +29,7 @@ class ResolvedTarget:
         return tvm.target.Target(self.llvm)
 
     @property
-    def arch(self):
+    def isa(self):
         """'aarch64' or 'x86_64' (the machine the code runs on)."""
         triple = self.llvm.get("mtriple", "")
         return triple.split("-")[0] if triple else platform.machine()
@@ -45,7 +45,7 @@ class ResolvedTarget:
     def summary(self):
         """JSON-ready description for artifact metadata and `bimatting targets --json`."""
         return {"name": self.name, "description": self.descriptor.get("description", ""),
-                "arch": self.arch, "llvm": self.llvm, "cross_compiler": self.cross_compiler,
+                "isa": self.isa, "llvm": self.llvm, "cross_compiler": self.cross_compiler,
                 "qemu_cpu": self.qemu_cpu, "rpc_key": self.rpc_key}
 
 
@@ -61,7 +61,7 @@ def resolve(name):
         llvm["num-cores"] = os.cpu_count() or 1
     if "mattr" in llvm:
         llvm["mattr"] = list(llvm["mattr"])
-    cross = descriptor.get("cross_compiler") if descriptor.get("arch") not in (None, "native") else None
+    cross = descriptor.get("cross_compiler") if descriptor.get("isa") not in (None, "native") else None
     return ResolvedTarget(name, descriptor, llvm, cross)
 
 

@@ -129,9 +129,9 @@ def export(checkpoint, output, *, arch=None, opset=DEFAULT_OPSET, static_size=No
             from bimatting.export import verify as verifier
 
             try:
-                report["verify"] = verifier.verify_file(tmp, network, verify_input, downsample_ratio,
-                                                        frames=verify_frames, align_ties=align_ties,
-                                                        progress=progress)
+                report["verify"] = verifier.verify_file(tmp, network, verify_input=verify_input,
+                                                        downsample_ratio=downsample_ratio, frames=verify_frames,
+                                                        align_ties=align_ties, progress=progress)
             except RuntimeFailure as failure:
                 raise RuntimeFailure(f"{failure}; '{output}' was not written") from None
     return report

@@ -141,7 +141,7 @@ def static_setting(model):
     return (width, height), float(meta["bimatting.downsample_ratio"])
 
 
-def compare(model_or_path, network, frames, downsample_ratio, progress=False, threads=None, align_ties=True):
+def compare(model_or_path, network, frames, downsample_ratio, *, progress=False, threads=None, align_ties=True):
     """Run both on `frames` (RGB float32 [H,W,3]) with states fed back; per-frame diffs and a verdict.
 
     threads: CPU threads for onnxruntime and PyTorch (default: each library's own choice).
@@ -249,7 +249,7 @@ def load_frames(verify_input, size=None, count=DEFAULT_FRAMES):
     return samples.sample_frames(count, size or samples.DEFAULT_SIZE)
 
 
-def verify_file(path, network, verify_input=None, downsample_ratio=None, frames=None, align_ties=True,
+def verify_file(path, network, *, verify_input=None, downsample_ratio=None, frames=None, align_ties=True,
                 progress=True):
     """Verify an exported file; returns the report, raises RuntimeFailure when out of tolerance."""
     import onnx

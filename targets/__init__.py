@@ -15,7 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REQUIRED = ("name", "description", "arch", "llvm")
+REQUIRED = ("name", "description", "isa", "llvm")
 
 
 def list_targets():

@@ -86,8 +86,8 @@ def test_bench_over_rpc_times_and_verifies_bimatting(emulated_board, bimatting_r
     assert {"mean", "p50", "p90", "min"} <= set(data["latency_ms"])
     assert data["frames"] == bench_models.FRAMES == len(data["latency_ms"]["per_frame"])
     assert data["latency_ms"]["min"] > 0 and data["fps"] > 0
-    assert data["device"] == {"kind": "rpc", "address": f"{host}:{port}", "key": None, "arch": "aarch64"}
-    assert data["target"]["name"] == "rpi4" and data["target"]["arch"] == "aarch64"
+    assert data["device"] == {"kind": "rpc", "address": f"{host}:{port}", "key": None, "isa": "aarch64"}
+    assert data["target"]["name"] == "rpi4" and data["target"]["isa"] == "aarch64"
     check = data["verify"]
     assert check["passed"] is True and check["frames"] == bench_models.FRAMES
     # The compile issue's tolerances; two float32 runtimes agree to ~1e-7 on this tie-free model.
@@ -177,7 +177,7 @@ def test_tracker_and_key_serve_bench_and_tune(emulator_ready, bimatting_rpi4, tm
             assert result.exit_code == 0, result.output
             data = json.loads(result.stdout)
             assert data["device"]["kind"] == "tracker" and data["device"]["key"] == "rpi4-bench"
-            assert data["device"]["arch"] == "aarch64" and data["verify"]["passed"] is True
+            assert data["device"]["isa"] == "aarch64" and data["verify"]["passed"] is True
             wrong = invoke("bench", bimatting_rpi4, "--tracker", tracker.address, "--key", "nosuchboard")
             assert wrong.exit_code == 2 and "registered keys: rpi4-bench" in wrong.output
             tuned = invoke("tune", onnx_path, "--target", "rpi4", "--tracker", tracker.address, "--key",

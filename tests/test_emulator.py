@@ -338,7 +338,7 @@ def test_emulated_targets_are_the_aarch64_boards():
     targets = emulator.emulated_targets()
     assert "rpi4" in targets and "host" not in targets
     for name in targets:
-        assert load_target(name)["arch"] == "aarch64" and load_target(name)["qemu_cpu"]
+        assert load_target(name)["isa"] == "aarch64" and load_target(name)["qemu_cpu"]
 
 
 def test_emulator_and_cli_import_neither_torch_nor_tvm():

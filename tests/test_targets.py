@@ -43,9 +43,9 @@ def test_host_resolves_native_cpu_and_core_count():
     assert host.tvm_target.attrs["mcpu"] == host.llvm["mcpu"]
 
 
-@pytest.mark.parametrize("name, word, arch", [("rpi4", "uint32", "aarch64"), ("jetson-orin", "uint32", "aarch64"),
+@pytest.mark.parametrize("name, word, isa", [("rpi4", "uint32", "aarch64"), ("jetson-orin", "uint32", "aarch64"),
                                               ("host", "uint64", "x86_64")])
-def test_bitserial_word_per_architecture(name, word, arch):
+def test_bitserial_word_per_architecture(name, word, isa):
     import platform
 
     from bimatting.deploy.compiler.schedules import kernel_config_for
@@ -54,7 +54,7 @@ def test_bitserial_word_per_architecture(name, word, arch):
     if name == "host" and platform.machine() != "x86_64":
         pytest.skip("the host word size is checked on x86_64 machines")
     target = resolve(name)
-    assert target.arch == arch
+    assert target.isa == isa
     assert kernel_config_for(target.tvm_target).word_dtype == word
 
 

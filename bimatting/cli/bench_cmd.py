@@ -74,7 +74,7 @@ def format_result(result):
     device, target, lat = result["device"], result["target"], result["latency_ms"]
     where = "this machine" if device["kind"] == "local" else device["address"] + (
         f" key {device['key']}" if device.get("key") else "")
-    lines = [f"device   {where} ({device.get('arch') or 'unknown arch'}); artifact for {target['name']} ({target['arch']})"]
+    lines = [f"device   {where} ({device.get('isa') or 'unknown ISA'}); artifact for {target['name']} ({target['isa']})"]
     if lat["mean"] is not None:
         trip = result["roundtrip_ms"]
         lines.append(f"latency  {result['frames']} frames: mean {lat['mean']:.2f} ms, p50 {lat['p50']:.2f}, "

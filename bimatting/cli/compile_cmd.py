@@ -58,7 +58,7 @@ def compile_(model, target_name, output, resolution, downsample_ratio, tuning_db
         click.echo(json.dumps(meta, indent=2))
     else:
         shapes = ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))}" for i in meta["inputs"])
-        click.echo(f"wrote {output}: {meta['target']['name']} ({meta['target']['arch']}), "
+        click.echo(f"wrote {output}: {meta['target']['name']} ({meta['target']['isa']}), "
                    f"{meta['kernels']['binary_convs']} binary convs, inputs {shapes}")
 
 
@@ -103,7 +103,7 @@ def targets(as_json):
         descriptor = load_target(name)
         llvm = descriptor["llvm"]
         rows.append({"name": name, "description": descriptor.get("description", ""),
-                     "arch": descriptor.get("arch"), "mtriple": llvm.get("mtriple"), "mcpu": llvm.get("mcpu"),
+                     "isa": descriptor.get("isa"), "mtriple": llvm.get("mtriple"), "mcpu": llvm.get("mcpu"),
                      "mattr": list(llvm.get("mattr", [])), "num_cores": llvm.get("num-cores"),
                      "cross_compiler": descriptor.get("cross_compiler"),
                      "cross_compiler_package": descriptor.get("cross_compiler_package"),

@@ -77,7 +77,8 @@ def evaluate(footage, pred_dir, true_dir, against, checkpoint, long_side, max_fr
 def _evaluate_against(footage, against, checkpoint, long_side, max_frames, downsample_ratio, preview, as_json):
     from bimatting.eval.against import evaluate_against, write_previews
 
-    figures, previews = evaluate_against(checkpoint, against, footage, long_side, max_frames, downsample_ratio,
+    figures, previews = evaluate_against(checkpoint, against, footage, long_side=long_side, frames=max_frames,
+                                         downsample_ratio=downsample_ratio,
                                          progress=not as_json)
     if preview:
         write_previews(preview, previews)

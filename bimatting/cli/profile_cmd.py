@@ -37,5 +37,6 @@ def profile(checkpoint, arch, resolution, downsample_ratio, mask_density, frames
     from bimatting.profile import profile as run_profile
 
     report = run_profile(checkpoint, arch, parse_resolution(resolution), downsample_ratio,
-                         parse_mask_density(mask_density), measure_frames, frames_source, progress=True)
+                         mask_density=parse_mask_density(mask_density), frames=measure_frames,
+                         frames_source=frames_source, progress=True)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

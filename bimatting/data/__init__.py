@@ -35,7 +35,7 @@ generator, which DataLoader reseeds per worker; every class also takes rng= for 
 A root in the wrong layout raises InputError naming the first missing folder.
 
 Evaluation sets (numpy + OpenCV):
-    bimatting.data.synth.synthesize(out, clips, frames, size, footage, backgrounds, seed)
+    bimatting.data.synth.synthesize(out, *, clips, frames, size, footage, backgrounds, seed, ...)
         composites with known alpha in RVM's layout <out>/videomatte_{motion,static}/<clip>/...
 """
 _EXPORTS = {

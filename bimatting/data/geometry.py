@@ -30,7 +30,7 @@ class AffineParams:
                             mix(self.scale, other.scale), tuple(mix(a, b) for a, b in zip(self.shear, other.shear)))
 
 
-def random_affine_params(height, width, degrees=10, translate=0.1, scale=(0.9, 1.1), shear=5, rng=random):
+def random_affine_params(height, width, *, degrees=10, translate=0.1, scale=(0.9, 1.1), shear=5, rng=random):
     """A draw of RandomAffine((-degrees, degrees), (translate, translate), scale, (-shear, shear))."""
     max_dx, max_dy = translate * width, translate * height
     return AffineParams(angle=rng.uniform(-degrees, degrees),

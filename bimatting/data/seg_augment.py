@@ -14,7 +14,7 @@ from bimatting.data import colour
 from bimatting.data.geometry import affine, hflip, random_affine_params, resized_crop, resized_crop_params
 
 
-def color_jitter(images, brightness, contrast, saturation, hue, rng=random):
+def color_jitter(images, brightness, contrast, saturation, hue, *, rng=random):
     """torchvision ColorJitter: factors U(1-x, 1+x) (hue U(-x, x)), applied in random order."""
     steps = [lambda x, f=rng.uniform(1 - brightness, 1 + brightness): colour.adjust_brightness(x, f),
              lambda x, f=rng.uniform(1 - contrast, 1 + contrast): colour.adjust_contrast(x, f),

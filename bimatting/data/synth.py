@@ -50,7 +50,7 @@ def _load_still(item):
     return read_image(item) if isinstance(item, Path) else item
 
 
-def drifting_background(rng, still, frames, width, height, moving):
+def drifting_background(rng, still, frames, width, height, *, moving):
     """[T,H,W,3] view of `still` (>= MARGIN x the output): fixed, or drifting along an easing curve."""
     import cv2
 
@@ -104,7 +104,7 @@ def plan(clips, footage):
     return [footage[(c // 2) % len(footage)] if footage and c % 2 == 0 else None for c in range(clips)]
 
 
-def synthesize(out, clips=5, frames=100, size=(512, 288), footage=(), backgrounds=(), seed=0,
+def synthesize(out, *, clips=5, frames=100, size=(512, 288), footage=(), backgrounds=(), seed=0,
                teacher="rvm", device="cpu", progress=True):
     """Write the set to `out` atomically; returns {subset: [clip names]}. See the module docstring."""
     from tqdm import tqdm

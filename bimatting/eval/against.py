@@ -11,7 +11,7 @@ import torch
 from bimatting.eval.agreement import compare, run_recurrent, totals
 
 
-def evaluate_against(model_source, teacher_source, footage, long_side=512, frames=None, downsample_ratio=1.0,
+def evaluate_against(model_source, teacher_source, footage, *, long_side=512, frames=None, downsample_ratio=1.0,
                      progress=True):
     """{'clips': [...], 'pha_mad_mean', 'pha_mad_worst', 'iou_mean', 'iou_worst', 'fgr_mad_mean'} and
     previews [(name, uint8 image)]."""

@@ -73,7 +73,7 @@ def read_colour(path):
     return image.astype(np.float32) / 255
 
 
-def score_clip(clip, names, has_fgr, pred_root, true_root, hr=False, on_frame=None):
+def score_clip(clip, names, has_fgr, pred_root, true_root, *, hr=False, on_frame=None):
     """ClipScores of one clip; frame 0's dtSSD is 0 (no previous frame), as the evaluators."""
     scores = ClipScores(clip, list(names))
     prev = None
@@ -88,7 +88,7 @@ def score_clip(clip, names, has_fgr, pred_root, true_root, hr=False, on_frame=No
             _check_shapes(clip, f"fgr/{name}", pred_fgr, true_fgr)
             if true_fgr.shape[:2] != true_pha.shape:
                 raise InputError(f"truth '{clip.key}/{name}': fgr and pha sizes differ")
-        for metric, value in frame_metrics(pred_pha, true_pha, pred_fgr, true_fgr, prev, hr=hr).items():
+        for metric, value in frame_metrics(pred_pha, true_pha, pred_fgr, true_fgr, prev=prev, hr=hr).items():
             scores.per_frame.setdefault(metric, []).append(value)
         prev = (pred_pha, true_pha)
         if on_frame is not None:

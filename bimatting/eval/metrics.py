@@ -134,7 +134,7 @@ def fgr_mse(pred_fgr, true_fgr, true_pha):
     return float(((pred - true) ** 2).mean() * 1e3) if pred.size else math.nan
 
 
-def frame_metrics(pred_pha, true_pha, pred_fgr=None, true_fgr=None, prev=None, hr=False):
+def frame_metrics(pred_pha, true_pha, pred_fgr=None, true_fgr=None, *, prev=None, hr=False):
     """All metrics of one frame as a dict. prev = (pred_pha, true_pha) of the previous frame of
     the clip, or None for its first frame (dtSSD 0). Foreground metrics need both fgr arrays."""
     names = HR_METRICS if hr else LR_METRICS

@@ -46,7 +46,7 @@ def output_suffix(data_root, clip):
     return Path(names[0]).suffix if names else ".png"
 
 
-def predict_clip(model, frames, out_dir, suffix, device="cpu", on_frame=None):
+def predict_clip(model, frames, out_dir, suffix, *, device="cpu", on_frame=None):
     """Run `model` recurrently over `frames` (paths) and write out_dir/{pha,fgr}/NNNN<suffix>."""
     import torch
 
@@ -83,5 +83,6 @@ def predict_set(model, data_root, out_root, device="cpu", progress=True):
     with tqdm(total=total, desc="predict", unit="frame", disable=not progress) as bar:
         for clip, frames in work:
             out_dir = Path(out_root) / clip.subset / clip.name
-            predict_clip(model, frames, out_dir, output_suffix(data_root, clip), device, lambda: bar.update(1))
+            predict_clip(model, frames, out_dir, output_suffix(data_root, clip), device=device,
+                         on_frame=lambda: bar.update(1))
     return total

@@ -31,7 +31,7 @@ class Item:
         return self.frames.shape[0]
 
 
-def view_thetas(rng, length, in_h, in_w, out_h, out_w, zoom=(0.55, 1.0), degrees=4.0, motion=0.15):
+def view_thetas(rng, length, in_h, in_w, out_h, out_w, *, zoom=(0.55, 1.0), degrees=4.0, motion=0.15):
     """[T, 2, 3] affine_grid matrices: output crop -> input, moving linearly from one random view
     towards another (`motion` = how far it gets by the last frame).
 

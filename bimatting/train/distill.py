@@ -93,7 +93,7 @@ class Distillation:
         self.teacher = Teacher(options.teacher).model
         cache = self.out / "cache"
         items = load_training_items(options.footage, options.images, options.heldout, self.teacher,
-                                    options.short_side, options.max_frames, cache)
+                                    short_side=options.short_side, max_frames=options.max_frames, cache_dir=cache)
         if not items:
             raise InputError("no training footage left after the held-out clips; add --footage")
         self.heldout = load_heldout(options.heldout, self.teacher, options.eval_long_side, options.eval_frames,

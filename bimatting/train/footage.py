@@ -115,7 +115,7 @@ def _same(a, b):
     return Path(a).resolve() == Path(b).resolve()
 
 
-def load_training_items(footage, images, heldout, teacher, short_side, max_frames, cache_dir=None, workers=2):
+def load_training_items(footage, images, heldout, teacher, *, short_side, max_frames, cache_dir=None, workers=2):
     """[Item] with teacher targets for every training clip and still, minus the held-out frames."""
     clip_sources, stills = find_footage(footage)
     for folder in images:

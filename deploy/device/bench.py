@@ -67,7 +67,7 @@ def bench(artifact_path, *, rpc=None, tracker=None, key=None, frames=DEFAULT_FRA
     reference_path = find_reference(art, artifact_path, reference) if verify else None
     clip, input_label = load_frames(input_path, frames, size)
     with rpc_util.open_device(rpc, tracker, key, connect_timeout, timeout) as device:
-        device.check_arch(art.target["arch"], f"the artifact ({art.target['name']})")
+        device.check_isa(art.target["isa"], f"the artifact ({art.target['name']})")
         run = _measure(art, device, clip, warmup, progress)
     result = _result(art, artifact_path, device, clip, input_label, warmup, run)
     if verify:
@@ -302,7 +302,7 @@ def _result(art, artifact_path, device, clip, input_label, warmup, run):
 
     meta = art.metadata
     latency = _stats(run["device_ms"])
-    target = {k: meta["target"].get(k) for k in ("name", "arch", "description", "llvm")}
+    target = {k: meta["target"].get(k) for k in ("name", "isa", "description", "llvm")}
     return {
         "device": device.describe(),
         "target": target,

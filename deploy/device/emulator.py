@@ -87,7 +87,7 @@ def emulated_targets():
 
 
 def _is_emulated(target):
-    return target.get("arch") == "aarch64" and bool(target.get("qemu_cpu"))
+    return target.get("isa") == "aarch64" and bool(target.get("qemu_cpu"))
 
 
 @dataclass(eq=False)
@@ -203,7 +203,7 @@ def start_board(target="rpi4", port=None, server="cpp", tracker=None, key=None, 
 def _check_target(name):
     target = load_target(name)
     if not _is_emulated(target):
-        raise InputError(f"target '{name}' cannot be emulated (arch {target.get('arch')}); "
+        raise InputError(f"target '{name}' cannot be emulated (ISA {target.get('isa')}); "
                          f"emulated targets: {', '.join(emulated_targets())}")
     return target
 

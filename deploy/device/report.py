@@ -1,8 +1,8 @@
 """The bench report folder: bench.json, latency.png, alpha_preview.png (OpenCV + numpy drawing).
 
 bench.json keys (deploy/bench.py builds them):
-    device       {kind, address, key, arch}          where it ran (arch probed over RPC)
-    target       {name, arch, description, llvm}     what the artifact was compiled for
+    device       {kind, address, key, isa}           where it ran (ISA probed over RPC)
+    target       {name, isa, description, llvm}      what the artifact was compiled for
     frames       frames measured (fewer than frames_requested if the device failed)
     latency_ms   {mean, p50, p90, min, max, per_frame}   on the device's clock
     roundtrip_ms the same on the host's wall clock, transfers included

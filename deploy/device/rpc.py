@@ -2,10 +2,10 @@
 
     device = open_device(rpc="pi.local:9090")             # or tracker="host:9190", key="rpi4";
     with device:                                           # neither: this machine (no RPC)
-        device.check_arch("aarch64", "rpi4")              # clear error before anything runs
+        device.check_isa("aarch64", "rpi4")              # clear error before anything runs
         with deadline(120, "frame 3"):
             ...                                            # remote calls, bounded in time
-    print(device.describe())                               # JSON-ready: kind, address, arch
+    print(device.describe())                               # JSON-ready: kind, address, isa
 
 Why the extra care: TVM's client blocks without limit. Connecting to a filtered host waits for
 the kernel's TCP timeout (minutes), `connect_tracker` retries a refused port for 60 s, and a board
@@ -123,7 +123,7 @@ class Device:
     def __init__(self, kind, session=None, address=None, key=None, timeout=None):
         self.kind, self.session, self.address, self.key = kind, session, address, key
         self.timeout = timeout  # seconds for one remote operation (None: unbounded)
-        self.arch = platform.machine() if session is None else None
+        self.isa = platform.machine() if session is None else None
         self._sockets = {}  # fd -> 'socket:[inode]' opened for this session (see abort)
 
     @property
@@ -131,22 +131,22 @@ class Device:
         return self.kind != "local"
 
     def describe(self):
-        return {"kind": self.kind, "address": self.address, "key": self.key, "arch": self.arch}
+        return {"kind": self.kind, "address": self.address, "key": self.key, "isa": self.isa}
 
-    def check_arch(self, wanted, name):
+    def check_isa(self, wanted, name):
         """InputError unless this device runs `wanted` code (e.g. 'aarch64'); `name` says who needs
         it ("the artifact (rpi4)"). Over RPC it uploads probe libraries."""
         if not self.is_remote:
-            if wanted != self.arch:
-                raise InputError(f"{name} needs an {wanted} device but this machine is {self.arch}; use the board "
+            if wanted != self.isa:
+                raise InputError(f"{name} needs an {wanted} device but this machine is {self.isa}; use the board "
                                  "with --rpc HOST:PORT, or use --target host")
-            return self.arch
+            return self.isa
         if _probe(self, wanted) is True:
-            self.arch = wanted
+            self.isa = wanted
             return wanted
-        others = [arch for arch in PROBE_TRIPLES if arch != wanted and _probe(self, arch) is True]
+        others = [isa for isa in PROBE_TRIPLES if isa != wanted and _probe(self, isa) is True]
         if others:
-            self.arch = others[0]
+            self.isa = others[0]
             raise InputError(f"{name} needs an {wanted} device but the device at {self.address} is "
                              f"{others[0]}: it cannot load {wanted} code; compile for that device "
                              f"(e.g. `bimatting compile --target host` for an x86_64 server) or connect to the board")
@@ -272,25 +272,25 @@ def tracker_keys(tracker):
 
 # ---- the architecture probe ------------------------------------------------------------------
 
-_probes = {}  # arch -> library path (built once per process)
+_probes = {}  # ISA -> library path (built once per process)
 _probe_dir = None
 
 
-def _probe_library(arch):
-    """A tiny TVM library for `arch` (generic CPU), or None when no compiler can link it here."""
+def _probe_library(isa):
+    """A tiny TVM library for `isa` (generic CPU), or None when no compiler can link it here."""
     global _probe_dir
-    if arch in _probes:
-        return _probes[arch]
+    if isa in _probes:
+        return _probes[isa]
     import shutil
 
     import tvm
     from tvm import te
     from tvm.support import cc
 
-    triple, compiler = PROBE_TRIPLES[arch]
-    native = arch == platform.machine()
+    triple, compiler = PROBE_TRIPLES[isa]
+    native = isa == platform.machine()
     if not native and shutil.which(compiler) is None:
-        _probes[arch] = None
+        _probes[isa] = None
         return None
     if _probe_dir is None:
         _probe_dir = tempfile.TemporaryDirectory(prefix="bimatting-probe-")
@@ -298,18 +298,18 @@ def _probe_library(arch):
     b = te.compute((4,), lambda i: a[i] + 1.0, name="b")
     mod = tvm.IRModule({"bimatting_probe": te.create_prim_func([a, b]).with_attr("global_symbol", "bimatting_probe")})
     executable = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm", "mtriple": triple}))
-    path = Path(_probe_dir.name) / f"bimatting-probe-{arch}.so"
+    path = Path(_probe_dir.name) / f"bimatting-probe-{isa}.so"
     executable.export_library(str(path), fcompile=None if native else cc.cross_compiler(compiler))
-    _probes[arch] = path
+    _probes[isa] = path
     return path
 
 
-def _probe(device, arch):
-    """True if the device loads an `arch` library, False if not, None if no probe can be built."""
-    library = _probe_library(arch)
+def _probe(device, isa):
+    """True if the device loads an `isa` library, False if not, None if no probe can be built."""
+    library = _probe_library(isa)
     if library is None:
         return None
-    with deadline(device.timeout or 60.0, f"the {arch} probe"):
+    with deadline(device.timeout or 60.0, f"the {isa} probe"):
         try:
             device.session.upload(str(library), library.name)
         except Exception as error:  # noqa: BLE001

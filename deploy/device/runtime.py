@@ -32,9 +32,9 @@ class CompiledModel:
         self.artifact = source if isinstance(source, artifacts.Artifact) else artifacts.read(source)
         meta = self.metadata
         if session is None:
-            arch = meta["target"]["arch"]
-            if arch != platform.machine():
-                raise InputError(f"artifact is built for {arch} ({meta['target']['name']}); this machine is "
+            isa = meta["target"]["isa"]
+            if isa != platform.machine():
+                raise InputError(f"artifact is built for {isa} ({meta['target']['name']}); this machine is "
                                  f"{platform.machine()}: run it on the board over RPC")
             library = tvm.runtime.load_module(str(self.artifact.library_path))
             self.device = tvm.cpu()

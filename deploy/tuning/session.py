@@ -236,12 +236,12 @@ def _preflight(target, rpc, tracker, key, local):
     import platform
 
     if local:
-        if target.arch != platform.machine():
+        if target.isa != platform.machine():
             raise InputError(f"--local measures on this {platform.machine()} machine; target '{target.name}' is "
-                             f"{target.arch}: use --rpc/--tracker with the board, or --target host")
+                             f"{target.isa}: use --rpc/--tracker with the board, or --target host")
         return None
     with rpc_util.open_device(rpc, tracker, key) as device:
-        device.check_arch(target.arch, f"target {target.name}")
+        device.check_isa(target.isa, f"target {target.name}")
     gc.collect()  # close the session now: TVM's Python server serves one client at a time
     if rpc:
         return functools.partial(rpc_util.connect, *rpc_util.parse_address(rpc, "--rpc"))
