@@ -67,7 +67,8 @@ def test_geometry_output_size_and_taps_match_a_direct_conv(case):
 @pytest.mark.parametrize("case", CASES)
 def test_reference_conv_is_the_zero_padded_float_conv(case):
     g, x, w = _case(case)
-    got = reference.binary_conv2d(layout.pack(x[None]), layout.pack(w), g.channels_in, g.strides, g.pads, g.dilations)
+    got = reference.binary_conv2d(layout.pack(x[None]), layout.pack(w), g.channels_in, strides=g.strides, pads=g.pads,
+                                  dilations=g.dilations)
     np.testing.assert_array_equal(got[0], direct_float_conv(x, w, g.strides, g.pads, g.dilations))
 
 
@@ -76,11 +77,11 @@ def test_border_correction_turns_plus_one_padding_into_zero_padding(case):
     g, x, w = _case(case)
     plus_one = direct_float_conv(x, w, g.strides, g.pads, g.dilations, pad_value=1.0)
     zero = direct_float_conv(x, w, g.strides, g.pads, g.dilations, pad_value=0.0)
-    corr = reference.border_correction(w, g.height, g.width, g.strides, g.pads, g.dilations)
+    corr = reference.border_correction(w, g.height, g.width, strides=g.strides, pads=g.pads, dilations=g.dilations)
     np.testing.assert_array_equal(plus_one + corr, zero)
     # The XNOR/popcount route (the kernels' arithmetic) lands on the same integers.
     pop = reference.xnor_popcount_conv2d(layout.pack(x[None]), layout.pack(w), g.channels_in, g.height, g.width,
-                                         g.strides, g.pads, g.dilations)
+                                         strides=g.strides, pads=g.pads, dilations=g.dilations)
     np.testing.assert_array_equal(pop[0], zero)
 
 
@@ -122,9 +123,9 @@ def test_geometry_from_a_node_takes_the_schema_defaults():
 
 def test_output_size_is_onnx_convs():
     # ONNX Conv / torch Conv2d: floor((in + pads - dilation * (k - 1) - 1) / stride) + 1
-    assert output_size(9, 3, 2, 1, 1) == 5
-    assert output_size(10, 3, 2, 1, 1) == 5
-    assert output_size(7, 3, 1, 0, 0, 3) == 1
+    assert output_size(9, 3, stride=2, pad_before=1, pad_after=1) == 5
+    assert output_size(10, 3, stride=2, pad_before=1, pad_after=1) == 5
+    assert output_size(7, 3, dilation=3) == 1
 
 
 @pytest.mark.parametrize("channels", [1, 7, 8, 9, 16, 35, 64, 195])
@@ -157,8 +158,8 @@ def test_kernel_parameters_follow_the_contract(case, word):
     w_packed = layout.pack(w)
     row_class, col_class, corr = params.border_classes(w_packed, g)
     per_position = corr[row_class][:, col_class].transpose(2, 0, 1)  # [O, OH, OW]
-    np.testing.assert_array_equal(per_position, reference.border_correction(w, g.height, g.width, g.strides,
-                                                                             g.pads, g.dilations))
+    np.testing.assert_array_equal(per_position, reference.border_correction(
+        w, g.height, g.width, strides=g.strides, pads=g.pads, dilations=g.dilations))
     out_padded = 8 * layout.ceil_div(g.channels_out, 8)
     base = params.exact_base(corr, g, out_padded)
     np.testing.assert_array_equal(base[:, :, :g.channels_out], g.taps + corr)

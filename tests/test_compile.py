@@ -124,7 +124,7 @@ class ArtifactCache:
         key = (str(source), target, resolution, downsample_ratio)
         if key not in self.built:
             path = self.folder / f"{source.stem}-{target}-{resolution[0]}x{resolution[1]}.tar"
-            compile_model(source, target, path, resolution, downsample_ratio)
+            compile_model(source, target, path, resolution=resolution, downsample_ratio=downsample_ratio)
             self.built[key] = path
         return self.built[key]
 
@@ -284,7 +284,7 @@ def test_binary_conv_on_uint8_input_without_function_bodies():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(schema.DOMAIN, 1)])
     x = layout.pack(rng.standard_normal((1, 35, 9, 14)))
     got = _run_library_import(model, {"xb": [1, 5, 9, 14]}, [x])[0]
-    d = numpy_reference.binary_conv2d(x, w, 35, (2, 2), (1, 1, 1, 1)).astype(np.float32)
+    d = numpy_reference.binary_conv2d(x, w, 35, strides=(2, 2), pads=(1, 1, 1, 1)).astype(np.float32)
     want = d * scale[None, :, None, None] + bias[None, :, None, None]
     assert np.array_equal(got, want)  # float32 Mul then Add, rounded as the graph does
 
@@ -572,7 +572,7 @@ def test_compile_path_works_without_torch(small_onnx, tmp_path):
         "from bimatting.deploy.tuning import measure, session",
         "from bimatting.deploy.compiler.kernels import bitserial, params, standalone",
         "from bimatting.deploy.compiler.schedules import aarch64, fp, x86",
-        f"build.compile_model({str(small_onnx)!r}, 'host', {artifact_path!r}, (32, 16))",
+        f"build.compile_model({str(small_onnx)!r}, 'host', {artifact_path!r}, resolution=(32, 16))",
         f"runtime.RecurrentRunner(runtime.CompiledModel({artifact_path!r}))",
         "assert 'torch' not in sys.modules",
     ])

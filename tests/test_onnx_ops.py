@@ -115,15 +115,18 @@ def test_binary_conv2d_is_the_exact_pm1_convolution(c_in, c_out, k, stride, dila
     feeds = {"X": layout.pack(x), "W": numpy_reference.pack_weights(weight), "scale": np.ones(c_out, np.float32),
              "bias": np.zeros(c_out, np.float32)}
     dot = _run_ort(model, feeds)
-    expected_dot = numpy_reference.binary_conv2d(feeds["X"], feeds["W"], c_in, (stride, stride), pads, (dilation, dilation))
+    expected_dot = numpy_reference.binary_conv2d(feeds["X"], feeds["W"], c_in, strides=(stride, stride), pads=pads,
+                                                 dilations=(dilation, dilation))
     np.testing.assert_array_equal(dot, expected_dot.astype(np.float32))
     np.testing.assert_array_equal(dot, _torch_pm1_conv(x, weight, stride, dilation, pads))
     # border positions are really there: the zero-padding correction is non-zero at some border
     if any(pads):
-        plus_one_padded = numpy_reference.xnor_popcount_conv2d(feeds["X"], feeds["W"], c_in, h, w, (stride, stride),
-                                                       pads, (dilation, dilation))
+        plus_one_padded = numpy_reference.xnor_popcount_conv2d(feeds["X"], feeds["W"], c_in, h, w,
+                                                               strides=(stride, stride), pads=pads,
+                                                               dilations=(dilation, dilation))
         np.testing.assert_array_equal(dot, plus_one_padded.astype(np.float32))
-        corr = numpy_reference.border_correction(layout.sign(weight), h, w, (stride, stride), pads, (dilation, dilation))
+        corr = numpy_reference.border_correction(layout.sign(weight), h, w, strides=(stride, stride), pads=pads,
+                                                 dilations=(dilation, dilation))
         assert np.any(corr != 0)
     # fused per-channel output transform
     feeds["scale"] = rng.uniform(0.01, 2.0, c_out).astype(np.float32)
@@ -167,7 +170,7 @@ def test_onnx_reference_evaluator_runs_the_functions():
     feeds = {"X": packed, "W": numpy_reference.pack_weights(weight), "scale": np.ones(6, np.float32),
              "bias": np.zeros(6, np.float32)}
     dot = ReferenceEvaluator(model).run(None, feeds)[0]
-    np.testing.assert_array_equal(dot, numpy_reference.binary_conv2d(packed, feeds["W"], 20, (2, 2), (1, 1, 1, 1)))
+    np.testing.assert_array_equal(dot, numpy_reference.binary_conv2d(packed, feeds["W"], 20, strides=(2, 2), pads=(1, 1, 1, 1)))
 
 
 def test_function_bodies_are_standard_ops_and_need_opset_18():

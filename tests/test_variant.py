@@ -67,7 +67,7 @@ def _exports_compiles_and_verifies(network, frames, tmp_path):
     # The host artifact against onnxruntime (optimizations off: the graph's own float order).
     path = tmp_path / "variant.onnx"
     onnx.save(model, str(path))
-    compile_model(path, "host", tmp_path / "variant.tar", SIZE)
+    compile_model(path, "host", tmp_path / "variant.tar", resolution=SIZE)
     runner = RecurrentRunner(CompiledModel(tmp_path / "variant.tar"))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

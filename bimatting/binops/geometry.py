@@ -18,7 +18,7 @@ from bimatting.binops.schema import node_attributes
 INTS_PER_GEOMETRY = 10  # kh kw sh sw top left bottom right dh dw
 
 
-def output_size(in_size, kernel, stride=1, pad_before=0, pad_after=0, dilation=1):
+def output_size(in_size, kernel, *, stride=1, pad_before=0, pad_after=0, dilation=1):
     """Positions a conv window takes along one axis (ONNX Conv / torch Conv2d, floor rounding)."""
     return (int(in_size) + int(pad_before) + int(pad_after) - int(dilation) * (int(kernel) - 1) - 1) // int(stride) + 1
 
@@ -29,7 +29,7 @@ def normalize_pads(pads):
     return pads * 2 if len(pads) == 2 else pads
 
 
-def valid_taps(out_size, in_size, kernel, stride, pad_before, dilation):
+def valid_taps(out_size, in_size, kernel, *, stride, pad_before, dilation):
     """[out_size, kernel] bool: tap i of output position y reads inside the image (not the padding)."""
     pos = np.arange(out_size)[:, None] * stride + np.arange(kernel)[None, :] * dilation - pad_before
     return (pos >= 0) & (pos < in_size)
@@ -78,11 +78,13 @@ class ConvGeometry:
 
     @property
     def out_height(self):
-        return output_size(self.height, self.kernel[0], self.strides[0], self.pads[0], self.pads[2], self.dilations[0])
+        return output_size(self.height, self.kernel[0], stride=self.strides[0], pad_before=self.pads[0],
+                           pad_after=self.pads[2], dilation=self.dilations[0])
 
     @property
     def out_width(self):
-        return output_size(self.width, self.kernel[1], self.strides[1], self.pads[1], self.pads[3], self.dilations[1])
+        return output_size(self.width, self.kernel[1], stride=self.strides[1], pad_before=self.pads[1],
+                           pad_after=self.pads[3], dilation=self.dilations[1])
 
     @property
     def taps(self):
@@ -91,10 +93,10 @@ class ConvGeometry:
 
     def valid_rows(self):
         """[OH, KH] bool: kernel row i of output row y reads inside the image."""
-        return valid_taps(self.out_height, self.height, self.kernel[0], self.strides[0], self.pads[0],
-                          self.dilations[0])
+        return valid_taps(self.out_height, self.height, self.kernel[0], stride=self.strides[0],
+                          pad_before=self.pads[0], dilation=self.dilations[0])
 
     def valid_cols(self):
         """[OW, KW] bool: kernel column j of output column x reads inside the image."""
-        return valid_taps(self.out_width, self.width, self.kernel[1], self.strides[1], self.pads[1],
-                          self.dilations[1])
+        return valid_taps(self.out_width, self.width, self.kernel[1], stride=self.strides[1],
+                          pad_before=self.pads[1], dilation=self.dilations[1])

@@ -33,7 +33,8 @@ def conv2d_int(x, w, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)):
     top, left, bottom, right = normalize_pads(pads)
     xp = np.zeros((n, c, h + top + bottom, wd + left + right), dtype=np.int64)
     xp[:, :, top:top + h, left:left + wd] = x
-    oh, ow = output_size(h, kh, sh, top, bottom, dh), output_size(wd, kw, sw, left, right, dw)
+    oh, ow = (output_size(h, kh, stride=sh, pad_before=top, pad_after=bottom, dilation=dh),
+              output_size(wd, kw, stride=sw, pad_before=left, pad_after=right, dilation=dw))
     out = np.zeros((n, o, oh, ow), dtype=np.int64)
     w64 = np.asarray(w).astype(np.int64)
     for i in range(kh):
@@ -43,7 +44,7 @@ def conv2d_int(x, w, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)):
     return out
 
 
-def binary_conv2d(x_packed, w_packed, channels_in, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)):
+def binary_conv2d(x_packed, w_packed, channels_in, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)):
     """Reference binary conv on packed operands: the exact integer sum of +-1 products.
 
     Zero padding of the +-1 input (padded taps add 0). Returns int32 [N, O, OH, OW].
@@ -61,7 +62,7 @@ def border_correction_table(w_sign, valid_rows, valid_cols):
     return (-(wsum.sum(axis=(1, 2))[None, None, :] - valid_sum)).astype(np.int32)
 
 
-def border_correction(w_sign, height, width, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)):
+def border_correction(w_sign, height, width, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)):
     """What a +1-padding kernel must add to get zero-padding results: [O, OH, OW] int32.
 
     `w_sign` is the +-1 weight [O, C, KH, KW]; zero away from the borders.
@@ -74,7 +75,7 @@ def border_correction(w_sign, height, width, strides=(1, 1), pads=(0, 0, 0, 0), 
 _POPCOUNT = np.array([bin(v).count("1") for v in range(256)], dtype=np.int64)
 
 
-def xnor_popcount_conv2d(x_packed, w_packed, channels_in, height, width, strides=(1, 1),
+def xnor_popcount_conv2d(x_packed, w_packed, channels_in, height, width, *, strides=(1, 1),
                          pads=(0, 0, 0, 0), dilations=(1, 1)):
     """The same result as `binary_conv2d`, computed the way a kernel does: XOR + popcount on bytes
     with +1 (0-bit) spatial padding, then K_all - 2*popcount plus the border correction.
@@ -87,7 +88,8 @@ def xnor_popcount_conv2d(x_packed, w_packed, channels_in, height, width, strides
     top, left, bottom, right = normalize_pads(pads)
     padded = np.zeros((n, cw, h + top + bottom, wd + left + right), dtype=np.uint8)  # 0 bits = +1
     padded[:, :, top:top + h, left:left + wd] = xp
-    oh, ow = output_size(h, kh, sh, top, bottom, dh), output_size(wd, kw, sw, left, right, dw)
+    oh, ow = (output_size(h, kh, stride=sh, pad_before=top, pad_after=bottom, dilation=dh),
+              output_size(wd, kw, stride=sw, pad_before=left, pad_after=right, dilation=dw))
     pop = np.zeros((n, o, oh, ow), dtype=np.int64)
     for i in range(kh):
         for j in range(kw):
@@ -96,7 +98,8 @@ def xnor_popcount_conv2d(x_packed, w_packed, channels_in, height, width, strides
             pop += _POPCOUNT[xor].sum(axis=2)
     k_all = kh * kw * channels_in
     w_sign = layout.unpack(wp, channels_in, axis=1)
-    corr = border_correction(w_sign, height, width, strides, (top, left, bottom, right), dilations)
+    corr = border_correction(w_sign, height, width, strides=strides, pads=(top, left, bottom, right),
+                             dilations=dilations)
     return (k_all - 2 * pop + corr[None]).astype(np.int32)
 
 

@@ -50,7 +50,8 @@ def compile_(model, target_name, output, resolution, downsample_ratio, tuning_db
 
         source, cleanup = _onnx_source(model)
         try:
-            meta = compile_model(source, target_name, output, size, downsample_ratio, tuning_db, progress)
+            meta = compile_model(source, target_name, output, resolution=size, downsample_ratio=downsample_ratio,
+                                     tuning_db=tuning_db, progress=progress)
         finally:
             cleanup()
         bar.update(bar.total - bar.n)

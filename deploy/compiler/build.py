@@ -110,7 +110,7 @@ def _versions():
     return {"bimatting": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__, "numpy": np.__version__}
 
 
-def compile_model(source, target_name, output, resolution=None, downsample_ratio=None, tuning_db=None,
+def compile_model(source, target_name, output, *, resolution=None, downsample_ratio=None, tuning_db=None,
                   progress=None):
     """Compile ONNX `source` for `target_name` into the artifact `output`; returns its metadata.
 

@@ -69,7 +69,7 @@ def _make_converters(kernel_config):
             if mask is not None and lowering.static_shape(mask) != (batch, 1, g.out_height, g.out_width):
                 raise InputError(f"BinaryConv2dMasked mask has shape {lowering.static_shape(mask)}, expected "
                                  f"[N, 1, {g.out_height}, {g.out_width}]")
-            return lowering.emit_conv(bb, inputs[0], layout, g, operands, mask)
+            return lowering.emit_conv(bb, inputs[0], layout, g, operands=operands, mask=mask)
 
     class BinarizePack(OnnxOpConverter):
         @classmethod

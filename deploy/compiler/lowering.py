@@ -86,7 +86,8 @@ def conv_func(batch, geometry, layout, operands, masked=False):
                                                   for a, n in zip(operands.arrays(), names)]
     mask = te.placeholder((batch, 1, g.out_height, g.out_width), "float32", name="mask") if masked else None
     pop = bitserial.popcount_conv(packed, weights, g, layout)
-    out = bitserial.output_transform(pop, base, row_class, col_class, steps, operands.kinds, g, mask)
+    out = bitserial.output_transform(pop, base, row_class, col_class, steps=steps, kinds=operands.kinds,
+                                     geometry=g, mask=mask)
     args = [packed, weights, base, row_class, col_class, steps] + ([mask] if masked else []) + [out]
     return _prim_func(args, "bconv")
 
@@ -120,7 +121,7 @@ def emit_pack(bb, x, layout, from_bytes_channels=None, bias=None):
     return _call(bb, func, name, args, (shape[0], layout.rows, layout.cols, layout.words), layout.word_dtype)
 
 
-def emit_conv(bb, packed, layout, geometry, operands, mask=None):
+def emit_conv(bb, packed, layout, geometry, *, operands, mask=None):
     """Relax: packed words -> float32 NCHW output of the binary convolution."""
     g = geometry
     batch = static_shape(packed)[0]

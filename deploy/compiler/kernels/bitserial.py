@@ -166,7 +166,7 @@ def _rounded(product):
     return tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", product)
 
 
-def output_transform(pop, base, row_class, col_class, steps, kinds, geometry, mask=None):
+def output_transform(pop, base, row_class, col_class, *, steps, kinds, geometry, mask=None):
     """Popcounts -> float NCHW output [N, O, OH, OW] (module docstring for the algebra).
 
     base [row classes, col classes, Op] int32 = K_all + corr, so D = base - 2 * popcount is the
