@@ -170,7 +170,8 @@ def test_onnx_reference_evaluator_runs_the_functions():
     feeds = {"X": packed, "W": numpy_reference.pack_weights(weight), "scale": np.ones(6, np.float32),
              "bias": np.zeros(6, np.float32)}
     dot = ReferenceEvaluator(model).run(None, feeds)[0]
-    np.testing.assert_array_equal(dot, numpy_reference.binary_conv2d(packed, feeds["W"], 20, strides=(2, 2), pads=(1, 1, 1, 1)))
+    np.testing.assert_array_equal(dot, numpy_reference.binary_conv2d(packed, feeds["W"], 20, strides=(2, 2),
+                                                                    pads=(1, 1, 1, 1)))
 
 
 def test_function_bodies_are_standard_ops_and_need_opset_18():

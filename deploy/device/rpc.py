@@ -2,7 +2,7 @@
 
     device = open_device(rpc="pi.local:9090")             # or tracker="host:9190", key="rpi4";
     with device:                                           # neither: this machine (no RPC)
-        device.check_isa("aarch64", "rpi4")              # clear error before anything runs
+        device.check_isa("aarch64", "rpi4")               # clear error before anything runs
         with deadline(120, "frame 3"):
             ...                                            # remote calls, bounded in time
     print(device.describe())                               # JSON-ready: kind, address, isa
