@@ -18,17 +18,8 @@ import numpy as np
 from torch import nn
 
 from bimatting.binops import reference
+from bimatting.models.bimatting.binarize import bn_affine, folded_output
 from bimatting.export.graph import GraphBuilder, to_array
-
-
-def bn_affine(bn):
-    """(a, b) float64 [C] with BN(x) = a * x + b in eval mode."""
-    var = to_array(bn.running_var).astype(np.float64)
-    mean = to_array(bn.running_mean).astype(np.float64)
-    gamma = to_array(bn.weight).astype(np.float64) if bn.weight is not None else np.ones_like(var)
-    beta = to_array(bn.bias).astype(np.float64) if bn.bias is not None else np.zeros_like(var)
-    a = gamma / np.sqrt(var + bn.eps)
-    return a, beta - mean * a
 
 
 def _conv_attrs(conv):
@@ -129,16 +120,10 @@ class Builder(GraphBuilder):
         """
         def make():
             name = self.module_name(module)
-            weight_packed, alpha = binary_weights(module)
-            scale, bias = alpha, np.zeros_like(alpha)
-            if module.bias is not None:
-                bias = to_array(module.bias).astype(np.float64)
-            if bn is not None:
-                a, b = bn_affine(bn)
-                scale, bias = scale * a, b + bias * a
+            weight_packed, _ = binary_weights(module)
+            scale, bias = folded_output(module, bn)  # what eval mode computes with
             return [self.initializer(weight_packed, f"{name}.weight_packed"),
-                    self.initializer(scale.astype(np.float32), f"{name}.scale"),
-                    self.initializer(bias.astype(np.float32), f"{name}.bias")]
+                    self.initializer(scale, f"{name}.scale"), self.initializer(bias, f"{name}.bias")]
 
         inputs = [packed] + self._cached(("binary_conv", id(module), id(bn)), make)
         attrs = dict(channels_in=module.in_channels, **_conv_attrs(module))
@@ -195,7 +180,7 @@ class Builder(GraphBuilder):
                 x = self.op("GlobalAveragePool", [x])
             elif isinstance(layer, nn.Sequential) and mask is None:
                 x = self.sequential(layer, x)
-            elif hasattr(layer, "emit_onnx") and mask is None:
+            elif hasattr(layer, "emit_onnx") and (mask is None or getattr(layer, "elementwise", False)):
                 x = layer.emit_onnx(self, x)
             else:
                 raise ValueError(f"cannot export layer {kind} in {self.module_name(seq)}")

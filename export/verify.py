@@ -4,11 +4,14 @@ frames, recurrent states fed back on both sides, and compare fgr and pha frame b
 Tolerance per frame (the issue's acceptance check): mean |diff| <= 1e-4 and max |diff| <= 1e-2
 for pha and for fgr.
 
-Sign decisions at near-ties. Both sides compute in float32 but not in the same order (a FP conv
-sums its taps in another order, BN is folded into the binary op's scale), so pre-sign values
-differ by float rounding, up to ~3e-5 after the encoder's residual stream. A value that close to
-0 can take the other sign, and in a binary network one flipped bit flips about ten bits of the
-next layer: the two runs then diverge completely, although both are right to float precision.
+Sign decisions at near-ties. BiMatting's eval mode computes what the graph computes, operation
+for operation (folded binary convs, an integer-exact stem, fixed-order pooling, upsampling, tanh
+and sigmoid: bimatting/models/bimatting/fixed_order.py), so the values before its encoder's and
+decoder's signs are the same bits in both; only the refiner reads float convs whose summation
+order each runtime picks (decode0's 3x3 and the box filter). Other networks (RVM, older graphs)
+differ by float rounding, up to ~3e-5 after a residual stream. A value that close to 0 can take
+the other sign, and in a binary network one flipped bit flips about ten bits of the next layer:
+the two runs then diverge completely, although both are right to float precision.
 The comparison therefore aligns such decisions: where the PyTorch pre-sign value is within
 NEAR_TIE of zero and onnxruntime chose the other sign, PyTorch takes onnxruntime's sign (likewise
 for the coarse alpha > 0 test of the SAB mask). Every aligned decision is counted and reported;

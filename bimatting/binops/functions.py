@@ -129,6 +129,9 @@ def _conv_body(body):
     w = _unpack_body(body, "W", "channels_in")  # [O, C, KH, KW] +-1
     refs = {name: (name, _INTS) for name in ("kernel_shape", "strides", "pads", "dilations")}
     dot = body.ref_node("Conv", [x, w], refs)  # [N, O, OH, OW], exact integers
+    # Round leaves the integers as they are; it keeps a runtime from folding `scale` into the +-1
+    # weights (onnxruntime's Conv+Mul fusion), which would sum rounded products of scale instead.
+    dot = body("Round", [dot])
     axes = body.const(np.array([1, 2], dtype=np.int64))
     scale = body("Unsqueeze", ["scale", axes])  # [O] -> [O, 1, 1]
     bias = body("Unsqueeze", ["bias", axes])

@@ -14,8 +14,10 @@ Source: htqin/BiMatting `model/mobilenet.py` (structure and numbers; code writte
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from .binarize import BiConv2d, BinaryActivation, LearnableBias, emit_rprelu, rprelu
+from .fixed_order import average_pool2, emit_average_pool2
+from .binarize import BiConv2d, BinaryActivation, LearnableBias, binary_conv_bn, bn_affine, emit_rprelu, rprelu
 
 TRIPLES = (1, 2, 2)  # dense triples in the 1/4, 1/8 and 1/16 stages
 STAGE_TRIPLE_WIDTHS = ([32, 64, 32], [64, 128, 64], [128, 256, 128])
@@ -48,19 +50,71 @@ def layout(triples=TRIPLES):
     return tuple(strides), dense, taps
 
 
+# The image on an integer grid in eval mode: n = round(x * INPUT_GRID). 8-bit pixels are k/255,
+# and a bilinear downsample by 1/2^j (RVM's ratios 1/2, 1/4, ...) averages four of them, a multiple
+# of 1/1020 up to float rounding, so n is the same integer in every runtime whatever its resize does.
+INPUT_GRID = 1020.0
+STEM_WEIGHT_LIMIT = 511  # |integer weight|: 27 taps * 511 * 1020 < 2^24, so every partial sum is exact
+
+
+def snap_to_grid(x):
+    """x -> round(x * INPUT_GRID) / INPUT_GRID (eval mode's image; k/255 pixels are kept as they are)."""
+    return torch.round(x * INPUT_GRID) / INPUT_GRID
+
+
 class Stem(nn.Module):
-    """Full-precision conv3x3 stride 2 + BN, no activation: [N,3,H,W] -> [N,16,H/2,W/2]."""
+    """Full-precision conv3x3 stride 2 + BN, no activation: [N,3,H,W] -> [N,16,H/2,W/2].
+
+    Training: BN(conv((x - mean) / std)). Eval: an integer-exact conv of the gridded image,
+        y = conv(n - M, W_q) + c,   n = round(x * INPUT_GRID),  M = round(mean * INPUT_GRID)
+    with normalisation and BN folded into W_q = w_int * 2^-e (w_int integers of at most
+    STEM_WEIGHT_LIMIT, e per output channel) and c. Every product and partial sum is then an
+    exact float32, so all runtimes give the same bits whatever order they sum in; only `+ c`
+    rounds. The weights lose at most 1/1022 of their largest value per channel. Subtracting the
+    integer mean M first keeps training's zero padding (a padded tap is the mean colour).
+    """
 
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
 
-    def forward(self, x):
-        return self.bn1(self.conv1(x))
+    def forward(self, x, mean, std):
+        # x: the image in [0, 1] (not normalised)
+        if self.training:
+            return self.bn1(self.conv1((x - mean) / std))
+        weight, bias, centre = (torch.from_numpy(v).to(x.device) for v in self.integer_weights(mean, std))
+        n = torch.round(x * INPUT_GRID) - centre.view(1, -1, 1, 1)
+        return F.conv2d(n, weight, None, self.conv1.stride, self.conv1.padding) + bias.view(1, -1, 1, 1)
 
-    def emit_onnx(self, b, x):                              # as forward
-        return b.conv(self.conv1, x, bn=self.bn1)
+    def integer_weights(self, mean, std):
+        """(W_q float32 [O, C, 3, 3], exact multiples of a power of 2; c float32 [O]; M float32 [C]) of eval mode."""
+        a, b = bn_affine(self.bn1)
+        mean = mean.detach().cpu().numpy().reshape(-1).astype(np.float64)
+        std = std.detach().cpu().numpy().reshape(-1).astype(np.float64)
+        weight = self.conv1.weight.detach().cpu().numpy().astype(np.float64)
+        real = weight * a[:, None, None, None] / (std[None, :, None, None] * INPUT_GRID)  # per unit of n
+        largest = np.maximum(np.abs(real).max(axis=(1, 2, 3)), np.finfo(np.float64).tiny)
+        step = 2.0 ** np.ceil(np.log2(largest / STEM_WEIGHT_LIMIT))[:, None, None, None]
+        quantized = np.round(real / step) * step
+        # x - mean = (n - M + (M - INPUT_GRID * mean)) / INPUT_GRID: the last term goes into c
+        centre = np.round(mean * INPUT_GRID)
+        offset = (centre - INPUT_GRID * mean)[None, :, None, None]
+        bias = b + (quantized * offset).sum(axis=(1, 2, 3))
+        return quantized.astype(np.float32), bias.astype(np.float32), centre.astype(np.float32)
+
+    def emit_onnx(self, b, x, mean, std):                  # as forward in eval mode
+        def make():
+            weight, bias, centre = self.integer_weights(mean, std)
+            name = b.module_name(self.conv1)  # the float conv it computes, its weights on the integer grid
+            return (b.initializer(weight, f"{name}.weight"), b.channel_vector(bias, f"{name}.folded_bias"),
+                    b.channel_vector(centre, f"{name}.input_centre"))
+
+        weight, bias, centre = b._cached(("stem", id(self)), make)
+        n = b.op("Sub", [b.op("Round", [b.op("Mul", [x, b.const(INPUT_GRID, np.float32)])]), centre])
+        conv = b.op("Conv", [n, weight], group=1, kernel_shape=[3, 3], strides=list(self.conv1.stride),
+                    pads=[self.conv1.padding[0], self.conv1.padding[1]] * 2, dilations=[1, 1])
+        return b.op("Add", [conv, bias])
 
 
 class BinaryBlock(nn.Module):
@@ -101,30 +155,29 @@ class BinaryBlock(nn.Module):
         self.prelu2 = nn.PReLU(out_channels)
         self.move23 = LearnableBias(out_channels)
         self.sign = BinaryActivation()
-        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True)
 
     def forward(self, x):
         # [N, in, H, W] -> [N, in, H/s, W/s]: binary 3x3 with identity (or pooled) shortcut
-        shortcut = self.pool(x) if self.stride == 2 else x
-        o1 = self.bn1(self.binary_3x3(self.sign(self.move11(x)))) + shortcut
+        shortcut = average_pool2(x) if self.stride == 2 else x
+        o1 = binary_conv_bn(self.binary_3x3, self.bn1, self.sign(self.move11(x))) + shortcut
         o1 = rprelu(o1, self.move12, self.prelu1, self.move13)
 
         # [N, in, H', W'] -> [N, out, H', W']: binary 1x1, residual o1 (repeated or halved)
         u = self.sign(self.move21(o1))
         if self.out_channels == self.in_channels:
-            o2 = self.bn2(self.binary_pw(u)) + o1
+            o2 = binary_conv_bn(self.binary_pw, self.bn2, u) + o1
         elif self.out_channels > self.in_channels:
             parts = self.out_channels // self.in_channels
-            o2 = torch.cat([getattr(self, f"bn2_{k}")(getattr(self, f"binary_pw_down{k}")(u)) + o1
+            o2 = torch.cat([binary_conv_bn(getattr(self, f"binary_pw_down{k}"), getattr(self, f"bn2_{k}"), u) + o1
                             for k in range(1, parts + 1)], dim=1)
         else:
             first, second = o1.split(self.out_channels, dim=1)
-            o2 = self.bn2_1(self.binary_pw_down1(u)) + (first + second) / 2
+            o2 = binary_conv_bn(self.binary_pw_down1, self.bn2_1, u) + (first + second) / 2
         return rprelu(o2, self.move22, self.prelu2, self.move23)
 
     def emit_onnx(self, b, x):
         """As forward; each sign + bit-packing is one node, read by every conv of its step."""
-        shortcut = b.avg_pool2(x) if self.stride == 2 else x
+        shortcut = emit_average_pool2(b, x) if self.stride == 2 else x
         packed = b.binarize_pack(x, shift=self.move11)
         o1 = b.op("Add", [b.binary_conv(self.binary_3x3, packed, bn=self.bn1), shortcut])
         o1 = emit_rprelu(b, o1, self.move12, self.prelu1, self.move13)
@@ -164,7 +217,6 @@ class BiMobileNet(nn.Module):
         for i in range(1, len(self.widths)):
             stride = 2 if i in strides else 1
             self.feature.append(BinaryBlock(self.widths[i - 1], self.widths[i], stride))
-        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -174,18 +226,18 @@ class BiMobileNet(nn.Module):
         return {name: self.widths[index] for index, name in self.taps.items()}
 
     def forward(self, x):
-        x = (x - self.mean) / self.std  # ImageNet normalisation, as the official encoder
         saved, saved_until = None, None
         taps = {}
         for i, block in enumerate(self.feature):
-            x = block(x)
+            # the stem normalises (ImageNet mean and std, as the official encoder)
+            x = block(x, self.mean, self.std) if i == 0 else block(x)
             if i in self.dense:
                 saved, saved_until = x, self.dense[i]
             elif i == saved_until:
                 # Literal official rule: the dense skip is added only when the triple changed the
                 # spatial size (so the repeated triples of a stage get none); compared on height only, as there.
                 if saved.shape[-2] != x.shape[-2]:
-                    x = x + self.pool(saved)
+                    x = x + average_pool2(saved)
                 saved, saved_until = None, None
             if i in self.taps:
                 taps[self.taps[i]] = x
@@ -193,21 +245,19 @@ class BiMobileNet(nn.Module):
 
     def emit_onnx(self, b, x):
         """As forward (`b`: export's layers.Builder); marks each block's own output for per-block checks."""
-        name = b.module_name(self)
-        mean, std = b.tensor(self.mean, f"{name}.mean"), b.tensor(self.std, f"{name}.std")
-        x = b.op("Div", [b.op("Sub", [x, mean]), std])
         saved, saved_until = None, None
         taps = {}
         for i, block in enumerate(self.feature):
             with b.scope(f"feature.{i}"):
-                x = b.mark(b.module_name(block), block.emit_onnx(b, x))  # before a dense skip
+                x = block.emit_onnx(b, x, self.mean, self.std) if i == 0 else block.emit_onnx(b, x)
+                x = b.mark(b.module_name(block), x)  # before a dense skip
                 if i in self.dense:
                     saved, saved_until = x, self.dense[i]
                 elif i == saved_until:
                     # forward's size test, decided from the structure: a stride-2 block halves
                     # every input of at least 2 px (the network needs 16)
                     if any(self.feature[k].stride == 2 for k in range(saved_until - 2, saved_until + 1)):
-                        x = b.op("Add", [x, b.avg_pool2(saved)])
+                        x = b.op("Add", [x, emit_average_pool2(b, saved)])
                     saved, saved_until = None, None
             if i in self.taps:
                 taps[self.taps[i]] = x

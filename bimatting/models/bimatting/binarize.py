@@ -10,10 +10,19 @@ sign(x) = +1 for x >= 0, -1 otherwise; a binary conv sees a +-1 tensor padded wi
     LearnableBias      per-channel shift; before sign it is RSign, around PReLU it is RPReLU
     rprelu             bias -> PReLU -> bias (ReActNet's RPReLU); emit_rprelu its ONNX nodes
     binary_conv_unit   the standard unit: bias -> sign -> BiConv -> BN -> bias -> PReLU
+    folded_output      a binary conv's output transform (alpha, conv bias, BN) as the exported op holds it
+    BinarySequential   nn.Sequential that, in eval mode, runs each BiConv -> BN pair folded
+
+Eval mode computes what is deployed: a binary conv is the exact integer dot product D of +-1
+tensors, then D * scale + bias with the float32 (scale, bias) of `folded_output`, the two
+roundings of the exported op (bimatting.binops: BinaryConv2d). PyTorch, onnxruntime and the
+compiled kernels then give the same bits before every sign, which a binary network needs: a
+last-bit difference at a value near 0 flips a sign and the flip spreads through later layers.
 
 Source of the formulas: ReActNet (Liu et al., ECCV 2020) and BiMatting (Qin et al., NeurIPS
 2023, htqin/BiMatting `model/mobilenet.py`); sign(0) = +1 follows Larq / LCE.
 """
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -116,8 +125,73 @@ class BiConv2d(nn.Conv2d):
 
     def forward(self, x):
         # [N, Cin, H, W] (+-1) -> [N, O, OH, OW]
+        if not self.training and self.binarize_weights:
+            return self.folded(x, None)
         weight = self.quantized_weight() if self.binarize_weights else self.weight
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def folded(self, x, bn):
+        """Eval: BN(conv(x)) (bn None: conv(x)) as the deployed op computes it, D * scale + bias."""
+        sign_weight, _ = self.binary_weight()
+        dot = F.conv2d(x, sign_weight, None, self.stride, self.padding, self.dilation, self.groups)  # exact
+        scale, bias = (torch.from_numpy(v).to(x.device).view(1, -1, 1, 1) for v in folded_output(self, bn))
+        return dot * scale + bias
+
+
+def _array(tensor):
+    return tensor.detach().cpu().numpy()
+
+
+def bn_affine(bn):
+    """(a, b) float64 [C] with BN(x) = a * x + b in eval mode."""
+    var = _array(bn.running_var).astype(np.float64)
+    mean = _array(bn.running_mean).astype(np.float64)
+    gamma = _array(bn.weight).astype(np.float64) if bn.weight is not None else np.ones_like(var)
+    beta = _array(bn.bias).astype(np.float64) if bn.bias is not None else np.zeros_like(var)
+    a = gamma / np.sqrt(var + bn.eps)
+    return a, beta - mean * a
+
+
+def folded_output(conv, bn=None):
+    """(scale, bias) float32 [O] of a BiConv2d followed by `bn` (or None), so that
+    bn(conv(x)) = D * scale + bias with D the integer dot product of the +-1 operands:
+        scale = alpha * a,  bias = b + b_conv * a     (BN(v) = a * v + b; a = 1, b = 0 without BN)
+    Folded in float64, rounded once to float32: the exporter writes these values and eval mode
+    computes with them."""
+    _, alpha = conv.binary_weight()
+    scale, bias = _array(alpha).astype(np.float64), np.zeros(conv.out_channels)
+    if conv.bias is not None:
+        bias = _array(conv.bias).astype(np.float64)
+    if bn is not None:
+        a, b = bn_affine(bn)
+        scale, bias = scale * a, b + bias * a
+    return scale.astype(np.float32), bias.astype(np.float32)
+
+
+def binary_conv_bn(conv, bn, x):
+    """bn(conv(x)) for a BiConv2d and its BatchNorm2d; eval mode folds them (`BiConv2d.folded`)."""
+    if not conv.training and conv.binarize_weights and not bn.training:
+        return conv.folded(x, bn)
+    return bn(conv(x))
+
+
+class BinarySequential(nn.Sequential):
+    """nn.Sequential whose forward runs each BiConv2d -> BatchNorm2d pair with `binary_conv_bn`
+    (the exporter's walker folds the same pairs); indices and state_dict keys are nn.Sequential's."""
+
+    def forward(self, x):
+        layers = list(self)
+        index = 0
+        while index < len(layers):
+            layer = layers[index]
+            after = layers[index + 1] if index + 1 < len(layers) else None
+            if isinstance(layer, BiConv2d) and isinstance(after, nn.BatchNorm2d):
+                x = binary_conv_bn(layer, after, x)
+                index += 2
+            else:
+                x = layer(x)
+                index += 1
+        return x
 
 
 class LearnableBias(nn.Module):
@@ -151,7 +225,7 @@ def binary_conv_unit(in_channels, out_channels, kernel_size, stride=1):
         -> 3 BN -> 4 LearnableBias(out) -> 5 PReLU(out)
     [N, in, H, W] -> [N, out, H/stride, W/stride]
     """
-    return nn.Sequential(
+    return BinarySequential(
         LearnableBias(in_channels),
         BinaryActivation(),
         BiConv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),

@@ -5,7 +5,7 @@ decode4 (1/16): binary ConvGRU(64) on the second half of the ASPP output (state 
 Incoherent mask M (1/16, per frame): m = [pha_s > 0], M = [|m - up(down(m))| >= 0.01].
 decode3/2/1 (1/8, 1/4, 1/2): x = B3(in) * M_up + B1(in), then ConvGRU_Up on the second half.
 decode0 (1/1): the same two branches, each binary conv -> BN -> ReLU -> FP conv -> BN -> ReLU.
-M_up is the bilinear (soft) upsampling of M to each scale. Training runs both branches densely;
+M_up is M bilinearly doubled to each scale (mask_at). Training runs both branches densely;
 the sparsity only shows in the OPs count (and in deploy kernels that skip where M_up == 0).
 
 Everything works on frames flattened to N = B*T; only the GRUs see [B, T, ...] (shape `bt`).
@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .binarize import BiConv2d, BinaryActivation, LearnableBias, binary_conv_unit
+from .binarize import BiConv2d, BinaryActivation, BinarySequential, LearnableBias, binary_conv_unit
+from .fixed_order import average_pool2, emit_average_pool2, emit_upsample2, upsample2
 from .gru import ConvGRU, ConvGRU_Up, emit_sab
 
 PHA_S = "decoder.incoherent_mask.pha_s"  # the graph's name of the coarse alpha the mask thresholds
@@ -25,6 +26,22 @@ PHA_S = "decoder.incoherent_mask.pha_s"  # the graph's name of the coarse alpha 
 def upsample_to(x, size):
     """Bilinear resize (align_corners=False): [N, C, h, w] -> [N, C, *size]."""
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def mask_at(mask, doublings, size):
+    """The SAB mask [N, 1, h16, w16] at a decoder scale: `doublings` bilinear x2 steps, cropped to
+    `size` (the crop, like the features', where a size is not 2^k times the coarse one). The
+    values are multiples of 2^-2k, exact in every runtime. [N, 1, h16, w16] -> [N, 1, *size]"""
+    for _ in range(doublings):
+        mask = upsample2(mask)
+    return mask[..., :size[0], :size[1]]
+
+
+def emit_mask_at(b, mask, doublings, like):
+    """mask_at as ONNX nodes, cropped to `like`'s H, W."""
+    for _ in range(doublings):
+        mask = emit_upsample2(b, mask)
+    return b.crop_to(mask, like)
 
 
 class IncoherentMask(nn.Module):
@@ -54,19 +71,15 @@ class IncoherentMask(nn.Module):
 class ImagePyramid(nn.Module):
     """s0 [N, 3, H, W] -> s1, s2, s3 at 1/2, 1/4, 1/8 (2x2 average, ceil_mode, no padded counts)."""
 
-    def __init__(self):
-        super().__init__()
-        self.pool = nn.AvgPool2d(2, 2, count_include_pad=False, ceil_mode=True)
-
     def forward(self, s0):
-        s1 = self.pool(s0)
-        s2 = self.pool(s1)
-        return s1, s2, self.pool(s2)
+        s1 = average_pool2(s0)
+        s2 = average_pool2(s1)
+        return s1, s2, average_pool2(s2)
 
     def emit_onnx(self, b, s0):  # as forward
-        s1 = b.avg_pool2(s0)
-        s2 = b.avg_pool2(s1)
-        return s1, s2, b.avg_pool2(s2)
+        s1 = emit_average_pool2(b, s0)
+        s2 = emit_average_pool2(b, s1)
+        return s1, s2, emit_average_pool2(b, s2)
 
 
 class BottleneckBlock(nn.Module):
@@ -95,9 +108,9 @@ class UpsamplingBlock(nn.Module):
     """decode3/2/1: x [N, in, h, w], skip f [N, skip, H, W], image s [N, 3, H, W], r [B, out/2, H, W],
     mask [N, 1, h16, w16] -> (x [N, out, H, W], r [B, out/2, H, W]), with H = ceil(2h) cropped to s."""
 
-    def __init__(self, in_channels, skip_channels, src_channels, out_channels):
+    def __init__(self, in_channels, skip_channels, src_channels, out_channels, mask_doublings):
         super().__init__()
-        self.out_channels = out_channels
+        self.out_channels, self.mask_doublings = out_channels, mask_doublings
         concat = in_channels + skip_channels + src_channels
         self.conv = binary_conv_unit(concat, out_channels, 3)       # masked branch
         self.conv_1x1 = binary_conv_unit(concat, out_channels, 1)   # dense branch
@@ -105,17 +118,17 @@ class UpsamplingBlock(nn.Module):
 
     def forward(self, x, f, s, r, mask, bt):
         size = s.shape[-2:]
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = upsample2(x)
         x = torch.cat([x[..., :size[0], :size[1]], f, s], dim=1)   # [N, in+skip+3, H, W]
-        mask_up = upsample_to(mask, size)                            # [N, 1, H, W], soft
+        mask_up = mask_at(mask, self.mask_doublings, size)           # [N, 1, H, W], soft
         x = self.conv(x) * mask_up + self.conv_1x1(x)                # [N, out, H, W]
         a, b = x.split(self.out_channels // 2, dim=1)
         b, r = self.gru(b.unflatten(0, bt), r, mask_up.unflatten(0, bt))
         return torch.cat([a, b.flatten(0, 1)], dim=1), r
 
     def emit_onnx(self, b, x, f, s, r, mask, out):  # as forward; new state named `out`
-        x = b.op("Concat", [b.upsample2_crop(x, s), f, s], axis=1)
-        mask_up = b.resize_to(mask, b.shape_slice(s, 2, 4))
+        x = b.op("Concat", [b.crop_to(emit_upsample2(b, x), s), f, s], axis=1)
+        mask_up = emit_mask_at(b, mask, self.mask_doublings, s)
         x = emit_sab(b, self.conv, self.conv_1x1, x, mask_up)
         a, rest = b.split(x, [self.out_channels // 2] * 2)
         r = self.gru.emit_onnx(b, rest, r, mask_up, out)
@@ -125,7 +138,7 @@ class UpsamplingBlock(nn.Module):
 def _output_branch(in_channels, out_channels, kernel_size):
     """0 bias -> 1 sign -> 2 BiConv -> 3 BN -> 4 ReLU -> 5 FP conv -> 6 BN -> 7 ReLU (official indices)."""
     padding = kernel_size // 2
-    return nn.Sequential(
+    return BinarySequential(
         LearnableBias(in_channels),
         BinaryActivation(),
         BiConv2d(in_channels, out_channels, kernel_size, 1, padding, bias=False),
@@ -140,21 +153,22 @@ def _output_branch(in_channels, out_channels, kernel_size):
 class OutputBlock(nn.Module):
     """decode0: x [N, in, h, w], s [N, 3, H, W], mask [N, 1, h16, w16] -> hid [N, out, H, W]."""
 
-    def __init__(self, in_channels, src_channels, out_channels):
+    def __init__(self, in_channels, src_channels, out_channels, mask_doublings=4):
         super().__init__()
+        self.mask_doublings = mask_doublings
         self.conv = _output_branch(in_channels + src_channels, out_channels, 3)      # masked branch
         self.conv_1x1 = _output_branch(in_channels + src_channels, out_channels, 1)  # dense branch
 
     def forward(self, x, s, mask):
         size = s.shape[-2:]
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = upsample2(x)
         x = torch.cat([x[..., :size[0], :size[1]], s], dim=1)     # [N, in+3, H, W]
         # The official 4-D path skipped the mask here; both paths use it in this implementation.
-        return self.conv(x) * upsample_to(mask, size) + self.conv_1x1(x)
+        return self.conv(x) * mask_at(mask, self.mask_doublings, size) + self.conv_1x1(x)
 
     def emit_onnx(self, b, x, s, mask):  # as forward; the FP 3x3 after the masked binary one widens its mask
-        x = b.op("Concat", [b.upsample2_crop(x, s), s], axis=1)
-        hid = emit_sab(b, self.conv, self.conv_1x1, x, b.resize_to(mask, b.shape_slice(s, 2, 4)))
+        x = b.op("Concat", [b.crop_to(emit_upsample2(b, x), s), s], axis=1)
+        hid = emit_sab(b, self.conv, self.conv_1x1, x, emit_mask_at(b, mask, self.mask_doublings, s))
         return b.mark(b.module_name(self), hid)
 
 
@@ -185,10 +199,10 @@ class SABDecoder(nn.Module):
         self.pyramid = ImagePyramid()
         self.incoherent_mask = IncoherentMask()
         self.decode4 = BottleneckBlock(f4_ch, coarse_channels=d0_ch)
-        self.decode3 = UpsamplingBlock(f4_ch, f3_ch, 3, d3_ch)   # 128+64+3 = 195 -> 80
-        self.decode2 = UpsamplingBlock(d3_ch, f2_ch, 3, d2_ch)   # 80+32+3 = 115 -> 40
-        self.decode1 = UpsamplingBlock(d2_ch, f1_ch, 3, d1_ch)   # 40+16+3 = 59 -> 32
-        self.decode0 = OutputBlock(d1_ch, 3, d0_ch)              # 32+3 = 35 -> 16
+        self.decode3 = UpsamplingBlock(f4_ch, f3_ch, 3, d3_ch, 1)   # 128+64+3 = 195 -> 80, mask 1/16 -> 1/8
+        self.decode2 = UpsamplingBlock(d3_ch, f2_ch, 3, d2_ch, 2)   # 80+32+3 = 115 -> 40
+        self.decode1 = UpsamplingBlock(d2_ch, f1_ch, 3, d1_ch, 3)   # 40+16+3 = 59 -> 32
+        self.decode0 = OutputBlock(d1_ch, 3, d0_ch, 4)              # 32+3 = 35 -> 16
 
     def forward(self, s0, f1, f2, f3, f4, r1, r2, r3, r4, coarse_head, bt):
         """s0 [N, 3, H, W] (the downsampled source), f1..f4 from encoder + ASPP, r_k [B, C_k, ., .] or

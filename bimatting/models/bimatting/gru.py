@@ -13,6 +13,7 @@ from torch import nn
 
 from ..rvm.conv_gru import emit_update
 from .binarize import BiConv2d, BinaryActivation, LearnableBias
+from .fixed_order import Sigmoid, Tanh
 
 
 def _gate(in_channels, out_channels, kernel_size, activation, shift_after):
@@ -36,8 +37,8 @@ class ConvGRU(nn.Module):
     def __init__(self, channels):
         super().__init__()
         self.channels = channels
-        self.ih = _gate(2 * channels, 2 * channels, 3, nn.Sigmoid(), shift_after=False)
-        self.hh = _gate(2 * channels, channels, 3, nn.Tanh(), shift_after=False)
+        self.ih = _gate(2 * channels, 2 * channels, 3, Sigmoid(), shift_after=False)
+        self.hh = _gate(2 * channels, channels, 3, Tanh(), shift_after=False)
 
     def step(self, x, h):
         # x, h [B, C, H, W] -> h' [B, C, H, W]
@@ -72,10 +73,10 @@ class ConvGRU_Up(nn.Module):
     def __init__(self, channels):
         super().__init__()
         self.channels = channels
-        self.ih = _gate(2 * channels, 2 * channels, 3, nn.Sigmoid(), shift_after=True)
-        self.ih_1x1 = _gate(2 * channels, 2 * channels, 1, nn.Sigmoid(), shift_after=True)
-        self.hh = _gate(2 * channels, channels, 3, nn.Tanh(), shift_after=True)
-        self.hh_1x1 = _gate(2 * channels, channels, 1, nn.Tanh(), shift_after=True)
+        self.ih = _gate(2 * channels, 2 * channels, 3, Sigmoid(), shift_after=True)
+        self.ih_1x1 = _gate(2 * channels, 2 * channels, 1, Sigmoid(), shift_after=True)
+        self.hh = _gate(2 * channels, channels, 3, Tanh(), shift_after=True)
+        self.hh_1x1 = _gate(2 * channels, channels, 1, Tanh(), shift_after=True)
 
     def step(self, x, h, mask):
         # x, h [B, C, H, W], mask [B, 1, H, W] -> h' [B, C, H, W]

@@ -12,7 +12,7 @@ Source: Wu et al., "Fast End-to-End Trainable Guided Filter" (CVPR 2018); RVM / 
 from torch import nn
 
 from ..rvm.guided_filter import deep_guided_filter, emit_deep_guided_filter
-from .binarize import binary_conv_unit
+from .binarize import BinarySequential, binary_conv_unit
 
 
 class BiDeepGuidedFilterRefiner(nn.Module):
@@ -24,7 +24,7 @@ class BiDeepGuidedFilterRefiner(nn.Module):
         self.box_filter = nn.Conv2d(4, 4, kernel_size=3, padding=1, bias=False, groups=4)
         nn.init.constant_(self.box_filter.weight, 1.0 / 9.0)
         # Official indices: 0-5 first binary unit, 6-11 second, 12 the FP output conv.
-        self.conv = nn.Sequential(
+        self.conv = BinarySequential(
             *binary_conv_unit(4 * 2 + hid_channels, hid_channels, 1),
             *binary_conv_unit(hid_channels, hid_channels, 1),
             nn.Conv2d(hid_channels, 4, kernel_size=1, bias=True),

@@ -7,6 +7,7 @@ Source: htqin/BiMatting `model/lraspp.py`, after RVM's LR-ASPP (Howard et al., M
 from torch import nn
 
 from .binarize import BiConv2d, BinaryActivation, LearnableBias, binary_conv_unit
+from .fixed_order import GlobalAveragePool, Sigmoid
 
 
 class BiLRASPP(nn.Module):
@@ -16,11 +17,11 @@ class BiLRASPP(nn.Module):
         super().__init__()
         self.aspp1 = binary_conv_unit(in_channels, out_channels, 1)
         self.aspp2 = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),                                   # 0: [N, in, 1, 1]
+            GlobalAveragePool(),                                       # 0: [N, in, 1, 1]
             LearnableBias(in_channels),                                # 1
             BinaryActivation(),                                        # 2
             BiConv2d(in_channels, out_channels, 1, bias=False),        # 3: [N, out, 1, 1]
-            nn.Sigmoid(),                                              # 4
+            Sigmoid(),                                                 # 4
         )
 
     def forward(self, x):

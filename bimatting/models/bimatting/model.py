@@ -16,12 +16,14 @@ Deliberate departures from htqin/BiMatting @746876b, each a fix:
   * sign(0) = +1 (official torch.sign gives 0);
   * no `channel_threshold` parameters (never read by the official forward).
 """
+import numpy as np
 from torch import nn
 from torch.nn import functional as F
 
 from .binarize import BiConv2d, BinaryActivation, LearnableBias
-from .bimobilenet import STAGE_WIDTHS, TRIPLES, BiMobileNet, stage_widths
+from .bimobilenet import INPUT_GRID, STAGE_WIDTHS, TRIPLES, BiMobileNet, snap_to_grid, stage_widths
 from .decoder import Projection, SABDecoder
+from .fixed_order import emit_resize_by, resize_by
 from .guided_filter import BiDeepGuidedFilterRefiner
 from .lraspp import BiLRASPP
 
@@ -69,7 +71,9 @@ class BiMatting(nn.Module):
             raise ValueError(f"src must be [B, 3, H, W] or [B, T, 3, H, W], got shape {tuple(src.shape)}")
         bt = tuple(src.shape[:2]) if video else (src.shape[0], 1)
         frames = src.flatten(0, 1) if video else src                          # [N=B*T, 3, H, W]
-        small = frames if downsample_ratio == 1 else _resize(frames, downsample_ratio)  # [N, 3, H', W']
+        small = frames if downsample_ratio == 1 else resize_by(frames, downsample_ratio)  # [N, 3, H', W']
+        if not self.training:
+            small = snap_to_grid(small)  # the same image in every runtime (see bimobilenet.INPUT_GRID)
 
         f1, f2, f3, f4 = self.backbone(small)             # 16 @1/2, 32 @1/4, 64 @1/8, 1024 @1/16 of H'
         f4 = self.aspp(f4)                                # [N, 128, H'/16, W'/16]
@@ -107,7 +111,9 @@ class BiMatting(nn.Module):
         layers.Builder, `io`: its graph interface: src, ratio, states in; fgr, pha, states out).
         Children emit themselves; see docs/onnx-ops.md for the binary ops."""
         b.name_modules(self)
-        small = b.resize_by(io.src, io.ratio)                                   # [N, 3, H', W']
+        small = io.src if io.ratio == 1.0 else emit_resize_by(b, io.src, io.ratio)  # [N, 3, H', W']
+        grid = b.const(INPUT_GRID, np.float32)
+        small = b.op("Div", [b.op("Round", [b.op("Mul", [small, grid])]), grid])   # snap_to_grid
         with b.scope("backbone"):
             f1, f2, f3, f4 = self.backbone.emit_onnx(b, small)
         with b.scope("aspp"):
@@ -176,8 +182,3 @@ class BiMatting(nn.Module):
                 if not (key.endswith("." + DEAD_PARAMETER) and key[: -len(DEAD_PARAMETER) - 1] in binary)}
         return super().load_state_dict(kept, strict=strict, assign=assign)
 
-
-def _resize(x, scale):
-    """Bilinear resize by `scale` as RVM (align_corners=False, recompute_scale_factor=False)."""
-    return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
-                         recompute_scale_factor=False)
