@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Recurrent drift over a long clip: the compiled host artifact against onnxruntime, frame by frame.
 
-    python bench/drift.py [--model MODEL] [--frames 1000] [--resolution 256x144] [--input FOOTAGE]
+    python bench/drift.py [--model MODEL] [--frames 1000] [--resolution 256x144] [--downsample-ratio S] [--input FOOTAGE]
                           [--tolerance 1e-4] [--baseline] [--json [--series]]
 
 MODEL is an .onnx from `bimatting export`, a checkpoint (.pth / packed .npz), 'default' (the
@@ -155,7 +155,7 @@ def _summary(rows, tolerance):
 
 
 def measure(model="default", frames=1000, resolution=(256, 144), source=None, tolerance=1e-4, progress=True,
-            baseline=False, series=False):
+            baseline=False, series=False, downsample_ratio=None):
     """Compile `model` for host at `resolution` and compare `frames` recurrent frames; a summary dict
     (`series`: with the per-frame pha mean differences)."""
     from bimatting.deploy.compiler.build import compile_model
@@ -164,7 +164,8 @@ def measure(model="default", frames=1000, resolution=(256, 144), source=None, to
     with tempfile.TemporaryDirectory(prefix="bimatting-drift-") as folder:
         onnx_path = onnx_for(model, folder)
         artifact_path = Path(folder) / "host.tar"
-        meta = compile_model(onnx_path, "host", artifact_path, resolution=tuple(resolution))
+        meta = compile_model(onnx_path, "host", artifact_path, resolution=tuple(resolution),
+                             downsample_ratio=downsample_ratio)
         rows = run_drift(onnx_path, artifact_path, list(footage(source, tuple(resolution), frames)), progress,
                          baseline)
     result = summarise(rows, tolerance)
@@ -186,6 +187,8 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--resolution", default="256x144", help="WxH")
     parser.add_argument("--input", default=None, help="video or frame folder (default: packaged sample clip)")
+    parser.add_argument("--downsample-ratio", type=float, default=None,
+                        help="ratio compiled in (default: the auto ratio for the resolution)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="per-frame mean |pha diff| allowed")
     parser.add_argument("--baseline", action="store_true",
                         help="also compare onnxruntime optimized vs unoptimized (the model's own sensitivity)")
@@ -194,7 +197,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         result = measure(args.model, args.frames, parse_resolution(args.resolution), args.input, args.tolerance,
-                         progress=not args.json, baseline=args.baseline, series=args.series)
+                         progress=not args.json, baseline=args.baseline, series=args.series,
+                         downsample_ratio=args.downsample_ratio)
     except BimattingError as error:
         print(f"Error: {error}", file=sys.stderr)
         return error.exit_code

@@ -35,16 +35,18 @@ def pipeline_front(tvm_target):
 
 
 def pipeline_back(tvm_target, database=None):
-    """Schedule every PrimFunc, then TVM's CPU lowering and finalization passes."""
+    """Schedule every PrimFunc, keep the graph's float roundings (float_order), then TVM's CPU
+    lowering and finalization passes."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from bimatting.deploy.compiler.float_order import NoContraction
     from bimatting.deploy.compiler.schedules import ScheduleModule
 
     @tvm.transform.module_pass(opt_level=0, name="bimatting.Pipeline")
     def _pipeline(mod, _ctx):
         with tvm_target:
-            seq = [ScheduleModule(tvm_target, database)] + cpu.dataflow_lower_passes(tvm_target)
+            seq = [ScheduleModule(tvm_target, database), NoContraction] + cpu.dataflow_lower_passes(tvm_target)
             return tvm.transform.Sequential(seq + cpu.finalize_passes(tvm_target))(mod)
 
     return _pipeline

@@ -129,11 +129,12 @@ def bind_inputs(model, values):
     """Turn graph inputs named in `values` ({name: array}) into initializers (a copy)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    declared = {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in out.graph.input}
     kept = [i for i in out.graph.input if i.name not in values]
     del out.graph.input[:]
     out.graph.input.extend(kept)
-    for name, value in values.items():
-        out.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    for name, value in values.items():  # in the input's declared type (a ratio stays float32)
+        out.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=declared.get(name)), name))
     return out
 
 

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from bimatting.binops.geometry import INTS_PER_GEOMETRY, ConvGeometry
 from bimatting.binops.layout import packed_channels, packed_weight_shape
-from bimatting.deploy.compiler import graph_rewrite, lowering
+from bimatting.deploy.compiler import fold, graph_rewrite, lowering
 from bimatting.deploy.compiler.kernels.bitserial import PackLayout
 from bimatting.errors import InputError
 
@@ -110,6 +110,7 @@ def import_onnx(model, shapes, kernel_config, constants=None):
 
     if constants:
         model = graph_rewrite.bind_inputs(model, constants)
+    model = fold.fold_shape_arithmetic(model, shapes)
     rewritten, _ = graph_rewrite.rewrite(model)
     with _scoped_converters(_make_converters(kernel_config)), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the ONNX checker does not know the private domain

@@ -15,6 +15,8 @@ them, so every PrimFunc left unscheduled by the bitserial pass gets one of these
 """
 from dataclasses import dataclass
 
+import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target.codegen import llvm_get_vector_width
@@ -105,10 +107,35 @@ class Injective(ScheduleRule):
         return sch
 
 
+# A block read more than once (by one consumer or several) is copied into each read when inlined; chains of
+# such blocks (polynomials, averages of averages) grow exponentially. Above this many expression
+# nodes a block read more than once stays a buffer.
+INLINE_COPY_LIMIT = 12
+
+
+_ARITHMETIC = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.Max, tirx.Min, tirx.Select, tvm.ir.expr.TensorLoad)
+
+
+def _count(node, kinds, where=lambda n: True):
+    found = []
+    tvm_ffi.structural_walk(node, [(kinds, lambda n: found.append(1) if where(n) else None)])
+    return len(found)
+
+
+def _copies_too_large(sch, block_rv):
+    store = sch.get(block_rv).body
+    reads = sum(_count(sch.get(consumer).body, tvm.ir.expr.TensorLoad, lambda n: n.source.same_as(store.buffer))
+                for consumer in sch.get_consumers(block_rv))
+    return reads > 1 and _count(store.value, _ARITHMETIC) > INLINE_COPY_LIMIT
+
+
 def _try_inline_all(sch, infos):
     """Inline injective blocks into their consumers where possible; the rest stay."""
     remaining = []
     for info in infos[:-1]:
+        if _copies_too_large(sch, info.block_rv):
+            remaining.append(info)
+            continue
         try:
             sch.compute_inline(info.block_rv)
         except s_tir.ScheduleError:  # not inlinable (e.g. several consumers): keep it
@@ -187,7 +214,7 @@ class ElementwiseWithReductions(ScheduleRule):
         lanes = _lanes(target)
         remaining = []
         for info in infos[:-1]:
-            if not info.is_injective():
+            if not info.is_injective() or _copies_too_large(sch, info.block_rv):
                 remaining.append(info)
                 continue
             try:
