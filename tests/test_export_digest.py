@@ -19,9 +19,9 @@ import torch
 from bimatting.export import exporter
 
 DIGESTS = {
-    ("default", None, None): "ed6086d132fa458b29125b743f595818f72c20b218c5b65fccc55045bca29f52",
-    ("default", (512, 288), None): "bce595f46c69832680c8b7447f01df9c783da6d62a307db60ac41a104b56a96d",
-    ("default", (512, 288), 0.5): "7fbc7b14dbffbd0019e65591f2341dd5c6fb7ceb042db8de22a9ac27e2ef113b",
+    ("default", None, None): "20f7d779a40410621c7ef40a80bfc1c1377608d9790c0fd0946a0650fb1acc14",
+    ("default", (512, 288), None): "56e335d5ccd57b0f5189aa7c1f6c135d3fc9f3ab7c6b8cb676f33195d672b681",
+    ("default", (512, 288), 0.5): "33991c75c1b73dc233794ffe2ce85f381fe5e55df48ef9e0fe5258927c594785",
     ("rvm", None, None): "94506064567e8e324d47f17bebf0ab5c64e0c6830f73b6ee88f5e7807e731468",
     ("rvm", (512, 288), 0.25): "c3df607d8c3b5ce8a2ed979b7997b7d0ab0259929f6d0bf86be76049c089ed8e",
 }

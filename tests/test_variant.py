@@ -101,8 +101,9 @@ def test_bimatting_with_a_shallower_encoder_exports_compiles_and_verifies(tmp_pa
     blocks = [name for name in block_outputs(model) if name.startswith("backbone.feature.")]
     assert blocks == [f"backbone.feature.{i}" for i in range(12)]  # one emit per block, no more
     dense = [n for n in model.graph.node if n.op_type == "AveragePool" and n.name.startswith("backbone.")]
-    # stride-2 shortcuts of blocks 2, 5, 8 plus the three dense skips (each triple halves the size)
-    assert len(dense) == 6, [n.name for n in dense]
+    # stride-2 shortcuts of blocks 2, 5, 8 plus the three dense skips (each triple halves the size),
+    # each a pair of 2-tap AveragePools (fixed_order.average_pool2)
+    assert len(dense) == 12, [n.name for n in dense]
 
 
 def test_a_shallower_variant_checkpoint_rebuilds_its_structure(tmp_path):

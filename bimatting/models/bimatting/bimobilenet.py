@@ -85,7 +85,8 @@ class Stem(nn.Module):
             return self.bn1(self.conv1((x - mean) / std))
         weight, bias, centre = (torch.from_numpy(v).to(x.device) for v in self.integer_weights(mean, std))
         n = torch.round(x * INPUT_GRID) - centre.view(1, -1, 1, 1)
-        return F.conv2d(n, weight, None, self.conv1.stride, self.conv1.padding) + bias.view(1, -1, 1, 1)
+        # conv1 with the integer-grid weights, called as the module so that hooks still see it
+        return torch.func.functional_call(self.conv1, {"weight": weight}, (n,)) + bias.view(1, -1, 1, 1)
 
     def integer_weights(self, mean, std):
         """(W_q float32 [O, C, 3, 3], exact multiples of a power of 2; c float32 [O]; M float32 [C]) of eval mode."""

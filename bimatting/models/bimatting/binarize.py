@@ -123,10 +123,10 @@ class BiConv2d(nn.Conv2d):
         alpha = centred.abs().mean(dim=(1, 2, 3), keepdim=True).detach()
         return _ScaledSignSTE.apply(centred, alpha)
 
-    def forward(self, x):
-        # [N, Cin, H, W] (+-1) -> [N, O, OH, OW]
+    def forward(self, x, bn=None):
+        # [N, Cin, H, W] (+-1) -> [N, O, OH, OW]; `bn` (eval mode only): the BatchNorm folded in
         if not self.training and self.binarize_weights:
-            return self.folded(x, None)
+            return self.folded(x, bn)
         weight = self.quantized_weight() if self.binarize_weights else self.weight
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
@@ -171,7 +171,7 @@ def folded_output(conv, bn=None):
 def binary_conv_bn(conv, bn, x):
     """bn(conv(x)) for a BiConv2d and its BatchNorm2d; eval mode folds them (`BiConv2d.folded`)."""
     if not conv.training and conv.binarize_weights and not bn.training:
-        return conv.folded(x, bn)
+        return conv(x, bn=bn)  # through the module: hooks (profile, probes) still see the conv
     return bn(conv(x))
 
 

@@ -9,9 +9,10 @@ runtime may pick.
 """
 import numpy as np
 import torch
-from onnx import TensorProto
 from torch import nn
 from torch.nn import functional as F
+
+ONNX_INT64, ONNX_DOUBLE = 7, 11  # onnx.TensorProto element types (models do not import onnx)
 
 
 def average_pool2(x):
@@ -93,9 +94,9 @@ class GlobalAveragePool(nn.Module):
         return x.double().mean(dim=(2, 3), keepdim=True).float()
 
     def emit_onnx(self, b, x):
-        wide = b.op("Cast", [x], to=TensorProto.DOUBLE)
+        wide = b.op("Cast", [x], to=ONNX_DOUBLE)
         mean = b.op("ReduceMean", [wide, b.const([2, 3])], keepdims=1)
-        return b.op("Cast", [mean], to=TensorProto.FLOAT)
+        return b.op("Cast", [mean], to=b.FLOAT)
 
 
 # tanh(x) ~ x P(x^2) / Q(x^2) on |x| <= 7.90531 (clamped outside, where tanh is 1 in float32), the
@@ -186,7 +187,7 @@ def resize_by(x, ratio):
 
 
 def _emit_resize_axis(b, x, axis, ratio):
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    f32, i64 = b.FLOAT, ONNX_INT64
     length = b.op("Gather", [b.op("Shape", [x]), b.const(axis)], axis=0)                     # scalar int64
     size = b.op("Cast", [b.op("Floor", [b.op("Mul", [b.op("Cast", [length], to=f32), ratio])])], to=i64)
     index = b.op("Cast", [b.op("Range", [b.const(0), size, b.const(1)])], to=f32)
