@@ -63,7 +63,7 @@ def _is_global(pool):
 class Builder(GraphBuilder):
     """GraphBuilder + torch layers -> nodes. Shapes NCHW; every size is read from the modules."""
 
-    def _cached(self, key, make):
+    def cached(self, key, make):
         """Initializer names for `key`, made once: a module applied several times shares its weights."""
         if key not in self.param_cache:
             self.param_cache[key] = make()
@@ -88,12 +88,12 @@ class Builder(GraphBuilder):
                 names.append(self.initializer(bias.astype(np.float32), f"{name}.bias"))
             return names
 
-        params = self._cached(("conv", id(module), id(bn)), make)
+        params = self.cached(("conv", id(module), id(bn)), make)
         return self.op("Conv", [x] + params, group=module.groups, **_conv_attrs(module))
 
     def add_channel_bias(self, module, x):
         """LearnableBias: x + b, b [1, C, 1, 1]."""
-        bias = self._cached(("shift", id(module)),
+        bias = self.cached(("shift", id(module)),
                             lambda: self.initializer(to_array(module.bias), f"{self.module_name(module)}.bias"))
         return self.op("Add", [x, bias])
 
@@ -105,7 +105,7 @@ class Builder(GraphBuilder):
                 return self.initializer(to_array(module.weight).reshape(1), name)
             return self.channel_vector(to_array(module.weight), name)
 
-        return self.op("PRelu", [x, self._cached(("prelu", id(module)), make)])
+        return self.op("PRelu", [x, self.cached(("prelu", id(module)), make)])
 
     def binarize_pack(self, x, shift=None):
         """[shift ->] sign -> bit-pack: float [N,C,H,W] -> uint8 [N,ceil(C/8),H,W] (ai.bimatting.BinarizePack)."""
@@ -125,7 +125,7 @@ class Builder(GraphBuilder):
             return [self.initializer(weight_packed, f"{name}.weight_packed"),
                     self.initializer(scale, f"{name}.scale"), self.initializer(bias, f"{name}.bias")]
 
-        inputs = [packed] + self._cached(("binary_conv", id(module), id(bn)), make)
+        inputs = [packed] + self.cached(("binary_conv", id(module), id(bn)), make)
         attrs = dict(channels_in=module.in_channels, **_conv_attrs(module))
         if mask is not None:
             return self.custom("BinaryConv2dMasked", inputs + [mask], **attrs)

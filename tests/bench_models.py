@@ -197,3 +197,14 @@ def tiny_recurrent_onnx(path, width=64, height=48, seed=0):
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def needs_cross_compiler():
+    """Skip when the aarch64 cross compiler (installed by scripts/install.sh --test) is missing:
+    rpi4 artifacts cannot be linked without it."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("cross compiler aarch64-linux-gnu-g++ is not installed")

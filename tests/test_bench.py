@@ -33,15 +33,10 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def needs_cross_compiler():
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("cross compiler aarch64-linux-gnu-g++ is not installed")
-
-
 @pytest.fixture(scope="session")
 def bimatting_rpi4(tmp_path_factory):
     """A tie-free random BiMatting (tests/bench_models.py) compiled for rpi4 at 128x96."""
-    needs_cross_compiler()
+    bench_models.needs_cross_compiler()
     return bench_models.compiled_artifact(tmp_path_factory.mktemp("bench-models"), "rpi4")
 
 
@@ -225,7 +220,7 @@ def _start_long_bench(tiny, board, out, *options):
 
 @pytest.mark.emulated
 def test_server_killed_mid_bench_keeps_a_partial_report(emulator_ready, tiny, tmp_path):
-    needs_cross_compiler()
+    bench_models.needs_cross_compiler()
     out = tmp_path / "report"
     with emulator.start_board("rpi4") as board:
         process, progress = _start_long_bench(tiny, board, out)
@@ -246,7 +241,7 @@ def test_server_killed_mid_bench_keeps_a_partial_report(emulator_ready, tiny, tm
 
 @pytest.mark.emulated
 def test_a_board_that_stops_answering_hits_the_timeout(emulator_ready, tiny, tmp_path):
-    needs_cross_compiler()
+    bench_models.needs_cross_compiler()
     out = tmp_path / "report"
     with emulator.start_board("rpi4") as board:
         process, progress = _start_long_bench(tiny, board, out, "--timeout", "4")
@@ -275,7 +270,7 @@ def test_bench_and_tune_modules_do_not_import_torch():
 
 
 def test_aarch64_artifact_against_an_x86_server_is_a_clear_error(tiny):
-    needs_cross_compiler()
+    bench_models.needs_cross_compiler()
     port = emulator.free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),

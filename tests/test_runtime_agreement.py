@@ -16,13 +16,14 @@ onnxruntime, mean <= 1e-4 and max <= 1e-2 per frame).
 """
 import importlib.resources
 import json
-import shutil
 
 import numpy as np
 import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+
+import bench_models
 
 from bimatting.cli import cli
 from bimatting.export import exporter, verify
@@ -132,8 +133,7 @@ def test_a_hundred_held_out_frames_agree(shipped, clip, size_name, tmp_path):
 
 @pytest.mark.emulated
 def test_bench_on_the_emulated_rpi4_verifies_on_held_out_footage(shipped, clip, emulated_board, tmp_path):
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("cross compiler aarch64-linux-gnu-g++ is not installed")
+    bench_models.needs_cross_compiler()
     from bimatting.deploy.compiler.build import compile_model
 
     path = tmp_path / "shipped.onnx"

@@ -96,7 +96,7 @@ def _to_uint8(x):
     return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
 
 
-def _cached(cache_dir, key, compute):
+def cached(cache_dir, key, compute):
     """compute() -> tuple of tensors, stored under cache_dir/<sha of key>.pt."""
     if cache_dir is None:
         return compute()
@@ -136,7 +136,7 @@ def load_training_items(footage, images, heldout, teacher, *, short_side, max_fr
             limit = 1 if still else min(max_frames, cut[0]) if cut else max_frames
             frames = to_tensor(read_clip(source, limit, short_side=short_side)[:limit])
             return (frames, *teacher_outputs(teacher, frames))
-        frames, fgr, pha = _cached(cache_dir, key, compute)
+        frames, fgr, pha = cached(cache_dir, key, compute)
         return Item(Path(source).name, frames, fgr, pha) if len(frames) else None
 
     jobs = [(s, False) for s in clip_sources] + [(s, True) for s in stills]
@@ -159,7 +159,7 @@ def load_heldout(specs, teacher, long_side, frames_per_clip, cache_dir=None):
             frames = to_tensor(frames[:frames_per_clip])
             from bimatting.eval.agreement import run_recurrent
             return (frames, *run_recurrent(teacher, frames, 1.0, 16))
-        frames, fgr, pha = _cached(cache_dir, key, compute)
+        frames, fgr, pha = cached(cache_dir, key, compute)
         if len(frames) == 0:
             raise InputError(f"held-out '{spec}' has no frames in that range")
         name = path.parent.name if path.name == "frames" or path.is_file() else path.name

@@ -14,7 +14,6 @@ Source: htqin/BiMatting `model/mobilenet.py` (structure and numbers; code writte
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .fixed_order import average_pool2, emit_average_pool2
 from .binarize import BiConv2d, BinaryActivation, LearnableBias, binary_conv_bn, bn_affine, emit_rprelu, rprelu
@@ -111,7 +110,7 @@ class Stem(nn.Module):
             return (b.initializer(weight, f"{name}.weight"), b.channel_vector(bias, f"{name}.folded_bias"),
                     b.channel_vector(centre, f"{name}.input_centre"))
 
-        weight, bias, centre = b._cached(("stem", id(self)), make)
+        weight, bias, centre = b.cached(("stem", id(self)), make)
         n = b.op("Sub", [b.op("Round", [b.op("Mul", [x, b.const(INPUT_GRID, np.float32)])]), centre])
         conv = b.op("Conv", [n, weight], group=1, kernel_shape=[3, 3], strides=list(self.conv1.stride),
                     pads=[self.conv1.padding[0], self.conv1.padding[1]] * 2, dilations=[1, 1])
