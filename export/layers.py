@@ -19,6 +19,7 @@ from torch import nn
 
 from bimatting.binops import reference
 from bimatting.models.bimatting.binarize import bn_affine, folded_output
+from bimatting.models.bimatting.fixed_point import chain_at
 from bimatting.export.graph import GraphBuilder, to_array
 
 
@@ -113,19 +114,22 @@ class Builder(GraphBuilder):
             x = self.add_channel_bias(shift, x)
         return self.custom("BinarizePack", [x])
 
-    def binary_conv(self, module, packed, bn=None, mask=None):
+    def binary_conv(self, module, packed, bn=None, mask=None, folded=None):
         """BiConv2d (+ conv bias, + following BN) on a packed input -> ai.bimatting.BinaryConv2d[Masked].
 
         uint8 [N,ceil(Cin/8),H,W] -> float [N,O,OH,OW]; with `mask` [N,1,OH,OW] exactly 0 where mask == 0.
+        `folded` = (scale, bias) float32 [O] replaces the folded conv bias and BN (as BiConv2d's `output`).
         """
         def make():
             name = self.module_name(module)
             weight_packed, _ = binary_weights(module)
-            scale, bias = folded_output(module, bn)  # what eval mode computes with
+            scale, bias = folded_output(module, bn) if folded is None else folded  # what eval mode computes with
             return [self.initializer(weight_packed, f"{name}.weight_packed"),
-                    self.initializer(scale, f"{name}.scale"), self.initializer(bias, f"{name}.bias")]
+                    self.initializer(np.asarray(scale, np.float32), f"{name}.scale"),
+                    self.initializer(np.asarray(bias, np.float32), f"{name}.bias")]
 
-        inputs = [packed] + self.cached(("binary_conv", id(module), id(bn)), make)
+        key = ("binary_conv", id(module), id(bn), folded is not None)
+        inputs = [packed] + self.cached(key, make)
         attrs = dict(channels_in=module.in_channels, **_conv_attrs(module))
         if mask is not None:
             return self.custom("BinaryConv2dMasked", inputs + [mask], **attrs)
@@ -149,17 +153,17 @@ class Builder(GraphBuilder):
                 x = self.binarize_pack(x, shift=layer)
                 index += 2
                 continue
+            chain = chain_at(layers, index)
+            if chain is not None:
+                x = chain.emit_onnx(self, x, mask=self._conv_mask(mask, layers[index + 1:]))
+                index += chain.length
+                continue
             if kind == "BinaryActivation":
                 x = self.binarize_pack(x)
             elif isinstance(layer, nn.Conv2d):
                 bn = after if isinstance(after, nn.BatchNorm2d) else None
                 if is_binary_conv(layer):
-                    conv_mask = None
-                    if mask is not None:
-                        reach = _halo(layers[index + 1:])
-                        conv_mask = mask if reach == 0 else self.op(
-                            "MaxPool", [mask], kernel_shape=[2 * reach + 1] * 2, pads=[reach] * 4)
-                    x = self.binary_conv(layer, x, bn=bn, mask=conv_mask)
+                    x = self.binary_conv(layer, x, bn=bn, mask=self._conv_mask(mask, layers[index + 1:]))
                 else:
                     x = self.conv(layer, x, bn=bn)
                 index += 2 if bn is not None else 1
@@ -186,6 +190,13 @@ class Builder(GraphBuilder):
                 raise ValueError(f"cannot export layer {kind} in {self.module_name(seq)}")
             index += 1
         return x
+
+    def _conv_mask(self, mask, later_layers):
+        """The mask of a masked binary conv, widened by the reach of the convs after it (None: dense)."""
+        if mask is None:
+            return None
+        reach = _halo(later_layers)
+        return mask if reach == 0 else self.op("MaxPool", [mask], kernel_shape=[2 * reach + 1] * 2, pads=[reach] * 4)
 
     def apply(self, module, x):
         """One module on x: a Sequential walked, a layer the walker knows, or the module's emit_onnx."""

@@ -69,7 +69,7 @@ def tie_free_bimatting(clip, seed=0, downsample_ratio=1.0, config=None):
     net = build_model("bimatting", **(config or {})).eval()
     recurrent = {m for gru in net.modules() if isinstance(gru, (ConvGRU, ConvGRU_Up))
                  for m in gru.modules() if isinstance(m, LearnableBias)}
-    head = net.project_mat.conv
+    head = net.project_mat  # the module, not its conv: eval mode calls the conv with float64 copies
     state = {"calibrate": True, "done": set(), "made_by": {}, "margins": [], "head_calls": 0}
 
     def bias_hook(module, inputs, output):
@@ -95,7 +95,7 @@ def tie_free_bimatting(clip, seed=0, downsample_ratio=1.0, config=None):
         if state["calibrate"]:
             shift = _gap_shift(_per_channel(logits))
             with torch.no_grad():
-                module.bias[3] += shift[0]
+                module.conv.bias[3] += shift[0]
             logits = logits + shift
             output = torch.cat([output[:, :3], logits], dim=1)
         state["margins"].append(float(logits.abs().min()))

@@ -117,11 +117,13 @@ def test_bimatting_file_is_small_checked_and_every_binary_conv_is_custom(bimatti
     assert sorted(exported) == sorted(binary)
     assert len(custom_convs) == len(binary)
     # no float Conv stands in for a binary one: every Conv reads weights of a full-precision module
+    # (its own, or their integer form where it reads an integer chain: models/bimatting/fixed_point.py)
     float_modules = {name for name, m in bimatting_net.named_modules()
                      if isinstance(m, nn.Conv2d) and not isinstance(m, BiConv2d)}
     for node in model.graph.node:
         if node.op_type == "Conv":
-            assert node.input[1].removesuffix(".weight") in float_modules, node.input[1]
+            module_name, weight_kind = node.input[1].rsplit(".", 1)
+            assert module_name in float_modules and weight_kind in ("weight", "integer_weight"), node.input[1]
     # the masked variant is used exactly for the SAB 3x3 branches
     masked = sorted(n.input[1].removesuffix(".weight_packed") for n in custom_convs
                     if n.op_type == "BinaryConv2dMasked")

@@ -123,18 +123,20 @@ class BiConv2d(nn.Conv2d):
         alpha = centred.abs().mean(dim=(1, 2, 3), keepdim=True).detach()
         return _ScaledSignSTE.apply(centred, alpha)
 
-    def forward(self, x, bn=None):
-        # [N, Cin, H, W] (+-1) -> [N, O, OH, OW]; `bn` (eval mode only): the BatchNorm folded in
+    def forward(self, x, bn=None, output=None):
+        # [N, Cin, H, W] (+-1) -> [N, O, OH, OW]; eval mode only: `bn` the BatchNorm folded in, or
+        # `output` = (scale, bias) float32 [O] given (D * scale + bias; see fixed_point.IntegerChain)
         if not self.training and self.binarize_weights:
-            return self.folded(x, bn)
+            return self.folded(x, bn, output)
         weight = self.quantized_weight() if self.binarize_weights else self.weight
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def folded(self, x, bn):
+    def folded(self, x, bn, output=None):
         """Eval: BN(conv(x)) (bn None: conv(x)) as the deployed op computes it, D * scale + bias."""
         sign_weight, _ = self.binary_weight()
         dot = F.conv2d(x, sign_weight, None, self.stride, self.padding, self.dilation, self.groups)  # exact
-        scale, bias = (torch.from_numpy(v).to(x.device).view(1, -1, 1, 1) for v in folded_output(self, bn))
+        output = folded_output(self, bn) if output is None else output
+        scale, bias = (torch.from_numpy(np.asarray(v, np.float32)).to(x.device).view(1, -1, 1, 1) for v in output)
         return dot * scale + bias
 
 
@@ -177,15 +179,22 @@ def binary_conv_bn(conv, bn, x):
 
 class BinarySequential(nn.Sequential):
     """nn.Sequential whose forward runs each BiConv2d -> BatchNorm2d pair with `binary_conv_bn`
-    (the exporter's walker folds the same pairs); indices and state_dict keys are nn.Sequential's."""
+    (the exporter's walker folds the same pairs) and, in eval mode, each binary conv -> BN -> ReLU
+    -> float conv -> BN as fixed_point.IntegerChain; indices and state_dict keys are nn.Sequential's."""
 
     def forward(self, x):
+        from .fixed_point import chain_at  # fixed_point builds on this module
+
         layers = list(self)
         index = 0
         while index < len(layers):
             layer = layers[index]
             after = layers[index + 1] if index + 1 < len(layers) else None
-            if isinstance(layer, BiConv2d) and isinstance(after, nn.BatchNorm2d):
+            chain = chain_at(layers, index) if not self.training else None
+            if chain is not None:
+                x = chain.forward(x)
+                index += chain.length
+            elif isinstance(layer, BiConv2d) and isinstance(after, nn.BatchNorm2d):
                 x = binary_conv_bn(layer, after, x)
                 index += 2
             else:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .binarize import BiConv2d, BinaryActivation, BinarySequential, LearnableBias, binary_conv_unit
+from .fixed_point import emit_wide_conv1x1, wide_conv1x1
 from .fixed_order import average_pool2, emit_average_pool2, emit_upsample2, upsample2
 from .gru import ConvGRU, ConvGRU_Up, emit_sab
 
@@ -173,17 +174,18 @@ class OutputBlock(nn.Module):
 
 
 class Projection(nn.Module):
-    """Full-precision 1x1 head: [N, in, H, W] -> [N, out, H, W]."""
+    """Full-precision 1x1 head: [N, in, H, W] -> [N, out, H, W]. Eval mode sums in float64 and
+    rounds once (fixed_point.wide_conv1x1): pha_s > 0 and the refiner's signs read its output."""
 
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x):
-        return self.conv(x)
+        return self.conv(x) if self.training else wide_conv1x1(self.conv, x)
 
-    def emit_onnx(self, b, x):  # as forward
-        return b.conv(self.conv, x)
+    def emit_onnx(self, b, x):  # as forward in eval mode
+        return emit_wide_conv1x1(b, self.conv, x)
 
 
 class SABDecoder(nn.Module):

@@ -211,3 +211,46 @@ def emit_resize_by(b, x, ratio):
         ratio = b.const(float(ratio), np.float32)
     ratio = b.op("Reshape", [ratio, b.const([], np.int64)]) if isinstance(ratio, str) else ratio
     return _emit_resize_axis(b, _emit_resize_axis(b, x, 3, ratio), 2, ratio)
+
+
+def channel_mean3(x):
+    """mean over 3 channels as ((x0 + x1) + x2) * float32(1/3): [N, 3, H, W] -> [N, 1, H, W]."""
+    third = torch.tensor(1.0 / 3.0, dtype=x.dtype, device=x.device)
+    return (x[:, 0:1] + x[:, 1:2] + x[:, 2:3]) * third
+
+
+def emit_channel_mean3(b, x):
+    """channel_mean3 as ONNX nodes (Split, Add, Add, Mul)."""
+    r, g, blue = b.op("Split", [x, b.const([1, 1, 1])], n_out=3, axis=1)
+    return b.op("Mul", [b.op("Add", [b.op("Add", [r, g]), blue]), b.const(1.0 / 3.0, np.float32)])
+
+
+def depthwise3x3(x, weight):
+    """Depthwise 3x3 conv, zero padding 1, stride 1 (the guided filter's box): [N, C, H, W] ->
+    [N, C, H, W], with weight [C, 1, 3, 3] summed tap by tap in row-major order,
+        y = (...((w00 x00 + w01 x01) + w02 x02) + ...) + w22 x22
+    each product rounded, then each sum (a depthwise Conv orders its nine terms each runtime's way)."""
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1))
+    total = None
+    for i in range(3):
+        for j in range(3):
+            term = weight[:, 0, i, j].view(1, -1, 1, 1) * padded[..., i:i + height, j:j + width]
+            total = term if total is None else total + term
+    return total
+
+
+def emit_depthwise3x3(b, x, weight, name):
+    """depthwise3x3 as ONNX nodes (Pad, Slice, Mul, Add); `weight` [C, 1, 3, 3] float32 (initializers
+    `name`.tap<i><j>, shared by every call with the same name)."""
+    taps = b.cached(("depthwise3x3", name), lambda: [
+        b.channel_vector(weight[:, 0, i, j], f"{name}.tap{i}{j}") for i in range(3) for j in range(3)])
+    padded = b.op("Pad", [x, b.const([0, 0, 1, 1, 0, 0, 1, 1])])
+    total = None
+    for i in range(3):
+        for j in range(3):
+            ends = [i - 2 if i < 2 else np.iinfo(np.int64).max, j - 2 if j < 2 else np.iinfo(np.int64).max]
+            window = b.op("Slice", [padded, b.const([i, j]), b.const(ends), b.const([2, 3])])
+            term = b.op("Mul", [taps[3 * i + j], window])
+            total = term if total is None else b.op("Add", [total, term])
+    return total

@@ -36,16 +36,23 @@ class DeepGuidedFilterRefiner(nn.Module):
         return emit_deep_guided_filter(b, self.box_filter, self.conv, fine_src, base_src, base_y, base_hid)
 
 
-def deep_guided_filter(box_filter, predict_a, fine_src, base_src, base_fgr_residual, base_pha, base_hid):
+def channel_mean(x):
+    """[N, C, H, W] -> [N, 1, H, W]."""
+    return x.mean(1, keepdim=True)
+
+
+def deep_guided_filter(box_filter, predict_a, fine_src, base_src, base_fgr_residual, base_pha, base_hid,
+                       gray=channel_mean):
     """The guided-filter arithmetic shared by RVM's refiner and BiMatting's binary one (BiDGF):
-    only `predict_a`, the 1x1 network from [cov_xy, var_x, hid] to A, differs between them.
+    `predict_a`, the 1x1 network from [cov_xy, var_x, hid] to A, differs between them; BiMatting's
+    eval mode also passes its fixed-order `box_filter` (a callable) and `gray`.
 
         cov_xy = box(x*y) - box(x)*box(y),   var_x = box(x*x) - box(x)^2
         A = predict_a([cov_xy, var_x, hid]),  b = box(y) - A*box(x)
         out = up(A) * x_fine + up(b)          (bilinear, align_corners=False)
     """
-    fine_x = torch.cat([fine_src, fine_src.mean(1, keepdim=True)], dim=1)      # [N,4,H,W]
-    base_x = torch.cat([base_src, base_src.mean(1, keepdim=True)], dim=1)      # [N,4,h,w]
+    fine_x = torch.cat([fine_src, gray(fine_src)], dim=1)                      # [N,4,H,W]
+    base_x = torch.cat([base_src, gray(base_src)], dim=1)                      # [N,4,h,w]
     base_y = torch.cat([base_fgr_residual, base_pha], dim=1)                   # [N,4,h,w]
 
     mean_x = box_filter(base_x)
@@ -63,14 +70,16 @@ def deep_guided_filter(box_filter, predict_a, fine_src, base_src, base_fgr_resid
     return fgr_residual, pha
 
 
-def emit_deep_guided_filter(b, box_filter, predict_a, fine_src, base_src, base_y, base_hid):
+def emit_deep_guided_filter(b, box_filter, predict_a, fine_src, base_src, base_y, base_hid, box=None, gray=None):
     """deep_guided_filter as ONNX nodes (`b`: export's layers.Builder). The forward's split of y
-    into (fgr residual, pha) and concat back is an identity, so y stays one [N,4,.,.] value here."""
+    into (fgr residual, pha) and concat back is an identity, so y stays one [N,4,.,.] value here.
+    `box` and `gray` (value -> value) replace the box filter's Conv and the channel ReduceMean."""
     def with_gray(image):                                                      # [N,3,.,.] -> [N,4,.,.]
-        return b.op("Concat", [image, b.reduce_mean(image, [1])], axis=1)
+        return b.op("Concat", [image, gray(image) if gray else b.reduce_mean(image, [1])], axis=1)
 
-    def box(x):                                                                # one shared initializer
-        return b.conv(box_filter, x)
+    if box is None:
+        def box(x):                                                            # one shared initializer
+            return b.conv(box_filter, x)
 
     fine_x, base_x = with_gray(fine_src), with_gray(base_src)
     mean_x, mean_y = box(base_x), box(base_y)
