@@ -6,10 +6,9 @@ for pha and for fgr.
 
 Sign decisions at near-ties. BiMatting's eval mode computes what the graph computes, operation
 for operation (folded binary convs, an integer-exact stem, fixed-order pooling, upsampling, tanh
-and sigmoid: bimatting/models/bimatting/fixed_order.py), so the values before its encoder's and
-decoder's signs are the same bits in both; only the refiner reads float convs whose summation
-order each runtime picks (decode0's 3x3 and the box filter). Other networks (RVM, older graphs)
-differ by float rounding, up to ~3e-5 after a residual stream. A value that close to 0 can take
+and sigmoid, exact float layers after the binary part: bimatting/models/bimatting/fixed_order.py
+and fixed_point.py), so the values before every sign are the same bits in both. Other networks
+(RVM, older graphs) differ by float rounding, up to ~3e-5 after a residual stream. A value that close to 0 can take
 the other sign, and in a binary network one flipped bit flips about ten bits of the next layer:
 the two runs then diverge completely, although both are right to float precision.
 The comparison therefore aligns such decisions: where the PyTorch pre-sign value is within
