@@ -67,8 +67,8 @@ def schedule_bconv(sch, kernel_config, tunable=False):
     # Epilogue of one tile (the loops reverse_compute_at made under `oo`): o outer, x inner
     # (contiguous in NCHW), both unrolled: at most vec x owt values.
     tile_loops = sch.get_loops(out)[-2:]
-    for loop in tile_loops:
-        sch.unroll(loop)
+    sch.unroll(tile_loops[0])
+    sch.vectorize(tile_loops[1])
     return sch
 
 
