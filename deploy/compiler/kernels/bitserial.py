@@ -76,7 +76,7 @@ class PackLayout:
 def _word_bit(bit_set, b, word_dtype):
     """`1 << b` as a word where `bit_set`, else 0."""
     one = tirx.const(1, word_dtype)
-    return tirx.if_then_else(bit_set, one << b.astype(word_dtype), tirx.const(0, word_dtype))
+    return tirx.Select(bit_set, one << b.astype(word_dtype), tirx.const(0, word_dtype))  # branch-free
 
 
 def pack_activations(x, layout, bias=None):
@@ -88,7 +88,7 @@ def pack_activations(x, layout, bias=None):
     """
     n_, channels, height, width = (int(d) for d in x.shape)
     bits = KERNEL_WORD_BITS[layout.word_dtype]
-    b = te.reduce_axis((0, bits), name="b")
+    b = te.reduce_axis((0, min(bits, channels)), name="b")  # one word: only its real channels
 
     def image_word(n, y, x_, k):
         c = k * bits + b
