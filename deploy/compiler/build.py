@@ -24,14 +24,60 @@ LIFT_MIN_ELEMENTS = 2  # scalars stay in the library
 
 
 def pipeline_front(tvm_target):
-    """Legalize + fuse the standard ops (TVM's CPU pipeline, first half)."""
+    """Select the branches decided at compile time, legalize + fuse the standard ops (TVM's CPU
+    pipeline, first half; bilinear resizes legalized as two 1-D passes, resize.py)."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    passes = cpu.library_dispatch_passes(tvm_target) + cpu.legalize_passes(tvm_target)
+    from bimatting.deploy.compiler.resize import RESIZE_OP, legalize_resize2d
+
+    legalize = cpu.legalize_passes(tvm_target)
+    assert legalize[0].info.name == "LegalizeOps", legalize[0].info.name  # TVM's list, first pass replaced
+    legalize[0] = relax.transform.LegalizeOps(customize_legalize_map={RESIZE_OP: legalize_resize2d})
+    passes = [_constant_where_pass()] + cpu.library_dispatch_passes(tvm_target) + legalize
     passes.append(relax.transform.DeadCodeElimination())
     return tvm.transform.Sequential(passes)
+
+
+def _constant_where(mod):
+    """`where(c, a, b)` with a constant, uniform condition -> the branch it selects, when that
+    branch already has the result's shape. The graph's refine-or-upsample choice depends on the
+    downsample ratio, which is fixed at compile time; unfolded, both branches run at full
+    resolution (at 1920x1080 the unused upsample cost ~20 ms of a ~60 ms function)."""
+    import tvm
+    import tvm_ffi
+    from tvm import relax
+
+    where_op = tvm.ir.Op.get("relax.where")
+
+    @relax.expr_functor.mutator
+    class _Fold(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call, relax.Call) and call.op.same_as(where_op)):
+                return call
+            condition = call.args[0]
+            if not isinstance(condition, tvm.ir.expr.Constant):
+                return call
+            values = condition.value.numpy()
+            if values.size == 0 or not (values.all() or not values.any()):
+                return call
+            chosen = call.args[1] if values.reshape(-1)[0] else call.args[2]
+            same_shape = tvm_ffi.structural_equal(chosen.ty, call.ty)
+            return chosen if same_shape else call
+
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gvar] = _Fold(mod).visit_expr(func)
+    return mod
+
+
+def _constant_where_pass():
+    import tvm
+
+    return tvm.transform.module_pass(lambda mod, _ctx: _constant_where(mod), opt_level=0,
+                                     name="bimatting.ConstantWhere")
 
 
 def pipeline_back(tvm_target, database=None):

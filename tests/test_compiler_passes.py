@@ -1,0 +1,112 @@
+"""Graph-level compiler passes that must not change a single bit of the result.
+
+* The separable bilinear resize (deploy/compiler/resize.py) against TVM's own 2-D resize2d, the
+  formula it replaces: bit-identical on random data, for the refiner's 4x upsample, a 2x one and
+  ratios that are not whole numbers (weights that do not repeat), and within float rounding of
+  onnxruntime's Resize, the runtime `bench` verifies against.
+* The compile-time `where` (deploy/compiler/build.py): a uniform constant condition selects its
+  branch, anything else is left alone, and the compiled module computes what the graph did.
+"""
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tvm
+from onnx import TensorProto, helper
+from tvm import relax, te, tirx, topi
+
+from bimatting.deploy.compiler import build
+from bimatting.deploy.compiler.float_order import fence_products
+from bimatting.deploy.compiler.resize import _separable_linear
+from bimatting.deploy.compiler.schedules import fp
+from bimatting.deploy.target import resolve
+
+# (input N, C, H, W), (output H, W)
+RESIZES = [((1, 4, 27, 48), (108, 192)), ((1, 3, 9, 16), (18, 32)), ((1, 2, 7, 5), (20, 13)),
+           ((1, 1, 8, 15), (17, 30))]
+
+
+@pytest.fixture(scope="module")
+def host_target():
+    return resolve("host").tvm_target
+
+
+def _compiled(func, target):
+    """func scheduled by the FP rules and compiled as the network's functions are (fenced products)."""
+    scheduled = fp.apply_rules(func, target, fp.rules(target)) or func
+    return tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
+                       target=target)
+
+
+def _run(lib, array, out_shape):
+    device = tvm.cpu()
+    out = tvm.runtime.empty(out_shape, "float32", device)
+    lib["main"](tvm.runtime.tensor(array, device), out)
+    return out.numpy()
+
+
+def onnxruntime_resize(array, size):
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
+                            coordinate_transformation_mode="half_pixel")
+    sizes = helper.make_tensor("sizes", TensorProto.INT64, [4], list(array.shape[:2]) + list(size))
+    graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, array.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [sizes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": array})[0]
+
+
+@pytest.mark.parametrize("in_shape, size", RESIZES)
+def test_separable_resize_has_the_bits_of_tvms_resize2d(host_target, in_shape, size):
+    data = te.placeholder(in_shape, "float32", name="data")
+    out_size = [tirx.IntImm("int64", v) for v in size]
+    separable = _separable_linear(data, out_size)
+    reference = topi.image.resize2d(data, [0.0] * 4, out_size, method="linear",
+                                    coordinate_transformation_mode="half_pixel")
+    array = np.random.default_rng(sum(size)).standard_normal(in_shape).astype(np.float32)
+    out_shape = in_shape[:2] + size
+    ours = _run(_compiled(te.create_prim_func([data, separable]), host_target), array, out_shape)
+    theirs = _run(_compiled(te.create_prim_func([data, reference]), host_target), array, out_shape)
+    assert np.array_equal(ours, theirs)
+    # onnxruntime weighs the four taps in another order: float rounding apart (|values| < ~5).
+    np.testing.assert_allclose(ours, onnxruntime_resize(array, size), rtol=0, atol=4e-6)
+
+
+def _where_module(condition):
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType((2, 3), "float32"))
+    b = relax.Var("b", relax.TensorType((2, 3), "float32"))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            doubled = bb.emit(relax.op.add(b, b))
+            out = bb.emit_output(relax.op.where(relax.const(condition), relax.op.multiply(a, a), doubled))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _calls(mod):
+    names = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: names.append(e.op.name)
+                                    if isinstance(e, relax.Call) and hasattr(e.op, "name") else None)
+    return names
+
+
+@pytest.mark.parametrize("condition, expected", [(np.array([True]), "relax.multiply"),
+                                                  (np.zeros((2, 3), bool), "relax.add")])
+def test_a_constant_where_becomes_its_branch(condition, expected):
+    folded = build._constant_where(_where_module(condition))
+    calls = _calls(folded)
+    assert "relax.where" not in calls and expected in calls
+
+
+def test_a_mixed_where_stays_and_computes_the_same(host_target):
+    condition = np.array([[True, False, True], [False, True, False]])
+    mod = _where_module(condition)
+    assert "relax.where" in _calls(build._constant_where(mod))
+    with host_target:
+        lowered = build.pipeline_front(host_target)(mod)
+    executable = build._compile(lowered, host_target, None)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    a = np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5
+    b = np.full((2, 3), 0.75, np.float32)
+    out = vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b)).numpy()
+    assert np.array_equal(out, np.where(condition, a * a, b + b))
