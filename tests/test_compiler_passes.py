@@ -110,3 +110,19 @@ def test_a_mixed_where_stays_and_computes_the_same(host_target):
     b = np.full((2, 3), 0.75, np.float32)
     out = vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b)).numpy()
     assert np.array_equal(out, np.where(condition, a * a, b + b))
+
+
+def test_a_same_size_resize_is_its_input(host_target):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 2, 5, 7), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.image.resize2d(x, (5, 7), method="linear",
+                                                         coordinate_transformation_mode="half_pixel"))
+        bb.emit_func_output(out)
+    with host_target:
+        lowered = build.pipeline_front(host_target)(bb.get())
+    assert not any("resize" in gvar.name_hint for gvar, _ in lowered.functions_items())
+    vm = relax.VirtualMachine(build._compile(lowered, host_target, None), tvm.cpu())
+    array = np.random.default_rng(1).standard_normal((1, 2, 5, 7)).astype(np.float32)
+    assert np.array_equal(vm["main"](tvm.runtime.tensor(array)).numpy(), array)
