@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tvm
+import tvm_ffi
 from onnx import TensorProto, helper
 
 from bimatting.binops import layout as bit_layout
@@ -115,6 +116,31 @@ def test_masked_variant_is_exactly_zero_where_the_mask_is(host_target):
     want = np.where(mask != 0, dense, 0.0)
     assert np.array_equal(got, want)
     assert (got[np.broadcast_to(mask == 0, got.shape)] == 0).all()
+
+
+def test_masked_out_tiles_skip_the_popcount_and_still_give_the_dense_result(host_target):
+    """masked.py: tiles whose columns are all masked out skip the XNOR/popcount loop. Two frames
+    with different masks (the batch index reaches the test), whole rows and whole 8-column
+    tiles off, tiles partly on, a partial last tile (37 columns)."""
+    from bimatting.deploy.compiler.schedules import kernel_config_for, scheduled_kernel
+
+    geometry = ConvGeometry(9, 37, 35, 16, (3, 3), (1, 1), (1, 1, 1, 1))
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 35, 9, 37)).astype(np.float32)
+    w = rng.standard_normal((16, 35, 3, 3)).astype(np.float32)
+    mask = np.zeros((2, 1, 9, 37), np.float32)
+    mask[0, 0, 2:5, 3:12] = 0.5      # a band over parts of two tiles
+    mask[0, 0, 7, 36] = 1.0          # only the partial last tile's last column
+    mask[1, 0, :, 16:24] = 1.0       # exactly one whole tile in every row of the second frame
+    kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), np.ones(16), np.zeros(16), host_target,
+                                         batch=2, masked=True)
+    conv = scheduled_kernel(kernel.conv, kernel_config_for(host_target))
+    guards = []
+    tvm_ffi.structural_walk(conv.body, [(tvm.tirx.IfThenElse, guards.append)])
+    assert len(guards) == 1  # the popcount loop is guarded
+    got = kernel.run(standalone.build([kernel], host_target).mod, x, tvm.cpu(), mask=mask)
+    dense = float_conv(bit_layout.sign(x), bit_layout.sign(w), geometry.strides, geometry.pads, geometry.dilations)
+    assert np.array_equal(got, np.where(mask != 0, dense, 0.0))
 
 
 def test_batch_of_two_frames(host_target):

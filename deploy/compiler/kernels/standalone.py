@@ -13,7 +13,7 @@ import tvm
 
 from bimatting.deploy.compiler import lowering
 from bimatting.deploy.compiler.kernels.bitserial import PackLayout
-from bimatting.deploy.compiler.schedules import kernel_config_for, schedule_kernel
+from bimatting.deploy.compiler.schedules import kernel_config_for, scheduled_kernel
 
 
 class BinaryConvKernel:
@@ -32,7 +32,7 @@ class BinaryConvKernel:
     def functions(self, scheduled=True):
         funcs = {f"pack{self.index}": self.pack, f"conv{self.index}": self.conv}
         if scheduled:
-            funcs = {name: schedule_kernel(f, self.kernel_config).mod["main"] for name, f in funcs.items()}
+            funcs = {name: scheduled_kernel(f, self.kernel_config) for name, f in funcs.items()}
         return {name: f.with_attr("global_symbol", name) for name, f in funcs.items()}
 
     def arrays(self, x, device, mask=None):

@@ -10,7 +10,7 @@ rules.
 import tvm
 from tvm import s_tir, tirx
 
-from bimatting.deploy.compiler.schedules import aarch64, bitserial, fp, x86
+from bimatting.deploy.compiler.schedules import aarch64, bitserial, fp, masked, x86
 from bimatting.deploy.compiler.schedules.primfunc import fresh
 from bimatting.deploy.compiler.tuning_database import workload
 
@@ -25,6 +25,18 @@ def kernel_config_for(target):
     if triple.startswith(("x86_64", "i686", "x86")):
         return x86.KERNEL_CONFIG
     raise ValueError(f"no bitserial schedule for target triple '{triple}' (x86_64 and aarch64 are supported)")
+
+
+def scheduled_kernel(func, kernel_config):
+    """The scheduled PrimFunc of a bitserial kernel, masked convolutions skipping masked-out tiles."""
+    return finish_kernel(func, schedule_kernel(func, kernel_config).mod["main"])
+
+
+def finish_kernel(func, scheduled):
+    """Passes after any schedule of a bitserial kernel (manual or tuned): masked.py's tile skip."""
+    if str(func.attrs[KERNEL_ATTR]) == "bconv":
+        return masked.skip_masked_out_tiles(scheduled)
+    return scheduled
 
 
 def schedule_kernel(func, kernel_config, tunable=False):
@@ -64,6 +76,8 @@ class ScheduleModule:
             scheduled = self._from_database(func)
             if scheduled is None and KERNEL_ATTR in func.attrs:
                 scheduled = schedule_kernel(func, self.kernel_config).mod["main"]
+            if scheduled is not None and KERNEL_ATTR in func.attrs:
+                scheduled = finish_kernel(func, scheduled)
             if scheduled is None:
                 scheduled = fp.apply_rules(func, self.target, self.fp_rules)
             if scheduled is not None:
