@@ -121,6 +121,10 @@ def check(report, host):
     assert not report["parted_by_site"], report["parted_by_site"]  # no sign decided differently
     for i, (passed, figures) in enumerate(host):
         assert passed, (i, figures)
+    worst = {key: max(f[key] for _, f in host) for key in host[0][1]}
+    print(f"{len(host)} frames. PyTorch vs onnxruntime, worst frame: pha mean {max(per_frame['pha_mean']):.3g}, "
+          f"fgr mean {max(per_frame['fgr_mean']):.3g}, pha share > 0.05 {max(per_frame['pha_pixels_over']):.3g}. "
+          f"onnxruntime vs TVM host, worst frame: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
 
 
 @pytest.mark.parametrize("size_name", list(SIZES))

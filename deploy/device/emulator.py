@@ -7,8 +7,9 @@ the target's TOML, e.g. cortex-a72), so a module compiled with the wrong `-mcpu`
 here as it would on the board. Timings under emulation say nothing about the board's speed.
 
 Two servers: "cpp" (our mini server on libtvm_runtime: starts in ~0.5 s, serves clients
-concurrently, no trackers) and "python" (TVM's `tvm.exec.rpc_server`, the same program a real
-board runs: ~10 s to start, one client at a time, supports `--tracker`/`--key`).
+concurrently, no trackers) and "python" (TVM's `tvm.exec.rpc_server` through board_server.py,
+the program the README has a real board run: ~10 s to start, one client at a time, supports
+`--tracker`/`--key`).
 
 SECURITY: a TVM RPC server runs whatever code a client uploads. Boards bind to 127.0.0.1 unless
 told otherwise; expose one only on a trusted network or through an SSH tunnel.
@@ -33,6 +34,7 @@ from bimatting.targets import list_targets, load_target
 SERVERS = ("cpp", "python")
 START_TIMEOUT_S = {"cpp": 60.0, "python": 240.0}  # typical: 0.5 s and 10 s on a busy 2-core host
 SETUP_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "setup_arm_emu.sh"
+BOARD_SERVER = Path(__file__).resolve().parent / "board_server.py"  # what a board runs (README)
 _running = set()  # boards started by this process, stopped at exit if the caller forgot
 
 
@@ -217,7 +219,7 @@ def _check_tracker(tracker):
 def _server_command(emulator, server, host, port, key, tracker):
     if server == "cpp":
         return [emulator["qemu"], "-L", emulator["sysroot"], emulator["cpp_server"], host, str(port), key]
-    command = [emulator["python_launcher"], "-m", "tvm.exec.rpc_server", "--host", host,
+    command = [emulator["python_launcher"], str(BOARD_SERVER), "--host", host,
                "--port", str(port), "--port-end", str(port + 1)]  # exactly this port, no search
     if tracker is not None:
         command += ["--tracker", tracker]
