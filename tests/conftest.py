@@ -75,8 +75,9 @@ def emulated_board():
 
 @pytest.fixture(scope="session")
 def emulated_python_board():
-    """Like `emulated_board`, with TVM's own Python rpc_server (through deploy/device/board_server.py, ~5-10 s to start). It serves ONE
-    client at a time: drop a session (`del remote`) before connecting again."""
+    """Like `emulated_board`, with TVM's own Python rpc_server (through deploy/device/board_server.py,
+    ~5-10 s to start). It serves ONE client at a time: drop a session (`del remote`) before
+    connecting again."""
     board, boards = _emulated_board_factory("python")
     yield board
     for running in boards.values():

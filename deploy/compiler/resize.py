@@ -51,8 +51,8 @@ def _separable_linear(data, size):
 
 
 def _separable_case(call):
-    """(output height, output width) when `call` is a resize this module handles (static shapes),
-    else None."""
+    """((input height, input width), (output height, output width)) when `call` is a resize this
+    module handles (static shapes), else None."""
     attrs = call.attrs
     if (str(attrs.method) != "linear" or str(attrs.coordinate_transformation_mode) != "half_pixel"
             or str(attrs.layout) != "NCHW" or any(float(v) != 0.0 for v in attrs.roi)):
@@ -65,18 +65,19 @@ def _separable_case(call):
     values = getattr(size, "values", None)
     if values is None or not all(hasattr(v, "value") for v in values):
         return None
-    return int(values[0].value), int(values[1].value)
+    return (int(shape[2].value), int(shape[3].value)), (int(values[0].value), int(values[1].value))
 
 
 def legalize_resize2d(bb, call):
     """LegalizeOps entry for resize2d: the separable form where it applies, TVM's otherwise."""
     import tvm
 
-    size = _separable_case(call)
-    if size is None:
+    sizes = _separable_case(call)
+    if sizes is None:
         default = tvm.ir.Op.get(RESIZE_OP).get_attr("FLegalize")
         return default(bb, call)
-    if tuple(size) == tuple(int(d.value) for d in list(call.args[0].ty.shape)[2:]):
+    in_size, out_size = sizes
+    if in_size == out_size:
         # Same size: every weight is 0, so the formula returns its input (a * 1 + b * 0), except
         # that it turns -0 into +0 and lets an infinite neighbour b make NaN; the input is exact.
         return call.args[0]

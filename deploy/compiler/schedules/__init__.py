@@ -11,7 +11,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from bimatting.deploy.compiler.schedules import aarch64, bitserial, fp, masked, x86
-from bimatting.deploy.compiler.schedules.primfunc import fresh
+from bimatting.deploy.compiler.schedules.primfunc import fresh, target_triple
 from bimatting.deploy.compiler.tuning_database import workload
 
 KERNEL_ATTR = "bimatting.kernel"
@@ -19,7 +19,7 @@ KERNEL_ATTR = "bimatting.kernel"
 
 def kernel_config_for(target):
     """The bitserial configuration for a tvm.target.Target (by its triple)."""
-    triple = str(target.attrs.get("mtriple", "")) or tvm.target.codegen.llvm_get_system_triple()
+    triple = target_triple(target)
     if triple.startswith(("aarch64", "arm64")):
         return aarch64.KERNEL_CONFIG
     if triple.startswith(("x86_64", "i686", "x86")):

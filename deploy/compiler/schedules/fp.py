@@ -19,9 +19,9 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.target.codegen import llvm_get_system_triple, llvm_get_vector_width, target_has_features
+from tvm.target.codegen import llvm_get_vector_width, target_has_features
 
-from bimatting.deploy.compiler.schedules.primfunc import fresh
+from bimatting.deploy.compiler.schedules.primfunc import fresh, target_triple
 
 PARALLEL_MIN = 4096  # elements: below this the thread pool costs more than it saves
 
@@ -54,8 +54,7 @@ def _root_blocks(sch):
 def _vector_bits(target):
     """The widest vector register of `target` in bits. TVM's llvm_get_vector_width answers 512
     for CPUs without AVX-512 (znver3), so x86 is read from its features."""
-    triple = str(target.attrs.get("mtriple", "") or llvm_get_system_triple())
-    if triple.startswith(("x86_64", "i686", "i386")):
+    if target_triple(target).startswith(("x86_64", "i686", "i386")):
         if target_has_features("avx512f", target):
             return 512
         if target_has_features("avx", target):
