@@ -289,6 +289,53 @@ def test_binary_conv_on_uint8_input_without_function_bodies():
     assert np.array_equal(got, want)  # float32 Mul then Add, rounded as the graph does
 
 
+def test_branches_reading_one_tensor_through_their_own_bias_share_one_pack():
+    """Three binary convs read one float tensor: two through their own LearnableBias (Add), one
+    directly. The compiler packs all three sign patterns in one pass over the tensor (one
+    BimattingPackWords with three variants); each conv still gets exactly its own signs
+    (reference: numpy binary conv of sign(x + b))."""
+    from bimatting.deploy.compiler import graph_rewrite
+
+    rng = np.random.default_rng(12)
+    channels, height, width = 70, 9, 14  # two words per variant
+    biases = [rng.standard_normal((1, channels, 1, 1)).astype(np.float32) * 0.3 for _ in range(2)]
+    convs = [  # (weights, strides, pads)
+        (layout.pack(rng.standard_normal((12, channels, 3, 3))), (1, 1), (1, 1, 1, 1)),
+        (layout.pack(rng.standard_normal((8, channels, 1, 1))), (2, 2), (0, 0, 0, 0)),
+        (layout.pack(rng.standard_normal((5, channels, 3, 3))), (2, 2), (1, 1, 1, 1)),
+    ]
+    scales = [rng.random(w.shape[0]).astype(np.float32) for w, _, _ in convs]
+    shifts = [rng.standard_normal(w.shape[0]).astype(np.float32) for w, _, _ in convs]
+    nodes = [helper.make_node("Add", ["x", "lb0"], ["x0"]), helper.make_node("Add", ["lb1", "x"], ["x1"])]
+    inits = {"lb0": biases[0], "lb1": biases[1]}
+    outputs = []
+    for i, (source, (w, strides, pads)) in enumerate(zip(["x0", "x1", "x"], convs)):
+        nodes.append(schema.make_node("BinarizePack", [source], [f"p{i}"]))
+        nodes.append(schema.make_node("BinaryConv2d", [f"p{i}", f"w{i}", f"s{i}", f"b{i}"], [f"y{i}"],
+                                      channels_in=channels, kernel_shape=list(w.shape[2:]), strides=list(strides),
+                                      pads=list(pads)))
+        inits.update({f"w{i}": w, f"s{i}": scales[i], f"b{i}": shifts[i]})
+        out_h = (height + pads[0] + pads[2] - w.shape[2]) // strides[0] + 1
+        out_w = (width + pads[1] + pads[3] - w.shape[3]) // strides[1] + 1
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, w.shape[0], out_h, out_w]))
+    graph = helper.make_graph(nodes, "three_branches",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, height, width])],
+                              outputs, initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(schema.DOMAIN, 1)])
+    rewritten, conv_count = graph_rewrite.rewrite(model)
+    packs = [n for n in rewritten.graph.node if n.op_type == "BimattingPackWords"]
+    variants = [helper.get_attribute_value(a) for a in packs[0].attribute if a.name == "variants"] if packs else []
+    assert conv_count == 3 and len(packs) == 1 and variants == [3]
+    assert not [n for n in rewritten.graph.node if n.op_type == "Add"]  # both biases moved into the pack
+    x = rng.standard_normal((1, channels, height, width)).astype(np.float32)
+    x[0, :, 4, 5] = -biases[0][0, :, 0, 0]  # x + b0 == 0 exactly: +1, where the sign of x itself is -1 or +1
+    got = _run_library_import(model, {"x": [1, channels, height, width]}, [x])
+    for i, (packed_input, (w, strides, pads)) in enumerate(zip([x + biases[0], biases[1] + x, x], convs)):
+        d = numpy_reference.binary_conv2d(layout.pack(packed_input), w, channels, strides=strides, pads=pads)
+        want = d.astype(np.float32) * scales[i][None, :, None, None] + shifts[i][None, :, None, None]
+        assert np.array_equal(got[i], want), f"branch {i}"
+
+
 def _run_library_import(model, shapes, inputs):
     """Import + build for the host without an artifact (models that are not image models)."""
     import tvm

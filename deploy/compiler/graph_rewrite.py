@@ -5,10 +5,12 @@ so this pass is where the domain is honoured: every `ai.bimatting` node becomes 
 private domain below with a `Bimatting*` op type that only our converters (importer.py) know.
 
 Rewrites (the model is copied, never changed in place):
-* BinarizePack -> BinaryConv2d(Masked): one `BimattingPackWords` per packed activation (shared
-  by all convolutions reading it) straight from the float tensor, with a per-channel Add right
-  before it (LearnableBias) folded in: the pack computes sign(x + b); a BinaryConv2d fed by
-  other uint8 data re-packs those bytes instead.
+* BinarizePack -> BinaryConv2d(Masked): one `BimattingPackWords` per float tensor that packed
+  activations come from, straight from that tensor, with a per-channel Add right before each
+  BinarizePack (LearnableBias) folded in: the pack computes sign(x + b_v) for every branch v
+  reading x through its own bias, in one pass over x (variant v of the packed words; each
+  convolution names its group and variant); a BinaryConv2d fed by other uint8 data re-packs
+  those bytes instead.
 * Weights, scale and bias (initializers or Constant nodes) move into tensor attributes of
   `BimattingBinaryConv`, which pre-packs them at compile time.
 * Output transform fusion: the per-channel Mul / Add / PRelu nodes that only post-process a
@@ -166,12 +168,21 @@ def rewrite(model):
     # After the epilogue folds: an Add already moved into a conv epilogue stays there.
     sources = {key: (_pack_source(g, packs[key], schema.node_attributes(convs[0])["channels_in"], removed)
                      if key in packs else (key[1], None, None)) for key, convs in groups.items()}
-    for key, convs in groups.items():
-        tensor, bias, add = sources[key]
+    pack_sets = {}  # (kind, tensor read) -> [group keys]: the variants of one pack
+    for key in groups:
+        tensor, _, add = sources[key]
         if add is not None:
             removed.add(id(add))
-        first = convs[0]
-        replaced[id(first)] = [_pack_node(key[0], tensor, bias, group_ids[key], convs)] + replaced[id(first)]
+        pack_sets.setdefault((key[0], tensor), []).append(key)
+    order = {id(node): i for i, node in enumerate(graph.node)}
+    for set_id, ((kind, tensor), keys) in enumerate(pack_sets.items()):
+        convs = [conv for key in keys for conv in groups[key]]
+        for variant, key in enumerate(keys):
+            for conv in groups[key]:
+                _read_pack(replaced[id(conv)][-1], set_id, variant)
+        biases = [sources[key][1] for key in keys]
+        first = min(convs, key=lambda conv: order[id(conv)])
+        replaced[id(first)] = [_pack_node(kind, tensor, biases, set_id, convs)] + replaced[id(first)]
     for node in graph.node:  # BinarizePack nodes now only feeding rewritten convs go away
         if _is_custom(node) and node.op_type == "BinarizePack":
             users = g.consumers.get(node.output[0], [])
@@ -214,16 +225,33 @@ def _pack_source(g, pack, channels, taken):
     return tensor, None, None
 
 
-def _pack_node(kind, tensor, bias, group_id, convs):
+def _pack_node(kind, tensor, biases, group_id, convs):
+    """One pass over `tensor` packing one variant per entry of `biases` (numpy [C] or None: no
+    bias, packed as + 0, which leaves every sign as it is)."""
     consumers = []
     for conv in convs:
         consumers += ConvGeometry.ints_from_attributes(schema.node_attributes(conv))
+    channels = schema.node_attributes(convs[0])["channels_in"]
     attrs = {"group": group_id, "consumers": consumers, "from_bytes": int(kind == "bytes"),
-             "channels_in": schema.node_attributes(convs[0])["channels_in"]}
-    if bias is not None:
-        attrs["bias"] = numpy_helper.from_array(np.asarray(bias, np.float32), "bias")
-    return helper.make_node("BimattingPackWords", [tensor], [f"__bimatting_packed_{group_id}"],
+             "channels_in": channels, "variants": len(biases)}
+    if any(bias is not None for bias in biases):
+        rows = [np.zeros(channels, np.float32) if bias is None else np.asarray(bias, np.float32) for bias in biases]
+        attrs["bias"] = numpy_helper.from_array(np.stack(rows), "bias")  # [V, C]
+    return helper.make_node("BimattingPackWords", [tensor], [_packed_name(group_id)],
                             name=f"bimatting_pack_{group_id}", domain=PRIVATE_DOMAIN, **attrs)
+
+
+def _packed_name(group_id):
+    return f"__bimatting_packed_{group_id}"
+
+
+def _read_pack(conv, group_id, variant):
+    """Point a rewritten BimattingBinaryConv at variant `variant` of pack `group_id`."""
+    conv.input[0] = _packed_name(group_id)
+    for attr in conv.attribute:
+        if attr.name == "group":
+            attr.i = group_id
+    conv.attribute.append(helper.make_attribute("variant", variant))
 
 
 def _conv_node(g, node, group_id, removed):
@@ -243,7 +271,7 @@ def _conv_node(g, node, group_id, removed):
     folded, output, post = _fold_output_transform(g, node, channels_out, masked)
     removed.update(id(f) for f in folded)
     steps = [("mul", scale), ("add", bias)] + post
-    inputs = [f"__bimatting_packed_{group_id}"] + ([node.input[4]] if masked else [])
+    inputs = [_packed_name(group_id)] + ([node.input[4]] if masked else [])
     values = np.stack([np.asarray(v, np.float32).reshape(-1) for _, v in steps])  # [S, O]
     return [helper.make_node("BimattingBinaryConv", inputs, [output], name=node.name or output,
                              domain=PRIVATE_DOMAIN, group=group_id, masked=int(masked),

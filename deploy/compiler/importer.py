@@ -47,7 +47,7 @@ def _make_converters(kernel_config):
             ints = list(attr["consumers"])
             geoms = [ConvGeometry.from_ints(ints[i:i + INTS_PER_GEOMETRY], shape[2], shape[3], channels, 1)
                      for i in range(0, len(ints), INTS_PER_GEOMETRY)]
-            layout = PackLayout.covering(geoms, kernel_config.word_dtype)
+            layout = PackLayout.covering(geoms, kernel_config.word_dtype, int(attr.get("variants", 1)))
             packs[int(attr["group"])] = (layout, shape[2], shape[3])
             return lowering.emit_pack(bb, inputs[0], layout, channels if from_bytes else None,
                                       _tensor_attr(attr, "bias"))
@@ -69,7 +69,8 @@ def _make_converters(kernel_config):
             if mask is not None and lowering.static_shape(mask) != (batch, 1, g.out_height, g.out_width):
                 raise InputError(f"BinaryConv2dMasked mask has shape {lowering.static_shape(mask)}, expected "
                                  f"[N, 1, {g.out_height}, {g.out_width}]")
-            return lowering.emit_conv(bb, inputs[0], layout, g, operands=operands, mask=mask)
+            return lowering.emit_conv(bb, inputs[0], layout, g, operands=operands, mask=mask,
+                                      variant=int(attr.get("variant", 0)))
 
     class BinarizePack(OnnxOpConverter):
         @classmethod

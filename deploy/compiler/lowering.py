@@ -23,9 +23,9 @@ def _prim_func(tensors, kind):
 
 
 def pack_func(shape, layout, with_bias=False):
-    """float32 NCHW `shape` (+ per-channel bias [C]) -> packed words `layout`."""
+    """float32 NCHW `shape` (+ per-variant, per-channel bias [V, C]) -> packed words `layout`."""
     x = te.placeholder(tuple(shape), "float32", name="x")
-    bias = te.placeholder((shape[1],), "float32", name="bias") if with_bias else None
+    bias = te.placeholder((layout.variants, shape[1]), "float32", name="bias") if with_bias else None
     return _prim_func([x] + ([bias] if with_bias else []) + [bitserial.pack_activations(x, layout, bias)], "bpack")
 
 
@@ -76,16 +76,17 @@ def conv_operands(w_packed, geometry, kernel_config, epilogue):
     return ConvOperands(weights, kparams.exact_base(corr, g, out_padded), row_class, col_class, steps, kinds)
 
 
-def conv_func(batch, geometry, layout, operands, masked=False):
+def conv_func(batch, geometry, layout, operands, masked=False, variant=0):
     """PrimFunc (packed, weights, base, row_class, col_class, steps[, mask]) -> float32
-    [N, O, OH, OW]."""
+    [N, O, OH, OW]; the conv reads pack variant `variant` of `layout`."""
     g = geometry
-    packed = te.placeholder((batch, layout.rows, layout.cols, layout.words), layout.word_dtype, name="packed")
+    packed = te.placeholder((batch, layout.rows, layout.cols, layout.word_stride), layout.word_dtype,
+                            name="packed")
     names = ("weights", "base", "row_class", "col_class", "steps")
     weights, base, row_class, col_class, steps = [te.placeholder(a.shape, str(a.dtype), name=n)
                                                   for a, n in zip(operands.arrays(), names)]
     mask = te.placeholder((batch, 1, g.out_height, g.out_width), "float32", name="mask") if masked else None
-    pop = bitserial.popcount_conv(packed, weights, g, layout)
+    pop = bitserial.popcount_conv(packed, weights, g, layout, variant)
     out = bitserial.output_transform(pop, base, row_class, col_class, steps=steps, kinds=operands.kinds,
                                      geometry=g, mask=mask)
     args = [packed, weights, base, row_class, col_class, steps] + ([mask] if masked else []) + [out]
@@ -108,8 +109,8 @@ def static_shape(expr):
 
 
 def emit_pack(bb, x, layout, from_bytes_channels=None, bias=None):
-    """Relax: float NCHW (+ per-channel `bias`, numpy) or ONNX uint8 packed (with
-    `from_bytes_channels`) -> packed words."""
+    """Relax: float NCHW (+ `bias`, numpy [V, C]: one row per pack variant) or ONNX uint8 packed
+    (with `from_bytes_channels`) -> packed words."""
     shape = static_shape(x)
     args = [x]
     if from_bytes_channels is not None:
@@ -117,15 +118,16 @@ def emit_pack(bb, x, layout, from_bytes_channels=None, bias=None):
     else:
         func, name = pack_func(shape, layout, with_bias=bias is not None), "bpack"
         if bias is not None:
-            args.append(relax.const(tvm.runtime.tensor(np.asarray(bias, np.float32))))
-    return _call(bb, func, name, args, (shape[0], layout.rows, layout.cols, layout.words), layout.word_dtype)
+            args.append(relax.const(tvm.runtime.tensor(np.asarray(bias, np.float32).reshape(layout.variants, -1))))
+    return _call(bb, func, name, args, (shape[0], layout.rows, layout.cols, layout.word_stride), layout.word_dtype)
 
 
-def emit_conv(bb, packed, layout, geometry, *, operands, mask=None):
-    """Relax: packed words -> float32 NCHW output of the binary convolution."""
+def emit_conv(bb, packed, layout, geometry, *, operands, mask=None, variant=0):
+    """Relax: packed words (variant `variant` of `layout`) -> float32 NCHW output of the binary
+    convolution."""
     g = geometry
     batch = static_shape(packed)[0]
-    func = conv_func(batch, g, layout, operands, masked=mask is not None)
+    func = conv_func(batch, g, layout, operands, masked=mask is not None, variant=variant)
     args = [packed] + [relax.const(tvm.runtime.tensor(a)) for a in operands.arrays()]
     args += [mask] if mask is not None else []
     return _call(bb, func, "bconv", args, (batch, g.channels_out, g.out_height, g.out_width), "float32")

@@ -4,11 +4,13 @@ Schedules live apart, in `bimatting.deploy.compiler.schedules`; `bimatting.deplo
 prepares the constant operands (weight words, output-transform tables) in numpy.
 
 Internal layout (free to choose inside TVM; the ONNX ops use uint8 NCHW, docs/onnx-ops.md):
-* packed activations `[N, Hp, Wp, CW]` words (uint64 on x86, uint32 on ARM): channel c is bit
+* packed activations `[N, Hp, Wp, V * CW]` words (uint64 on x86, uint32 on ARM): channel c is bit
   c % B of word c // B (B = word bits), bit 1 = -1, the same little-endian order as
   `bimatting.binops.layout`. The tensor carries its own spatial border of 0 bits (+1): `top`/`left`
   rows/columns before the image, and enough after it for every consumer, so a convolution reads
   without bounds checks. Unused channel bits are 0 in activations and weights: XOR drops them.
+  V variants: sign(x + bias_v) for several biases of one float tensor (the LearnableBias of each
+  branch reading it), packed in one pass over x; variant v is words [v * CW, (v + 1) * CW).
 * packed weights `[KH, KW, CW, Op]` with the output channels padded to `Op` (a multiple of the
   schedule's vector width; padded filters are never stored).
 * popcounts `[N, OH, OWp, Op]` int32, OWp = OW rounded up to `X_GRANULE`: the register tiles of
@@ -58,11 +60,17 @@ class PackLayout:
     left: int
     rows: int
     cols: int
-    words: int
+    words: int  # per variant
     word_dtype: str
+    variants: int = 1
+
+    @property
+    def word_stride(self):
+        """Words per position: every variant's."""
+        return self.variants * self.words
 
     @staticmethod
-    def covering(geometries, word_dtype):
+    def covering(geometries, word_dtype, variants=1):
         """The smallest layout every convolution in `geometries` (same input) can read from."""
         top = max(g.pads[0] for g in geometries)
         left = max(g.pads[1] for g in geometries)
@@ -70,7 +78,7 @@ class PackLayout:
         rows = max(max(top - g.pads[0] + rows_read(g) for g in geometries), top + g0.height)
         cols = max(max(left - g.pads[1] + cols_read(g) for g in geometries), left + g0.width)
         words = packed_channels(g0.channels_in, KERNEL_WORD_BITS[word_dtype])
-        return PackLayout(top, left, rows, cols, words, word_dtype)
+        return PackLayout(top, left, rows, cols, words, word_dtype, variants)
 
 
 def _word_bit(bit_set, b, word_dtype):
@@ -80,38 +88,43 @@ def _word_bit(bit_set, b, word_dtype):
 
 
 def pack_activations(x, layout, bias=None):
-    """Binarize and bit-pack a float activation: [N, C, H, W] float32 -> [N, rows, cols, CW] words.
+    """Binarize and bit-pack a float activation: [N, C, H, W] float32 -> [N, rows, cols, V * CW] words.
 
-    bit (c % B) of word c // B is [x[n, c] (+ bias[c]) < 0]; border positions and unused
-    channels are 0 (+1). Two stages: the image's words (no spatial bounds checks in the bit
-    loop), then the border.
+    bit (c % B) of word v * CW + c // B is [x[n, c] (+ bias[v, c]) < 0] (bias [V, C], V =
+    layout.variants; without bias V = 1); border positions and unused channels are 0 (+1). Two
+    stages: the image's words [N, H, W, V, CW] (no spatial bounds checks in the bit loop; every
+    variant of a bit from one read of x), then the border.
     """
     n_, channels, height, width = (int(d) for d in x.shape)
     bits = KERNEL_WORD_BITS[layout.word_dtype]
+    if bias is None and layout.variants != 1:
+        raise ValueError("several pack variants need one bias row each")
     b = te.reduce_axis((0, min(bits, channels)), name="b")  # one word: only its real channels
 
-    def image_word(n, y, x_, k):
+    def image_word(n, y, x_, v, k):
         c = k * bits + b
         channel = tirx.min(c, channels - 1)
-        value = x[n, channel, y, x_] if bias is None else x[n, channel, y, x_] + bias[channel]
+        value = x[n, channel, y, x_] if bias is None else x[n, channel, y, x_] + bias[v, channel]
         negative = tirx.all(c < channels, value < 0)
         return te.sum(_word_bit(negative, b, layout.word_dtype), axis=b)
 
-    words = te.compute((n_, height, width, layout.words), image_word, name="bpack_image")
+    words = te.compute((n_, height, width, layout.variants, layout.words), image_word, name="bpack_image")
     return _with_border(words, layout, "bpack")
 
 
 def _with_border(words, layout, name):
-    """[N, H, W, CW] words -> [N, rows, cols, CW] with 0 words (+1) around the image."""
+    """[N, H, W, V, CW] words -> [N, rows, cols, V * CW] with 0 words (+1) around the image."""
     height, width = int(words.shape[1]), int(words.shape[2])
 
     def bordered(n, y, x_, k):
         yy, xx = y - layout.top, x_ - layout.left
         inside = tirx.all(yy >= 0, yy < height, xx >= 0, xx < width)
-        value = words[n, tirx.max(tirx.min(yy, height - 1), 0), tirx.max(tirx.min(xx, width - 1), 0), k]
+        value = words[n, tirx.max(tirx.min(yy, height - 1), 0), tirx.max(tirx.min(xx, width - 1), 0),
+                      k // layout.words, k % layout.words]
         return tirx.if_then_else(inside, value, tirx.const(0, layout.word_dtype))
 
-    return te.compute((int(words.shape[0]), layout.rows, layout.cols, layout.words), bordered, name=name)
+    shape = (int(words.shape[0]), layout.rows, layout.cols, layout.word_stride)
+    return te.compute(shape, bordered, name=name)
 
 
 def repack_bytes(x8, channels, layout):
@@ -125,20 +138,24 @@ def repack_bytes(x8, channels, layout):
     per_word = KERNEL_WORD_BITS[layout.word_dtype] // bit_layout.WORD_BITS
     j = te.reduce_axis((0, per_word), name="j")
 
-    def image_word(n, y, x_, k):
+    if layout.variants != 1:
+        raise ValueError("re-packed bytes have one variant")
+
+    def image_word(n, y, x_, v, k):
         byte = k * per_word + j
         value = x8[n, tirx.min(byte, byte_words - 1), y, x_].astype(layout.word_dtype)
         shifted = value << (j * 8).astype(layout.word_dtype)
         return te.sum(tirx.if_then_else(byte < byte_words, shifted, tirx.const(0, layout.word_dtype)), axis=j)
 
-    words = te.compute((n_, height, width, layout.words), image_word, name="brepack_image")
+    words = te.compute((n_, height, width, 1, layout.words), image_word, name="brepack_image")
     return _with_border(words, layout, "brepack")
 
 
-def popcount_conv(packed, weights, geometry, layout):
+def popcount_conv(packed, weights, geometry, layout, variant=0):
     """Sum of popcount(activation XOR weight) over the window: -> [N, OH, OWp, Op] int32.
 
-    packed [N, rows, cols, CW] (layout), weights [KH, KW, CW, Op] words.
+    packed [N, rows, cols, V * CW] (layout; this conv reads variant `variant`), weights
+    [KH, KW, CW, Op] words.
     """
     g = geometry
     kh, kw, words, out_padded = (int(d) for d in weights.shape)
@@ -149,7 +166,7 @@ def popcount_conv(packed, weights, geometry, layout):
     rc = te.reduce_axis((0, words), name="rc")
 
     def count(n, y, x, o):
-        a = packed[n, y * sh + ry * dh + off_y, x * sw + rx * dw + off_x, rc]
+        a = packed[n, y * sh + ry * dh + off_y, x * sw + rx * dw + off_x, variant * words + rc]
         return te.sum(tirx.popcount(a ^ weights[ry, rx, rc, o]).astype("int32"), axis=[ry, rx, rc])
 
     shape = (int(packed.shape[0]), g.out_height, out_width_padded(g), out_padded)

@@ -31,14 +31,16 @@ def _extent(sch, loop):
 def schedule_pack(sch, block_name, lanes):
     """bpack / brepack: the image's words (`<name>_image`, a sum over the bits of a word) are
     vectorized along image columns (contiguous in the NCHW source) with the bit loop kept rolled
-    (unrolling 64 bits x 35 layers made LLVM spend most of a network's compile time here); the
-    bordered copy is a plain parallel row loop."""
+    (unrolling 64 bits x 35 layers made LLVM spend most of a network's compile time here) and the
+    variants unrolled inside it (one load of x serves every variant's bit); the bordered copy is a
+    plain parallel row loop."""
     image = sch.get_sblock(f"{block_name}_image")
-    n, y, x, k, b = sch.get_loops(image)
+    n, y, x, v, k, b = sch.get_loops(image)
     sch.parallel(sch.fuse(n, y))
     lanes = max(c for c in (lanes, lanes // 2, lanes // 4, 1) if _extent(sch, x) % c == 0)
     xo, xi = sch.split(x, [None, lanes])
-    sch.reorder(k, xo, b, xi)
+    sch.reorder(k, xo, b, v, xi)
+    sch.unroll(v)
     sch.vectorize(xi)
     init = sch.decompose_reduction(image, b)
     sch.vectorize(sch.get_loops(init)[-1])

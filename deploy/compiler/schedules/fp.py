@@ -222,7 +222,8 @@ class ConvNCHW(ScheduleRule):
         else:
             tail = sch.cache_write(conv, 0, "local")
         sch.reverse_compute_at(tail, xo)
-        sch.parallel(sch.fuse(n, y))
+        row = sch.fuse(n, y)
+        sch.parallel(row)
         sch.unroll(oi)
         if xb > lanes and xb % lanes == 0:
             # One machine vector per statement: LLVM keeps a wider vector's accumulators in memory
@@ -237,12 +238,23 @@ class ConvNCHW(ScheduleRule):
         sch.vectorize(sch.get_loops(init)[-1])
         tail_loops = sch.get_loops(tail)
         sch.vectorize(tail_loops[-1])
-        for info in producers:  # padding: its own parallel, vectorized pass
+        # Padding: the rows one output row reads, written just before that row (cache-warm), not a
+        # padded copy of the whole input (decode0's 32->16 3x3 at 512x288: 22.0 -> 20.6 ms).
+        for info in producers:
             try:
-                _flat_parallel_vector(sch, info.block_rv, lanes)
+                sch.compute_at(info.block_rv, row)
+                sch.vectorize(_vector_tile(sch, sch.get_loops(info.block_rv)[-1], lanes))
             except s_tir.ScheduleError:  # already inlined or not a plain loop nest
                 pass
         return sch
+
+
+def _vector_tile(sch, loop, lanes):
+    """The inner `lanes` of `loop` (the loop itself when shorter), for vectorize."""
+    extent = _extent(sch, loop)
+    if extent is None or extent <= lanes:
+        return loop
+    return sch.split(loop, [None, lanes])[1]
 
 
 class ElementwiseWithReductions(ScheduleRule):
