@@ -6,6 +6,8 @@
   onnxruntime's Resize, the runtime `bench` verifies against.
 * The compile-time `where` (deploy/compiler/build.py): a uniform constant condition selects its
   branch, anything else is left alone, and the compiled module computes what the graph did.
+* A split's parts become slices (build.py) that fuse into their readers: no split function is
+  left and the outputs are the parts, bit for bit.
 """
 import numpy as np
 import onnxruntime as ort
@@ -126,3 +128,26 @@ def test_a_same_size_resize_is_its_input(host_target):
     vm = relax.VirtualMachine(build._compile(lowered, host_target, None), tvm.cpu())
     array = np.random.default_rng(1).standard_normal((1, 2, 5, 7)).astype(np.float32)
     assert np.array_equal(vm["main"](tvm.runtime.tensor(array)).numpy(), array)
+
+
+@pytest.mark.parametrize("sections", [[3], 2])
+def test_a_split_becomes_slices_fused_into_their_readers(host_target, sections):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 6, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            parts = bb.emit(relax.op.split(x, sections, axis=1))
+            first = bb.emit(relax.op.clip(relax.op.add(relax.TupleGetItem(parts, 0), relax.const(0.5)), 0.0, 1.0))
+            second = bb.emit(relax.op.multiply(relax.TupleGetItem(parts, 1), relax.const(2.0)))
+            out = bb.emit_output(relax.Tuple([first, second]))
+        bb.emit_func_output(out)
+    with host_target:
+        lowered = build.pipeline_front(host_target)(bb.get())
+    names = [gvar.name_hint for gvar, _ in lowered.functions_items()]
+    assert not [n for n in names if n.startswith("split")] and any("strided_slice" in n for n in names), names
+    vm = relax.VirtualMachine(build._compile(lowered, host_target, None), tvm.cpu())
+    array = np.random.default_rng(2).standard_normal((1, 4, 6, 8)).astype(np.float32)
+    got = vm["main"](tvm.runtime.tensor(array))
+    cut = 3 if sections == [3] else 2
+    assert np.array_equal(got[0].numpy(), np.clip(array[:, :cut] + np.float32(0.5), 0, 1))
+    assert np.array_equal(got[1].numpy(), array[:, cut:] * np.float32(2.0))

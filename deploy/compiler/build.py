@@ -24,8 +24,9 @@ LIFT_MIN_ELEMENTS = 2  # scalars stay in the library
 
 
 def pipeline_front(tvm_target):
-    """Select the branches decided at compile time, legalize + fuse the standard ops (TVM's CPU
-    pipeline, first half; bilinear resizes legalized as two 1-D passes, resize.py)."""
+    """Select the branches decided at compile time, take the parts of a split as slices, legalize
+    + fuse the standard ops (TVM's CPU pipeline, first half; bilinear resizes legalized as two 1-D
+    passes, resize.py)."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -35,7 +36,8 @@ def pipeline_front(tvm_target):
     legalize = cpu.legalize_passes(tvm_target)
     assert legalize[0].info.name == "LegalizeOps", legalize[0].info.name  # TVM's list, first pass replaced
     legalize[0] = relax.transform.LegalizeOps(customize_legalize_map={RESIZE_OP: legalize_resize2d})
-    passes = [_constant_where_pass()] + cpu.library_dispatch_passes(tvm_target) + legalize
+    passes = [_constant_where_pass(), _split_as_slices_pass(), relax.transform.DeadCodeElimination()]
+    passes += cpu.library_dispatch_passes(tvm_target) + legalize
     passes.append(relax.transform.DeadCodeElimination())
     return tvm.transform.Sequential(passes)
 
@@ -78,6 +80,66 @@ def _constant_where_pass():
 
     return tvm.transform.module_pass(lambda mod, _ctx: _constant_where(mod), opt_level=0,
                                      name="bimatting.ConstantWhere")
+
+
+def _split_as_slices(mod):
+    """Each part of a `split` taken as its own strided_slice. Relax fuses no op with a tuple
+    output into its consumers, so a split was a pass of its own copying the whole tensor (the
+    refiner's 4-channel output at 1920x1080 into fgr and pha: ~4 ms); a slice is an injective op
+    that fuses into what reads it. Same values: both only copy."""
+    import tvm
+    from tvm import relax
+
+    split_op = tvm.ir.Op.get("relax.split")
+
+    @relax.expr_functor.mutator
+    class _Slices(relax.PyExprMutator):
+        def visit_tuple_getitem_(self, op):
+            op = super().visit_tuple_getitem_(op)
+            source = op.tuple_value
+            call = self.lookup_binding(source) if isinstance(source, relax.Var) else None
+            if not (isinstance(call, relax.Call) and call.op.same_as(split_op)):
+                return op
+            bounds = _split_bounds(call)
+            if bounds is None:
+                return op
+            begin, end = bounds[op.index]
+            return relax.op.strided_slice(call.args[0], axes=[int(call.attrs.axis)], begin=[begin], end=[end])
+
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gvar] = _Slices(mod).visit_expr(func)
+    return mod
+
+
+def _split_bounds(call):
+    """[(begin, end)] of each part of a static `split` along its axis, else None."""
+    shape = getattr(call.args[0].ty, "shape", None)
+    axis = int(call.attrs.axis)
+    try:
+        extent = int(shape[axis])
+    except (TypeError, ValueError, IndexError):
+        return None
+    parts = call.attrs.indices_or_sections
+    if isinstance(parts, int) or hasattr(parts, "value"):  # n equal sections
+        count = int(parts)
+        if count <= 0 or extent % count:
+            return None
+        cuts = [extent // count * i for i in range(1, count)]
+    else:
+        try:
+            cuts = [int(v) for v in parts]
+        except (TypeError, ValueError):
+            return None
+    edges = [0] + [min(max(c, 0), extent) for c in cuts] + [extent]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _split_as_slices_pass():
+    import tvm
+
+    return tvm.transform.module_pass(lambda mod, _ctx: _split_as_slices(mod), opt_level=0,
+                                     name="bimatting.SplitAsSlices")
 
 
 def pipeline_back(tvm_target, database=None):
