@@ -245,6 +245,44 @@ def test_rpi4_artifact_on_emulated_board_matches_onnxruntime(built, small_onnx, 
     _compare_recurrent(runner, _reference(small_onnx), _frames(3), tolerance=1e-5)
 
 
+LOCAL_VM_SCRIPT = """
+import sys
+import numpy as np
+from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
+model = CompiledModel(sys.argv[1])
+runner = RecurrentRunner(model)
+frames = np.load(sys.argv[2])
+outs = [runner.step(frames[i], fetch=["pha", "r1o"]) for i in range(len(frames))]
+calls = []
+model.vm.set_instrument(lambda func, name, before, ret, *args: calls.append(str(name)) or 0)
+runner.step(frames[0])
+model.vm.set_instrument(lambda *args: 0)
+timing = model.vm.time_evaluator("invoke_stateful", model.device, number=1, repeat=2)("main")
+np.savez(sys.argv[3], **{f"{k}{i}": v for i, out in enumerate(outs) for k, v in out.items()})
+print(type(model.vm).__name__, "tvm" in sys.modules, len(timing.results), timing.mean > 0,
+      any(name.startswith("bconv") for name in calls))
+"""
+
+
+def test_a_local_run_without_the_tvm_package_gives_the_same_bits(built, small_onnx, tmp_path):
+    """A process that never imports `tvm` (a board script, `matte --artifact`) runs the artifact on
+    libtvm_runtime through tvm_ffi (deploy/device/local_vm.py): same outputs as the package's VM
+    over recurrent frames, and the instrument and timer bench uses work there too."""
+    path = built.get(small_onnx, "host")
+    frames = np.stack(_frames(3, seed=21))
+    np.save(tmp_path / "frames.npy", frames)
+    done = subprocess.run([sys.executable, "-c", LOCAL_VM_SCRIPT, str(path), str(tmp_path / "frames.npy"),
+                           str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["LocalVM", "False", "2", "True", "True"]
+    runner = RecurrentRunner(CompiledModel(path))
+    lean = np.load(tmp_path / "out.npz")
+    for index, frame in enumerate(frames):
+        out = runner.step(frame, fetch=["pha", "r1o"])
+        for name in ("pha", "r1o"):
+            assert np.array_equal(lean[f"{name}{index}"], out[name]), (name, index)
+
+
 def test_local_run_of_an_arm_artifact_says_to_use_rpc(built, small_onnx):
     import platform
 

@@ -73,7 +73,9 @@ def matte(source, output, checkpoint, artifact, backend, output_type, background
 
 def _runtime_only_tvm():
     """A compiled artifact needs the TVM runtime, not the compiler: load only libtvm_runtime (the
-    compiler library and its LLVM add ~100 MB resident), as a board would. Only in the process the
+    compiler library and its LLVM add ~100 MB resident), as a board would. The artifact then runs
+    without the `tvm` Python package at all (deploy/device/local_vm.py); should anything import
+    it, it comes up runtime-only. Only in the process the
     command started, which never compiles; a library caller or a process that already imported TVM
     keeps what it has."""
     import os

@@ -13,8 +13,11 @@
 them at zero and feeds each output rKo back as the next rKi. The states and parameters stay on
 the device between frames; only the image goes in and the outputs come back.
 `model.metadata` is the artifact's metadata.json (input/output names and shapes, target).
+A local model in a process that has not imported the `tvm` package runs on TVM's runtime library
+alone (local_vm.py), as on a board; otherwise (RPC, tools that compile) on the package's VM.
 """
 import platform
+import sys
 
 import numpy as np
 
@@ -26,16 +29,27 @@ class CompiledModel:
     """An artifact loaded into a Relax VM on a device (local CPU, or `session.cpu()` over RPC)."""
 
     def __init__(self, source, session=None):
-        import tvm
-        from tvm.runtime.vm import VirtualMachine  # runtime only: no compiler library needed
-
         self.artifact = source if isinstance(source, artifacts.Artifact) else artifacts.read(source)
         meta = self.metadata
+        self.session = session
+        self._inputs = {i["name"]: i for i in meta["inputs"]}
         if session is None:
             isa = meta["target"]["isa"]
             if isa != platform.machine():
                 raise InputError(f"artifact is built for {isa} ({meta['target']['name']}); this machine is "
                                  f"{platform.machine()}: run it on the board over RPC")
+            if "tvm" not in sys.modules:
+                from bimatting.deploy.device.local_vm import LocalVM
+
+                self.vm = LocalVM(self.artifact.library_path)
+                self.device = self.vm.device
+                self._tensor, self._numpy = self.vm.tensor, self.vm.numpy
+                self._params = [self._tensor(self.artifact.params[name]) for name in meta["params"]]
+                return
+        import tvm
+        from tvm.runtime.vm import VirtualMachine  # runtime only: no compiler library needed
+
+        if session is None:
             library = tvm.runtime.load_module(str(self.artifact.library_path))
             self.device = tvm.cpu()
         else:
@@ -45,10 +59,10 @@ class CompiledModel:
             session.upload(str(self.artifact.library_path), remote_name)
             library = session.load_module(remote_name)
             self.device = session.cpu()
-        self.session = session
         self.vm = VirtualMachine(library, self.device)
-        self._params = [tvm.runtime.tensor(self.artifact.params[name], self.device) for name in meta["params"]]
-        self._inputs = {i["name"]: i for i in meta["inputs"]}
+        self._tensor = lambda array: tvm.runtime.tensor(array, self.device)
+        self._numpy = lambda tensor: tensor.numpy()
+        self._params = [self._tensor(self.artifact.params[name]) for name in meta["params"]]
 
     @property
     def metadata(self):
@@ -68,14 +82,16 @@ class CompiledModel:
 
     def to_device(self, name, value):
         """A device tensor for input `name`, checked against the compiled shape."""
-        import tvm
-
         spec = self._inputs[name]
         array = np.ascontiguousarray(value, dtype=spec["dtype"])
         if list(array.shape) != list(spec["shape"]):
             raise InputError(f"input '{name}' has shape {list(array.shape)}; this artifact was compiled for "
                              f"{spec['shape']} (compile another resolution)")
-        return tvm.runtime.tensor(array, self.device)
+        return self._tensor(array)
+
+    def to_numpy(self, tensor):
+        """A numpy copy of an output tensor."""
+        return self._numpy(tensor)
 
     def call(self, device_inputs):
         """Run `main` on device tensors in input order; returns the output device tensors."""
@@ -92,7 +108,7 @@ class CompiledModel:
         if missing:
             raise InputError(f"missing inputs {missing}; the model takes {self.input_names}")
         outputs = self.call([self.to_device(n, inputs[n]) for n in self.input_names])
-        return {name: out.numpy() for name, out in zip(self.output_names, outputs)}
+        return {name: self.to_numpy(out) for name, out in zip(self.output_names, outputs)}
 
 
 class RecurrentRunner:
@@ -119,4 +135,4 @@ class RecurrentRunner:
         for state, output in self.states.items():
             self._state_values[state] = outputs[output]
         wanted = fetch if fetch is not None else [n for n in outputs if n not in self.states.values()]
-        return {name: outputs[name].numpy() for name in wanted}
+        return {name: self.model.to_numpy(outputs[name]) for name in wanted}
