@@ -1,7 +1,8 @@
-"""llvm-mca throughput of the binary conv's inner loop vs the float conv's, for an ARM board (no board).
+"""llvm-mca throughput of the binary conv's inner loop vs the float conv's, for a board (no board).
 
     python bench/mca.py                                  # rpi4 (Cortex-A72), 64->64 3x3 at 64x64
     python bench/mca.py --target rpi5 --json             # Cortex-A76 (udot), machine-readable
+    python bench/mca.py --target host                    # this x86-64 machine (its -mcpu)
     python bench/mca.py --save-reports mca-reports/      # + both loops and full llvm-mca reports
 
 Both kernels are compiled for the target by the code a compiled network uses: the bitserial
@@ -22,6 +23,14 @@ Work per iteration is counted from the instructions themselves:
     binary: bit-MACs = sum over `cnt` of its bits (16b: 128, 8b: 64); one bit-MAC is one +-1
             product, the work one float MAC does in the same layer
     float:  MACs = sum over `fmla` of its lanes (4s: 4, 2s: 2; scalar `fmadd s`: 1)
+On x86-64 (AT&T assembly, `#` comments, `j..` branches) the popcount of a vector is `vpopcntq`
+with AVX-512 VPOPCNTDQ, else a `vpshufb` nibble table closed by one `vpsadbw` per vector:
+bit-MACs = the register's bits per `vpopcntq` / `vpsadbw` (xmm 128, ymm 256, zmm 512); float
+MACs = the lanes of each `vfmadd...ps` (xmm 4, ymm 8, zmm 16; scalar `ss` 1). llvm-mca's
+model is the judge, with its errors: LLVM 14's znver3 model gives a 256-bit FMA a throughput of
+1 per cycle (8 fp32 MACs/cycle), where Zen 3 issues two; the compiled float conv measures ~10
+MACs/cycle there (3x3 32->16 at 288x512, one thread), so the x86 ratio overstates the binary
+loop's lead by up to 2x.
 cycles/iteration = llvm-mca's Total Cycles / Iterations (steady state, loop-carried dependencies
 included); Block RThroughput (resource bound only) is shown too. llvm-mca assumes L1 hits and
 perfect branch prediction, so these are upper bounds on the loops, not layer timings.
@@ -46,6 +55,17 @@ POPCOUNT = re.compile(r"^\s*cnt\s+v\d+\.(16b|8b)")
 FMA = re.compile(r"^\s*(?:fmla\s+v\d+\.(4s|2s)|fmadd\s+(s)\d+)")
 POPCOUNT_BITS = {"16b": 128, "8b": 64}
 FMA_LANES = {"4s": 4, "2s": 2, "s": 1}
+# x86-64, AT&T syntax: the destination register is the last operand
+BRANCH_X86 = re.compile(r"^\s*(j\w+)\s+([.\w$]+)\s*$")
+POPCOUNT_X86 = re.compile(r"^\s*(?:vpsadbw|vpopcntq)\s+.*%([xyz])mm\d+\s*$")
+FMA_X86 = re.compile(r"^\s*(?:vfmadd\d+p(?:s)\s+.*%([xyz])mm\d+|vfmadd\d+(s)s\s.*)\s*$")
+VECTOR_BITS_X86 = {"x": 128, "y": 256, "z": 512}
+FMA_LANES_X86 = {"x": 4, "y": 8, "z": 16, "s": 1}
+ISA = {  # per instruction set: comment start, backward-branch regex, (work regex, units) per kernel
+    "aarch64": {"comment": "//", "branch": BRANCH, "binary": (POPCOUNT, POPCOUNT_BITS), "float": (FMA, FMA_LANES)},
+    "x86_64": {"comment": "#", "branch": BRANCH_X86, "binary": (POPCOUNT_X86, VECTOR_BITS_X86),
+               "float": (FMA_X86, FMA_LANES_X86)},
+}
 
 
 class Missing(Exception):
@@ -82,20 +102,20 @@ def float_conv_asm(cin, cout, height, width, tvm_target):
 
 # -- finding the hot loop ---------------------------------------------------------------------
 
-def _code_lines(asm):
+def _code_lines(asm, comment="//"):
     """Labels and instructions, comments and directives (.loc, .cfi, .p2align...) dropped."""
     lines = []
     for raw in asm.splitlines():
-        line = raw.split("//")[0].rstrip()  # `//` starts an AArch64 comment
+        line = raw.split(comment)[0].rstrip()
         if not line.strip() or (line.strip().startswith(".") and not LABEL.match(line)):
             continue
         lines.append(line)
     return lines
 
 
-def hot_loop(asm, work):
+def hot_loop(asm, work, isa="aarch64"):
     """Lines [label .. backward branch] of the innermost loop with the most `work` matches."""
-    lines = _code_lines(asm)
+    lines = _code_lines(asm, ISA[isa]["comment"])
     labels = {}
     loops = []
     for index, line in enumerate(lines):
@@ -103,7 +123,7 @@ def hot_loop(asm, work):
         if label:
             labels[label.group(1)] = index
             continue
-        branch = BRANCH.match(line)
+        branch = ISA[isa]["branch"].match(line)
         if branch and branch.group(2) in labels:  # already defined: a backward branch
             loops.append((labels[branch.group(2)], index))
     counted = [(start, end, sum(bool(work.match(line)) for line in lines[start:end + 1]))
@@ -170,26 +190,29 @@ def check_tools(target_name, mca_path):
                       f"or pass --llvm-mca PATH")
     try:
         target = resolve(target_name)
-        if target.isa != "aarch64":
-            raise Missing(f"target '{target_name}' is {target.isa}; this bench reads AArch64 assembly")
+        if target.isa not in ISA:
+            raise Missing(f"target '{target_name}' is {target.isa}; this bench reads {' and '.join(ISA)} assembly")
         check_compiler(target)
     except InputError as error:
         raise Missing(str(error)) from None
     return target, mca
 
 
-KERNELS = [  # name, builder, work instruction, units per match, MAC unit
-    ("binary (bitserial)", binary_conv_asm, POPCOUNT, POPCOUNT_BITS, "bit-MAC"),
-    ("float (fp32 ConvNCHW)", float_conv_asm, FMA, FMA_LANES, "fp32 MAC"),
+KERNELS = [  # name, builder, kind (ISA's work instruction), MAC unit
+    ("binary (bitserial)", binary_conv_asm, "binary", "bit-MAC"),
+    ("float (fp32 ConvNCHW)", float_conv_asm, "float", "fp32 MAC"),
 ]
 
 
 def measure(target, mca, shape):
+    from bimatting.deploy.compiler.schedules.primfunc import target_triple
+
     tvm_target = target.tvm_target
-    triple, cpu = target.llvm["mtriple"], target.llvm["mcpu"]
+    triple, cpu = target.llvm.get("mtriple") or target_triple(tvm_target), target.llvm["mcpu"]
     rows = []
-    for name, builder, work, units, unit in KERNELS:
-        loop = hot_loop(builder(*shape, tvm_target), work)
+    for name, builder, kind, unit in KERNELS:
+        work, units = ISA[target.isa][kind]
+        loop = hot_loop(builder(*shape, tvm_target), work, target.isa)
         report = run_mca(mca, loop, triple, cpu)
         row = {"kernel": name, **parse_mca(report), "macs": work_per_iteration(loop, work, units),
                "mac_unit": unit, "loop": "\n".join(loop), "report": report}
@@ -211,7 +234,7 @@ def save_reports(directory, rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--target", default="rpi4", help="an AArch64 board from targets/ (default rpi4)")
+    parser.add_argument("--target", default="rpi4", help="a board from targets/: AArch64 or x86-64 (default rpi4)")
     parser.add_argument("--shape", default="64,64,64,64", help="CIN,COUT,H,W (3x3, stride 1, pad 1)")
     parser.add_argument("--llvm-mca", default="llvm-mca", help="llvm-mca executable (name or path)")
     parser.add_argument("--save-reports", metavar="DIR", help="write both loops and llvm-mca reports here")
