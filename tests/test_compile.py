@@ -374,6 +374,56 @@ def test_branches_reading_one_tensor_through_their_own_bias_share_one_pack():
         assert np.array_equal(got[i], want), f"branch {i}"
 
 
+def test_a_residual_add_and_what_follows_it_move_into_the_conv_epilogue():
+    """conv -> Add(shortcut) -> Add(b) -> PRelu -> Add(b2) (a ReActNet block's tail) becomes one
+    BimattingBinaryConv with the shortcut as an input, also when the shortcut's node comes after
+    the conv in the file (the rewritten graph is re-sorted); a shortcut that broadcasts ([1, O, 1,
+    1] here) keeps its Add and what follows as separate ops. Both exactly the graph's float
+    arithmetic (numpy reference, same order of float32 operations)."""
+    from bimatting.deploy.compiler import graph_rewrite
+
+    rng = np.random.default_rng(14)
+    channels, out_channels, height, width = 20, 8, 6, 9
+    w = layout.pack(rng.standard_normal((out_channels, channels, 3, 3)))
+    scale, shift = rng.random(out_channels).astype(np.float32), rng.standard_normal(out_channels).astype(np.float32)
+    move1, move2 = (rng.standard_normal((1, out_channels, 1, 1)).astype(np.float32) * 0.2 for _ in range(2))
+    slope = (rng.random((out_channels, 1, 1)) * 0.3).astype(np.float32)
+    conv_attrs = dict(channels_in=channels, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    nodes = [schema.make_node("BinarizePack", ["x"], ["xp"])]
+    for name, shortcut in (("full", "short_full"), ("bcast", "short_bcast")):
+        nodes += [schema.make_node("BinaryConv2d", ["xp", "w", "s", "b"], [f"y_{name}"], **conv_attrs),
+                  helper.make_node("Add", [f"y_{name}", shortcut], [f"r_{name}"]),
+                  helper.make_node("Add", [f"r_{name}", "move1"], [f"m_{name}"]),
+                  helper.make_node("PRelu", [f"m_{name}", "slope"], [f"p_{name}"]),
+                  helper.make_node("Add", [f"p_{name}", "move2"], [f"out_{name}"])]
+    # the full-size shortcut (exact: a slice times 0.5) is computed after the convs in node order
+    nodes += [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["x_head"]),
+              helper.make_node("Mul", ["x_head", "half"], ["short_full"])]
+    shape = [1, out_channels, height, width]
+    inits = {"w": w, "s": scale, "b": shift, "move1": move1, "move2": move2, "slope": slope,
+             "starts": np.array([0], np.int64), "ends": np.array([out_channels], np.int64),
+             "axes": np.array([1], np.int64), "half": np.array(0.5, np.float32)}
+    graph = helper.make_graph(
+        nodes, "residual_tail",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, height, width]),
+         helper.make_tensor_value_info("short_bcast", TensorProto.FLOAT, [1, out_channels, 1, 1])],
+        [helper.make_tensor_value_info(f"out_{n}", TensorProto.FLOAT, shape) for n in ("full", "bcast")],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(schema.DOMAIN, 1)])
+    rewritten, _ = graph_rewrite.rewrite(model)
+    assert [n.op_type for n in rewritten.graph.node].count("Add") == 0  # both tails folded at the ONNX level
+    x = rng.standard_normal((1, channels, height, width)).astype(np.float32)
+    short_bcast = rng.standard_normal((1, out_channels, 1, 1)).astype(np.float32)
+    shapes = {"x": [1, channels, height, width], "short_bcast": [1, out_channels, 1, 1]}
+    got = dict(zip(("full", "bcast"), _run_library_import(model, shapes, [x, short_bcast])))
+    d = numpy_reference.binary_conv2d(layout.pack(x), w, channels, strides=(1, 1), pads=(1, 1, 1, 1))
+    conv = d.astype(np.float32) * scale[None, :, None, None] + shift[None, :, None, None]
+    for name, shortcut in (("full", x[:, :out_channels] * np.float32(0.5)), ("bcast", short_bcast)):
+        m = (conv + shortcut) + move1
+        want = np.where(m < 0, m * slope[None], m) + move2
+        assert np.array_equal(got[name], want), name
+
+
 def _run_library_import(model, shapes, inputs):
     """Import + build for the host without an artifact (models that are not image models)."""
     import tvm

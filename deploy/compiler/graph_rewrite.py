@@ -15,8 +15,11 @@ Rewrites (the model is copied, never changed in place):
   `BimattingBinaryConv`, which pre-packs them at compile time.
 * Output transform fusion: the per-channel Mul / Add / PRelu nodes that only post-process a
   binary conv (BatchNorm leftovers, LearnableBias, RPReLU) move into the kernel's epilogue, kept
-  in their order so every float rounding stays the graph's. For the masked op only what keeps
-  masked positions at exactly 0 folds (Mul, PRelu).
+  in their order so every float rounding stays the graph's, and so does one Add of another
+  tensor (the block's residual; an extra input of the conv, `residual` step): the float output
+  a ReActNet block writes then comes straight out of its conv. The importer checks the residual
+  has the conv's output shape and otherwise emits the steps from it on as separate ops. For the
+  masked op only what keeps masked positions at exactly 0 folds (Mul, PRelu).
 * Standalone BinarizePack / Unpack keep their ONNX semantics (`BimattingBinarizePack`, ...).
 * Frontend gaps: an empty `scales` / `roi` of Resize (legal ONNX, as PyTorch exports it) is
   made absent; TVM's converter rejects scales and sizes given together.
@@ -85,19 +88,31 @@ def _per_channel(value, channels):
     return None
 
 
-def _fold_output_transform(g, conv, channels_out, masked):
-    """Per-channel Mul / Add / PRelu nodes that only post-process `conv`'s output, in order.
+RESIDUAL = "residual"  # epilogue step: + another tensor of the output's shape
 
-    Returns (folded nodes, the last one's output name, [(kind, values)]). The masked op keeps
-    masked positions at exactly 0 only through Mul and PRelu, so Add does not fold there.
+
+def _fold_output_transform(g, conv, channels_out, masked, taken=frozenset()):
+    """Per-channel Mul / Add / PRelu nodes that only post-process `conv`'s output, in order, and
+    at most one Add of another tensor (the residual).
+
+    Returns (folded nodes, the last one's output name, [(kind, values)], residual tensor name or
+    None). The masked op keeps masked positions at exactly 0 only through Mul and PRelu, so Add
+    does not fold there. Nodes in `taken` (ids) went to another conv: an Add of two convs' chains
+    is the residual of the first conv only.
     """
-    folded, steps, out = [], [], conv.output[0]
+    folded, steps, out, residual = [], [], conv.output[0], None
     while True:
         node = g.sole_consumer(out)
-        if node is None or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+        if node is None or node.domain not in ("", "ai.onnx") or len(node.input) != 2 or id(node) in taken:
             break
         other = node.input[1] if node.input[0] == out else node.input[0]
         kind = {"Mul": "mul", "Add": "add", "PRelu": "prelu"}.get(node.op_type)
+        if kind == "add" and other not in g.consts and not masked and residual is None and other != out:
+            residual = other
+            steps.append((RESIDUAL, np.zeros(channels_out, np.float32)))
+            folded.append(node)
+            out = node.output[0]
+            continue
         if kind is None or other not in g.consts or (masked and kind == "add"):
             break
         if kind == "prelu" and node.input[0] != out:
@@ -108,7 +123,7 @@ def _fold_output_transform(g, conv, channels_out, masked):
         steps.append((kind, value))
         folded.append(node)
         out = node.output[0]
-    return folded, out, steps
+    return folded, out, steps, residual
 
 
 def _check_custom_nodes(graph):
@@ -199,11 +214,41 @@ def rewrite(model):
         else:
             new_nodes.append(node)
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(_topological(new_nodes, graph))
     kept_functions = [f for f in out.functions if f.domain != schema.DOMAIN]
     del out.functions[:]
     out.functions.extend(kept_functions)
     return out, len(conv_nodes)
+
+
+def _topological(nodes, graph):
+    """`nodes` in an order where every input is produced first, as close to the given order as
+    that allows: a conv that took in its residual Add now reads a tensor produced after the
+    conv's old place."""
+    import heapq
+
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output}
+    waiting = {index: {name for name in node.input if name not in available and name in producer}
+               for index, node in enumerate(nodes)}
+    readers = {}
+    for index, names in waiting.items():
+        for name in names:
+            readers.setdefault(name, set()).add(index)
+    ready = [index for index, names in waiting.items() if not names]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        index = heapq.heappop(ready)
+        ordered.append(nodes[index])
+        for name in nodes[index].output:
+            for reader in sorted(readers.get(name, ())):
+                waiting[reader].discard(name)
+                if not waiting[reader]:
+                    heapq.heappush(ready, reader)
+    if len(ordered) != len(nodes):
+        raise InputError("the model's graph has a cycle or reads a tensor no node produces")
+    return ordered
 
 
 def _pack_source(g, pack, channels, taken):
@@ -268,10 +313,10 @@ def _conv_node(g, node, group_id, removed):
     if scale.size != channels_out or bias.size != channels_out:
         raise InputError(f"{schema.DOMAIN}.{node.op_type} node '{node.name}': scale and bias must have "
                          f"{channels_out} values (one per output channel)")
-    folded, output, post = _fold_output_transform(g, node, channels_out, masked)
+    folded, output, post, residual = _fold_output_transform(g, node, channels_out, masked, removed)
     removed.update(id(f) for f in folded)
     steps = [("mul", scale), ("add", bias)] + post
-    inputs = [_packed_name(group_id)] + ([node.input[4]] if masked else [])
+    inputs = [_packed_name(group_id)] + ([node.input[4]] if masked else []) + ([residual] if residual else [])
     values = np.stack([np.asarray(v, np.float32).reshape(-1) for _, v in steps])  # [S, O]
     return [helper.make_node("BimattingBinaryConv", inputs, [output], name=node.name or output,
                              domain=PRIVATE_DOMAIN, group=group_id, masked=int(masked),

@@ -63,14 +63,22 @@ def _make_converters(kernel_config):
                                  f"{g.channels_in}, kernel_shape={list(g.kernel)}")
             kinds = [k.decode() if isinstance(k, bytes) else str(k) for k in attr["epilogue_kinds"]]
             epilogue = list(zip(kinds, _tensor_attr(attr, "epilogue_values")))
-            operands = lowering.conv_operands(weights, g, kernel_config, epilogue)
             mask = inputs[1] if int(attr["masked"]) else None
+            residual = inputs[2 if mask is not None else 1] if "residual" in kinds else None
             batch = lowering.static_shape(inputs[0])[0]
+            out_shape = (batch, g.channels_out, g.out_height, g.out_width)
             if mask is not None and lowering.static_shape(mask) != (batch, 1, g.out_height, g.out_width):
                 raise InputError(f"BinaryConv2dMasked mask has shape {lowering.static_shape(mask)}, expected "
                                  f"[N, 1, {g.out_height}, {g.out_width}]")
-            return lowering.emit_conv(bb, inputs[0], layout, g, operands=operands, mask=mask,
-                                      variant=int(attr.get("variant", 0)))
+            later = []
+            if residual is not None and lowering.static_shape(residual) != out_shape:  # a broadcasting Add
+                cut = kinds.index("residual")
+                epilogue, later = epilogue[:cut], epilogue[cut:]
+            operands = lowering.conv_operands(weights, g, kernel_config, epilogue)
+            out = lowering.emit_conv(bb, inputs[0], layout, g, operands=operands, mask=mask,
+                                     variant=int(attr.get("variant", 0)),
+                                     residual=residual if not later else None)
+            return lowering.emit_steps(bb, out, later, residual) if later else out
 
     class BinarizePack(OnnxOpConverter):
         @classmethod

@@ -77,8 +77,9 @@ def conv_operands(w_packed, geometry, kernel_config, epilogue):
 
 
 def conv_func(batch, geometry, layout, operands, masked=False, variant=0):
-    """PrimFunc (packed, weights, base, row_class, col_class, steps[, mask]) -> float32
-    [N, O, OH, OW]; the conv reads pack variant `variant` of `layout`."""
+    """PrimFunc (packed, weights, base, row_class, col_class, steps[, mask][, residual]) -> float32
+    [N, O, OH, OW]; the conv reads pack variant `variant` of `layout`; a residual input (float32
+    [N, O, OH, OW]) where the epilogue has a "residual" step."""
     g = geometry
     packed = te.placeholder((batch, layout.rows, layout.cols, layout.word_stride), layout.word_dtype,
                             name="packed")
@@ -86,10 +87,13 @@ def conv_func(batch, geometry, layout, operands, masked=False, variant=0):
     weights, base, row_class, col_class, steps = [te.placeholder(a.shape, str(a.dtype), name=n)
                                                   for a, n in zip(operands.arrays(), names)]
     mask = te.placeholder((batch, 1, g.out_height, g.out_width), "float32", name="mask") if masked else None
+    residual = (te.placeholder((batch, g.channels_out, g.out_height, g.out_width), "float32", name="residual")
+                if "residual" in operands.kinds else None)
     pop = bitserial.popcount_conv(packed, weights, g, layout, variant)
     out = bitserial.output_transform(pop, base, row_class, col_class, steps=steps, kinds=operands.kinds,
-                                     geometry=g, mask=mask)
-    args = [packed, weights, base, row_class, col_class, steps] + ([mask] if masked else []) + [out]
+                                     geometry=g, mask=mask, residual=residual)
+    args = [packed, weights, base, row_class, col_class, steps] + ([mask] if masked else [])
+    args += ([residual] if residual is not None else []) + [out]
     return _prim_func(args, "bconv")
 
 
@@ -122,15 +126,34 @@ def emit_pack(bb, x, layout, from_bytes_channels=None, bias=None):
     return _call(bb, func, name, args, (shape[0], layout.rows, layout.cols, layout.word_stride), layout.word_dtype)
 
 
-def emit_conv(bb, packed, layout, geometry, *, operands, mask=None, variant=0):
+def emit_conv(bb, packed, layout, geometry, *, operands, mask=None, variant=0, residual=None):
     """Relax: packed words (variant `variant` of `layout`) -> float32 NCHW output of the binary
-    convolution."""
+    convolution (+ `residual` where the epilogue has that step)."""
     g = geometry
     batch = static_shape(packed)[0]
     func = conv_func(batch, g, layout, operands, masked=mask is not None, variant=variant)
     args = [packed] + [relax.const(tvm.runtime.tensor(a)) for a in operands.arrays()]
     args += [mask] if mask is not None else []
+    args += [residual] if residual is not None else []
     return _call(bb, func, "bconv", args, (batch, g.channels_out, g.out_height, g.out_width), "float32")
+
+
+def emit_steps(bb, x, steps, residual):
+    """Relax ops for epilogue `steps` ([(kind, per-channel values)]) applied to x, in order (the
+    ONNX graph's own element-wise ops; a residual of another shape broadcasts as ONNX's Add)."""
+    for kind, values in steps:
+        if kind == "residual":
+            x = bb.emit(relax.op.add(x, residual))
+            continue
+        channel = relax.const(tvm.runtime.tensor(np.asarray(values, np.float32).reshape(1, -1, 1, 1)))
+        if kind == "mul":
+            x = bb.emit(relax.op.multiply(x, channel))
+        elif kind == "add":
+            x = bb.emit(relax.op.add(x, channel))
+        else:
+            slope = relax.const(tvm.runtime.tensor(np.asarray(values, np.float32).reshape(-1)))
+            x = bb.emit(relax.op.nn.prelu(x, slope, axis=1))
+    return x
 
 
 def emit_binarize_pack(bb, x):

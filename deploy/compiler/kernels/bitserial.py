@@ -173,7 +173,7 @@ def popcount_conv(packed, weights, geometry, layout, variant=0):
     return te.compute(shape, count, name="bconv_popcount")
 
 
-EPILOGUE_KINDS = ("mul", "add", "prelu")
+EPILOGUE_KINDS = ("mul", "add", "prelu", "residual")
 
 
 def _rounded(product):
@@ -183,13 +183,14 @@ def _rounded(product):
     return tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", product)
 
 
-def output_transform(pop, base, row_class, col_class, *, steps, kinds, geometry, mask=None):
+def output_transform(pop, base, row_class, col_class, *, steps, kinds, geometry, mask=None, residual=None):
     """Popcounts -> float NCHW output [N, O, OH, OW] (module docstring for the algebra).
 
     base [row classes, col classes, Op] int32 = K_all + corr, so D = base - 2 * popcount is the
     exact integer dot product; row_class [OH], col_class [OW] int32. Then the per-channel float
     steps (`kinds[i]` with operand steps[i, :Op]: "mul" v*s, "add" v+s, "prelu" v<0 ? v*s : v)
-    in the order the graph applies them, so every float rounding matches the ONNX graph's.
+    in the order the graph applies them, so every float rounding matches the ONNX graph's;
+    "residual" adds residual [N, O, OH, OW] (the block's shortcut) at its place in that order.
     mask [N, 1, OH, OW]: the value is kept where mask != 0, else exactly 0.
     PReLU is written with max / min: as a select, LLVM compiles it to a branch, mispredicted on
     half the values of a sign-balanced layer (1x1 35->16 at 288x512 with PReLU: 23 -> 2.8 ms).
@@ -212,6 +213,8 @@ def output_transform(pop, base, row_class, col_class, *, steps, kinds, geometry,
                 value = _rounded(value * operand)
             elif kind == "add":
                 value = value + operand
+            elif kind == "residual":
+                value = value + residual[n, o, y, x]
             else:
                 # PReLU without a branch: exactly the graph's value (adding a zero is exact; only
                 # the sign of a zero result may differ, which no later sign() or add sees).
