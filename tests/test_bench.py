@@ -119,14 +119,15 @@ def bimatting_host(tmp_path_factory):
 
 
 def _first_binary_conv(params, order):
-    """Names of the first binary conv's operands in the artifact: the threshold (bias) its input
+    """Names of the first binary conv's operands in the artifact: the thresholds (bias) its input
     is packed with, its packed weights and its exact base table (K_all + border correction per
     row class, column class, output channel), found by kind: the first uint64 parameter is packed
-    weights, the float vector before it the pack's bias, the int32 table after it the base."""
+    weights, the float table before it the pack's bias ([variants, C]: one row per branch signing
+    that tensor), the int32 table after it the base."""
     weights = next(i for i, name in enumerate(order) if params[name].dtype == np.uint64)
     bias = order[weights - 1]
     base = order[weights + 1]
-    assert params[bias].dtype == np.float32 and params[bias].ndim == 1, (bias, params[bias].shape)
+    assert params[bias].dtype == np.float32 and params[bias].ndim == 2, (bias, params[bias].shape)
     assert params[base].dtype == np.int32 and params[base].ndim == 3, (base, params[base].shape)
     return bias, order[weights], base
 
@@ -147,7 +148,7 @@ def test_a_wrong_compile_fails_the_verification(bimatting_host, corruption, tmp_
     if corruption == "inverted weights":
         params[weights][..., 0] = ~params[weights][..., 0]
     elif corruption == "shifted threshold":
-        params[bias][0] += 0.5
+        params[bias][0, 0] += 0.5
     else:
         assert (params[base][0] != params[base][1]).any()  # the border row's correction matters
         params[base][0] = params[base][1]
