@@ -108,18 +108,15 @@ def _fold_output_transform(g, conv, channels_out, masked, taken=frozenset()):
         other = node.input[1] if node.input[0] == out else node.input[0]
         kind = {"Mul": "mul", "Add": "add", "PRelu": "prelu"}.get(node.op_type)
         if kind == "add" and other not in g.consts and not masked and residual is None and other != out:
-            residual = other
-            steps.append((RESIDUAL, np.zeros(channels_out, np.float32)))
-            folded.append(node)
-            out = node.output[0]
-            continue
-        if kind is None or other not in g.consts or (masked and kind == "add"):
-            break
-        if kind == "prelu" and node.input[0] != out:
-            break
-        value = _per_channel(g.consts[other], channels_out)
-        if value is None:
-            break
+            kind, residual, value = RESIDUAL, other, np.zeros(channels_out, np.float32)
+        else:
+            if kind is None or other not in g.consts or (masked and kind == "add"):
+                break
+            if kind == "prelu" and node.input[0] != out:
+                break
+            value = _per_channel(g.consts[other], channels_out)
+            if value is None:
+                break
         steps.append((kind, value))
         folded.append(node)
         out = node.output[0]
@@ -177,9 +174,8 @@ def rewrite(model):
             key = ("bytes", node.input[0])
         groups.setdefault(key, []).append(node)
         conv_nodes.append((node, key))
-    group_ids = {key: i for i, key in enumerate(groups)}
     for node, key in conv_nodes:
-        replaced[id(node)] = _conv_node(g, node, group_ids[key], removed)
+        replaced[id(node)] = _conv_node(g, node, removed)
     # After the epilogue folds: an Add already moved into a conv epilogue stays there.
     sources = {key: (_pack_source(g, packs[key], schema.node_attributes(convs[0])["channels_in"], removed)
                      if key in packs else (key[1], None, None)) for key, convs in groups.items()}
@@ -189,15 +185,14 @@ def rewrite(model):
         if add is not None:
             removed.add(id(add))
         pack_sets.setdefault((key[0], tensor), []).append(key)
-    order = {id(node): i for i, node in enumerate(graph.node)}
     for set_id, ((kind, tensor), keys) in enumerate(pack_sets.items()):
         convs = [conv for key in keys for conv in groups[key]]
         for variant, key in enumerate(keys):
             for conv in groups[key]:
                 _read_pack(replaced[id(conv)][-1], set_id, variant)
         biases = [sources[key][1] for key in keys]
-        first = min(convs, key=lambda conv: order[id(conv)])
-        replaced[id(first)] = [_pack_node(kind, tensor, biases, set_id, convs)] + replaced[id(first)]
+        # placed with the set's first conv; _topological moves it before any reader it follows
+        replaced[id(convs[0])] = [_pack_node(kind, tensor, biases, set_id, convs)] + replaced[id(convs[0])]
     for node in graph.node:  # BinarizePack nodes now only feeding rewritten convs go away
         if _is_custom(node) and node.op_type == "BinarizePack":
             users = g.consumers.get(node.output[0], [])
@@ -214,23 +209,21 @@ def rewrite(model):
         else:
             new_nodes.append(node)
     del graph.node[:]
-    graph.node.extend(_topological(new_nodes, graph))
+    graph.node.extend(_topological(new_nodes))
     kept_functions = [f for f in out.functions if f.domain != schema.DOMAIN]
     del out.functions[:]
     out.functions.extend(kept_functions)
     return out, len(conv_nodes)
 
 
-def _topological(nodes, graph):
+def _topological(nodes):
     """`nodes` in an order where every input is produced first, as close to the given order as
-    that allows: a conv that took in its residual Add now reads a tensor produced after the
-    conv's old place."""
+    that allows: a conv that took in its residual Add reads a tensor produced after the conv's
+    old place, and a pack placed with the first conv of its set may follow another of its readers."""
     import heapq
 
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    producer = {name: index for index, node in enumerate(nodes) for name in node.output}
-    waiting = {index: {name for name in node.input if name not in available and name in producer}
-               for index, node in enumerate(nodes)}
+    produced = {name for node in nodes for name in node.output} - {""}  # not graph inputs or initializers
+    waiting = {index: {name for name in node.input if name in produced} for index, node in enumerate(nodes)}
     readers = {}
     for index, names in waiting.items():
         for name in names:
@@ -247,7 +240,7 @@ def _topological(nodes, graph):
                 if not waiting[reader]:
                     heapq.heappush(ready, reader)
     if len(ordered) != len(nodes):
-        raise InputError("the model's graph has a cycle or reads a tensor no node produces")
+        raise InputError("the model's graph has a cycle (a node reads what it produces, through other nodes)")
     return ordered
 
 
@@ -293,13 +286,12 @@ def _packed_name(group_id):
 def _read_pack(conv, group_id, variant):
     """Point a rewritten BimattingBinaryConv at variant `variant` of pack `group_id`."""
     conv.input[0] = _packed_name(group_id)
-    for attr in conv.attribute:
-        if attr.name == "group":
-            attr.i = group_id
-    conv.attribute.append(helper.make_attribute("variant", variant))
+    conv.attribute.extend([helper.make_attribute("group", group_id), helper.make_attribute("variant", variant)])
 
 
-def _conv_node(g, node, group_id, removed):
+def _conv_node(g, node, removed):
+    """The BimattingBinaryConv of `node` with its epilogue folded in; its packed input (first) is
+    named by _read_pack once the packs are known."""
     attrs = schema.node_attributes(node)
     masked = node.op_type == "BinaryConv2dMasked"
     expected = 5 if masked else 4
@@ -316,10 +308,10 @@ def _conv_node(g, node, group_id, removed):
     folded, output, post, residual = _fold_output_transform(g, node, channels_out, masked, removed)
     removed.update(id(f) for f in folded)
     steps = [("mul", scale), ("add", bias)] + post
-    inputs = [_packed_name(group_id)] + ([node.input[4]] if masked else []) + ([residual] if residual else [])
+    inputs = [""] + ([node.input[4]] if masked else []) + ([residual] if residual else [])
     values = np.stack([np.asarray(v, np.float32).reshape(-1) for _, v in steps])  # [S, O]
     return [helper.make_node("BimattingBinaryConv", inputs, [output], name=node.name or output,
-                             domain=PRIVATE_DOMAIN, group=group_id, masked=int(masked),
+                             domain=PRIVATE_DOMAIN, masked=int(masked),
                              channels_in=attrs["channels_in"], geometry=ConvGeometry.ints_from_attributes(attrs),
                              weights=numpy_helper.from_array(weights, "weights"),
                              epilogue_kinds=[kind for kind, _ in steps],

@@ -38,14 +38,18 @@ class CompiledModel:
             if isa != platform.machine():
                 raise InputError(f"artifact is built for {isa} ({meta['target']['name']}); this machine is "
                                  f"{platform.machine()}: run it on the board over RPC")
-            if "tvm" not in sys.modules:
-                from bimatting.deploy.device.local_vm import LocalVM
+        if session is None and "tvm" not in sys.modules:
+            from bimatting.deploy.device.local_vm import LocalVM
 
-                self.vm = LocalVM(self.artifact.library_path)
-                self.device = self.vm.device
-                self._tensor, self._numpy = self.vm.tensor, self.vm.numpy
-                self._params = [self._tensor(self.artifact.params[name]) for name in meta["params"]]
-                return
+            self.vm = LocalVM(self.artifact.library_path)
+            self.device = self.vm.device
+            self._tensor, self._numpy = self.vm.tensor, self.vm.numpy
+        else:
+            self._package_vm(session)
+        self._params = [self._tensor(self.artifact.params[name]) for name in meta["params"]]
+
+    def _package_vm(self, session):
+        """The `tvm` package's VirtualMachine, on this CPU or on the board of an RPC session."""
         import tvm
         from tvm.runtime.vm import VirtualMachine  # runtime only: no compiler library needed
 
@@ -55,14 +59,13 @@ class CompiledModel:
         else:
             # One name per library: a session may load several artifacts of the same model.
             digest = artifacts.sha256_file(self.artifact.library_path)[:16]
-            remote_name = f"bimatting-{meta['target']['name']}-{digest}.so"
+            remote_name = f"bimatting-{self.metadata['target']['name']}-{digest}.so"
             session.upload(str(self.artifact.library_path), remote_name)
             library = session.load_module(remote_name)
             self.device = session.cpu()
         self.vm = VirtualMachine(library, self.device)
         self._tensor = lambda array: tvm.runtime.tensor(array, self.device)
         self._numpy = lambda tensor: tensor.numpy()
-        self._params = [self._tensor(self.artifact.params[name]) for name in meta["params"]]
 
     @property
     def metadata(self):
