@@ -1,9 +1,10 @@
 """Graph-level compiler passes that must not change a single bit of the result.
 
 * The separable bilinear resize (deploy/compiler/resize.py) against TVM's own 2-D resize2d, the
-  formula it replaces: bit-identical on random data, for the refiner's 4x upsample, a 2x one and
-  ratios that are not whole numbers (weights that do not repeat), and within float rounding of
-  onnxruntime's Resize, the runtime `bench` verifies against.
+  formula it replaces: bit-identical on random data, for the refiner's 4x upsample, a 2x one (both
+  interpolated by phase, with vector loads) and ratios that are not whole numbers (weights that do
+  not repeat), and within float rounding of onnxruntime's Resize, the runtime `bench` verifies
+  against.
 * The compile-time `where` (deploy/compiler/build.py): a uniform constant condition selects its
   branch, anything else is left alone, and the compiled module computes what the graph did.
 * A split's parts become slices (build.py) that fuse into their readers: no split function is
@@ -14,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import tvm
 from onnx import TensorProto, helper
-from tvm import relax, te, tirx, topi
+from tvm import relax, s_tir, te, tirx, topi
 
 from bimatting.deploy.compiler import build
 from bimatting.deploy.compiler.float_order import fence_products
@@ -71,6 +72,21 @@ def test_separable_resize_has_the_bits_of_tvms_resize2d(host_target, in_shape, s
     assert np.array_equal(ours, theirs)
     # onnxruntime weighs the four taps in another order: float rounding apart (|values| < ~5).
     np.testing.assert_allclose(ours, onnxruntime_resize(array, size), rtol=0, atol=4e-6)
+
+
+def test_a_power_of_two_upsample_interpolates_columns_by_phase_with_vector_loads(host_target):
+    # The refiner's 4x: the column pass is written per phase (no per-lane gathers), and the
+    # schedule keeps it as its own buffer, vectorized along the input columns.
+    data = te.placeholder((1, 4, 27, 48), "float32", name="data")
+    out = _separable_linear(data, [tirx.IntImm("int64", 108), tirx.IntImm("int64", 192)])
+    scheduled = fp.apply_rules(te.create_prim_func([data, out]), host_target, fp.rules(host_target))
+    sch = s_tir.Schedule(scheduled)
+    loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock("resize_phases"))]
+    assert "resize_columns" not in scheduled.script()
+    # [.., i_outer, p (4 phases, unrolled), i_inner (vectorized)]: the vector runs along input
+    # columns (stride 1 in `edge`), one vector per phase.
+    assert [loop.kind for loop in loops[-2:]] == [tirx.ForKind.UNROLLED, tirx.ForKind.VECTORIZED]
+    assert loops[-2].extent.value == 4 and loops[-1].extent.value > 1
 
 
 def _where_module(condition):

@@ -21,6 +21,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target.codegen import llvm_get_vector_width, target_has_features
 
+from bimatting.deploy.compiler.resize import KEEP_BUFFER, VECTOR_AXIS
 from bimatting.deploy.compiler.schedules.primfunc import fresh, target_triple
 
 PARALLEL_MIN = 4096  # elements: below this the thread pool costs more than it saves
@@ -83,9 +84,20 @@ def _divisor_tile(extent, preferred, minimum):
     return preferred  # leaves a predicated tail (loop partitioning splits it off)
 
 
+def _annotation(sch, block_rv, key):
+    value = sch.get(block_rv).annotations.get(key)
+    return None if value is None else int(value)
+
+
 def _flat_parallel_vector(sch, block, lanes):
     """Injective block: vectorize a tile of the innermost loop (a divisor of its extent, so no
-    tail), run the fused outer loops in parallel."""
+    tail), run the fused outer loops in parallel. A block annotated with VECTOR_AXIS k vectorizes
+    axis k instead, the axes after it unrolled inside (resize.py's phases: contiguous loads along
+    k, one vector per phase)."""
+    axis = _annotation(sch, block, VECTOR_AXIS)
+    if axis is not None:
+        _parallel_vector_axis(sch, block, axis, lanes)
+        return
     loops = sch.get_loops(block)
     extents = [_extent(sch, loop) for loop in loops]
     if not loops or None in extents:
@@ -104,6 +116,21 @@ def _flat_parallel_vector(sch, block, lanes):
     for extent in extents:
         total *= extent
     if outer and total >= PARALLEL_MIN:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _parallel_vector_axis(sch, block, axis, lanes):
+    loops = sch.get_loops(block)
+    outer, vector, inner = loops[:axis], loops[axis], loops[axis + 1:]
+    extent = _extent(sch, vector)
+    tile = _divisor_tile(extent, lanes, 2) if extent else 1
+    if extent and extent % tile == 0 and tile > 1:
+        vector_outer, vector = sch.split(vector, [None, tile])
+        sch.reorder(vector_outer, *inner, vector)
+        sch.vectorize(vector)
+    for loop in inner:
+        sch.unroll(loop)
+    if outer:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
@@ -167,7 +194,8 @@ def _try_inline_all(sch, infos):
     """Inline injective blocks into their consumers where possible; the rest stay."""
     remaining = []
     for info in infos[:-1]:
-        if _copies_too_large(sch, info.block_rv) or _padding_for_a_stencil(sch, info.block_rv):
+        if (_copies_too_large(sch, info.block_rv) or _padding_for_a_stencil(sch, info.block_rv)
+                or _annotation(sch, info.block_rv, KEEP_BUFFER)):
             remaining.append(info)
             continue
         try:
@@ -274,7 +302,8 @@ class ElementwiseWithReductions(ScheduleRule):
         lanes = _lanes(target)
         remaining = []
         for info in infos[:-1]:
-            if not info.is_injective() or _copies_too_large(sch, info.block_rv):
+            if (not info.is_injective() or _copies_too_large(sch, info.block_rv)
+                    or _annotation(sch, info.block_rv, KEEP_BUFFER)):
                 remaining.append(info)
                 continue
             try:
