@@ -119,7 +119,7 @@ def import_onnx(model, shapes, kernel_config, constants=None):
 
     if constants:
         model = graph_rewrite.bind_inputs(model, constants)
-    model = fold.fold_shape_arithmetic(model, shapes)
+    model = fold.gathers_as_slices(fold.fold_shape_arithmetic(model, shapes))
     rewritten, _ = graph_rewrite.rewrite(model)
     with _scoped_converters(_make_converters(kernel_config)), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the ONNX checker does not know the private domain

@@ -162,7 +162,22 @@ def _count(node, kinds, where=lambda n: True):
 
 
 def _copies_too_large(sch, block_rv):
-    return _reads(sch, block_rv) > 1 and _count(sch.get(block_rv).body.value, _ARITHMETIC) > INLINE_COPY_LIMIT
+    reads = _reads(sch, block_rv)
+    if reads <= 1 or _count(sch.get(block_rv).body.value, _ARITHMETIC) <= INLINE_COPY_LIMIT:
+        return False
+    # Inlined, the block is computed reads x (consumer's size) times instead of once per element:
+    # cheaper when its consumers keep a subset of it (the input resize's width pass over all 1080
+    # rows, read at one row in four by the height pass).
+    computed = sum(_size(sch, consumer) for consumer in sch.get_consumers(block_rv))
+    return reads * computed > _size(sch, block_rv)
+
+
+def _size(sch, block_rv):
+    size = 1
+    for iter_var in sch.get(block_rv).iter_vars:
+        extent = iter_var.dom.extent
+        size *= int(extent) if hasattr(extent, "value") or isinstance(extent, int) else 1 << 30
+    return size
 
 
 def _reads(sch, block_rv):
