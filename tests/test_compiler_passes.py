@@ -9,6 +9,11 @@
   branch, anything else is left alone, and the compiled module computes what the graph did.
 * A split's parts become slices (build.py) that fuse into their readers: no split function is
   left and the outputs are the parts, bit for bit.
+* Gathers of evenly stepped constant indices become slices (fold.py): the same elements in
+  onnxruntime; any other gather is left as it was.
+* Channel slices move up to the tensors they come from (channel_slices.py): the refiner's tail
+  computes fgr and pha from the low-resolution operands without storing the 4-channel output,
+  with the bits the graph computed without the pass; a tensor something else also reads stays.
 """
 import numpy as np
 import onnxruntime as ort
@@ -17,7 +22,7 @@ import tvm
 from onnx import TensorProto, helper
 from tvm import relax, s_tir, te, tirx, topi
 
-from bimatting.deploy.compiler import build
+from bimatting.deploy.compiler import build, channel_slices, fold
 from bimatting.deploy.compiler.float_order import fence_products
 from bimatting.deploy.compiler.resize import _separable_linear
 from bimatting.deploy.compiler.schedules import fp
@@ -167,3 +172,80 @@ def test_a_split_becomes_slices_fused_into_their_readers(host_target, sections):
     cut = 3 if sections == [3] else 2
     assert np.array_equal(got[0].numpy(), np.clip(array[:, :cut] + np.float32(0.5), 0, 1))
     assert np.array_equal(got[1].numpy(), array[:, cut:] * np.float32(2.0))
+
+
+# (indices, axis, becomes a Slice)
+GATHERS = [([1, 5, 9], 3, True), ([0, 1, 2, 3, 4, 5, 6, 7, 8], 2, True), ([2], 1, True), ([0, 2, 3], 3, False),
+           ([4, 3, 2], 3, False), ([-1], 2, False), ([3, 3], 3, False), (2, 3, False)]
+
+
+def test_evenly_stepped_gathers_become_slices_with_the_same_values():
+    nodes, outputs, inits = [], [], []
+    for k, (indices, axis, _) in enumerate(GATHERS):
+        inits.append(helper.make_tensor(f"i{k}", TensorProto.INT64, np.shape(indices), np.ravel(indices).tolist()))
+        nodes.append(helper.make_node("Gather", ["x", f"i{k}"], [f"y{k}"], axis=axis))
+        outputs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "gathers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 13])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rewritten = fold.gathers_as_slices(model)
+    assert [n.op_type for n in rewritten.graph.node] == ["Slice" if sliced else "Gather" for *_, sliced in GATHERS]
+    x = np.random.default_rng(3).standard_normal((2, 3, 9, 13)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    for ours, theirs in zip(run(rewritten), run(model)):
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+
+
+def _refiner_tail(also_return_out):
+    """fgr, pha = split(upsample(A) * concat(src, gray) + upsample(b)), clamped (fgr + src first),
+    the end of the guided-filter refiner, at toy sizes (4x upsample of 4 channels)."""
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType((1, 4, 6, 8), "float32"))
+    b = relax.Var("b", relax.TensorType((1, 4, 6, 8), "float32"))
+    src = relax.Var("src", relax.TensorType((1, 3, 24, 32), "float32"))
+    with bb.function("main", [a, b, src]):
+        with bb.dataflow():
+            def up(t):
+                return bb.emit(relax.op.image.resize2d(t, (24, 32), method="linear",
+                                                       coordinate_transformation_mode="half_pixel"))
+            gray = bb.emit(relax.op.mean(src, axis=[1], keepdims=True))
+            fine = bb.emit(relax.op.concat([src, gray], axis=1))
+            out = bb.emit(relax.op.add(relax.op.multiply(up(a), fine), up(relax.op.subtract(b, a))))
+            parts = bb.emit(relax.op.split(out, [3], axis=1))
+            fgr = bb.emit(relax.op.clip(relax.op.add(relax.TupleGetItem(parts, 0), src), 0.0, 1.0))
+            pha = bb.emit(relax.op.clip(relax.TupleGetItem(parts, 1), 0.0, 1.0))
+            result = bb.emit_output(relax.Tuple([fgr, pha] + ([out] if also_return_out else [])))
+        bb.emit_func_output(result)
+    return bb.get()
+
+
+def _lowered_and_outputs(mod, target):
+    with target:
+        lowered = build.pipeline_front(target)(mod)
+    vm = relax.VirtualMachine(build._compile(lowered, target, None), tvm.cpu())
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in ((1, 4, 6, 8), (1, 4, 6, 8), (1, 3, 24, 32))]
+    return lowered, [t.numpy() for t in vm["main"](*[tvm.runtime.tensor(x) for x in arrays])]
+
+
+def _stored_shapes(lowered):
+    shapes = []
+    relax.analysis.post_order_visit(lowered["main"], lambda e: shapes.append(tuple(int(d) for d in e.ty.shape))
+                                    if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.call_tir"
+                                    else None)
+    return shapes
+
+
+@pytest.mark.parametrize("also_return_out", [False, True])
+def test_channel_slices_move_up_to_the_refiners_low_resolution_operands(host_target, monkeypatch, also_return_out):
+    lowered, outputs = _lowered_and_outputs(_refiner_tail(also_return_out), host_target)
+    stores_out = (1, 4, 24, 32) in _stored_shapes(lowered)
+    assert stores_out == also_return_out  # out is stored only where something else reads it
+    monkeypatch.setattr(channel_slices, "push_channel_slices", lambda mod: mod)
+    unpushed, reference = _lowered_and_outputs(_refiner_tail(also_return_out), host_target)
+    assert (1, 4, 24, 32) in _stored_shapes(unpushed)
+    for ours, theirs in zip(outputs, reference):
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
