@@ -14,8 +14,6 @@
 * Channel slices move up to the tensors they come from (channel_slices.py): the refiner's tail
   computes fgr and pha from the low-resolution operands without storing the 4-channel output,
   with the bits the graph computed without the pass; a tensor something else also reads stays.
-* The head's float64 matmul widens its float32 input as it reads it (widening_matmul.py): no
-  float64 copy of the feature map is stored, and the result has the bits of the unfused graph.
 """
 import numpy as np
 import onnxruntime as ort
@@ -24,7 +22,7 @@ import tvm
 from onnx import TensorProto, helper
 from tvm import relax, s_tir, te, tirx, topi
 
-from bimatting.deploy.compiler import build, channel_slices, fold, widening_matmul
+from bimatting.deploy.compiler import build, channel_slices, fold
 from bimatting.deploy.compiler.float_order import fence_products
 from bimatting.deploy.compiler.resize import _separable_linear
 from bimatting.deploy.compiler.schedules import fp
@@ -251,42 +249,3 @@ def test_channel_slices_move_up_to_the_refiners_low_resolution_operands(host_tar
     assert (1, 4, 24, 32) in _stored_shapes(unpushed)
     for ours, theirs in zip(outputs, reference):
         assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
-
-
-def _float64_head():
-    """The projection head as exported: float32 features widened, flattened, a float64 matmul
-    and bias, narrowed back."""
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 16, 6, 10), "float32"))
-    rng = np.random.default_rng(5)
-    weight = relax.const(rng.standard_normal((4, 16)), "float64")
-    bias = relax.const(rng.standard_normal((4, 1)), "float64")
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            flat = bb.emit(relax.op.reshape(relax.op.astype(x, "float64"), (1, 16, 60)))
-            out = bb.emit(relax.op.astype(relax.op.add(relax.op.matmul(weight, flat), bias), "float32"))
-            result = bb.emit_output(out)
-        bb.emit_func_output(result)
-    return bb.get()
-
-
-def test_the_heads_matmul_widens_its_input_as_it_reads_it(host_target, monkeypatch):
-    def compiled(mod):
-        with host_target:
-            lowered = build.pipeline_front(host_target)(mod)
-        float64_stored = []
-        relax.analysis.post_order_visit(lowered["main"], lambda e: float64_stored.append(e) if isinstance(e, relax.Call)
-                                        and str(getattr(e.ty, "dtype", "")) == "float64" else None)
-        vm = relax.VirtualMachine(build._compile(lowered, host_target, None), tvm.cpu())
-        return float64_stored, vm["main"](tvm.runtime.tensor(x)).numpy()
-
-    x = np.random.default_rng(6).standard_normal((1, 16, 6, 10)).astype(np.float32) * 100
-    stored, ours = compiled(_float64_head())
-    assert not stored  # one function from float32 in to float32 out
-    rng = np.random.default_rng(5)  # the head's constants, as _float64_head draws them
-    weight, bias = rng.standard_normal((4, 16)), rng.standard_normal((4, 1))
-    expected = (weight @ x.astype(np.float64).reshape(1, 16, 60) + bias).astype(np.float32)
-    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=0)  # float64 sums: any order rounds alike
-    monkeypatch.setattr(widening_matmul, "widen_inside_matmul", lambda mod: mod)
-    stored, reference = compiled(_float64_head())
-    assert stored and np.array_equal(ours, reference)

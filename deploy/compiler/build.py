@@ -25,8 +25,7 @@ LIFT_MIN_ELEMENTS = 2  # scalars stay in the library
 
 def pipeline_front(tvm_target):
     """Select the branches decided at compile time, take the parts of a split as slices (moved up
-    to the tensors they come from, channel_slices.py), widen the head's input inside its matmul
-    (widening_matmul.py), legalize
+    to the tensors they come from, channel_slices.py), legalize
     + fuse the standard ops (TVM's CPU pipeline, first half; bilinear resizes legalized as two 1-D
     passes, resize.py)."""
     import tvm
@@ -35,13 +34,12 @@ def pipeline_front(tvm_target):
 
     from bimatting.deploy.compiler.channel_slices import push_channel_slices_pass
     from bimatting.deploy.compiler.resize import RESIZE_OP, legalize_resize2d
-    from bimatting.deploy.compiler.widening_matmul import widen_inside_matmul_pass
 
     legalize = cpu.legalize_passes(tvm_target)
     assert legalize[0].info.name == "LegalizeOps", legalize[0].info.name  # TVM's list, first pass replaced
     legalize[0] = relax.transform.LegalizeOps(customize_legalize_map={RESIZE_OP: legalize_resize2d})
     passes = [_constant_where_pass(), _split_as_slices_pass(), relax.transform.DeadCodeElimination(),
-              push_channel_slices_pass(), widen_inside_matmul_pass(), relax.transform.DeadCodeElimination()]
+              push_channel_slices_pass()]
     passes += cpu.library_dispatch_passes(tvm_target) + legalize
     passes.append(relax.transform.DeadCodeElimination())
     return tvm.transform.Sequential(passes)
