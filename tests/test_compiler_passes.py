@@ -249,3 +249,29 @@ def test_channel_slices_move_up_to_the_refiners_low_resolution_operands(host_tar
     assert (1, 4, 24, 32) in _stored_shapes(unpushed)
     for ours, theirs in zip(outputs, reference):
         assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+
+
+def _count_calls(func, op_name):
+    found = []
+    relax.analysis.post_order_visit(func, lambda e: found.append(e) if isinstance(e, relax.Call)
+                                    and getattr(e.op, "name", "") == op_name else None)
+    return len(found)
+
+
+def test_the_slices_of_one_tensor_move_together_or_not_at_all():
+    # out = upsample(a) * x, read as out[:, 0:4] (could move: x whole) and out[:, 0:3] (cannot:
+    # x is read elsewhere and as large as out). Moving the first alone would compute out twice.
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType((1, 4, 6, 8), "float32"))
+    x = relax.Var("x", relax.TensorType((1, 4, 24, 32), "float32"))
+    with bb.function("main", [a, x]):
+        with bb.dataflow():
+            up = bb.emit(relax.op.image.resize2d(a, (24, 32), method="linear"))
+            out = bb.emit(relax.op.multiply(up, x))
+            whole = bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[4]))
+            part = bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[3]))
+            result = bb.emit_output(relax.Tuple([whole, part, x]))
+        bb.emit_func_output(result)
+    pushed = channel_slices.push_channel_slices(bb.get())["main"]
+    assert _count_calls(pushed, "relax.multiply") == 1
+    assert _count_calls(pushed, "relax.image.resize2d") == 1

@@ -69,9 +69,13 @@ def _lanes(target, bits=32):
     return max(4, _vector_bits(target) // bits)
 
 
+def _static_int(expr):
+    """expr as an int where it is a constant, else None (a symbolic extent)."""
+    return int(expr) if hasattr(expr, "value") or isinstance(expr, int) else None
+
+
 def _extent(sch, loop):
-    extent = sch.get(loop).extent
-    return int(extent) if hasattr(extent, "value") or isinstance(extent, int) else None
+    return _static_int(sch.get(loop).extent)
 
 
 def _divisor_tile(extent, preferred, minimum):
@@ -175,9 +179,16 @@ def _copies_too_large(sch, block_rv):
 def _size(sch, block_rv):
     size = 1
     for iter_var in sch.get(block_rv).iter_vars:
-        extent = iter_var.dom.extent
-        size *= int(extent) if hasattr(extent, "value") or isinstance(extent, int) else 1 << 30
+        extent = _static_int(iter_var.dom.extent)
+        size *= extent if extent is not None else 1 << 30  # symbolic: taken as large
     return size
+
+
+def _stays_a_buffer(sch, block_rv):
+    """Whether an injective block keeps its own buffer rather than being inlined into its readers:
+    inlined it would be computed more often than stored (_copies_too_large), or a compiler pass
+    asked for it (KEEP_BUFFER, e.g. resize.py's edge-repeated rows)."""
+    return _copies_too_large(sch, block_rv) or _annotation(sch, block_rv, KEEP_BUFFER) is not None
 
 
 def _reads(sch, block_rv):
@@ -209,8 +220,7 @@ def _try_inline_all(sch, infos):
     """Inline injective blocks into their consumers where possible; the rest stay."""
     remaining = []
     for info in infos[:-1]:
-        if (_copies_too_large(sch, info.block_rv) or _padding_for_a_stencil(sch, info.block_rv)
-                or _annotation(sch, info.block_rv, KEEP_BUFFER)):
+        if _stays_a_buffer(sch, info.block_rv) or _padding_for_a_stencil(sch, info.block_rv):
             remaining.append(info)
             continue
         try:
@@ -317,8 +327,7 @@ class ElementwiseWithReductions(ScheduleRule):
         lanes = _lanes(target)
         remaining = []
         for info in infos[:-1]:
-            if (not info.is_injective() or _copies_too_large(sch, info.block_rv)
-                    or _annotation(sch, info.block_rv, KEEP_BUFFER)):
+            if not info.is_injective() or _stays_a_buffer(sch, info.block_rv):
                 remaining.append(info)
                 continue
             try:
