@@ -14,18 +14,23 @@
 * Channel slices move up to the tensors they come from (channel_slices.py): the refiner's tail
   computes fgr and pha from the low-resolution operands without storing the 4-channel output,
   with the bits the graph computed without the pass; a tensor something else also reads stays.
+* A float conv scaled by a [1, 1, H, W] mask (the SAB's masked branch) skips the multiply-adds of
+  tiles the mask zeroes (schedules/masked.py): the exact conv's values (integer data, weights in
+  steps of 2^-4, so every order of summation gives the same float32), guarded only where the
+  output transform cannot tell a skipped tile from a computed one.
 """
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tvm
+import tvm_ffi
 from onnx import TensorProto, helper
 from tvm import relax, s_tir, te, tirx, topi
 
 from bimatting.deploy.compiler import build, channel_slices, fold
 from bimatting.deploy.compiler.float_order import fence_products
 from bimatting.deploy.compiler.resize import _separable_linear
-from bimatting.deploy.compiler.schedules import fp
+from bimatting.deploy.compiler.schedules import ScheduleModule, fp, masked
 from bimatting.deploy.target import resolve
 
 # (input N, C, H, W), (output H, W)
@@ -275,3 +280,66 @@ def test_the_slices_of_one_tensor_move_together_or_not_at_all():
     pushed = channel_slices.push_channel_slices(bb.get())["main"]
     assert _count_calls(pushed, "relax.multiply") == 1
     assert _count_calls(pushed, "relax.image.resize2d") == 1
+
+
+def _masked_branch(divide=False):
+    """relu(conv3x3(x) + bias) * mask + g, decode0's masked branch at a toy size (a partial last
+    column tile); with divide, relu(...) / (1 + mask) * mask + g, which a skipped tile would change."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 6, 20, 48), "float32"))
+    w = relax.Var("w", relax.TensorType((8, 6, 3, 3), "float32"))
+    b = relax.Var("b", relax.TensorType((1, 8, 1, 1), "float32"))
+    mask = relax.Var("mask", relax.TensorType((1, 1, 20, 48), "float32"))
+    g = relax.Var("g", relax.TensorType((1, 8, 20, 48), "float32"))
+    with bb.function("main", [x, w, b, mask, g]):
+        with bb.dataflow():
+            y = relax.op.nn.relu(relax.op.add(relax.op.nn.conv2d(x, w, padding=1), b))
+            if divide:
+                y = relax.op.divide(y, relax.op.add(mask, relax.const(1.0, "float32")))
+            out = bb.emit_output(relax.op.add(relax.op.multiply(y, mask), g))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _masked_branch_inputs():
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 40, (1, 6, 20, 48)).astype(np.float32)                # like n and a: integers
+    w = (rng.integers(-64, 64, (8, 6, 3, 3)) / 16.0).astype(np.float32)      # steps of 2^-4
+    b = rng.standard_normal((1, 8, 1, 1)).astype(np.float32)
+    blocks = rng.random((1, 1, 2, 3)) < 0.5
+    blocks[0, 0, 0, 0], blocks[0, 0, 1, 2] = True, False                      # some on, some off
+    mask = np.kron(blocks, np.ones((16, 16)))[:, :, :20, :48].astype(np.float32)
+    g = rng.standard_normal((1, 8, 20, 48)).astype(np.float32)
+    return x, w, b, mask, g
+
+
+def _has_tile_guard(mod, target):
+    with target:
+        scheduled = ScheduleModule(target)(build.pipeline_front(target)(mod))
+    conv = [f for gv, f in scheduled.functions_items() if "conv2d" in gv.name_hint]
+    guards = []
+    for func in conv:
+        tvm_ffi.structural_walk(func.body, [(tirx.IfThenElse, lambda n: guards.append(n))])
+    return bool(guards)
+
+
+def test_a_conv_scaled_by_a_mask_skips_the_tiles_the_mask_zeroes(host_target, monkeypatch):
+    x, w, b, mask, g = _masked_branch_inputs()
+    assert 0.2 < mask.mean() < 0.8
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    conv = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + 20, j:j + 48], w[:, :, i, j].astype(np.float64))
+               for i in range(3) for j in range(3)).astype(np.float32)               # exact: integers x 2^-4
+    expected = np.maximum(conv + b, np.float32(0)) * mask + g
+
+    def run():
+        lib = build._compile(build.pipeline_front(host_target)(_masked_branch()), host_target, None)
+        vm = relax.VirtualMachine(lib, tvm.cpu())
+        return vm["main"](*[tvm.runtime.tensor(a) for a in (x, w, b, mask, g)]).numpy()
+
+    assert _has_tile_guard(_masked_branch(), host_target)
+    assert not _has_tile_guard(_masked_branch(divide=True), host_target)
+    guarded = run()
+    np.testing.assert_array_equal(guarded, expected)
+    monkeypatch.setattr(masked, "skip_zero_scaled_tiles", lambda func: func)
+    assert not _has_tile_guard(_masked_branch(), host_target)
+    np.testing.assert_array_equal(guarded, run())
