@@ -18,6 +18,9 @@
   tiles the mask zeroes (schedules/masked.py): the exact conv's values (integer data, weights in
   steps of 2^-4, so every order of summation gives the same float32), guarded only where the
   output transform cannot tell a skipped tile from a computed one.
+* Element-wise producers fuse into the conv that alone reads them (fuse_producers.py): decode0's
+  `conv(concat(relu(m), clip(m + 1)))` is one function, its 2C-channel input never stored, with the
+  bits of the unfused module; a producer something else also reads stays its own function.
 """
 import numpy as np
 import onnxruntime as ort
@@ -27,7 +30,7 @@ import tvm_ffi
 from onnx import TensorProto, helper
 from tvm import relax, s_tir, te, tirx, topi
 
-from bimatting.deploy.compiler import build, channel_slices, fold
+from bimatting.deploy.compiler import build, channel_slices, fold, fuse_producers
 from bimatting.deploy.compiler.float_order import fence_products
 from bimatting.deploy.compiler.resize import _separable_linear
 from bimatting.deploy.compiler.schedules import ScheduleModule, fp, masked
@@ -343,3 +346,51 @@ def test_a_conv_scaled_by_a_mask_skips_the_tiles_the_mask_zeroes(host_target, mo
     monkeypatch.setattr(masked, "skip_zero_scaled_tiles", lambda func: func)
     assert not _has_tile_guard(_masked_branch(), host_target)
     np.testing.assert_array_equal(guarded, run())
+
+
+def _integer_chain_conv(also_return_input, kernel):
+    """conv(concat(relu(m), clip(m + 1, 0, 1))) + bias, the float half of fixed_point.IntegerChain."""
+    bb = relax.BlockBuilder()
+    m = relax.Var("m", relax.TensorType((1, 4, 12, 40), "float32"))
+    w = relax.Var("w", relax.TensorType((6, 8, kernel, kernel), "float32"))
+    with bb.function("main", [m, w]):
+        with bb.dataflow():
+            active = relax.op.clip(relax.op.add(m, relax.const(1.0, "float32")), 0.0, 1.0)
+            n_and_a = bb.emit(relax.op.concat([relax.op.nn.relu(m), active], axis=1))
+            y = relax.op.add(relax.op.nn.conv2d(n_and_a, w, padding=kernel // 2), relax.const(0.25, "float32"))
+            result = bb.emit_output(relax.Tuple([y, n_and_a]) if also_return_input else y)
+        bb.emit_func_output(result)
+    return bb.get()
+
+
+@pytest.mark.parametrize("kernel", [3, 1])
+@pytest.mark.parametrize("also_return_input", [False, True])
+def test_an_elementwise_producer_fuses_into_the_conv_that_reads_it(host_target, monkeypatch, kernel,
+                                                                   also_return_input):
+    rng = np.random.default_rng(11)
+    m = rng.integers(-20, 20, (1, 4, 12, 40)).astype(np.float32)
+    w = rng.standard_normal((6, 8, kernel, kernel)).astype(np.float32)
+
+    def lowered_and_outputs():
+        with host_target:
+            lowered = build.pipeline_front(host_target)(_integer_chain_conv(also_return_input, kernel))
+        vm = relax.VirtualMachine(build._compile(lowered, host_target, None), tvm.cpu())
+        out = vm["main"](tvm.runtime.tensor(m), tvm.runtime.tensor(w))
+        return lowered, [t.numpy() for t in (out if also_return_input else [out])]
+
+    lowered, outputs = lowered_and_outputs()
+    n_and_a = np.concatenate([np.maximum(m, 0), np.clip(m + 1, 0, 1)], axis=1).astype(np.float64)
+    pad = kernel // 2
+    padded = np.pad(n_and_a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    expected = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + 12, j:j + 40], w[:, :, i, j].astype(np.float64))
+                   for i in range(kernel) for j in range(kernel)) + 0.25
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-5, atol=1e-4)  # float32 sums of ~72 terms
+    fused = [gv.name_hint for gv, f in lowered.functions_items() if "_into_" in gv.name_hint]
+    assert bool(fused) != also_return_input  # an input something else reads is stored, not fused
+    assert ((1, 8, 12, 40) in _stored_shapes(lowered)) == also_return_input
+    monkeypatch.setattr(fuse_producers, "fuse_producers", lambda mod: mod)
+    unfused, reference = lowered_and_outputs()
+    assert (1, 8, 12, 40) in _stored_shapes(unfused)
+    for ours, theirs in zip(outputs, reference):
+        np.testing.assert_array_equal(ours, theirs)
+

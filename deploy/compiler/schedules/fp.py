@@ -255,11 +255,20 @@ class ConvNCHW(ScheduleRule):
         reduce = loops[4:]
         width, channels = _extent(sch, x), _extent(sch, o)
         producers = []
-        for info in infos[:index]:  # a producer that only copies (a 1x1 conv's zero padding) is read in place
+        for info in infos[:index]:
             if isinstance(sch.get(info.block_rv).body.value, tvm.ir.expr.TensorLoad):
-                sch.compute_inline(info.block_rv)
-            else:
-                producers.append(info)
+                sch.compute_inline(info.block_rv)  # a copy (a 1x1 conv's zero padding) is read in place
+                continue
+            if not _feeds(sch, info.block_rv, conv) and not _selects(sch, info.block_rv):
+                # element-wise work on what the conv's rows read (fuse_producers.py): done as they
+                # are built. A block that selects (a concat) keeps rows of its own: inlined into the
+                # padding's select, LLVM scalarized the nest (decode0's 3x3: 12.7 -> 18 ms).
+                try:
+                    sch.compute_inline(info.block_rv)
+                    continue
+                except s_tir.ScheduleError:
+                    pass
+            producers.append(info)
         # ob x (xb / lanes) accumulator registers, half the register file: 16 of 32 (AVX-512, NEON),
         # 8 of AVX2's 16. Output channel groups inside the row, so a row's inputs stay in cache
         # across them (decode0's 32->16 convs at 512x288 on AVX2, one thread: 3x3 41 -> 24 ms,
@@ -293,13 +302,24 @@ class ConvNCHW(ScheduleRule):
         sch.vectorize(tail_loops[-1])
         # Padding: the rows one output row reads, written just before that row (cache-warm), not a
         # padded copy of the whole input (decode0's 32->16 3x3 at 512x288: 22.0 -> 20.6 ms).
-        for info in producers:
+        for info in reversed(producers):  # each one's readers already inside the row loop
             try:
                 sch.compute_at(info.block_rv, row)
                 sch.vectorize(_vector_tile(sch, sch.get_loops(info.block_rv)[-1], lanes))
             except s_tir.ScheduleError:  # already inlined or not a plain loop nest
                 pass
         return sch
+
+
+def _selects(sch, block_rv):
+    value = sch.get(block_rv).body.value
+    return _count(value, (tirx.Select,)) + _count(value, tvm.ir.expr.Call, lambda c: getattr(c.op, "name", "")
+                                                    == "prim.if_then_else") > 0
+
+
+def _feeds(sch, block_rv, consumer_rv):
+    consumer = sch.get(consumer_rv)
+    return any(sch.get(c).same_as(consumer) for c in sch.get_consumers(block_rv))
 
 
 def _vector_tile(sch, loop, lanes):
