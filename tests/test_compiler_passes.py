@@ -21,6 +21,8 @@
 * Element-wise producers fuse into the conv that alone reads them (fuse_producers.py): decode0's
   `conv(concat(relu(m), clip(m + 1)))` is one function, its 2C-channel input never stored, with the
   bits of the unfused module; a producer something else also reads stays its own function.
+* The float64 projection head's matmul is scheduled pixels-outer (schedules/channel_matmul.py):
+  numpy's values, every output channel of a pixel tile computed in one parallel iteration.
 """
 import numpy as np
 import onnxruntime as ort
@@ -34,6 +36,7 @@ from bimatting.deploy.compiler import build, channel_slices, fold, fuse_producer
 from bimatting.deploy.compiler.float_order import fence_products
 from bimatting.deploy.compiler.resize import _separable_linear
 from bimatting.deploy.compiler.schedules import ScheduleModule, fp, masked
+from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
 from bimatting.deploy.target import resolve
 
 # (input N, C, H, W), (output H, W)
@@ -394,3 +397,28 @@ def test_an_elementwise_producer_fuses_into_the_conv_that_reads_it(host_target, 
     for ours, theirs in zip(outputs, reference):
         np.testing.assert_array_equal(ours, theirs)
 
+
+def test_the_projection_matmul_computes_every_output_of_a_pixel_tile_together(host_target):
+    pixels = 2048
+    weight = te.placeholder((4, 16), "float64", name="weight")
+    data = te.placeholder((1, 16, pixels), "float64", name="data")
+    bias = te.placeholder((4, 1), "float64", name="bias")
+    k = te.reduce_axis((0, 16), name="k")
+    product = te.compute((1, 4, pixels), lambda n, o, p: te.sum(weight[o, k] * data[n, k, p], axis=k), name="matmul")
+    out = te.compute((1, 4, pixels), lambda n, o, p: (product[n, o, p] + bias[o, 0]).astype("float32"), name="out")
+    func = te.create_prim_func([weight, data, bias, out])
+    scheduled = ChannelMatmul().apply(func, host_target, False).mod["main"]
+    outer = scheduled.body.block.body if hasattr(scheduled.body, "block") else scheduled.body
+    while not isinstance(outer, tirx.For):
+        outer = outer.body
+    # parallel over pixel tiles (<= 16 pixels each), not over the 4 output channels
+    assert outer.kind == tirx.ForKind.PARALLEL and int(outer.extent) >= pixels // 16
+
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(shape) for shape in ((4, 16), (1, 16, pixels), (4, 1))]
+    lib = tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
+                      target=host_target)
+    result = tvm.runtime.empty((1, 4, pixels), "float32", tvm.cpu())
+    lib["main"](*[tvm.runtime.tensor(a) for a in arrays], result)
+    expected = (np.einsum("ok,nkp->nop", arrays[0], arrays[1]) + arrays[2]).astype(np.float32)
+    np.testing.assert_array_equal(result.numpy(), expected)  # float64 sums: equal after rounding to float32

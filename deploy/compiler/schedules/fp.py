@@ -409,7 +409,9 @@ class ParallelOuter(ScheduleRule):
 
 def rules(target):
     del target
-    return [ConvNCHW(), Injective(), ElementwiseWithReductions(), ParallelOuter()]
+    from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
+
+    return [ConvNCHW(), ChannelMatmul(), Injective(), ElementwiseWithReductions(), ParallelOuter()]
 
 
 def apply_rules(func, target, rule_list):
