@@ -478,6 +478,7 @@ def main():
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or scratch
+        os.makedirs(workdir, exist_ok=True)  # a new --workdir is filled on this run, reused on the next
         networks, which, groups, int8 = part_networks(args.frames, workdir, breakdown=not args.networks_only)
         result = {"threads": THREADS, "weights": which, "networks": networks, "host_groups_ms": groups,
                   "int8_pha_error": int8}
