@@ -23,6 +23,8 @@
   bits of the unfused module; a producer something else also reads stays its own function.
 * The float64 projection head's matmul is scheduled pixels-outer (schedules/channel_matmul.py):
   numpy's values, every output channel of a pixel tile computed in one parallel iteration.
+* A stride-2 conv keeps its padded rows with even and odd columns apart (schedules/fp.py), so its
+  taps are contiguous loads: numpy's values (exact integer sums).
 """
 import numpy as np
 import onnxruntime as ort
@@ -422,3 +424,26 @@ def test_the_projection_matmul_computes_every_output_of_a_pixel_tile_together(ho
     lib["main"](*[tvm.runtime.tensor(a) for a in arrays], result)
     expected = (np.einsum("ok,nkp->nop", arrays[0], arrays[1]) + arrays[2]).astype(np.float32)
     np.testing.assert_array_equal(result.numpy(), expected)  # float64 sums: equal after rounding to float32
+
+
+def test_a_stride_2_conv_reads_its_rows_split_into_even_and_odd_columns(host_target):
+    data = te.placeholder((1, 3, 20, 48), "float32", name="data")
+    weight = te.placeholder((8, 3, 3, 3), "float32", name="weight")
+    out = topi.nn.conv2d_nchw(data, weight, stride=2, padding=1, dilation=1)
+    scheduled = fp.apply_rules(te.create_prim_func([data, weight, out]), host_target, fp.rules(host_target))
+    shapes = []
+    tvm_ffi.structural_walk(scheduled.body, [(s_tir.SBlock, lambda b: shapes.extend(
+        tuple(int(d) for d in buffer.shape) for buffer in b.alloc_buffers))])
+    assert (1, 3, 22, 2, 25) in shapes  # [n, c, padded row, column parity, column // 2]
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(-50, 50, (1, 3, 20, 48)).astype(np.float32)
+    w = (rng.integers(-64, 64, (8, 3, 3, 3)) / 16.0).astype(np.float32)        # every sum exact in float32
+    lib = tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
+                      target=host_target)
+    result = tvm.runtime.empty((1, 8, 10, 24), "float32", tvm.cpu())
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), result)
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    expected = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + 20:2, j:j + 48:2], w[:, :, i, j].astype(np.float64))
+                   for i in range(3) for j in range(3))
+    np.testing.assert_array_equal(result.numpy(), expected.astype(np.float32))

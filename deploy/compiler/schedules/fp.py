@@ -3,10 +3,8 @@ filter, pools, resizes, gate arithmetic): untuned, TVM 0.27 emits naive serial l
 them, so every PrimFunc left unscheduled by the bitserial pass gets one of these rules
 (dlight-style `ScheduleRule`s, MetaSchedule-free):
 
-* `ConvNCHW`: one reduction block with 4 spatial loops [n, o, y, x] (conv2d, depthwise conv,
-  pooling) plus injective producers (padding) and consumers (bias, activations). Register tile of
-  `ob` output channels x `xb` columns accumulated locally, vectorized along x (contiguous in
-  NCHW), reduction loops outside the tile, consumers computed per tile, rows in parallel.
+* `ConvNCHW` (conv_nchw.py): convolutions and pools in NCHW with their producers and consumers.
+* `ChannelMatmul` (channel_matmul.py): the projection heads' matmul over channels.
 * `Injective`: element-wise / layout / resize functions: producers inlined, flattened loop split
   into a parallel outer part and a vectorized inner part.
 * `ElementwiseWithReductions`: element-wise chains holding small reductions (pools, means):
@@ -230,106 +228,6 @@ def _try_inline_all(sch, infos):
     return remaining + infos[-1:]
 
 
-class ConvNCHW(ScheduleRule):
-    """conv2d / depthwise conv / pooling in NCHW with injective producers and consumers."""
-
-    def apply(self, func, target, tunable):
-        sch = s_tir.Schedule(func)
-        infos = _root_blocks(sch)
-        if infos is None:
-            return None
-        reductions = [i for i, info in enumerate(infos) if not info.is_injective()]
-        if len(reductions) != 1 or infos[reductions[0]].dom_kind() not in ("SSSSRRR", "SSSSRR"):
-            return None
-        index = reductions[0]
-        conv = infos[index].block_rv
-        epilogue = infos[index + 1:]
-        try:
-            for info in epilogue[:-1]:
-                sch.compute_inline(info.block_rv)
-        except s_tir.ScheduleError:  # an epilogue block that cannot be inlined: not this rule's case
-            return None
-        lanes = _lanes(target)
-        loops = sch.get_loops(conv)
-        n, o, y, x = loops[:4]
-        reduce = loops[4:]
-        width, channels = _extent(sch, x), _extent(sch, o)
-        producers = []
-        for info in infos[:index]:
-            if isinstance(sch.get(info.block_rv).body.value, tvm.ir.expr.TensorLoad):
-                sch.compute_inline(info.block_rv)  # a copy (a 1x1 conv's zero padding) is read in place
-                continue
-            if not _feeds(sch, info.block_rv, conv) and not _selects(sch, info.block_rv):
-                # element-wise work on what the conv's rows read (fuse_producers.py): done as they
-                # are built. A block that selects (a concat) keeps rows of its own: inlined into the
-                # padding's select, LLVM scalarized the nest (decode0's 3x3: 12.7 -> 18 ms).
-                try:
-                    sch.compute_inline(info.block_rv)
-                    continue
-                except s_tir.ScheduleError:
-                    pass
-            producers.append(info)
-        # ob x (xb / lanes) accumulator registers, half the register file: 16 of 32 (AVX-512, NEON),
-        # 8 of AVX2's 16. Output channel groups inside the row, so a row's inputs stay in cache
-        # across them (decode0's 32->16 convs at 512x288 on AVX2, one thread: 3x3 41 -> 24 ms,
-        # onnxruntime 21 ms; 1x1 10 -> 4.2 ms).
-        xb = _divisor_tile(width, 2 * lanes, max(4, lanes // 2))
-        ob = _divisor_tile(channels, 4 if lanes == 8 else 8, 1) if len(reduce) == 3 else 1
-        xo, xi = sch.split(x, [None, xb])
-        oo, oi = sch.split(o, [None, ob])
-        sch.reorder(n, y, oo, xo, *reduce, oi, xi)
-        if epilogue:
-            sch.set_scope(conv, 0, "local")
-            tail = epilogue[-1].block_rv
-        else:
-            tail = sch.cache_write(conv, 0, "local")
-        sch.reverse_compute_at(tail, xo)
-        row = sch.fuse(n, y)
-        sch.parallel(row)
-        sch.unroll(oi)
-        if xb > lanes and xb % lanes == 0:
-            # One machine vector per statement: LLVM keeps a wider vector's accumulators in memory
-            # (the same conv at 16 lanes of AVX2's 8 took 2.5x as long).
-            xv, xi = sch.split(xi, [None, lanes])
-            sch.unroll(xv)
-        sch.vectorize(xi)
-        for r in reduce[1:]:
-            if (_extent(sch, r) or 99) <= 7:
-                sch.unroll(r)
-        init = sch.decompose_reduction(conv, reduce[0])
-        sch.vectorize(sch.get_loops(init)[-1])
-        tail_loops = sch.get_loops(tail)
-        sch.vectorize(tail_loops[-1])
-        # Padding: the rows one output row reads, written just before that row (cache-warm), not a
-        # padded copy of the whole input (decode0's 32->16 3x3 at 512x288: 22.0 -> 20.6 ms).
-        for info in reversed(producers):  # each one's readers already inside the row loop
-            try:
-                sch.compute_at(info.block_rv, row)
-                sch.vectorize(_vector_tile(sch, sch.get_loops(info.block_rv)[-1], lanes))
-            except s_tir.ScheduleError:  # already inlined or not a plain loop nest
-                pass
-        return sch
-
-
-def _selects(sch, block_rv):
-    value = sch.get(block_rv).body.value
-    return _count(value, (tirx.Select,)) + _count(value, tvm.ir.expr.Call, lambda c: getattr(c.op, "name", "")
-                                                    == "prim.if_then_else") > 0
-
-
-def _feeds(sch, block_rv, consumer_rv):
-    consumer = sch.get(consumer_rv)
-    return any(sch.get(c).same_as(consumer) for c in sch.get_consumers(block_rv))
-
-
-def _vector_tile(sch, loop, lanes):
-    """The inner `lanes` of `loop` (the loop itself when shorter), for vectorize."""
-    extent = _extent(sch, loop)
-    if extent is None or extent <= lanes:
-        return loop
-    return sch.split(loop, [None, lanes])[1]
-
-
 class ElementwiseWithReductions(ScheduleRule):
     """Element-wise chains that also hold small reductions (e.g. a block's residual adds, RPReLU
     and the next block's 2x2 average pool, fused by Relax): injective blocks are inlined where
@@ -410,6 +308,7 @@ class ParallelOuter(ScheduleRule):
 def rules(target):
     del target
     from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
+    from bimatting.deploy.compiler.schedules.conv_nchw import ConvNCHW
 
     return [ConvNCHW(), ChannelMatmul(), Injective(), ElementwiseWithReductions(), ParallelOuter()]
 
