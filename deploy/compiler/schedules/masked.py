@@ -46,6 +46,12 @@ def _substituted(expr, var, value):
     return tvm_ffi.structural_mutate(expr, [(tvm.ir.expr.Var, lambda v, _m: value if v.same_as(var) else v)])
 
 
+def _uses(expr, var):
+    found = []
+    tvm_ffi.structural_walk(expr, [(tvm.ir.expr.Var, lambda v: found.append(v) if v.same_as(var) else None)])
+    return bool(found)
+
+
 def _tile_is_active(epilogue, mask_load):
     """`any(mask != 0)` over the tile's columns, from the output transform's own loop nest
     (For o -> For x -> the output block) and bindings [n, o, y, x]."""
@@ -54,6 +60,8 @@ def _tile_is_active(epilogue, mask_load):
     if not (isinstance(columns, tirx.For) and hasattr(realize, "iter_values")):
         return None
     n, _, y, x = realize.iter_values
+    if not _uses(x, columns.loop_var) or any(_uses(e, epilogue.loop_var) for e in (n, y, x)):
+        return None  # not the (o outer, x inner) nest this test enumerates
     width = int(mask_load.source.shape[3])
     tests = []
     for column in range(int(columns.extent)):
