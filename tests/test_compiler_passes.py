@@ -14,18 +14,31 @@
 * Channel slices move up to the tensors they come from (channel_slices.py): the refiner's tail
   computes fgr and pha from the low-resolution operands without storing the 4-channel output,
   with the bits the graph computed without the pass; a tensor something else also reads stays.
+* A float conv scaled by a [1, 1, H, W] mask (the SAB's masked branch) skips the multiply-adds of
+  tiles the mask zeroes (schedules/masked.py): the exact conv's values (integer data, weights in
+  steps of 2^-4, so every order of summation gives the same float32), guarded only where the
+  output transform cannot tell a skipped tile from a computed one.
+* Element-wise producers fuse into the conv that alone reads them (fuse_producers.py): decode0's
+  `conv(concat(relu(m), clip(m + 1)))` is one function, its 2C-channel input never stored, with the
+  bits of the unfused module; a producer something else also reads stays its own function.
+* The float64 projection head's matmul is scheduled pixels-outer (schedules/channel_matmul.py):
+  numpy's values, every output channel of a pixel tile computed in one parallel iteration.
+* A stride-2 conv keeps its padded rows with even and odd columns apart (schedules/fp.py), so its
+  taps are contiguous loads: numpy's values (exact integer sums).
 """
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tvm
+import tvm_ffi
 from onnx import TensorProto, helper
 from tvm import relax, s_tir, te, tirx, topi
 
-from bimatting.deploy.compiler import build, channel_slices, fold
+from bimatting.deploy.compiler import build, channel_slices, fold, fuse_producers
 from bimatting.deploy.compiler.float_order import fence_products
 from bimatting.deploy.compiler.resize import _separable_linear
-from bimatting.deploy.compiler.schedules import fp
+from bimatting.deploy.compiler.schedules import ScheduleModule, fp, masked
+from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
 from bimatting.deploy.target import resolve
 
 # (input N, C, H, W), (output H, W)
@@ -249,3 +262,188 @@ def test_channel_slices_move_up_to_the_refiners_low_resolution_operands(host_tar
     assert (1, 4, 24, 32) in _stored_shapes(unpushed)
     for ours, theirs in zip(outputs, reference):
         assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+
+
+def _count_calls(func, op_name):
+    found = []
+    relax.analysis.post_order_visit(func, lambda e: found.append(e) if isinstance(e, relax.Call)
+                                    and getattr(e.op, "name", "") == op_name else None)
+    return len(found)
+
+
+def test_the_slices_of_one_tensor_move_together_or_not_at_all():
+    # out = upsample(a) * x, read as out[:, 0:4] (could move: x whole) and out[:, 0:3] (cannot:
+    # x is read elsewhere and as large as out). Moving the first alone would compute out twice.
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType((1, 4, 6, 8), "float32"))
+    x = relax.Var("x", relax.TensorType((1, 4, 24, 32), "float32"))
+    with bb.function("main", [a, x]):
+        with bb.dataflow():
+            up = bb.emit(relax.op.image.resize2d(a, (24, 32), method="linear"))
+            out = bb.emit(relax.op.multiply(up, x))
+            whole = bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[4]))
+            part = bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[3]))
+            result = bb.emit_output(relax.Tuple([whole, part, x]))
+        bb.emit_func_output(result)
+    pushed = channel_slices.push_channel_slices(bb.get())["main"]
+    assert _count_calls(pushed, "relax.multiply") == 1
+    assert _count_calls(pushed, "relax.image.resize2d") == 1
+
+
+def _masked_branch(divide=False):
+    """relu(conv3x3(x) + bias) * mask + g, decode0's masked branch at a toy size (a partial last
+    column tile); with divide, relu(...) / (1 + mask) * mask + g, which a skipped tile would change."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 6, 20, 48), "float32"))
+    w = relax.Var("w", relax.TensorType((8, 6, 3, 3), "float32"))
+    b = relax.Var("b", relax.TensorType((1, 8, 1, 1), "float32"))
+    mask = relax.Var("mask", relax.TensorType((1, 1, 20, 48), "float32"))
+    g = relax.Var("g", relax.TensorType((1, 8, 20, 48), "float32"))
+    with bb.function("main", [x, w, b, mask, g]):
+        with bb.dataflow():
+            y = relax.op.nn.relu(relax.op.add(relax.op.nn.conv2d(x, w, padding=1), b))
+            if divide:
+                y = relax.op.divide(y, relax.op.add(mask, relax.const(1.0, "float32")))
+            out = bb.emit_output(relax.op.add(relax.op.multiply(y, mask), g))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _masked_branch_inputs():
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 40, (1, 6, 20, 48)).astype(np.float32)                # like n and a: integers
+    w = (rng.integers(-64, 64, (8, 6, 3, 3)) / 16.0).astype(np.float32)      # steps of 2^-4
+    b = rng.standard_normal((1, 8, 1, 1)).astype(np.float32)
+    blocks = rng.random((1, 1, 2, 3)) < 0.5
+    blocks[0, 0, 0, 0], blocks[0, 0, 1, 2] = True, False                      # some on, some off
+    mask = np.kron(blocks, np.ones((16, 16)))[:, :, :20, :48].astype(np.float32)
+    g = rng.standard_normal((1, 8, 20, 48)).astype(np.float32)
+    return x, w, b, mask, g
+
+
+def _has_tile_guard(mod, target):
+    with target:
+        scheduled = ScheduleModule(target)(build.pipeline_front(target)(mod))
+    conv = [f for gv, f in scheduled.functions_items() if "conv2d" in gv.name_hint]
+    guards = []
+    for func in conv:
+        tvm_ffi.structural_walk(func.body, [(tirx.IfThenElse, lambda n: guards.append(n))])
+    return bool(guards)
+
+
+def test_a_conv_scaled_by_a_mask_skips_the_tiles_the_mask_zeroes(host_target, monkeypatch):
+    x, w, b, mask, g = _masked_branch_inputs()
+    assert 0.2 < mask.mean() < 0.8
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    conv = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + 20, j:j + 48], w[:, :, i, j].astype(np.float64))
+               for i in range(3) for j in range(3)).astype(np.float32)               # exact: integers x 2^-4
+    expected = np.maximum(conv + b, np.float32(0)) * mask + g
+
+    def run():
+        lib = build._compile(build.pipeline_front(host_target)(_masked_branch()), host_target, None)
+        vm = relax.VirtualMachine(lib, tvm.cpu())
+        return vm["main"](*[tvm.runtime.tensor(a) for a in (x, w, b, mask, g)]).numpy()
+
+    assert _has_tile_guard(_masked_branch(), host_target)
+    assert not _has_tile_guard(_masked_branch(divide=True), host_target)
+    guarded = run()
+    np.testing.assert_array_equal(guarded, expected)
+    monkeypatch.setattr(masked, "skip_zero_scaled_tiles", lambda func: func)
+    assert not _has_tile_guard(_masked_branch(), host_target)
+    np.testing.assert_array_equal(guarded, run())
+
+
+def _integer_chain_conv(also_return_input, kernel):
+    """conv(concat(relu(m), clip(m + 1, 0, 1))) + bias, the float half of fixed_point.IntegerChain."""
+    bb = relax.BlockBuilder()
+    m = relax.Var("m", relax.TensorType((1, 4, 12, 40), "float32"))
+    w = relax.Var("w", relax.TensorType((6, 8, kernel, kernel), "float32"))
+    with bb.function("main", [m, w]):
+        with bb.dataflow():
+            active = relax.op.clip(relax.op.add(m, relax.const(1.0, "float32")), 0.0, 1.0)
+            n_and_a = bb.emit(relax.op.concat([relax.op.nn.relu(m), active], axis=1))
+            y = relax.op.add(relax.op.nn.conv2d(n_and_a, w, padding=kernel // 2), relax.const(0.25, "float32"))
+            result = bb.emit_output(relax.Tuple([y, n_and_a]) if also_return_input else y)
+        bb.emit_func_output(result)
+    return bb.get()
+
+
+@pytest.mark.parametrize("kernel", [3, 1])
+@pytest.mark.parametrize("also_return_input", [False, True])
+def test_an_elementwise_producer_fuses_into_the_conv_that_reads_it(host_target, monkeypatch, kernel,
+                                                                   also_return_input):
+    rng = np.random.default_rng(11)
+    m = rng.integers(-20, 20, (1, 4, 12, 40)).astype(np.float32)
+    w = rng.standard_normal((6, 8, kernel, kernel)).astype(np.float32)
+
+    def lowered_and_outputs():
+        with host_target:
+            lowered = build.pipeline_front(host_target)(_integer_chain_conv(also_return_input, kernel))
+        vm = relax.VirtualMachine(build._compile(lowered, host_target, None), tvm.cpu())
+        out = vm["main"](tvm.runtime.tensor(m), tvm.runtime.tensor(w))
+        return lowered, [t.numpy() for t in (out if also_return_input else [out])]
+
+    lowered, outputs = lowered_and_outputs()
+    n_and_a = np.concatenate([np.maximum(m, 0), np.clip(m + 1, 0, 1)], axis=1).astype(np.float64)
+    pad = kernel // 2
+    padded = np.pad(n_and_a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    expected = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + 12, j:j + 40], w[:, :, i, j].astype(np.float64))
+                   for i in range(kernel) for j in range(kernel)) + 0.25
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-5, atol=1e-4)  # float32 sums of ~72 terms
+    fused = [gv.name_hint for gv, f in lowered.functions_items() if "_into_" in gv.name_hint]
+    assert bool(fused) != also_return_input  # an input something else reads is stored, not fused
+    assert ((1, 8, 12, 40) in _stored_shapes(lowered)) == also_return_input
+    monkeypatch.setattr(fuse_producers, "fuse_producers", lambda mod: mod)
+    unfused, reference = lowered_and_outputs()
+    assert (1, 8, 12, 40) in _stored_shapes(unfused)
+    for ours, theirs in zip(outputs, reference):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_projection_matmul_computes_every_output_of_a_pixel_tile_together(host_target):
+    pixels = 2048
+    weight = te.placeholder((4, 16), "float64", name="weight")
+    data = te.placeholder((1, 16, pixels), "float64", name="data")
+    bias = te.placeholder((4, 1), "float64", name="bias")
+    k = te.reduce_axis((0, 16), name="k")
+    product = te.compute((1, 4, pixels), lambda n, o, p: te.sum(weight[o, k] * data[n, k, p], axis=k), name="matmul")
+    out = te.compute((1, 4, pixels), lambda n, o, p: (product[n, o, p] + bias[o, 0]).astype("float32"), name="out")
+    func = te.create_prim_func([weight, data, bias, out])
+    scheduled = ChannelMatmul().apply(func, host_target, False).mod["main"]
+    outer = scheduled.body.block.body if hasattr(scheduled.body, "block") else scheduled.body
+    while not isinstance(outer, tirx.For):
+        outer = outer.body
+    # parallel over pixel tiles (<= 16 pixels each), not over the 4 output channels
+    assert outer.kind == tirx.ForKind.PARALLEL and int(outer.extent) >= pixels // 16
+
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(shape) for shape in ((4, 16), (1, 16, pixels), (4, 1))]
+    lib = tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
+                      target=host_target)
+    result = tvm.runtime.empty((1, 4, pixels), "float32", tvm.cpu())
+    lib["main"](*[tvm.runtime.tensor(a) for a in arrays], result)
+    expected = (np.einsum("ok,nkp->nop", arrays[0], arrays[1]) + arrays[2]).astype(np.float32)
+    np.testing.assert_array_equal(result.numpy(), expected)  # float64 sums: equal after rounding to float32
+
+
+def test_a_stride_2_conv_reads_its_rows_split_into_even_and_odd_columns(host_target):
+    data = te.placeholder((1, 3, 20, 48), "float32", name="data")
+    weight = te.placeholder((8, 3, 3, 3), "float32", name="weight")
+    out = topi.nn.conv2d_nchw(data, weight, stride=2, padding=1, dilation=1)
+    scheduled = fp.apply_rules(te.create_prim_func([data, weight, out]), host_target, fp.rules(host_target))
+    shapes = []
+    tvm_ffi.structural_walk(scheduled.body, [(s_tir.SBlock, lambda b: shapes.extend(
+        tuple(int(d) for d in buffer.shape) for buffer in b.alloc_buffers))])
+    assert (1, 3, 22, 2, 25) in shapes  # [n, c, padded row, column parity, column // 2]
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(-50, 50, (1, 3, 20, 48)).astype(np.float32)
+    w = (rng.integers(-64, 64, (8, 3, 3, 3)) / 16.0).astype(np.float32)        # every sum exact in float32
+    lib = tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
+                      target=host_target)
+    result = tvm.runtime.empty((1, 8, 10, 24), "float32", tvm.cpu())
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), result)
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    expected = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + 20:2, j:j + 48:2], w[:, :, i, j].astype(np.float64))
+                   for i in range(3) for j in range(3))
+    np.testing.assert_array_equal(result.numpy(), expected.astype(np.float32))

@@ -33,6 +33,7 @@ def pipeline_front(tvm_target):
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from bimatting.deploy.compiler.channel_slices import push_channel_slices_pass
+    from bimatting.deploy.compiler.fuse_producers import fuse_producers_pass
     from bimatting.deploy.compiler.resize import RESIZE_OP, legalize_resize2d
 
     legalize = cpu.legalize_passes(tvm_target)
@@ -40,6 +41,8 @@ def pipeline_front(tvm_target):
     legalize[0] = relax.transform.LegalizeOps(customize_legalize_map={RESIZE_OP: legalize_resize2d})
     passes = [_constant_where_pass(), _split_as_slices_pass(), relax.transform.DeadCodeElimination(),
               push_channel_slices_pass()]
+    assert legalize[-1].info.name == "FuseTIR", legalize[-1].info.name
+    legalize.insert(len(legalize) - 1, fuse_producers_pass())  # after FuseOps, before FuseTIR
     passes += cpu.library_dispatch_passes(tvm_target) + legalize
     passes.append(relax.transform.DeadCodeElimination())
     return tvm.transform.Sequential(passes)

@@ -16,7 +16,13 @@ low-resolution input). Where that slice would copy a tensor as large as the resu
 moves (a copy at full size is no better than the stored tensor). Each part then fuses from the
 low-resolution operands to its clamp, and `out` is never stored. Same values, bit for bit: the
 same float operations on the same elements, in the same order.
+
+The slices of one tensor move together or not at all: were one to move and another stay, the
+tensor would still be computed for the one that stays, and the moved part computed again. So each
+function is visited twice, the first time only to find the tensors with a slice that cannot move.
 """
+import functools
+
 CHANNEL = 1
 ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
                "relax.minimum")
@@ -96,20 +102,26 @@ def push_channel_slices(mod):
     from tvm import relax
 
     mod = relax.transform.CanonicalizeBindings()(mod)  # x = y aliases (a folded `where`) gone
+    pusher = _pusher_class()
     for gvar, func in list(mod.functions_items()):
         if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
-            mod[gvar] = _pusher_class()(mod, _readers(func)).visit_expr(func)
+            readers = _readers(func)
+            trial = pusher(mod, readers, stays=set())
+            trial.visit_expr(func)  # its result is discarded: it only fills trial.stays
+            mod[gvar] = pusher(mod, readers, stays=trial.stays).visit_expr(func)
     return relax.transform.DeadCodeElimination()(mod)
 
 
+@functools.lru_cache(maxsize=None)
 def _pusher_class():
     from tvm import relax
 
     @relax.expr_functor.mutator
     class Pusher(relax.PyExprMutator):
-        def __init__(self, mod, readers):
+        def __init__(self, mod, readers, stays):
             super().__init__(mod)
             self.readers = readers
+            self.stays = stays  # sources with a slice that cannot move: none of their slices moves
             self.made = {}  # (var, begin, end) -> its slice, computed once
             self.reading_size = 0
 
@@ -120,14 +132,17 @@ def _pusher_class():
             if not isinstance(source, relax.Var) or not all(sliced for _, sliced in self.readers.get(source, [])):
                 return call  # read by something else too: it is computed anyway, the slice stays
             value = self.lookup_binding(source)
-            if not isinstance(value, relax.Call):
+            if not isinstance(value, relax.Call) or source in self.stays:
                 return call
             self.reading_size = _elements(value)
             try:
                 pushed = self.through(value, *bounds)
             except _NotWorthIt:
-                return call  # what it emitted is dead code, dropped below
-            return call if pushed is None else pushed
+                pushed = None  # what it emitted is dead code, dropped below
+            if pushed is None:
+                self.stays.add(source)
+                return call
+            return pushed
 
         def through(self, call, begin, end):
             """call's result [:, begin:end] as an expression on slices of its operands, or None

@@ -78,6 +78,8 @@ def _power_of_two_ratio(in_size, out_size):
     """r when out_size = r * in_size with r a power of two >= 2 (then 1 / r and every output
     coordinate are exact in float32), else None."""
     ratio, remainder = divmod(out_size, in_size)
+    # x + 0.5, (x + 0.5) / r and that minus 0.5 fit float32's 24-bit significand for x < 2^23;
+    # 2^22 keeps a bit of margin against that argument, and no frame is that wide.
     if remainder or ratio < 2 or ratio & (ratio - 1) or out_size >= 1 << 22:
         return None
     return ratio

@@ -80,6 +80,8 @@ class ScheduleModule:
                 scheduled = finish_kernel(func, scheduled)
             if scheduled is None:
                 scheduled = fp.apply_rules(func, self.target, self.fp_rules)
+            if scheduled is not None and KERNEL_ATTR not in func.attrs:
+                scheduled = masked.skip_zero_scaled_tiles(scheduled)
             if scheduled is not None:
                 updates[gvar] = _mark(scheduled.with_attrs(
                     {k: v for k, v in func.attrs.items() if k not in scheduled.attrs}))

@@ -3,10 +3,8 @@ filter, pools, resizes, gate arithmetic): untuned, TVM 0.27 emits naive serial l
 them, so every PrimFunc left unscheduled by the bitserial pass gets one of these rules
 (dlight-style `ScheduleRule`s, MetaSchedule-free):
 
-* `ConvNCHW`: one reduction block with 4 spatial loops [n, o, y, x] (conv2d, depthwise conv,
-  pooling) plus injective producers (padding) and consumers (bias, activations). Register tile of
-  `ob` output channels x `xb` columns accumulated locally, vectorized along x (contiguous in
-  NCHW), reduction loops outside the tile, consumers computed per tile, rows in parallel.
+* `ConvNCHW` (conv_nchw.py): convolutions and pools in NCHW with their producers and consumers.
+* `ChannelMatmul` (channel_matmul.py): the projection heads' matmul over channels.
 * `Injective`: element-wise / layout / resize functions: producers inlined, flattened loop split
   into a parallel outer part and a vectorized inner part.
 * `ElementwiseWithReductions`: element-wise chains holding small reductions (pools, means):
@@ -69,9 +67,13 @@ def _lanes(target, bits=32):
     return max(4, _vector_bits(target) // bits)
 
 
+def _static_int(expr):
+    """expr as an int where it is a constant, else None (a symbolic extent)."""
+    return int(expr) if hasattr(expr, "value") or isinstance(expr, int) else None
+
+
 def _extent(sch, loop):
-    extent = sch.get(loop).extent
-    return int(extent) if hasattr(extent, "value") or isinstance(extent, int) else None
+    return _static_int(sch.get(loop).extent)
 
 
 def _divisor_tile(extent, preferred, minimum):
@@ -175,9 +177,16 @@ def _copies_too_large(sch, block_rv):
 def _size(sch, block_rv):
     size = 1
     for iter_var in sch.get(block_rv).iter_vars:
-        extent = iter_var.dom.extent
-        size *= int(extent) if hasattr(extent, "value") or isinstance(extent, int) else 1 << 30
+        extent = _static_int(iter_var.dom.extent)
+        size *= extent if extent is not None else 1 << 30  # symbolic: taken as large
     return size
+
+
+def _stays_a_buffer(sch, block_rv):
+    """Whether an injective block keeps its own buffer rather than being inlined into its readers:
+    inlined it would be computed more often than stored (_copies_too_large), or a compiler pass
+    asked for it (KEEP_BUFFER, e.g. resize.py's edge-repeated rows)."""
+    return _copies_too_large(sch, block_rv) or _annotation(sch, block_rv, KEEP_BUFFER) is not None
 
 
 def _reads(sch, block_rv):
@@ -209,8 +218,7 @@ def _try_inline_all(sch, infos):
     """Inline injective blocks into their consumers where possible; the rest stay."""
     remaining = []
     for info in infos[:-1]:
-        if (_copies_too_large(sch, info.block_rv) or _padding_for_a_stencil(sch, info.block_rv)
-                or _annotation(sch, info.block_rv, KEEP_BUFFER)):
+        if _stays_a_buffer(sch, info.block_rv) or _padding_for_a_stencil(sch, info.block_rv):
             remaining.append(info)
             continue
         try:
@@ -218,86 +226,6 @@ def _try_inline_all(sch, infos):
         except s_tir.ScheduleError:  # not inlinable (e.g. several consumers): keep it
             remaining.append(info)
     return remaining + infos[-1:]
-
-
-class ConvNCHW(ScheduleRule):
-    """conv2d / depthwise conv / pooling in NCHW with injective producers and consumers."""
-
-    def apply(self, func, target, tunable):
-        sch = s_tir.Schedule(func)
-        infos = _root_blocks(sch)
-        if infos is None:
-            return None
-        reductions = [i for i, info in enumerate(infos) if not info.is_injective()]
-        if len(reductions) != 1 or infos[reductions[0]].dom_kind() not in ("SSSSRRR", "SSSSRR"):
-            return None
-        index = reductions[0]
-        conv = infos[index].block_rv
-        epilogue = infos[index + 1:]
-        try:
-            for info in epilogue[:-1]:
-                sch.compute_inline(info.block_rv)
-        except s_tir.ScheduleError:  # an epilogue block that cannot be inlined: not this rule's case
-            return None
-        lanes = _lanes(target)
-        loops = sch.get_loops(conv)
-        n, o, y, x = loops[:4]
-        reduce = loops[4:]
-        width, channels = _extent(sch, x), _extent(sch, o)
-        producers = []
-        for info in infos[:index]:  # a producer that only copies (a 1x1 conv's zero padding) is read in place
-            if isinstance(sch.get(info.block_rv).body.value, tvm.ir.expr.TensorLoad):
-                sch.compute_inline(info.block_rv)
-            else:
-                producers.append(info)
-        # ob x (xb / lanes) accumulator registers, half the register file: 16 of 32 (AVX-512, NEON),
-        # 8 of AVX2's 16. Output channel groups inside the row, so a row's inputs stay in cache
-        # across them (decode0's 32->16 convs at 512x288 on AVX2, one thread: 3x3 41 -> 24 ms,
-        # onnxruntime 21 ms; 1x1 10 -> 4.2 ms).
-        xb = _divisor_tile(width, 2 * lanes, max(4, lanes // 2))
-        ob = _divisor_tile(channels, 4 if lanes == 8 else 8, 1) if len(reduce) == 3 else 1
-        xo, xi = sch.split(x, [None, xb])
-        oo, oi = sch.split(o, [None, ob])
-        sch.reorder(n, y, oo, xo, *reduce, oi, xi)
-        if epilogue:
-            sch.set_scope(conv, 0, "local")
-            tail = epilogue[-1].block_rv
-        else:
-            tail = sch.cache_write(conv, 0, "local")
-        sch.reverse_compute_at(tail, xo)
-        row = sch.fuse(n, y)
-        sch.parallel(row)
-        sch.unroll(oi)
-        if xb > lanes and xb % lanes == 0:
-            # One machine vector per statement: LLVM keeps a wider vector's accumulators in memory
-            # (the same conv at 16 lanes of AVX2's 8 took 2.5x as long).
-            xv, xi = sch.split(xi, [None, lanes])
-            sch.unroll(xv)
-        sch.vectorize(xi)
-        for r in reduce[1:]:
-            if (_extent(sch, r) or 99) <= 7:
-                sch.unroll(r)
-        init = sch.decompose_reduction(conv, reduce[0])
-        sch.vectorize(sch.get_loops(init)[-1])
-        tail_loops = sch.get_loops(tail)
-        sch.vectorize(tail_loops[-1])
-        # Padding: the rows one output row reads, written just before that row (cache-warm), not a
-        # padded copy of the whole input (decode0's 32->16 3x3 at 512x288: 22.0 -> 20.6 ms).
-        for info in producers:
-            try:
-                sch.compute_at(info.block_rv, row)
-                sch.vectorize(_vector_tile(sch, sch.get_loops(info.block_rv)[-1], lanes))
-            except s_tir.ScheduleError:  # already inlined or not a plain loop nest
-                pass
-        return sch
-
-
-def _vector_tile(sch, loop, lanes):
-    """The inner `lanes` of `loop` (the loop itself when shorter), for vectorize."""
-    extent = _extent(sch, loop)
-    if extent is None or extent <= lanes:
-        return loop
-    return sch.split(loop, [None, lanes])[1]
 
 
 class ElementwiseWithReductions(ScheduleRule):
@@ -317,8 +245,7 @@ class ElementwiseWithReductions(ScheduleRule):
         lanes = _lanes(target)
         remaining = []
         for info in infos[:-1]:
-            if (not info.is_injective() or _copies_too_large(sch, info.block_rv)
-                    or _annotation(sch, info.block_rv, KEEP_BUFFER)):
+            if not info.is_injective() or _stays_a_buffer(sch, info.block_rv):
                 remaining.append(info)
                 continue
             try:
@@ -380,7 +307,10 @@ class ParallelOuter(ScheduleRule):
 
 def rules(target):
     del target
-    return [ConvNCHW(), Injective(), ElementwiseWithReductions(), ParallelOuter()]
+    from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
+    from bimatting.deploy.compiler.schedules.conv_nchw import ConvNCHW
+
+    return [ConvNCHW(), ChannelMatmul(), Injective(), ElementwiseWithReductions(), ParallelOuter()]
 
 
 def apply_rules(func, target, rule_list):

@@ -1,0 +1,161 @@
+"""Element-wise producers fused into the convolution that alone reads them (a Relax pass between
+FuseOps and FuseTIR).
+
+Relax's FuseOps fuses element-wise consumers into a convolution (its output transform) but no
+producer: what computes a conv's input is written out in full and read back. In the decoder's
+exact float layers (fixed_point.IntegerChain) that input is `concat(relu(m), clip(m + 1, 0, 1))`,
+twice the channels of m: at 512x288 each of decode0's two branches wrote 32 channels (19 MB) from
+16 and read them back (2 x 1.4 ms for the producers alone, and the 1x1 conv bound by that read).
+
+Here a fused producer function made of element-wise, broadcast and concatenate PrimFuncs, whose
+result only one fused function reads, and that as the data of its convolution or pooling (the
+first PrimFunc it calls, TVM's kOutEWiseFusable pattern), becomes part of that function. FuseTIR
+then makes one PrimFunc of both, and schedules/fp.py's ConvNCHW computes the producer inside the
+rows it builds for each output row (its zero padding): the same operations on the same elements,
+so the same bits, with the wide intermediate never stored. Producers that move data further
+(resizes, gathers) are left alone: inside a 3x3 conv's rows they would be recomputed three times.
+"""
+import tvm
+
+PRIMITIVE = "Primitive"
+OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind kOutEWiseFusable (conv, pooling)
+BROADCAST = 1  # kBroadcast; kElemWise is 0
+CALL_TIR = "relax.call_tir"
+
+
+def _call_tir_funcs(mod, func):
+    """[(the PrimFunc's GlobalVar, its PrimFunc, the call)] of a fused function's bindings, or None
+    where a binding is anything else."""
+    from tvm import relax, tirx
+
+    calls = []
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if not (isinstance(value, relax.Call) and getattr(value.op, "name", "") == CALL_TIR):
+                return None
+            callee = mod[value.args[0]]
+            if not isinstance(callee, tirx.PrimFunc):
+                return None
+            calls.append((value.args[0], callee, value))
+    return calls
+
+
+def _is_cheap_producer(mod, func):
+    calls = _call_tir_funcs(mod, func)
+    if not calls:
+        return False
+    for gvar, prim, _ in calls:
+        pattern = int(prim.attrs.get("op_pattern", 99)) if prim.attrs is not None else 99
+        if pattern > BROADCAST and not gvar.name_hint.startswith("concatenate"):
+            return False
+    return True
+
+
+def _conv_input_index(mod, func):
+    """The index of the parameter that func's first PrimFunc (a conv or pooling) reads as its
+    data, or None."""
+    calls = _call_tir_funcs(mod, func)
+    if not calls:
+        return None
+    _, prim, call = calls[0]
+    pattern = int(prim.attrs.get("op_pattern", 99)) if prim.attrs is not None else 99
+    args = call.args[1].fields
+    if pattern != OUT_ELEMWISE_FUSABLE or not args:
+        return None
+    data = args[0]
+    return next((i for i, p in enumerate(func.params) if p.same_as(data)), None)
+
+
+def _inline(bb, func, mapping):
+    """Emit func's bindings (call_tir only) into bb with its variables renamed by mapping; its result."""
+    from tvm import relax
+
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            args = relax.Tuple([mapping.get(a, a) for a in call.args[1].fields])
+            renamed = relax.Call(call.op, [call.args[0], args, *call.args[2:]], call.attrs, call.ty_args)
+            mapping[binding.var] = bb.emit(renamed)
+    return mapping[func.body.body]
+
+
+def _merged(bb, producer, consumer, index, name):
+    """A Primitive function computing consumer(..., producer(p...), ...) (producer in place of
+    consumer's parameter `index`): parameters producer's, then consumer's others."""
+    from tvm import relax
+
+    produced = [relax.Var(p.name, p.ty) for p in producer.params]
+    kept = [p for i, p in enumerate(consumer.params) if i != index]
+    consumed = [relax.Var(p.name, p.ty) for p in kept]
+    with bb.function(name, produced + consumed, attrs={PRIMITIVE: True}, private=True):
+        with bb.dataflow():
+            data = _inline(bb, producer, dict(zip(producer.params, produced)))
+            mapping = dict(zip(kept, consumed))
+            mapping[consumer.params[index]] = data
+            result = bb.emit_output(_inline(bb, consumer, mapping))
+        gvar = bb.emit_func_output(result)
+    return gvar
+
+
+def fuse_producers(mod):
+    """mod with every cheap producer fused into the conv that alone reads it (module docstring)."""
+    from tvm import relax
+
+    def fused_function(call):
+        if not isinstance(call, relax.Call) or not isinstance(call.op, relax.GlobalVar):
+            return None
+        func = mod[call.op]
+        return func if isinstance(func, relax.Function) and func.attrs is not None and PRIMITIVE in func.attrs else None
+
+    bb = relax.BlockBuilder(mod)
+    merged = {}
+    for gvar, func in list(mod.functions_items()):
+        if not isinstance(func, relax.Function) or (func.attrs is not None and PRIMITIVE in func.attrs):
+            continue
+        uses, producers, rewrites = {}, {}, {}
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                relax.analysis.post_order_visit(binding.value, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1)
+                                                if isinstance(e, relax.Var) else None)
+                producer = fused_function(binding.value)
+                if producer is not None and _is_cheap_producer(mod, producer):
+                    producers[binding.var] = binding.value
+        relax.analysis.post_order_visit(func.body.body, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1)
+                                        if isinstance(e, relax.Var) else None)
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                consumer = fused_function(binding.value)
+                index = _conv_input_index(mod, consumer) if consumer is not None else None
+                data = binding.value.args[index] if index is not None else None
+                if data is None or data not in producers or uses.get(data) != 1:
+                    continue
+                made = producers[data]
+                key = (made.op, binding.value.op, index)
+                if key not in merged:
+                    name = f"{made.op.name_hint}_into_{binding.value.op.name_hint}"
+                    taken = {g.name_hint for g in bb.get().get_global_vars()}
+                    name = name if name not in taken else f"{name}_{len(merged)}"
+                    merged[key] = _merged(bb, mod[made.op], consumer, index, name)
+                others = [a for i, a in enumerate(binding.value.args) if i != index]
+                rewrites[binding.var] = relax.Call(merged[key], list(made.args) + others)
+        if rewrites:
+            bb.update_func(gvar, _rewritten(func, rewrites))
+    return relax.transform.DeadCodeElimination()(bb.get()) if merged else mod
+
+
+def _rewritten(func, rewrites):
+    from tvm import relax
+
+    blocks = []
+    for block in func.body.blocks:
+        bindings = [relax.VarBinding(b.var, rewrites[b.var]) if b.var in rewrites else b for b in block.bindings]
+        blocks.append(relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock)
+                      else relax.BindingBlock(bindings))
+    return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty,
+                          func.is_pure, func.attrs)
+
+
+def fuse_producers_pass():
+    return tvm.transform.module_pass(lambda mod, _ctx: fuse_producers(mod), opt_level=0,
+                                     name="bimatting.FuseProducersIntoConvs")

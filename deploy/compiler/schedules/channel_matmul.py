@@ -1,0 +1,58 @@
+"""A 1x1 projection written as a matmul over the channel axis, scheduled pixels-outer.
+
+The exact projection heads (fixed_point.wide_conv1x1) are `out[n, o, p] = sum_k W[o, k] * x[n, k, p]`
+in float64, then `+ bias` and a cast to float32: O = 4 outputs, K = 16 channels, P = H * W pixels.
+The generic reduction schedule (fp.py) ran the O loop outermost, so each output channel read the
+whole feature map again (4 x 18.9 MB of float64 at 512x288, 4.3 ms) and the epilogue read the
+float64 result back from memory. Here a tile of pixels is the parallel unit: every output channel
+of the tile is summed from the same K x tile inputs while they are in cache, and its epilogue runs
+right after. Each output still sums over k in order 0..K-1, so the float64 values are the same.
+"""
+import tvm
+from tvm import s_tir
+
+from bimatting.deploy.compiler.schedules.fp import _divisor_tile, _extent, _lanes, _root_blocks
+
+MAX_OUTPUTS = 8  # accumulators: outputs x (tile / lanes) vector registers, half of AVX2's 16
+
+
+class ChannelMatmul(s_tir.dlight.base.ScheduleRule):
+    """[N, O, P] <- sum over K (block iterators S S S R), O <= MAX_OUTPUTS, an injective epilogue."""
+
+    def apply(self, func, target, tunable):
+        sch = s_tir.Schedule(func)
+        infos = _root_blocks(sch)
+        if infos is None or infos[0].dom_kind() != "SSSR" or not all(i.is_injective() for i in infos[1:]):
+            return None
+        block, epilogue = infos[0].block_rv, infos[1:]
+        try:
+            for info in epilogue[:-1]:
+                sch.compute_inline(info.block_rv)
+        except s_tir.ScheduleError:
+            return None
+        n, o, p, k = sch.get_loops(block)
+        outputs, pixels = _extent(sch, o), _extent(sch, p)
+        if outputs is None or pixels is None or outputs > MAX_OUTPUTS:
+            return None
+        bits = tvm.DataType(str(sch.get(block).body.buffer.dtype)).bits
+        lanes = _lanes(target, bits)
+        tile = _divisor_tile(pixels, 2 * lanes, lanes)
+        if pixels % tile or tile % lanes:
+            return None
+        po, pi = sch.split(p, [None, tile])
+        sch.reorder(n, po, o, k, pi)
+        if epilogue:
+            sch.set_scope(block, 0, "local")
+            tail = epilogue[-1].block_rv
+        else:
+            tail = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(tail, po)
+        sch.parallel(sch.fuse(n, po))
+        sch.unroll(o)
+        pv, pl = sch.split(pi, [None, lanes])
+        sch.unroll(pv)
+        sch.vectorize(pl)
+        init = sch.decompose_reduction(block, k)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.vectorize(sch.get_loops(tail)[-1])
+        return sch
