@@ -4,6 +4,7 @@ architecture, a tracker). Real servers (our C++ one and TVM's Python one under q
 server and tracker natively), real artifacts, onnxruntime as the independent reference.
 Emulated timings are meaningless: only their presence and shape are checked, never their values.
 """
+import gc
 import json
 import os
 import re
@@ -24,7 +25,7 @@ import bench_models
 from bimatting.cli import cli
 from bimatting.deploy.device import bench as bench_lib
 from bimatting.deploy.device import emulator, report, rpc
-from bimatting.errors import InputError
+from bimatting.errors import InputError, RuntimeFailure
 
 CLI = [sys.executable, "-c", "import sys; from bimatting.cli import main; main(sys.argv[1:])"]
 
@@ -190,9 +191,61 @@ def test_tracker_and_key_serve_bench_and_tune(emulator_ready, bimatting_rpi4, tm
             board.stop()
 
 
+def _free_boards(tracker, key):
+    from tvm import rpc as tvm_rpc
+
+    host, port = tracker.address.split(":")
+    return tvm_rpc.connect_tracker(host, int(port)).summary()["queue_info"][key]["free"]
+
+
+@pytest.mark.emulated
+def test_a_tracker_board_is_free_when_bench_returns_and_a_busy_one_is_refused(emulator_ready, tiny):
+    """The tracker lends a board to one client at a time. bench closes its session as it returns,
+    not when a garbage collection happens to run (a reference cycle once kept the board busy, and
+    a `tune` that followed in the same process waited for it forever); and a request for a busy
+    board ends at its deadline with a clear error instead of waiting."""
+    bench_models.needs_cross_compiler()
+    with rpc.LocalTracker() as tracker:
+        board = emulator.start_board("rpi4", server="python", tracker=tracker.address, key="rpi4-busy")
+        try:
+            tracker.wait_for("rpi4-busy")
+            gc.disable()  # only reference counting frees objects now
+            try:
+                result = invoke("bench", tiny / "tiny-rpi4.tar", "--tracker", tracker.address, "--key", "rpi4-busy",
+                                "--frames", 1, "--warmup", 0, "--no-verify")
+                assert result.exit_code == 0, result.output
+                waited = time.monotonic()  # the server registers again once the session closed
+                while _free_boards(tracker, "rpi4-busy") != 1:
+                    assert time.monotonic() - waited < 30, "bench returned with the board still taken"
+                    time.sleep(0.2)
+            finally:
+                gc.enable()
+            host, port = rpc.parse_address(tracker.address, "--tracker")
+            held = rpc.request(host, port, "rpi4-busy")
+            started = time.monotonic()
+            with pytest.raises(RuntimeFailure, match="stayed busy"):
+                rpc.request(host, port, "rpi4-busy", connect_timeout=2)
+            assert time.monotonic() - started < 60
+            del held
+        finally:
+            board.stop()
 
 
 # ---- failures ---------------------------------------------------------------------------------
+
+def test_a_deadline_passes_through_code_that_retries_on_runtime_error():
+    """TVM's tracker client retries a request on RuntimeError; a deadline inside must still end
+    the block (DeviceTimeout is a RuntimeError, so the alarm itself is not one)."""
+    started = time.monotonic()
+    with pytest.raises(rpc.DeviceTimeout, match="within 0.2 s"):
+        with rpc.deadline(0.2, "a retried wait"):
+            for _ in range(3):
+                try:
+                    time.sleep(5)
+                except RuntimeError:
+                    pass
+    assert time.monotonic() - started < 4
+
 
 def test_unreachable_port_fails_within_10_s_with_exit_2(tiny):
     port = emulator.free_port()  # nothing listens there

@@ -24,6 +24,7 @@ stopped as a whole): boards register with it, clients ask it for a board by key.
 Torch-free; tvm is imported only when a connection is made.
 """
 import contextlib
+import gc
 import os
 import platform
 import signal
@@ -81,22 +82,31 @@ def ensure_reachable(host, port, timeout=CONNECT_TIMEOUT_S, what="RPC server"):
 def deadline(seconds, what):
     """Raise DeviceTimeout if the block runs longer than `seconds` (None or 0: no limit).
 
-    Works in the main thread only (SIGALRM); elsewhere the block runs unbounded."""
+    Works in the main thread only (SIGALRM); elsewhere the block runs unbounded. The alarm raises
+    a BaseException that becomes DeviceTimeout only here, at the block's edge: code inside that
+    retries on RuntimeError (TVM's TrackerSession.request does) would otherwise take the timeout
+    for a failed attempt and wait again, with no alarm left."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def _expired(signum, frame):
-        raise DeviceTimeout(f"the device did not finish {what} within {seconds:g} s "
-                           "(raise --timeout for slow boards)")
+        raise _DeadlinePassed()
 
     previous = signal.signal(signal.SIGALRM, _expired)
     signal.setitimer(signal.ITIMER_REAL, float(seconds))
     try:
         yield
+    except _DeadlinePassed:
+        raise DeviceTimeout(f"the device did not finish {what} within {seconds:g} s "
+                            "(raise --timeout for slow boards)") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+class _DeadlinePassed(BaseException):
+    """deadline()'s alarm, on its way to the block's edge (not an Exception: nothing catches it)."""
 
 
 def explain(error, where):
@@ -159,8 +169,8 @@ class Device:
         waiting for a board that stopped answering. The file descriptors stay TVM's."""
         for fd, link in self._sockets.items():
             try:
-                if os.readlink(f"/proc/self/fd/{fd}") != link:
-                    continue  # closed meanwhile and the number reused: not ours
+                if not _still_open(fd, link):
+                    continue  # closed meanwhile, or the number reused: not ours
                 duplicate = socket.socket(fileno=os.dup(fd))
                 try:
                     duplicate.shutdown(socket.SHUT_RDWR)
@@ -171,7 +181,13 @@ class Device:
         self._sockets = {}
 
     def close(self):
-        self.session = None  # the RPC session closes when its last reference goes
+        """Drop the session: the connection closes when its last reference goes. If it is still
+        open, a reference cycle holds it (remote modules and tensors keep the session), so the
+        cycle collector runs now: a tracker lends the board to the next client only once the
+        connection closed, and would otherwise keep it busy until a collection happened to run."""
+        self.session = None
+        if any(_still_open(fd, link) for fd, link in self._sockets.items()):
+            gc.collect()
 
     def __enter__(self):
         return self
@@ -180,6 +196,13 @@ class Device:
         if exc_type is not None:
             self.abort()
         self.close()
+
+
+def _still_open(fd, link):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == link
+    except OSError:
+        return False
 
 
 def _open_sockets():

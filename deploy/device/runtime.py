@@ -47,6 +47,9 @@ class CompiledModel:
         else:
             self._package_vm(session)
         self._params = [self._tensor(self.artifact.params[name]) for name in meta["params"]]
+        # The VM's own output functions: tvm's VirtualMachine.get_outputs builds a recursive closure
+        # over the VM on every call, garbage that keeps the VM (and an RPC session) until collected.
+        self._get_output, self._output_arity = self.vm.module["get_output"], self.vm.module["get_output_arity"]
 
     def _package_vm(self, session):
         """The `tvm` package's VirtualMachine, on this CPU or on the board of an RPC session."""
@@ -64,7 +67,10 @@ class CompiledModel:
             library = session.load_module(remote_name)
             self.device = session.cpu()
         self.vm = VirtualMachine(library, self.device)
-        self._tensor = lambda array: tvm.runtime.tensor(array, self.device)
+        # Closures over the device, not over self: a model referring to itself is freed only by
+        # the cycle collector, and until then its RPC session stays open and a tracker's board busy.
+        device = self.device
+        self._tensor = lambda array: tvm.runtime.tensor(array, device)
         self._numpy = lambda tensor: tensor.numpy()
 
     @property
@@ -98,12 +104,14 @@ class CompiledModel:
 
     def call(self, device_inputs):
         """Run `main` on device tensors in input order; returns the output device tensors."""
-        # set_input / invoke_stateful / get_outputs work the same locally and over RPC (a remote
+        # set_input / invoke_stateful / get_output work the same locally and over RPC (a remote
         # tuple return value cannot be unpacked by the client).
         self.vm.set_input("main", *device_inputs, *self._params)
         self.vm.invoke_stateful("main")
-        result = self.vm.get_outputs("main")
-        return list(result) if isinstance(result, (tuple, list)) else [result]
+        count = self._output_arity("main")
+        if count < 0:  # a single tensor, not a tuple
+            return [self._get_output("main")]
+        return [self._get_output("main", index) for index in range(count)]
 
     def run(self, **inputs):
         """One stateless call with numpy inputs (all of them); returns {output name: numpy}."""
