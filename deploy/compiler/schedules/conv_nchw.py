@@ -91,7 +91,9 @@ class ConvNCHW(ScheduleRule):
         for info in producers:
             if _feeds(sch, info.block_rv, conv) and _column_stride(sch, conv, info.block_rv) == 2:
                 # even and odd columns apart: the stride-2 taps become contiguous loads
-                sch.transform_layout(info.block_rv, ("write", 0), lambda n, c, y, x: (n, c, y, x % 2, x // 2))
+                # an odd padded width (a pool's 257 columns) leaves one unused slot, filled with 0
+                sch.transform_layout(info.block_rv, ("write", 0), lambda n, c, y, x: (n, c, y, x % 2, x // 2),
+                                     pad_value=0.0)
         for info in reversed(producers):  # each one's readers already inside the row loop
             try:
                 sch.compute_at(info.block_rv, row)
