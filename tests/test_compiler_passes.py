@@ -38,7 +38,7 @@ from tvm import relax, s_tir, te, tirx, topi
 from bimatting.deploy.compiler import build, channel_slices, fold, fuse_producers
 from bimatting.deploy.compiler.float_order import fence_products
 from bimatting.deploy.compiler.resize import _separable_linear
-from bimatting.deploy.compiler.schedules import ScheduleModule, fp, masked
+from bimatting.deploy.compiler.schedules import ScheduleModule, fp, fp_rules, masked
 from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
 from bimatting.deploy.target import resolve
 
@@ -54,7 +54,7 @@ def host_target():
 
 def _compiled(func, target):
     """func scheduled by the FP rules and compiled as the network's functions are (fenced products)."""
-    scheduled = fp.apply_rules(func, target, fp.rules(target)) or func
+    scheduled = fp.apply_rules(func, target, fp_rules(target)) or func
     return tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
                        target=target)
 
@@ -98,7 +98,7 @@ def test_a_power_of_two_upsample_interpolates_columns_by_phase_with_vector_loads
     # schedule keeps it as its own buffer, vectorized along the input columns.
     data = te.placeholder((1, 4, 27, 48), "float32", name="data")
     out = _separable_linear(data, [tirx.IntImm("int64", 108), tirx.IntImm("int64", 192)])
-    scheduled = fp.apply_rules(te.create_prim_func([data, out]), host_target, fp.rules(host_target))
+    scheduled = fp.apply_rules(te.create_prim_func([data, out]), host_target, fp_rules(host_target))
     sch = s_tir.Schedule(scheduled)
     loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock("resize_phases"))]
     assert "resize_columns" not in scheduled.script()
@@ -431,7 +431,7 @@ def test_a_stride_2_conv_reads_its_rows_split_into_even_and_odd_columns(host_tar
     data = te.placeholder((1, 3, 20, 48), "float32", name="data")
     weight = te.placeholder((8, 3, 3, 3), "float32", name="weight")
     out = topi.nn.conv2d_nchw(data, weight, stride=2, padding=1, dilation=1)
-    scheduled = fp.apply_rules(te.create_prim_func([data, weight, out]), host_target, fp.rules(host_target))
+    scheduled = fp.apply_rules(te.create_prim_func([data, weight, out]), host_target, fp_rules(host_target))
     shapes = []
     tvm_ffi.structural_walk(scheduled.body, [(s_tir.SBlock, lambda b: shapes.extend(
         tuple(int(d) for d in buffer.shape) for buffer in b.alloc_buffers))])
@@ -456,7 +456,7 @@ def test_a_stride_2_pool_with_an_odd_padded_width_is_split_into_even_and_odd_col
     data = te.placeholder((1, 4, 6, 48), "float32", name="data")
     out = topi.nn.pool2d(data, kernel=(1, 2), stride=(1, 2), dilation=(1, 1), padding=(0, 0, 0, 1),
                          pool_type="avg", ceil_mode=False, count_include_pad=False)
-    scheduled = fp.apply_rules(te.create_prim_func([data, out]), host_target, fp.rules(host_target))
+    scheduled = fp.apply_rules(te.create_prim_func([data, out]), host_target, fp_rules(host_target))
     shapes = []
     tvm_ffi.structural_walk(scheduled.body, [(s_tir.SBlock, lambda b: shapes.extend(
         tuple(int(d) for d in buffer.shape) for buffer in b.alloc_buffers))])

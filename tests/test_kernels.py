@@ -295,7 +295,7 @@ def test_elementwise_chain_with_a_pool_is_scheduled_and_exact(host_target):
     parallel), and the built function equals numpy to float32 rounding of the same operations."""
     from tvm import te, topi
 
-    from bimatting.deploy.compiler.schedules import fp
+    from bimatting.deploy.compiler.schedules import fp, fp_rules
 
     x = te.placeholder((1, 8, 18, 32), name="x")
     y = te.placeholder((1, 8, 9, 16), name="y")
@@ -304,7 +304,7 @@ def test_elementwise_chain_with_a_pool_is_scheduled_and_exact(host_target):
     pooled = topi.nn.pool2d(activated, (2, 2), (2, 2), (1, 1), (0, 0, 0, 0), "avg")
     out = topi.add(pooled, y)
     func = te.create_prim_func([x, y, out])
-    rules = fp.rules(host_target)
+    rules = fp_rules(host_target)
     assert fp.ElementwiseWithReductions().apply(fp.fresh(func), host_target, False) is not None
     scheduled = fp.apply_rules(func, host_target, rules)
     assert "parallel" in scheduled.script() and "vectorized" in scheduled.script()

@@ -259,12 +259,12 @@ def _space(task, kernel_config):
 
 def _baseline_schedule(task, tvm_target, kernel_config):
     """The schedule `bimatting compile` applies without a database (traced, so it can be stored)."""
-    from bimatting.deploy.compiler.schedules import fp, schedule_kernel
+    from bimatting.deploy.compiler.schedules import fp_rules, schedule_kernel
 
     func = task.mod["main"]
     if task.kind == "bconv":
         return schedule_kernel(func, kernel_config)
-    for rule in fp.rules(tvm_target):
+    for rule in fp_rules(tvm_target):
         try:
             sch = rule.apply(func, tvm_target, False)
         except Exception:  # noqa: BLE001 - as fp.apply_rules: try the next rule

@@ -11,6 +11,8 @@ import tvm
 from tvm import s_tir, tirx
 
 from bimatting.deploy.compiler.schedules import aarch64, bitserial, fp, masked, x86
+from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
+from bimatting.deploy.compiler.schedules.conv_nchw import ConvNCHW
 from bimatting.deploy.compiler.schedules.primfunc import fresh, target_triple
 from bimatting.deploy.compiler.tuning_database import workload
 
@@ -54,6 +56,13 @@ def schedule_kernel(func, kernel_config, tunable=False):
     return sch
 
 
+def fp_rules(target):
+    """The full-precision rules in the order they are tried (fp.apply_rules): the specific ones
+    (their own files; they share fp.py's helpers) before fp.py's general ones."""
+    del target
+    return [ConvNCHW(), ChannelMatmul(), fp.Injective(), fp.ElementwiseWithReductions(), fp.ParallelOuter()]
+
+
 def _mark(func):
     return func.with_attr("tirx.is_scheduled", True)
 
@@ -66,7 +75,7 @@ class ScheduleModule:
         self.target = target
         self.kernel_config = kernel_config_for(target)
         self.database = database  # a MetaSchedule database (tuning records) or None
-        self.fp_rules = fp.rules(target)
+        self.fp_rules = fp_rules(target)
 
     def transform_module(self, mod, _ctx):
         updates = {}

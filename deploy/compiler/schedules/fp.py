@@ -10,6 +10,9 @@ them, so every PrimFunc left unscheduled by the bitserial pass gets one of these
 * `ElementwiseWithReductions`: element-wise chains holding small reductions (pools, means):
   producers inlined, each remaining block parallel outside and vectorized inside.
 * `ParallelOuter`: anything else: outer spatial loops in parallel.
+
+The list, in the order tried, is schedules.fp_rules (the package): conv_nchw.py and
+channel_matmul.py use this file's helpers, so this file does not import them.
 """
 from dataclasses import dataclass
 
@@ -303,14 +306,6 @@ class ParallelOuter(ScheduleRule):
             if (_extent(sch, outer) or 0) > 1:
                 sch.parallel(outer)
         return sch
-
-
-def rules(target):
-    del target
-    from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
-    from bimatting.deploy.compiler.schedules.conv_nchw import ConvNCHW
-
-    return [ConvNCHW(), ChannelMatmul(), Injective(), ElementwiseWithReductions(), ParallelOuter()]
 
 
 def apply_rules(func, target, rule_list):
