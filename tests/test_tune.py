@@ -134,3 +134,25 @@ def test_ctrl_c_stops_tuning_without_stray_processes(emulated_board, bimatting_r
     assert emulator.group_pids(process.pid) == []  # no builder, runner or board session left behind
     if db.exists():  # batches finished before Ctrl-C are kept in a readable database
         assert tuning.read_manifest(db)["trials"] >= 1
+
+
+def test_a_measurement_not_started_is_cancelled_once_ctrl_c_was_pressed():
+    """A batch's candidates are all submitted to the board's one-at-a-time runner; after Ctrl-C the
+    one being measured finishes and the rest are cancelled, reported to the scheduler as errors."""
+    import concurrent.futures
+    import threading
+
+    from tvm.s_tir.meta_schedule.runner.rpc_runner import RPCRunnerFuture
+
+    from bimatting.deploy.tuning.measure import CancelledOnInterrupt
+
+    interrupt, gate = threading.Event(), threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        running = CancelledOnInterrupt(pool.submit(lambda: [float(gate.wait(30))]), interrupt)
+        pending = CancelledOnInterrupt(pool.submit(lambda: [2.0]), interrupt)
+        assert not pending.done()
+        interrupt.set()
+        assert pending.done() and not running.done()
+        assert RPCRunnerFuture(pending, 10).result().error_msg is not None
+        gate.set()
+        assert RPCRunnerFuture(running, 10).result().error_msg is None and running.result() == [1.0]

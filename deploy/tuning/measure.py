@@ -17,9 +17,9 @@
 Ctrl-C. A KeyboardInterrupt raised inside a Python callback that TVM's C++ task scheduler called
 ends in std::terminate (a segfault), and killing pool workers under TVM's PopenPoolExecutor can
 leave its lock held (a hang at exit). So while tuning, Ctrl-C only sets `Interrupt`: the build and
-measurement in flight finish, the builder and runner refuse new work, the Watcher raises a plain
-error from the scheduler's thread, and tune() turns it back into KeyboardInterrupt after the pools
-were shut down normally.
+measurement in flight finish, the builder and runner refuse new work, the batch's measurements not
+started yet are cancelled, the Watcher raises a plain error from the scheduler's thread, and tune()
+turns it back into KeyboardInterrupt after the pools were shut down normally.
 """
 import concurrent.futures
 import os
@@ -181,8 +181,8 @@ def make_runner(connect, timeout_sec, interrupt, number=3, repeat=1):
                     future.set_exception(RuntimeFailure("interrupted"))
                 else:
                     args_info = tuple(tuple(a.as_json()) for a in item.args_info)
-                    future = self.pool.submit(measure_kernel, connect, str(item.artifact_path), args_info,
-                                              number, repeat)
+                    future = CancelledOnInterrupt(self.pool.submit(
+                        measure_kernel, connect, str(item.artifact_path), args_info, number, repeat), interrupt)
                 futures.append(RPCRunnerFuture(future, timeout_sec))
             return futures
 
@@ -190,6 +190,24 @@ def make_runner(connect, timeout_sec, interrupt, number=3, repeat=1):
             self.pool.shutdown()
 
     return BoardRunner()
+
+
+class CancelledOnInterrupt:
+    """A measurement's future that, once Ctrl-C was pressed, cancels the measurement if it has not
+    started. A batch submits all its candidates at once (64), one board measures them one at a
+    time, and on an emulated board that is minutes: without this, Ctrl-C waited for all of them.
+    The scheduler only polls done() and result() (RPCRunnerFuture); a cancelled one reports an error."""
+
+    def __init__(self, future, interrupt):
+        self.future, self.interrupt = future, interrupt
+
+    def done(self):
+        if self.interrupt.is_set():
+            self.future.cancel()  # False (and no effect) once it runs: that one finishes
+        return self.future.done()
+
+    def result(self, timeout=None):
+        return self.future.result(timeout)
 
 
 def make_watcher(bar, snapshot, interrupt, give_up_after=16):
