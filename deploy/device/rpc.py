@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 from bimatting.errors import InputError, RuntimeFailure
@@ -80,33 +81,28 @@ def ensure_reachable(host, port, timeout=CONNECT_TIMEOUT_S, what="RPC server"):
 
 @contextlib.contextmanager
 def deadline(seconds, what):
-    """Raise DeviceTimeout if the block runs longer than `seconds` (None or 0: no limit).
+    """Raise DeviceTimeout if the block runs longer than `seconds` (None or 0: no limit). Yields
+    an object whose `expired` says whether the alarm went off: code inside that retries on
+    RuntimeError (TVM's TrackerSession.request does) may have caught the DeviceTimeout.
 
-    Works in the main thread only (SIGALRM); elsewhere the block runs unbounded. The alarm raises
-    a BaseException that becomes DeviceTimeout only here, at the block's edge: code inside that
-    retries on RuntimeError (TVM's TrackerSession.request does) would otherwise take the timeout
-    for a failed attempt and wait again, with no alarm left."""
+    Works in the main thread only (SIGALRM); elsewhere the block runs unbounded."""
+    state = types.SimpleNamespace(expired=False)
     if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
 
     def _expired(signum, frame):
-        raise _DeadlinePassed()
+        state.expired = True
+        raise DeviceTimeout(f"the device did not finish {what} within {seconds:g} s "
+                            "(raise --timeout for slow boards)")
 
     previous = signal.signal(signal.SIGALRM, _expired)
     signal.setitimer(signal.ITIMER_REAL, float(seconds))
     try:
-        yield
-    except _DeadlinePassed:
-        raise DeviceTimeout(f"the device did not finish {what} within {seconds:g} s "
-                            "(raise --timeout for slow boards)") from None
+        yield state
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-class _DeadlinePassed(BaseException):
-    """deadline()'s alarm, on its way to the block's edge (not an Exception: nothing catches it)."""
 
 
 def explain(error, where):
@@ -276,12 +272,16 @@ def request(host, port, key, connect_timeout=CONNECT_TIMEOUT_S, session_timeout=
         known = ", ".join(sorted(keys)) or "none"
         raise InputError(f"no board is registered under key '{key}' at the tracker {host}:{port} "
                          f"(registered keys: {known}); start the board's server with --tracker {host}:{port} --key {key}")
+    # One attempt: TVM retries on RuntimeError, and the deadline's DeviceTimeout is one, so a second
+    # attempt would wait for a busy board with no alarm left (a tune after a bench once hung so).
+    waiting = None
     try:
-        with deadline(max(connect_timeout, 30.0), f"waiting for a free '{key}' board at {host}:{port}"):
-            return tracker.request(key, priority=1, session_timeout=session_timeout or 0, max_retry=2)
-    except DeviceTimeout:
-        raise RuntimeFailure(f"every '{key}' board at the tracker {host}:{port} stayed busy; try again later") from None
+        with deadline(max(connect_timeout, 30.0), f"waiting for a free '{key}' board at {host}:{port}") as waiting:
+            return tracker.request(key, priority=1, session_timeout=session_timeout or 0, max_retry=1)
     except RuntimeError as error:
+        if waiting is not None and waiting.expired:
+            raise RuntimeFailure(f"every '{key}' board at the tracker {host}:{port} stayed busy; "
+                                 "try again later") from None
         raise RuntimeFailure(f"the tracker {host}:{port} could not give a '{key}' board: {error}") from None
 
 
