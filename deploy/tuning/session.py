@@ -124,14 +124,19 @@ def tune(model_path, target_name, database_dir, *, trials, rpc=None, tracker=Non
     if sum(bool(x) for x in (rpc, tracker, local)) != 1:
         raise InputError("give where to measure: --rpc HOST:PORT, --tracker HOST:PORT --key KEY, or --local")
     target = targets.resolve(target_name)
-    compiler = targets.check_compiler(target) if target.cross_compiler else None
-    manifest = _open_manifest(database_dir, model_path, target, resolution, downsample_ratio)
-    connect = _preflight(target, rpc, tracker, key, local)
-    tasks = extract_tasks(model_path, target, resolution, downsample_ratio, kernels)
-    if not tasks:
-        raise InputError(f"the model has no {kernels} kernels to tune")
-    scratch = Path(tempfile.mkdtemp(prefix=f".{Path(database_dir).name}.", dir=Path(database_dir).resolve().parent))
+    # Ctrl-C is handled from here on, the checks included: arriving while TVM's compiler ran
+    # (the task extraction), it could end up caught as an error and the tuning would go on.
     with measure.Interrupt() as interrupt:
+        compiler = targets.check_compiler(target) if target.cross_compiler else None
+        manifest = _open_manifest(database_dir, model_path, target, resolution, downsample_ratio)
+        connect = _preflight(target, rpc, tracker, key, local)
+        tasks = extract_tasks(model_path, target, resolution, downsample_ratio, kernels)
+        if interrupt.is_set():
+            raise KeyboardInterrupt
+        if not tasks:
+            raise InputError(f"the model has no {kernels} kernels to tune")
+        scratch = Path(tempfile.mkdtemp(prefix=f".{Path(database_dir).name}.",
+                                        dir=Path(database_dir).resolve().parent))
         runner = measure.make_runner(connect, timeout, interrupt)
         try:
             return _session(tasks, target, compiler, manifest, scratch, database_dir, trials, runner, interrupt,
