@@ -163,9 +163,10 @@ def test_a_wrong_compile_fails_the_verification(bimatting_host, corruption, tmp_
 
 
 @pytest.mark.emulated
-# It has hung intermittently in CI (stops 25 and 26: every process idle, never on a rerun); past
-# 15 minutes (~2 normally) pytest-timeout's thread method dumps every thread's stack and ends the
-# run, a failure that shows where it waits instead of a suite that never finishes.
+# It once hung intermittently in CI: bench's session outlived it and tune waited for the board
+# (test_a_tracker_board_is_free_when_bench_returns_and_a_busy_one_is_refused). Should a wait come
+# back, past 15 minutes (~2 normally) pytest-timeout's thread method dumps every thread's stack and
+# ends the run, a failure that shows where it waits instead of a suite that never finishes.
 @pytest.mark.timeout(900, method="thread")
 def test_tracker_and_key_serve_bench_and_tune(emulator_ready, bimatting_rpi4, tmp_path):
     onnx_path = bimatting_rpi4.parent / "tiefree.onnx"

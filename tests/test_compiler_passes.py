@@ -427,15 +427,20 @@ def test_the_projection_matmul_computes_every_output_of_a_pixel_tile_together(ho
     np.testing.assert_array_equal(result.numpy(), expected)  # float64 sums: equal after rounding to float32
 
 
+def _allocated_shapes(func):
+    """The shapes of the buffers func's blocks allocate."""
+    shapes = []
+    tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, lambda b: shapes.extend(
+        tuple(int(d) for d in buffer.shape) for buffer in b.alloc_buffers))])
+    return shapes
+
+
 def test_a_stride_2_conv_reads_its_rows_split_into_even_and_odd_columns(host_target):
     data = te.placeholder((1, 3, 20, 48), "float32", name="data")
     weight = te.placeholder((8, 3, 3, 3), "float32", name="weight")
     out = topi.nn.conv2d_nchw(data, weight, stride=2, padding=1, dilation=1)
     scheduled = fp.apply_rules(te.create_prim_func([data, weight, out]), host_target, fp_rules(host_target))
-    shapes = []
-    tvm_ffi.structural_walk(scheduled.body, [(s_tir.SBlock, lambda b: shapes.extend(
-        tuple(int(d) for d in buffer.shape) for buffer in b.alloc_buffers))])
-    assert (1, 3, 22, 2, 25) in shapes  # [n, c, padded row, column parity, column // 2]
+    assert (1, 3, 22, 2, 25) in _allocated_shapes(scheduled)  # [n, c, padded row, column parity, column // 2]
 
     rng = np.random.default_rng(3)
     x = rng.integers(-50, 50, (1, 3, 20, 48)).astype(np.float32)
@@ -457,10 +462,7 @@ def test_a_stride_2_pool_with_an_odd_padded_width_is_split_into_even_and_odd_col
     out = topi.nn.pool2d(data, kernel=(1, 2), stride=(1, 2), dilation=(1, 1), padding=(0, 0, 0, 1),
                          pool_type="avg", ceil_mode=False, count_include_pad=False)
     scheduled = fp.apply_rules(te.create_prim_func([data, out]), host_target, fp_rules(host_target))
-    shapes = []
-    tvm_ffi.structural_walk(scheduled.body, [(s_tir.SBlock, lambda b: shapes.extend(
-        tuple(int(d) for d in buffer.shape) for buffer in b.alloc_buffers))])
-    assert (1, 4, 6, 2, 25) in shapes  # 49 padded columns: [.., column parity, column // 2]
+    assert (1, 4, 6, 2, 25) in _allocated_shapes(scheduled)  # 49 padded columns: [.., column parity, column // 2]
 
     x = np.random.default_rng(4).integers(-50, 50, (1, 4, 6, 48)).astype(np.float32)
     lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=host_target)
