@@ -63,19 +63,21 @@ class LocalVM:
         self.module["vm_initialization"](CPU, 0, POOLED_ALLOCATOR)
         self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
         self._copy_from = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromBytes")
-        self._copy_to = tvm_ffi.get_global_func("runtime.TVMTensorCopyToBytes")
 
     def tensor(self, array):
         """A VM-owned copy of a numpy array (aligned as TVM's kernels assume)."""
         array = np.ascontiguousarray(array)
         out = self._alloc(self._ffi.Shape(array.shape), self._ffi.dtype(str(array.dtype)), self.device, None)
-        self._copy_from(out, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
+        self.copy_into(out, array)
         return out
 
+    def copy_into(self, tensor, array):
+        """`array` (C-contiguous, of tensor's shape and dtype) copied into the VM-owned `tensor`."""
+        self._copy_from(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
+
     def numpy(self, tensor):
-        out = np.empty(tuple(int(d) for d in tensor.shape), str(tensor.dtype))
-        self._copy_to(tensor, out.ctypes.data_as(ctypes.c_void_p), out.nbytes)
-        return out
+        """A numpy view of `tensor` (DLPack: no copy; the array keeps the tensor alive)."""
+        return np.from_dlpack(tensor)
 
     def set_input(self, func_name, *args):
         self.module["set_input"](func_name, *args)
