@@ -172,6 +172,22 @@ def test_host_artifact_matches_onnxruntime_with_states_fed_back(built, small_onn
     _compare_recurrent(runner, _reference(small_onnx), _frames(4), tolerance=1e-5)
 
 
+def test_outputs_of_earlier_frames_stay_as_they_were(built, small_onnx):
+    """Local outputs are views of the VM's tensors, not copies (runtime.py): the frames after
+    them must not write into them, and the image tensor the runner refills is not one of them."""
+    runner = RecurrentRunner(CompiledModel(built.get(small_onnx, "host")))
+    kept, copies = [], []
+    for src in _frames(4, seed=5):
+        out = runner.step(src, fetch=["pha", "r1o"])
+        assert not out["pha"].flags.owndata  # a view: the no-copy path is the one under test
+        kept.append(out)
+        copies.append({name: value.copy() for name, value in out.items()})
+    for index, (out, copy) in enumerate(zip(kept, copies)):
+        for name in out:
+            assert np.array_equal(out[name], copy[name]), (index, name)
+    assert not np.array_equal(copies[0]["pha"], copies[-1]["pha"])  # the frames differ: a real check
+
+
 def test_artifact_holds_library_params_and_metadata(built, small_onnx):
     path = built.get(small_onnx, "host")
     with tarfile.open(path) as tar:
