@@ -22,7 +22,9 @@
   `conv(concat(relu(m), clip(m + 1)))` is one function, its 2C-channel input never stored, with the
   bits of the unfused module; a producer something else also reads stays its own function.
 * The float64 projection head's matmul is scheduled pixels-outer (schedules/channel_matmul.py):
-  numpy's values, every output channel of a pixel tile computed in one parallel iteration.
+  numpy's values, every output channel of a pixel tile computed in one parallel iteration; it
+  reads its float32 input through the reshape and cast in front of it (fuse_producers.py), with
+  no float64 copy stored.
 * A stride-2 conv keeps its padded rows with even and odd columns apart (schedules/fp.py), so its
   taps are contiguous loads: numpy's values (exact integer sums). So does a stride-2 pool whose
   padded width is odd (the encoder's (1, 2) average pools): numpy's values.
@@ -425,6 +427,39 @@ def test_the_projection_matmul_computes_every_output_of_a_pixel_tile_together(ho
     lib["main"](*[tvm.runtime.tensor(a) for a in arrays], result)
     expected = (np.einsum("ok,nkp->nop", arrays[0], arrays[1]) + arrays[2]).astype(np.float32)
     np.testing.assert_array_equal(result.numpy(), expected)  # float64 sums: equal after rounding to float32
+
+
+def _wide_projection(height, width):
+    """fixed_point.emit_wide_conv1x1's graph: reshape, cast to float64, matmul, + bias, cast back."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, height, width), "float32"))
+    w = relax.Var("w", relax.TensorType((4, 16), "float64"))
+    b = relax.Var("b", relax.TensorType((4, 1), "float64"))
+    with bb.function("main", [x, w, b]):
+        with bb.dataflow():
+            flat = relax.op.astype(relax.op.reshape(x, (1, 16, height * width)), "float64")
+            product = relax.op.add(relax.op.matmul(w, flat), b)
+            out = bb.emit_output(relax.op.reshape(relax.op.astype(product, "float32"), (1, 4, height, width)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_the_projection_widens_its_input_as_it_reads_it(host_target):
+    """cast(reshape(x)) fuses into the matmul (fuse_producers.py): no float64 copy of x is
+    stored, and the values are numpy's float64 sums rounded once."""
+    height, width = 12, 40
+    with host_target:
+        lowered = build.pipeline_front(host_target)(_wide_projection(height, width))
+    assert [gv.name_hint for gv, _ in lowered.functions_items() if "_into_" in gv.name_hint]
+    assert (1, 16, height * width) not in _stored_shapes(lowered)
+    rng = np.random.default_rng(8)
+    x = rng.integers(-300, 300, (1, 16, height, width)).astype(np.float32) * np.float32(0.37)
+    w, b = rng.standard_normal((4, 16)), rng.standard_normal((4, 1))
+    vm = relax.VirtualMachine(build._compile(lowered, host_target, None), tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a) for a in (x, w, b)]).numpy()
+    flat = x.reshape(1, 16, -1).astype(np.float64)
+    expected = (np.einsum("ok,nkp->nop", w, flat) + b).astype(np.float32).reshape(1, 4, height, width)
+    np.testing.assert_array_equal(out, expected)  # float64 sums: equal after rounding to float32
 
 
 def _allocated_shapes(func):

@@ -14,6 +14,11 @@ then makes one PrimFunc of both, and schedules/fp.py's ConvNCHW computes the pro
 rows it builds for each output row (its zero padding): the same operations on the same elements,
 so the same bits, with the wide intermediate never stored. Producers that move data further
 (resizes, gathers) are left alone: inside a 3x3 conv's rows they would be recomputed three times.
+
+A matmul (the exact projection heads, fixed_point.wide_conv1x1: a float64 MatMul over the
+flattened pixels) takes such a producer on whichever operand it computes, and there a reshape
+too: `cast(reshape(x))` to float64 was a pass writing the map out twice as wide (16.6 MB at
+1920x1080) for the matmul to read back; schedules/channel_matmul.py reads x and widens it as it goes.
 """
 import tvm
 
@@ -41,30 +46,41 @@ def _call_tir_funcs(mod, func):
     return calls
 
 
-def _is_cheap_producer(mod, func):
-    calls = _call_tir_funcs(mod, func)
-    if not calls:
-        return False
-    for gvar, prim, _ in calls:
-        pattern = int(prim.attrs.get("op_pattern", 99)) if prim.attrs is not None else 99
-        if pattern > BROADCAST and not gvar.name_hint.startswith("concatenate"):
-            return False
-    return True
-
-
-def _conv_input_index(mod, func):
-    """The index of the parameter that func's first PrimFunc (a conv or pooling) reads as its
-    data, or None."""
+def _producer_kind(mod, func):
+    """"elementwise" (element-wise, broadcast and concatenate PrimFuncs), "reshaping" (those and
+    reshapes), or None."""
     calls = _call_tir_funcs(mod, func)
     if not calls:
         return None
-    _, prim, call = calls[0]
+    kind = "elementwise"
+    for gvar, prim, _ in calls:
+        pattern = int(prim.attrs.get("op_pattern", 99)) if prim.attrs is not None else 99
+        if gvar.name_hint.startswith("reshape"):
+            kind = "reshaping"
+        elif pattern > BROADCAST and not gvar.name_hint.startswith("concatenate"):
+            return None
+    return kind
+
+
+def _data_inputs(mod, func):
+    """[(index of a parameter of func, producer kinds it takes)]: the data that func's first
+    PrimFunc (a conv, pooling or matmul) reads; [] for other functions."""
+    calls = _call_tir_funcs(mod, func)
+    if not calls:
+        return []
+    gvar, prim, call = calls[0]
     pattern = int(prim.attrs.get("op_pattern", 99)) if prim.attrs is not None else 99
     args = call.args[1].fields
     if pattern != OUT_ELEMWISE_FUSABLE or not args:
-        return None
-    data = args[0]
-    return next((i for i, p in enumerate(func.params) if p.same_as(data)), None)
+        return []
+    def param_index(arg):
+        return next((i for i, p in enumerate(func.params) if p.same_as(arg)), None)
+
+    if gvar.name_hint.startswith("matmul"):
+        indices = [param_index(a) for a in args]
+        return [(i, ("elementwise", "reshaping")) for i in indices if i is not None]
+    index = param_index(args[0])
+    return [(index, ("elementwise",))] if index is not None else []
 
 
 def _inline(bb, func, mapping):
@@ -119,18 +135,22 @@ def fuse_producers(mod):
                 relax.analysis.post_order_visit(binding.value, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1)
                                                 if isinstance(e, relax.Var) else None)
                 producer = fused_function(binding.value)
-                if producer is not None and _is_cheap_producer(mod, producer):
-                    producers[binding.var] = binding.value
+                kind = _producer_kind(mod, producer) if producer is not None else None
+                if kind is not None:
+                    producers[binding.var] = (binding.value, kind)
         relax.analysis.post_order_visit(func.body.body, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1)
                                         if isinstance(e, relax.Var) else None)
         for block in func.body.blocks:
             for binding in block.bindings:
                 consumer = fused_function(binding.value)
-                index = _conv_input_index(mod, consumer) if consumer is not None else None
-                data = binding.value.args[index] if index is not None else None
-                if data is None or data not in producers or uses.get(data) != 1:
+                candidates = _data_inputs(mod, consumer) if consumer is not None else []
+                taken_input = [(i, binding.value.args[i]) for i, kinds in candidates
+                               if binding.value.args[i] in producers and uses.get(binding.value.args[i]) == 1
+                               and producers[binding.value.args[i]][1] in kinds]
+                if not taken_input:
                     continue
-                made = producers[data]
+                index, data = taken_input[0]
+                made = producers[data][0]
                 key = (made.op, binding.value.op, index)
                 if key not in merged:
                     name = f"{made.op.name_hint}_into_{binding.value.op.name_hint}"

@@ -17,15 +17,21 @@ MAX_OUTPUTS = 8  # accumulators: outputs x (tile / lanes) vector registers, half
 
 
 class ChannelMatmul(s_tir.dlight.base.ScheduleRule):
-    """[N, O, P] <- sum over K (block iterators S S S R), O <= MAX_OUTPUTS, an injective epilogue."""
+    """[N, O, P] <- sum over K (block iterators S S S R), O <= MAX_OUTPUTS, injective producers
+    and epilogue."""
 
     def apply(self, func, target, tunable):
         sch = s_tir.Schedule(func)
         infos = _root_blocks(sch)
-        if infos is None or infos[0].dom_kind() != "SSSR" or not all(i.is_injective() for i in infos[1:]):
+        reductions = [i for i, info in enumerate(infos or []) if not info.is_injective()]
+        if len(reductions) != 1 or infos[reductions[0]].dom_kind() != "SSSR":
             return None
-        block, epilogue = infos[0].block_rv, infos[1:]
+        producers, block, epilogue = infos[:reductions[0]], infos[reductions[0]].block_rv, infos[reductions[0] + 1:]
         try:
+            # what fuse_producers.py merged in (a reshape and a cast to float64) is read in place:
+            # K x tile loads per tile, as the inputs it replaces
+            for info in reversed(producers):
+                sch.compute_inline(info.block_rv)
             for info in epilogue[:-1]:
                 sch.compute_inline(info.block_rv)
         except s_tir.ScheduleError:
