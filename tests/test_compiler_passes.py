@@ -25,6 +25,8 @@
   numpy's values, every output channel of a pixel tile computed in one parallel iteration; it
   reads its float32 input through the reshape and cast in front of it (fuse_producers.py), with
   no float64 copy stored.
+* A 3x3 conv runs groups of 4 output rows per parallel iteration, their input rows built once
+  (schedules/conv_nchw.py): numpy's values.
 * A stride-2 conv keeps its padded rows with even and odd columns apart (schedules/fp.py), so its
   taps are contiguous loads: numpy's values (exact integer sums). So does a stride-2 pool whose
   padded width is odd (the encoder's (1, 2) average pools): numpy's values.
@@ -468,6 +470,36 @@ def _allocated_shapes(func):
     tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, lambda b: shapes.extend(
         tuple(int(d) for d in buffer.shape) for buffer in b.alloc_buffers))])
     return shapes
+
+
+def _parallel_extents(func):
+    extents = []
+    tvm_ffi.structural_walk(func.body, [(tirx.For, lambda loop: extents.append(int(loop.extent))
+                                         if loop.kind == tirx.ForKind.PARALLEL else None)])
+    return extents
+
+
+@pytest.mark.parametrize("height, groups", [(64, 16), (18, 18)])
+def test_a_3x3_conv_builds_the_input_rows_of_four_output_rows_at_once(host_target, height, groups):
+    """Output rows in groups of 4 per parallel iteration where 16 groups remain (conv_nchw.py):
+    each group's padded input rows built once; numpy's values (exact integer sums)."""
+    data = te.placeholder((1, 4, height, 40), "float32", name="data")
+    weight = te.placeholder((8, 4, 3, 3), "float32", name="weight")
+    out = topi.nn.conv2d_nchw(data, weight, stride=1, padding=1, dilation=1)
+    scheduled = fp.apply_rules(te.create_prim_func([data, weight, out]), host_target, fp_rules(host_target))
+    assert _parallel_extents(scheduled) == [groups]
+
+    rng = np.random.default_rng(6)
+    x = rng.integers(-50, 50, (1, 4, height, 40)).astype(np.float32)
+    w = (rng.integers(-64, 64, (8, 4, 3, 3)) / 16.0).astype(np.float32)        # every sum exact in float32
+    lib = tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
+                      target=host_target)
+    result = tvm.runtime.empty((1, 8, height, 40), "float32", tvm.cpu())
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), result)
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    expected = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + height, j:j + 40], w[:, :, i, j].astype(np.float64))
+                   for i in range(3) for j in range(3))
+    np.testing.assert_array_equal(result.numpy(), expected.astype(np.float32))
 
 
 def test_a_stride_2_conv_reads_its_rows_split_into_even_and_odd_columns(host_target):
