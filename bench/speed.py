@@ -442,12 +442,12 @@ def print_table(result):
           f"{'FP32 torch':>12}{'speedup':>9}{'packed in':>11}")
     for row in result["layers"]:
         floats = [row[k] for k in ("float_onnxruntime", "float_torch") if isinstance(row[k], float)]
-        packed_in = row.get("binary_tvm_packed_input", "n/a (not run)")
-        speedups = [f"{min(floats) / row[k]:.1f}x" if floats and isinstance(row[k], float) else "n/a"
-                    for k in ("binary_tvm", "binary_tvm_packed_input") if k in row] + ["n/a"]
-        print(f"{row['layer']:<36}{fmt(row['binary_tvm'], notes):>14}{fmt(packed_in, notes):>11}"
-              f"{fmt(row['float_onnxruntime'], notes):>18}{fmt(row['float_torch'], notes):>12}{speedups[0]:>9}"
-              f"{speedups[1]:>11}")
+        binary, packed_in = row["binary_tvm"], row["binary_tvm_packed_input"]
+        float_in_speedup, packed_in_speedup = (f"{min(floats) / b:.1f}x" if floats and isinstance(b, float) else "n/a"
+                                               for b in (binary, packed_in))
+        print(f"{row['layer']:<36}{fmt(binary, notes):>14}{fmt(packed_in, notes):>11}"
+              f"{fmt(row['float_onnxruntime'], notes):>18}{fmt(row['float_torch'], notes):>12}"
+              f"{float_in_speedup:>9}{packed_in_speedup:>11}")
     print("(speedup: the faster float conv / the binary conv, float in and float out both; packed in: the"
           " binary conv reading\n the bits the previous binary layer packed, float out)")
     memory = result.get("peak_rss_mb")

@@ -47,8 +47,8 @@ def _call_tir_funcs(mod, func):
 
 
 def _producer_kind(mod, func):
-    """"elementwise" (element-wise, broadcast and concatenate PrimFuncs), "reshaping" (those and
-    reshapes), or None."""
+    """What func may be fused as: "elementwise" (element-wise, broadcast and concatenate
+    PrimFuncs), "reshaping" (those and reshapes), or None."""
     calls = _call_tir_funcs(mod, func)
     if not calls:
         return None
@@ -143,14 +143,15 @@ def fuse_producers(mod):
         for block in func.body.blocks:
             for binding in block.bindings:
                 consumer = fused_function(binding.value)
-                candidates = _data_inputs(mod, consumer) if consumer is not None else []
-                taken_input = [(i, binding.value.args[i]) for i, kinds in candidates
-                               if binding.value.args[i] in producers and uses.get(binding.value.args[i]) == 1
-                               and producers[binding.value.args[i]][1] in kinds]
-                if not taken_input:
+                if consumer is None:
                     continue
-                index, data = taken_input[0]
-                made = producers[data][0]
+                args = binding.value.args
+                fusable = [i for i, kinds in _data_inputs(mod, consumer)
+                           if args[i] in producers and uses.get(args[i]) == 1 and producers[args[i]][1] in kinds]
+                if not fusable:
+                    continue
+                index = fusable[0]
+                made = producers[args[index]][0]
                 key = (made.op, binding.value.op, index)
                 if key not in merged:
                     name = f"{made.op.name_hint}_into_{binding.value.op.name_hint}"

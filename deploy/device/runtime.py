@@ -14,7 +14,8 @@ them at zero and feeds each output rKo back as the next rKi. The states and para
 the device between frames; only the image goes in (copied into one input tensor the runner keeps)
 and the outputs come back: on this machine as numpy views of the VM's output tensors (the VM
 allocates each call's outputs anew, and a view keeps its tensor alive), over RPC as copies.
-At 1920x1080 a fresh input tensor and two output copies were ~6 ms of a ~95 ms frame.
+At 1920x1080, one thread, a fresh input tensor and two output copies cost 3.3 ms per frame on the
+package's VM and 12.6 ms on the runtime-only one (local_vm.py).
 `model.metadata` is the artifact's metadata.json (input/output names and shapes, target).
 A local model in a process that has not imported the `tvm` package runs on TVM's runtime library
 alone (local_vm.py), as on a board; otherwise (RPC, tools that compile) on the package's VM.
