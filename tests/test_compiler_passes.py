@@ -479,6 +479,24 @@ def _parallel_extents(func):
     return extents
 
 
+def _assert_exact_3x3_conv(scheduled, target, in_shape, out_channels, stride, seed):
+    """The scheduled 3x3 conv (padding 1) gives numpy's values on integer data and weights in steps
+    of 1/16, where every order of summation gives the same float32."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-50, 50, in_shape).astype(np.float32)
+    w = (rng.integers(-64, 64, (out_channels, in_shape[1], 3, 3)) / 16.0).astype(np.float32)
+    height, width = in_shape[2] // stride, in_shape[3] // stride
+    lib = tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
+                      target=target)
+    result = tvm.runtime.empty((1, out_channels, height, width), "float32", tvm.cpu())
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), result)
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    expected = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + in_shape[2]:stride, j:j + in_shape[3]:stride],
+                             w[:, :, i, j].astype(np.float64))
+                   for i in range(3) for j in range(3))
+    np.testing.assert_array_equal(result.numpy(), expected.astype(np.float32))
+
+
 @pytest.mark.parametrize("height, groups", [(64, 16), (18, 18)])
 def test_a_3x3_conv_builds_the_input_rows_of_four_output_rows_at_once(host_target, height, groups):
     """Output rows in groups of 4 per parallel iteration where 16 groups remain (conv_nchw.py):
@@ -488,18 +506,7 @@ def test_a_3x3_conv_builds_the_input_rows_of_four_output_rows_at_once(host_targe
     out = topi.nn.conv2d_nchw(data, weight, stride=1, padding=1, dilation=1)
     scheduled = fp.apply_rules(te.create_prim_func([data, weight, out]), host_target, fp_rules(host_target))
     assert _parallel_extents(scheduled) == [groups]
-
-    rng = np.random.default_rng(6)
-    x = rng.integers(-50, 50, (1, 4, height, 40)).astype(np.float32)
-    w = (rng.integers(-64, 64, (8, 4, 3, 3)) / 16.0).astype(np.float32)        # every sum exact in float32
-    lib = tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
-                      target=host_target)
-    result = tvm.runtime.empty((1, 8, height, 40), "float32", tvm.cpu())
-    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), result)
-    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    expected = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + height, j:j + 40], w[:, :, i, j].astype(np.float64))
-                   for i in range(3) for j in range(3))
-    np.testing.assert_array_equal(result.numpy(), expected.astype(np.float32))
+    _assert_exact_3x3_conv(scheduled, host_target, (1, 4, height, 40), 8, stride=1, seed=6)
 
 
 def test_a_stride_2_conv_reads_its_rows_split_into_even_and_odd_columns(host_target):
@@ -508,18 +515,7 @@ def test_a_stride_2_conv_reads_its_rows_split_into_even_and_odd_columns(host_tar
     out = topi.nn.conv2d_nchw(data, weight, stride=2, padding=1, dilation=1)
     scheduled = fp.apply_rules(te.create_prim_func([data, weight, out]), host_target, fp_rules(host_target))
     assert (1, 3, 22, 2, 25) in _allocated_shapes(scheduled)  # [n, c, padded row, column parity, column // 2]
-
-    rng = np.random.default_rng(3)
-    x = rng.integers(-50, 50, (1, 3, 20, 48)).astype(np.float32)
-    w = (rng.integers(-64, 64, (8, 3, 3, 3)) / 16.0).astype(np.float32)        # every sum exact in float32
-    lib = tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
-                      target=host_target)
-    result = tvm.runtime.empty((1, 8, 10, 24), "float32", tvm.cpu())
-    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), result)
-    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    expected = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + 20:2, j:j + 48:2], w[:, :, i, j].astype(np.float64))
-                   for i in range(3) for j in range(3))
-    np.testing.assert_array_equal(result.numpy(), expected.astype(np.float32))
+    _assert_exact_3x3_conv(scheduled, host_target, (1, 3, 20, 48), 8, stride=2, seed=3)
 
 
 def test_a_stride_2_pool_with_an_odd_padded_width_is_split_into_even_and_odd_columns(host_target):
