@@ -162,13 +162,13 @@ def test_repacking_onnx_bytes_gives_the_same_words_as_packing_floats(word, host_
     funcs = {"pack": lowering.pack_func(x.shape, layout), "repack": lowering.repack_func((1, 5, 7, 9), 35, layout)}
     mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
     lib = tvm.compile(mod, target=host_target)
-    shape = (1, layout.rows, layout.cols, layout.words)
+    shape = layout.shape(1)
     from_floats, from_bytes = tvm.runtime.empty(shape, word), tvm.runtime.empty(shape, word)
     lib["pack"](tvm.runtime.tensor(x), from_floats)
     lib["repack"](tvm.runtime.tensor(bit_layout.pack(x)), from_bytes)
     assert np.array_equal(from_floats.numpy(), from_bytes.numpy())
     # Words hold channel c at bit c % B of word c // B (bimatting.binops.layout's order, widened).
-    words = from_floats.numpy()[0, layout.top:layout.top + 7, layout.left:layout.left + 9]
+    words = from_floats.numpy()[0, :, layout.top:layout.top + 7, layout.left:layout.left + 9].transpose(1, 2, 0)
     bits = (words[..., :, None] >> np.arange(int(word[4:]), dtype=word)) & 1  # [y, x, CW, B]
     signs = 1.0 - 2.0 * bits.reshape(7, 9, -1)[..., :35].transpose(2, 0, 1)
     assert np.array_equal(signs, bit_layout.sign(x)[0])
@@ -232,7 +232,11 @@ def test_binary_conv_equals_float_conv_of_signs_on_emulated_rpi4(rpi4_session, t
 # --- MetaSchedule: the tunable schedule is a valid design space; tuned records are used -----------
 
 def _tunable_case(host_target):
-    geometry, x, w = _case(64, CONFIGS[3], seed=12, out_channels=32)
+    # 32 output columns: every column tile of the design space divides them
+    rng = np.random.default_rng(12)
+    geometry = ConvGeometry(HEIGHT, 64, 64, 32, (3, 3), (2, 2), (1, 1, 1, 1))
+    x = rng.standard_normal((1, 64, HEIGHT, 64)).astype(np.float32)
+    w = rng.standard_normal((32, 64, 3, 3)).astype(np.float32)
     kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), np.ones(32), np.zeros(32), host_target)
     want = float_conv(bit_layout.sign(x), bit_layout.sign(w), geometry.strides, geometry.pads, geometry.dilations)
     return kernel, x, want
@@ -266,7 +270,7 @@ def test_sampled_tile_sizes_of_the_design_space_stay_exact(host_target):
         sch = _sampled_schedule(kernel, seed)
         decisions.add(tuple(int(v) for v in sch.trace.decisions.values()))
         assert np.array_equal(_run_conv(kernel, sch.mod["main"], x, host_target), want)
-    assert decisions and all(len(d) == 2 for d in decisions)  # vector width and column tile sampled
+    assert decisions and all(len(d) == 2 for d in decisions)  # both tile sizes sampled
 
 
 def test_a_tuning_record_replaces_the_manual_schedule(host_target):

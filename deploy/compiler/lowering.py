@@ -51,13 +51,14 @@ class ConvOperands:
 
     weights: np.ndarray  # [KH, KW, CW, Op] words
     base: np.ndarray  # [row classes, col classes, Op] int32: K_all + border correction
-    row_class: np.ndarray  # [OH] int32
-    col_class: np.ndarray  # [OW] int32
     steps: np.ndarray  # [S, Op] float32 operands of the output transform
+    row_class: np.ndarray  # [OH] int32: part of the kernel's code, like `kinds`
+    col_class: np.ndarray  # [OW] int32
     kinds: tuple  # S step kinds ("mul", "add", "prelu"): part of the kernel's code
 
     def arrays(self):
-        return [self.weights, self.base, self.row_class, self.col_class, self.steps]
+        """The kernel's constant arguments, in call order."""
+        return [self.weights, self.base, self.steps]
 
 
 def scale_bias(scale, bias):
@@ -73,26 +74,25 @@ def conv_operands(w_packed, geometry, kernel_config, epilogue):
     weights = kparams.weight_words(w_packed, g.channels_in, kernel_config.word_dtype, out_padded)
     row_class, col_class, corr = kparams.border_classes(w_packed, g)
     kinds, steps = kparams.epilogue_operands(epilogue, g.channels_out, out_padded)
-    return ConvOperands(weights, kparams.exact_base(corr, g, out_padded), row_class, col_class, steps, kinds)
+    return ConvOperands(weights, kparams.exact_base(corr, g, out_padded), steps, row_class, col_class, kinds)
 
 
 def conv_func(batch, geometry, layout, operands, masked=False, variant=0):
-    """PrimFunc (packed, weights, base, row_class, col_class, steps[, mask][, residual]) -> float32
+    """PrimFunc (packed, weights, base, steps[, mask][, residual]) -> float32
     [N, O, OH, OW]; the conv reads pack variant `variant` of `layout`; a residual input (float32
     [N, O, OH, OW]) where the epilogue has a "residual" step."""
     g = geometry
-    packed = te.placeholder((batch, layout.rows, layout.cols, layout.word_stride), layout.word_dtype,
-                            name="packed")
-    names = ("weights", "base", "row_class", "col_class", "steps")
-    weights, base, row_class, col_class, steps = [te.placeholder(a.shape, str(a.dtype), name=n)
+    packed = te.placeholder(layout.shape(batch), layout.word_dtype, name="packed")
+    names = ("weights", "base", "steps")
+    weights, base, steps = [te.placeholder(a.shape, str(a.dtype), name=n)
                                                   for a, n in zip(operands.arrays(), names)]
     mask = te.placeholder((batch, 1, g.out_height, g.out_width), "float32", name="mask") if masked else None
     residual = (te.placeholder((batch, g.channels_out, g.out_height, g.out_width), "float32", name="residual")
                 if "residual" in operands.kinds else None)
     pop = bitserial.popcount_conv(packed, weights, g, layout, variant)
-    out = bitserial.output_transform(pop, base, row_class, col_class, steps=steps, kinds=operands.kinds,
+    out = bitserial.output_transform(pop, base, operands.row_class, operands.col_class, steps=steps, kinds=operands.kinds,
                                      geometry=g, mask=mask, residual=residual)
-    args = [packed, weights, base, row_class, col_class, steps] + ([mask] if masked else [])
+    args = [packed, weights, base, steps] + ([mask] if masked else [])
     args += ([residual] if residual is not None else []) + [out]
     return _prim_func(args, "bconv")
 
@@ -123,7 +123,7 @@ def emit_pack(bb, x, layout, from_bytes_channels=None, bias=None):
         func, name = pack_func(shape, layout, with_bias=bias is not None), "bpack"
         if bias is not None:
             args.append(relax.const(tvm.runtime.tensor(np.asarray(bias, np.float32).reshape(layout.variants, -1))))
-    return _call(bb, func, name, args, (shape[0], layout.rows, layout.cols, layout.word_stride), layout.word_dtype)
+    return _call(bb, func, name, args, layout.shape(shape[0]), layout.word_dtype)
 
 
 def emit_conv(bb, packed, layout, geometry, *, operands, mask=None, variant=0, residual=None):

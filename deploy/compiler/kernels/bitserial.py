@@ -4,16 +4,19 @@ Schedules live apart, in `bimatting.deploy.compiler.schedules`; `bimatting.deplo
 prepares the constant operands (weight words, output-transform tables) in numpy.
 
 Internal layout (free to choose inside TVM; the ONNX ops use uint8 NCHW, docs/onnx-ops.md):
-* packed activations `[N, Hp, Wp, V * CW]` words (uint64 on x86, uint32 on ARM): channel c is bit
-  c % B of word c // B (B = word bits), bit 1 = -1, the same little-endian order as
-  `bimatting.binops.layout`. The tensor carries its own spatial border of 0 bits (+1): `top`/`left`
-  rows/columns before the image, and enough after it for every consumer, so a convolution reads
-  without bounds checks. Unused channel bits are 0 in activations and weights: XOR drops them.
+* packed activations `[N, V * CW, Hp, Wp]` words (uint64 on x86, uint32 on ARM), planes of words
+  like NCHW: channel c is bit c % B of word c // B (B = word bits), bit 1 = -1, the same
+  little-endian order as `bimatting.binops.layout`. A row of one word plane is contiguous, so a
+  kernel vectorized over output columns loads its activation words as one vector. The tensor
+  carries its own spatial border of 0 bits (+1): `top`/`left` rows/columns before the image, and
+  enough after it for every consumer, so a convolution reads without bounds checks. Unused
+  channel bits are 0 in activations and weights: XOR drops them.
   V variants: sign(x + bias_v) for several biases of one float tensor (the LearnableBias of each
-  branch reading it), packed in one pass over x; variant v is words [v * CW, (v + 1) * CW).
+  branch reading it), packed in one pass over x; variant v is word planes [v * CW, (v + 1) * CW).
 * packed weights `[KH, KW, CW, Op]` with the output channels padded to `Op` (a multiple of the
   schedule's vector width; padded filters are never stored).
-* popcounts `[N, OH, OWp, Op]` int32, OWp = OW rounded up to `X_GRANULE`: the register tiles of
+* popcounts `[N, OH, OWp, Op]` integers as wide as a word (a vector popcount's own lanes: no
+  narrowing per word), OWp = OW rounded up to `X_GRANULE`: the register tiles of
   every schedule divide it, so the inner loops need no bounds checks either.
 
 Math (bimatting/binops/reference.py): with a +1 border, `D = K_all - 2 * popcount + corr[y, x, o]`, where
@@ -54,7 +57,7 @@ def cols_read(geometry):
 
 @dataclass(frozen=True)
 class PackLayout:
-    """Where the image sits inside a packed activation tensor `[N, rows, cols, words]`."""
+    """Where the image sits inside a packed activation tensor `[N, variants * words, rows, cols]`."""
 
     top: int
     left: int
@@ -68,6 +71,9 @@ class PackLayout:
     def word_stride(self):
         """Words per position: every variant's."""
         return self.variants * self.words
+
+    def shape(self, batch):
+        return (batch, self.word_stride, self.rows, self.cols)
 
     @staticmethod
     def covering(geometries, word_dtype, variants=1):
@@ -88,11 +94,11 @@ def _word_bit(bit_set, b, word_dtype):
 
 
 def pack_activations(x, layout, bias=None):
-    """Binarize and bit-pack a float activation: [N, C, H, W] float32 -> [N, rows, cols, V * CW] words.
+    """Binarize and bit-pack a float activation: [N, C, H, W] float32 -> [N, V * CW, rows, cols] words.
 
     bit (c % B) of word v * CW + c // B is [x[n, c] (+ bias[v, c]) < 0] (bias [V, C], V =
     layout.variants; without bias V = 1); border positions and unused channels are 0 (+1). Two
-    stages: the image's words [N, H, W, V, CW] (no spatial bounds checks in the bit loop; every
+    stages: the image's words [N, V, CW, H, W] (no spatial bounds checks in the bit loop; every
     variant of a bit from one read of x), then the border.
     """
     n_, channels, height, width = (int(d) for d in x.shape)
@@ -101,34 +107,33 @@ def pack_activations(x, layout, bias=None):
         raise ValueError("several pack variants need one bias row each")
     b = te.reduce_axis((0, min(bits, channels)), name="b")  # one word: only its real channels
 
-    def image_word(n, y, x_, v, k):
+    def image_word(n, v, k, y, x_):
         c = k * bits + b
         channel = tirx.min(c, channels - 1)
         value = x[n, channel, y, x_] if bias is None else x[n, channel, y, x_] + bias[v, channel]
         negative = tirx.all(c < channels, value < 0)
         return te.sum(_word_bit(negative, b, layout.word_dtype), axis=b)
 
-    words = te.compute((n_, height, width, layout.variants, layout.words), image_word, name="bpack_image")
+    words = te.compute((n_, layout.variants, layout.words, height, width), image_word, name="bpack_image")
     return _with_border(words, layout, "bpack")
 
 
 def _with_border(words, layout, name):
-    """[N, H, W, V, CW] words -> [N, rows, cols, V * CW] with 0 words (+1) around the image."""
-    height, width = int(words.shape[1]), int(words.shape[2])
+    """[N, V, CW, H, W] words -> [N, V * CW, rows, cols] with 0 words (+1) around the image."""
+    height, width = int(words.shape[3]), int(words.shape[4])
 
-    def bordered(n, y, x_, k):
+    def bordered(n, k, y, x_):
         yy, xx = y - layout.top, x_ - layout.left
         inside = tirx.all(yy >= 0, yy < height, xx >= 0, xx < width)
-        value = words[n, tirx.max(tirx.min(yy, height - 1), 0), tirx.max(tirx.min(xx, width - 1), 0),
-                      k // layout.words, k % layout.words]
+        value = words[n, k // layout.words, k % layout.words, tirx.max(tirx.min(yy, height - 1), 0),
+                      tirx.max(tirx.min(xx, width - 1), 0)]
         return tirx.if_then_else(inside, value, tirx.const(0, layout.word_dtype))
 
-    shape = (int(words.shape[0]), layout.rows, layout.cols, layout.word_stride)
-    return te.compute(shape, bordered, name=name)
+    return te.compute(layout.shape(int(words.shape[0])), bordered, name=name)
 
 
 def repack_bytes(x8, channels, layout):
-    """Re-pack an ONNX packed activation: [N, ceil(C/8), H, W] uint8 -> [N, rows, cols, CW] words.
+    """Re-pack an ONNX packed activation: [N, ceil(C/8), H, W] uint8 -> [N, CW, rows, cols] words.
 
     Byte j of a word is uint8 channel-word (k * B/8 + j): the little-endian bit order is kept;
     unused bits of the last byte are already 0 by the ONNX convention.
@@ -141,20 +146,21 @@ def repack_bytes(x8, channels, layout):
     if layout.variants != 1:
         raise ValueError("re-packed bytes have one variant")
 
-    def image_word(n, y, x_, v, k):
+    def image_word(n, v, k, y, x_):
         byte = k * per_word + j
         value = x8[n, tirx.min(byte, byte_words - 1), y, x_].astype(layout.word_dtype)
         shifted = value << (j * 8).astype(layout.word_dtype)
         return te.sum(tirx.if_then_else(byte < byte_words, shifted, tirx.const(0, layout.word_dtype)), axis=j)
 
-    words = te.compute((n_, height, width, 1, layout.words), image_word, name="brepack_image")
+    words = te.compute((n_, 1, layout.words, height, width), image_word, name="brepack_image")
     return _with_border(words, layout, "brepack")
 
 
 def popcount_conv(packed, weights, geometry, layout, variant=0):
-    """Sum of popcount(activation XOR weight) over the window: -> [N, OH, OWp, Op] int32.
+    """Sum of popcount(activation XOR weight) over the window: -> [N, OH, OWp, Op] int64 (uint64
+    words) or int32 (uint32 words).
 
-    packed [N, rows, cols, V * CW] (layout; this conv reads variant `variant`), weights
+    packed [N, V * CW, rows, cols] (layout; this conv reads variant `variant`), weights
     [KH, KW, CW, Op] words.
     """
     g = geometry
@@ -164,10 +170,11 @@ def popcount_conv(packed, weights, geometry, layout, variant=0):
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     rc = te.reduce_axis((0, words), name="rc")
+    acc = "int64" if packed.dtype == "uint64" else "int32"
 
     def count(n, y, x, o):
-        a = packed[n, y * sh + ry * dh + off_y, x * sw + rx * dw + off_x, variant * words + rc]
-        return te.sum(tirx.popcount(a ^ weights[ry, rx, rc, o]).astype("int32"), axis=[ry, rx, rc])
+        a = packed[n, variant * words + rc, y * sh + ry * dh + off_y, x * sw + rx * dw + off_x]
+        return te.sum(tirx.popcount(a ^ weights[ry, rx, rc, o]).astype(acc), axis=[ry, rx, rc])
 
     shape = (int(packed.shape[0]), g.out_height, out_width_padded(g), out_padded)
     return te.compute(shape, count, name="bconv_popcount")
@@ -183,11 +190,33 @@ def _rounded(product):
     return tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", product)
 
 
+def _class_runs(classes):
+    """Runs of equal class along one axis: [(end, class)], `end` exclusive, in order."""
+    runs = []
+    for position, cls in enumerate(int(c) for c in classes):
+        if runs and runs[-1][1] == cls:
+            runs[-1] = (position + 1, cls)
+        else:
+            runs.append((position + 1, cls))
+    return runs
+
+
+def _by_runs(index, runs, value_of):
+    """value_of(class of `index`), written as a chain of compares on `index` (runs from
+    _class_runs): no table read with a computed address, so a vector of columns needs no gather."""
+    value = value_of(runs[-1][1])
+    for end, cls in reversed(runs[:-1]):
+        value = tirx.Select(index < end, value_of(cls), value)
+    return value
+
+
 def output_transform(pop, base, row_class, col_class, *, steps, kinds, geometry, mask=None, residual=None):
     """Popcounts -> float NCHW output [N, O, OH, OW] (module docstring for the algebra).
 
     base [row classes, col classes, Op] int32 = K_all + corr, so D = base - 2 * popcount is the
-    exact integer dot product; row_class [OH], col_class [OW] int32. Then the per-channel float
+    exact integer dot product; row_class [OH], col_class [OW]: numpy int arrays, constants of the
+    kernel's code (a run of equal classes is one compare: the columns of a vector share a class
+    except at the image's edges). Then the per-channel float
     steps (`kinds[i]` with operand steps[i, :Op]: "mul" v*s, "add" v+s, "prelu" v<0 ? v*s : v)
     in the order the graph applies them, so every float rounding matches the ONNX graph's;
     "residual" adds residual [N, O, OH, OW] (the block's shortcut) at its place in that order.
@@ -197,15 +226,11 @@ def output_transform(pop, base, row_class, col_class, *, steps, kinds, geometry,
     """
     n_ = int(pop.shape[0])
     g = geometry
-
-    rows, cols = int(base.shape[0]), int(base.shape[1])
+    row_runs, col_runs = _class_runs(row_class), _class_runs(col_class)
 
     def transform(n, o, y, x):
-        # Clamped class indices: any table content stays in bounds (MetaSchedule runs kernels
-        # on random data).
-        ry = tirx.max(tirx.min(row_class[y], rows - 1), 0)
-        rx = tirx.max(tirx.min(col_class[x], cols - 1), 0)
-        dot = base[ry, rx, o] - 2 * pop[n, y, x, o]
+        row = _by_runs(y, row_runs, lambda cls: tirx.const(cls, "int32"))
+        dot = _by_runs(x, col_runs, lambda cls: base[row, cls, o]) - 2 * pop[n, y, x, o].astype("int32")
         value = dot.astype("float32")
         for i, kind in enumerate(kinds):
             operand = steps[i, o]

@@ -38,7 +38,7 @@ class BinaryConvKernel:
     def arrays(self, x, device, mask=None):
         """Device tensors for one call: input, packed buffer, operands (+ mask), output."""
         g, lay = self.geometry, self.layout
-        packed = tvm.runtime.empty((self.batch, lay.rows, lay.cols, lay.words), lay.word_dtype, device)
+        packed = tvm.runtime.empty(lay.shape(self.batch), lay.word_dtype, device)
         consts = [tvm.runtime.tensor(a, device) for a in self.operands.arrays()]
         extra = [tvm.runtime.tensor(np.asarray(mask, np.float32), device)] if self.masked else []
         out = tvm.runtime.empty((self.batch, g.channels_out, g.out_height, g.out_width), "float32", device)

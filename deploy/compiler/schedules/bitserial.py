@@ -5,7 +5,8 @@ these functions apply them with `tvm.s_tir.Schedule`. Every tile size is either 
 (`tunable=False`, the default schedule) or sampled with `sample_categorical` (`tunable=True`),
 so the same function is MetaSchedule's design space (`ms.space_generator.ScheduleFn`).
 
-Popcount convolution ([N, OH, OWp, Op] accumulators, NCHW float output):
+Popcount convolution, vectorized over output channels (`schedule_bconv`, AArch64: a 128-bit
+vector holds 4 uint32 words, as many as a layer has output channels):
     for n*y (parallel) / x tile of `owt` columns / o tile of `vec` channels:
         acc[owt, vec] (registers) = 0
         for ry, rx, rc: for xi (unrolled): acc[xi, :] += popcount(a[xi] ^ w[ry, rx, rc, :])  # vector
@@ -13,6 +14,15 @@ Popcount convolution ([N, OH, OWp, Op] accumulators, NCHW float output):
 The weight words of one (ry, rx, rc) are a contiguous vector over o; the activation word is
 broadcast. LLVM lowers the vector popcount to `vpopcntq` (AVX-512 VPOPCNTDQ), a `vpshufb`
 nibble table (AVX2), or `cnt` + `uadalp` / `udot` on NEON.
+
+Vectorized over output columns (`schedule_bconv_columns`, x86-64):
+    for n*y (parallel) / x tile of `lanes` columns / o tile of `ot` channels:
+        acc[ot, lanes] (registers) = 0
+        for ry, rx, rc: a = words of `lanes` columns (one vector load: a row of a word plane)
+            for o (unrolled): acc[o, :] += popcount(a ^ broadcast(w[ry, rx, rc, o]))
+        output transform of the tile, one vector store per channel
+Both are exact; the column form needs no transpose of the accumulators for the NCHW output and
+reads the weight word from memory as the XOR's broadcast operand.
 """
 
 
@@ -35,18 +45,18 @@ def schedule_pack(sch, block_name, lanes):
     variants unrolled inside it (one load of x serves every variant's bit); the bordered copy is a
     plain parallel row loop."""
     image = sch.get_sblock(f"{block_name}_image")
-    n, y, x, v, k, b = sch.get_loops(image)
-    sch.parallel(sch.fuse(n, y))
+    n, v, k, y, x, b = sch.get_loops(image)
     lanes = max(c for c in (lanes, lanes // 2, lanes // 4, 1) if _extent(sch, x) % c == 0)
     xo, xi = sch.split(x, [None, lanes])
-    sch.reorder(k, xo, b, v, xi)
+    sch.reorder(n, y, k, xo, b, v, xi)
+    sch.parallel(sch.fuse(n, y))
     sch.unroll(v)
     sch.vectorize(xi)
     init = sch.decompose_reduction(image, b)
     sch.vectorize(sch.get_loops(init)[-1])
     border = sch.get_sblock(block_name)
-    n, y, x, k = sch.get_loops(border)
-    sch.parallel(sch.fuse(n, y))
+    n, k, y, x = sch.get_loops(border)
+    sch.parallel(sch.fuse(n, k, y))
 
 
 def schedule_bconv(sch, kernel_config, tunable=False):
@@ -69,6 +79,32 @@ def schedule_bconv(sch, kernel_config, tunable=False):
     # Epilogue of one tile (the loops reverse_compute_at made under `oo`): o outer, x inner
     # (contiguous in NCHW), both unrolled: at most vec x owt values.
     tile_loops = sch.get_loops(out)[-2:]
+    sch.unroll(tile_loops[0])
+    sch.vectorize(tile_loops[1])
+    return sch
+
+
+def schedule_bconv_columns(sch, kernel_config, tunable=False):
+    """Register-tiled popcount convolution vectorized over output columns, for cores whose vector
+    holds several words (AVX-512: 8 uint64). The accumulators are laid out [o][x], so the tile's
+    output transform reads them in NCHW order and stores whole vectors, with no transpose."""
+    block = sch.get_sblock("bconv_popcount")
+    sch.transform_layout(block, ("write", 0), lambda n, y, x, o: (n, y, o, x))
+    n, y, x, o, ry, rx, rc = sch.get_loops(block)
+    ot = _choose(sch, kernel_config.otile_candidates, _extent(sch, o), tunable, kernel_config.default_otile)
+    lanes = _choose(sch, kernel_config.column_candidates, _extent(sch, x), tunable, kernel_config.default_columns)
+    xo, xi = sch.split(x, [None, lanes])
+    oo, oi = sch.split(o, [None, ot])
+    sch.reorder(n, y, xo, oo, ry, rx, rc, oi, xi)
+    sch.parallel(sch.fuse(n, y))
+    out = sch.get_sblock("bconv_output")
+    sch.reverse_compute_at(out, oo)
+    sch.set_scope(block, 0, "local")
+    sch.unroll(oi)
+    sch.vectorize(xi)
+    init = sch.decompose_reduction(block, ry)
+    sch.vectorize(sch.get_loops(init)[-1])
+    tile_loops = sch.get_loops(out)[-2:]  # o outer, x inner: the same nest as schedule_bconv's
     sch.unroll(tile_loops[0])
     sch.vectorize(tile_loops[1])
     return sch
