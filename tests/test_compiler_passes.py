@@ -533,3 +533,53 @@ def test_a_stride_2_pool_with_an_odd_padded_width_is_split_into_even_and_odd_col
     lib["main"](tvm.runtime.tensor(x), result)
     expected = (x[..., 0::2] + x[..., 1::2]) / np.float32(2)  # pairs: the padded column is never read
     np.testing.assert_array_equal(result.numpy(), expected)
+
+
+def _upsample_and_pack(channels, height, width, layout, bias):
+    """pack(concat(repeat(x, 2, W), repeat(x, 2, W) * s)): a pack reading an expanding producer."""
+    from bimatting.deploy.compiler import lowering
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, channels, height, width), "float32"))
+    s = relax.Var("s", relax.TensorType((1, channels, height, 2 * width), "float32"))
+    with bb.function("main", [x, s]):
+        with bb.dataflow():
+            wide = bb.emit(relax.op.repeat(x, 2, axis=3))
+            both = bb.emit(relax.op.concat([wide, relax.op.multiply(wide, s)], axis=1))
+            packed = bb.emit_output(lowering.emit_pack(bb, both, layout, bias=bias))
+        bb.emit_func_output(packed)
+    return bb.get()
+
+
+def test_a_pack_computes_the_upsample_it_reads_in_place(host_target):
+    """An upsample writes 4x what it reads: fused into the pack that alone reads it
+    (fuse_producers.py, schedules/pack_producers.py), its float output is never stored, and the
+    packed words are those of packing the stored tensor."""
+    from bimatting.binops.geometry import ConvGeometry
+    from bimatting.deploy.compiler import lowering
+    from bimatting.deploy.compiler.kernels.bitserial import PackLayout
+    from bimatting.deploy.compiler.schedules import kernel_config_for, schedule_kernel
+
+    channels, height, width = 20, 6, 16
+    geometry = ConvGeometry(height, 2 * width, 2 * channels, 8, (3, 3), (1, 1), (1, 1, 1, 1))
+    layout = PackLayout.covering([geometry], kernel_config_for(host_target).word_dtype, variants=2)
+    rng = np.random.default_rng(4)
+    bias = rng.standard_normal((2, 2 * channels)).astype(np.float32)
+    with host_target:
+        lowered = build.pipeline_front(host_target)(_upsample_and_pack(channels, height, width, layout, bias))
+    assert [gv.name_hint for gv, _ in lowered.functions_items() if "_after_" in gv.name_hint]
+    assert (1, 2 * channels, height, 2 * width) not in _stored_shapes(lowered)
+    x = rng.standard_normal((1, channels, height, width)).astype(np.float32)
+    s = rng.standard_normal((1, channels, height, 2 * width)).astype(np.float32)
+    x[0, 0, 0, 0] = 0.0  # sign(0) = +1, as the pack alone has it
+    vm = relax.VirtualMachine(build._compile(lowered, host_target, None), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(s)).numpy()
+    wide = np.repeat(x, 2, axis=3)
+    stored = np.concatenate([wide, wide * s], axis=1)
+    pack = lowering.pack_func(stored.shape, layout, with_bias=True)
+    pack = schedule_kernel(pack, kernel_config_for(host_target)).mod["main"].with_attr("global_symbol", "pack")
+    want = tvm.runtime.empty(layout.shape(1), layout.word_dtype)
+    tvm.compile(tvm.IRModule({"pack": pack}), target=host_target)["pack"](
+        tvm.runtime.tensor(stored), tvm.runtime.tensor(bias), want)
+    np.testing.assert_array_equal(got, want.numpy())
+    assert got.any()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax, te, tirx
 
 from bimatting.binops import layout as bit_layout
 from bimatting.deploy.compiler.kernels import bitserial, params as kparams
@@ -23,8 +23,10 @@ def _prim_func(tensors, kind):
 
 
 def pack_func(shape, layout, with_bias=False):
-    """float32 NCHW `shape` (+ per-variant, per-channel bias [V, C]) -> packed words `layout`."""
-    x = te.placeholder(tuple(shape), "float32", name="x")
+    """float32 NCHW `shape` (+ per-variant, per-channel bias [V, C]) -> packed words `layout`.
+    x's shape is int64 like a legalized Relax op's output, so fuse_producers.py can merge the
+    function computing x into the pack (FuseTIR maps both buffers onto one tensor)."""
+    x = te.placeholder(tuple(tirx.IntImm("int64", int(d)) for d in shape), "float32", name="x")
     bias = te.placeholder((layout.variants, shape[1]), "float32", name="bias") if with_bias else None
     return _prim_func([x] + ([bias] if with_bias else []) + [bitserial.pack_activations(x, layout, bias)], "bpack")
 

@@ -105,7 +105,12 @@ def pack_activations(x, layout, bias=None):
     bits = KERNEL_WORD_BITS[layout.word_dtype]
     if bias is None and layout.variants != 1:
         raise ValueError("several pack variants need one bias row each")
-    b = te.reduce_axis((0, min(bits, channels)), name="b")  # one word: only its real channels
+    index = str(x.shape[0].ty)  # the loops index x as x's own shape does (int64 from Relax)
+
+    def dim(value):
+        return tirx.IntImm(index, value)
+
+    b = te.reduce_axis((dim(0), dim(min(bits, channels))), name="b")  # one word: only its real channels
 
     def image_word(n, v, k, y, x_):
         c = k * bits + b
@@ -114,7 +119,8 @@ def pack_activations(x, layout, bias=None):
         negative = tirx.all(c < channels, value < 0)
         return te.sum(_word_bit(negative, b, layout.word_dtype), axis=b)
 
-    words = te.compute((n_, layout.variants, layout.words, height, width), image_word, name="bpack_image")
+    shape = tuple(dim(d) for d in (n_, layout.variants, layout.words, height, width))
+    words = te.compute(shape, image_word, name="bpack_image")
     return _with_border(words, layout, "bpack")
 
 

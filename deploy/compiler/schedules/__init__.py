@@ -13,6 +13,7 @@ from tvm import s_tir, tirx
 from bimatting.deploy.compiler.schedules import aarch64, bitserial, fp, masked, x86
 from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
 from bimatting.deploy.compiler.schedules.conv_nchw import ConvNCHW
+from bimatting.deploy.compiler.schedules.pack_producers import PackWithProducers
 from bimatting.deploy.compiler.schedules.primfunc import fresh, target_triple
 from bimatting.deploy.compiler.tuning_database import workload
 
@@ -59,8 +60,8 @@ def schedule_kernel(func, kernel_config, tunable=False):
 def fp_rules(target):
     """The full-precision rules in the order they are tried (fp.apply_rules): the specific ones
     (their own files; they share fp.py's helpers) before fp.py's general ones."""
-    del target
-    return [ConvNCHW(), ChannelMatmul(), fp.Injective(), fp.ElementwiseWithReductions(), fp.ParallelOuter()]
+    pack = PackWithProducers(kernel_config_for(target).pack_lanes)
+    return [pack, ConvNCHW(), ChannelMatmul(), fp.Injective(), fp.ElementwiseWithReductions(), fp.ParallelOuter()]
 
 
 def _mark(func):
