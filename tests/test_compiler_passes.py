@@ -418,8 +418,8 @@ def test_the_projection_matmul_computes_every_output_of_a_pixel_tile_together(ho
     outer = scheduled.body.block.body if hasattr(scheduled.body, "block") else scheduled.body
     while not isinstance(outer, tirx.For):
         outer = outer.body
-    # parallel over pixel tiles (<= 16 pixels each), not over the 4 output channels
-    assert outer.kind == tirx.ForKind.PARALLEL and int(outer.extent) >= pixels // 16
+    # parallel over pixel tiles (<= 4 vectors of pixels each), not over the 4 output channels
+    assert outer.kind == tirx.ForKind.PARALLEL and int(outer.extent) >= pixels // 32
 
     rng = np.random.default_rng(5)
     arrays = [rng.standard_normal(shape) for shape in ((4, 16), (1, 16, pixels), (4, 1))]
@@ -583,3 +583,27 @@ def test_a_pack_computes_the_upsample_it_reads_in_place(host_target):
         tvm.runtime.tensor(stored), tvm.runtime.tensor(bias), want)
     np.testing.assert_array_equal(got, want.numpy())
     assert got.any()
+
+
+def test_a_computation_repeated_in_the_graph_runs_once(host_target):
+    """Two branches pooling the same tensor (the encoder's shortcuts did) share one pool: the
+    pipeline eliminates common subexpressions before fusing."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 12, 16), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            first = bb.emit(relax.op.nn.avg_pool2d(x, (2, 2), (2, 2)))
+            second = bb.emit(relax.op.nn.avg_pool2d(x, (2, 2), (2, 2)))
+            out = bb.emit_output(relax.op.multiply(relax.op.add(first, relax.const(1.0)), second))
+        bb.emit_func_output(out)
+    with host_target:
+        lowered = build.pipeline_front(host_target)(bb.get())
+    pools = []
+    relax.analysis.post_order_visit(lowered["main"], lambda e: pools.append(e) if isinstance(e, relax.Call)
+                                    and getattr(e.op, "name", "") == "relax.call_tir"
+                                    and "pool" in e.args[0].name_hint else None)
+    assert len(pools) == 1
+    data = np.random.default_rng(3).standard_normal((1, 8, 12, 16)).astype(np.float32)
+    vm = relax.VirtualMachine(build._compile(lowered, host_target, None), tvm.cpu())
+    pooled = data.reshape(1, 8, 6, 2, 8, 2).mean(axis=(3, 5), dtype=np.float32)
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(data)).numpy(), (pooled + 1) * pooled, rtol=1e-5, atol=1e-6)

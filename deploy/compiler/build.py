@@ -25,7 +25,8 @@ LIFT_MIN_ELEMENTS = 2  # scalars stay in the library
 
 def pipeline_front(tvm_target):
     """Select the branches decided at compile time, take the parts of a split as slices (moved up
-    to the tensors they come from, channel_slices.py), legalize
+    to the tensors they come from, channel_slices.py), compute each repeated expression once (the
+    exported graph pools some encoder tensors twice, once per branch reading them), legalize
     + fuse the standard ops (TVM's CPU pipeline, first half; bilinear resizes legalized as two 1-D
     passes, resize.py)."""
     import tvm
@@ -40,7 +41,7 @@ def pipeline_front(tvm_target):
     assert legalize[0].info.name == "LegalizeOps", legalize[0].info.name  # TVM's list, first pass replaced
     legalize[0] = relax.transform.LegalizeOps(customize_legalize_map={RESIZE_OP: legalize_resize2d})
     passes = [_constant_where_pass(), _split_as_slices_pass(), relax.transform.DeadCodeElimination(),
-              push_channel_slices_pass()]
+              push_channel_slices_pass(), relax.transform.EliminateCommonSubexpr()]
     assert legalize[-1].info.name == "FuseTIR", legalize[-1].info.name
     legalize.insert(len(legalize) - 1, fuse_producers_pass())  # after FuseOps, before FuseTIR
     passes += cpu.library_dispatch_passes(tvm_target) + legalize
