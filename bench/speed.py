@@ -437,10 +437,21 @@ def print_table(result):
         parts = ", ".join(f"{name.replace('_', ' ')} {groups[name]:.1f}" for name in GROUP_ORDER if name in groups)
         print(f"TVM host {size}, ms per frame by group: {parts} (sum {sum(groups.get(n, 0) for n in GROUP_ORDER):.1f}"
               f" of {groups.get('frame_ms_while_profiled', float('nan')):.1f} while profiled)")
+    if "layers" in result:  # not with --networks-only
+        print_layers(result["layers"], notes)
+    memory = result.get("peak_rss_mb")
+    if memory:
+        print("\npeak resident memory, 512x288: " + ", ".join(f"{name} {fmt(value, notes, ' MB')}"
+                                                            for name, value in memory.items()))
+    for index, note in enumerate(notes, 1):
+        print(f"[{index}] {note}")
+
+
+def print_layers(layers, notes):
     print()
     print(f"{'one 3x3 conv layer':<36}{'binary (TVM)':>14}{'packed in':>11}{'FP32 onnxruntime':>18}"
           f"{'FP32 torch':>12}{'speedup':>9}{'packed in':>11}")
-    for row in result["layers"]:
+    for row in layers:
         floats = [row[k] for k in ("float_onnxruntime", "float_torch") if isinstance(row[k], float)]
         binary, packed_in = row["binary_tvm"], row["binary_tvm_packed_input"]
         float_in_speedup, packed_in_speedup = (f"{min(floats) / b:.1f}x" if floats and isinstance(b, float) else "n/a"
@@ -450,12 +461,6 @@ def print_table(result):
               f"{float_in_speedup:>9}{packed_in_speedup:>11}")
     print("(speedup: the faster float conv / the binary conv, float in and float out both; packed in: the"
           " binary conv reading\n the bits the previous binary layer packed, float out)")
-    memory = result.get("peak_rss_mb")
-    if memory:
-        print("\npeak resident memory, 512x288: " + ", ".join(f"{name} {fmt(value, notes, ' MB')}"
-                                                            for name, value in memory.items()))
-    for index, note in enumerate(notes, 1):
-        print(f"[{index}] {note}")
 
 
 GROUP_ORDER = ("binary_convs", "bit_packing", "float_convs", "sab_mask", "resize_concat", "elementwise", "runtime")
