@@ -34,7 +34,7 @@ OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind kOutEWiseFusable (conv, pooling)
 BROADCAST = 1  # kBroadcast; kElemWise is 0
 INJECTIVE = 2  # kInjective
 PRODUCER_KINDS = ("elementwise", "reshaping", "injective")  # each kind includes the ones before it
-PACK_KERNEL = "bpack"  # lowering.py's float -> packed words kernel (its KERNEL_ATTR)
+PACK_KERNEL = "bpack"  # lowering.py's float -> packed words kernel (its KERNEL_ATTR value)
 CALL_TIR = "relax.call_tir"
 
 
@@ -132,11 +132,13 @@ def _packs_float(mod, call):
     argument is the float tensor it reads once per element."""
     from tvm import relax, tirx
 
+    from bimatting.deploy.compiler.lowering import KERNEL_ATTR
+
     if not (isinstance(call, relax.Call) and getattr(call.op, "name", "") == CALL_TIR):
         return False
     callee = mod[call.args[0]]
     return (isinstance(callee, tirx.PrimFunc) and callee.attrs is not None
-            and str(callee.attrs.get("bimatting.kernel", "")) == PACK_KERNEL)
+            and str(callee.attrs.get(KERNEL_ATTR, "")) == PACK_KERNEL)
 
 
 def _elements(expr):
