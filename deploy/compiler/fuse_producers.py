@@ -219,7 +219,8 @@ def fuse_producers(mod):
                         if key not in merged:
                             name = _fresh_name(bb, f"{binding.value.args[0].name_hint}_after_{made.op.name_hint}")
                             merged[key] = _merged_pack(bb, mod[made.op], binding.value, name)
-                        rewrites[binding.var] = relax.Call(merged[key], list(made.args) + list(binding.value.args[1].fields[1:]))
+                        others = list(binding.value.args[1].fields[1:])
+                        rewrites[binding.var] = relax.Call(merged[key], list(made.args) + others)
                     continue
                 consumer = fused_function(binding.value)
                 if consumer is None:

@@ -86,14 +86,13 @@ def conv_func(batch, geometry, layout, operands, masked=False, variant=0):
     g = geometry
     packed = te.placeholder(layout.shape(batch), layout.word_dtype, name="packed")
     names = ("weights", "base", "steps")
-    weights, base, steps = [te.placeholder(a.shape, str(a.dtype), name=n)
-                                                  for a, n in zip(operands.arrays(), names)]
+    weights, base, steps = [te.placeholder(a.shape, str(a.dtype), name=n) for a, n in zip(operands.arrays(), names)]
     mask = te.placeholder((batch, 1, g.out_height, g.out_width), "float32", name="mask") if masked else None
     residual = (te.placeholder((batch, g.channels_out, g.out_height, g.out_width), "float32", name="residual")
                 if "residual" in operands.kinds else None)
     pop = bitserial.popcount_conv(packed, weights, g, layout, variant)
-    out = bitserial.output_transform(pop, base, operands.row_class, operands.col_class, steps=steps, kinds=operands.kinds,
-                                     geometry=g, mask=mask, residual=residual)
+    out = bitserial.output_transform(pop, base, operands.row_class, operands.col_class, steps=steps,
+                                     kinds=operands.kinds, geometry=g, mask=mask, residual=residual)
     args = [packed, weights, base, steps] + ([mask] if masked else [])
     args += ([residual] if residual is not None else []) + [out]
     return _prim_func(args, "bconv")

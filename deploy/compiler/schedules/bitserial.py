@@ -60,28 +60,11 @@ def schedule_pack(sch, block_name, lanes):
 
 
 def schedule_bconv(sch, kernel_config, tunable=False):
-    """Register-tiled popcount convolution with its output transform computed per tile."""
-    block = sch.get_sblock("bconv_popcount")
-    n, y, x, o, ry, rx, rc = sch.get_loops(block)
+    """Register-tiled popcount convolution vectorized over output channels."""
+    n, y, x, o, ry, rx, rc = sch.get_loops(sch.get_sblock("bconv_popcount"))
     vec = _choose(sch, kernel_config.vec_candidates, _extent(sch, o), tunable, kernel_config.default_vec)
     owt = _choose(sch, kernel_config.owt_candidates, _extent(sch, x), tunable, kernel_config.default_owt)
-    xo, xi = sch.split(x, [None, owt])
-    oo, oi = sch.split(o, [None, vec])
-    sch.reorder(n, y, xo, oo, ry, rx, rc, xi, oi)
-    sch.parallel(sch.fuse(n, y))
-    out = sch.get_sblock("bconv_output")
-    sch.reverse_compute_at(out, oo)
-    sch.set_scope(block, 0, "local")  # the accumulator tile lives in registers
-    sch.unroll(xi)
-    sch.vectorize(oi)
-    init = sch.decompose_reduction(block, ry)  # after annotating: see TVM 0.27 s_tir rules
-    sch.vectorize(sch.get_loops(init)[-1])
-    # Epilogue of one tile (the loops reverse_compute_at made under `oo`): o outer, x inner
-    # (contiguous in NCHW), both unrolled: at most vec x owt values.
-    tile_loops = sch.get_loops(out)[-2:]
-    sch.unroll(tile_loops[0])
-    sch.vectorize(tile_loops[1])
-    return sch
+    return _register_tiles(sch, owt, vec, over_columns=False)
 
 
 def schedule_bconv_columns(sch, kernel_config, tunable=False):
@@ -93,18 +76,30 @@ def schedule_bconv_columns(sch, kernel_config, tunable=False):
     n, y, x, o, ry, rx, rc = sch.get_loops(block)
     ot = _choose(sch, kernel_config.otile_candidates, _extent(sch, o), tunable, kernel_config.default_otile)
     lanes = _choose(sch, kernel_config.column_candidates, _extent(sch, x), tunable, kernel_config.default_columns)
-    xo, xi = sch.split(x, [None, lanes])
-    oo, oi = sch.split(o, [None, ot])
-    sch.reorder(n, y, xo, oo, ry, rx, rc, oi, xi)
+    return _register_tiles(sch, lanes, ot, over_columns=True)
+
+
+def _register_tiles(sch, columns, channels, over_columns):
+    """Tiles of `columns` x `channels` accumulated in registers, the reduction outside them, rows in
+    parallel, the output transform per tile; the vector runs over the tile's columns or channels,
+    the other tile axis unrolled."""
+    block = sch.get_sblock("bconv_popcount")
+    n, y, x, o, ry, rx, rc = sch.get_loops(block)
+    xo, xi = sch.split(x, [None, columns])
+    oo, oi = sch.split(o, [None, channels])
+    unrolled, vector = (oi, xi) if over_columns else (xi, oi)
+    sch.reorder(n, y, xo, oo, ry, rx, rc, unrolled, vector)
     sch.parallel(sch.fuse(n, y))
     out = sch.get_sblock("bconv_output")
     sch.reverse_compute_at(out, oo)
-    sch.set_scope(block, 0, "local")
-    sch.unroll(oi)
-    sch.vectorize(xi)
-    init = sch.decompose_reduction(block, ry)
+    sch.set_scope(block, 0, "local")  # the accumulator tile lives in registers
+    sch.unroll(unrolled)
+    sch.vectorize(vector)
+    init = sch.decompose_reduction(block, ry)  # after annotating: see TVM 0.27 s_tir rules
     sch.vectorize(sch.get_loops(init)[-1])
-    tile_loops = sch.get_loops(out)[-2:]  # o outer, x inner: the same nest as schedule_bconv's
+    # Epilogue of one tile (the loops reverse_compute_at made under `oo`): o outer, x inner
+    # (contiguous in NCHW): o unrolled, x vectorized.
+    tile_loops = sch.get_loops(out)[-2:]
     sch.unroll(tile_loops[0])
     sch.vectorize(tile_loops[1])
     return sch
