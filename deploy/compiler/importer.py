@@ -3,7 +3,8 @@
     mod = import_onnx(model, shapes, kernel_config)   # kernel_config: schedules.kernel_config_for(target)
 
 The model first goes through graph_rewrite.rewrite (domain check, BinarizePack -> BinaryConv2d
-recognition, output-transform fusion). TVM 0.27's frontend has no hook for custom ops, so the
+recognition, output-transform fusion), then, for targets whose kernels have the int16 pair dot
+product (AVX-512 VNNI), integer_pairs.rewrite. TVM 0.27's frontend has no hook for custom ops, so the
 converters of the private `Bimatting*` op types are added by swapping the frontend's converter
 map for the duration of one import only (`_scoped_converters`, restored in `finally`, under a
 lock); nothing outlives the call.
@@ -16,7 +17,7 @@ from onnx import numpy_helper
 
 from bimatting.binops.geometry import INTS_PER_GEOMETRY, ConvGeometry
 from bimatting.binops.layout import packed_channels, packed_weight_shape
-from bimatting.deploy.compiler import fold, graph_rewrite, lowering
+from bimatting.deploy.compiler import fold, graph_rewrite, integer_pairs, lowering
 from bimatting.deploy.compiler.kernels.bitserial import PackLayout
 from bimatting.errors import InputError
 
@@ -90,8 +91,14 @@ def _make_converters(kernel_config):
         def _impl_v1(cls, bb, inputs, attr, params):
             return lowering.emit_unpack(bb, inputs[0], int(attr["channels"]))
 
+    class PairConv(OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            return lowering.emit_pair_conv(bb, inputs[0], _tensor_attr(attr, "weights"), _tensor_attr(attr, "step"),
+                                           [int(p) for p in attr["pads"]])
+
     return {"BimattingPackWords": PackWords, "BimattingBinaryConv": BinaryConv,
-            "BimattingBinarizePack": BinarizePack, "BimattingUnpack": Unpack}
+            "BimattingBinarizePack": BinarizePack, "BimattingUnpack": Unpack, integer_pairs.PAIR_OP: PairConv}
 
 
 @contextlib.contextmanager
@@ -121,6 +128,8 @@ def import_onnx(model, shapes, kernel_config, constants=None):
         model = graph_rewrite.bind_inputs(model, constants)
     model = fold.gathers_as_slices(fold.fold_shape_arithmetic(model, shapes))
     rewritten, _ = graph_rewrite.rewrite(model)
+    if getattr(kernel_config, "pair_dot", False):
+        rewritten, _ = integer_pairs.rewrite(rewritten)
     with _scoped_converters(_make_converters(kernel_config)), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the ONNX checker does not know the private domain
         try:

@@ -11,10 +11,11 @@ import tvm
 from tvm import relax, te, tirx
 
 from bimatting.binops import layout as bit_layout
-from bimatting.deploy.compiler.kernels import bitserial, params as kparams
+from bimatting.deploy.compiler.kernels import bitserial, pair_dot, params as kparams
 
 KERNEL_ATTR = "bimatting.kernel"
 OPAQUE = 8  # relax OpPatternKind::kOpaque
+OUT_ELEMWISE_FUSABLE = 4  # kOutEWiseFusable: fuses its element-wise consumers, as a conv2d does
 
 
 def _prim_func(tensors, kind):
@@ -155,6 +156,27 @@ def emit_steps(bb, x, steps, residual):
             slope = relax.const(tvm.runtime.tensor(np.asarray(values, np.float32).reshape(-1)))
             x = bb.emit(relax.op.nn.prelu(x, slope, axis=1))
     return x
+
+
+def pair_conv_func(shape, words_shape, pads):
+    """float32 m `shape` (int64 dims like a legalized op's), int32 weight words -> int32 pair conv
+    (kernels/pair_dot.py). An ordinary conv to Relax's fusion and to schedules/conv_nchw.py."""
+    m = te.placeholder(tuple(tirx.IntImm("int64", int(d)) for d in shape), "float32", name="m")
+    words = te.placeholder(tuple(tirx.IntImm("int64", int(d)) for d in words_shape), "int32", name="w")
+    func = te.create_prim_func([m, words, pair_dot.pair_conv(m, words, pads)]).without_attr("global_symbol")
+    return func.with_attrs({"op_pattern": OUT_ELEMWISE_FUSABLE, "tirx.noalias": True})
+
+
+def emit_pair_conv(bb, m, words, step, pads):
+    """Relax: float32 m -> float32 conv([relu(m), clip(m + 1, 0, 1)]) as float32(pair conv) * step,
+    step [O] the per-channel 2^-e of the integer weights (integer_pairs.py)."""
+    shape = static_shape(m)
+    outs, _, kh, kw = words.shape
+    out = (shape[0], outs, shape[2] + pads[0] + pads[2] - kh + 1, shape[3] + pads[1] + pads[3] - kw + 1)
+    acc = _call(bb, pair_conv_func(shape, words.shape, pads), "pair_conv",
+                [m, relax.const(tvm.runtime.tensor(words))], out, "int32")
+    scale = relax.const(tvm.runtime.tensor(np.asarray(step, np.float32).reshape(1, -1, 1, 1)))
+    return bb.emit(relax.op.multiply(bb.emit(relax.op.astype(acc, "float32")), scale))
 
 
 def emit_binarize_pack(bb, x):

@@ -42,7 +42,7 @@ GROUP_NAMES = ("binary_convs", "bit_packing", "float_convs", "sab_mask", "resize
 GROUP_RULES = (
     ("binary_convs", lambda n: n.startswith("bconv")),
     ("bit_packing", lambda n: n.startswith(("bpack", "brepack", "binarize_pack", "unpack"))),
-    ("float_convs", lambda n: "conv2d" in n),
+    ("float_convs", lambda n: "conv2d" in n or "pair_conv" in n),      # pair_conv: integer_pairs.py
     ("sab_mask", lambda n: "greater" in n or "max_pool2d" in n),       # the incoherent mask and its widening
     ("resize_concat", lambda n: any(op in n for op in ("resize2d", "concatenate", "strided_slice"))),
     ("runtime", lambda n: n.startswith("vm.builtin")),                 # allocation, tuples, shape checks

@@ -7,10 +7,12 @@
 records from a MetaSchedule database first, then the manual bitserial schedules, then the FP
 rules.
 """
+import dataclasses
+
 import tvm
 from tvm import s_tir, tirx
 
-from bimatting.deploy.compiler.schedules import aarch64, bitserial, fp, masked, x86
+from bimatting.deploy.compiler.schedules import aarch64, bitserial, fp, masked, pair_dot, x86
 from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
 from bimatting.deploy.compiler.schedules.conv_nchw import ConvNCHW
 from bimatting.deploy.compiler.schedules.pack_producers import PackWithProducers
@@ -21,12 +23,13 @@ KERNEL_ATTR = "bimatting.kernel"
 
 
 def kernel_config_for(target):
-    """The bitserial configuration for a tvm.target.Target (by its triple)."""
+    """The bitserial configuration for a tvm.target.Target (by its triple; on x86, whether it
+    has AVX-512 VNNI for the int16 pair convs)."""
     triple = target_triple(target)
     if triple.startswith(("aarch64", "arm64")):
         return aarch64.KERNEL_CONFIG
     if triple.startswith(("x86_64", "i686", "x86")):
-        return x86.KERNEL_CONFIG
+        return dataclasses.replace(x86.KERNEL_CONFIG, pair_dot=pair_dot.available(target))
     raise ValueError(f"no bitserial schedule for target triple '{triple}' (x86_64 and aarch64 are supported)")
 
 

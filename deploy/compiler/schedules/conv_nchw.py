@@ -5,7 +5,8 @@ fuse_producers.py merged in) and consumers (bias, activations). Register tile of
 channels x `xb` columns accumulated locally, vectorized along x (contiguous in NCHW), reduction
 loops outside the tile, consumers computed per tile, groups of output rows in parallel; the input
 rows a group reads are built just before it (padding, a concat's rows), with even and odd columns
-apart for a stride-2 conv.
+apart for a stride-2 conv. The integer pair conv (kernels/pair_dot.py) gets the same schedule, its
+16-column vectors tensorized into `vpdpwssd` (schedules/pair_dot.py) where the target has it.
 """
 import tvm
 import tvm_ffi
@@ -13,7 +14,10 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.sym.pattern import detect_linear_equation
 
+from bimatting.deploy.compiler.schedules import pair_dot
 from bimatting.deploy.compiler.schedules.fp import _count, _divisor_tile, _extent, _lanes, _root_blocks, _static_int
+
+PAIR_CONV_BLOCK = "pair_conv"  # kernels/pair_dot.py's reduction: its column tile becomes vpdpwssd
 
 
 class ConvNCHW(ScheduleRule):
@@ -80,7 +84,9 @@ class ConvNCHW(ScheduleRule):
             # (the same conv at 16 lanes of AVX2's 8 took 2.5x as long).
             xv, xi = sch.split(xi, [None, lanes])
             sch.unroll(xv)
-        sch.vectorize(xi)
+        pairs = sch.get(conv).name_hint.startswith(PAIR_CONV_BLOCK) and _extent(sch, xi) == pair_dot.LANES
+        if not pairs:
+            sch.vectorize(xi)
         for r in reduce[1:]:
             if (_extent(sch, r) or 99) <= 7:
                 sch.unroll(r)
@@ -102,6 +108,8 @@ class ConvNCHW(ScheduleRule):
                 sch.vectorize(_vector_tile(sch, sch.get_loops(info.block_rv)[-1], lanes))
             except s_tir.ScheduleError:  # already inlined or not a plain loop nest
                 pass
+        if pairs and not pair_dot.tensorize_columns(sch, xi, target):  # last: the conv block is replaced
+            sch.vectorize(xi)
         return sch
 
 

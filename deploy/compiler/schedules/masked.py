@@ -17,7 +17,8 @@ of the positions on footage of people, `bimatting profile --frames`). Kernels of
 structure (a tuned schedule of another shape) are returned unchanged.
 
 The float conv of the masked branch (fixed_point.IntegerChain, then `* mask` in the SAB) is a
-schedules/fp.py ConvNCHW kernel of the same shape, whose output transform is
+schedules/fp.py ConvNCHW kernel of the same shape (or the integer pair conv, integer_pairs.py,
+whose f starts with float32(acc)), whose output transform is
 
     out[tile] = cast?(f(acc) * mask + g)          f: + bias, relu; g: the dense 1x1 branch
 
@@ -30,7 +31,7 @@ later operation tells them apart.
 """
 import tvm
 import tvm_ffi
-from tvm import tirx
+from tvm import s_tir, tirx
 
 MASK_PARAM = "mask"
 
@@ -89,8 +90,11 @@ def skip_zero_scaled_tiles(func):
 
 
 def _written_buffers(stmt):
+    """Buffers stmt stores to, and those its blocks declare written (a tensorized block stores
+    through a match_buffer view of its accumulator, schedules/pair_dot.py)."""
     found = []
-    tvm_ffi.structural_walk(stmt, [(tirx.BufferStore, lambda n: found.append(n.buffer))])
+    tvm_ffi.structural_walk(stmt, [(tirx.BufferStore, lambda n: found.append(n.buffer)),
+                                   (s_tir.SBlock, lambda n: found.extend(region.source for region in n.writes))])
     return found
 
 
@@ -121,9 +125,10 @@ _FINITE_OPS = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Max, tirx.Min, tvm.ir.expr.Ten
 
 
 def _finite_arithmetic(expr):
+    """expr is made of _FINITE_OPS and casts from integers (the pair conv's float32(acc))."""
     others = []
-    tvm_ffi.structural_walk(expr, [(tvm.ir.expr.Expr, lambda n: None if isinstance(n, _FINITE_OPS)
-                                    else others.append(n))])
+    finite = lambda n: isinstance(n, _FINITE_OPS) or (isinstance(n, tirx.Cast) and "int" in str(n.value.ty))  # noqa: E731
+    tvm_ffi.structural_walk(expr, [(tvm.ir.expr.Expr, lambda n: None if finite(n) else others.append(n))])
     return not others
 
 

@@ -25,6 +25,7 @@ class X86Bitserial:
     otile_candidates: tuple = (8, 16)
     default_otile: int = 8
     pack_lanes: int = 16
+    pair_dot: bool = False  # int16 pair dot products (AVX-512 VNNI) for exact float convs: integer_pairs.py
 
     def schedule_bconv(self, sch, tunable=False):
         return bitserial.schedule_bconv_columns(sch, self, tunable)
