@@ -32,11 +32,10 @@ from onnx import helper, numpy_helper
 
 from bimatting.binops.geometry import ConvGeometry
 from bimatting.deploy.compiler.graph_rewrite import PRIVATE_DOMAIN, _Graph
-from bimatting.deploy.compiler.kernels.pair_dot import N_LIMIT, weight_words
+from bimatting.deploy.compiler.kernels.pair_dot import INT16_MAX, weight_words
 
 PAIR_OP = "BimattingPairConv"
-EXACT_LIMIT = 2 ** 24  # float32 holds every integer below this exactly
-INT16_LIMIT = 2 ** 15 - 1
+EXACT_LIMIT = 2 ** 24  # float32 holds every integer below this exactly (fixed_point.py's, which imports torch)
 
 
 def _attr(node, name, default=None):
@@ -48,11 +47,17 @@ def _standard(node, op_type):
     return node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx")
 
 
+def _scalar(g, name):
+    """The value of a one-element constant, else None."""
+    value = g.consts.get(name)
+    return None if value is None or np.asarray(value).size != 1 else float(np.asarray(value).reshape(-1)[0])
+
+
 def integer_range(node):
     """(low, high) float64 [C] bounding a BimattingBinaryConv's output, which is an integer in
     every position, or None where its output transform does not keep it one (statement 1)."""
     kinds = [k.decode() if isinstance(k, bytes) else str(k) for k in _attr(node, "epilogue_kinds", [])]
-    if kinds != ["mul", "add"] or len(node.input) > 2:  # no residual, no further steps
+    if kinds != ["mul", "add"]:  # no residual, no further steps
         return None
     sigma, g = numpy_helper.to_array(_attr(node, "epilogue_values")).astype(np.float64)
     if not (np.all(np.abs(sigma) == 1.0) and np.all(g == np.round(g))):
@@ -82,7 +87,7 @@ def integer_weights(weight):
         scaled = w / 2.0 ** e
         while np.all(np.mod(scaled, 2.0) == 0.0):
             scaled, e = scaled / 2.0, e + 1
-        if np.abs(scaled).max() > INT16_LIMIT or not np.all(scaled == np.round(scaled)):
+        if np.abs(scaled).max() > INT16_MAX or not np.all(scaled == np.round(scaled)):
             return None
         ints[o], exponents[o] = scaled.astype(np.int64), e
     return ints, exponents
@@ -105,12 +110,9 @@ def _chain(g, conv):
     add = g.producer.get(clip.input[0])
     if not _standard(add, "Add") or g.sole_consumer(add.output[0]) is not clip or len(clip.input) != 3:
         return None
-    bounds = [g.consts.get(name) for name in clip.input[1:]]
-    one = [g.consts.get(name) for name in add.input if name != m]
-    if (m not in add.input or len(one) != 1 or one[0] is None or np.asarray(one[0]).size != 1
-            or float(np.asarray(one[0]).reshape(-1)[0]) != 1.0
-            or any(b is None or np.asarray(b).size != 1 for b in bounds)
-            or [float(np.asarray(b).reshape(-1)[0]) for b in bounds] != [0.0, 1.0]):
+    others = [name for name in add.input if name != m]
+    if (m not in add.input or len(others) != 1 or _scalar(g, others[0]) != 1.0
+            or [_scalar(g, name) for name in clip.input[1:]] != [0.0, 1.0]):
         return None
     producer = g.producer.get(m)
     if producer is None or producer.op_type != "BimattingBinaryConv" or producer.domain != PRIVATE_DOMAIN:
@@ -140,7 +142,7 @@ def _pair_node(g, conv):
         return None
     w_n, w_a = (ints[:, :channels], ints[:, channels:]) if n_index == 0 else (ints[:, channels:], ints[:, :channels])
     largest_n = np.maximum(bounds[1], 0.0)
-    if largest_n.max() > N_LIMIT:
+    if largest_n.max() > INT16_MAX:
         return None
     load = (np.abs(w_n) * largest_n[None, :, None, None]).sum(axis=(1, 2, 3)) + np.abs(w_a).sum(axis=(1, 2, 3))
     if load.max() >= EXACT_LIMIT:  # statement 3

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax, te
 
 from bimatting.binops import layout as bit_layout
-from bimatting.deploy.compiler.kernels import bitserial, pair_dot, params as kparams
+from bimatting.deploy.compiler.kernels import bitserial, int64_shape, pair_dot, params as kparams
 
 KERNEL_ATTR = "bimatting.kernel"
 OPAQUE = 8  # relax OpPatternKind::kOpaque
@@ -27,7 +27,7 @@ def pack_func(shape, layout, with_bias=False):
     """float32 NCHW `shape` (+ per-variant, per-channel bias [V, C]) -> packed words `layout`.
     x's shape is int64 like a legalized Relax op's output, so fuse_producers.py can merge the
     function computing x into the pack (FuseTIR maps both buffers onto one tensor)."""
-    x = te.placeholder(tuple(tirx.IntImm("int64", int(d)) for d in shape), "float32", name="x")
+    x = te.placeholder(int64_shape(shape), "float32", name="x")
     bias = te.placeholder((layout.variants, shape[1]), "float32", name="bias") if with_bias else None
     return _prim_func([x] + ([bias] if with_bias else []) + [bitserial.pack_activations(x, layout, bias)], "bpack")
 
@@ -161,8 +161,8 @@ def emit_steps(bb, x, steps, residual):
 def pair_conv_func(shape, words_shape, pads):
     """float32 m `shape` (int64 dims like a legalized op's), int32 weight words -> int32 pair conv
     (kernels/pair_dot.py). An ordinary conv to Relax's fusion and to schedules/conv_nchw.py."""
-    m = te.placeholder(tuple(tirx.IntImm("int64", int(d)) for d in shape), "float32", name="m")
-    words = te.placeholder(tuple(tirx.IntImm("int64", int(d)) for d in words_shape), "int32", name="w")
+    m = te.placeholder(int64_shape(shape), "float32", name="m")
+    words = te.placeholder(int64_shape(words_shape), "int32", name="w")
     func = te.create_prim_func([m, words, pair_dot.pair_conv(m, words, pads)]).without_attr("global_symbol")
     return func.with_attrs({"op_pattern": OUT_ELEMWISE_FUSABLE, "tirx.noalias": True})
 
@@ -170,11 +170,9 @@ def pair_conv_func(shape, words_shape, pads):
 def emit_pair_conv(bb, m, words, step, pads):
     """Relax: float32 m -> float32 conv([relu(m), clip(m + 1, 0, 1)]) as float32(pair conv) * step,
     step [O] the per-channel 2^-e of the integer weights (integer_pairs.py)."""
-    shape = static_shape(m)
-    outs, _, kh, kw = words.shape
-    out = (shape[0], outs, shape[2] + pads[0] + pads[2] - kh + 1, shape[3] + pads[1] + pads[3] - kw + 1)
-    acc = _call(bb, pair_conv_func(shape, words.shape, pads), "pair_conv",
-                [m, relax.const(tvm.runtime.tensor(words))], out, "int32")
+    func = pair_conv_func(static_shape(m), words.shape, pads)
+    out = tuple(int(d) for d in func.params[-1].shape)
+    acc = _call(bb, func, "pair_conv", [m, relax.const(tvm.runtime.tensor(words))], out, "int32")
     scale = relax.const(tvm.runtime.tensor(np.asarray(step, np.float32).reshape(1, -1, 1, 1)))
     return bb.emit(relax.op.multiply(bb.emit(relax.op.astype(acc, "float32")), scale))
 

@@ -21,7 +21,10 @@ tensorizes the column loop into it); without it, the same compute is plain integ
 import numpy as np
 from tvm import te, tirx
 
-N_LIMIT = 2 ** 15 - 1  # n must fit a signed int16
+from bimatting.binops.geometry import output_size
+from bimatting.deploy.compiler.kernels import int64_shape
+
+INT16_MAX = 2 ** 15 - 1  # n and every weight integer must fit a signed int16
 
 
 def lo16(v):
@@ -40,7 +43,7 @@ def dot2(p, q):
 
 def pair_word(m):
     """float32 m (an integer) -> int32 word `relu(m) | clip(m + 1, 0, 1) << 16`."""
-    n = tirx.Cast("int32", tirx.min(tirx.max(m, tirx.const(0.0, "float32")), tirx.const(float(N_LIMIT), "float32")))
+    n = tirx.Cast("int32", tirx.min(tirx.max(m, tirx.const(0.0, "float32")), tirx.const(float(INT16_MAX), "float32")))
     a = tirx.Cast("int32", tirx.min(tirx.max(m + tirx.const(1.0, "float32"), tirx.const(0.0, "float32")),
                                     tirx.const(1.0, "float32")))
     return n | (a << 16)
@@ -53,7 +56,8 @@ def pair_conv(m, weight_words, pads):
     batch, channels, height, width = (int(d) for d in m.shape)
     outs, _, kh, kw = (int(d) for d in weight_words.shape)
     top, left, bottom, right = pads
-    out_h, out_w = height + top + bottom - kh + 1, width + left + right - kw + 1
+    out_h = output_size(height, kh, pad_before=top, pad_after=bottom)
+    out_w = output_size(width, kw, pad_before=left, pad_after=right)
 
     def padded_word(n, c, y, x):
         inside = tirx.all(y >= top, y < top + height, x >= left, x < left + width)
@@ -61,13 +65,12 @@ def pair_conv(m, weight_words, pads):
         xx = tirx.max(tirx.min(x - left, width - 1), 0)
         return tirx.if_then_else(inside, pair_word(m[n, c, yy, xx]), tirx.const(0, "int32"))
 
-    i64 = lambda *dims: tuple(tirx.IntImm("int64", d) for d in dims)  # noqa: E731  (legalized ops' index type)
-    words = te.compute(i64(batch, channels, height + top + bottom, width + left + right), padded_word,
+    words = te.compute(int64_shape((batch, channels, height + top + bottom, width + left + right)), padded_word,
                        name="pair_words")
-    c = te.reduce_axis(i64(0, channels), "c")
-    ky = te.reduce_axis(i64(0, kh), "ky")
-    kx = te.reduce_axis(i64(0, kw), "kx")
-    return te.compute(i64(batch, outs, out_h, out_w),
+    c = te.reduce_axis(int64_shape((0, channels)), "c")
+    ky = te.reduce_axis(int64_shape((0, kh)), "ky")
+    kx = te.reduce_axis(int64_shape((0, kw)), "kx")
+    return te.compute(int64_shape((batch, outs, out_h, out_w)),
                       lambda n, o, y, x: te.sum(dot2(words[n, c, y + ky, x + kx], weight_words[o, c, ky, kx]),
                                                 axis=[c, ky, kx]),
                       name="pair_conv")
