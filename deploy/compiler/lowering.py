@@ -11,11 +11,11 @@ import tvm
 from tvm import relax, te
 
 from bimatting.binops import layout as bit_layout
-from bimatting.deploy.compiler.fuse_producers import OUT_ELEMWISE_FUSABLE  # the pair conv fuses as conv2d does
 from bimatting.deploy.compiler.kernels import bitserial, int64_shape, pair_dot, params as kparams
 
 KERNEL_ATTR = "bimatting.kernel"
 OPAQUE = 8  # relax OpPatternKind::kOpaque
+OUT_ELEMWISE_FUSABLE = 4  # kOutEWiseFusable: fuses its element-wise consumers, as a conv2d does
 
 
 def _prim_func(tensors, kind):
