@@ -30,7 +30,8 @@ from torch.nn import functional as F
 
 def sign(x):
     """sign(x) = +1 if x >= 0 else -1, same dtype as x (matches bimatting.binops.layout.sign exactly, NaN -> -1)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    one = torch.ones((), dtype=x.dtype, device=x.device)     # 0-dim: no full-size ones to allocate
+    return torch.where(x >= 0, one, -one)
 
 
 class _SignSTE(torch.autograd.Function):
@@ -38,13 +39,14 @@ class _SignSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x)
+        # the window as a bool mask: a quarter of x's memory, and no abs/compare in backward
+        ctx.save_for_backward(x.abs() <= 1)
         return sign(x)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (x,) = ctx.saved_tensors
-        return grad_output * (x.abs() <= 1).to(grad_output.dtype)
+        (window,) = ctx.saved_tensors
+        return torch.where(window, grad_output, torch.zeros((), dtype=grad_output.dtype))
 
 
 def binary_activation(x):
