@@ -57,3 +57,32 @@ def test_zoom_past_one_shows_the_whole_frame_smaller():
         covered[zoom] = float(warp(pha, thetas, 64, 64).mean())
     assert abs(covered[1.0] - (24 / 96) ** 2) < 0.01, covered
     assert abs(covered[1.6] - (24 / 96 / 1.6) ** 2) < 0.01, covered
+
+
+def _position_coded(count, h, w):
+    """An item whose pixel values say where they are: frame t, row y, column x -> (t, y % 256, x % 256)."""
+    t, y, x = torch.meshgrid(torch.arange(count), torch.arange(h), torch.arange(w), indexing="ij")
+    frames = torch.stack([t, y % 256, x % 256], dim=1).to(torch.uint8)
+    pha = (x % 256).to(torch.uint8)[:, None]
+    return Item("coded", frames, frames.flip(1).contiguous(), pha)
+
+
+def test_plain_crops_are_windows_of_consecutive_frames_at_the_footage_scale():
+    bank = Bank([_position_coded(5, 72, 128), _item("still", 1, np.ones((72, 128)))], seed=3)
+    for _ in range(20):
+        batch = bank.crops(3, 2, 32, 48)
+        assert batch["src"].shape == (3, 2, 3, 32, 48) and batch["pha"].shape == (3, 2, 1, 32, 48)
+        for b in range(3):
+            src = (batch["src"][b] * 255).round().long()
+            assert (src[1, 0] - src[0, 0]).eq(1).all()                       # consecutive frames
+            rows, cols = src[0, 1, :, 0], src[0, 2, 0, :]
+            assert (rows.diff() == 1).all()                                  # one pixel per pixel: no resampling
+            assert (cols.diff().abs() == 1).all() and len(set(cols.diff().tolist())) == 1   # maybe flipped
+            torch.testing.assert_close(batch["fgr"][b], batch["src"][b].flip(1))   # targets aligned
+            torch.testing.assert_close(batch["pha"][b, :, 0], batch["src"][b, :, 2])
+
+
+def test_plain_crops_cover_footage_smaller_than_the_crop():
+    bank = Bank([_position_coded(3, 24, 40)], seed=0)
+    batch = bank.crops(2, 2, 32, 48)
+    assert batch["src"].shape == (2, 2, 3, 32, 48)

@@ -153,3 +153,35 @@ def test_distillation_matches_teacher_as_ground_truth(tensors):
     direct = losses.matting_loss(student["fgr"], student["pha"], teacher["fgr"], teacher["pha"])
     close(distilled["distill_total"], 0.5 * float(direct["total"]))
     assert float(losses.distillation_loss(teacher, teacher)["distill_total"]) == 0.0
+
+
+def test_chosen_terms_l1_only_and_all_terms(tensors):
+    """The distillation's loss: the L1 terms alone are numpy's L1s (full size + 0.25 x coarse); every
+    term gives RVM's loss plus BiMatting's coarse term, as matting_loss + coarse_matting_loss."""
+    g = torch.Generator().manual_seed(3)
+    pred = {"fgr": tensors["pred_fgr"], "pha": tensors["pred_pha"],
+            "fgr_s": torch.rand(2, 3, 3, 4, 5, generator=g), "pha_s": torch.rand(2, 3, 1, 4, 5, generator=g)}
+    true_fgr, true_pha = tensors["true_fgr"], tensors["true_pha"]
+    l1 = losses.chosen_matting_loss(pred, true_fgr, true_pha, ("pha_l1", "fgr_l1"))
+    assert set(l1) == {"pha_l1", "fgr_l1", "coarse_pha_l1", "coarse_fgr_l1", "total"}
+    tp, tf = true_pha.double().numpy(), true_fgr.double().numpy()
+    mask = (tp > 0).astype(np.float64)
+    close(l1["pha_l1"], np.abs(pred["pha"].double().numpy() - tp).mean())
+    close(l1["fgr_l1"], np.abs((pred["fgr"].double().numpy() - tf) * mask).mean())
+    close(l1["total"], sum(float(l1[k]) for k in ("pha_l1", "fgr_l1", "coarse_pha_l1", "coarse_fgr_l1")))
+    everything = losses.chosen_matting_loss(pred, true_fgr, true_pha)
+    full = losses.matting_loss(pred["fgr"], pred["pha"], true_fgr, true_pha)["total"]
+    coarse = losses.coarse_matting_loss(pred["fgr_s"], pred["pha_s"], true_fgr, true_pha)["coarse_total"]
+    close(everything["total"], float(full + coarse))
+    with pytest.raises(ValueError, match="pha_l2"):
+        losses.chosen_matting_loss(pred, true_fgr, true_pha, ("pha_l2",))
+
+
+def test_recipe_phases_in_laplacian_and_coherence():
+    from bimatting.train.recipe import Recipe, loss_terms_at
+
+    assert loss_terms_at(Recipe(), 10**6) == ("pha_l1", "fgr_l1")
+    phased = Recipe(laplacian_from=100, coherence_from=200)
+    assert loss_terms_at(phased, 99) == ("pha_l1", "fgr_l1")
+    assert loss_terms_at(phased, 100) == ("pha_l1", "fgr_l1", "pha_laplacian")
+    assert set(loss_terms_at(phased, 200)) == set(losses.TERM_NAMES)

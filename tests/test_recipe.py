@@ -4,14 +4,17 @@ and a CPU smoke run whose held-out agreement with the teacher improves.
 Footage is the packaged sample clip (written to a temporary folder), so nothing here needs the
 shared data; the teacher is RVM with its official weights.
 """
+import dataclasses
 import json
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from torch.nn import functional as F
 
+from bimatting.cli import cli
 from bimatting.models import build_model
 from bimatting.models.bimatting.binarize import BiConv2d
 from bimatting.samples import sample_frames
@@ -155,7 +158,7 @@ def footage(tmp_path_factory):
 
 def _options(footage, out, stop_at, total=8, **recipe):
     return DistillOptions(footage=(footage / "train",), heldout=(footage / "heldout",), out=out, stop_at=stop_at,
-                          size=(64, 64), batch=2, frames=2, hr_every=0, procedural=2, short_side=144,
+                          sizes=((64, 64),), batch=2, frames=2, hr_every=0, procedural=2, short_side=144,
                           eval_every=4, eval_frames=8, eval_long_side=128, save_every=2, diagnose_every=4,
                           threads=1, resume=True, progress=False,
                           recipe=recipes.Recipe(warmup_steps=2, total_steps=total, **recipe))
@@ -178,7 +181,11 @@ def test_distillation_resumes_bit_identically(footage, tmp_path):
     from bimatting.packed import read_packed
 
     meta, _ = read_packed(tmp_path / "resumed" / "bimatting_default.npz")
-    assert meta["provenance"]["steps"] == 6 and meta["provenance"]["recipe"]["threshold_init"] is True
+    # the packed model is the best held-out figure so far, live weights or their average
+    assert meta["provenance"]["steps"] == second.record["best_step"] and meta["provenance"]["recipe"]["threshold_init"]
+    assert meta["provenance"]["weights"] == second.record["best_weights"]
+    torch.testing.assert_close(second.average["project_mat.conv.weight"],
+                               straight.average["project_mat.conv.weight"], rtol=0, atol=0)
     assert (tmp_path / "resumed" / "curve.png").is_file()
     health = [json.loads(line) for line in (tmp_path / "resumed" / "health.jsonl").read_text().splitlines()]
     assert health[-1]["step"] == 4 and health[-1]["latent_flips_per_1k"] == {}
@@ -198,3 +205,66 @@ def test_cpu_smoke_run_improves_heldout_agreement(footage, tmp_path):
     summary = run.run()
     after = summary["heldout"]["pha_mad_mean"]
     assert after < 0.8 * before, f"held-out pha MAD {before:.4f} -> {after:.4f} after 40 steps"
+
+
+def test_dump_batch_writes_what_training_would_see(footage, tmp_path):
+    """`--dump-batch`: the grid holds the batch that training would draw next, crop by crop, and
+    the printed foreground share is that crop's mean target alpha."""
+    from bimatting.train.batch_grid import GREY
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["distill", str(footage / "train"), "--out", str(out), "--size", "64x64",
+                                      "--batch", "2", "--threads", "1", "--dump-batch", str(tmp_path / "grids"),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.output[result.output.index("["):])
+    assert [entry["step"] for entry in written] == [0, 1, 2, 3]
+    assert not (out / "resume.pth").exists()           # nothing trained, nothing saved
+    # the same options draw the same first batch
+    options = DistillOptions(footage=(footage / "train",), out=tmp_path / "again", sizes=((64, 64),), batch=2,
+                             threads=1, progress=False)
+    batch = Distillation(options)._batch()
+    shares = [float(batch["pha"][b].mean()) for b in range(2)]
+    assert written[0]["foreground_share"] == pytest.approx(shares, abs=1e-6)
+    grid = cv2.cvtColor(cv2.imread(written[0]["path"]), cv2.COLOR_BGR2RGB)
+    header, rows = 18, [(b, t) for b in range(2) for t in range(2)]
+    assert grid.shape == (header + len(rows) * (64 + 2), 3 * 64 + 4, 3)
+    for k, (b, t) in enumerate(rows):
+        top = header + k * 66
+        pha = grid[top:top + 64, 66:130, 0].astype(int)
+        expected = (batch["pha"][b, t, 0].numpy() * 255 + 0.5).astype(int)
+        assert abs(pha - expected).max() <= 1
+        fgr = grid[top:top + 64, 132:196].astype(int)
+        outside = batch["pha"][b, t, 0].numpy() <= 0
+        assert (abs(fgr[outside] - int(GREY * 255 + 0.5)) <= 1).all()
+
+
+def test_snapshot_is_compact_and_warm_restarts(footage, tmp_path):
+    """The committed snapshot: float state exact, latent weights within half a quantization step,
+    almost every deployed sign kept, well under the 5 MB a tracked file may take; and a new run
+    starts from it."""
+    from bimatting.train.snapshot import read_snapshot, save_snapshot
+
+    run = Distillation(_options(footage, tmp_path / "run", 6, total=6))
+    run.run()
+    size = save_snapshot(tmp_path / "snapshot.npz", run.model, record={"steps": run.step})
+    assert size < 5_000_000
+    state, record = read_snapshot(tmp_path / "snapshot.npz")
+    assert record == {"steps": 6}
+    latent = {id(p) for p in recipes.latent_parameters(run.model)}
+    kept = total = 0
+    for name, value in run.model.state_dict(keep_vars=True).items():
+        restored = state[name]
+        if id(value) not in latent:
+            assert torch.equal(restored, value.detach()), name
+            continue
+        step = value.detach().flatten(1).abs().amax(dim=1) / 127
+        assert ((restored - value.detach()).flatten(1).abs() <= step[:, None] / 2 * 1.001).all(), name   # float32 rounding of q * s
+        centred = lambda w: w - w.mean(dim=(1, 2, 3), keepdim=True)   # noqa: E731 - what is deployed
+        kept += int((centred(restored) >= 0).eq(centred(value.detach()) >= 0).sum())
+        total += value.numel()
+    assert kept / total > 0.99
+    restart = Distillation(dataclasses.replace(_options(footage, tmp_path / "warm", 2, total=2),
+                                               init=str(tmp_path / "snapshot.npz")))
+    assert torch.equal(restart.model.state_dict()["project_mat.conv.weight"], state["project_mat.conv.weight"])
+    assert restart.run()["steps"] == 2

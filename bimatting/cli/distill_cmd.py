@@ -29,7 +29,17 @@ def _size(text):
 @click.option("--steps", "total_steps", type=click.IntRange(1), default=10000, show_default=True,
               help="Length of the schedule (warm-up, cosine decay).")
 @click.option("--stop-at", type=click.IntRange(1), help="Stop this invocation at this step (resume later).")
-@click.option("--size", default="128x128", show_default=True, help="Training crop WxH.")
+@click.option("--size", "sizes", multiple=True, default=("128x128", "160x96"), show_default=True,
+              help="Training crop WxH; repeat it to cycle sizes step by step.")
+@click.option("--data", type=click.Choice(["crops", "views"]), default="crops", show_default=True,
+              help="crops: plain crops of the clips at their own scale; views: moving, zooming views with "
+              "recomposites and procedural figures (--images stills are used by views only).")
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.998, show_default=True,
+              help="Per-step weight average scored beside the live weights (0 = none).")
+@click.option("--laplacian-from", type=click.IntRange(-1), default=-1, show_default=True,
+              help="Step at which RVM's Laplacian term joins the L1 terms (-1 = never).")
+@click.option("--coherence-from", type=click.IntRange(-1), default=-1, show_default=True,
+              help="Step at which RVM's temporal-coherence terms join (-1 = never).")
 @click.option("--batch", type=click.IntRange(1), default=4, show_default=True, help="Clips per step.")
 @click.option("--frames", type=click.IntRange(1), default=2, show_default=True, help="Frames per clip (T).")
 @click.option("--latent-lr", type=float, default=5e-3, show_default=True, help="Adam rate of latent binary weights.")
@@ -40,7 +50,7 @@ def _size(text):
 @click.option("--attention-weight", type=float, default=0.0, show_default=True,
               help="Weight of encoder attention-map matching to the teacher (0 = off).")
 @click.option("--warmup-steps", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--hr-every", type=click.IntRange(0), default=4, show_default=True,
+@click.option("--hr-every", type=click.IntRange(0), default=0, show_default=True,
               help="Every N steps also a pass at --hr-ratio so the refiner trains (0 = never).")
 @click.option("--eval-every", type=click.IntRange(1), default=250, show_default=True,
               help="Steps between held-out evaluations (they also write the packed model and the curve).")
@@ -51,41 +61,57 @@ def _size(text):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--diagnose", is_flag=True, help="Only report sign health of --init (or the run's resume state) on "
               "one batch of FOOTAGE and exit.")
+@click.option("--dump-batch", type=click.Path(file_okay=False, path_type=Path),
+              help="Only write PNG grids of the next batches (source, target pha, target fgr, foreground share "
+              "per crop) to this folder and exit.")
 @click.option("--no-progress", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or the --diagnose report) as JSON.")
-def distill(footage, heldout, images, out, resume, total_steps, stop_at, size, batch, frames, latent_lr, float_lr,
-            latent_init, threshold_init, binary_weights_from, feature_weight, attention_weight, heads_from_teacher,
-            warmup_steps, hr_every, eval_every, diagnose_every, threads, init, seed, diagnose, no_progress, as_json):
+def distill(footage, heldout, images, out, resume, total_steps, stop_at, sizes, data, ema_decay, laplacian_from,
+            coherence_from, batch, frames, latent_lr, float_lr, latent_init, threshold_init, binary_weights_from, feature_weight, attention_weight, heads_from_teacher,
+            warmup_steps, hr_every, eval_every, diagnose_every, threads, init, seed, diagnose, dump_batch, no_progress, as_json):
     """Distil BiMatting from RVM on unlabelled footage with the binary-network recipe.
 
-    Targets are the teacher's mattes of the footage (and of people recomposited over other
-    footage, and procedural figures); decoder features are matched to the teacher's too. The run
-    folder keeps an exact resume state, log.csv, health.jsonl, curve.png and the packed model
-    (bimatting_default.npz) with its training record.
+    Targets are the teacher's mattes of the footage, trained with the L1 terms of RVM's matting
+    loss (its Laplacian and coherence terms join at --laplacian-from / --coherence-from). The run
+    folder keeps an exact resume state, log.csv, heldout.jsonl, health.jsonl, curve.png and the
+    packed model with the best held-out figure so far (bimatting_default.npz, live weights or
+    their average) with its training record. Keep the run folder outside a git checkout.
 
     \b
     Examples:
       bimatting distill clips/ --images photos/ --heldout clips/street --out run/ --threads 1
       bimatting distill clips/ --heldout clips/street --out run/ --resume       # continue
       bimatting distill clips/ --out run/ --diagnose --init run/resume.pth     # sign health
+      bimatting distill clips/ --out run/ --dump-batch batches/               # what a batch holds
     """
     from bimatting.train.distill import DistillOptions, Distillation
 
-    if hr_every and min(_size(size)) * 0.5 < 64:
-        raise InputError(f"--size {size} is too small for the HR pass at s = 0.5 (its coarse outputs need >= 4 "
+    sizes = tuple(_size(size) for size in sizes)
+    if hr_every and min(min(size) for size in sizes) * 0.5 < 64:
+        raise InputError(f"--size {min(sizes, key=min)} is too small for the HR pass at s = 0.5 (its coarse outputs need >= 4 "
                          "pixels at 1/16); use 128x128 or more, or --hr-every 0")
     from bimatting.train.recipe import Recipe
 
     recipe = Recipe(latent_lr=latent_lr, float_lr=float_lr, latent_init=latent_init, threshold_init=threshold_init,
                     binary_weights_from=binary_weights_from, feature_weight=feature_weight,
                     attention_weight=attention_weight, heads_from_teacher=heads_from_teacher,
-                    warmup_steps=warmup_steps, total_steps=total_steps)
+                    laplacian_from=laplacian_from, coherence_from=coherence_from, warmup_steps=warmup_steps,
+                    total_steps=total_steps)
     options = DistillOptions(footage=tuple(footage), out=out, heldout=tuple(heldout), images=tuple(images),
-                             stop_at=stop_at, size=_size(size), batch=batch, frames=frames, hr_every=hr_every,
+                             stop_at=stop_at, sizes=sizes, data=data, ema_decay=ema_decay, batch=batch, frames=frames, hr_every=hr_every,
                              eval_every=eval_every, diagnose_every=diagnose_every, seed=seed, threads=threads,
-                             init=init, resume=resume or diagnose, progress=not no_progress and not as_json,
+                             init=init, resume=resume or diagnose or bool(dump_batch), progress=not no_progress and not as_json,
                              recipe=recipe)
     run = Distillation(options)
+    if dump_batch:
+        written = run.dump_batches(dump_batch)
+        if as_json:
+            click.echo(json.dumps(written, indent=2))
+        else:
+            for entry in written:
+                shares = ", ".join(f"{s:.0%}" for s in entry["foreground_share"])
+                click.echo(f"{entry['path']}: step {entry['step']}, foreground share per crop {shares}")
+        return
     if diagnose:
         report = run.diagnose_report()
         click.echo(json.dumps(report, indent=2) if as_json else report["text"])

@@ -2,19 +2,25 @@
 
 Per step k (the recipe is bimatting.train.recipe; every piece is a switch recorded in the run):
     lr_g(k), binary or real weights      from the recipe's schedule (a function of k only)
-    batch                                B clips x T frames of moving crops (bimatting.train.bank):
-                                         footage with the teacher's precomputed whole-frame
-                                         outputs, teacher-matted people recomposited over other
-                                         footage, procedural figures
-    loss = matting loss vs the targets (+ BiMatting's coarse term)
+    batch                                B clips x T frames with the teacher's precomputed
+                                         whole-frame outputs as targets: plain crops of the
+                                         footage at its own scale (data="crops", the default),
+                                         or the moving views of bimatting.train.bank with
+                                         recomposites and procedural figures (data="views")
+    loss = the recipe's terms of the matting loss vs the targets (the L1 terms first; Laplacian and
+           coherence join at recipe.laplacian_from / coherence_from), full size and coarse
          + feature distillation vs the live teacher on the same crops (bimatting.train.features)
          + every `hr_every` steps the same at downsample ratio `hr_ratio` (trains the refiner)
-    one Adam step
+    one Adam step, then the weight average  a <- a + (1 - ema_decay) (w - a)
 Step 0 first sets the float heads from the teacher and every sign threshold from the first batch.
 
-The run folder holds resume.pth (fp32 weights, Adam state, step, schedule position, RNG states,
-history), log.csv, health.jsonl, curve.png, and bimatting_default.npz (packed, with its training
-record) written at each held-out evaluation. `resume=True` continues exactly where it stopped.
+Why an average: at a constant latent rate the held-out figure of the live weights swings by
+hundreds (x1e-3 pha MAD) between evaluations; each evaluation scores both the live and the averaged
+weights, and the better one is what the run ships.
+
+The run folder holds resume.pth (fp32 weights and their average, Adam state, step, RNG states,
+history), log.csv, heldout.jsonl, health.jsonl, curve.png, and the best held-out figure so far as
+bimatting_default.npz (packed, with its training record) and snapshot.npz (a compact warm restart). `resume=True` continues exactly where it stopped.
 """
 import dataclasses
 import json
@@ -36,6 +42,9 @@ RESUME = "resume.pth"
 #    model learnt to call everything foreground)
 DATA_VERSION = 3
 PACKED = "bimatting_default.npz"
+SNAPSHOT = "snapshot.npz"          # compact warm-restart weights of the best evaluation (bimatting.train.snapshot)
+LOG_COLUMNS = ("step", "seconds", "loss", "lr_latent", "lr_float", "heldout_pha_mad", "heldout_iou", "heldout_rel_mad",
+               "averaged_pha_mad", "averaged_iou", "averaged_rel_mad")
 
 
 @dataclasses.dataclass
@@ -46,13 +55,14 @@ class DistillOptions:
     images: tuple = ()
     teacher: str = "rvm"
     stop_at: int = None              # stop this invocation at this step (default: recipe.total_steps)
-    size: tuple = (128, 128)         # crop W, H
+    sizes: tuple = ((128, 128), (160, 96))   # crop W, H, cycled step by step
+    data: str = "crops"              # "crops": plain crops at the footage's scale; "views": bimatting.train.bank
     batch: int = 4
     frames: int = 2
     zoom: tuple = (0.5, 1.6)         # crop scale range, as a fraction of the frame-covering scale
     still_weight: int = 2            # a still is drawn as often as a clip of this many frames
     background_tries: int = 3        # recomposites go over the least covered of this many views
-    hr_every: int = 4
+    hr_every: int = 0
     hr_ratio: float = 0.5
     mix: tuple = (0.6, 0.25, 0.15)   # footage, recomposite, procedural
     procedural: int = 24
@@ -63,6 +73,7 @@ class DistillOptions:
     eval_long_side: int = 512
     save_every: int = 100
     diagnose_every: int = 500
+    ema_decay: float = 0.998         # weight average per step (0: none)
     seed: int = 0
     threads: int = None
     init: str = None                 # start from these weights (the recipe's inits are then skipped)
@@ -72,7 +83,7 @@ class DistillOptions:
 
     def identity(self):
         """What a resumed run must share with the run it continues."""
-        keep = ("size", "batch", "frames", "zoom", "still_weight", "background_tries", "hr_every", "hr_ratio",
+        keep = ("sizes", "data", "ema_decay", "batch", "frames", "zoom", "still_weight", "background_tries", "hr_every", "hr_ratio",
                 "mix", "procedural", "max_frames", "short_side", "seed")
         recipe = {f"recipe.{k}": v for k, v in self.recipe.as_dict().items()}
         data = {"data_version": DATA_VERSION}
@@ -81,7 +92,6 @@ class DistillOptions:
 
 class Distillation:
     def __init__(self, options):
-        from bimatting.models import build_model
         from bimatting.train.footage import load_heldout, load_training_items
         from bimatting.train.teacher import Teacher
 
@@ -96,6 +106,9 @@ class Distillation:
                                     short_side=options.short_side, max_frames=options.max_frames, cache_dir=cache)
         if not items:
             raise InputError("no training footage left after the held-out clips; add --footage")
+        if options.data == "crops" and not any(len(item) >= options.frames for item in items):
+            raise InputError(f"no training clip has {options.frames} frames for plain crops; add clips or use "
+                             "--data views (which also animates stills)")
         self.heldout = load_heldout(options.heldout, self.teacher, options.eval_long_side, options.eval_frames,
                                     cache) if options.heldout else ([], [])
         procedural = self._procedural()
@@ -103,8 +116,7 @@ class Distillation:
                          still_weight=options.still_weight, background_tries=options.background_tries)
         self.data_record = {"clips_and_stills": len(items), "frames": sum(len(i) for i in items),
                             "procedural": len(procedural), "heldout": [n for n, _ in self.heldout[0]]}
-        self.model = build_model("bimatting") if not options.init else \
-            __import__("bimatting").load_model(options.init, "bimatting")
+        self.model = _initial_model(options.init)
         self.model.straight_through_clamp = True   # a plain clamp let alpha die at 0 from random weights
         r = options.recipe
         if r.latent_init and not options.init:
@@ -112,6 +124,8 @@ class Distillation:
         self.model.train()
         self.optimizer = torch.optim.Adam(recipes.parameter_groups(self.model, r))
         self.health = SignHealth(self.model)
+        self.average = {name: value.detach().clone() for name, value in _averaged(self.model)} \
+            if options.ema_decay else None
         self.step, self.seconds, self.history, self.record = 0, 0.0, [], {}
         if options.resume and (self.out / RESUME).is_file():
             self._load()
@@ -121,7 +135,7 @@ class Distillation:
 
         from bimatting.data.procedural import soft_shapes_clip
 
-        w, h = self.options.size
+        w, h = self.options.sizes[0]
         made = []
         for index in range(self.options.procedural):
             fgr, pha = soft_shapes_clip(np.random.default_rng([self.options.seed, index]), self.options.frames, h, w)
@@ -136,7 +150,7 @@ class Distillation:
         extra = {"distill": True, "step": self.step, "seconds": self.seconds,
                  "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                  "bank_rng": _plain_rng(self.bank.rng.getstate()), "identity": self.options.identity(),
-                 "history": self.history, "record": self.record}
+                 "history": self.history, "record": self.record, "average": self.average}
         save_checkpoint(self.out / RESUME, self.model, "bimatting", extra=extra)
 
     def _load(self):
@@ -156,6 +170,7 @@ class Distillation:
         self.bank.rng.setstate(_tuple_rng(extra["bank_rng"]))
         self.step, self.seconds = int(extra["step"]), float(extra["seconds"])
         self.history, self.record = list(extra["history"]), dict(extra["record"])
+        self.average = extra.get("average")
 
     # -- one step ---------------------------------------------------------------------------
     def _first_step_inits(self, batch):
@@ -167,9 +182,8 @@ class Distillation:
         r = self.options.recipe
         with FeatureTaps(self.model, direct=bool(r.feature_weight), attention=bool(r.attention_weight)) as mine:
             pred = passes.student_outputs(self.model, batch["src"], ratio)
-        terms = losses.matting_loss(pred["fgr"], pred["pha"], batch["fgr"], batch["pha"])
-        total = terms["total"] + losses.coarse_matting_loss(pred["fgr_s"], pred["pha_s"], batch["fgr"],
-                                                            batch["pha"])["coarse_total"]
+        total = losses.chosen_matting_loss(pred, batch["fgr"], batch["pha"],
+                                           recipes.loss_terms_at(r, self.step))["total"]
         if with_features and (r.feature_weight or r.attention_weight):
             with torch.no_grad(), FeatureTaps(self.teacher, direct=bool(r.feature_weight),
                                               attention=bool(r.attention_weight)) as theirs:
@@ -178,10 +192,15 @@ class Distillation:
             total = total + features["feature_total"]
         return total
 
+    def _batch(self):
+        o = self.options
+        w, h = o.sizes[self.step % len(o.sizes)]
+        make = self.bank.crops if o.data == "crops" else self.bank.batch
+        return make(o.batch, o.frames, h, w)
+
     def train_step(self):
         o, r = self.options, self.options.recipe
-        w, h = o.size
-        batch = self.bank.batch(o.batch, o.frames, h, w)
+        batch = self._batch()
         if self.step == 0:
             self._first_step_inits(batch)
         recipes.apply_schedule(self.optimizer, r, self.step)
@@ -194,18 +213,30 @@ class Distillation:
             raise RuntimeError(f"training diverged: loss {float(total)} at step {self.step}")
         total.backward()
         self.optimizer.step()
+        if self.average is not None:
+            with torch.no_grad():
+                for name, value in _averaged(self.model):
+                    self.average[name].lerp_(value, 1.0 - o.ema_decay)
         self.step += 1
         self._last_batch = batch
         return float(total.detach())
 
     # -- evaluation and diagnostics ---------------------------------------------------------
-    def evaluate(self):
+    def evaluate(self, averaged=False):
+        """Held-out agreement of the live weights, or of their average (`averaged`)."""
         from bimatting.eval.agreement import agreement, totals
 
         recipes.set_binary_weights(self.model, True)      # what is deployed: always binary
         clips, teacher = self.heldout
-        figures = totals(agreement(self.model, teacher, clips))
-        recipes.set_binary_weights(self.model, recipes.binary_weights_at(self.options.recipe, self.step))
+        live = {name: value.clone() for name, value in _averaged(self.model)} if averaged else None
+        try:
+            if averaged:
+                _assign(self.model, self.average)
+            figures = totals(agreement(self.model, teacher, clips))
+        finally:
+            if averaged:
+                _assign(self.model, live)
+            recipes.set_binary_weights(self.model, recipes.binary_weights_at(self.options.recipe, self.step))
         return figures
 
     def diagnose(self, batch):
@@ -213,10 +244,25 @@ class Distillation:
         report = self.health.measure(lambda: self.model(batch["src"]))
         return report, self.health.latent_flips(self.step)
 
+    def dump_batches(self, folder, count=4):
+        """PNG grids of the next `count` batches in `folder` (the run's state is not saved, so
+        training later draws the same batches). Returns [{'path', 'step', 'foreground_share'}]."""
+        from bimatting.train.batch_grid import write_batch_grid
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written, step = [], self.step
+        for k in range(count):
+            self.step = step + k
+            path = folder / f"batch_{self.step:06d}.png"
+            written.append({"path": str(path), "step": self.step,
+                            "foreground_share": write_batch_grid(self._batch(), path)})
+        self.step = step
+        return written
+
     def diagnose_report(self):
         """Sign health of the current weights on one batch: {'step', 'sites', 'text'}."""
-        w, h = self.options.size
-        batch = self.bank.batch(self.options.batch, self.options.frames, h, w)
+        batch = self._batch()
         if self.step == 0:
             self._first_step_inits(batch)
         report, _ = self.diagnose(batch)
@@ -231,14 +277,32 @@ class Distillation:
         with open(self.out / "health.jsonl", "a") as handle:
             handle.write(json.dumps(line) + "\n")
 
-    def _ship(self, figures):
+    def _write_heldout(self, live, averaged):
+        line = {"step": self.step, "seconds": round(self.seconds, 1), "live": live, "averaged": averaged}
+        with open(self.out / "heldout.jsonl", "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+    def _ship(self, figures, averaged=False):
+        """Write the packed model (the live weights or their average) with its training record."""
         from bimatting.packed import save_packed
+        from bimatting.train.snapshot import save_snapshot
 
         provenance = {"trainer": "bimatting.train.distill", "teacher": self.options.teacher,
                       "steps": self.step, "train_seconds": round(self.seconds, 1), "threads": torch.get_num_threads(),
                       "recipe": self.options.recipe.as_dict(), "run": self.options.identity(), "data": self.data_record,
                       "heldout": figures, "curve": self.history[-200:]}
-        save_packed(self.out / PACKED, self.model, provenance=provenance)
+        provenance["weights"] = "average" if averaged else "live"
+        live = {name: value.clone() for name, value in _averaged(self.model)} if averaged else None
+        recipes.set_binary_weights(self.model, True)
+        try:
+            if averaged:
+                _assign(self.model, self.average)
+            save_packed(self.out / PACKED, self.model, provenance=provenance)
+            save_snapshot(self.out / SNAPSHOT, self.model, record=provenance)
+        finally:
+            if averaged:
+                _assign(self.model, live)
+            recipes.set_binary_weights(self.model, recipes.binary_weights_at(self.options.recipe, self.step))
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self):
@@ -249,7 +313,7 @@ class Distillation:
         bar = _bar(self.step, stop, o.progress)
         log_path = self.out / "log.csv"
         if not log_path.exists():
-            log_path.write_text("step,seconds,loss,lr_latent,lr_float,heldout_pha_mad,heldout_iou\n")
+            log_path.write_text(",".join(LOG_COLUMNS) + "\n")
         window, figures = [], None
         try:
             while self.step < stop:
@@ -265,9 +329,16 @@ class Distillation:
                     self._write_health(report, flips)
                     bar.write(f"step {self.step}: {summarize(report, flips)}")
                 if self.heldout[0] and (self.step % o.eval_every == 0 or self.step == stop):
-                    figures = self.evaluate()
+                    figures, averaged = self.evaluate(), self.evaluate(averaged=True) if self.average else None
                     row = dict(row or {"step": self.step, "seconds": round(self.seconds, 1), "loss": None},
-                               heldout_pha_mad=figures["pha_mad_mean"], heldout_iou=figures["iou_mean"])
+                               heldout_pha_mad=figures["pha_mad_mean"], heldout_iou=figures["iou_mean"],
+                               heldout_rel_mad=relative_mad(figures))
+                    if averaged:
+                        row.update(averaged_pha_mad=averaged["pha_mad_mean"], averaged_iou=averaged["iou_mean"],
+                                   averaged_rel_mad=relative_mad(averaged))
+                    self._write_heldout(figures, averaged)
+                    use_average = averaged is not None and relative_mad(averaged) < relative_mad(figures)
+                    figures = averaged if use_average else figures
                     bar.set_postfix_str(f"held-out MAD {figures['pha_mad_mean'] * 1e3:.1f}e-3 "
                                         f"(empty {figures['zero_pha_mad_mean'] * 1e3:.0f}e-3) IoU {figures['iou_mean']:.2f}")
                 if row is not None:
@@ -275,18 +346,56 @@ class Distillation:
                     row.update(lr_latent=lrs.get("latent"), lr_float=lrs.get("float"))
                     self.history.append(row)
                     with open(log_path, "a") as handle:
-                        handle.write(",".join("" if row.get(k) is None else f"{row[k]:.6g}" for k in
-                                              ("step", "seconds", "loss", "lr_latent", "lr_float",
-                                               "heldout_pha_mad", "heldout_iou")) + "\n")
+                        handle.write(",".join("" if row.get(k) is None else f"{row[k]:.6g}" for k in LOG_COLUMNS)
+                                     + "\n")
                 if self.step % o.save_every == 0 or self.step == stop or "heldout_pha_mad" in (row or {}):
                     self._save()
                 if row is not None and "heldout_pha_mad" in row:
-                    self._ship(figures)
+                    if relative_mad(figures) < self.record.get("best_rel_mad", float("inf")):
+                        self.record.update(best_rel_mad=relative_mad(figures), best_step=self.step,
+                                           best_weights="average" if use_average else "live")
+                        self._ship(figures, use_average)
+                        self._save()
                     write_curve(self.out / "curve.png", self.history)
                 bar.update(1)
         finally:
             bar.close()
         return {"steps": self.step, "seconds": round(self.seconds, 1), "heldout": figures, "out": str(self.out)}
+
+
+def _initial_model(init):
+    """A fresh BiMatting, or one holding the weights of `init`: a checkpoint, a packed model or a
+    compact snapshot of an earlier run (bimatting.train.snapshot)."""
+    from bimatting.models import build_model
+    from bimatting.train.snapshot import is_snapshot, read_snapshot
+
+    if init and is_snapshot(init):
+        model = build_model("bimatting")
+        model.load_state_dict(read_snapshot(init)[0])
+        return model
+    if init:
+        from bimatting.checkpoints import load_model
+
+        return load_model(init, "bimatting")
+    return build_model("bimatting")
+
+
+def _averaged(model):
+    """(name, tensor) of what the weight average follows: every float parameter and buffer."""
+    return [(name, value) for name, value in model.state_dict(keep_vars=True).items() if value.is_floating_point()]
+
+
+@torch.no_grad()
+def _assign(model, values):
+    for name, value in _averaged(model):
+        value.copy_(values[name])
+
+
+def relative_mad(figures):
+    """Mean over held-out clips of pha MAD / the empty matte's: below 1 beats an empty matte, and a
+    clip with little foreground counts as much as one with much."""
+    clips = figures["clips"]
+    return sum(c["pha_mad"] / max(c["zero_pha_mad"], 1e-9) for c in clips) / len(clips)
 
 
 def _bar(initial, total, enabled):

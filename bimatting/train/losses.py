@@ -155,3 +155,37 @@ def distillation_loss(student, teacher, weight=1.0, coarse=True):
         coarse_terms = coarse_matting_loss(student["fgr_s"], student["pha_s"], teacher["fgr"], teacher["pha"])
         terms["total"] = terms["total"] + coarse_terms["coarse_total"]
     return {f"distill_{name}": weight * value for name, value in terms.items()}
+
+
+TERM_NAMES = ("pha_l1", "pha_laplacian", "pha_coherence", "fgr_l1", "fgr_coherence")
+
+
+def _chosen_terms(pred_fgr, pred_pha, true_fgr, true_pha, terms, levels):
+    """The named matting-loss terms only (the others are not computed)."""
+    mask = (true_pha > 0).to(pred_fgr.dtype)
+    compute = {
+        "pha_l1": lambda: F.l1_loss(pred_pha, true_pha),
+        "pha_laplacian": lambda: laplacian_loss(pred_pha.flatten(0, 1), true_pha.flatten(0, 1), levels),
+        "pha_coherence": lambda: temporal_loss(pred_pha, true_pha),
+        "fgr_l1": lambda: F.l1_loss(pred_fgr * mask, true_fgr * mask),
+        "fgr_coherence": lambda: temporal_loss(pred_fgr * mask, true_fgr * mask),
+    }
+    return {name: compute[name]() for name in terms}
+
+
+def chosen_matting_loss(pred, true_fgr, true_pha, terms=TERM_NAMES):
+    """Sum of the named terms of the matting loss at full size plus, when `pred` has the coarse
+    outputs, COARSE_WEIGHT x the same terms at 1/16 (1 Laplacian level). With every term this is
+    matting_loss + coarse_matting_loss; the distillation's recipe starts from the L1 terms alone.
+    pred: {'fgr', 'pha'} (+ 'fgr_s', 'pha_s'); returns {term: value, 'total'}."""
+    unknown = set(terms) - set(TERM_NAMES)
+    if unknown:
+        raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {TERM_NAMES}")
+    found = _chosen_terms(pred["fgr"], pred["pha"], true_fgr, true_pha, terms, LAPLACIAN_LEVELS)
+    if "pha_s" in pred:
+        size = pred["pha_s"].shape[-2:]
+        coarse = _chosen_terms(pred["fgr_s"], pred["pha_s"], resize_to(true_fgr, size), resize_to(true_pha, size),
+                               terms, COARSE_LAPLACIAN_LEVELS)
+        found.update({f"coarse_{name}": COARSE_WEIGHT * value for name, value in coarse.items()})
+    found["total"] = sum(found.values())
+    return found
