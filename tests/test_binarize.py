@@ -6,8 +6,8 @@ from torch.nn import functional as F
 
 from bimatting.binops import layout
 from bimatting.binops import reference as numpy_reference
-from bimatting.models.bimatting.binarize import (BiConv2d, LearnableBias, binary_activation,
-                                                 binary_conv_unit, sign)
+from bimatting.models.bimatting.binarize import BiConv2d, LearnableBias, binary_activation, sign
+from bimatting.models.bimatting.units import binary_conv_unit
 
 
 def test_sign_of_zero_is_plus_one_and_matches_the_numpy_sign():

@@ -15,12 +15,12 @@ FOLDERS = {"bimatting": "bimatting", "bimatting.export": "export", "bimatting.de
            "bimatting.targets": "targets"}
 
 
-def _modules():
+def _modules(root=REPO, folders=FOLDERS):
     """{module name: source path} with setup.py's folder mapping."""
     found = {}
-    for package, folder in FOLDERS.items():
-        for path in (REPO / folder).rglob("*.py"):
-            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+    for package, folder in folders.items():
+        for path in (root / folder).rglob("*.py"):
+            parts = list(path.relative_to(root / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             found[".".join([package] + parts)] = path
@@ -30,15 +30,27 @@ def _modules():
 MODULES = _modules()
 
 
-def _owner(name):
+def _owner(name, modules=MODULES):
     """The project module that `name` (a module or a name inside one) belongs to, or None."""
-    while name and name not in MODULES:
+    while name and name not in modules:
         name = name.rpartition(".")[0]
     return name or None
 
 
-def _imports(path):
-    """[(imported name, inside a function)] of one source file, absolute imports only."""
+def _absolute(node, module, path):
+    """The absolute module name of an ImportFrom, relative ones (`from .x import y`) resolved."""
+    if node.level == 0:
+        return node.module
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for _ in range(node.level - 1):
+        package = package.rpartition(".")[0]
+    return f"{package}.{node.module}" if node.module else package
+
+
+def _imports(path, module=None, modules=MODULES):
+    """[(imported name, inside a function)] of one source file, relative imports resolved."""
+    if module is None:
+        module = next(name for name, source in modules.items() if source == path)
     tree = ast.parse(path.read_text())
     in_function = {id(sub) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
                    for sub in ast.walk(node)}
@@ -46,23 +58,26 @@ def _imports(path):
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(alias.name, id(node) in in_function) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, module, path)
             for alias in node.names:
-                full = f"{node.module}.{alias.name}"
+                full = f"{base}.{alias.name}"
                 # `from package import submodule` depends on the submodule; Python initialises the
                 # package first whatever the importer, so that is not an edge of its own.
-                found.append((full if full in MODULES else node.module, id(node) in in_function))
+                found.append((full if full in modules else base, id(node) in in_function))
     return found
 
 
-def _graph():
-    return {module: {_owner(name) for name, _ in _imports(path) if _owner(name) not in (None, module)}
-            for module, path in MODULES.items()}
+def _graph(modules=MODULES):
+    graph = {}
+    for module, path in modules.items():
+        owners = {_owner(name, modules) for name, _ in _imports(path, module, modules)}
+        graph[module] = {owner for owner in owners if owner not in (None, module)}
+    return graph
 
 
-def test_no_import_cycles_even_through_function_level_imports():
-    graph, cycles = _graph(), []
-    state = {}  # module -> "open" while on the DFS stack, "done" after
+def _cycles(graph):
+    cycles, state = [], {}  # module -> "open" while on the DFS stack, "done" after
 
     def visit(module, trail):
         state[module] = "open"
@@ -76,7 +91,29 @@ def test_no_import_cycles_even_through_function_level_imports():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+    return cycles
+
+
+def test_no_import_cycles_even_through_function_level_or_relative_imports():
+    cycles = _cycles(_graph())
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_a_cycle_through_relative_imports_is_caught(tmp_path):
+    """The check itself: a package whose two modules import each other, one through `from . import`,
+    the other through `from .a import` inside a function."""
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "a.py").write_text("from ..sub import b\n")
+    (package / "sub" / "b.py").write_text("def late():\n    from .a import something\n")
+    (package / "c.py").write_text("from .sub.a import x\n")
+    modules = _modules(tmp_path, {"pkg": "pkg"})
+    graph = _graph(modules)
+    assert graph["pkg.sub.a"] == {"pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.sub.a"}
+    assert graph["pkg.c"] == {"pkg.sub.a"}
+    assert _cycles(graph) == [["pkg.sub.a", "pkg.sub.b", "pkg.sub.a"]]
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("bimatting.deploy")))

@@ -9,9 +9,8 @@ sign(x) = +1 for x >= 0, -1 otherwise; a binary conv sees a +-1 tensor padded wi
     BiConv2d           nn.Conv2d with centred, scaled, binarized weights (ReActNet / BiMatting)
     LearnableBias      per-channel shift; before sign it is RSign, around PReLU it is RPReLU
     rprelu             bias -> PReLU -> bias (ReActNet's RPReLU); emit_rprelu its ONNX nodes
-    binary_conv_unit   the standard unit: bias -> sign -> BiConv -> BN -> bias -> PReLU
     folded_output      a binary conv's output transform (alpha, conv bias, BN) as the exported op holds it
-    BinarySequential   nn.Sequential that, in eval mode, runs each BiConv -> BN pair folded
+(the sequential container and the standard unit built from these are in units.py)
 
 Eval mode computes what is deployed: a binary conv is the exact integer dot product D of +-1
 tensors, then D * scale + bias with the float32 (scale, bias) of `folded_output`, the two
@@ -179,32 +178,6 @@ def binary_conv_bn(conv, bn, x):
     return bn(conv(x))
 
 
-class BinarySequential(nn.Sequential):
-    """nn.Sequential whose forward runs each BiConv2d -> BatchNorm2d pair with `binary_conv_bn`
-    (the exporter's walker folds the same pairs) and, in eval mode, each binary conv -> BN -> ReLU
-    -> float conv -> BN as fixed_point.IntegerChain; indices and state_dict keys are nn.Sequential's."""
-
-    def forward(self, x):
-        from .fixed_point import chain_at  # fixed_point builds on this module
-
-        layers = list(self)
-        index = 0
-        while index < len(layers):
-            layer = layers[index]
-            after = layers[index + 1] if index + 1 < len(layers) else None
-            chain = chain_at(layers, index) if not self.training else None
-            if chain is not None:
-                x = chain.forward(x)
-                index += chain.length
-            elif isinstance(layer, BiConv2d) and isinstance(after, nn.BatchNorm2d):
-                x = binary_conv_bn(layer, after, x)
-                index += 2
-            else:
-                x = layer(x)
-                index += 1
-        return x
-
-
 class LearnableBias(nn.Module):
     """x + b with one learnable shift per channel (initialised to 0): [N, C, H, W] -> [N, C, H, W].
 
@@ -227,20 +200,3 @@ def rprelu(x, shift_in, prelu, shift_out):
 def emit_rprelu(b, x, shift_in, prelu, shift_out):
     """rprelu as ONNX nodes (`b`: export's layers.Builder): Add -> PRelu -> Add."""
     return b.add_channel_bias(shift_out, b.prelu(prelu, b.add_channel_bias(shift_in, x)))
-
-
-def binary_conv_unit(in_channels, out_channels, kernel_size, stride=1):
-    """The standard binary unit of the ASPP, decoder and refiner (official Sequential indices):
-
-        0 LearnableBias(in) -> 1 sign -> 2 BiConv(k, 'same' zero padding, no bias)
-        -> 3 BN -> 4 LearnableBias(out) -> 5 PReLU(out)
-    [N, in, H, W] -> [N, out, H/stride, W/stride]
-    """
-    return BinarySequential(
-        LearnableBias(in_channels),
-        BinaryActivation(),
-        BiConv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        LearnableBias(out_channels),
-        nn.PReLU(out_channels),
-    )

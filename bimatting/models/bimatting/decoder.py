@@ -16,10 +16,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .binarize import BiConv2d, BinaryActivation, BinarySequential, LearnableBias, binary_conv_unit
-from .fixed_point import emit_wide_conv1x1, wide_conv1x1
+from .binarize import BiConv2d, BinaryActivation, LearnableBias
 from .fixed_order import average_pool2, emit_average_pool2, emit_upsample2, upsample2
+from .fixed_point import emit_wide_conv1x1, wide_conv1x1
 from .gru import ConvGRU, ConvGRU_Up, emit_sab
+from .units import BinarySequential, binary_conv_unit
 
 PHA_S = "decoder.incoherent_mask.pha_s"  # the graph's name of the coarse alpha the mask thresholds
 

@@ -6,8 +6,9 @@ Source: htqin/BiMatting `model/lraspp.py`, after RVM's LR-ASPP (Howard et al., M
 """
 from torch import nn
 
-from .binarize import BiConv2d, BinaryActivation, LearnableBias, binary_conv_unit
+from .binarize import BiConv2d, BinaryActivation, LearnableBias
 from .fixed_order import GlobalAveragePool, Sigmoid
+from .units import binary_conv_unit
 
 
 class BiLRASPP(nn.Module):
