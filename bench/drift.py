@@ -58,8 +58,8 @@ def onnx_for(model, folder):
 
 def footage(source, size, count):
     """`count` frames [H, W, 3] of `size` (W, H): the clip played forwards, backwards, forwards..."""
-    from bimatting.frames import read_frames
-    from bimatting.samples import sample_frames
+    from bimatting.matting.frames import read_frames
+    from bimatting.matting.samples import sample_frames
 
     clip = read_frames(source, size=size, limit=CLIP_FRAMES) if source else sample_frames(CLIP_FRAMES, size)
     cycle = clip + clip[-2:0:-1] if len(clip) > 1 else clip
@@ -69,7 +69,7 @@ def footage(source, size, count):
 def reference_session(onnx_path, optimized=False):
     import onnxruntime as ort
 
-    from bimatting.onnx_check import load_checked
+    from bimatting.weights.onnx_check import load_checked
 
     options = ort.SessionOptions()
     if not optimized:
@@ -112,7 +112,7 @@ def run_drift(onnx_path, artifact_path, frames, progress=True, baseline=False):
     from tqdm import tqdm
 
     from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
-    from bimatting.frames import to_nchw
+    from bimatting.matting.frames import to_nchw
 
     compiled = CompiledModel(artifact_path)
     runner = RecurrentRunner(compiled)
@@ -180,7 +180,7 @@ def measure(model="default", frames=1000, resolution=(256, 144), source=None, to
 
 def main(argv=None):
     from bimatting.errors import BimattingError
-    from bimatting.profile import parse_resolution
+    from bimatting.cli.parsing import parse_resolution
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help=".onnx, .pth, .npz, 'default' or 'rvm'")

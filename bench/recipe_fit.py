@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from bimatting.checkpoints import load_model
+from bimatting.weights.checkpoints import load_model
 from bimatting.models import build_model
 from bimatting.train import losses, passes, recipe as recipes
 from bimatting.train.features import FeatureTaps, feature_distillation

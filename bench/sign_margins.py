@@ -82,7 +82,7 @@ def main():
 
     import bimatting
     from bimatting.errors import InputError
-    from bimatting.frames import iter_frames
+    from bimatting.matting.frames import iter_frames
 
     torch.set_num_threads(1)
     try:

@@ -85,15 +85,15 @@ def bimatting_network():
 
 
 def rvm_onnxruntime(size, ratio):
-    from bimatting.matting import OnnxMatter
-    from bimatting.rvm_onnx import official_onnx_path
+    from bimatting.matting.runner import OnnxMatter
+    from bimatting.weights.rvm_onnx import official_onnx_path
 
     with official_onnx_path() as path:
         return OnnxMatter(path, ratio, name="rvm", threads=THREADS)
 
 
 def rvm_int8_onnxruntime(size, ratio, workdir):
-    from bimatting.matting import OnnxMatter
+    from bimatting.matting.runner import OnnxMatter
 
     return OnnxMatter(rvm_int8_path(workdir), ratio, name="rvm-int8", threads=THREADS)
 
@@ -109,9 +109,9 @@ def rvm_int8_path(workdir):
         from onnxruntime import quantization as q
     except ImportError as error:
         raise NotAvailable(f"no onnxruntime quantization: {error}") from None
-    from bimatting.frames import to_nchw
-    from bimatting.rvm_onnx import official_onnx_path
-    from bimatting.samples import sample_frames
+    from bimatting.matting.frames import to_nchw
+    from bimatting.weights.rvm_onnx import official_onnx_path
+    from bimatting.matting.samples import sample_frames
 
     with official_onnx_path() as fp32:
         session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
@@ -151,8 +151,8 @@ def rvm_int8_path(workdir):
 
 def int8_error(size, ratio, workdir, frames):
     """pha mean |INT8 - FP32| over `frames` frames of the sample clip (states carried)."""
-    from bimatting.frames import to_nchw
-    from bimatting.samples import sample_frames
+    from bimatting.matting.frames import to_nchw
+    from bimatting.matting.samples import sample_frames
 
     fp32, int8 = rvm_onnxruntime(size, ratio), rvm_int8_onnxruntime(size, ratio, workdir)
     diffs = []
@@ -163,7 +163,7 @@ def int8_error(size, ratio, workdir, frames):
 
 
 def bimatting_onnxruntime(size, ratio, network):
-    from bimatting.matting import OnnxMatter
+    from bimatting.matting.runner import OnnxMatter
 
     try:
         from bimatting.export.exporter import build_onnx
@@ -173,7 +173,7 @@ def bimatting_onnxruntime(size, ratio, network):
 
 
 def bimatting_tvm_host(size, ratio, network, workdir):
-    from bimatting.matting import TvmMatter
+    from bimatting.matting.runner import TvmMatter
 
     try:
         import onnx
@@ -193,8 +193,8 @@ def bimatting_tvm_host(size, ratio, network, workdir):
 
 def network_latency(matter, size, frames):
     """Median ms per frame over `frames` consecutive frames of the sample clip (states carried)."""
-    from bimatting.frames import to_nchw
-    from bimatting.samples import sample_frames
+    from bimatting.matting.frames import to_nchw
+    from bimatting.matting.samples import sample_frames
 
     clip = [to_nchw(frame) for frame in sample_frames(frames + 2, size=size)]
     index = iter(range(10 ** 9))
@@ -233,7 +233,7 @@ def part_networks(frames, workdir, breakdown=True):
 def operator_groups(matter, size):
     """ms per frame by operator group of a TvmMatter's artifact (bimatting bench's grouping)."""
     from bimatting.deploy.device.bench import profile_groups
-    from bimatting.samples import sample_frames
+    from bimatting.matting.samples import sample_frames
 
     return profile_groups(matter.compiled, matter.runner, sample_frames(PROFILED_FRAMES, size=size), ("pha",))
 
@@ -284,7 +284,7 @@ def peak_rss_mb(command, env=None):
 
 def part_memory(workdir, frames):
     """{"RVM FP32, onnxruntime script": MB, "bimatting matte --artifact": MB} at 512x288."""
-    from bimatting.samples import sample_frames
+    from bimatting.matting.samples import sample_frames
 
     import cv2
 
@@ -295,7 +295,7 @@ def part_memory(workdir, frames):
     artifact = os.path.join(workdir, "bimatting-host-512x288.tar")
     results = {}
     env = dict(os.environ, TVM_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    from bimatting.rvm_onnx import OFFICIAL_FILE, OFFICIAL_PACKAGE
+    from bimatting.weights.rvm_onnx import OFFICIAL_FILE, OFFICIAL_PACKAGE
 
     runs = {"RVM FP32, onnxruntime script": [sys.executable, "-c", RVM_ONLY, clip, OFFICIAL_PACKAGE, OFFICIAL_FILE],
             "bimatting matte --artifact": [sys.executable, "-m", "bimatting", "matte", clip, "--artifact", artifact,

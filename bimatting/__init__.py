@@ -12,7 +12,7 @@ __all__ = ["__version__", "load_model", "BimattingError", "InputError", "Runtime
 def __getattr__(name):
     # Lazy: `bimatting.load_model` needs torch, `import bimatting` must not.
     if name == "load_model":
-        from bimatting.checkpoints import load_model
+        from bimatting.weights.checkpoints import load_model
 
         return load_model
     raise AttributeError(f"module 'bimatting' has no attribute {name!r}")

@@ -77,7 +77,7 @@ def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_
 def load_network(checkpoint, arch):
     """(network, arch) to export: a checkpoint path (arch None: the checkpoint's), or without one
     the packaged default BiMatting (arch rvm: RVM's official weights)."""
-    from bimatting.checkpoints import load_model
+    from bimatting.weights.checkpoints import load_model
     from bimatting.models import ARCHS, model_class
 
     if checkpoint is None:

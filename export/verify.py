@@ -237,7 +237,7 @@ def auto_ratio(width, height):
 
 def load_frames(verify_input, size=None, count=DEFAULT_FRAMES):
     """Frames to verify on: `verify_input` (video or folder) or the packaged sample clip."""
-    from bimatting.frames import iter_frames
+    from bimatting.matting.frames import iter_frames
 
     if verify_input is not None:
         frames = list(iter_frames(verify_input, size=size, limit=count))
@@ -245,7 +245,7 @@ def load_frames(verify_input, size=None, count=DEFAULT_FRAMES):
             raise InputError(f"'{verify_input}' gave no frames to verify on; expected a video or image folder")
         return frames
     try:
-        from bimatting import samples
+        from bimatting.matting import samples
     except ImportError:
         raise InputError("no sample footage in this install; pass frames with --verify-input") from None
     return samples.sample_frames(count, size or samples.DEFAULT_SIZE)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from bimatting.cli import cli
 from bimatting.eval.agreement import compare, totals
-from bimatting.samples import sample_frames
+from bimatting.matting.samples import sample_frames
 
 
 def test_compare_matches_a_numpy_reference():

@@ -7,7 +7,7 @@ import torch
 from bimatting.models import build_model
 from bimatting.models.bimatting import BiMatting
 from bimatting.models.bimatting.binarize import BiConv2d
-from bimatting.profile import synthetic_clip
+from bimatting.models.profile import synthetic_clip
 from conftest import SHARED
 
 OFFICIAL_TSV = SHARED / "reference" / "state_dicts" / "bimatting_bimobilenet.tsv"

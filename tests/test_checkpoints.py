@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import bimatting
-from bimatting.checkpoints import FORMAT, load_checkpoint, save_checkpoint
+from bimatting.weights.checkpoints import FORMAT, load_checkpoint, save_checkpoint
 from bimatting.errors import InputError
 from bimatting.models import build_model
-from bimatting.rvm_onnx import conv_targets
+from bimatting.weights.rvm_onnx import conv_targets
 
 OUTPUTS = ("fgr", "pha", "r1", "r2", "r3", "r4")
 
@@ -113,7 +113,7 @@ def test_save_checkpoint_refuses_objects_that_would_need_pickle(official, tmp_pa
 
 
 def test_onnx_path_and_keyword_give_the_same_network(official):
-    from bimatting.rvm_onnx import official_onnx_path
+    from bimatting.weights.rvm_onnx import official_onnx_path
 
     with official_onnx_path() as path:
         loaded = bimatting.load_model(path)

@@ -32,14 +32,14 @@ from onnx import TensorProto, helper, numpy_helper
 from bimatting.binops import functions as op_functions
 from bimatting.binops import layout, schema
 from bimatting.binops import reference as numpy_reference
-from bimatting.checkpoints import load_model, save_checkpoint
+from bimatting.weights.checkpoints import load_model, save_checkpoint
 from bimatting.cli import cli
 from bimatting.deploy import artifact as artifacts
 from bimatting.deploy.compiler.build import compile_model
 from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
 from bimatting.errors import InputError
 from bimatting.export import exporter
-from bimatting.frames import read_frames, to_nchw
+from bimatting.matting.frames import read_frames, to_nchw
 from bimatting.models import build_model
 
 WIDTH, HEIGHT = 40, 24  # small: the test builds several artifacts on a 2-core machine

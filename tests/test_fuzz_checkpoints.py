@@ -24,11 +24,11 @@ import torch
 from click.testing import CliRunner
 
 import bimatting
-from bimatting.checkpoints import save_checkpoint
+from bimatting.weights.checkpoints import save_checkpoint
 from bimatting.cli import cli
 from bimatting.errors import InputError
 from bimatting.models import build_model
-from bimatting.packed import META_KEY, pack_state, save_packed
+from bimatting.weights.packed import META_KEY, pack_state, save_packed
 from fuzz_inputs import assert_one_line, bit_flips, gradient_frames, truncations, write_video
 
 
@@ -208,7 +208,7 @@ def test_hostile_pickle_is_refused_by_every_entry_point_without_running(which, h
     with pytest.raises(InputError, match="refused to load"):
         bimatting.load_model(evil)
     with pytest.raises(InputError, match="refused to load"):
-        bimatting.checkpoints.load_checkpoint(evil)
+        bimatting.weights.checkpoints.load_checkpoint(evil)
     for verb, argv in _entry_points(evil, video, evalset, tmp_path).items():
         result = CliRunner().invoke(cli, [str(a) for a in argv], catch_exceptions=False)
         lines = [line for line in result.output.splitlines() if line.startswith("Error:")]

@@ -23,7 +23,7 @@ RNG_SEED = 5
 
 @pytest.fixture(scope="module")
 def rvm_onnx():
-    from bimatting.rvm_onnx import official_onnx_path
+    from bimatting.weights.rvm_onnx import official_onnx_path
 
     with official_onnx_path() as path:
         yield path

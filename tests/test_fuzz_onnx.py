@@ -1,5 +1,5 @@
 """Untrusted ONNX files: hand-made bad models, truncations and bit flips, through every entry
-point that builds something from an ONNX file (bimatting.onnx_check, `bimatting compile`, the
+point that builds something from an ONNX file (bimatting.weights.onnx_check, `bimatting compile`, the
 onnxruntime backend of `bimatting matte`, load_model's RVM reader, the bench reference).
 
 Each case ends in a clear error (InputError/RuntimeFailure: one line; CLI: exit 2 or 1, one
@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bimatting.binops import schema
 from bimatting.errors import BimattingError, InputError
-from bimatting.onnx_check import MAX_DIM, check_model, load_checked
+from bimatting.weights.onnx_check import MAX_DIM, check_model, load_checked
 from fuzz_inputs import (TINY_SIZE, assert_clean_error, assert_one_line, bit_flips, run_cli, tiny_matting_onnx,
                          truncations)
 
@@ -195,7 +195,7 @@ def _mutated(base, name):
 
 
 def test_the_base_model_passes_and_runs(base, tmp_path):
-    from bimatting.matting import open_matter
+    from bimatting.matting.runner import open_matter
 
     path = _write(tmp_path, base)
     check_model(load_checked(path))
@@ -211,7 +211,7 @@ def test_bad_model_is_refused_by_every_entry_point(name, base, tmp_path):
     """The check, the matte backend and the compiler all refuse it with the same one line,
     and the compiler leaves no artifact (it refuses before TVM sees the graph)."""
     from bimatting.deploy.compiler.build import compile_model
-    from bimatting.matting import open_matter
+    from bimatting.matting.runner import open_matter
 
     fragment = MUTATIONS[name][1]
     path = _write(tmp_path, _mutated(base, name))
@@ -266,7 +266,7 @@ def _frames(count=2):
 def _matte_outcome(path):
     """'ok' when the file runs two frames with outputs of the right shape, else the error class name
     (a deliberate error must be one line); anything else propagates and fails the test."""
-    from bimatting.matting import open_matter
+    from bimatting.matting.runner import open_matter
 
     try:
         matter = open_matter(artifact=path)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bimatting.samples import sample_frames
+from bimatting.matting.samples import sample_frames
 from bimatting.train import recipe as recipes
 from bimatting.train.distill import DistillOptions, Distillation
 

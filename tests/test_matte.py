@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from bimatting.cli import cli
-from bimatting.frames import read_frames
-from bimatting.matting import auto_ratio, open_matter, parse_ratio
-from bimatting.samples import sample_frames
+from bimatting.matting.frames import read_frames
+from bimatting.matting.runner import auto_ratio, open_matter, parse_ratio
+from bimatting.matting.samples import sample_frames
 
 SIZE = (512, 288)  # (width, height), RVM's low-resolution evaluation size
 SMALL = (256, 144)
@@ -100,7 +100,7 @@ def rvm_checkpoint(tmp_path_factory):
     """RVM's official weights as a project checkpoint: a float network, so the backends must agree
     without any help (no sign decisions that float rounding could flip)."""
     import bimatting
-    from bimatting.checkpoints import save_checkpoint
+    from bimatting.weights.checkpoints import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "rvm.pth"
     save_checkpoint(path, bimatting.load_model("rvm"), "rvm")
@@ -113,7 +113,7 @@ def rvm_host_artifact(rvm_checkpoint, tmp_path_factory):
     import onnx
 
     from bimatting.deploy.compiler.build import compile_model
-    from bimatting.matting import export_in_memory
+    from bimatting.matting.runner import export_in_memory
 
     folder = tmp_path_factory.mktemp("tvm")
     onnx.save(export_in_memory(rvm_checkpoint), str(folder / "rvm.onnx"))
@@ -193,8 +193,8 @@ def tie_free_checkpoint(tmp_path_factory):
     import torch
 
     from bench_models import FRAMES, SIZE, tie_free_bimatting
-    from bimatting.checkpoints import save_checkpoint
-    from bimatting.frames import to_nchw
+    from bimatting.weights.checkpoints import save_checkpoint
+    from bimatting.matting.frames import to_nchw
 
     clip = sample_frames(FRAMES, SIZE)
     network, margin = tie_free_bimatting(torch.from_numpy(np.stack([to_nchw(f)[0] for f in clip])[None]))
@@ -210,7 +210,7 @@ def test_bimatting_backends_agree(tie_free_checkpoint, tmp_path):
     import onnx
 
     from bimatting.deploy.compiler.build import compile_model
-    from bimatting.matting import export_in_memory
+    from bimatting.matting.runner import export_in_memory
 
     checkpoint, clip = tie_free_checkpoint
     onnx.save(export_in_memory(checkpoint), str(tmp_path / "tiefree.onnx"))
@@ -301,7 +301,7 @@ def test_failure_after_outputs_opened_leaves_nothing(tmp_path):
     """RVM's official ONNX pinned to 128x72 fails on the first 64x48 frame, after the writers opened."""
     import onnx
 
-    from bimatting.rvm_onnx import official_onnx_path
+    from bimatting.weights.rvm_onnx import official_onnx_path
 
     with official_onnx_path() as path:
         model = onnx.load(str(path))

@@ -9,7 +9,7 @@ import torch
 from bimatting.binops import layout
 from bimatting.errors import InputError
 from bimatting.models import build_model
-from bimatting.packed import load_packed, read_packed, save_packed, unpack_weight
+from bimatting.weights.packed import load_packed, read_packed, save_packed, unpack_weight
 
 
 def trained_state(model, seed=1):

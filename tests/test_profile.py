@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from bimatting.cli import cli
 from bimatting.models import build_model
-from bimatting.profile import profile_model
+from bimatting.models.profile import profile_model
 
 # Measured on the official model classes (reference MODEL.md sections 1 and 2.5), at 512x288:
 RVM_PARAMS = 3_748_633

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from bimatting.cli import cli
 from bimatting.models import build_model
 from bimatting.models.bimatting.binarize import BiConv2d
-from bimatting.samples import sample_frames
+from bimatting.matting.samples import sample_frames
 from bimatting.train import recipe as recipes
 from bimatting.train.distill import DistillOptions, Distillation
 from bimatting.train.features import FeatureTaps, feature_distillation
@@ -114,7 +114,7 @@ def test_two_step_switch_real_then_binary_weights():
 
 
 def test_heads_from_teacher_copy_where_shapes_match():
-    from bimatting.checkpoints import load_model
+    from bimatting.weights.checkpoints import load_model
 
     teacher, student = load_model("rvm"), build_model("bimatting")
     copied = recipes.init_from_teacher(student, teacher)
@@ -124,7 +124,7 @@ def test_heads_from_teacher_copy_where_shapes_match():
 
 
 def test_feature_taps_match_shapes_and_vanish_on_identical_features():
-    from bimatting.checkpoints import load_model
+    from bimatting.weights.checkpoints import load_model
 
     teacher, student = load_model("rvm").eval(), build_model("bimatting").train()
     src = _batch(n=2)[None]
@@ -178,7 +178,7 @@ def test_distillation_resumes_bit_identically(footage, tmp_path):
         assert torch.equal(a, b)
     assert second.optimizer.state_dict()["state"][0]["exp_avg"].equal(straight.optimizer.state_dict()["state"][0]["exp_avg"])
     # the training record travels with the packed model
-    from bimatting.packed import read_packed
+    from bimatting.weights.packed import read_packed
 
     meta, _ = read_packed(tmp_path / "resumed" / "bimatting_default.npz")
     # the packed model is the best held-out figure so far, live weights or their average

@@ -68,7 +68,7 @@ def tiny_onnx(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rvm_onnx():
-    from bimatting.rvm_onnx import official_onnx_path
+    from bimatting.weights.rvm_onnx import official_onnx_path
 
     with official_onnx_path() as path:
         yield path
@@ -87,9 +87,9 @@ def _assert_kept(path, before, code, stderr):
 
 SAVE_NETWORK = """
 import sys, torch
-from bimatting.checkpoints import save_checkpoint
+from bimatting.weights.checkpoints import save_checkpoint
 from bimatting.models import build_model
-from bimatting.packed import save_packed
+from bimatting.weights.packed import save_packed
 path, seed = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(seed)
 network = build_model("bimatting").eval()
@@ -287,8 +287,8 @@ def test_recurrent_state_round_trip_on_every_backend(tiny_onnx, tmp_path):
     """matte_resume.get_states / set_states: a fresh network given the saved state continues exactly
     like the one that ran the first frames (torch, onnxruntime and a compiled TVM artifact)."""
     from bimatting.deploy.compiler.build import compile_model
-    from bimatting.matte_resume import get_states, set_states
-    from bimatting.matting import TorchMatter, open_matter
+    from bimatting.matting.resume import get_states, set_states
+    from bimatting.matting.runner import TorchMatter, open_matter
     from bimatting.models import build_model
 
     frames = [f.astype(np.float32) / 255 for f in gradient_frames(6, *TINY_SIZE)]
@@ -360,13 +360,13 @@ def test_entry_point_exit_codes(argv, code, capsys):
 
 def test_ctrl_c_anywhere_in_a_verb_exits_130_not_1(monkeypatch, capsys):
     """click alone would print "Aborted!" and exit 1; the entry point says "Interrupted." and exits 130."""
-    import bimatting.profile
+    import bimatting.models.profile
     from bimatting.cli import main
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bimatting.profile, "profile", interrupted)
+    monkeypatch.setattr(bimatting.models.profile, "profile", interrupted)
     with pytest.raises(SystemExit) as stop:
         main(["profile"])
     err = capsys.readouterr().err
@@ -385,8 +385,8 @@ def test_thousand_recurrent_frames_without_near_ties_do_not_drift(tmp_path):
     import torch
 
     from bench_models import tie_free_bimatting
-    from bimatting.checkpoints import save_checkpoint
-    from bimatting.frames import to_nchw
+    from bimatting.weights.checkpoints import save_checkpoint
+    from bimatting.matting.frames import to_nchw
 
     drift = _drift_module()
     size = (256, 144)

@@ -28,7 +28,7 @@ import bench_models
 
 from bimatting.cli import cli
 from bimatting.export import exporter, verify
-from bimatting.frames import read_frames, to_nchw
+from bimatting.matting.frames import read_frames, to_nchw
 
 CLIP = ("people", "clips", "facenet_arcade_pedestrians", "video.mp4")
 SIZES = {"512x288": ((512, 288), 1.0), "1920x1080": ((1920, 1080), 0.25)}

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import bimatting
-from bimatting.frames import read_frames, to_nchw
+from bimatting.matting.frames import read_frames, to_nchw
 from bimatting.models import build_model
-from bimatting.rvm_onnx import official_onnx_path
+from bimatting.weights.rvm_onnx import official_onnx_path
 
 OUTPUTS = ("fgr", "pha", "r1", "r2", "r3", "r4")
 # The bound. Both sides compute the same float32 network; they differ only in kernel

@@ -16,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bimatting.checkpoints import load_checkpoint
+from bimatting.weights.checkpoints import load_checkpoint
 from bimatting.cli import cli
 from bimatting.models import build_model
 from bimatting.train import passes, runtime
@@ -219,7 +219,7 @@ def test_distill_cli_smoke(eval_set, tmp_path):
     summary = json.loads(result.output[result.output.index("{"):])
     assert summary["steps"] == 2 and 0 < summary["heldout"]["pha_mad_mean"] < 1
     assert summary["heldout"]["clips"][0]["frames"] == 2
-    from bimatting.packed import load_packed
+    from bimatting.weights.packed import load_packed
 
     packed = load_packed(out / "bimatting_default.npz")
     record = packed.packed_meta["provenance"]

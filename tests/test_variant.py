@@ -16,8 +16,8 @@ import torch
 from bimatting.deploy.compiler.build import compile_model
 from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
 from bimatting.export import exporter, verify
-from bimatting.frames import to_nchw
-from bimatting.samples import sample_frames
+from bimatting.matting.frames import to_nchw
+from bimatting.matting.samples import sample_frames
 from bench_models import tie_free_bimatting
 
 HALF_WIDTHS = dict(
@@ -107,7 +107,7 @@ def test_bimatting_with_a_shallower_encoder_exports_compiles_and_verifies(tmp_pa
 
 
 def test_a_shallower_variant_checkpoint_rebuilds_its_structure(tmp_path):
-    from bimatting.checkpoints import load_model, save_checkpoint
+    from bimatting.weights.checkpoints import load_model, save_checkpoint
     from bimatting.models import build_model
 
     network = build_model("bimatting", **SHALLOW).eval()
@@ -118,7 +118,7 @@ def test_a_shallower_variant_checkpoint_rebuilds_its_structure(tmp_path):
 
 
 def test_a_variant_checkpoint_rebuilds_its_widths(tmp_path):
-    from bimatting.checkpoints import load_model, save_checkpoint
+    from bimatting.weights.checkpoints import load_model, save_checkpoint
     from bimatting.models import build_model
 
     network = build_model("bimatting", **HALF_WIDTHS).eval()

@@ -7,6 +7,6 @@
     reference  numpy execution of every op: the exact integer conv and the border correction
 
 The PyTorch model (bimatting.models), the exporter (bimatting.export), the checks on untrusted files
-(bimatting.onnx_check) and the compiler (bimatting.deploy) all follow these definitions; docs/onnx-ops.md
+(bimatting.weights.onnx_check) and the compiler (bimatting.deploy) all follow these definitions; docs/onnx-ops.md
 is their prose form. All of it is torch-free (numpy and onnx); `layout` needs numpy alone.
 """

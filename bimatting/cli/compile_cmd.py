@@ -39,7 +39,7 @@ def compile_(model, target_name, output, resolution, downsample_ratio, tuning_db
 
     from bimatting.deploy.compiler.build import compile_model
     from bimatting.deploy.target import check_compiler, resolve
-    from bimatting.profile import parse_resolution
+    from bimatting.cli.parsing import parse_resolution
 
     size = parse_resolution(resolution) if resolution else None
     check_compiler(resolve(target_name))  # fail before a long export

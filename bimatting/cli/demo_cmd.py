@@ -1,4 +1,4 @@
-"""`bimatting demo`: the whole chain on the packaged model and footage (a thin wrapper of bimatting.demo)."""
+"""`bimatting demo`: the whole chain on the packaged model and footage (a thin wrapper of bimatting.cli.demo_chain)."""
 import json
 
 import click
@@ -22,7 +22,7 @@ def demo(workdir, quiet, as_json):
       bimatting demo
       bimatting demo --workdir /tmp/demo --json
     """
-    from bimatting.demo import failed_checks, format_report, run_demo
+    from bimatting.cli.demo_chain import failed_checks, format_report, run_demo
     from bimatting.errors import RuntimeFailure
 
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo

@@ -1,4 +1,4 @@
-"""`bimatting matte`: matte a video, an image folder or a webcam (a thin wrapper of bimatting.matting)."""
+"""`bimatting matte`: matte a video, an image folder or a webcam (a thin wrapper of bimatting.matting.runner)."""
 import json
 
 import click
@@ -45,8 +45,8 @@ def matte(source, output, checkpoint, artifact, backend, output_type, background
       bimatting matte 0 -o webcam.mp4 --frames 300                 # webcam 0, 300 frames
       bimatting matte long.mp4 -o out.mp4 --resume                 # continue after Ctrl-C
     """
-    from bimatting.matte_resume import MatteInterrupted
-    from bimatting.matting import matte as run_matte
+    from bimatting.matting.resume import MatteInterrupted
+    from bimatting.matting.runner import matte as run_matte
 
     if artifact is not None and not str(artifact).lower().endswith(".onnx"):
         _runtime_only_tvm()

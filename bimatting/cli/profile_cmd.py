@@ -1,4 +1,4 @@
-"""`bimatting profile`: parameters, storage and OPs of a model (a thin wrapper of bimatting.profile)."""
+"""`bimatting profile`: parameters, storage and OPs of a model (a thin wrapper of bimatting.models.profile)."""
 import json
 
 import click
@@ -33,8 +33,8 @@ def profile(checkpoint, arch, resolution, downsample_ratio, mask_density, frames
       bimatting profile epoch-27.pth --mask-density 0.3
       bimatting profile --frames clip.mp4                 # measure the mask on your footage
     """
-    from bimatting.profile import format_report, parse_mask_density, parse_resolution
-    from bimatting.profile import profile as run_profile
+    from bimatting.cli.parsing import parse_mask_density, parse_resolution
+    from bimatting.models.profile import format_report, profile as run_profile
 
     report = run_profile(checkpoint, arch, parse_resolution(resolution), downsample_ratio,
                          mask_density=parse_mask_density(mask_density), frames=measure_frames,

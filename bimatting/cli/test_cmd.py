@@ -40,7 +40,7 @@ def test(data_dir, checkpoint, arch, out_dir, hr, device, as_json):
     from bimatting.eval.evaluate import evaluate
     from bimatting.eval.predict import predict_set
     from bimatting.eval.tree import check_output_folder, find_clips, frame_names
-    from bimatting.frames import read_image
+    from bimatting.matting.frames import read_image
 
     clips = find_clips(data_dir, "com", "data set")                  # layout errors before loading
     out_dir = Path(out_dir) if out_dir else Path.cwd() / f"{Path(data_dir).resolve().name}-pred"

@@ -39,7 +39,7 @@ def tune(model, target_name, rpc_address, tracker, key, local, trials, database,
       bimatting compile bimatting.onnx --target rpi4 --tuning-db rpi4.db -o bimatting-rpi4.tar
     """
     from bimatting.deploy.tuning.session import tune as run_tune
-    from bimatting.profile import parse_resolution
+    from bimatting.cli.parsing import parse_resolution
 
     size = parse_resolution(resolution) if resolution else None
     try:

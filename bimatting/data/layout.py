@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from bimatting.errors import InputError
-from bimatting.frames import IMAGE_SUFFIXES
+from bimatting.matting.frames import IMAGE_SUFFIXES
 
 
 def require_folders(root, *relative, expected):

@@ -22,7 +22,7 @@ from bimatting.data.procedural import soft_shapes_clip, texture
 from bimatting.data.teacher import Teacher, cover_resize, read_footage
 from bimatting.errors import InputError
 from bimatting.eval.tree import check_output_folder
-from bimatting.frames import IMAGE_SUFFIXES, iter_frames, list_images
+from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames, list_images
 
 SUBSETS = ("videomatte_motion", "videomatte_static")
 MARGIN = 1.25  # backgrounds are made this much larger so a drifting view never leaves them
@@ -45,7 +45,7 @@ def background_stills(paths):
 
 
 def _load_still(item):
-    from bimatting.frames import read_image
+    from bimatting.matting.frames import read_image
 
     return read_image(item) if isinstance(item, Path) else item
 

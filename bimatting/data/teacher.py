@@ -9,7 +9,7 @@ errors on the original footage were.
 import numpy as np
 
 from bimatting.errors import InputError
-from bimatting.frames import iter_frames
+from bimatting.matting.frames import iter_frames
 
 
 def cover_resize(image, width, height):

@@ -17,7 +17,7 @@ def evaluate_against(model_source, teacher_source, footage, *, long_side=512, fr
     previews [(name, uint8 image)]."""
     from tqdm import tqdm
 
-    from bimatting.checkpoints import load_model
+    from bimatting.weights.checkpoints import load_model
     from bimatting.train.footage import parse_heldout, read_clip, to_tensor
 
     model, teacher = load_model(model_source).eval(), load_model(teacher_source).eval()

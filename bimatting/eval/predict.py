@@ -14,7 +14,7 @@ import numpy as np
 
 from bimatting.errors import InputError
 from bimatting.eval.tree import find_clips, frame_names
-from bimatting.frames import read_image
+from bimatting.matting.frames import read_image
 
 JPEG_QUALITY = 75  # PIL's default, what the official inference's JPEG writer used
 

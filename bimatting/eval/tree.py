@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bimatting.errors import InputError
-from bimatting.frames import IMAGE_SUFFIXES
+from bimatting.matting.frames import IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)

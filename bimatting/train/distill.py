@@ -52,6 +52,7 @@ class DistillOptions:
     footage: tuple
     out: Path
     heldout: tuple = ()
+    excluded: tuple = ()             # footage kept out of training without being scored
     images: tuple = ()
     teacher: str = "rvm"
     stop_at: int = None              # stop this invocation at this step (default: recipe.total_steps)
@@ -102,7 +103,7 @@ class Distillation:
         torch.manual_seed(options.seed)
         self.teacher = Teacher(options.teacher).model
         cache = self.out / "cache"
-        items = load_training_items(options.footage, options.images, options.heldout, self.teacher,
+        items = load_training_items(options.footage, options.images, options.heldout + options.excluded, self.teacher,
                                     short_side=options.short_side, max_frames=options.max_frames, cache_dir=cache)
         if not items:
             raise InputError("no training footage left after the held-out clips; add --footage")
@@ -145,7 +146,7 @@ class Distillation:
 
     # -- state ------------------------------------------------------------------------------
     def _save(self):
-        from bimatting.checkpoints import save_checkpoint
+        from bimatting.weights.checkpoints import save_checkpoint
 
         extra = {"distill": True, "step": self.step, "seconds": self.seconds,
                  "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
@@ -154,7 +155,7 @@ class Distillation:
         save_checkpoint(self.out / RESUME, self.model, "bimatting", extra=extra)
 
     def _load(self):
-        from bimatting.checkpoints import load_checkpoint
+        from bimatting.weights.checkpoints import load_checkpoint
 
         checkpoint = load_checkpoint(self.out / RESUME)
         extra = checkpoint["extra"]
@@ -284,7 +285,7 @@ class Distillation:
 
     def _ship(self, figures, averaged=False):
         """Write the packed model (the live weights or their average) with its training record."""
-        from bimatting.packed import save_packed
+        from bimatting.weights.packed import save_packed
         from bimatting.train.snapshot import save_snapshot
 
         provenance = {"trainer": "bimatting.train.distill", "teacher": self.options.teacher,
@@ -374,7 +375,7 @@ def _initial_model(init):
         model.load_state_dict(read_snapshot(init)[0])
         return model
     if init:
-        from bimatting.checkpoints import load_model
+        from bimatting.weights.checkpoints import load_model
 
         return load_model(init, "bimatting")
     return build_model("bimatting")

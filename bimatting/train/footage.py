@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bimatting.errors import InputError
-from bimatting.frames import IMAGE_SUFFIXES
+from bimatting.matting.frames import IMAGE_SUFFIXES
 from bimatting.train.bank import Item
 from bimatting.train.sources import VIDEO_SUFFIXES, find_footage
 

@@ -17,7 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from bimatting.errors import InputError
-from bimatting.frames import IMAGE_SUFFIXES, iter_frames, list_images, read_image
+from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames, list_images, read_image
 from bimatting.train import clips
 
 EVAL_LAYERS = ("com", "fgr", "pha")

@@ -10,7 +10,7 @@ from bimatting.errors import InputError
 
 class Teacher:
     def __init__(self, source="rvm", device="cpu"):
-        from bimatting.checkpoints import load_model
+        from bimatting.weights.checkpoints import load_model
 
         self.source = str(source)
         self.model = load_model(source).to(device).eval()

@@ -175,7 +175,7 @@ class Trainer:
 
     def _load_resume(self, source):
         """Full resume from a checkpoint of this stage; otherwise take its weights only."""
-        from bimatting.checkpoints import load_checkpoint, load_model
+        from bimatting.weights.checkpoints import load_checkpoint, load_model
 
         try:
             checkpoint = load_checkpoint(source)
@@ -278,7 +278,7 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, path, epoch):
-        from bimatting.checkpoints import save_checkpoint
+        from bimatting.weights.checkpoints import save_checkpoint
 
         rngs = self.rt.all_gather(runtime.rng_state())
         if not self.rt.main:

@@ -194,7 +194,7 @@ def lift_constants(mod, prefix="p"):
 
 
 def load_onnx(path):
-    from bimatting.onnx_check import load_checked
+    from bimatting.weights.onnx_check import load_checked
 
     path = Path(path)
     if not path.is_file():

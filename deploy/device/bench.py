@@ -104,10 +104,10 @@ def _image_input(meta):
 def load_frames(input_path, count, size):
     """(list of `count` RGB float32 frames [H, W, 3] at `size` (W, H), label). The packaged sample
     clip by default; a video or folder is resized to `size` (the artifact's fixed input)."""
-    from bimatting.frames import read_frames
+    from bimatting.matting.frames import read_frames
 
     if input_path is None:
-        from bimatting.samples import sample_frames
+        from bimatting.matting.samples import sample_frames
 
         return sample_frames(count, size), "packaged sample clip"
     clip = read_frames(input_path, size=size, limit=count)
@@ -148,7 +148,7 @@ def _measure(art, device, clip, warmup, progress):
     from tqdm import tqdm
 
     from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
-    from bimatting.frames import to_nchw
+    from bimatting.matting.frames import to_nchw
 
     run = {"outputs": [], "device_ms": [], "roundtrip_ms": [], "groups": None, "error": None}
     with rpc_util.deadline(device.timeout, "loading the artifact"):
@@ -196,7 +196,7 @@ def _measure(art, device, clip, warmup, progress):
 
 def profile_groups(model, runner, frames, fetch):
     """Mean ms per frame of each operator group, from a VM instrument (local VMs only)."""
-    from bimatting.frames import to_nchw
+    from bimatting.matting.frames import to_nchw
 
     spans, stack = {}, []
 
@@ -232,8 +232,8 @@ def run_reference(onnx_path, meta, clip):
     """onnxruntime on the source ONNX over `clip`, states fed back: [{"pha", "fgr"}] per frame."""
     import onnxruntime as ort
 
-    from bimatting.frames import to_nchw
-    from bimatting.onnx_check import load_checked
+    from bimatting.matting.frames import to_nchw
+    from bimatting.weights.onnx_check import load_checked
 
     checked = load_checked(onnx_path)  # untrusted file: checked before onnxruntime parses it
     options = ort.SessionOptions()

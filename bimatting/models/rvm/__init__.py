@@ -2,7 +2,7 @@
 
 Components, one per file: `mobilenetv3` (encoder), `lraspp`, `conv_gru`, `decoder`,
 `projection`, `guided_filter` (refiner); `model.RVM` wires them. Weights come from RVM's
-official ONNX (`bimatting.rvm_onnx`) or an official .pth (`bimatting.checkpoints`).
+official ONNX (`bimatting.weights.rvm_onnx`) or an official .pth (`bimatting.weights.checkpoints`).
 """
 from bimatting.models.rvm.model import RVM
 

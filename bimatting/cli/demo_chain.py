@@ -52,7 +52,7 @@ def run_demo(workdir="bimatting-demo", progress=True, echo=print):
         raise InputError(f"workdir '{workdir}' is a file; give a folder (it is created if missing)")
     if not workdir.parent.resolve().is_dir():
         raise InputError(f"cannot create workdir '{workdir}': its folder does not exist")
-    from bimatting.checkpoints import load_model
+    from bimatting.weights.checkpoints import load_model
 
     try:
         model = load_model("default")
@@ -78,14 +78,14 @@ def run_demo(workdir="bimatting-demo", progress=True, echo=print):
 # -- steps ---------------------------------------------------------------------------------------
 
 def _sample(workdir):
-    from bimatting.samples import write_sample_video
+    from bimatting.matting.samples import write_sample_video
 
     return str(write_sample_video(workdir / "sample.mp4", frames=SAMPLE_FRAMES, size=RESOLUTION))
 
 
 def _profile(model):
     from bimatting.models import build_model
-    from bimatting.profile import profile_model
+    from bimatting.models.profile import profile_model
 
     rvm = build_model("rvm").eval()  # architecture counts need no weights
     return profile_model(model, RESOLUTION, 1.0, mask_density="auto", frames=PROFILE_FRAMES, reference=rvm)
@@ -170,7 +170,7 @@ def _bench_all(workdir, compiled, sample, progress):
 
 
 def _matte(sample, output, artifact, progress):
-    from bimatting.matting import matte
+    from bimatting.matting.runner import matte
 
     return matte(sample, output, artifact=artifact, backend="tvm", output_type="all", progress=progress)
 
@@ -178,7 +178,7 @@ def _matte(sample, output, artifact, progress):
 def _report_images(workdir, report):
     """report/matte.png (input | alpha | composite for three frames of the matted clip), beside
     the images `bench` wrote (report/<target>/latency.png and alpha_preview.png)."""
-    from bimatting.frames import read_frames
+    from bimatting.matting.frames import read_frames
 
     sample = read_frames(report["sample"])
     composite = read_frames(report["matte"]["outputs"][0])

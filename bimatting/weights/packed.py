@@ -40,7 +40,7 @@ from bimatting.atomic import atomic_path
 from bimatting.binops import layout
 from bimatting.errors import InputError
 from bimatting.models import model_class
-from bimatting.network_state import build_network, load_state
+from bimatting.weights.network_state import build_network, load_state
 
 FORMAT = "bimatting-packed"
 FORMAT_VERSION = 1
@@ -106,9 +106,9 @@ def read_packed(path):
     except Exception as error:  # noqa: BLE001 - BadZipFile, ValueError, OSError, zlib.error (a corrupt stream), ...
         first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         raise InputError(f"'{path}' is not a readable packed-weights .npz ({first}); "
-                         "expected a file written by bimatting.packed.save_packed") from None
+                         "expected a file written by bimatting.weights.packed.save_packed") from None
     if META_KEY not in arrays:
-        raise InputError(f"'{path}' has no {META_KEY} entry; expected a file written by bimatting.packed.save_packed")
+        raise InputError(f"'{path}' has no {META_KEY} entry; expected a file written by bimatting.weights.packed.save_packed")
     meta = _parse_meta(arrays.pop(META_KEY), path)
     if meta.get("format") != FORMAT or not isinstance(meta.get("format_version", 0), int) \
             or meta.get("format_version", 0) > FORMAT_VERSION:
@@ -127,7 +127,7 @@ def _parse_meta(raw, path):
     if not isinstance(meta, dict) or any(not isinstance(meta.get(k), t) for k, t in expected.items()) \
             or not all(isinstance(name, str) for name in meta["binary_convs"]):
         raise InputError(f"'{path}': {META_KEY} lacks arch (str), config (dict) or binary_convs (list of str); "
-                         "expected a file written by bimatting.packed.save_packed")
+                         "expected a file written by bimatting.weights.packed.save_packed")
     return meta
 
 

@@ -28,8 +28,8 @@ from bimatting._version import __version__
 from bimatting.atomic import atomic_path
 from bimatting.errors import InputError
 from bimatting.models import ARCHS, build_model, model_class
-from bimatting.network_state import build_network, first_items, load_state
-from bimatting.packed import load_packed
+from bimatting.weights.network_state import build_network, first_items, load_state
+from bimatting.weights.packed import load_packed
 
 FORMAT = "bimatting-checkpoint"
 FORMAT_VERSION = 1
@@ -54,12 +54,12 @@ def load_model(source, arch=None):
         what = "is a folder" if path.is_dir() else "does not exist"
         raise InputError(f"checkpoint '{path}' {what}; expected a .pth/.pt/.npz/.onnx file, 'rvm' or 'default'")
     if path.suffix.lower() == ".onnx":
-        from bimatting.rvm_onnx import load_rvm_onnx
+        from bimatting.weights.rvm_onnx import load_rvm_onnx
 
         _check_arch("rvm", arch, f"'{path}' (an ONNX file, read as RVM's official export)")
         return load_rvm_onnx(path)
     if path.suffix.lower() == ".npz":
-        model = load_packed(path)  # a packed BiMatting file (bimatting/packed.py), no pickle involved
+        model = load_packed(path)  # a packed BiMatting file (bimatting/weights/packed.py), no pickle involved
         _check_arch(_arch_of(model), arch, f"'{path}'")
         return model.eval()
     return _model_from_data(_read_torch_file(path), path, arch).eval()
@@ -102,7 +102,7 @@ def load_checkpoint(path):
     data = _read_torch_file(path)
     if not (isinstance(data, dict) and data.get("format") == FORMAT):
         raise InputError(f"'{path}' is not a bimatting checkpoint (no format='{FORMAT}' entry); "
-                         "expected a file written by bimatting.checkpoints.save_checkpoint")
+                         "expected a file written by bimatting.weights.checkpoints.save_checkpoint")
     return _validated_checkpoint(data, path)
 
 
@@ -212,7 +212,7 @@ def _validated_checkpoint(data, path):
 # -- named sources -------------------------------------------------------------------------------
 
 def _load_official_rvm():
-    from bimatting.rvm_onnx import load_official_rvm
+    from bimatting.weights.rvm_onnx import load_official_rvm
 
     return load_official_rvm()
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from bimatting.atomic import atomic_dir, atomic_path, check_writable_parent
 from bimatting.errors import InputError, RuntimeFailure
-from bimatting.frames import IMAGE_SUFFIXES, list_images, read_image
+from bimatting.matting.frames import IMAGE_SUFFIXES, list_images, read_image
 
 FOLDER_FPS = 30.0
 # extension -> OpenCV fourcc (both are in every OpenCV-FFmpeg build, opencv-python-headless included)

@@ -30,30 +30,6 @@ AUTO_CHUNK = 4  # frames per forward call while measuring the mask (memory stays
 MIN_SIDE = 32   # smallest side (after downsampling) the encoder's 1/16 stride handles sensibly
 
 
-def parse_resolution(text):
-    """'512x288' -> (512, 288) as (width, height); InputError on anything else."""
-    try:
-        width, height = (int(part) for part in str(text).lower().split("x"))
-    except ValueError:
-        raise InputError(f"resolution '{text}' is not WIDTHxHEIGHT; expected e.g. 512x288") from None
-    if width <= 0 or height <= 0:
-        raise InputError(f"resolution '{text}' must have positive sides; expected e.g. 512x288")
-    return width, height
-
-
-def parse_mask_density(text):
-    """'auto' or a float in [0, 1]."""
-    if str(text).lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"mask density '{text}' is neither 'auto' nor a number; expected e.g. 0.3") from None
-    if not 0.0 <= value <= 1.0:
-        raise InputError(f"mask density {value} is outside [0, 1]; it is the fraction of masked positions")
-    return value
-
-
 def count_parameters(model):
     """(total, binary): binary = weights of convs tagged `binary` (their biases stay FP)."""
     total = sum(p.numel() for p in model.parameters())
@@ -204,12 +180,12 @@ def measurement_clip(resolution, frames=AUTO_FRAMES, source=None):
     """(clip [T, H, W, 3] float32, description) to measure the mask on: `source` (video or image
     folder) if given, else the packaged sample clip, else a synthetic moving blob."""
     if source is not None:
-        from bimatting.frames import read_frames
+        from bimatting.matting.frames import read_frames
 
         clip = read_frames(source, size=resolution, limit=frames)
         return np.stack(clip), f"{len(clip)} frames of '{source}'"
     try:
-        from bimatting.samples import sample_frames
+        from bimatting.matting.samples import sample_frames
     except ImportError:
         return synthetic_clip(resolution, frames), f"synthetic moving blob ({frames} frames)"
     return np.stack(sample_frames(frames, resolution)), f"packaged sample clip ({frames} frames)"
@@ -279,9 +255,9 @@ def _arch_of(model):
 def _checkpoint_loader():
     """bimatting.load_model, or None where this install has no checkpoint support."""
     try:
-        from bimatting.checkpoints import load_model
+        from bimatting.weights.checkpoints import load_model
     except ModuleNotFoundError as error:
-        if error.name != "bimatting.checkpoints":
+        if error.name != "bimatting.weights.checkpoints":
             raise
         return None
     return load_model
@@ -311,7 +287,7 @@ def load_for_profile(checkpoint=None, arch=None):
         return build_model(arch), arch, f"untrained network ({reason})"
     if load_model is None:
         raise InputError(f"cannot read checkpoint '{checkpoint}': this install has no checkpoint support "
-                         "(bimatting.checkpoints); profile an architecture with --arch instead")
+                         "(bimatting.weights.checkpoints); profile an architecture with --arch instead")
     model = load_model(str(checkpoint), arch=arch)
     found = _arch_of(model)
     if arch is not None and found != arch:

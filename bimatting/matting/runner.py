@@ -12,7 +12,7 @@ the states r1..r4 in, fgr, pha and the next states out):
     tvm          a compiled artifact (bimatting compile), run by bimatting.deploy.device.runtime
 
 Only the torch backend and the in-memory export import torch: a board with onnxruntime or the TVM
-runtime mattes without it. Frames are RGB float32 [H, W, 3] in [0, 1] (bimatting.frames).
+runtime mattes without it. Frames are RGB float32 [H, W, 3] in [0, 1] (bimatting.matting.frames).
 """
 import contextlib
 import inspect
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from bimatting.errors import InputError, RuntimeFailure
-from bimatting.frames import to_nchw
-from bimatting.matting_io import FrameSource, open_sinks, parse_background
+from bimatting.matting.frames import to_nchw
+from bimatting.matting.footage import FrameSource, open_sinks, parse_background
 
 BACKENDS = ("torch", "onnxruntime", "tvm")
 OUTPUT_TYPES = ("composite", "alpha", "foreground", "all")
@@ -134,7 +134,7 @@ class OnnxMatter(Matter):
         # TVM artifact optimized, 7e-10 unoptimized; the speed differs by ~5%).
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if not hasattr(model, "SerializeToString"):  # a file: untrusted until checked
-            from bimatting.onnx_check import load_checked
+            from bimatting.weights.onnx_check import load_checked
 
             model = load_checked(model)
         source = model.SerializeToString()
@@ -231,7 +231,7 @@ def open_matter(checkpoint=None, artifact=None, backend=None, downsample_ratio="
         return OnnxMatter(export_in_memory(checkpoint), downsample_ratio, name=checkpoint, threads=threads)
     if backend == "tvm":
         raise InputError("the tvm backend runs compiled artifacts; pass --artifact (from `bimatting compile`)")
-    from bimatting.checkpoints import load_model
+    from bimatting.weights.checkpoints import load_model
 
     return TorchMatter(load_model(checkpoint), downsample_ratio, name=checkpoint)
 
@@ -241,11 +241,11 @@ def export_in_memory(checkpoint):
     if checkpoint == "rvm":
         import onnx
 
-        from bimatting.rvm_onnx import official_onnx_path
+        from bimatting.weights.rvm_onnx import official_onnx_path
 
         with official_onnx_path() as path:
             return onnx.load(str(path))
-    from bimatting.checkpoints import load_model
+    from bimatting.weights.checkpoints import load_model
     from bimatting.models import model_class
 
     model = load_model(checkpoint)
@@ -318,10 +318,10 @@ def matte(source, output, *, checkpoint=None, artifact=None, backend=None, outpu
 
     Everything the user gave is checked before the model loads; outputs appear only complete
     (written to temporary names, renamed at the end). Ctrl-C keeps the frames done as a playable
-    partial output and the recurrent state; `resume` continues from them (bimatting.matte_resume).
+    partial output and the recurrent state; `resume` continues from them (bimatting.matting.resume).
     Returns a summary dict.
     """
-    from bimatting import matte_resume
+    from bimatting.matting import resume as matte_resume
 
     if output_type not in OUTPUT_TYPES:
         raise InputError(f"unknown output type '{output_type}'; expected one of: {', '.join(OUTPUT_TYPES)}")
@@ -360,7 +360,7 @@ def _loop(reader, matter, sinks, background, progress, frames=None, done=0, on_s
     first Ctrl-C lets the frame in hand finish, then on_stop(count) keeps the work (and raises)."""
     from tqdm import tqdm
 
-    from bimatting.matte_resume import deferred_interrupt
+    from bimatting.matting.resume import deferred_interrupt
 
     count, began = done, time.perf_counter()
     bar = tqdm(total=reader.total, initial=done, unit="frame", desc="matte", disable=not progress,

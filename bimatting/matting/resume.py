@@ -1,7 +1,7 @@
 """Ctrl-C and `--resume` for `bimatting matte`: an interrupted run keeps a playable partial output
 and the network's recurrent state, and a second run continues where it stopped.
 
-    session = Session(source, output, options, resume, kind)   # bimatting.matting drives this
+    session = Session(source, output, options, resume, kind)   # bimatting.matting.runner drives this
     with deferred_interrupt() as stop:      # the first Ctrl-C only sets stop.requested; the loop
         ...                                 # finishes the frame in hand, then calls session.stop
     keep_partial(output, sinks, matter, count, fingerprint)   -> raises MatteInterrupted
@@ -75,7 +75,7 @@ def deferred_interrupt():
 
 
 class Session:
-    """The resume bookkeeping of one `matte` run (what bimatting.matting calls).
+    """The resume bookkeeping of one `matte` run (what bimatting.matting.runner calls).
 
     session = Session(source, output, options, resume, reader.kind)   # checks --resume up front
     frames, done = session.start(reader, sinks, matter)  # frames still to matte, frames restored

@@ -1,8 +1,8 @@
 """A network from (arch, config) and a state dict loaded into it, with one-line errors naming the file.
 
 Shared by the two checkpoint formats: project checkpoints and official state dicts
-(bimatting.checkpoints) and packed .npz files (bimatting.packed). Torch is imported only when a
-state is loaded, so importing this module (and bimatting.packed) stays torch-free.
+(bimatting.weights.checkpoints) and packed .npz files (bimatting.weights.packed). Torch is imported only when a
+state is loaded, so importing this module (and bimatting.weights.packed) stays torch-free.
 """
 from bimatting.errors import InputError
 from bimatting.models import build_model, model_class
@@ -19,7 +19,7 @@ def build_network(arch, config, path):
 
 def load_state(model, state, arch, path):
     """Strict load with one readable line about every mismatch (BN counters may be absent)."""
-    import torch  # here, not at the top: bimatting.packed imports this module and stays torch-free
+    import torch  # here, not at the top: bimatting.weights.packed imports this module and stays torch-free
 
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]

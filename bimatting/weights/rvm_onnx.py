@@ -99,7 +99,7 @@ def conv_targets(model):
 def _read_graph(path):
     import onnx
 
-    from bimatting.onnx_check import check_parsed
+    from bimatting.weights.onnx_check import check_parsed
 
     try:
         model = onnx.load(str(path), load_external_data=False)
