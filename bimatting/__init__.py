@@ -6,13 +6,17 @@ PyTorch entry points load on first use.
 from bimatting._version import __version__
 from bimatting.errors import BimattingError, InputError, RuntimeFailure
 
-__all__ = ["__version__", "load_model", "BimattingError", "InputError", "RuntimeFailure"]
+__all__ = ["__version__", "load_model", "matte", "BimattingError", "InputError", "RuntimeFailure"]
 
 
 def __getattr__(name):
-    # Lazy: `bimatting.load_model` needs torch, `import bimatting` must not.
+    # Lazy: `bimatting.load_model` needs torch and `bimatting.matte` OpenCV; `import bimatting` needs neither.
     if name == "load_model":
         from bimatting.weights.checkpoints import load_model
 
         return load_model
+    if name == "matte":
+        from bimatting.matting.api import matte
+
+        return matte
     raise AttributeError(f"module 'bimatting' has no attribute {name!r}")

@@ -315,3 +315,29 @@ def test_failure_after_outputs_opened_leaves_nothing(tmp_path):
                                           "--artifact", str(tmp_path / "static.onnx"), "--output-type", kind])
         assert result.exit_code == 2 and "exported for input" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "static.onnx"]
+
+
+def test_python_api_mattes_a_real_clip_with_a_checkpoint_and_an_artifact(rvm_checkpoint, rvm_host_artifact,
+                                                                         small_bedroom_frames, tmp_path):
+    """`bimatting.matte(...)`, the Python entry point: what it returns is what it wrote, and the
+    8-bit mattes are the network's alpha (run here frame by frame, states carried) for a PyTorch
+    checkpoint and for the compiled artifact of the same network."""
+    import bimatting
+
+    frames = small_bedroom_frames[:4]
+    video = write_video(tmp_path / "clip.mp4", frames)
+    decoded = read_frames(video)     # what the API reads back: the mp4's decoded frames
+    reference = run_clip(open_matter(rvm_checkpoint, backend="torch"), decoded)
+    for name, model in (("checkpoint", rvm_checkpoint), ("artifact", rvm_host_artifact)):
+        out = tmp_path / f"alpha-{name}"
+        written = bimatting.matte(video, out, model=model, output_type="alpha", progress=False)
+        assert written["outputs"] == [str(out)] and written["frames"] == len(frames)
+        assert written["backend"] == ("torch" if name == "checkpoint" else "tvm")
+        pngs = sorted(out.glob("*.png"))
+        assert len(pngs) == len(frames)
+        for png, alpha in zip(pngs, reference):
+            image = cv2.imread(str(png), cv2.IMREAD_UNCHANGED).astype(np.int32)
+            expected = np.clip(np.asarray(alpha).reshape(image.shape) * 255 + 0.5, 0, 255).astype(np.int32)
+            assert np.abs(image - expected).max() <= 3, (name, png.name)       # 1e-2 backends + rounding
+    with pytest.raises(bimatting.InputError, match="does not exist"):
+        bimatting.matte(video, tmp_path / "x.mp4", model=tmp_path / "missing.tar")

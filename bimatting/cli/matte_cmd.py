@@ -45,14 +45,19 @@ def matte(source, output, checkpoint, artifact, backend, output_type, background
       bimatting matte 0 -o webcam.mp4 --frames 300                 # webcam 0, 300 frames
       bimatting matte long.mp4 -o out.mp4 --resume                 # continue after Ctrl-C
     """
+    from bimatting.errors import InputError
+    from bimatting.matting.api import matte as run_matte
     from bimatting.matting.resume import MatteInterrupted
-    from bimatting.matting.runner import matte as run_matte
 
+    if checkpoint is not None and artifact is not None:
+        raise InputError("give either --checkpoint or --artifact, not both")
     if artifact is not None and not str(artifact).lower().endswith(".onnx"):
         _runtime_only_tvm()
+    if checkpoint is not None:
+        backend = backend or "torch"      # --checkpoint is a network PyTorch runs (an .onnx read as RVM's)
 
     try:
-        summary = run_matte(source, output, checkpoint=checkpoint, artifact=artifact, backend=backend,
+        summary = run_matte(source, output, model=artifact or checkpoint or "default", backend=backend,
                             output_type=output_type, background=background, downsample_ratio=downsample_ratio,
                             start=start, frames=frames, rgba=rgba, progress=not quiet, resume=resume)
     except MatteInterrupted as stopped:  # what was kept and how to go on, then the shell's Ctrl-C code

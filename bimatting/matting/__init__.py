@@ -6,4 +6,5 @@
               loop that carries its recurrent state from frame to frame
     resume    Ctrl-C keeps the work done; --resume continues it
     samples   the packaged sample clip
+    api       bimatting.matte(...), the Python entry point (the CLI's `matte` calls it)
 """
