@@ -36,7 +36,8 @@ def options_from(args):
     missing = [name for name in args.heldout if not (clips / name).exists()]
     if missing:
         raise SystemExit(f"error: held-out clip '{missing[0]}' is not under '{clips}'; name clips of that folder")
-    recipe = Recipe(latent_lr=args.latent_lr, float_lr=args.float_lr, laplacian_from=args.laplacian_from,
+    recipe = Recipe(latent_lr=args.latent_lr, float_lr=args.float_lr, adapter_weight=args.adapter_weight,
+                    laplacian_from=args.laplacian_from,
                     coherence_from=args.coherence_from, warmup_steps=100, total_steps=args.total_steps)
     return DistillOptions(footage=(clips,), heldout=tuple(str(clips / name) for name in args.heldout),
                           excluded=tuple(str(clips / name) for name in args.not_trained),
@@ -69,6 +70,8 @@ def main():
     parser.add_argument("--hr-every", type=int, default=0)
     parser.add_argument("--laplacian-from", type=int, default=-1)
     parser.add_argument("--coherence-from", type=int, default=-1)
+    parser.add_argument("--adapter-weight", type=float, default=0.0,
+                        help="encoder features matched to the teacher's through training-only adapters")
     parser.add_argument("--latent-lr", type=float, default=5e-3)
     parser.add_argument("--float-lr", type=float, default=5e-4)
     parser.add_argument("--ema-decay", type=float, default=0.998)

@@ -49,6 +49,9 @@ def _size(text):
 @recipe_options()
 @click.option("--attention-weight", type=float, default=0.0, show_default=True,
               help="Weight of encoder attention-map matching to the teacher (0 = off).")
+@click.option("--adapter-weight", type=float, default=0.0, show_default=True,
+              help="Weight of the encoder's features at 1/4, 1/8, 1/16 matched to the teacher's through "
+              "training-only 1x1 adapters (0 = off).")
 @click.option("--warmup-steps", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--hr-every", type=click.IntRange(0), default=0, show_default=True,
               help="Every N steps also a pass at --hr-ratio so the refiner trains (0 = never).")
@@ -67,8 +70,9 @@ def _size(text):
 @click.option("--no-progress", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or the --diagnose report) as JSON.")
 def distill(footage, heldout, images, out, resume, total_steps, stop_at, sizes, data, ema_decay, laplacian_from,
-            coherence_from, batch, frames, latent_lr, float_lr, latent_init, threshold_init, binary_weights_from, feature_weight, attention_weight, heads_from_teacher,
-            warmup_steps, hr_every, eval_every, diagnose_every, threads, init, seed, diagnose, dump_batch, no_progress, as_json):
+            coherence_from, batch, frames, latent_lr, float_lr, latent_init, threshold_init, binary_weights_from,
+            feature_weight, attention_weight, adapter_weight, heads_from_teacher, warmup_steps, hr_every, eval_every,
+            diagnose_every, threads, init, seed, diagnose, dump_batch, no_progress, as_json):
     """Distil BiMatting from RVM on unlabelled footage with the binary-network recipe.
 
     Targets are the teacher's mattes of the footage, trained with the L1 terms of RVM's matting
@@ -94,7 +98,7 @@ def distill(footage, heldout, images, out, resume, total_steps, stop_at, sizes, 
 
     recipe = Recipe(latent_lr=latent_lr, float_lr=float_lr, latent_init=latent_init, threshold_init=threshold_init,
                     binary_weights_from=binary_weights_from, feature_weight=feature_weight,
-                    attention_weight=attention_weight, heads_from_teacher=heads_from_teacher,
+                    attention_weight=attention_weight, adapter_weight=adapter_weight, heads_from_teacher=heads_from_teacher,
                     laplacian_from=laplacian_from, coherence_from=coherence_from, warmup_steps=warmup_steps,
                     total_steps=total_steps)
     options = DistillOptions(footage=tuple(footage), out=out, heldout=tuple(heldout), images=tuple(images),

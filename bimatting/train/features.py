@@ -94,3 +94,45 @@ def feature_distillation(student, teacher, direct_weight, attention_weight):
     direct = direct_weight * direct_loss(student, teacher) if direct_weight else zero
     attention = attention_weight * attention_loss(student, teacher) if attention_weight else zero
     return {"feature_direct": direct, "feature_attention": attention, "feature_total": direct + attention}
+
+
+# -- encoder features through training-only adapters -------------------------------------------
+
+ADAPTER_TAPS = ("f2", "f3", "f4")   # the encoder at 1/4, 1/8 and 1/16 of the network's input
+
+
+class EncoderAdapters(torch.nn.Module):
+    """One training-only 1x1 conv per encoder tap, student width -> teacher width (BiMatting
+    32/64/1024 -> RVM 24/40/960). They let the binary encoder be told what the teacher's encoder
+    sees at each scale without forcing its own widths; they are never part of the exported network.
+
+    L_adapt = 1/3 sum_{tap} mean((A_tap(s_tap) - t_tap)^2) / (mean(t_tap^2) + eps)
+    (the direct term's normalisation, so every scale weighs alike)."""
+
+    def __init__(self, student_widths, teacher_widths):
+        super().__init__()
+        self.convs = torch.nn.ModuleDict({tap: torch.nn.Conv2d(student_widths[tap], teacher_widths[tap], 1)
+                                          for tap in ADAPTER_TAPS})
+
+    @classmethod
+    def between(cls, student, teacher, size=64):
+        """Adapters sized from one forward of both networks on a blank frame."""
+        widths = []
+        for model in (student, teacher):
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad(), FeatureTaps(model, direct=False, attention=True) as taps:
+                    model(torch.zeros(1, 3, size, size))
+            finally:
+                model.train(was_training)
+            widths.append({tap: taps.features[tap].shape[1] for tap in ADAPTER_TAPS})
+        return cls(*widths)
+
+    def loss(self, student, teacher, eps=1e-6):
+        terms = []
+        for tap in ADAPTER_TAPS:
+            s = self.convs[tap](student[tap].float())
+            t = _match_size(teacher[tap].float(), s)
+            terms.append((s - t).pow(2).mean() / (t.pow(2).mean() + eps))
+        return sum(terms) / len(terms)

@@ -22,6 +22,8 @@ thresholds at 0 gave 72.2e-3 (worse than empty); latent binary weights at 10x th
     attention_weight         (bimatting.train.features): decoder features matched directly (same
                              widths as RVM), encoder taps through attention maps (Real-to-Binary,
                              Martinez et al., ICLR 2020)
+    adapter_weight           the encoder's features at 1/4, 1/8, 1/16 matched to the teacher's
+                             through training-only 1x1 adapters (features.EncoderAdapters)
     heads_from_teacher       float layers whose shapes equal the teacher's start from its weights
 
 Defaults are what paid in bench/recipe_fit.py (4 real frames fitted to RVM, 150 steps, pha MAD
@@ -64,6 +66,7 @@ class Recipe:
     weight_decay_step1: float = 1e-5
     feature_weight: float = 0.0
     attention_weight: float = 0.0
+    adapter_weight: float = 0.0
     heads_from_teacher: bool = False
     laplacian_from: int = -1
     coherence_from: int = -1
