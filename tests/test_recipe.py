@@ -299,3 +299,19 @@ def test_encoder_adapters_map_student_widths_to_the_teachers(footage, tmp_path):
     run.run()
     assert all(not torch.equal(a, b) for a, b in zip(before, run.adapters.parameters()))
     assert not any(key.startswith("adapters") for key in run.model.state_dict())
+
+
+def test_warm_restart_from_the_committed_snapshot(footage, tmp_path):
+    """training/default/snapshot.npz (what a new machine starts the default run from) loads and trains."""
+    from pathlib import Path
+
+    from bimatting.train.snapshot import read_snapshot
+
+    committed = Path(__file__).resolve().parent.parent / "training" / "default" / "snapshot.npz"
+    if not committed.is_file():
+        pytest.skip("no committed snapshot in this checkout")
+    state, record = read_snapshot(committed)
+    assert record["steps"] > 0 and record["heldout"]["iou_mean"] > 0
+    run = Distillation(dataclasses.replace(_options(footage, tmp_path / "warm", 2, total=2), init=str(committed)))
+    assert torch.equal(run.model.state_dict()["project_mat.conv.weight"], state["project_mat.conv.weight"])
+    assert run.run()["steps"] == 2
