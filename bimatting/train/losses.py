@@ -89,13 +89,41 @@ def temporal_loss(pred, true):
     return TEMPORAL_WEIGHT * F.mse_loss(pred[:, 1:] - pred[:, :-1], true[:, 1:] - true[:, :-1])
 
 
+TERM_NAMES = ("pha_l1", "pha_laplacian", "pha_coherence", "fgr_l1", "fgr_coherence")
+
+
+def matting_terms(pred_fgr, pred_pha, true_fgr, true_pha, terms=TERM_NAMES, levels=LAPLACIAN_LEVELS):
+    """The named terms of RVM's matting loss, only those computed, in the order asked:
+        pha_l1         L1 of alpha
+        pha_laplacian  Laplacian pyramid loss of alpha (`levels` levels)
+        pha_coherence  TEMPORAL_WEIGHT x MSE of alpha's frame differences
+        fgr_l1, fgr_coherence  the same two on fgr * [true_pha > 0]: the mask zeroes pixels
+                       outside the foreground but the means run over all pixels (RVM)
+    pha [B, T, 1, H, W], fgr [B, T, 3, H, W]; the fgr (pha) tensors may be None when no fgr (pha)
+    term is asked for."""
+    unknown = set(terms) - set(TERM_NAMES)
+    if unknown:
+        raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {TERM_NAMES}")
+    found = {}
+    if "pha_l1" in terms:
+        found["pha_l1"] = F.l1_loss(pred_pha, true_pha)
+    if "pha_laplacian" in terms:
+        found["pha_laplacian"] = laplacian_loss(pred_pha.flatten(0, 1), true_pha.flatten(0, 1), levels)
+    if "pha_coherence" in terms:
+        found["pha_coherence"] = temporal_loss(pred_pha, true_pha)
+    if "fgr_l1" in terms or "fgr_coherence" in terms:
+        mask = (true_pha > 0).to(pred_fgr.dtype)
+        pred_masked, true_masked = pred_fgr * mask, true_fgr * mask
+        if "fgr_l1" in terms:
+            found["fgr_l1"] = F.l1_loss(pred_masked, true_masked)
+        if "fgr_coherence" in terms:
+            found["fgr_coherence"] = temporal_loss(pred_masked, true_masked)
+    return {name: found[name] for name in terms}
+
+
 def alpha_losses(pred_pha, true_pha, levels=LAPLACIAN_LEVELS):
     """{'pha_l1', 'pha_laplacian', 'pha_coherence'} for [B, T, 1, H, W] alphas."""
-    return {
-        "pha_l1": F.l1_loss(pred_pha, true_pha),
-        "pha_laplacian": laplacian_loss(pred_pha.flatten(0, 1), true_pha.flatten(0, 1), levels),
-        "pha_coherence": temporal_loss(pred_pha, true_pha),
-    }
+    return matting_terms(None, pred_pha, None, true_pha, TERM_NAMES[:3], levels)
 
 
 def foreground_losses(pred_fgr, true_fgr, true_pha):
@@ -104,17 +132,12 @@ def foreground_losses(pred_fgr, true_fgr, true_pha):
     The mask zeroes pixels outside the foreground but the means run over all pixels (RVM).
     pred_fgr/true_fgr [B, T, 3, H, W], true_pha [B, T, 1, H, W].
     """
-    mask = (true_pha > 0).to(pred_fgr.dtype)
-    pred_masked, true_masked = pred_fgr * mask, true_fgr * mask
-    return {
-        "fgr_l1": F.l1_loss(pred_masked, true_masked),
-        "fgr_coherence": temporal_loss(pred_masked, true_masked),
-    }
+    return matting_terms(pred_fgr, None, true_fgr, true_pha, TERM_NAMES[3:])
 
 
 def matting_loss(pred_fgr, pred_pha, true_fgr, true_pha, levels=LAPLACIAN_LEVELS):
     """RVM's matting loss: dict of the five terms plus 'total' (their sum, each weight 1)."""
-    terms = {**alpha_losses(pred_pha, true_pha, levels), **foreground_losses(pred_fgr, true_fgr, true_pha)}
+    terms = matting_terms(pred_fgr, pred_pha, true_fgr, true_pha, TERM_NAMES, levels)
     terms["total"] = sum(terms.values())
     return terms
 
@@ -157,34 +180,16 @@ def distillation_loss(student, teacher, weight=1.0, coarse=True):
     return {f"distill_{name}": weight * value for name, value in terms.items()}
 
 
-TERM_NAMES = ("pha_l1", "pha_laplacian", "pha_coherence", "fgr_l1", "fgr_coherence")
-
-
-def _chosen_terms(pred_fgr, pred_pha, true_fgr, true_pha, terms, levels):
-    """The named matting-loss terms only (the others are not computed)."""
-    mask = (true_pha > 0).to(pred_fgr.dtype)
-    compute = {
-        "pha_l1": lambda: F.l1_loss(pred_pha, true_pha),
-        "pha_laplacian": lambda: laplacian_loss(pred_pha.flatten(0, 1), true_pha.flatten(0, 1), levels),
-        "pha_coherence": lambda: temporal_loss(pred_pha, true_pha),
-        "fgr_l1": lambda: F.l1_loss(pred_fgr * mask, true_fgr * mask),
-        "fgr_coherence": lambda: temporal_loss(pred_fgr * mask, true_fgr * mask),
-    }
-    return {name: compute[name]() for name in terms}
-
 
 def chosen_matting_loss(pred, true_fgr, true_pha, terms=TERM_NAMES):
     """Sum of the named terms of the matting loss at full size plus, when `pred` has the coarse
     outputs, COARSE_WEIGHT x the same terms at 1/16 (1 Laplacian level). With every term this is
     matting_loss + coarse_matting_loss; the distillation's recipe starts from the L1 terms alone.
     pred: {'fgr', 'pha'} (+ 'fgr_s', 'pha_s'); returns {term: value, 'total'}."""
-    unknown = set(terms) - set(TERM_NAMES)
-    if unknown:
-        raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {TERM_NAMES}")
-    found = _chosen_terms(pred["fgr"], pred["pha"], true_fgr, true_pha, terms, LAPLACIAN_LEVELS)
+    found = matting_terms(pred["fgr"], pred["pha"], true_fgr, true_pha, terms)
     if "pha_s" in pred:
         size = pred["pha_s"].shape[-2:]
-        coarse = _chosen_terms(pred["fgr_s"], pred["pha_s"], resize_to(true_fgr, size), resize_to(true_pha, size),
+        coarse = matting_terms(pred["fgr_s"], pred["pha_s"], resize_to(true_fgr, size), resize_to(true_pha, size),
                                terms, COARSE_LAPLACIAN_LEVELS)
         found.update({f"coarse_{name}": COARSE_WEIGHT * value for name, value in coarse.items()})
     found["total"] = sum(found.values())
