@@ -27,6 +27,7 @@ The run folder holds resume.pth (fp32 weights and their average, Adam state, ste
 history), log.csv, heldout.jsonl, health.jsonl, curve.png, and the best held-out figure so far as
 bimatting_default.npz (packed, with its training record) and snapshot.npz (a compact warm restart). `resume=True` continues exactly where it stopped.
 """
+import contextlib
 import dataclasses
 import json
 import time
@@ -239,22 +240,28 @@ class Distillation:
         return float(total.detach())
 
     # -- evaluation and diagnostics ---------------------------------------------------------
-    def evaluate(self, averaged=False):
-        """Held-out agreement of the live weights, or of their average (`averaged`)."""
-        from bimatting.eval.agreement import agreement, totals
-
-        recipes.set_binary_weights(self.model, True)      # what is deployed: always binary
-        clips, teacher = self.heldout
+    @contextlib.contextmanager
+    def _deployed(self, averaged=False):
+        """The model as it would be deployed (binary weights), holding the live weights or their
+        average (`averaged`) inside the block; the training state is restored after it."""
         live = {name: value.clone() for name, value in _averaged(self.model)} if averaged else None
+        recipes.set_binary_weights(self.model, True)
         try:
             if averaged:
                 _assign(self.model, self.average)
-            figures = totals(agreement(self.model, teacher, clips))
+            yield self.model
         finally:
             if averaged:
                 _assign(self.model, live)
             recipes.set_binary_weights(self.model, recipes.binary_weights_at(self.options.recipe, self.step))
-        return figures
+
+    def evaluate(self, averaged=False):
+        """Held-out agreement of the live weights, or of their average (`averaged`)."""
+        from bimatting.eval.agreement import agreement, totals
+
+        clips, teacher = self.heldout
+        with self._deployed(averaged) as model:
+            return totals(agreement(model, teacher, clips))
 
     def diagnose(self, batch):
         """Sign health on `batch` (train-mode statistics; BN buffers restored after)."""
@@ -309,17 +316,9 @@ class Distillation:
                       "recipe": self.options.recipe.as_dict(), "run": self.options.identity(), "data": self.data_record,
                       "heldout": figures, "curve": self.history[-200:]}
         provenance["weights"] = "average" if averaged else "live"
-        live = {name: value.clone() for name, value in _averaged(self.model)} if averaged else None
-        recipes.set_binary_weights(self.model, True)
-        try:
-            if averaged:
-                _assign(self.model, self.average)
-            save_packed(self.out / PACKED, self.model, provenance=provenance)
-            save_snapshot(self.out / SNAPSHOT, self.model, record=provenance)
-        finally:
-            if averaged:
-                _assign(self.model, live)
-            recipes.set_binary_weights(self.model, recipes.binary_weights_at(self.options.recipe, self.step))
+        with self._deployed(averaged) as model:
+            save_packed(self.out / PACKED, model, provenance=provenance)
+            save_snapshot(self.out / SNAPSHOT, model, record=provenance)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self):
