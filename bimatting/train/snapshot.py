@@ -14,7 +14,6 @@ on learning from where the run was: the weights, at about 1 byte per latent weig
 
 A restart from it (`bimatting distill --init snapshot.npz`) starts Adam afresh and its own schedule.
 """
-import io
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from bimatting.errors import InputError
+from bimatting.weights.packed import write_npz
 
 FORMAT = "bimatting-distill-snapshot"
 META = "__snapshot__"
@@ -37,8 +37,6 @@ def _latent_names(model):
 
 def save_snapshot(path, model, record=None):
     """Write the snapshot of `model` at `path` (atomically); returns its size in bytes."""
-    from bimatting.atomic import atomic_path
-
     arrays, latent = {}, _latent_names(model)
     for name, value in model.state_dict().items():
         value = value.detach().cpu()
@@ -51,11 +49,7 @@ def save_snapshot(path, model, record=None):
             arrays[name] = value.numpy()
     meta = {"format": FORMAT, "record": record or {}}
     arrays[META] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(buffer.getvalue())
-    return Path(path).stat().st_size
+    return write_npz(path, arrays)
 
 
 def is_snapshot(path):

@@ -87,7 +87,12 @@ def pack_state(model, arch, config=None, provenance=None):
 
 def save_packed(path, model, arch="bimatting", config=None, provenance=None):
     """Write `model` as a packed .npz at `path` (atomically). Returns the file size in bytes."""
-    arrays = pack_state(model, arch, config, provenance)
+    return write_npz(path, pack_state(model, arch, config, provenance))
+
+
+def write_npz(path, arrays):
+    """{name: array} as a compressed .npz at `path`, atomically (built in memory first, so a failed
+    disk write is a plain OSError and leaves no partial file). Returns the file size in bytes."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     with atomic_path(path) as tmp:
