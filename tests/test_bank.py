@@ -86,3 +86,26 @@ def test_plain_crops_cover_footage_smaller_than_the_crop():
     bank = Bank([_position_coded(3, 24, 40)], seed=0)
     batch = bank.crops(2, 2, 32, 48)
     assert batch["src"].shape == (2, 2, 3, 32, 48)
+
+
+def test_crops_draw_stills_at_their_share_and_hold_them_still():
+    """still_share = s: a share s of the samples are crops of a still repeated over the T frames
+    (binomial, 600 draws: sd 0.02, so 0.05 is > 2 sd); s = 0 leaves the clip batches bit for bit
+    what they were without stills in the bank."""
+    still = _item("still", 1, np.ones((72, 128)))
+    for share in (0.3, 1.0):
+        bank = Bank([_position_coded(5, 72, 128), still], seed=4)
+        kinds = []
+        for _ in range(200):
+            batch = bank.crops(3, 2, 32, 48, still_share=share)
+            for b in range(3):
+                static = torch.equal(batch["src"][b, 0], batch["src"][b, 1])
+                from_still = bool(batch["pha"][b].eq(1).all())       # the still's matte covers it all
+                assert static == from_still                           # stills, and only stills, are held
+                kinds.append(from_still)
+        assert abs(np.mean(kinds) - share) < 0.05, (share, np.mean(kinds))
+    with_still = Bank([_position_coded(5, 72, 128), still], seed=5)
+    without = Bank([_position_coded(5, 72, 128)], seed=5)
+    for _ in range(10):
+        a, b = with_still.crops(2, 2, 32, 48), without.crops(2, 2, 32, 48)
+        assert all(torch.equal(a[k], b[k]) for k in a)

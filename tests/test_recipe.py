@@ -202,6 +202,34 @@ def test_resume_refuses_changed_settings(footage, tmp_path):
         Distillation(_options(footage, tmp_path / "run", 4, latent_lr=1e-2))
 
 
+def test_branch_continues_another_runs_state_under_new_settings(footage, tmp_path):
+    """--branch-from: with the same settings a branch is the straight run bit for bit (weights,
+    average, Adam moments, RNG streams all carried); with a new latent rate it starts at the source's
+    step, Adam moments kept, at the new rate, the change recorded; the source run is untouched."""
+    import hashlib
+
+    straight = Distillation(_options(footage, tmp_path / "straight", 6))
+    straight.run()
+    Distillation(_options(footage, tmp_path / "source", 3)).run()
+    source_state = tmp_path / "source" / "resume.pth"
+    digest = hashlib.sha256(source_state.read_bytes()).hexdigest()
+    same = Distillation(dataclasses.replace(_options(footage, tmp_path / "same", 6), branch_from=str(tmp_path / "source")))
+    assert same.step == 3
+    same.run()
+    assert fingerprint(same.model) == fingerprint(straight.model)
+    torch.testing.assert_close(same.average["project_mat.conv.weight"], straight.average["project_mat.conv.weight"],
+                               rtol=0, atol=0)
+    faster = Distillation(dataclasses.replace(_options(footage, tmp_path / "faster", 4, latent_lr=2e-2),
+                                              branch_from=str(source_state)))
+    moments = {k: v["exp_avg"].clone() for k, v in faster.optimizer.state_dict()["state"].items()}
+    assert faster.step == 3 and moments and all(m.abs().sum() > 0 for m in moments.values())
+    assert {g["name"]: g["base_lr"] for g in faster.optimizer.param_groups}["latent"] == 2e-2
+    assert faster.record["branched_from"]["changed"] == {"recipe.latent_lr": [5e-3, 2e-2]}
+    faster.run()
+    assert {g["name"]: g["lr"] for g in faster.optimizer.param_groups}["latent"] > 5e-3
+    assert hashlib.sha256(source_state.read_bytes()).hexdigest() == digest
+
+
 def test_cpu_smoke_run_improves_heldout_agreement(footage, tmp_path):
     run = Distillation(_options(footage, tmp_path / "smoke", 40, total=40))
     before = run.evaluate()["pha_mad_mean"]

@@ -23,9 +23,12 @@ def _size(text):
 @click.option("--heldout", multiple=True, help="Footage never trained on, scored against the teacher during the "
               "run: a clip, or CLIP@START:STOP for a frame range (the rest of that clip may be trained on).")
 @click.option("--images", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folders of still images of people (each seen as a short clip with pseudo-motion).")
+              help="Folders of still images of people (crops: drawn at --still-share; views: animated).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (resume state, log, curve).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--branch-from", type=click.Path(exists=True, path_type=Path),
+              help="Start from another run's full state (weights, average, Adam moments, step) with these "
+              "settings, to compare recipes from the same step; that run is left as it is.")
 @click.option("--steps", "total_steps", type=click.IntRange(1), default=10000, show_default=True,
               help="Length of the schedule (warm-up, cosine decay).")
 @click.option("--stop-at", type=click.IntRange(1), help="Stop this invocation at this step (resume later).")
@@ -33,7 +36,9 @@ def _size(text):
               help="Training crop WxH; repeat it to cycle sizes step by step.")
 @click.option("--data", type=click.Choice(["crops", "views"]), default="crops", show_default=True,
               help="crops: plain crops of the clips at their own scale; views: moving, zooming views with "
-              "recomposites and procedural figures (--images stills are used by views only).")
+              "recomposites and procedural figures.")
+@click.option("--still-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="crops: the share of samples cut from the --images stills (held still for the T frames).")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.998, show_default=True,
               help="Per-step weight average scored beside the live weights (0 = none).")
 @click.option("--laplacian-from", type=click.IntRange(-1), default=-1, show_default=True,
@@ -69,7 +74,7 @@ def _size(text):
               "per crop) to this folder and exit.")
 @click.option("--no-progress", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or the --diagnose report) as JSON.")
-def distill(footage, heldout, images, out, resume, total_steps, stop_at, sizes, data, ema_decay, laplacian_from,
+def distill(footage, heldout, images, out, resume, branch_from, total_steps, stop_at, sizes, data, still_share, ema_decay, laplacian_from,
             coherence_from, batch, frames, latent_lr, float_lr, latent_init, threshold_init, binary_weights_from,
             feature_weight, attention_weight, adapter_weight, heads_from_teacher, warmup_steps, hr_every, eval_every,
             diagnose_every, threads, init, seed, diagnose, dump_batch, no_progress, as_json):
@@ -85,6 +90,7 @@ def distill(footage, heldout, images, out, resume, total_steps, stop_at, sizes, 
     Examples:
       bimatting distill clips/ --images photos/ --heldout clips/street --out run/ --threads 1
       bimatting distill clips/ --heldout clips/street --out run/ --resume       # continue
+      bimatting distill clips/ --images photos/ --still-share 0.3 --out run-b/ --branch-from run/
       bimatting distill clips/ --out run/ --diagnose --init run/resume.pth     # sign health
       bimatting distill clips/ --out run/ --dump-batch batches/               # what a batch holds
     """
@@ -102,9 +108,9 @@ def distill(footage, heldout, images, out, resume, total_steps, stop_at, sizes, 
                     laplacian_from=laplacian_from, coherence_from=coherence_from, warmup_steps=warmup_steps,
                     total_steps=total_steps)
     options = DistillOptions(footage=tuple(footage), out=out, heldout=tuple(heldout), images=tuple(images),
-                             stop_at=stop_at, sizes=sizes, data=data, ema_decay=ema_decay, batch=batch, frames=frames, hr_every=hr_every,
+                             stop_at=stop_at, sizes=sizes, data=data, still_share=still_share, ema_decay=ema_decay, batch=batch, frames=frames, hr_every=hr_every,
                              eval_every=eval_every, diagnose_every=diagnose_every, seed=seed, threads=threads,
-                             init=init, resume=resume or diagnose or bool(dump_batch), progress=not no_progress and not as_json,
+                             init=init, branch_from=branch_from, resume=resume or diagnose or bool(dump_batch), progress=not no_progress and not as_json,
                              recipe=recipe)
     run = Distillation(options)
     if dump_batch:

@@ -133,21 +133,29 @@ class Bank:
         background = self._pick()
         return self._view(background, (background.frames, background.fgr, background.pha), length, height, width)
 
-    def crops(self, size, length, height, width):
-        """{'src', 'fgr', 'pha'} [B, T, C, H, W]: plain crops of the clips (stills are skipped).
+    def crops(self, size, length, height, width, still_share=0.0):
+        """{'src', 'fgr', 'pha'} [B, T, C, H, W]: plain crops of the clips and, with `still_share`
+        > 0, of the stills.
 
-        Each of the `size` samples: a clip drawn uniformly, `length` consecutive frames from a random
-        start, one height x width window at the footage's own scale (no resampling, so the people
-        keep the size they have in footage decoded at the evaluation scale; footage smaller than the
-        window is scaled up to cover it), flipped with p = 0.5.
+        Each of the `size` samples: with probability `still_share` a still drawn uniformly and held
+        for the `length` frames (a static camera), otherwise a clip drawn uniformly and `length`
+        consecutive frames from a random start; one height x width window at the footage's own scale
+        (no resampling, so the people keep the size they have in footage decoded at the evaluation
+        scale; footage smaller than the window is scaled up to cover it), flipped with p = 0.5.
         The recipe that learnt people on held-out footage within ten CPU-minutes used exactly these
-        (training/README.md); the moving, zooming views of `batch` did not transfer."""
+        (training/README.md); the moving, zooming views of `batch` did not transfer. Stills add
+        scenes: a clip shows one room, the photos a hundred."""
         clips = [item for item in self.items if len(item) >= length]
+        stills = [item for item in self.items if len(item) == 1] if still_share else []
         samples = []
         for _ in range(size):
-            item = self.rng.choice(clips)
-            start = self.rng.randrange(len(item) - length + 1)
-            views = [tensor[start:start + length].float().div_(255) for tensor in (item.frames, item.fgr, item.pha)]
+            if stills and self.rng.random() < still_share:
+                item, indices = self.rng.choice(stills), [0] * length
+            else:
+                item = self.rng.choice(clips)
+                start = self.rng.randrange(len(item) - length + 1)
+                indices = list(range(start, start + length))
+            views = [tensor[indices].float().div_(255) for tensor in (item.frames, item.fgr, item.pha)]
             h, w = views[0].shape[-2:]
             if h < height or w < width:     # footage smaller than the crop: scaled up to cover it
                 scale = max(height / h, width / w)

@@ -67,7 +67,8 @@ class DistillOptions:
     batch: int = 4
     frames: int = 2
     zoom: tuple = (0.5, 1.6)         # crop scale range, as a fraction of the frame-covering scale
-    still_weight: int = 2            # a still is drawn as often as a clip of this many frames
+    still_weight: int = 2            # a still is drawn as often as a clip of this many frames (views)
+    still_share: float = 0.0         # crops: the share of samples taken from the stills (--images)
     background_tries: int = 3        # recomposites go over the least covered of this many views
     hr_every: int = 0
     hr_ratio: float = 0.5
@@ -84,13 +85,14 @@ class DistillOptions:
     seed: int = 0
     threads: int = None
     init: str = None                 # start from these weights (the recipe's inits are then skipped)
+    branch_from: str = None          # start from another run's full state (weights, average, Adam, step)
     resume: bool = False
     progress: bool = True
     recipe: recipes.Recipe = recipes.Recipe()
 
     def identity(self):
         """What a resumed run must share with the run it continues."""
-        keep = ("sizes", "data", "ema_decay", "batch", "frames", "zoom", "still_weight", "background_tries", "hr_every", "hr_ratio",
+        keep = ("sizes", "data", "ema_decay", "batch", "frames", "zoom", "still_weight", "still_share", "background_tries", "hr_every", "hr_ratio",
                 "mix", "procedural", "max_frames", "short_side", "seed")
         recipe = {f"recipe.{k}": v for k, v in self.recipe.as_dict().items()}
         data = {"data_version": DATA_VERSION}
@@ -113,6 +115,8 @@ class Distillation:
                                     short_side=options.short_side, max_frames=options.max_frames, cache_dir=cache)
         if not items:
             raise InputError("no training footage left after the held-out clips; add --footage")
+        if options.still_share and options.data == "crops" and not any(len(item) == 1 for item in items):
+            raise InputError(f"--still-share {options.still_share} needs stills; add --images FOLDER")
         if options.data == "crops" and not any(len(item) >= options.frames for item in items):
             raise InputError(f"no training clip has {options.frames} frames for plain crops; add clips or use "
                              "--data views (which also animates stills)")
@@ -142,6 +146,8 @@ class Distillation:
         self.step, self.seconds, self.history, self.record = 0, 0.0, [], {}
         if options.resume and (self.out / RESUME).is_file():
             self._load()
+        elif options.branch_from:
+            self._branch(Path(options.branch_from))
 
     def _procedural(self):
         import numpy as np
@@ -167,13 +173,13 @@ class Distillation:
                  "adapters": self.adapters.state_dict() if self.adapters else None}
         save_checkpoint(self.out / RESUME, self.model, "bimatting", extra=extra)
 
-    def _load(self):
+    def _load(self, path=None):
         from bimatting.weights.checkpoints import load_checkpoint
 
-        checkpoint = load_checkpoint(self.out / RESUME)
+        checkpoint = load_checkpoint(path or self.out / RESUME)
         extra = checkpoint["extra"]
         saved, now = _with_new_defaults(extra.get("identity", {})), self.options.identity()
-        if saved != now:
+        if path is None and saved != now:
             changed = sorted(k for k in now if saved.get(k) != now[k])
             raise InputError(f"cannot resume '{self.out / RESUME}' exactly: "
                              f"{', '.join(f'{k} {saved.get(k)} -> {now[k]}' for k in changed)}; "
@@ -185,8 +191,24 @@ class Distillation:
         self.step, self.seconds = int(extra["step"]), float(extra["seconds"])
         self.history, self.record = list(extra["history"]), dict(extra["record"])
         self.average = extra.get("average")
-        if self.adapters is not None:
+        if self.adapters is not None and extra.get("adapters"):
             self.adapters.load_state_dict(extra["adapters"])
+        return saved, now
+
+    def _branch(self, source):
+        """Continue another run's full state under this run's settings: a comparison of recipes from
+        the same step (the other run's folder is left untouched). The rates come from this run's
+        recipe; what changed is recorded."""
+        path = source / RESUME if source.is_dir() else source
+        if not path.is_file():
+            raise InputError(f"--branch-from '{source}' holds no {RESUME}; give a run folder or its {RESUME}")
+        if self.options.recipe.adapter_weight:
+            raise InputError("--branch-from cannot add --adapter-weight to a run (its Adam state has no adapters)")
+        saved, now = self._load(path)
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = {"latent": self.options.recipe.latent_lr}.get(group["name"], self.options.recipe.float_lr)
+        changed = {k: [saved.get(k), now[k]] for k in now if saved.get(k) != now[k]}
+        self.record["branched_from"] = {"run": str(path), "step": self.step, "changed": changed}
 
     # -- one step ---------------------------------------------------------------------------
     def _first_step_inits(self, batch):
@@ -213,8 +235,9 @@ class Distillation:
     def _batch(self):
         o = self.options
         w, h = o.sizes[self.step % len(o.sizes)]
-        make = self.bank.crops if o.data == "crops" else self.bank.batch
-        return make(o.batch, o.frames, h, w)
+        if o.data == "crops":
+            return self.bank.crops(o.batch, o.frames, h, w, o.still_share)
+        return self.bank.batch(o.batch, o.frames, h, w)
 
     def train_step(self):
         o, r = self.options, self.options.recipe
@@ -383,6 +406,7 @@ def _with_new_defaults(identity):
     """A saved run identity with the recipe fields added since it was saved, at their defaults
     (a field that did not exist was, in effect, off)."""
     defaults = {f"recipe.{k}": v for k, v in json.loads(json.dumps(recipes.Recipe().as_dict())).items()}
+    defaults.update(still_share=DistillOptions.still_share)
     return {**{k: v for k, v in defaults.items() if k not in identity}, **identity}
 
 
