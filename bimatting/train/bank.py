@@ -20,6 +20,8 @@ import random
 import torch
 from torch.nn import functional as F
 
+from bimatting.data.sampler import frame_indices, window_offsets
+
 
 class Item:
     """One clip (or still, N = 1): frames [N,3,h,w] uint8 + teacher fgr [N,3,h,w] / pha [N,1,h,w]."""
@@ -66,13 +68,11 @@ def warp(images, thetas, out_h, out_w):
 
 
 def frame_window(rng, count, length):
-    """`length` frame indices of a clip of `count` frames: random start, speed 1 or 2, maybe reversed."""
+    """`length` frame indices of a clip of `count` frames: random start, speed 1 (2/3) or 2, maybe
+    reversed, wrapped modulo `count`. A still (count 1) repeats its frame and draws nothing."""
     if count == 1:
         return [0] * length
-    speed = rng.choice((1, 1, 2))
-    start = rng.randrange(count)
-    indices = [(start + t * speed) % count for t in range(length)]
-    return indices[::-1] if rng.random() < 0.5 else indices
+    return frame_indices(0, window_offsets(rng, length, speeds=(1, 1, 2), shifts=count), count)
 
 
 class Bank:

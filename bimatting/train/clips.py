@@ -8,18 +8,6 @@ import random
 import numpy as np
 import torch
 
-SPEEDS = (0.5, 1, 2, 3, 4, 5)     # RVM TrainFrameSampler: playback speeds of a training window
-
-
-def window(frame_count, length, start):
-    """RVM's frame sampler: `length` indices from `start` at a random speed, random shift in
-    [0, length), reversed half the time, wrapped modulo frame_count."""
-    speed = random.choice(SPEEDS)
-    shift = random.randrange(length)
-    indices = [int(start + shift + t * speed) % frame_count for t in range(length)]
-    return indices[::-1] if random.random() < 0.5 else indices
-
-
 def square_crop_box(height, width, size, zoom=(1.0, 1.25)):
     """(scale, top, left): resize by `scale` so the short side is size*U(zoom), then a random
     size x size crop at (top, left)."""

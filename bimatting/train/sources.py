@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from bimatting.data.sampler import frame_indices, window_offsets
 from bimatting.errors import InputError
 from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames, list_images, read_image
 from bimatting.train import clips
@@ -94,7 +95,7 @@ class CompositeClips(Dataset):
     def __getitem__(self, index):
         clip_index, start = self.windows[index]
         clip, names = self.clips[clip_index]
-        frames = clips.window(len(names), self.length, start)
+        frames = frame_indices(start, window_offsets(random, self.length), len(names))  # RVM's sampler
         first = self._read(clip, "pha", names[frames[0]])
         box = clips.square_crop_box(first.shape[0], first.shape[1], self.size)
         flip = random.random() < 0.5
@@ -189,7 +190,7 @@ class FootageClips(Dataset):
             frames = self.clips[which]
             box = clips.square_crop_box(frames[0].shape[0], frames[0].shape[1], self.size)
             views = [clips.crop_resize(frames[f], self.size, box, flip)
-                     for f in clips.window(len(frames), self.length, start)]
+                     for f in frame_indices(start, window_offsets(random, self.length), len(frames))]
         return {"src": clips.to_tensor(views)}
 
 
