@@ -25,6 +25,7 @@ the two runs as they are, which is what two deployed runtimes do.
 import numpy as np
 
 from bimatting.binops import schema
+from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError, RuntimeFailure
 
 TOLERANCE = {"mean": 1e-4, "max": 1e-2}
@@ -230,11 +231,6 @@ def _verdict(per_frame, frames, ratio, probe):
             "parted_by_site": by_site, "passed": passed}
 
 
-def auto_ratio(width, height):
-    """RVM's rule: the downsampled long side at most 512 px."""
-    return min(512.0 / max(width, height), 1.0)
-
-
 def load_frames(verify_input, size=None, count=DEFAULT_FRAMES):
     """Frames to verify on: `verify_input` (video or folder) or the packaged sample clip."""
     from bimatting.matting.frames import iter_frames
@@ -259,7 +255,7 @@ def verify_file(path, network, *, verify_input=None, downsample_ratio=None, fram
     static = static_setting(onnx.load(str(path), load_external_data=False))
     clip = load_frames(verify_input, size=static[0] if static else None, count=frames or DEFAULT_FRAMES)
     if static is None and downsample_ratio is None:
-        downsample_ratio = auto_ratio(clip[0].shape[1], clip[0].shape[0])
+        downsample_ratio = auto_downsample_ratio(*clip[0].shape[:2])
     report = compare(path, network, clip, downsample_ratio, progress=progress, align_ties=align_ties)
     if not report["passed"]:
         worst = report["worst"]

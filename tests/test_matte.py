@@ -8,8 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from bimatting.cli import cli
+from bimatting.downsample import auto_downsample_ratio
 from bimatting.matting.frames import read_frames
-from bimatting.matting.runner import auto_ratio, open_matter, parse_ratio
+from bimatting.matting.runner import open_matter, parse_ratio
 from bimatting.matting.samples import sample_frames
 
 SIZE = (512, 288)  # (width, height), RVM's low-resolution evaluation size
@@ -259,9 +260,9 @@ def test_png_folder_outputs_start_and_frames(small_folder, tmp_path):
 
 
 def test_auto_ratio_is_rvms_rule():
-    assert auto_ratio(288, 512) == 1.0
-    assert auto_ratio(1080, 1920) == pytest.approx(512 / 1920)
-    assert auto_ratio(2160, 3840) == pytest.approx(512 / 3840)
+    assert auto_downsample_ratio(288, 512) == 1.0
+    assert auto_downsample_ratio(1080, 1920) == pytest.approx(512 / 1920)
+    assert auto_downsample_ratio(2160, 3840) == pytest.approx(512 / 3840)
     assert parse_ratio("auto") == "auto" and parse_ratio("0.25") == 0.25
 
 

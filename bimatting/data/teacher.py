@@ -8,6 +8,7 @@ errors on the original footage were.
 """
 import numpy as np
 
+from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError
 from bimatting.matting.frames import iter_frames
 
@@ -52,7 +53,7 @@ class Teacher:
         import torch
 
         height, width = frames.shape[1:3]
-        ratio = min(512 / max(height, width), 1.0)
+        ratio = auto_downsample_ratio(height, width)
         states = [None] * 4
         fgrs, phas = [], []
         with torch.inference_mode():

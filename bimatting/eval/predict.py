@@ -3,7 +3,7 @@
 Reproduces the official test protocol (BiMatting `test.sh` -> RVM `inference.py`):
 - one frame per forward (`--seq-chunk 1`), recurrent states carried within a clip and reset to
   zeros at the start of every clip;
-- downsample ratio "auto" = min(512 / max(h, w), 1);
+- downsample ratio "auto" = min(512 / max(h, w), 1) (bimatting.downsample);
 - outputs written like torchvision's `to_pil_image`: x * 255 truncated to uint8, with 4-digit
   frame names from 0000 and the extension of the truth (PNG at 512x288, JPG at 1920x1080;
   PIL's default JPEG quality 75).
@@ -12,15 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError
 from bimatting.eval.tree import find_clips, frame_names
 from bimatting.matting.frames import read_image
 
 JPEG_QUALITY = 75  # PIL's default, what the official inference's JPEG writer used
-
-
-def auto_downsample_ratio(height, width):
-    return min(512 / max(height, width), 1.0)
 
 
 def to_uint8(tensor):

@@ -21,19 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError, RuntimeFailure
 from bimatting.matting.frames import to_nchw
 from bimatting.matting.footage import FrameSource, open_sinks, parse_background
 
 BACKENDS = ("torch", "onnxruntime", "tvm")
 OUTPUT_TYPES = ("composite", "alpha", "foreground", "all")
-AUTO_LONG_SIDE = 512  # RVM's inference.py "auto" rule: the network sees the long side at <= 512 px
 ONNX_SUFFIXES = (".onnx",)
-
-
-def auto_ratio(height, width):
-    """RVM's automatic downsample ratio: s = min(512 / max(h, w), 1)."""
-    return min(AUTO_LONG_SIDE / max(height, width), 1.0)
 
 
 def parse_ratio(value):
@@ -82,7 +77,8 @@ class Matter:
         height, width = src.shape[-2:]
         if self.size is None:
             self.size = (width, height)
-            self.ratio = auto_ratio(height, width) if self.downsample_ratio == "auto" else self.downsample_ratio
+            auto = self.downsample_ratio == "auto"
+            self.ratio = auto_downsample_ratio(height, width) if auto else self.downsample_ratio
         elif self.size != (width, height):
             raise InputError(f"frame of {width}x{height} after frames of {self.size[0]}x{self.size[1]}; "
                              "a clip must keep one size (call reset() between clips)")

@@ -13,15 +13,11 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError
 
 FLOAT = 1  # onnx.TensorProto.FLOAT
 DEFAULT_RESOLUTION = (512, 288)  # W, H
-
-
-def auto_downsample_ratio(width, height):
-    """RVM's inference.py rule: the downsampled long side at most 512 px."""
-    return min(512.0 / max(width, height), 1.0)
 
 
 @dataclass
@@ -62,7 +58,7 @@ def plan_inputs(inputs, outputs, resolution=None, downsample_ratio=None):
     plan.shapes[image[0]] = [1, 3, height, width]
     names = {i[0] for i in inputs}
     if "downsample_ratio" in names:
-        ratio = auto_downsample_ratio(width, height) if downsample_ratio is None else float(downsample_ratio)
+        ratio = auto_downsample_ratio(height, width) if downsample_ratio is None else float(downsample_ratio)
         if not 0 < ratio <= 1:
             raise InputError(f"--downsample-ratio must be in (0, 1], got {ratio}")
         plan.downsample_ratio = ratio
