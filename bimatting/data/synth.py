@@ -19,7 +19,7 @@ import numpy as np
 from bimatting.atomic import atomic_dir
 from bimatting.data.easing import EASINGS, lerp
 from bimatting.data.procedural import soft_shapes_clip, texture
-from bimatting.data.teacher import Teacher, cover_resize, read_footage
+from bimatting.data.teacher_labels import Teacher, cover_resize, read_footage
 from bimatting.errors import InputError
 from bimatting.eval.tree import check_output_folder
 from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames, list_images
