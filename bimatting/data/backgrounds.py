@@ -13,7 +13,7 @@ import random
 
 import torch
 
-from bimatting.data.layout import image_files, read_rgb, require_folders, subfolders
+from bimatting.data.dataset_files import image_files, read_rgb, require_folders, subfolders
 from bimatting.data.sampler import ValidFrameSampler, frame_indices
 from bimatting.errors import InputError
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from bimatting.data.layout import downsample_if_needed, read_rgb, require_folders, to_tensor
+from bimatting.data.dataset_files import downsample_if_needed, read_rgb, require_folders, to_tensor
 from bimatting.data.seg_augment import SegmentationAugmentation
 from bimatting.errors import InputError
 

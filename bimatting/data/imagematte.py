@@ -9,7 +9,7 @@ max(images, background sources) items, item i reading image i modulo the image c
 """
 from torch.utils.data import Dataset
 
-from bimatting.data.layout import image_files, read_mask, read_rgb, require_folders
+from bimatting.data.dataset_files import image_files, read_mask, read_rgb, require_folders
 from bimatting.data.motion import MotionAugmentation
 from bimatting.errors import InputError
 

@@ -6,7 +6,7 @@ sorted and paired one to one (RVM's `spd_preprocess.py` layout; masks 255 = pers
 """
 from torch.utils.data import Dataset
 
-from bimatting.data.layout import image_files, read_mask, read_rgb, require_folders
+from bimatting.data.dataset_files import image_files, read_mask, read_rgb, require_folders
 from bimatting.data.seg_augment import SegmentationAugmentation
 from bimatting.errors import InputError
 

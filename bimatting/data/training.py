@@ -25,8 +25,8 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from bimatting.data.backgrounds import Backgrounds
 from bimatting.data.coco import coco_from_root
+from bimatting.data.dataset_files import require_folders
 from bimatting.data.imagematte import ImageMatteDataset
-from bimatting.data.layout import require_folders
 from bimatting.data.motion import MotionAugmentation
 from bimatting.data.sampler import TrainFrameSampler
 from bimatting.data.spd import SuperviselyPersonDataset

@@ -11,7 +11,7 @@ sampler. Frames are first shrunk to short side `size` when larger.
 import torch
 from torch.utils.data import Dataset
 
-from bimatting.data.layout import image_files, read_mask, read_rgb, require_folders, subfolders
+from bimatting.data.dataset_files import image_files, read_mask, read_rgb, require_folders, subfolders
 from bimatting.data.motion import MotionAugmentation
 from bimatting.data.sampler import TrainFrameSampler, frame_indices
 from bimatting.errors import InputError

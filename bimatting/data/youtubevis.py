@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bimatting.data import rle
-from bimatting.data.layout import downsample_if_needed, read_rgb, require_folders, to_tensor
+from bimatting.data.dataset_files import downsample_if_needed, read_rgb, require_folders, to_tensor
 from bimatting.data.sampler import TrainFrameSampler, frame_indices
 from bimatting.data.seg_augment import SegmentationAugmentation
 from bimatting.errors import InputError
