@@ -15,7 +15,7 @@ from bimatting.cli import cli
 from bimatting.data import (Backgrounds, ImageMatteDataset, MotionAugmentation, SegmentationAugmentation,
                             SuperviselyPersonDataset, TrainFrameSampler, ValidFrameSampler, VideoMatteDataset,
                             coco_from_root, youtubevis_from_root)
-from bimatting.data import colour, easing, geometry, rle
+from bimatting.data import colour, easing, geometric_transforms, rle
 from bimatting.data.motion import Probabilities
 from bimatting.data.sampler import SPEEDS, frame_indices
 from bimatting.errors import InputError
@@ -294,20 +294,21 @@ def test_easing_curves():
 def test_affine_matches_exact_moves():
     x = torch.arange(2 * 36, dtype=torch.float32).reshape(2, 1, 6, 6)
     # +90 degrees is a quarter turn counter-clockwise (pixel centres map onto pixel centres).
-    turned = geometry.affine(x, geometry.AffineParams(angle=90.0))
+    turned = geometric_transforms.affine(x, geometric_transforms.AffineParams(angle=90.0))
     assert torch.allclose(turned, torch.rot90(x, 1, dims=(-2, -1)), atol=1e-4)
-    shifted = geometry.affine(x, geometry.AffineParams(translate=(2, 1)))
+    shifted = geometric_transforms.affine(x, geometric_transforms.AffineParams(translate=(2, 1)))
     assert torch.allclose(shifted[..., 1:, 2:], x[..., :-1, :-2], atol=1e-4)
     # Zero fill where the source is outside (up to float32 rounding of the sampling grid).
     assert shifted[..., 0, :].abs().max() < 1e-3 and shifted[..., :, :2].abs().max() < 1e-3
-    half = geometry.affine(torch.ones(1, 1, 8, 8), geometry.AffineParams(scale=0.5))
+    half = geometric_transforms.affine(torch.ones(1, 1, 8, 8), geometric_transforms.AffineParams(scale=0.5))
     assert float(half.sum()) == pytest.approx(16, abs=1e-3)                 # a 4x4 square remains
 
 
 def test_resized_crop_fallback_is_centre_crop():
     # scale 1 never fits a non-square draw, so RRC falls back to the centre crop, ratio clamped.
-    assert geometry.resized_crop_params(100, 200, ratio=(0.9, 1.1), rng=random.Random(0)) == (0, 45, 100, 110)
-    assert geometry.resized_crop_params(100, 100, ratio=(1.0, 1.0), rng=random.Random(0)) == (0, 0, 100, 100)
+    crop_params = geometric_transforms.resized_crop_params
+    assert crop_params(100, 200, ratio=(0.9, 1.1), rng=random.Random(0)) == (0, 45, 100, 110)
+    assert crop_params(100, 100, ratio=(1.0, 1.0), rng=random.Random(0)) == (0, 0, 100, 100)
 
 
 def test_colour_ops_match_definitions():

@@ -27,7 +27,7 @@ import torch
 
 from bimatting.data import colour
 from bimatting.data.easing import lerp, random_easing
-from bimatting.data.geometry import affine, hflip, random_affine_params, resized_crop, resized_crop_params
+from bimatting.data.geometric_transforms import affine, hflip, random_affine_params, resized_crop, resized_crop_params
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@
 import random
 
 from bimatting.data import colour
-from bimatting.data.geometry import affine, hflip, random_affine_params, resized_crop, resized_crop_params
+from bimatting.data.geometric_transforms import affine, hflip, random_affine_params, resized_crop, resized_crop_params
 
 
 def color_jitter(images, brightness, contrast, saturation, hue, *, rng=random):
