@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from bimatting.weights.checkpoints import load_checkpoint
 from bimatting.cli import cli
 from bimatting.models import build_model
-from bimatting.train import passes, runtime
+from bimatting.train import passes, process_state
 from bimatting.train.sources import CompositeClips, find_eval_clips
 from bimatting.train.sampling import seeded_rngs
 from bimatting.train.trainer import fingerprint
@@ -74,7 +74,7 @@ def fixed_batch_loss(model, eval_set):
 
 
 def test_loss_decreases(straight_run, eval_set):
-    runtime.seed_everything(7)                           # the trainer's initial weights (--seed 7)
+    process_state.seed_everything(7)                     # the trainer's initial weights (--seed 7)
     initial = build_model("bimatting")
     trained = build_model("bimatting")
     trained.load_state_dict(load_checkpoint(straight_run / "step-0000004.pth")["state_dict"])
@@ -114,7 +114,7 @@ def test_torchrun_two_ranks_hold_equal_weights(eval_set, tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == 2
     prints = summary["rank_fingerprints"]
     assert len(prints) == 2 and prints[0] == prints[1]
-    runtime.seed_everything(7)
+    process_state.seed_everything(7)
     assert prints[0] != fingerprint(build_model("bimatting")), "the weights did not move"
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from bimatting.errors import InputError, RuntimeFailure
-from bimatting.train import passes, recipe as recipes, runtime, sampling, sources, stages
+from bimatting.train import passes, process_state, recipe as recipes, sampling, sources, stages
 from bimatting.train.features import FeatureTaps, feature_distillation
 from bimatting.train.logbook import Logbook, write_summary
 
@@ -110,7 +110,7 @@ class Trainer:
             raise InputError("--unlabelled footage has no true alpha and needs a teacher; add --teacher rvm")
         _check_sizes(self.config, options.arch)
         self.data = sources.build_sources(options, self.config)   # checks the data root first
-        self.rt = runtime.start(options.device)
+        self.rt = process_state.start(options.device)
         self.out = Path(options.out) / f"stage{options.stage}"
         if self.rt.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ class Trainer:
         if options.device == "cuda":
             torch.backends.cudnn.benchmark = not options.deterministic
             torch.backends.cudnn.deterministic = options.deterministic
-        runtime.seed_everything(options.seed)       # the same initial weights on every rank and run
+        process_state.seed_everything(options.seed)  # the same initial weights on every rank and run
         self.model = build_model(options.arch)
         self.step, self.extra = 0, None
         self.recipe = options.recipe or recipes.Recipe.for_stage(self.config, self._planned_steps(),
@@ -280,7 +280,7 @@ class Trainer:
     def save(self, path, epoch):
         from bimatting.weights.checkpoints import save_checkpoint
 
-        rngs = self.rt.all_gather(runtime.rng_state())
+        rngs = self.rt.all_gather(process_state.rng_state())
         if not self.rt.main:
             return
         extra = {"stage": self.options.stage, "step": self.step, "epoch": epoch, "recipe": self.recipe.as_dict(),
@@ -303,7 +303,7 @@ class Trainer:
             log.note(line)
         side = self._side_loaders()
         if self.extra is not None:
-            runtime.set_rng_state(self.extra["rng"][rt.rank])
+            process_state.set_rng_state(self.extra["rng"][rt.rank])
         seconds = []
         try:
             while self.step < total:
