@@ -24,7 +24,7 @@ import numpy as np
 from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError, RuntimeFailure
 from bimatting.matting.frames import to_nchw
-from bimatting.matting.footage import FrameSource, open_sinks, parse_background
+from bimatting.matting.video_io import FrameSource, open_sinks, parse_background
 
 BACKENDS = ("torch", "onnxruntime", "tvm")
 OUTPUT_TYPES = ("composite", "alpha", "foreground", "all")
