@@ -1,4 +1,4 @@
-"""End to end: `bimatting data synth` -> `scripts/test.sh` (= `bimatting test`) with the RVM
+"""End to end: `bimatting data synth` -> `scripts/evaluate_model.sh` (= `bimatting test`) with the RVM
 teacher -> predictions in RVM's layout + the 7 metrics; and clear errors on bad trees."""
 import json
 import math
@@ -36,10 +36,10 @@ def synth_set(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def script_run(synth_set):
-    """scripts/test.sh on the synthetic set with the RVM teacher."""
+    """scripts/evaluate_model.sh on the synthetic set with the RVM teacher."""
     out = synth_set.parent / "pred"
     env = {**os.environ, "PYTHON": sys.executable}
-    run = subprocess.run(["bash", str(REPO / "scripts" / "test.sh"), str(synth_set), "rvm", str(out)],
+    run = subprocess.run(["bash", str(REPO / "scripts" / "evaluate_model.sh"), str(synth_set), "rvm", str(out)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     return out, json.loads(run.stdout)

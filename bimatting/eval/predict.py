@@ -1,6 +1,7 @@
 """Recurrent inference of a matting network over every clip of an evaluation set (needs torch).
 
-Reproduces the official test protocol (BiMatting `test.sh` -> RVM `inference.py`):
+Reproduces the official test protocol (BiMatting `test.sh` -> RVM `inference.py`; here
+`scripts/evaluate_model.sh` -> `bimatting test`):
 - one frame per forward (`--seq-chunk 1`), recurrent states carried within a clip and reset to
   zeros at the start of every clip;
 - downsample ratio "auto" = min(512 / max(h, w), 1) (bimatting.downsample);
