@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from bimatting.data.dataset_files import downsample_if_needed, read_rgb, require_folders, to_tensor
+from bimatting.data.dataset_files import downsample_if_needed, image_to_float_tensor, read_rgb, require_folders
 from bimatting.data.seg_augment import SegmentationAugmentation
 from bimatting.errors import InputError
 
@@ -55,7 +55,7 @@ class CocoPanopticDataset(Dataset):
         if png is None:
             raise InputError(f"cannot read panoptic mask '{self.mask_dir / item['file_name']}'")
         mask = panoptic_mask(cv2.cvtColor(png, cv2.COLOR_BGR2RGB), item["segments_info"])
-        seg = to_tensor(downsample_if_needed(mask, self.size, nearest=True))                    # [1,H,W]
+        seg = image_to_float_tensor(downsample_if_needed(mask, self.size, nearest=True))        # [1,H,W]
         return self.transform(img[None], seg[None])
 
 

@@ -81,7 +81,7 @@ def read_mask(path, size=None, nearest=False):
     return torch.from_numpy(np.ascontiguousarray(image))[None].float() / 255
 
 
-def to_tensor(array):
-    """[H,W] uint8 -> [1,H,W] or [H,W,3] uint8 -> [3,H,W], float32 in [0, 1]."""
+def image_to_float_tensor(array):
+    """One image or mask: [H,W] uint8 -> [1,H,W] or [H,W,3] uint8 -> [3,H,W], float32 in [0, 1]."""
     array = np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     return torch.from_numpy(array).float() / 255

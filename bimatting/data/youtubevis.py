@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bimatting.data import rle
-from bimatting.data.dataset_files import downsample_if_needed, read_rgb, require_folders, to_tensor
+from bimatting.data.dataset_files import downsample_if_needed, image_to_float_tensor, read_rgb, require_folders
 from bimatting.data.sampler import TrainFrameSampler, frame_indices
 from bimatting.data.seg_augment import SegmentationAugmentation
 from bimatting.errors import InputError
@@ -66,7 +66,7 @@ class YouTubeVISDataset(Dataset):
             mask = np.zeros((video["height"], video["width"]), np.uint8)
             for segmentation in self.masks[video_id][frame]:
                 mask |= rle.decode(segmentation)
-            segs.append(to_tensor(downsample_if_needed(mask, self.size, nearest=True)))    # [1,H,W]
+            segs.append(image_to_float_tensor(downsample_if_needed(mask, self.size, nearest=True)))  # [1,H,W]
         return self.transform(torch.stack(imgs), torch.stack(segs))
 
 

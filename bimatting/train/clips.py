@@ -1,6 +1,6 @@
 """Clip-level augmentation shared by the training sources (numpy/OpenCV, in the sample's seeded RNG).
 
-Frame arrays are uint8 [H, W, C] until `to_tensor` (float32 [T, C, H, W] in [0, 1]).
+Frame arrays are uint8 [H, W, C] until `frames_to_float_tensor` (float32 [T, C, H, W] in [0, 1]).
 """
 import math
 import random
@@ -56,7 +56,11 @@ def drift_clip(image, length, size, max_shift=0.08, max_zoom=0.08):
     return frames
 
 
-def to_tensor(frames):
-    """list of uint8 [H,W,C] -> float32 tensor [T,C,H,W] in [0, 1]."""
-    stacked = np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2))
-    return torch.from_numpy(stacked).float().div_(255.0)
+def frames_to_uint8_tensor(frames):
+    """list of T uint8 arrays [H,W,C] -> uint8 tensor [T,C,H,W] (how footage is kept in memory)."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2)))
+
+
+def frames_to_float_tensor(frames):
+    """list of T uint8 arrays [H,W,C] -> float32 tensor [T,C,H,W] in [0, 1] (what a network reads)."""
+    return frames_to_uint8_tensor(frames).float().div_(255.0)

@@ -16,12 +16,12 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bimatting.errors import InputError
 from bimatting.matting.frames import IMAGE_SUFFIXES
 from bimatting.train.bank import Item
+from bimatting.train.clips import frames_to_uint8_tensor
 from bimatting.train.sources import VIDEO_SUFFIXES, find_footage
 
 
@@ -78,11 +78,6 @@ def read_clip(source, limit, **size):
     return [_shrink(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), **size) for image in images]
 
 
-def to_tensor(frames):
-    """list of uint8 [h, w, 3] -> uint8 [N, 3, h, w]."""
-    return torch.from_numpy(np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2)))
-
-
 @torch.no_grad()
 def teacher_outputs(teacher, frames, chunk=16):
     """(fgr, pha) uint8 of the teacher over a clip uint8 [N, 3, h, w], states carried."""
@@ -134,7 +129,7 @@ def load_training_items(footage, images, heldout, teacher, *, short_side, max_fr
         def compute():
             # a held-out range: only the frames before it are trained on
             limit = 1 if still else min(max_frames, cut[0]) if cut else max_frames
-            frames = to_tensor(read_clip(source, limit, short_side=short_side)[:limit])
+            frames = frames_to_uint8_tensor(read_clip(source, limit, short_side=short_side)[:limit])
             return (frames, *teacher_outputs(teacher, frames))
         frames, fgr, pha = cached(cache_dir, key, compute)
         return Item(Path(source).name, frames, fgr, pha) if len(frames) else None
@@ -156,7 +151,7 @@ def load_heldout(specs, teacher, long_side, frames_per_clip, cache_dir=None):
 
         def compute():
             frames = read_clip(path, stop or start + frames_per_clip, long_side=long_side)[start:stop]
-            frames = to_tensor(frames[:frames_per_clip])
+            frames = frames_to_uint8_tensor(frames[:frames_per_clip])
             from bimatting.eval.agreement import run_recurrent
             return (frames, *run_recurrent(teacher, frames, 1.0, 16))
         frames, fgr, pha = cached(cache_dir, key, compute)

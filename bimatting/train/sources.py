@@ -102,7 +102,7 @@ class CompositeClips(Dataset):
         sample = {}
         for key, layer in (("src", "com"), ("fgr", "fgr"), ("pha", "pha")):
             views = [clips.crop_resize(self._read(clip, layer, names[f]), self.size, box, flip) for f in frames]
-            sample[key] = clips.to_tensor(views)
+            sample[key] = clips.frames_to_float_tensor(views)
         return sample
 
 
@@ -191,7 +191,7 @@ class FootageClips(Dataset):
             box = clips.square_crop_box(frames[0].shape[0], frames[0].shape[1], self.size)
             views = [clips.crop_resize(frames[f], self.size, box, flip)
                      for f in frame_indices(start, window_offsets(random, self.length), len(frames))]
-        return {"src": clips.to_tensor(views)}
+        return {"src": clips.frames_to_float_tensor(views)}
 
 
 # -- what a data root provides ------------------------------------------------------------------
