@@ -19,8 +19,8 @@ from bimatting.weights.checkpoints import load_model
 from bimatting.models import build_model
 from bimatting.train import losses, passes, recipe as recipes
 from bimatting.train.features import FeatureTaps, feature_distillation
+from bimatting.matting.frames import iter_frames_uint8
 from bimatting.train.clips import frames_to_float_tensor
-from bimatting.train.footage import read_clip
 
 BASE = recipes.Recipe(feature_weight=0.0, heads_from_teacher=False, warmup_steps=10)
 VARIANTS = {
@@ -83,7 +83,7 @@ def main():
     torch.set_num_threads(args.threads)
     import cv2
 
-    frames = read_clip(args.clip, 40)
+    frames = list(iter_frames_uint8(args.clip, limit=40))
     picks = [frames[0], frames[1], frames[len(frames) // 2], frames[len(frames) // 2 + 1]]
     picks = [cv2.resize(f, (160, 96), interpolation=cv2.INTER_AREA) for f in picks]
     src = frames_to_float_tensor(picks).view(2, 2, 3, 96, 160)

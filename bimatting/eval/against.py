@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from bimatting.eval.agreement import compare, run_recurrent, totals
+from bimatting.matting.frames import iter_frames_uint8
 from bimatting.train.clips import frames_to_uint8_tensor
 
 
@@ -19,14 +20,14 @@ def evaluate_against(model_source, teacher_source, footage, *, long_side=512, fr
     from tqdm import tqdm
 
     from bimatting.weights.checkpoints import load_model
-    from bimatting.train.footage import parse_heldout, read_clip
+    from bimatting.train.footage import parse_heldout
 
     model, teacher = load_model(model_source).eval(), load_model(teacher_source).eval()
     results, previews = [], []
     for spec in tqdm(footage, desc="clips", unit="clip", disable=not progress):
         path, start, stop = parse_heldout(spec)
         limit = stop if stop is not None else (start + frames if frames else 100000)
-        clip = read_clip(path, limit, long_side=long_side)[start:stop]
+        clip = list(iter_frames_uint8(path, limit=limit, long_side=long_side))[start:stop]
         clip = frames_to_uint8_tensor(clip[:frames] if frames else clip)
         name = path.parent.name if path.is_file() or path.name == "frames" else path.name
         with torch.no_grad():

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from bimatting.errors import InputError
-from bimatting.matting.frames import IMAGE_SUFFIXES
+from bimatting.eval.agreement import run_recurrent
+from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames_uint8
 from bimatting.train.bank import Item
 from bimatting.train.clips import frames_to_uint8_tensor
 from bimatting.train.sources import VIDEO_SUFFIXES, find_footage
@@ -44,45 +45,9 @@ def parse_heldout(spec):
     return resolve_clip(path), int(start or 0), int(stop) if stop else None
 
 
-def _shrink(image, short_side=None, long_side=None):
-    import cv2
-
-    h, w = image.shape[:2]
-    scale = min(short_side / min(h, w) if short_side else 1.0, long_side / max(h, w) if long_side else 1.0)
-    if scale >= 1.0 and not long_side:
-        return image
-    size = (max(16, round(w * scale)), max(16, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def read_clip(source, limit, **size):
-    """RGB uint8 frames [h, w, 3] of a frame folder, a video or one image (first `limit`)."""
-    import cv2
-
-    source = Path(source)
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-        images = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files]
-    elif source.suffix.lower() in IMAGE_SUFFIXES:
-        images = [cv2.imread(str(source), cv2.IMREAD_COLOR)]
-    else:
-        capture, images = cv2.VideoCapture(str(source)), []
-        while len(images) < limit:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            images.append(frame)
-        capture.release()
-    if not images or any(image is None for image in images):
-        raise InputError(f"cannot read frames from '{source}'; expected a frame folder, a video or an image")
-    return [_shrink(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), **size) for image in images]
-
-
 @torch.no_grad()
 def teacher_outputs(teacher, frames, chunk=16):
     """(fgr, pha) uint8 of the teacher over a clip uint8 [N, 3, h, w], states carried."""
-    from bimatting.eval.agreement import run_recurrent
-
     fgr, pha = run_recurrent(teacher, frames, 1.0, chunk)
     return _to_uint8(fgr), _to_uint8(pha)
 
@@ -129,7 +94,10 @@ def load_training_items(footage, images, heldout, teacher, *, short_side, max_fr
         def compute():
             # a held-out range: only the frames before it are trained on
             limit = 1 if still else min(max_frames, cut[0]) if cut else max_frames
-            frames = frames_to_uint8_tensor(read_clip(source, limit, short_side=short_side)[:limit])
+            if limit == 0:
+                raise InputError(f"'{source}' is held out from frame 0; no frames before its range are left "
+                                 "to train on (hold out a later range, or leave it out of the training footage)")
+            frames = frames_to_uint8_tensor(list(iter_frames_uint8(source, limit=limit, short_side=short_side)))
             return (frames, *teacher_outputs(teacher, frames))
         frames, fgr, pha = cached(cache_dir, key, compute)
         return Item(Path(source).name, frames, fgr, pha) if len(frames) else None
@@ -150,9 +118,9 @@ def load_heldout(specs, teacher, long_side, frames_per_clip, cache_dir=None):
         key = f"heldout|{path.resolve()}|{start}|{stop}|{long_side}|{frames_per_clip}|teacher-v2"
 
         def compute():
-            frames = read_clip(path, stop or start + frames_per_clip, long_side=long_side)[start:stop]
+            limit = stop or start + frames_per_clip
+            frames = list(iter_frames_uint8(path, limit=limit, long_side=long_side))[start:stop]
             frames = frames_to_uint8_tensor(frames[:frames_per_clip])
-            from bimatting.eval.agreement import run_recurrent
             return (frames, *run_recurrent(teacher, frames, 1.0, 16))
         frames, fgr, pha = cached(cache_dir, key, compute)
         if len(frames) == 0:

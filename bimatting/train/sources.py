@@ -13,12 +13,11 @@ import math
 import random
 from pathlib import Path
 
-import numpy as np
 from torch.utils.data import Dataset
 
 from bimatting.data.sampler import frame_indices, window_offsets
 from bimatting.errors import InputError
-from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames, list_images, read_image
+from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames_uint8, list_images, read_image_uint8
 from bimatting.train import clips
 
 EVAL_LAYERS = ("com", "fgr", "pha")
@@ -146,11 +145,10 @@ def find_footage(paths, depth=2):
     return clip_sources, stills
 
 
-def decode_short_side(frame_float, short_side):
-    """float [H,W,3] in [0,1] -> uint8 with the short side resized to `short_side` (area filter)."""
+def resize_short_side(image, short_side):
+    """uint8 [H,W,3] with the short side resized to `short_side` (area filter when shrinking)."""
     import cv2
 
-    image = np.clip(frame_float * 255.0 + 0.5, 0, 255).astype(np.uint8)
     height, width = image.shape[:2]
     scale = short_side / min(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -169,9 +167,9 @@ class FootageClips(Dataset):
         self.length, self.size = length, size
         clip_sources, still_paths = find_footage(paths)
         short_side = math.ceil(size * 1.25)
-        self.clips = [[decode_short_side(f, short_side) for f in iter_frames(src, limit=max_frames)]
+        self.clips = [[resize_short_side(f, short_side) for f in iter_frames_uint8(src, limit=max_frames)]
                       for src in clip_sources]
-        self.stills = [decode_short_side(read_image(path), short_side) for path in still_paths]
+        self.stills = [resize_short_side(read_image_uint8(path), short_side) for path in still_paths]
         self.items = [("clip", c, start) for c, frames in enumerate(self.clips)
                       for start in range(0, len(frames), length)]
         self.items += [("still", s, 0) for s in range(len(self.stills))]
