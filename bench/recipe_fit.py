@@ -58,8 +58,7 @@ def fit(recipe, src, target, teacher, steps, seed=0):
         optimizer.zero_grad(set_to_none=True)
         with FeatureTaps(model, bool(recipe.feature_weight), bool(recipe.attention_weight)) as mine:
             pred = passes.student_outputs(model, src, 1.0)
-        loss = losses.matting_loss(pred["fgr"], pred["pha"], target["fgr"], target["pha"])["total"]
-        loss = loss + losses.coarse_matting_loss(pred["fgr_s"], pred["pha_s"], target["fgr"], target["pha"])["coarse_total"]
+        loss = losses.student_matting_loss(pred, target["fgr"], target["pha"])["total"]
         if theirs is not None:
             loss = loss + feature_distillation(mine.features, theirs, recipe.feature_weight,
                                                recipe.attention_weight)["feature_total"]

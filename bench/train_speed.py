@@ -60,7 +60,7 @@ def make_step(channels_last=False, compiled=False, seed=0):
 
     def loss_of(src, fgr, pha):
         pred = passes.student_outputs(model, src, 1.0)
-        return losses.chosen_matting_loss(pred, fgr, pha, ("pha_l1", "fgr_l1"))["total"]
+        return losses.student_matting_loss(pred, fgr, pha, ("pha_l1", "fgr_l1"))["total"]
 
     loss_fn = torch.compile(loss_of) if compiled else loss_of
 

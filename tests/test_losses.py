@@ -162,19 +162,19 @@ def test_chosen_terms_l1_only_and_all_terms(tensors):
     pred = {"fgr": tensors["pred_fgr"], "pha": tensors["pred_pha"],
             "fgr_s": torch.rand(2, 3, 3, 4, 5, generator=g), "pha_s": torch.rand(2, 3, 1, 4, 5, generator=g)}
     true_fgr, true_pha = tensors["true_fgr"], tensors["true_pha"]
-    l1 = losses.chosen_matting_loss(pred, true_fgr, true_pha, ("pha_l1", "fgr_l1"))
-    assert set(l1) == {"pha_l1", "fgr_l1", "coarse_pha_l1", "coarse_fgr_l1", "total"}
+    l1 = losses.student_matting_loss(pred, true_fgr, true_pha, ("pha_l1", "fgr_l1"))
+    assert set(l1) == {"pha_l1", "fgr_l1", "coarse_pha_l1", "coarse_fgr_l1", "coarse_total", "total"}
     tp, tf = true_pha.double().numpy(), true_fgr.double().numpy()
     mask = (tp > 0).astype(np.float64)
     close(l1["pha_l1"], np.abs(pred["pha"].double().numpy() - tp).mean())
     close(l1["fgr_l1"], np.abs((pred["fgr"].double().numpy() - tf) * mask).mean())
     close(l1["total"], sum(float(l1[k]) for k in ("pha_l1", "fgr_l1", "coarse_pha_l1", "coarse_fgr_l1")))
-    everything = losses.chosen_matting_loss(pred, true_fgr, true_pha)
+    everything = losses.student_matting_loss(pred, true_fgr, true_pha)
     full = losses.matting_loss(pred["fgr"], pred["pha"], true_fgr, true_pha)["total"]
     coarse = losses.coarse_matting_loss(pred["fgr_s"], pred["pha_s"], true_fgr, true_pha)["coarse_total"]
     close(everything["total"], float(full + coarse))
     with pytest.raises(ValueError, match="pha_l2"):
-        losses.chosen_matting_loss(pred, true_fgr, true_pha, ("pha_l2",))
+        losses.student_matting_loss(pred, true_fgr, true_pha, ("pha_l2",))
 
 
 def test_recipe_phases_in_laplacian_and_coherence():

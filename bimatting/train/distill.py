@@ -221,7 +221,7 @@ class Distillation:
         encoder = bool(r.attention_weight or r.adapter_weight)
         with FeatureTaps(self.model, direct=bool(r.feature_weight), attention=encoder) as mine:
             pred = passes.student_outputs(self.model, batch["src"], ratio)
-        total = losses.chosen_matting_loss(pred, batch["fgr"], batch["pha"],
+        total = losses.student_matting_loss(pred, batch["fgr"], batch["pha"],
                                            recipes.loss_terms_at(r, self.step))["total"]
         if with_features and (r.feature_weight or encoder):
             with torch.no_grad(), FeatureTaps(self.teacher, direct=bool(r.feature_weight), attention=encoder) as theirs:

@@ -149,15 +149,32 @@ def resize_to(x, size):
     return flat.reshape(b, t, *flat.shape[1:])
 
 
-def coarse_matting_loss(pred_fgr_s, pred_pha_s, true_fgr, true_pha):
-    """BiMatting's extra term: COARSE_WEIGHT * matting loss at the coarse (1/16) size, 1 Laplacian level.
-
-    The full-size targets are bilinearly downsampled to the size of pred_pha_s.
-    """
+def coarse_matting_loss(pred_fgr_s, pred_pha_s, true_fgr, true_pha, terms=TERM_NAMES):
+    """BiMatting's extra term: COARSE_WEIGHT x the named matting terms at the coarse (1/16) size,
+    1 Laplacian level; the full-size targets are bilinearly downsampled to the size of pred_pha_s.
+    Returns {'coarse_<term>': weighted value} and 'coarse_total' (their sum)."""
     size = pred_pha_s.shape[-2:]
-    terms = matting_loss(pred_fgr_s, pred_pha_s, resize_to(true_fgr, size), resize_to(true_pha, size),
-                         levels=COARSE_LAPLACIAN_LEVELS)
-    return {f"coarse_{name}": COARSE_WEIGHT * value for name, value in terms.items()}
+    found = matting_terms(pred_fgr_s, pred_pha_s, resize_to(true_fgr, size), resize_to(true_pha, size), terms,
+                          COARSE_LAPLACIAN_LEVELS)
+    weighted = {f"coarse_{name}": COARSE_WEIGHT * value for name, value in found.items()}
+    return {**weighted, "coarse_total": sum(weighted.values())}
+
+
+def student_matting_loss(pred, true_fgr, true_pha, terms=TERM_NAMES):
+    """The one composition of the matting loss a student trains on: the named terms at full size
+    plus, when `pred` has BiMatting's coarse outputs, COARSE_WEIGHT x the same terms at 1/16.
+    With every term: RVM's matting loss + BiMatting's coarse term; the distillation's recipe starts
+    from the L1 terms alone.
+
+    pred: {'fgr', 'pha'} (+ 'fgr_s', 'pha_s'); returns {term, 'coarse_<term>', 'coarse_total', 'total'}."""
+    found = matting_terms(pred["fgr"], pred["pha"], true_fgr, true_pha, terms)
+    parts = list(found.values())
+    if "pha_s" in pred:
+        coarse = coarse_matting_loss(pred["fgr_s"], pred["pha_s"], true_fgr, true_pha, terms)
+        found.update(coarse)
+        parts += [value for name, value in coarse.items() if name != "coarse_total"]
+    found["total"] = sum(parts)       # summed term by term, in order: one rounding for every caller
+    return found
 
 
 def segmentation_loss(pred_seg_logits, true_seg):
@@ -165,32 +182,12 @@ def segmentation_loss(pred_seg_logits, true_seg):
     return F.binary_cross_entropy_with_logits(pred_seg_logits, true_seg)
 
 
-def distillation_loss(student, teacher, weight=1.0, coarse=True):
-    """Matting loss of the student against a teacher's outputs, times `weight` (keys 'distill_*').
+def distillation_loss(student, teacher, weight=1.0):
+    """student_matting_loss of the student against a teacher's outputs, times `weight` (keys 'distill_*').
 
     student: dict with 'fgr', 'pha' (and 'fgr_s', 'pha_s' for BiMatting); teacher: 'fgr', 'pha'
     (detached). The teacher's alpha plays the true alpha everywhere, including the fgr mask
-    [teacher_pha > 0]. The coarse outputs are matched to the teacher's outputs resized to 1/16
-    with COARSE_WEIGHT, exactly like the ground-truth coarse term.
+    [teacher_pha > 0]; its outputs resized to 1/16 are the coarse targets.
     """
-    terms = matting_loss(student["fgr"], student["pha"], teacher["fgr"], teacher["pha"])
-    if coarse and "pha_s" in student:
-        coarse_terms = coarse_matting_loss(student["fgr_s"], student["pha_s"], teacher["fgr"], teacher["pha"])
-        terms["total"] = terms["total"] + coarse_terms["coarse_total"]
+    terms = student_matting_loss(student, teacher["fgr"], teacher["pha"])
     return {f"distill_{name}": weight * value for name, value in terms.items()}
-
-
-
-def chosen_matting_loss(pred, true_fgr, true_pha, terms=TERM_NAMES):
-    """Sum of the named terms of the matting loss at full size plus, when `pred` has the coarse
-    outputs, COARSE_WEIGHT x the same terms at 1/16 (1 Laplacian level). With every term this is
-    matting_loss + coarse_matting_loss; the distillation's recipe starts from the L1 terms alone.
-    pred: {'fgr', 'pha'} (+ 'fgr_s', 'pha_s'); returns {term: value, 'total'}."""
-    found = matting_terms(pred["fgr"], pred["pha"], true_fgr, true_pha, terms)
-    if "pha_s" in pred:
-        size = pred["pha_s"].shape[-2:]
-        coarse = matting_terms(pred["fgr_s"], pred["pha_s"], resize_to(true_fgr, size), resize_to(true_pha, size),
-                               terms, COARSE_LAPLACIAN_LEVELS)
-        found.update({f"coarse_{name}": COARSE_WEIGHT * value for name, value in coarse.items()})
-    found["total"] = sum(found.values())
-    return found

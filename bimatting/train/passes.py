@@ -59,17 +59,11 @@ def student_outputs(model, src, downsample_ratio):
 def matting_pass(model, batch, downsample_ratio, teacher=None, distill_weight=0.0):
     """Ground-truth matting loss (+ BiMatting's coarse term, + the teacher's terms if given)."""
     pred = student_outputs(model, batch["src"], downsample_ratio)
-    terms = losses.matting_loss(pred["fgr"], pred["pha"], batch["fgr"], batch["pha"])
-    total = terms["total"]
-    if "pha_s" in pred:
-        coarse = losses.coarse_matting_loss(pred["fgr_s"], pred["pha_s"], batch["fgr"], batch["pha"])
-        terms["coarse_total"] = coarse["coarse_total"]
-        total = total + coarse["coarse_total"]
+    terms = losses.student_matting_loss(pred, batch["fgr"], batch["pha"])
     if teacher is not None and distill_weight > 0:
         distilled = losses.distillation_loss(pred, teacher(batch["src"], downsample_ratio), distill_weight)
         terms["distill_total"] = distilled["distill_total"]
-        total = total + distilled["distill_total"]
-    terms["total"] = total
+        terms["total"] = terms["total"] + distilled["distill_total"]
     return terms
 
 
