@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 
+from bimatting.recurrent import recurrent_step
+
 SYSTEMATIC_SHARE = 0.5  # one channel holding at least this share of a site's near-zero values
 
 
@@ -43,12 +45,12 @@ def measure(model, frames, ratio, band):
         site["per_channel"] += near
 
     handles = [m.register_forward_hook(hook) for m in names]
-    states = [None] * 4
+    states = None
     try:
         with torch.no_grad():
             for frame in frames:
                 src = torch.from_numpy(np.ascontiguousarray(frame.transpose(2, 0, 1)[None]))
-                states = list(model(src, *states, downsample_ratio=ratio, return_coarse=False)[2:6])
+                _, states = recurrent_step(model, src, states, ratio, return_coarse=False)
     finally:
         for handle in handles:
             handle.remove()

@@ -27,6 +27,7 @@ import numpy as np
 from bimatting.binops import schema
 from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError, RuntimeFailure
+from bimatting.recurrent import recurrent_step
 
 TOLERANCE = {"mean": 1e-4, "max": 1e-2}
 PIXEL_DIFF = 0.05  # reported per frame: the fraction of pha pixels that differ by more than this
@@ -170,7 +171,7 @@ def _compare(model_or_path, network, frames, downsample_ratio, progress, threads
         downsample_ratio = static[1]
     state_inputs = [i for i in session.get_inputs() if i.name.startswith("r")]
     onnx_states = [np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in state_inputs]
-    torch_states = [None] * 4
+    torch_states, fine_only = None, _without_coarse(network)
     probe = DecisionProbe(network, [n.name for n in _sign_nodes(model)], align=align_ties) if extra else None
     per_frame = {"pha_max": [], "pha_mean": [], "fgr_max": [], "fgr_mean": [], "pha_pixels_over": [],
                  "aligned": [], "flipped": []}
@@ -189,8 +190,8 @@ def _compare(model_or_path, network, frames, downsample_ratio, progress, threads
                 pha_s = decisions.pop() if extra[-1].endswith("pha_s") else None
                 probe.start_frame(decisions, pha_s)
             with torch.no_grad():
-                result = _torch_step(network, torch.from_numpy(src), torch_states, downsample_ratio)
-            torch_states = list(result[2:6])
+                result, torch_states = recurrent_step(network, torch.from_numpy(src), torch_states, downsample_ratio,
+                                                      **fine_only)
             for key, ours, theirs in (("pha", pha, result[1]), ("fgr", fgr, result[0])):
                 diff = np.abs(ours - theirs.numpy())
                 per_frame[f"{key}_max"].append(float(diff.max()))
@@ -206,12 +207,11 @@ def _compare(model_or_path, network, frames, downsample_ratio, progress, threads
     return _verdict(per_frame, frames, downsample_ratio, probe)
 
 
-def _torch_step(network, src, states, ratio):
+def _without_coarse(network):
+    """The keywords that make BiMatting return fgr, pha and the states only, as RVM does."""
     from bimatting.models.bimatting.model import BiMatting
 
-    if isinstance(network, BiMatting):
-        return network(src, *states, downsample_ratio=ratio, return_coarse=False)
-    return network(src, *states, downsample_ratio=ratio)
+    return {"return_coarse": False} if isinstance(network, BiMatting) else {}
 
 
 def _verdict(per_frame, frames, ratio, probe):

@@ -11,6 +11,7 @@ import numpy as np
 from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError
 from bimatting.matting.frames import iter_frames
+from bimatting.recurrent import recurrent_step
 
 
 def cover_resize(image, width, height):
@@ -54,13 +55,13 @@ class Teacher:
 
         height, width = frames.shape[1:3]
         ratio = auto_downsample_ratio(height, width)
-        states = [None] * 4
+        states = None
         fgrs, phas = [], []
         with torch.inference_mode():
             for frame in frames:
                 src = torch.from_numpy(np.ascontiguousarray(frame.transpose(2, 0, 1)))[None].to(self.device)  # [1,3,H,W]
-                outputs = self.model(src, *states, downsample_ratio=ratio)
-                fgr, pha, states = outputs[0], outputs[1], list(outputs[-4:])
+                outputs, states = recurrent_step(self.model, src, states, ratio)
+                fgr, pha = outputs[0], outputs[1]
                 fgrs.append(fgr[0].permute(1, 2, 0).cpu().numpy())              # [H,W,3]
                 phas.append(pha[0, 0].cpu().numpy())                            # [H,W]
                 if on_frame is not None:

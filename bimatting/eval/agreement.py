@@ -14,6 +14,8 @@ import dataclasses
 import numpy as np
 import torch
 
+from bimatting.recurrent import recurrent_step
+
 
 @dataclasses.dataclass
 class ClipAgreement:
@@ -38,13 +40,12 @@ class ClipAgreement:
 def run_recurrent(model, frames, downsample_ratio=1.0, chunk=8):
     """Outputs over uint8 frames [N, 3, h, w], `chunk` frames per call, states carried:
     (fgr float32 [N, 3, h, w], pha float32 [N, 1, h, w])."""
-    fgr, pha, states = [], [], [None] * 4
+    fgr, pha, states = [], [], None
     for start in range(0, frames.shape[0], chunk):
         src = frames[start:start + chunk].float().div(255)[None]                 # [1, T, 3, h, w]
-        outputs = model(src, *states, downsample_ratio=downsample_ratio)
+        outputs, states = recurrent_step(model, src, states, downsample_ratio)
         fgr.append(outputs[0][0].float())
         pha.append(outputs[1][0].float())
-        states = list(outputs[-4:])
     return torch.cat(fgr), torch.cat(pha)
 
 

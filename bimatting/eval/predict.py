@@ -17,6 +17,7 @@ from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError
 from bimatting.eval.tree import find_clips, frame_names
 from bimatting.matting.frames import read_image
+from bimatting.recurrent import recurrent_step
 
 JPEG_QUALITY = 75  # PIL's default, what the official inference's JPEG writer used
 
@@ -50,14 +51,14 @@ def predict_clip(model, frames, out_dir, suffix, *, device="cpu", on_frame=None)
 
     (out_dir / "pha").mkdir(parents=True, exist_ok=True)
     (out_dir / "fgr").mkdir(parents=True, exist_ok=True)
-    states = [None] * 4                                       # zeros at the start of every clip
+    states = None                                             # zeros at the start of every clip
     with torch.inference_mode():
         for index, path in enumerate(frames):
             image = read_image(path)                          # [H,W,3] RGB float32 in [0, 1]
             src = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)  # [1,3,H,W]
             ratio = auto_downsample_ratio(*image.shape[:2])
-            outputs = model(src, *states, downsample_ratio=ratio)
-            fgr, pha, states = outputs[0], outputs[1], list(outputs[-4:])  # BiMatting adds fgr_s, pha_s
+            outputs, states = recurrent_step(model, src, states, ratio)
+            fgr, pha = outputs[0], outputs[1]                 # BiMatting adds fgr_s, pha_s
             name = f"{index:04d}{suffix}"
             write_frame(out_dir / "pha" / name, to_uint8(pha[0]))
             write_frame(out_dir / "fgr" / name, to_uint8(fgr[0]))

@@ -25,6 +25,7 @@ from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError, RuntimeFailure
 from bimatting.matting.frames import to_nchw
 from bimatting.matting.video_io import FrameSource, open_sinks, parse_background
+from bimatting.recurrent import recurrent_step
 
 BACKENDS = ("torch", "onnxruntime", "tvm")
 OUTPUT_TYPES = ("composite", "alpha", "foreground", "all")
@@ -106,10 +107,9 @@ class TorchMatter(Matter):
         import torch
 
         with torch.inference_mode():
-            states = self.states or [None] * 4
-            fgr, pha, *states = self.network(torch.from_numpy(src), *states, downsample_ratio=ratio, **self._extra)
+            outputs, states = recurrent_step(self.network, torch.from_numpy(src), self.states, ratio, **self._extra)
         self.states = states
-        return fgr.numpy(), pha.numpy()
+        return outputs[0].numpy(), outputs[1].numpy()                          # fgr, pha
 
 
 class OnnxMatter(Matter):
