@@ -109,3 +109,34 @@ def test_crops_draw_stills_at_their_share_and_hold_them_still():
     for _ in range(10):
         a, b = with_still.crops(2, 2, 32, 48), without.crops(2, 2, 32, 48)
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_recolour_changes_frames_and_foreground_alike():
+    """Pixelwise: where the frame is the foreground (alpha 1) the recoloured frame is the recoloured
+    foreground, so the teacher's fgr stays the target; the change is not the identity."""
+    from bimatting.train.bank import recolour
+
+    g = torch.Generator().manual_seed(0)
+    fgr, bgr = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    pha = (torch.rand(2, 1, 16, 16, generator=g) > 0.5).float()
+    src = fgr * pha + bgr * (1 - pha)
+    rng = random.Random(1)
+    for _ in range(20):
+        new_src, new_fgr = recolour([src, fgr], rng)
+        inside = pha.expand_as(src).bool()
+        assert torch.equal(new_src[inside], new_fgr[inside])
+        assert (new_src - src).abs().mean() > 1e-3
+
+
+def test_crops_recolour_at_their_share_and_leave_alpha():
+    bank = Bank([_position_coded(5, 72, 128)], seed=6)
+    changed = []
+    for _ in range(150):
+        a = bank.crops(2, 2, 32, 48, colour_share=0.5)
+        assert a["src"].shape == (2, 2, 3, 32, 48)
+        for b in range(2):
+            src = (a["src"][b] * 255).round()
+            changed.append(not bool((src[1, 0] - src[0, 0]).eq(1).all() and (src[0, 1].diff(dim=0) == 1).all()))
+            cols = (a["pha"][b, 0, 0, 0] * 255).round()                  # alpha still the position code
+            assert (cols.diff().abs() == 1).all()
+    assert abs(np.mean(changed) - 0.5) < 0.1, np.mean(changed)

@@ -39,6 +39,9 @@ def _size(text):
               "recomposites and procedural figures.")
 @click.option("--still-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="crops: the share of samples cut from the --images stills (held still for the T frames).")
+@click.option("--colour-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="crops: the share of samples whose frames and target foreground change colour alike "
+              "(brightness, contrast, saturation, hue, grey).")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.998, show_default=True,
               help="Per-step weight average scored beside the live weights (0 = none).")
 @click.option("--laplacian-from", type=click.IntRange(-1), default=-1, show_default=True,
@@ -74,7 +77,7 @@ def _size(text):
               "per crop) to this folder and exit.")
 @click.option("--no-progress", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or the --diagnose report) as JSON.")
-def distill(footage, heldout, images, out, resume, branch_from, total_steps, stop_at, sizes, data, still_share, ema_decay, laplacian_from,
+def distill(footage, heldout, images, out, resume, branch_from, total_steps, stop_at, sizes, data, still_share, colour_share, ema_decay, laplacian_from,
             coherence_from, batch, frames, latent_lr, float_lr, latent_init, threshold_init, binary_weights_from,
             feature_weight, attention_weight, adapter_weight, heads_from_teacher, warmup_steps, hr_every, eval_every,
             diagnose_every, threads, init, seed, diagnose, dump_batch, no_progress, as_json):
@@ -108,7 +111,7 @@ def distill(footage, heldout, images, out, resume, branch_from, total_steps, sto
                     laplacian_from=laplacian_from, coherence_from=coherence_from, warmup_steps=warmup_steps,
                     total_steps=total_steps)
     options = DistillOptions(footage=tuple(footage), out=out, heldout=tuple(heldout), images=tuple(images),
-                             stop_at=stop_at, sizes=sizes, data=data, still_share=still_share, ema_decay=ema_decay, batch=batch, frames=frames, hr_every=hr_every,
+                             stop_at=stop_at, sizes=sizes, data=data, still_share=still_share, colour_share=colour_share, ema_decay=ema_decay, batch=batch, frames=frames, hr_every=hr_every,
                              eval_every=eval_every, diagnose_every=diagnose_every, seed=seed, threads=threads,
                              init=init, branch_from=branch_from, resume=resume or diagnose or bool(dump_batch), progress=not no_progress and not as_json,
                              recipe=recipe)

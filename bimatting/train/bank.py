@@ -20,6 +20,8 @@ import random
 import torch
 from torch.nn import functional as F
 
+from bimatting.data import colour
+
 from bimatting.data.sampler import frame_indices, window_offsets
 
 
@@ -73,6 +75,27 @@ def frame_window(rng, count, length):
     if count == 1:
         return [0] * length
     return frame_indices(0, window_offsets(rng, length, speeds=(1, 1, 2), shifts=count), count)
+
+
+def recolour(images, rng, strength=0.3, hue_turns=0.15, grey_share=0.1):
+    """The same random colour change of every tensor in `images` ([..., 3, H, W] in [0, 1]): with
+    probability `grey_share` grey, else brightness, contrast about mid-grey and saturation factors
+    1 + U(-strength, strength) and a hue rotation of U(-hue_turns, hue_turns) turns.
+
+    Pixelwise only (contrast blends with a fixed 0.5, not the image mean) so the frames and the
+    teacher's foreground change alike and the foreground target stays the layer of the new frames.
+    Ranges are this project's choice, near RVM's training jitter."""
+    if rng.random() < grey_share:
+        return [colour.grayscale(image) for image in images]
+    brightness, contrast, saturation = (1 + rng.uniform(-strength, strength) for _ in range(3))
+    hue = rng.uniform(-hue_turns, hue_turns)
+    changed = []
+    for image in images:
+        image = colour.adjust_brightness(image, brightness)
+        image = (contrast * image + (1 - contrast) * 0.5).clamp(0, 1)
+        image = colour.adjust_saturation(image, saturation)
+        changed.append(colour.adjust_hue(image, hue))
+    return changed
 
 
 class Bank:
@@ -133,7 +156,7 @@ class Bank:
         background = self._pick()
         return self._view(background, (background.frames, background.fgr, background.pha), length, height, width)
 
-    def crops(self, size, length, height, width, still_share=0.0):
+    def crops(self, size, length, height, width, still_share=0.0, colour_share=0.0):
         """{'src', 'fgr', 'pha'} [B, T, C, H, W]: plain crops of the clips and, with `still_share`
         > 0, of the stills.
 
@@ -144,7 +167,9 @@ class Bank:
         scale; footage smaller than the window is scaled up to cover it), flipped with p = 0.5.
         The recipe that learnt people on held-out footage within ten CPU-minutes used exactly these
         (training/README.md); the moving, zooming views of `batch` did not transfer. Stills add
-        scenes: a clip shows one room, the photos a hundred."""
+        scenes: a clip shows one room, the photos a hundred. With probability `colour_share` a sample's
+        src and target fgr go through the same pixelwise colour change (`recolour`): alpha does not
+        depend on colour, and the model must not learn that warm wood is a person."""
         clips = [item for item in self.items if len(item) >= length]
         stills = [item for item in self.items if len(item) == 1] if still_share else []
         samples = []
@@ -164,6 +189,8 @@ class Bank:
             top, left = self.rng.randrange(h - height + 1), self.rng.randrange(w - width + 1)
             flip = self.rng.random() < 0.5
             views = [v[..., top:top + height, left:left + width] for v in views]
+            if colour_share and self.rng.random() < colour_share:
+                views[:2] = recolour(views[:2], self.rng)
             samples.append([view.flip(-1) if flip else view for view in views])
         return {key: torch.stack([s[k] for s in samples]) for k, key in enumerate(("src", "fgr", "pha"))}
 

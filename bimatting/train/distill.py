@@ -69,6 +69,7 @@ class DistillOptions:
     zoom: tuple = (0.5, 1.6)         # crop scale range, as a fraction of the frame-covering scale
     still_weight: int = 2            # a still is drawn as often as a clip of this many frames (views)
     still_share: float = 0.0         # crops: the share of samples taken from the stills (--images)
+    colour_share: float = 0.0        # crops: the share of samples whose colours change (bank.recolour)
     background_tries: int = 3        # recomposites go over the least covered of this many views
     hr_every: int = 0
     hr_ratio: float = 0.5
@@ -92,7 +93,7 @@ class DistillOptions:
 
     def identity(self):
         """What a resumed run must share with the run it continues."""
-        keep = ("sizes", "data", "ema_decay", "batch", "frames", "zoom", "still_weight", "still_share", "background_tries", "hr_every", "hr_ratio",
+        keep = ("sizes", "data", "ema_decay", "batch", "frames", "zoom", "still_weight", "still_share", "colour_share", "background_tries", "hr_every", "hr_ratio",
                 "mix", "procedural", "max_frames", "short_side", "seed")
         recipe = {f"recipe.{k}": v for k, v in self.recipe.as_dict().items()}
         data = {"data_version": DATA_VERSION}
@@ -236,7 +237,7 @@ class Distillation:
         o = self.options
         w, h = o.sizes[self.step % len(o.sizes)]
         if o.data == "crops":
-            return self.bank.crops(o.batch, o.frames, h, w, o.still_share)
+            return self.bank.crops(o.batch, o.frames, h, w, o.still_share, o.colour_share)
         return self.bank.batch(o.batch, o.frames, h, w)
 
     def train_step(self):
@@ -406,7 +407,7 @@ def _with_new_defaults(identity):
     """A saved run identity with the recipe fields added since it was saved, at their defaults
     (a field that did not exist was, in effect, off)."""
     defaults = {f"recipe.{k}": v for k, v in json.loads(json.dumps(recipes.Recipe().as_dict())).items()}
-    defaults.update(still_share=DistillOptions.still_share)
+    defaults.update(still_share=DistillOptions.still_share, colour_share=DistillOptions.colour_share)
     return {**{k: v for k, v in defaults.items() if k not in identity}, **identity}
 
 
