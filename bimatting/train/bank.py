@@ -21,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from bimatting.data import colour
+from bimatting.train.settings import DistillOptions as RUN
 
 from bimatting.data.sampler import frame_indices, window_offsets
 
@@ -35,7 +36,7 @@ class Item:
         return self.frames.shape[0]
 
 
-def view_thetas(rng, length, in_h, in_w, out_h, out_w, *, zoom=(0.55, 1.0), degrees=4.0, motion=0.15):
+def view_thetas(rng, length, in_h, in_w, out_h, out_w, *, zoom, degrees=4.0, motion=0.15):
     """[T, 2, 3] affine_grid matrices: output crop -> input, moving linearly from one random view
     towards another (`motion` = how far it gets by the last frame).
 
@@ -106,8 +107,8 @@ class Bank:
     (footage, recomposite, procedural); zoom: the crop-scale range of view_thetas.
     """
 
-    def __init__(self, items, procedural=(), mix=(0.5, 0.3, 0.2), seed=0, zoom=(0.55, 1.0), still_weight=8,
-                 background_tries=1):
+    def __init__(self, items, procedural=(), mix=RUN.mix, seed=RUN.seed, zoom=RUN.zoom, still_weight=RUN.still_weight,
+                 background_tries=RUN.background_tries):
         self.items, self.procedural, self.zoom = list(items), list(procedural), tuple(zoom)
         self.background_tries = background_tries
         weights = [0.0 if not self.procedural and k == 2 else p for k, p in enumerate(mix)]

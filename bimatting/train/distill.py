@@ -28,7 +28,6 @@ history), log.csv, heldout.jsonl, health.jsonl, curve.png, and the best held-out
 bimatting_default.npz (packed, with its training record) and snapshot.npz (a compact warm restart). `resume=True` continues exactly where it stopped.
 """
 import contextlib
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -39,65 +38,14 @@ from bimatting.errors import InputError
 from bimatting.train import losses, passes, recipe as recipes
 from bimatting.train.bank import Bank
 from bimatting.train.features import EncoderAdapters, FeatureTaps, feature_distillation
+from bimatting.train.settings import DistillOptions, with_new_defaults
 from bimatting.train.sign_health import SignHealth, summarize
 
 RESUME = "resume.pth"
-# 2: recomposites keep the teacher's matte of the people in the background footage in the target
-# 3: crops zoom out past the frame, stills weigh 2 frames, recomposite backgrounds are the least
-#    covered of 3 views (version 2's batches were 59 % foreground, held-out footage is ~30 %: the
-#    model learnt to call everything foreground)
-DATA_VERSION = 3
 PACKED = "bimatting_default.npz"
 SNAPSHOT = "snapshot.npz"          # compact warm-restart weights of the best evaluation (bimatting.train.snapshot)
 LOG_COLUMNS = ("step", "seconds", "loss", "lr_latent", "lr_float", "heldout_pha_mad", "heldout_iou", "heldout_rel_mad",
                "averaged_pha_mad", "averaged_iou", "averaged_rel_mad")
-
-
-@dataclasses.dataclass
-class DistillOptions:
-    footage: tuple
-    out: Path
-    heldout: tuple = ()
-    excluded: tuple = ()             # footage kept out of training without being scored
-    images: tuple = ()
-    teacher: str = "rvm"
-    stop_at: int = None              # stop this invocation at this step (default: recipe.total_steps)
-    sizes: tuple = ((128, 128), (160, 96))   # crop W, H, cycled step by step
-    data: str = "crops"              # "crops": plain crops at the footage's scale; "views": bimatting.train.bank
-    batch: int = 4
-    frames: int = 2
-    zoom: tuple = (0.5, 1.6)         # crop scale range, as a fraction of the frame-covering scale
-    still_weight: int = 2            # a still is drawn as often as a clip of this many frames (views)
-    still_share: float = 0.0         # crops: the share of samples taken from the stills (--images)
-    colour_share: float = 0.0        # crops: the share of samples whose colours change (bank.recolour)
-    background_tries: int = 3        # recomposites go over the least covered of this many views
-    hr_every: int = 0
-    hr_ratio: float = 0.5
-    mix: tuple = (0.6, 0.25, 0.15)   # footage, recomposite, procedural
-    procedural: int = 24
-    max_frames: int = 150
-    short_side: int = 288
-    eval_every: int = 250
-    eval_frames: int = 32
-    eval_long_side: int = 512
-    save_every: int = 100
-    diagnose_every: int = 500
-    ema_decay: float = 0.998         # weight average per step (0: none)
-    seed: int = 0
-    threads: int = None
-    init: str = None                 # start from these weights (the recipe's inits are then skipped)
-    branch_from: str = None          # start from another run's full state (weights, average, Adam, step)
-    resume: bool = False
-    progress: bool = True
-    recipe: recipes.Recipe = recipes.Recipe()
-
-    def identity(self):
-        """What a resumed run must share with the run it continues."""
-        keep = ("sizes", "data", "ema_decay", "batch", "frames", "zoom", "still_weight", "still_share", "colour_share", "background_tries", "hr_every", "hr_ratio",
-                "mix", "procedural", "max_frames", "short_side", "seed")
-        recipe = {f"recipe.{k}": v for k, v in self.recipe.as_dict().items()}
-        data = {"data_version": DATA_VERSION}
-        return json.loads(json.dumps({**{k: getattr(self, k) for k in keep}, **recipe, **data}))
 
 
 class Distillation:
@@ -179,7 +127,7 @@ class Distillation:
 
         checkpoint = load_checkpoint(path or self.out / RESUME)
         extra = checkpoint["extra"]
-        saved, now = _with_new_defaults(extra.get("identity", {})), self.options.identity()
+        saved, now = with_new_defaults(extra.get("identity", {})), self.options.identity()
         if path is None and saved != now:
             changed = sorted(k for k in now if saved.get(k) != now[k])
             raise InputError(f"cannot resume '{self.out / RESUME}' exactly: "
@@ -401,14 +349,6 @@ class Distillation:
         finally:
             bar.close()
         return {"steps": self.step, "seconds": round(self.seconds, 1), "heldout": figures, "out": str(self.out)}
-
-
-def _with_new_defaults(identity):
-    """A saved run identity with the recipe fields added since it was saved, at their defaults
-    (a field that did not exist was, in effect, off)."""
-    defaults = {f"recipe.{k}": v for k, v in json.loads(json.dumps(recipes.Recipe().as_dict())).items()}
-    defaults.update(still_share=DistillOptions.still_share, colour_share=DistillOptions.colour_share)
-    return {**{k: v for k, v in defaults.items() if k not in identity}, **identity}
 
 
 def _initial_model(init):

@@ -48,54 +48,12 @@ all-zero level after 500 steps.
 The learning rate of parameter group g at step k:
     lr_g(k) = base_g * min(1, (k + 1) / warmup) * (f + (1 - f) * (1 + cos(pi * min(k / total, 1))) / 2)
 """
-import dataclasses
 import math
 
 import torch
 
 from bimatting.models.bimatting.binarize import BiConv2d
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    latent_lr: float = 5e-3
-    float_lr: float = 5e-4
-    latent_init: float = 0.0
-    threshold_init: bool = True
-    binary_weights_from: int = 0
-    weight_decay_step1: float = 1e-5
-    feature_weight: float = 0.0
-    attention_weight: float = 0.0
-    adapter_weight: float = 0.0
-    heads_from_teacher: bool = False
-    laplacian_from: int = -1
-    coherence_from: int = -1
-    warmup_steps: int = 100
-    total_steps: int = 10000
-    final_lr_fraction: float = 0.05
-
-    def as_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
-
-    @classmethod
-    def for_stage(cls, config, total_steps, **changes):
-        """`bimatting train`'s default for an RVM stage: the stage's constant per-module rates for
-        the float parameters, latent weights at 10x the backbone's rate, thresholds from data."""
-        values = dict(latent_lr=10 * config.lr["backbone"], warmup_steps=1, total_steps=max(total_steps, 1),
-                      final_lr_fraction=1.0)
-        values.update(changes)
-        return cls(**values)
-
-    @classmethod
-    def plain(cls, lr, total_steps):
-        """No recipe pieces: one Adam rate, default init, zero thresholds, binary from the start."""
-        return cls(latent_lr=lr, float_lr=lr, threshold_init=False, feature_weight=0.0,
-                   heads_from_teacher=False, warmup_steps=1, total_steps=total_steps, final_lr_fraction=1.0)
+from bimatting.train.settings import Recipe  # noqa: F401  (the recipe is read from here too)
 
 
 def latent_parameters(model):
