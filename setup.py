@@ -3,6 +3,7 @@
 export/, deploy/ and targets/ live beside bimatting/ (the layout users asked for) but install as
 bimatting.export, bimatting.deploy and bimatting.targets. Everything else is in pyproject.toml.
 """
+
 from setuptools import find_packages, setup
 
 ROOTS = {

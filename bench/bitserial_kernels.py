@@ -8,6 +8,7 @@ binary conv with its output transform, TVM's float conv (the FP layers' manual s
 deploy/compiler/schedules/fp.py) and onnxruntime's float conv. Kernels come from the same code a compiled
 network uses. Busy machines give noisy numbers: compare columns of one run.
 """
+
 import argparse
 import json
 import os
@@ -70,8 +71,11 @@ def bench_tvm_float(cin, cout, height, width, target, repeat):
 
     vm = relax.VirtualMachine(build_float_conv(cin, cout, height, width, target), tvm.cpu())
     rng = np.random.default_rng(1)
-    vm.set_input("main", tvm.runtime.tensor(rng.standard_normal((1, cin, height, width)).astype(np.float32)),
-                 tvm.runtime.tensor(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)))
+    vm.set_input(
+        "main",
+        tvm.runtime.tensor(rng.standard_normal((1, cin, height, width)).astype(np.float32)),
+        tvm.runtime.tensor(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)),
+    )
     return _median_us(vm.time_evaluator("invoke_stateful", tvm.cpu(), number=5, repeat=repeat)("main"))
 
 
@@ -83,13 +87,18 @@ def bench_onnxruntime(cin, cout, height, width, threads, repeat):
 
     rng = np.random.default_rng(2)
     weight = numpy_helper.from_array(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, height, width])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[weight])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, height, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[weight],
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(helper.make_model(graph).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        helper.make_model(graph).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     x = rng.standard_normal((1, cin, height, width)).astype(np.float32)
     times = []
     for _ in range(repeat * 5):
@@ -116,17 +125,28 @@ def main():
         pack, conv = bench_binary(cin, cout, height, width, target, args.repeat)
         tvm_fp = bench_tvm_float(cin, cout, height, width, target, args.repeat)
         ort_fp = bench_onnxruntime(cin, cout, height, width, threads, args.repeat)
-        rows.append({"threads": threads, "pack_us": pack, "bconv_us": conv, "tvm_fp32_us": tvm_fp,
-                     "onnxruntime_fp32_us": ort_fp, "speedup_vs_ort": ort_fp / (pack + conv),
-                     "cpu": str(target.attrs["mcpu"]), "shape": [cin, cout, height, width]})
+        rows.append(
+            {
+                "threads": threads,
+                "pack_us": pack,
+                "bconv_us": conv,
+                "tvm_fp32_us": tvm_fp,
+                "onnxruntime_fp32_us": ort_fp,
+                "speedup_vs_ort": ort_fp / (pack + conv),
+                "cpu": str(target.attrs["mcpu"]),
+                "shape": [cin, cout, height, width],
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     print(f"{cin}->{cout} 3x3 at {height}x{width} on {rows[0]['cpu']} ({os.cpu_count()} cores), median us")
     print("threads   pack  bconv  pack+bconv  tvm fp32  onnxruntime fp32  speedup vs ort")
     for r in rows:
-        print(f"{r['threads']:>7} {r['pack_us']:>6.0f} {r['bconv_us']:>6.0f} {r['pack_us'] + r['bconv_us']:>11.0f}"
-              f" {r['tvm_fp32_us']:>9.0f} {r['onnxruntime_fp32_us']:>17.0f} {r['speedup_vs_ort']:>15.1f}x")
+        print(
+            f"{r['threads']:>7} {r['pack_us']:>6.0f} {r['bconv_us']:>6.0f} {r['pack_us'] + r['bconv_us']:>11.0f}"
+            f" {r['tvm_fp32_us']:>9.0f} {r['onnxruntime_fp32_us']:>17.0f} {r['speedup_vs_ort']:>15.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Footage: --input (a video or a folder of frames), else the packaged sample clip;
 forwards and backwards (no cut, so the recurrent state always sees continuous motion) until
 --frames frames have run. Exit code 1 when the check fails. One thread per engine.
 """
+
 import os
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")
@@ -76,8 +77,9 @@ def reference_session(onnx_path, optimized=False):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(load_checked(onnx_path).SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        load_checked(onnx_path).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 class _OnnxRunner:
@@ -89,8 +91,11 @@ class _OnnxRunner:
         shapes = {i["name"]: i["shape"] for i in meta["inputs"]}
         self.pairs = meta["states"]  # rKi -> rKo
         self.states = {name: np.zeros(shapes[name], np.float32) for name in self.pairs}
-        self.fixed = {"downsample_ratio": np.array([meta["downsample_ratio"] or 1.0], np.float32)} \
-            if "downsample_ratio" in names else {}
+        self.fixed = (
+            {"downsample_ratio": np.array([meta["downsample_ratio"] or 1.0], np.float32)}
+            if "downsample_ratio" in names
+            else {}
+        )
         self.wanted = ["fgr", "pha"] + [self.pairs[name] for name in self.states]
 
     def step(self, src):
@@ -101,8 +106,11 @@ class _OnnxRunner:
 
 def _differences(a, b):
     pha = np.abs(a["pha"] - b["pha"])
-    return {"pha_mean": float(pha.mean()), "pha_max": float(pha.max()),
-            "fgr_mean": float(np.abs(a["fgr"] - b["fgr"]).mean())}
+    return {
+        "pha_mean": float(pha.mean()),
+        "pha_max": float(pha.max()),
+        "fgr_mean": float(np.abs(a["fgr"] - b["fgr"]).mean()),
+    }
 
 
 def run_drift(onnx_path, artifact_path, frames, progress=True, baseline=False):
@@ -144,18 +152,30 @@ def _summary(rows, tolerance):
     return {
         "frames": len(rows),
         "tolerance_pha_mean": tolerance,
-        "pha_mean_abs_max": float(pha_mean.max()), "worst_frame": worst,
-        "pha_mean_abs_first": float(pha_mean[:window].mean()), "pha_mean_abs_last": float(pha_mean[-window:].mean()),
+        "pha_mean_abs_max": float(pha_mean.max()),
+        "worst_frame": worst,
+        "pha_mean_abs_first": float(pha_mean[:window].mean()),
+        "pha_mean_abs_last": float(pha_mean[-window:].mean()),
         "window": window,
         "pha_max_abs_max": max(r["pha_max"] for r in rows),
         "fgr_mean_abs_max": max(r["fgr_mean"] for r in rows),
-        "frames_over_tolerance": int(over.size), "first_frame_over": int(over[0]) if over.size else None,
+        "frames_over_tolerance": int(over.size),
+        "first_frame_over": int(over[0]) if over.size else None,
         "passed": bool(over.size == 0),
     }
 
 
-def measure(model="default", frames=1000, resolution=(256, 144), source=None, tolerance=1e-4, progress=True,
-            baseline=False, series=False, downsample_ratio=None):
+def measure(
+    model="default",
+    frames=1000,
+    resolution=(256, 144),
+    source=None,
+    tolerance=1e-4,
+    progress=True,
+    baseline=False,
+    series=False,
+    downsample_ratio=None,
+):
     """Compile `model` for host at `resolution` and compare `frames` recurrent frames; a summary dict
     (`series`: with the per-frame pha mean differences)."""
     from bimatting.deploy.compiler.build import compile_model
@@ -164,17 +184,22 @@ def measure(model="default", frames=1000, resolution=(256, 144), source=None, to
     with tempfile.TemporaryDirectory(prefix="bimatting-drift-") as folder:
         onnx_path = onnx_for(model, folder)
         artifact_path = Path(folder) / "host.tar"
-        meta = compile_model(onnx_path, "host", artifact_path, resolution=tuple(resolution),
-                             downsample_ratio=downsample_ratio)
-        rows = run_drift(onnx_path, artifact_path, list(footage(source, tuple(resolution), frames)), progress,
-                         baseline)
+        meta = compile_model(
+            onnx_path, "host", artifact_path, resolution=tuple(resolution), downsample_ratio=downsample_ratio
+        )
+        rows = run_drift(onnx_path, artifact_path, list(footage(source, tuple(resolution), frames)), progress, baseline)
     result = summarise(rows, tolerance)
     if series:
         result["pha_mean_per_frame"] = [r["pha_mean"] for r in rows]
         if baseline:
             result["baseline"]["pha_mean_per_frame"] = [r["baseline"]["pha_mean"] for r in rows]
-    result.update(model=str(model), resolution=list(resolution), downsample_ratio=meta["downsample_ratio"],
-                  input=str(source) if source else "packaged sample clip", seconds=round(time.perf_counter() - began, 1))
+    result.update(
+        model=str(model),
+        resolution=list(resolution),
+        downsample_ratio=meta["downsample_ratio"],
+        input=str(source) if source else "packaged sample clip",
+        seconds=round(time.perf_counter() - began, 1),
+    )
     return result
 
 
@@ -187,18 +212,33 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--resolution", default="256x144", help="WxH")
     parser.add_argument("--input", default=None, help="video or frame folder (default: packaged sample clip)")
-    parser.add_argument("--downsample-ratio", type=float, default=None,
-                        help="ratio compiled in (default: the auto ratio for the resolution)")
+    parser.add_argument(
+        "--downsample-ratio",
+        type=float,
+        default=None,
+        help="ratio compiled in (default: the auto ratio for the resolution)",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-4, help="per-frame mean |pha diff| allowed")
-    parser.add_argument("--baseline", action="store_true",
-                        help="also compare onnxruntime optimized vs unoptimized (the model's own sensitivity)")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also compare onnxruntime optimized vs unoptimized (the model's own sensitivity)",
+    )
     parser.add_argument("--series", action="store_true", help="--json: include the per-frame differences")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
-        result = measure(args.model, args.frames, parse_resolution(args.resolution), args.input, args.tolerance,
-                         progress=not args.json, baseline=args.baseline, series=args.series,
-                         downsample_ratio=args.downsample_ratio)
+        result = measure(
+            args.model,
+            args.frames,
+            parse_resolution(args.resolution),
+            args.input,
+            args.tolerance,
+            progress=not args.json,
+            baseline=args.baseline,
+            series=args.series,
+            downsample_ratio=args.downsample_ratio,
+        )
     except BimattingError as error:
         print(f"Error: {error}", file=sys.stderr)
         return error.exit_code
@@ -206,19 +246,27 @@ def main(argv=None):
         print(json.dumps(result, indent=2))
     else:
         ratio = f"s={result['downsample_ratio']:g}" if result["downsample_ratio"] else "no ratio input"
-        print(f"{result['frames']} recurrent frames at {args.resolution} ({ratio}), "
-              f"{result['model']} compiled for host vs onnxruntime:")
-        print(f"  pha mean |diff| per frame: max {result['pha_mean_abs_max']:.3g} (frame {result['worst_frame']}), "
-              f"first {result['window']} frames {result['pha_mean_abs_first']:.3g}, "
-              f"last {result['window']} {result['pha_mean_abs_last']:.3g}")
+        print(
+            f"{result['frames']} recurrent frames at {args.resolution} ({ratio}), "
+            f"{result['model']} compiled for host vs onnxruntime:"
+        )
+        print(
+            f"  pha mean |diff| per frame: max {result['pha_mean_abs_max']:.3g} (frame {result['worst_frame']}), "
+            f"first {result['window']} frames {result['pha_mean_abs_first']:.3g}, "
+            f"last {result['window']} {result['pha_mean_abs_last']:.3g}"
+        )
         print(f"  pha max |diff| {result['pha_max_abs_max']:.3g}; fgr mean |diff| max {result['fgr_mean_abs_max']:.3g}")
-        print(f"  {'PASS' if result['passed'] else 'FAIL'}: tolerance {args.tolerance:g}, "
-              f"{result['frames_over_tolerance']} frames over (first: {result['first_frame_over']}) "
-              f"({result['seconds']} s)")
+        print(
+            f"  {'PASS' if result['passed'] else 'FAIL'}: tolerance {args.tolerance:g}, "
+            f"{result['frames_over_tolerance']} frames over (first: {result['first_frame_over']}) "
+            f"({result['seconds']} s)"
+        )
         if "baseline" in result:
             base = result["baseline"]
-            print(f"  baseline, onnxruntime optimized vs not: pha mean |diff| max {base['pha_mean_abs_max']:.3g}, "
-                  f"{base['frames_over_tolerance']} frames over (first: {base['first_frame_over']})")
+            print(
+                f"  baseline, onnxruntime optimized vs not: pha mean |diff| max {base['pha_mean_abs_max']:.3g}, "
+                f"{base['frames_over_tolerance']} frames over (first: {base['first_frame_over']})"
+            )
     return 0 if result["passed"] else 1
 
 

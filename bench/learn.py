@@ -13,6 +13,7 @@ empty matte scores there. Prints a table per evaluation and writes learn.json an
 
 The teacher's targets are cached in --work (first run: a few minutes more).
 """
+
 import argparse
 import dataclasses
 import json
@@ -36,23 +37,42 @@ def options_from(args):
     missing = [name for name in args.heldout if not (clips / name).exists()]
     if missing:
         raise SystemExit(f"error: held-out clip '{missing[0]}' is not under '{clips}'; name clips of that folder")
-    recipe = Recipe(latent_lr=args.latent_lr, float_lr=args.float_lr, adapter_weight=args.adapter_weight,
-                    laplacian_from=args.laplacian_from,
-                    coherence_from=args.coherence_from, warmup_steps=100, total_steps=args.total_steps)
-    return DistillOptions(footage=(clips,), heldout=tuple(str(clips / name) for name in args.heldout),
-                          excluded=tuple(str(clips / name) for name in args.not_trained),
-                          out=Path(args.work), data=args.data_mode, hr_every=args.hr_every,
-                          ema_decay=args.ema_decay, seed=args.seed, threads=1, progress=False, recipe=recipe)
+    recipe = Recipe(
+        latent_lr=args.latent_lr,
+        float_lr=args.float_lr,
+        adapter_weight=args.adapter_weight,
+        laplacian_from=args.laplacian_from,
+        coherence_from=args.coherence_from,
+        warmup_steps=100,
+        total_steps=args.total_steps,
+    )
+    return DistillOptions(
+        footage=(clips,),
+        heldout=tuple(str(clips / name) for name in args.heldout),
+        excluded=tuple(str(clips / name) for name in args.not_trained),
+        out=Path(args.work),
+        data=args.data_mode,
+        hr_every=args.hr_every,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        threads=1,
+        progress=False,
+        recipe=recipe,
+    )
 
 
 def table(rows):
     head = f"{'CPU-min':>7s} {'steps':>6s}  " + "  ".join(f"{name[:26]:>26s}" for name in rows[0]["clips"])
     lines = [head, f"{'':>7s} {'':>6s}  " + "  ".join(f"{'MAD e-3 (empty) IoU':>26s}" for _ in rows[0]["clips"])]
     for row in rows:
-        cells = [f"{c['pha_mad'] * 1e3:7.1f} ({c['zero_pha_mad'] * 1e3:5.1f}) {c['iou']:5.2f}"
-                 for c in row["clips"].values()]
-        lines.append(f"{row['minutes']:7.1f} {row['steps']:6d}  " + "  ".join(f"{cell:>26s}" for cell in cells)
-                     + f"   [{row['weights']}]")
+        cells = [
+            f"{c['pha_mad'] * 1e3:7.1f} ({c['zero_pha_mad'] * 1e3:5.1f}) {c['iou']:5.2f}" for c in row["clips"].values()
+        ]
+        lines.append(
+            f"{row['minutes']:7.1f} {row['steps']:6d}  "
+            + "  ".join(f"{cell:>26s}" for cell in cells)
+            + f"   [{row['weights']}]"
+        )
     return "\n".join(lines)
 
 
@@ -60,18 +80,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data", help="folder holding people/clips")
     parser.add_argument("--heldout", nargs="+", default=list(HELDOUT), help="clip names never trained on")
-    parser.add_argument("--not-trained", nargs="*", default=list(NOT_TRAINED),
-                        help="more clips kept out of training, not scored")
+    parser.add_argument(
+        "--not-trained", nargs="*", default=list(NOT_TRAINED), help="more clips kept out of training, not scored"
+    )
     parser.add_argument("--minutes", type=float, default=30.0, help="training CPU budget (one thread)")
     parser.add_argument("--eval-minutes", type=float, default=10.0)
-    parser.add_argument("--work", default=os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
-                                                       "bimatting", "learn-bench"))
+    parser.add_argument(
+        "--work",
+        default=os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "bimatting", "learn-bench"),
+    )
     parser.add_argument("--data-mode", choices=("crops", "views"), default="crops")
     parser.add_argument("--hr-every", type=int, default=0)
     parser.add_argument("--laplacian-from", type=int, default=-1)
     parser.add_argument("--coherence-from", type=int, default=-1)
-    parser.add_argument("--adapter-weight", type=float, default=0.0,
-                        help="encoder features matched to the teacher's through training-only adapters")
+    parser.add_argument(
+        "--adapter-weight",
+        type=float,
+        default=0.0,
+        help="encoder features matched to the teacher's through training-only adapters",
+    )
     parser.add_argument("--latent-lr", type=float, default=5e-3)
     parser.add_argument("--float-lr", type=float, default=5e-4)
     parser.add_argument("--ema-decay", type=float, default=0.998)
@@ -95,11 +122,20 @@ def main():
             averaged = run.evaluate(averaged=True) if run.average else None
             for name, figures in (("live", live), ("average", averaged)):
                 if figures:
-                    rows.append({"minutes": trained / 60, "steps": run.step, "weights": name,
-                                 "clips": {c["clip"]: c for c in figures["clips"]}})
+                    rows.append(
+                        {
+                            "minutes": trained / 60,
+                            "steps": run.step,
+                            "weights": name,
+                            "clips": {c["clip"]: c for c in figures["clips"]},
+                        }
+                    )
             print(table(rows[-2:] if averaged else rows[-1:]), flush=True)
-    record = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "recipe": dataclasses.asdict(options.recipe), "rows": rows}
+    record = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "recipe": dataclasses.asdict(options.recipe),
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(record, indent=1))
     print("\n" + table(rows))
     last = [row for row in rows if row["steps"] == run.step]
@@ -107,8 +143,10 @@ def main():
         clips = row["clips"].values()
         beaten = sum(c["pha_mad"] < c["zero_pha_mad"] for c in clips)
         milestone = sum(c["pha_mad"] <= 0.5 * c["zero_pha_mad"] and c["iou"] >= 0.75 for c in clips)
-        print(f"{row['weights']} weights: beat the empty matte on {beaten}/{len(clips)} held-out clips; "
-              f"MAD <= half the empty matte's and IoU >= 0.75 on {milestone}/{len(clips)}")
+        print(
+            f"{row['weights']} weights: beat the empty matte on {beaten}/{len(clips)} held-out clips; "
+            f"MAD <= half the empty matte's and IoU >= 0.75 on {milestone}/{len(clips)}"
+        )
     print(f"wrote {args.out}")
 
 

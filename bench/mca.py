@@ -35,6 +35,7 @@ cycles/iteration = llvm-mca's Total Cycles / Iterations (steady state, loop-carr
 included); Block RThroughput (resource bound only) is shown too. llvm-mca assumes L1 hits and
 perfect branch prediction, so these are upper bounds on the loops, not layer timings.
 """
+
 import argparse
 import json
 import re
@@ -63,8 +64,12 @@ VECTOR_BITS_X86 = {"x": 128, "y": 256, "z": 512}
 FMA_LANES_X86 = {"x": 4, "y": 8, "z": 16, "s": 1}
 ISA = {  # per instruction set: comment start, backward-branch regex, (work regex, units) per kernel
     "aarch64": {"comment": "//", "branch": BRANCH, "binary": (POPCOUNT, POPCOUNT_BITS), "float": (FMA, FMA_LANES)},
-    "x86_64": {"comment": "#", "branch": BRANCH_X86, "binary": (POPCOUNT_X86, VECTOR_BITS_X86),
-               "float": (FMA_X86, FMA_LANES_X86)},
+    "x86_64": {
+        "comment": "#",
+        "branch": BRANCH_X86,
+        "binary": (POPCOUNT_X86, VECTOR_BITS_X86),
+        "float": (FMA_X86, FMA_LANES_X86),
+    },
 }
 
 
@@ -73,6 +78,7 @@ class Missing(Exception):
 
 
 # -- building the two kernels -----------------------------------------------------------------
+
 
 def _llvm_asm(runtime_module):
     """Assembly of every LLVM module in an import tree (a Relax executable nests its kernels)."""
@@ -102,6 +108,7 @@ def float_conv_asm(cin, cout, height, width, tvm_target):
 
 # -- finding the hot loop ---------------------------------------------------------------------
 
+
 def _code_lines(asm, comment="//"):
     """Labels and instructions, comments and directives (.loc, .cfi, .p2align...) dropped."""
     lines = []
@@ -126,15 +133,17 @@ def hot_loop(asm, work, isa="aarch64"):
         branch = ISA[isa]["branch"].match(line)
         if branch and branch.group(2) in labels:  # already defined: a backward branch
             loops.append((labels[branch.group(2)], index))
-    counted = [(start, end, sum(bool(work.match(line)) for line in lines[start:end + 1]))
-               for start, end in loops]
+    counted = [(start, end, sum(bool(work.match(line)) for line in lines[start : end + 1])) for start, end in loops]
     candidates = [loop for loop in counted if loop[2] > 0]
-    innermost = [(s, e, n) for s, e, n in candidates
-                 if not any(s <= s2 and e2 <= e and (s2, e2) != (s, e) for s2, e2, _ in candidates)]
+    innermost = [
+        (s, e, n)
+        for s, e, n in candidates
+        if not any(s <= s2 and e2 <= e and (s2, e2) != (s, e) for s2, e2, _ in candidates)
+    ]
     if not innermost:
         raise RuntimeError(f"no loop with a /{work.pattern}/ instruction in the assembly")
     start, end, _ = max(innermost, key=lambda loop: loop[2])  # max keeps the first on ties
-    return lines[start:end + 1]
+    return lines[start : end + 1]
 
 
 def instructions(loop):
@@ -153,12 +162,17 @@ def work_per_iteration(loop, pattern, units):
 
 # -- llvm-mca ---------------------------------------------------------------------------------
 
+
 def run_mca(mca, loop, triple, cpu):
     with tempfile.NamedTemporaryFile("w", suffix=".s") as source:
         source.write("\n".join(loop) + "\n")
         source.flush()
-        done = subprocess.run([mca, f"-mtriple={triple}", f"-mcpu={cpu}", f"-iterations={MCA_ITERATIONS}",
-                               source.name], capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [mca, f"-mtriple={triple}", f"-mcpu={cpu}", f"-iterations={MCA_ITERATIONS}", source.name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     if done.returncode != 0:
         raise RuntimeError(f"llvm-mca failed: {done.stderr.strip().splitlines()[-1:]}")
     return done.stdout
@@ -172,12 +186,15 @@ def parse_mca(report):
         return float(match.group(1))
 
     iterations = field("Iterations")
-    return {"instructions": field("Instructions") / iterations,
-            "cycles": field("Total Cycles") / iterations,
-            "block_rthroughput": field("Block RThroughput")}
+    return {
+        "instructions": field("Instructions") / iterations,
+        "cycles": field("Total Cycles") / iterations,
+        "block_rthroughput": field("Block RThroughput"),
+    }
 
 
 # -- main -------------------------------------------------------------------------------------
+
 
 def check_tools(target_name, mca_path):
     """(resolved target, llvm-mca path); Missing with one line when a tool is absent."""
@@ -186,8 +203,9 @@ def check_tools(target_name, mca_path):
 
     mca = shutil.which(mca_path)
     if mca is None:
-        raise Missing(f"'{mca_path}' not found; install LLVM's llvm-mca (Debian: apt-get install llvm) "
-                      f"or pass --llvm-mca PATH")
+        raise Missing(
+            f"'{mca_path}' not found; install LLVM's llvm-mca (Debian: apt-get install llvm) or pass --llvm-mca PATH"
+        )
     try:
         target = resolve(target_name)
         if target.isa not in ISA:
@@ -214,8 +232,14 @@ def measure(target, mca, shape):
         work, units = ISA[target.isa][kind]
         loop = hot_loop(builder(*shape, tvm_target), work, target.isa)
         report = run_mca(mca, loop, triple, cpu)
-        row = {"kernel": name, **parse_mca(report), "macs": work_per_iteration(loop, work, units),
-               "mac_unit": unit, "loop": "\n".join(loop), "report": report}
+        row = {
+            "kernel": name,
+            **parse_mca(report),
+            "macs": work_per_iteration(loop, work, units),
+            "mac_unit": unit,
+            "loop": "\n".join(loop),
+            "report": report,
+        }
         row["macs_per_cycle"] = row["macs"] / row["cycles"]
         row["macs_per_cycle_rthroughput"] = row["macs"] / row["block_rthroughput"]
         rows.append(row)
@@ -254,20 +278,36 @@ def main():
     ratio_rt = binary["macs_per_cycle_rthroughput"] / fp["macs_per_cycle_rthroughput"]
     cpu = target.llvm["mcpu"]
     if args.json:
-        print(json.dumps({"target": target.name, "mcpu": cpu, "shape": shape, "goal": GOAL,
-                          "ratio": ratio, "ratio_block_rthroughput": ratio_rt,
-                          "kernels": [{k: v for k, v in r.items() if k not in ("loop", "report")} for r in rows]},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "target": target.name,
+                    "mcpu": cpu,
+                    "shape": shape,
+                    "goal": GOAL,
+                    "ratio": ratio,
+                    "ratio_block_rthroughput": ratio_rt,
+                    "kernels": [{k: v for k, v in r.items() if k not in ("loop", "report")} for r in rows],
+                },
+                indent=2,
+            )
+        )
         return
-    print(f"3x3 {shape[0]}->{shape[1]} at {shape[2]}x{shape[3]}, target {target.name}, "
-          f"llvm-mca -mcpu={cpu}, per iteration of the hot inner loop")
+    print(
+        f"3x3 {shape[0]}->{shape[1]} at {shape[2]}x{shape[3]}, target {target.name}, "
+        f"llvm-mca -mcpu={cpu}, per iteration of the hot inner loop"
+    )
     print(f"{'kernel':<22} {'instr':>6} {'cycles':>7} {'RThru':>6} {'MACs':>6} {'MACs/cycle':>11}  unit")
     for r in rows:
-        print(f"{r['kernel']:<22} {r['instructions']:>6.0f} {r['cycles']:>7.2f} {r['block_rthroughput']:>6.1f}"
-              f" {r['macs']:>6} {r['macs_per_cycle']:>11.2f}  {r['mac_unit']}")
+        print(
+            f"{r['kernel']:<22} {r['instructions']:>6.0f} {r['cycles']:>7.2f} {r['block_rthroughput']:>6.1f}"
+            f" {r['macs']:>6} {r['macs_per_cycle']:>11.2f}  {r['mac_unit']}"
+        )
     verdict = "met" if ratio >= GOAL else "NOT met"
-    print(f"binary/float: {ratio:.1f}x by cycles/iteration ({ratio_rt:.1f}x by Block RThroughput); "
-          f"goal >= {GOAL:.0f}x {verdict}")
+    print(
+        f"binary/float: {ratio:.1f}x by cycles/iteration ({ratio_rt:.1f}x by Block RThroughput); "
+        f"goal >= {GOAL:.0f}x {verdict}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ CPU-hour: a recipe that cannot fit four frames cannot learn from thousands.
 
     python bench/recipe_fit.py CLIP [--steps 150] [--threads 1]
 """
+
 import argparse
 import dataclasses
 import time
@@ -60,8 +61,12 @@ def fit(recipe, src, target, teacher, steps, seed=0):
             pred = passes.student_outputs(model, src, 1.0)
         loss = losses.student_matting_loss(pred, target["fgr"], target["pha"])["total"]
         if theirs is not None:
-            loss = loss + feature_distillation(mine.features, theirs, recipe.feature_weight,
-                                               recipe.attention_weight)["feature_total"]
+            loss = (
+                loss
+                + feature_distillation(mine.features, theirs, recipe.feature_weight, recipe.attention_weight)[
+                    "feature_total"
+                ]
+            )
         loss.backward()
         optimizer.step()
     recipes.set_binary_weights(model, True)
@@ -90,16 +95,20 @@ def main():
     with torch.no_grad():
         out = teacher(src)
     target = {"fgr": out[0], "pha": out[1]}
-    print(f"{args.steps} steps, 4 frames of {args.clip} at 160x96; all-zero matte: "
-          f"{float(target['pha'].abs().mean()) * 1e3:.1f}e-3")
+    print(
+        f"{args.steps} steps, 4 frames of {args.clip} at 160x96; all-zero matte: "
+        f"{float(target['pha'].abs().mean()) * 1e3:.1f}e-3"
+    )
     print(f"| variant | pha MAD x1e3 train mode | eval mode | seconds |\n|---|---|---|---|")
     for name, recipe in VARIANTS.items():
         if args.only and name not in args.only:
             continue
         started = time.perf_counter()
         train_mad, eval_mad = fit(recipe, src, target, teacher, args.steps)
-        print(f"| {name} | {train_mad * 1e3:.1f} | {eval_mad * 1e3:.1f} | {time.perf_counter() - started:.0f} |",
-              flush=True)
+        print(
+            f"| {name} | {train_mad * 1e3:.1f} | {eval_mad * 1e3:.1f} | {time.perf_counter() - started:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ the continuous density of a trained network: no threshold placement removes thos
 footage; only the same float arithmetic in every runtime does. `bimatting export --verify --exact`
 shows where two runtimes actually part.
 """
+
 import argparse
 import json
 import sys
@@ -37,8 +38,10 @@ def measure(model, frames, ratio, band):
     def hook(module, inputs, output):
         x = inputs[0].detach()
         near = (x.abs() < band).sum(dim=(0, 2, 3)).numpy()
-        site = sites.setdefault(names[module], {"decisions": 0, "near_zero": 0, "exact_zero": 0,
-                                                "per_channel": np.zeros(x.shape[1], np.int64)})
+        site = sites.setdefault(
+            names[module],
+            {"decisions": 0, "near_zero": 0, "exact_zero": 0, "per_channel": np.zeros(x.shape[1], np.int64)},
+        )
         site["decisions"] += x.numel()
         site["near_zero"] += int(near.sum())
         site["exact_zero"] += int((x == 0).sum())
@@ -62,11 +65,18 @@ def summarize(sites, frames):
     for name, site in sites.items():
         top = int(site["per_channel"].argmax())
         share = site["per_channel"][top] / site["near_zero"] if site["near_zero"] else 0.0
-        rows.append({"site": name, "decisions_per_frame": site["decisions"] // frames,
-                     "near_zero_ppm": site["near_zero"] / site["decisions"] * 1e6,
-                     "near_zero_per_frame": site["near_zero"] / frames, "exact_zero": site["exact_zero"],
-                     "top_channel": top, "top_channel_share": float(share),
-                     "systematic": bool(site["near_zero"] >= frames and share >= SYSTEMATIC_SHARE)})
+        rows.append(
+            {
+                "site": name,
+                "decisions_per_frame": site["decisions"] // frames,
+                "near_zero_ppm": site["near_zero"] / site["decisions"] * 1e6,
+                "near_zero_per_frame": site["near_zero"] / frames,
+                "exact_zero": site["exact_zero"],
+                "top_channel": top,
+                "top_channel_share": float(share),
+                "systematic": bool(site["near_zero"] >= frames and share >= SYSTEMATIC_SHARE),
+            }
+        )
     return rows
 
 
@@ -97,18 +107,35 @@ def main():
         sys.exit(f"error: no frames in '{args.footage}'")
     rows = summarize(measure(model, frames, args.ratio, args.band), len(frames))
     if args.json:
-        print(json.dumps({"footage": args.footage, "resolution": [width, height], "ratio": args.ratio,
-                          "frames": len(frames), "band": args.band, "sites": rows}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "footage": args.footage,
+                    "resolution": [width, height],
+                    "ratio": args.ratio,
+                    "frames": len(frames),
+                    "band": args.band,
+                    "sites": rows,
+                },
+                indent=2,
+            )
+        )
         return
-    print(f"{len(frames)} frames of {args.footage} at {width}x{height}, s={args.ratio:g}; near zero: |x| < {args.band:g}")
+    print(
+        f"{len(frames)} frames of {args.footage} at {width}x{height}, s={args.ratio:g}; near zero: |x| < {args.band:g}"
+    )
     print(f"{'sign site':<36}{'decisions/frame':>16}{'near-zero ppm':>15}{'per frame':>11}{'top channel':>18}")
     for row in rows:
         flag = "  systematic" if row["systematic"] else ""
-        print(f"{row['site']:<36}{row['decisions_per_frame']:>16,}{row['near_zero_ppm']:>15.1f}"
-              f"{row['near_zero_per_frame']:>11.1f}{row['top_channel']:>8} ({row['top_channel_share']:.0%}){flag}")
+        print(
+            f"{row['site']:<36}{row['decisions_per_frame']:>16,}{row['near_zero_ppm']:>15.1f}"
+            f"{row['near_zero_per_frame']:>11.1f}{row['top_channel']:>8} ({row['top_channel_share']:.0%}){flag}"
+        )
     total = sum(r["near_zero_per_frame"] for r in rows)
-    print(f"near-zero decisions per frame: {total:.0f} of {sum(r['decisions_per_frame'] for r in rows):,}; "
-          f"systematic sites: {', '.join(r['site'] for r in rows if r['systematic']) or 'none'}")
+    print(
+        f"near-zero decisions per frame: {total:.0f} of {sum(r['decisions_per_frame'] for r in rows):,}; "
+        f"systematic sites: {', '.join(r['site'] for r in rows if r['systematic']) or 'none'}"
+    )
 
 
 if __name__ == "__main__":

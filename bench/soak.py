@@ -33,6 +33,7 @@ once overflow the kernel's accept queue and an occasional connect is reset (SYN 
 limitation of that server (a real board runs the same program), reported but not failed.
 Emulated timings say nothing about a real board; the seconds are only for scale.
 """
+
 import argparse
 import json
 import os
@@ -75,7 +76,8 @@ def build_library(folder, target="rpi4"):
     module = tvm.IRModule({"vadd": te.create_prim_func([a, b, c]).with_attr("global_symbol", "vadd")})
     path = Path(folder) / "soak_vadd.so"
     tvm.compile(module, target=tvm.target.Target(board["llvm"])).export_library(
-        str(path), fcompile=cc.cross_compiler(board["cross_compiler"]))
+        str(path), fcompile=cc.cross_compiler(board["cross_compiler"])
+    )
     return path
 
 
@@ -189,8 +191,9 @@ def kill_phase(board, library, mode, kills, upload_bytes, run_seconds, operation
     rng = random.Random(0)
     for _ in range(kills):
         # kill somewhere in the first 80 % of the operation (its measured length)
-        outcomes.append(killed_client(board, library, mode, rng.uniform(0.1, 0.8) * operation_s,
-                                      upload_bytes, run_seconds))
+        outcomes.append(
+            killed_client(board, library, mode, rng.uniform(0.1, 0.8) * operation_s, upload_bytes, run_seconds)
+        )
     failures = [f"client {outcome}" for outcome in outcomes if outcome == "failed"]
     return outcomes.count("killed"), failures, outcomes.count("finished")
 
@@ -210,8 +213,9 @@ class Server:
     def __init__(self, kind, tmp_root):
         self.kind = kind
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"soak-{kind}-", dir=tmp_root))
-        self.board = emulator.start_board("rpi4", server=kind, env={"TMPDIR": str(self.tmpdir)},
-                                          log_path=Path(tmp_root) / f"{kind}.log")
+        self.board = emulator.start_board(
+            "rpi4", server=kind, env={"TMPDIR": str(self.tmpdir)}, log_path=Path(tmp_root) / f"{kind}.log"
+        )
         self.pid = soak_probe.server_pid(self.board.processes(), self.board.port)
         # children the server keeps of its own (none for either today); sessions come on top
         self.baseline_children = len(soak_probe.children(self.pid))
@@ -241,11 +245,21 @@ def run_phase(server, name, work, library, settle_s):
     # a fresh session after the phase: the server still accepts and serves
     serves = server.alive() and one_session(server.board, library) is None
     kids, left = server.settle(settle_s)
-    return {"server": server.kind, "phase": name, "sessions": done, "failures": len(failures),
-            "refused": sum(reason.startswith("connect:") for reason in failures),
-            "failure_examples": sorted(set(failures))[:3], "missed": extra[0] if extra else 0,
-            "seconds": round(seconds, 1), "rss_before_mb": _mb(rss_before), "rss_after_mb": _mb(server.rss()),
-            "children_left": len(kids) - server.baseline_children, "folders_left": len(left), "serves": serves}
+    return {
+        "server": server.kind,
+        "phase": name,
+        "sessions": done,
+        "failures": len(failures),
+        "refused": sum(reason.startswith("connect:") for reason in failures),
+        "failure_examples": sorted(set(failures))[:3],
+        "missed": extra[0] if extra else 0,
+        "seconds": round(seconds, 1),
+        "rss_before_mb": _mb(rss_before),
+        "rss_after_mb": _mb(server.rss()),
+        "children_left": len(kids) - server.baseline_children,
+        "folders_left": len(left),
+        "serves": serves,
+    }
 
 
 def _mb(value):
@@ -258,26 +272,45 @@ def soak_server(kind, args, library, tmp_root):
         warmup_failures = [r for r in (one_session(server.board, library) for _ in range(WARMUP)) if r]
         rss_warm = server.rss()
         upload_bytes = int(args.upload_mb * (1 << 20))
-        phases = [("sequential", lambda: sequential(server.board, library, args.sessions)),
-                  ("concurrent", lambda: concurrent(server.board, library, args.clients, args.per_client))]
+        phases = [
+            ("sequential", lambda: sequential(server.board, library, args.sessions)),
+            ("concurrent", lambda: concurrent(server.board, library, args.clients, args.per_client)),
+        ]
         if args.kills:
             upload_s = timed_upload(server.board, upload_bytes)
-            phases.append(("kill-upload", lambda: kill_phase(server.board, library, "upload", args.kills,
-                                                            upload_bytes, args.run_seconds, upload_s)))
+            phases.append(
+                (
+                    "kill-upload",
+                    lambda: kill_phase(
+                        server.board, library, "upload", args.kills, upload_bytes, args.run_seconds, upload_s
+                    ),
+                )
+            )
             if library is not None:
-                phases.append(("kill-run", lambda: kill_phase(server.board, library, "run", args.kills,
-                                                             upload_bytes, args.run_seconds, args.run_seconds)))
+                phases.append(
+                    (
+                        "kill-run",
+                        lambda: kill_phase(
+                            server.board, library, "run", args.kills, upload_bytes, args.run_seconds, args.run_seconds
+                        ),
+                    )
+                )
         rows = []
         for name, work in phases:
             rows.append(run_phase(server, name, work, library, args.settle_seconds))
             if not rows[-1]["serves"]:
                 break  # a dead server: the later phases would only time out
         rss_end = server.rss()
-        summary = {"server": kind, "start_seconds": round(server.board.start_seconds, 1),
-                   "warmup_failures": len(warmup_failures), "rss_after_warmup_mb": _mb(rss_warm),
-                   "rss_end_mb": _mb(rss_end), "rss_growth_mb": _mb(rss_end - rss_warm) if rss_end and rss_warm else None,
-                   "upload_seconds": round(upload_s, 2) if args.kills else None,
-                   "log_tail": server.board.log_tail(5)}
+        summary = {
+            "server": kind,
+            "start_seconds": round(server.board.start_seconds, 1),
+            "warmup_failures": len(warmup_failures),
+            "rss_after_warmup_mb": _mb(rss_warm),
+            "rss_end_mb": _mb(rss_end),
+            "rss_growth_mb": _mb(rss_end - rss_warm) if rss_end and rss_warm else None,
+            "upload_seconds": round(upload_s, 2) if args.kills else None,
+            "log_tail": server.board.log_tail(5),
+        }
         summary["problems"] = problems(rows, summary, args.rss_bound_mb, len(phases))
         return rows, summary
 
@@ -305,23 +338,52 @@ def problems(rows, summary, rss_bound_mb, phases):
 
 
 def print_table(rows, summaries):
-    header = ("server", "phase", "sessions", "failures", "refused", "missed", "seconds", "RSS before MB", "RSS after MB",
-              "children left", "folders left", "serves")
-    keys = ("server", "phase", "sessions", "failures", "refused", "missed", "seconds", "rss_before_mb", "rss_after_mb",
-            "children_left", "folders_left", "serves")
-    table = [header] + [tuple("yes" if row[k] is True else "NO" if row[k] is False else str(row[k]) for k in keys)
-                        for row in rows]
+    header = (
+        "server",
+        "phase",
+        "sessions",
+        "failures",
+        "refused",
+        "missed",
+        "seconds",
+        "RSS before MB",
+        "RSS after MB",
+        "children left",
+        "folders left",
+        "serves",
+    )
+    keys = (
+        "server",
+        "phase",
+        "sessions",
+        "failures",
+        "refused",
+        "missed",
+        "seconds",
+        "rss_before_mb",
+        "rss_after_mb",
+        "children_left",
+        "folders_left",
+        "serves",
+    )
+    table = [header] + [
+        tuple("yes" if row[k] is True else "NO" if row[k] is False else str(row[k]) for k in keys) for row in rows
+    ]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
-    print("refused: failures at connect (reset before the server saw them); "
-          "missed: killed clients whose operation had already ended (not a failure)")
+    print(
+        "refused: failures at connect (reset before the server saw them); "
+        "missed: killed clients whose operation had already ended (not a failure)"
+    )
     for summary in summaries:
         verdict = "; ".join(summary["problems"]) or "ok"
-        print(f"{summary['server']}: started in {summary['start_seconds']} s, RSS {summary['rss_after_warmup_mb']} MB "
-              f"after warm-up -> {summary['rss_end_mb']} MB at the end ({_signed(summary['rss_growth_mb'])} MB), "
-              + (f"{summary['upload_seconds']} s per full upload" if summary["upload_seconds"] else "no kills")
-              + f": {verdict}")
+        print(
+            f"{summary['server']}: started in {summary['start_seconds']} s, RSS {summary['rss_after_warmup_mb']} MB "
+            f"after warm-up -> {summary['rss_end_mb']} MB at the end ({_signed(summary['rss_growth_mb'])} MB), "
+            + (f"{summary['upload_seconds']} s per full upload" if summary["upload_seconds"] else "no kills")
+            + f": {verdict}"
+        )
 
 
 def _signed(value):
@@ -337,8 +399,12 @@ def parse_args(argv=None):
     parser.add_argument("--kills", type=int, default=20, help="clients killed mid-upload, and as many mid-run")
     parser.add_argument("--upload-mb", type=float, default=20.0, help="size of the upload killed midway")
     parser.add_argument("--run-seconds", type=float, default=2.0, help="length of the remote call killed midway")
-    parser.add_argument("--settle-seconds", type=float, default=15.0,
-                        help="how long ended sessions may take to go away before they count as left")
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=15.0,
+        help="how long ended sessions may take to go away before they count as left",
+    )
     parser.add_argument("--rss-bound-mb", type=float, default=20.0, help="allowed RSS growth after warm-up")
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
     args = parser.parse_args(argv)

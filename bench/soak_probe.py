@@ -4,6 +4,7 @@ resident memory, its child processes, and the work folders it leaves in its own 
 Linux only, no tvm. Under qemu-user the server process is the qemu process running it, so its
 VmRSS includes qemu's translated code; each session the server forks is a real child process.
 """
+
 import os
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ def listen_inode(port):
 
 def _ppid_and_state(pid):
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid ...
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid ...
     return int(fields[1]), fields[0]
 
 

@@ -30,6 +30,7 @@ The BiMatting weights are the packaged default model when this install has one, 
 random-initialised network (latency does not depend on the weights; the table says which).
 Parts whose pieces are missing print "n/a (reason)".
 """
+
 import os
 
 # One thread everywhere (or BIMATTING_BENCH_THREADS), set before the libraries start their pools.
@@ -46,7 +47,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 RESOLUTIONS = [((512, 288), 1.0), ((1920, 1080), 0.25)]
-THREADS = int(os.environ.get("BIMATTING_BENCH_THREADS", "1"))   # set for the child of --threads 2
+THREADS = int(os.environ.get("BIMATTING_BENCH_THREADS", "1"))  # set for the child of --threads 2
 CALIBRATION_FRAMES = 16
 PROFILED_FRAMES = 3
 LAYERS = [("3x3 64->64 @64x64", 64, 64, 64, 64), ("3x3 128->128 @36x64 (1/8 decoder)", 128, 128, 36, 64)]
@@ -68,6 +69,7 @@ def median_ms(run, repeats, warmup=2):
 
 
 # -- part 1: whole networks ---------------------------------------------------------------------
+
 
 def bimatting_network():
     """(network, which) -- the packaged default, else a random-initialised BiMatting."""
@@ -119,8 +121,11 @@ def rvm_int8_path(workdir):
         for size, ratio in RESOLUTIONS:
             states = [np.zeros((1, 1, 1, 1), np.float32)] * 4
             for frame in sample_frames(CALIBRATION_FRAMES, size=size):
-                feed = {"src": to_nchw(frame), "downsample_ratio": np.array([ratio], np.float32),
-                        **{f"r{k}i": state for k, state in enumerate(states, 1)}}
+                feed = {
+                    "src": to_nchw(frame),
+                    "downsample_ratio": np.array([ratio], np.float32),
+                    **{f"r{k}i": state for k, state in enumerate(states, 1)},
+                }
                 feeds.append(feed)
                 states = session.run(["r1o", "r2o", "r3o", "r4o"], feed)
 
@@ -142,8 +147,15 @@ def rvm_int8_path(workdir):
         level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process would split the table
         try:
-            q.quantize_static(opset13, path, Calibration(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
+            q.quantize_static(
+                opset13,
+                path,
+                Calibration(),
+                quant_format=q.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8,
+            )
         finally:
             logging.getLogger().setLevel(level)
     return path
@@ -197,7 +209,7 @@ def network_latency(matter, size, frames):
     from bimatting.matting.samples import sample_frames
 
     clip = [to_nchw(frame) for frame in sample_frames(frames + 2, size=size)]
-    index = iter(range(10 ** 9))
+    index = iter(range(10**9))
     return median_ms(lambda: matter.infer(clip[next(index) % len(clip)]), repeats=frames, warmup=2)
 
 
@@ -208,10 +220,12 @@ def part_networks(frames, workdir, breakdown=True):
     """{(engine, "WxH"): ms or "n/a (...)"}, which weights, {"WxH": op groups of the host artifact},
     {"WxH": INT8 pha error}."""
     network, which = bimatting_network()
-    makers = {"RVM FP32, onnxruntime": lambda s, r: rvm_onnxruntime(s, r),
-              "RVM INT8, onnxruntime": lambda s, r: rvm_int8_onnxruntime(s, r, workdir),
-              "BiMatting, onnxruntime": lambda s, r: bimatting_onnxruntime(s, r, network),
-              "BiMatting, TVM host": lambda s, r: bimatting_tvm_host(s, r, network, workdir)}
+    makers = {
+        "RVM FP32, onnxruntime": lambda s, r: rvm_onnxruntime(s, r),
+        "RVM INT8, onnxruntime": lambda s, r: rvm_int8_onnxruntime(s, r, workdir),
+        "BiMatting, onnxruntime": lambda s, r: bimatting_onnxruntime(s, r, network),
+        "BiMatting, TVM host": lambda s, r: bimatting_tvm_host(s, r, network, workdir),
+    }
     results, groups, int8 = {}, {}, {}
     for name in ENGINES:
         for size, ratio in RESOLUTIONS:
@@ -241,12 +255,24 @@ def operator_groups(matter, size):
 def two_thread_networks(frames, workdir):
     """The networks of part 1 with 2 threads, measured by a child of this script."""
     env = dict(os.environ, BIMATTING_BENCH_THREADS="2", TVM_NUM_THREADS="2", OMP_NUM_THREADS="2")
-    command = [sys.executable, __file__, "--frames", str(frames), "--networks-only", "--json", "--no-memory",
-               "--no-second-thread", "--workdir", workdir]
+    command = [
+        sys.executable,
+        __file__,
+        "--frames",
+        str(frames),
+        "--networks-only",
+        "--json",
+        "--no-memory",
+        "--no-second-thread",
+        "--workdir",
+        workdir,
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1][:100]
-        return {(name, f"{w}x{h}"): f"n/a (2-thread run failed: {reason})" for name in ENGINES for (w, h), _ in RESOLUTIONS}
+        return {
+            (name, f"{w}x{h}"): f"n/a (2-thread run failed: {reason})" for name in ENGINES for (w, h), _ in RESOLUTIONS
+        }
     measured = json.loads(done.stdout)["networks"]
     return {tuple(key.split(" @ ")): value for key, value in measured.items()}
 
@@ -270,8 +296,10 @@ for name in sorted(glob.glob(sys.argv[1] + "/*.png")):
 
 # A small launcher runs the command and reports its child's peak RSS: measured from this (large)
 # process, a forked child would count the parent's pages it starts with.
-LAUNCHER = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+LAUNCHER = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
 
 
 def peak_rss_mb(command, env=None):
@@ -291,15 +319,30 @@ def part_memory(workdir, frames):
     clip = os.path.join(workdir, "clip")
     os.makedirs(clip, exist_ok=True)
     for index, frame in enumerate(sample_frames(frames, size=(512, 288))):
-        cv2.imwrite(os.path.join(clip, f"{index:04d}.png"), cv2.cvtColor(np.uint8(frame * 255 + 0.5), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(
+            os.path.join(clip, f"{index:04d}.png"), cv2.cvtColor(np.uint8(frame * 255 + 0.5), cv2.COLOR_RGB2BGR)
+        )
     artifact = os.path.join(workdir, "bimatting-host-512x288.tar")
     results = {}
     env = dict(os.environ, TVM_NUM_THREADS="1", OMP_NUM_THREADS="1")
     from bimatting.weights.rvm_onnx import OFFICIAL_FILE, OFFICIAL_PACKAGE
 
-    runs = {"RVM FP32, onnxruntime script": [sys.executable, "-c", RVM_ONLY, clip, OFFICIAL_PACKAGE, OFFICIAL_FILE],
-            "bimatting matte --artifact": [sys.executable, "-m", "bimatting", "matte", clip, "--artifact", artifact,
-                                           "-o", os.path.join(workdir, "matte-out"), "--output-type", "alpha"]}
+    runs = {
+        "RVM FP32, onnxruntime script": [sys.executable, "-c", RVM_ONLY, clip, OFFICIAL_PACKAGE, OFFICIAL_FILE],
+        "bimatting matte --artifact": [
+            sys.executable,
+            "-m",
+            "bimatting",
+            "matte",
+            clip,
+            "--artifact",
+            artifact,
+            "-o",
+            os.path.join(workdir, "matte-out"),
+            "--output-type",
+            "alpha",
+        ],
+    }
     for name, command in runs.items():
         if name.startswith("bimatting") and not os.path.exists(artifact):
             results[name] = "n/a (no 512x288 host artifact: part 1 could not compile it)"
@@ -312,6 +355,7 @@ def part_memory(workdir, frames):
 
 
 # -- part 2: one binary conv layer vs float ------------------------------------------------------
+
 
 def layer_operands(cin, cout, seed=0):
     rng = np.random.default_rng(seed)
@@ -339,8 +383,11 @@ def binary_layer_ms(cin, cout, height, width, repeats):
     device = tvm.cpu()
     x = np.random.default_rng(1).standard_normal((1, cin, height, width)).astype(np.float32)
     # Correctness first: the kernel against the numpy reference of the same binary conv.
-    expected = alpha[None, :, None, None] * reference.binary_conv2d(
-        layout.pack(layout.sign(x)), w_packed, cin, pads=(1, 1, 1, 1)) + bias[None, :, None, None]
+    expected = (
+        alpha[None, :, None, None]
+        * reference.binary_conv2d(layout.pack(layout.sign(x)), w_packed, cin, pads=(1, 1, 1, 1))
+        + bias[None, :, None, None]
+    )
     got = kernel.run(lib, x, device)
     if not np.allclose(got, expected, rtol=1e-5, atol=1e-4):
         raise RuntimeError(f"bitserial kernel disagrees with numpy (max diff {np.abs(got - expected).max():.3g})")
@@ -351,6 +398,7 @@ def binary_layer_ms(cin, cout, height, width, repeats):
     def run():
         pack(x_dev, packed)
         conv(packed, *operands, out)
+
     pack(x_dev, packed)
     # (float in, packed in): the layer as the first of a chain, and as a layer whose input the
     # previous binary layer already packed (the conv alone, float out)
@@ -363,10 +411,12 @@ def float_layer_onnxruntime_ms(cin, cout, height, width, repeats):
 
     weight, bias = layer_operands(cin, cout)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+        "conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, height, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, height, width])],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
@@ -388,8 +438,11 @@ def part_layers(repeats):
     rows = []
     for name, cin, cout, height, width in LAYERS:
         row = {"layer": name}
-        for key, measure in (("binary_tvm", binary_layer_ms), ("float_onnxruntime", float_layer_onnxruntime_ms),
-                             ("float_torch", float_layer_torch_ms)):
+        for key, measure in (
+            ("binary_tvm", binary_layer_ms),
+            ("float_onnxruntime", float_layer_onnxruntime_ms),
+            ("float_torch", float_layer_torch_ms),
+        ):
             try:
                 row[key] = measure(cin, cout, height, width, repeats)
             except NotAvailable as reason:
@@ -404,6 +457,7 @@ def part_layers(repeats):
 
 # -- the table -------------------------------------------------------------------------------------
 
+
 def fmt(value, notes, unit=" ms"):
     """A measurement, or 'n/a [k]' with the reason kept as footnote k."""
     if isinstance(value, float):
@@ -415,8 +469,10 @@ def fmt(value, notes, unit=" ms"):
 
 def print_table(result):
     notes, networks, two = [], result["networks"], result.get("networks_2_threads", {})
-    print(f"bimatting speed, {platform.processor() or platform.machine()}, 1 thread (onnxruntime, torch, TVM)"
-          f"{' and 2 threads' if two else ''}")
+    print(
+        f"bimatting speed, {platform.processor() or platform.machine()}, 1 thread (onnxruntime, torch, TVM)"
+        f"{' and 2 threads' if two else ''}"
+    )
     print(f"BiMatting weights: {result['weights']}\n")
     columns = [(f"{w}x{h}", f"{w}x{h} s={r:g}") for (w, h), r in RESOLUTIONS]
     header = "".join(f"{label:>24}" for _, label in columns)
@@ -427,40 +483,56 @@ def print_table(result):
         cells = [_cell(networks, name, size, networks, notes) for size, _ in columns]
         if two:
             cells += [_cell(two, name, size, networks, notes, own=networks) for size, _ in columns]
-        print(f"{name:<24}" + "".join(f"{c:>24}" for c in cells[:len(columns)])
-              + "".join(f"{c:>36}" for c in cells[len(columns):]))
-    print("(ratios: RVM FP32 onnxruntime latency at 1 thread / this engine's; > 1 is faster than RVM;"
-          + (" 2-thread cells also give the gain over the same engine at 1 thread)" if two else ")"))
+        print(
+            f"{name:<24}"
+            + "".join(f"{c:>24}" for c in cells[: len(columns)])
+            + "".join(f"{c:>36}" for c in cells[len(columns) :])
+        )
+    print(
+        "(ratios: RVM FP32 onnxruntime latency at 1 thread / this engine's; > 1 is faster than RVM;"
+        + (" 2-thread cells also give the gain over the same engine at 1 thread)" if two else ")")
+    )
     for size, error in result.get("int8_pha_error", {}).items():
         print(f"RVM INT8 against FP32 at {size}: pha mean |diff| {error:.2e}")
     for size, groups in result.get("host_groups_ms", {}).items():
         parts = ", ".join(f"{name.replace('_', ' ')} {groups[name]:.1f}" for name in GROUP_ORDER if name in groups)
-        print(f"TVM host {size}, ms per frame by group: {parts} (sum {sum(groups.get(n, 0) for n in GROUP_ORDER):.1f}"
-              f" of {groups.get('frame_ms_while_profiled', float('nan')):.1f} while profiled)")
+        print(
+            f"TVM host {size}, ms per frame by group: {parts} (sum {sum(groups.get(n, 0) for n in GROUP_ORDER):.1f}"
+            f" of {groups.get('frame_ms_while_profiled', float('nan')):.1f} while profiled)"
+        )
     if "layers" in result:  # not with --networks-only
         print_layers(result["layers"], notes)
     memory = result.get("peak_rss_mb")
     if memory:
-        print("\npeak resident memory, 512x288: " + ", ".join(f"{name} {fmt(value, notes, ' MB')}"
-                                                            for name, value in memory.items()))
+        print(
+            "\npeak resident memory, 512x288: "
+            + ", ".join(f"{name} {fmt(value, notes, ' MB')}" for name, value in memory.items())
+        )
     for index, note in enumerate(notes, 1):
         print(f"[{index}] {note}")
 
 
 def print_layers(layers, notes):
     print()
-    print(f"{'one 3x3 conv layer':<36}{'binary (TVM)':>14}{'packed in':>11}{'FP32 onnxruntime':>18}"
-          f"{'FP32 torch':>12}{'speedup':>9}{'packed in':>11}")
+    print(
+        f"{'one 3x3 conv layer':<36}{'binary (TVM)':>14}{'packed in':>11}{'FP32 onnxruntime':>18}"
+        f"{'FP32 torch':>12}{'speedup':>9}{'packed in':>11}"
+    )
     for row in layers:
         floats = [row[k] for k in ("float_onnxruntime", "float_torch") if isinstance(row[k], float)]
         binary, packed_in = row["binary_tvm"], row["binary_tvm_packed_input"]
-        float_in_speedup, packed_in_speedup = (f"{min(floats) / b:.1f}x" if floats and isinstance(b, float) else "n/a"
-                                               for b in (binary, packed_in))
-        print(f"{row['layer']:<36}{fmt(binary, notes):>14}{fmt(packed_in, notes):>11}"
-              f"{fmt(row['float_onnxruntime'], notes):>18}{fmt(row['float_torch'], notes):>12}"
-              f"{float_in_speedup:>9}{packed_in_speedup:>11}")
-    print("(speedup: the faster float conv / the binary conv, float in and float out both; packed in: the"
-          " binary conv reading\n the bits the previous binary layer packed, float out)")
+        float_in_speedup, packed_in_speedup = (
+            f"{min(floats) / b:.1f}x" if floats and isinstance(b, float) else "n/a" for b in (binary, packed_in)
+        )
+        print(
+            f"{row['layer']:<36}{fmt(binary, notes):>14}{fmt(packed_in, notes):>11}"
+            f"{fmt(row['float_onnxruntime'], notes):>18}{fmt(row['float_torch'], notes):>12}"
+            f"{float_in_speedup:>9}{packed_in_speedup:>11}"
+        )
+    print(
+        "(speedup: the faster float conv / the binary conv, float in and float out both; packed in: the"
+        " binary conv reading\n the bits the previous binary layer packed, float out)"
+    )
 
 
 GROUP_ORDER = ("binary_convs", "bit_packing", "float_convs", "sab_mask", "resize_concat", "elementwise", "runtime")
@@ -495,8 +567,13 @@ def main():
         workdir = args.workdir or scratch
         os.makedirs(workdir, exist_ok=True)  # a new --workdir is filled on this run, reused on the next
         networks, which, groups, int8 = part_networks(args.frames, workdir, breakdown=not args.networks_only)
-        result = {"threads": THREADS, "weights": which, "networks": networks, "host_groups_ms": groups,
-                  "int8_pha_error": int8}
+        result = {
+            "threads": THREADS,
+            "weights": which,
+            "networks": networks,
+            "host_groups_ms": groups,
+            "int8_pha_error": int8,
+        }
         if not args.networks_only:
             if not args.no_second_thread:
                 result["networks_2_threads"] = two_thread_networks(args.frames, workdir)

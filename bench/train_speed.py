@@ -8,6 +8,7 @@ Variants run side by side in one process, steps interleaved, so machine noise hi
     python bench/train_speed.py                  # eager variants
     python bench/train_speed.py --compile        # also torch.compile of the step (minutes to compile)
 """
+
 import argparse
 import contextlib
 import statistics
@@ -68,6 +69,7 @@ def make_step(channels_last=False, compiled=False, seed=0):
         optimizer.zero_grad(set_to_none=True)
         loss_fn(src, fgr, pha).backward()
         optimizer.step()
+
     return step
 
 
@@ -78,12 +80,14 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    variants = {"sign as before (full-size ones, input saved)": (make_step(), sign_before),
-                "default (0-dim constants, bool window saved)": (make_step(), contextlib.nullcontext),
-                "default + channels_last": (make_step(channels_last=True), contextlib.nullcontext)}
+    variants = {
+        "sign as before (full-size ones, input saved)": (make_step(), sign_before),
+        "default (0-dim constants, bool window saved)": (make_step(), contextlib.nullcontext),
+        "default + channels_last": (make_step(channels_last=True), contextlib.nullcontext),
+    }
     if args.compile:
         variants["default + torch.compile"] = (make_step(compiled=True), contextlib.nullcontext)
-    for name, (step, context) in variants.items():      # warm-up (and compile) outside the timing
+    for name, (step, context) in variants.items():  # warm-up (and compile) outside the timing
         started = time.process_time()
         with context():
             step()

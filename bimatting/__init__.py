@@ -3,6 +3,7 @@
 Importing the package is cheap and torch-free (deploy/ runs on boards without torch); the
 PyTorch entry points load on first use.
 """
+
 from bimatting._version import __version__
 from bimatting.errors import BimattingError, InputError, RuntimeFailure
 

@@ -3,6 +3,7 @@
 A failed or interrupted write never leaves a half-written file at the target path, and the
 previous file (if any) stays intact. Every output of the toolchain goes through here.
 """
+
 import contextlib
 import errno
 import os
@@ -42,8 +43,9 @@ def atomic_path(path, suffix=None):
     """
     path = Path(path)
     check_writable_parent(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
-                               dir=path.resolve().parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix, dir=path.resolve().parent
+    )
     os.close(fd)
     try:
         yield Path(tmp)
@@ -70,11 +72,13 @@ def atomic_dir(path):
             os.replace(path, old)
             os.replace(tmp, path)
             import shutil
+
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException as error:
         import shutil
+
         shutil.rmtree(tmp, ignore_errors=True)
         failure = _write_failure(path, error)
         if failure is not None:

@@ -4,6 +4,7 @@ The matte application, the evaluation, the teacher's labels, `export --verify` a
 (`deploy/compiler/shapes.py`) all use it, so this module imports nothing: deploy/ runs on boards
 without torch.
 """
+
 AUTO_LONG_SIDE = 512  # the network's low-resolution pass sees the long side at <= 512 px
 
 

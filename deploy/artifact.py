@@ -9,6 +9,7 @@
 failure); `read(path)` returns an `Artifact` whose files live in a temporary folder while it is
 referenced.
 """
+
 import hashlib
 import io
 import json
@@ -101,15 +102,18 @@ def read(path):
             with tarfile.open(path) as tar:
                 names = set(tar.getnames())
                 if not {LIBRARY, PARAMS, METADATA} <= names:
-                    raise InputError(f"'{path}' is not a bimatting artifact (it lacks {LIBRARY}, {PARAMS} "
-                                     f"or {METADATA})")
+                    raise InputError(
+                        f"'{path}' is not a bimatting artifact (it lacks {LIBRARY}, {PARAMS} or {METADATA})"
+                    )
                 for name in (LIBRARY, PARAMS, METADATA):
                     tar.extract(name, keep.name, filter="data")
         except tarfile.TarError:
             raise InputError(f"'{path}' is not a bimatting artifact (not a tar file)") from None
         except OSError as error:  # a full disk or file size limit while unpacking to the temp folder
-            raise RuntimeFailure(f"cannot unpack artifact '{path}' into {keep.name} ({error.strerror}); "
-                                 "free some disk space or pass the artifact as a folder") from None
+            raise RuntimeFailure(
+                f"cannot unpack artifact '{path}' into {keep.name} ({error.strerror}); "
+                "free some disk space or pass the artifact as a folder"
+            ) from None
         folder = Path(keep.name)
     try:
         metadata = json.loads((folder / METADATA).read_text())
@@ -118,6 +122,8 @@ def read(path):
     if metadata.get("format") != FORMAT:
         raise InputError(f"'{path}' is not a bimatting artifact (format {metadata.get('format')!r})")
     if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(f"artifact '{path}' has format version {metadata['format_version']}; this "
-                         f"bimatting reads up to {FORMAT_VERSION}: upgrade bimatting")
+        raise InputError(
+            f"artifact '{path}' has format version {metadata['format_version']}; this "
+            f"bimatting reads up to {FORMAT_VERSION}: upgrade bimatting"
+        )
     return Artifact(folder, metadata, keep)

@@ -5,6 +5,7 @@ bitserial architecture, and how to link: natively for `host` (whose `mcpu = "nat
 `num-cores = 0` become this machine's CPU and core count), with the cross compiler named in the
 TOML otherwise. `check_compiler` fails early with the Debian package to install.
 """
+
 import os
 import platform
 import shutil
@@ -44,9 +45,15 @@ class ResolvedTarget:
 
     def summary(self):
         """JSON-ready description for artifact metadata and `bimatting targets --json`."""
-        return {"name": self.name, "description": self.descriptor.get("description", ""),
-                "isa": self.isa, "llvm": self.llvm, "cross_compiler": self.cross_compiler,
-                "qemu_cpu": self.qemu_cpu, "rpc_key": self.rpc_key}
+        return {
+            "name": self.name,
+            "description": self.descriptor.get("description", ""),
+            "isa": self.isa,
+            "llvm": self.llvm,
+            "cross_compiler": self.cross_compiler,
+            "qemu_cpu": self.qemu_cpu,
+            "rpc_key": self.rpc_key,
+        }
 
 
 def resolve(name):
@@ -75,9 +82,11 @@ def check_compiler(target):
     found = shutil.which(target.cross_compiler)
     if found is None:
         package = target.descriptor.get("cross_compiler_package", "a cross compiler")
-        raise InputError(f"target '{target.name}' needs the cross compiler '{target.cross_compiler}', "
-                         f"which is not installed; install the Debian package {package} "
-                         f"(apt-get install {package})")
+        raise InputError(
+            f"target '{target.name}' needs the cross compiler '{target.cross_compiler}', "
+            f"which is not installed; install the Debian package {package} "
+            f"(apt-get install {package})"
+        )
     return found
 
 

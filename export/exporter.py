@@ -7,6 +7,7 @@ A dynamic export takes H, W and the downsample ratio at run time (RVM's interfac
 fixes (width, height) and bakes the ratio in (for runtimes that want fixed shapes, e.g. TensorRT
 or a TVM build), dropping the `downsample_ratio` input.
 """
+
 import re
 from pathlib import Path
 
@@ -46,8 +47,10 @@ def check_options(arch, opset, static_size, downsample_ratio):
         ratio = 1.0 if downsample_ratio is None else float(downsample_ratio)
         width, height = static_size
         if min(width, height) * ratio < 16:
-            raise InputError(f"static size {width}x{height} at ratio {ratio} leaves less than 16 px "
-                             "for the network; use a larger size or ratio")
+            raise InputError(
+                f"static size {width}x{height} at ratio {ratio} leaves less than 16 px "
+                "for the network; use a larger size or ratio"
+            )
 
 
 def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_ratio=None):
@@ -59,18 +62,22 @@ def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_
 
     check_options(arch, opset, static_size, downsample_ratio)
     if not isinstance(network, model_class(arch)):
-        raise InputError(f"the loaded network is a {type(network).__name__}, not arch '{arch}'; "
-                         f"pass --arch matching the checkpoint")
+        raise InputError(
+            f"the loaded network is a {type(network).__name__}, not arch '{arch}'; pass --arch matching the checkpoint"
+        )
     network.eval()
     ratio = None if static_size is None else (1.0 if downsample_ratio is None else float(downsample_ratio))
     builder = layers.Builder(opset, name=arch)
     network.emit_onnx(builder, interface.Interface(builder, network.state_channels, static_size, ratio))
     metadata = {"bimatting.arch": arch, "bimatting.interface": "rvm"}
     if static_size is not None:
-        metadata.update({"bimatting.static_size": f"{static_size[0]}x{static_size[1]}",
-                         "bimatting.downsample_ratio": repr(ratio)})
-    doc = (f"{arch} exported by bimatting; inputs src, r1i..r4i"
-           f"{'' if static_size else ', downsample_ratio'}; outputs fgr, pha, r1o..r4o")
+        metadata.update(
+            {"bimatting.static_size": f"{static_size[0]}x{static_size[1]}", "bimatting.downsample_ratio": repr(ratio)}
+        )
+    doc = (
+        f"{arch} exported by bimatting; inputs src, r1i..r4i"
+        f"{'' if static_size else ', downsample_ratio'}; outputs fgr, pha, r1o..r4o"
+    )
     return graph.check(builder.model(doc=doc, metadata=metadata))
 
 
@@ -102,9 +109,20 @@ def summary(model):
     }
 
 
-def export(checkpoint, output, *, arch=None, opset=DEFAULT_OPSET, static_size=None,
-           downsample_ratio=None, verify=False, verify_input=None, verify_frames=None, align_ties=True,
-           progress=True):
+def export(
+    checkpoint,
+    output,
+    *,
+    arch=None,
+    opset=DEFAULT_OPSET,
+    static_size=None,
+    downsample_ratio=None,
+    verify=False,
+    verify_input=None,
+    verify_frames=None,
+    align_ties=True,
+    progress=True,
+):
     """Load, build, verify (optional), write; returns a report dict.
 
     The file appears only complete and, with `verify`, only verified: it is written to a temporary
@@ -120,8 +138,13 @@ def export(checkpoint, output, *, arch=None, opset=DEFAULT_OPSET, static_size=No
     check_writable_parent(output)
     network, arch = load_network(checkpoint, arch)
     model = build_onnx(network, arch, opset, static_size, downsample_ratio)
-    report = {"output": str(output), "arch": arch, **summary(model),
-              "static_size": list(static_size) if static_size else None, "downsample_ratio": downsample_ratio}
+    report = {
+        "output": str(output),
+        "arch": arch,
+        **summary(model),
+        "static_size": list(static_size) if static_size else None,
+        "downsample_ratio": downsample_ratio,
+    }
     with atomic_path(output) as tmp:
         onnx.save_model(model, str(tmp))
         report["bytes"] = tmp.stat().st_size
@@ -129,9 +152,15 @@ def export(checkpoint, output, *, arch=None, opset=DEFAULT_OPSET, static_size=No
             from bimatting.export import verify as verifier
 
             try:
-                report["verify"] = verifier.verify_file(tmp, network, verify_input=verify_input,
-                                                        downsample_ratio=downsample_ratio, frames=verify_frames,
-                                                        align_ties=align_ties, progress=progress)
+                report["verify"] = verifier.verify_file(
+                    tmp,
+                    network,
+                    verify_input=verify_input,
+                    downsample_ratio=downsample_ratio,
+                    frames=verify_frames,
+                    align_ties=align_ties,
+                    progress=progress,
+                )
             except RuntimeFailure as failure:
                 raise RuntimeFailure(f"{failure}; '{output}' was not written") from None
     return report

@@ -10,6 +10,7 @@ Shapes are NCHW throughout. Resize follows torch's bilinear with align_corners=F
 as torch does; with runtime `scales` it uses the given ratio, like
 `F.interpolate(scale_factor=s, recompute_scale_factor=False)`.
 """
+
 import contextlib
 import json
 
@@ -197,8 +198,9 @@ class GraphBuilder:
             opsets.append(helper.make_opsetid(schema.DOMAIN, schema.DOMAIN_VERSION))
             functions = binop_functions.functions(self.opset, used=self.custom_ops)
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=opsets, functions=functions,
-                                  producer_name=producer, doc_string=doc)
+        model = helper.make_model(
+            graph, opset_imports=opsets, functions=functions, producer_name=producer, doc_string=doc
+        )
         # IR 9 (function attribute defaults) is the oldest that holds the files; newer opsets need newer IR.
         model.ir_version = max(9, helper.find_min_ir_version_for(opsets, ignore_unknown=True))
         metadata = dict(metadata or {})

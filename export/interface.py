@@ -12,6 +12,7 @@ A network's `emit_onnx(b, io)` reads `io.src`, `io.ratio`, `io.states` (input na
 `io.state_outputs` (the names its GRUs give their new states), asks `io.refine_mode` how its
 ratio-dependent refiner enters the graph, and ends with `io.declare_outputs`.
 """
+
 import math
 
 import numpy as np
@@ -30,15 +31,18 @@ class Interface:
         self.state_outputs = [f"r{k}o" for k in range(1, len(self.state_channels) + 1)]
         if static_size is None:
             self.src = builder.input("src", FLOAT, ["batch", 3, "height", "width"])
-            self.states = [builder.input(f"r{k}i", FLOAT, [f"r{k}i_batch", f"r{k}i_channels",
-                                                           f"r{k}i_height", f"r{k}i_width"])
-                           for k in range(1, len(self.state_channels) + 1)]
+            self.states = [
+                builder.input(f"r{k}i", FLOAT, [f"r{k}i_batch", f"r{k}i_channels", f"r{k}i_height", f"r{k}i_width"])
+                for k in range(1, len(self.state_channels) + 1)
+            ]
             self.ratio = builder.input("downsample_ratio", FLOAT, [1])
         else:
             width, height = static_size
             self.src = builder.input("src", FLOAT, [1, 3, height, width])
-            self.states = [builder.input(f"r{k}i", FLOAT, [1, c, h, w])
-                           for k, (c, (h, w)) in enumerate(zip(self.state_channels, state_sizes(static_size, ratio)), 1)]
+            self.states = [
+                builder.input(f"r{k}i", FLOAT, [1, c, h, w])
+                for k, (c, (h, w)) in enumerate(zip(self.state_channels, state_sizes(static_size, ratio)), 1)
+            ]
             self.ratio = float(ratio)
 
     @property

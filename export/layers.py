@@ -14,6 +14,7 @@ weights are alpha * sign(w - mean(w))). Folding happens in float64, then rounds 
 LearnableBias modules stay separate Add nodes: they sit between sign and conv or after the
 BN, and keeping them apart reproduces the model's order of float additions.
 """
+
 import numpy as np
 from torch import nn
 
@@ -26,10 +27,15 @@ from bimatting.export.graph import GraphBuilder, to_array
 def _conv_attrs(conv):
     ph, pw = conv.padding if isinstance(conv.padding, tuple) else (conv.padding, conv.padding)
     if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-        raise ValueError(f"cannot export conv padding {conv.padding!r} / mode {conv.padding_mode!r}; "
-                         "expected explicit zero padding")
-    return dict(kernel_shape=list(conv.kernel_size), strides=list(conv.stride), pads=[ph, pw, ph, pw],
-                dilations=list(conv.dilation))
+        raise ValueError(
+            f"cannot export conv padding {conv.padding!r} / mode {conv.padding_mode!r}; expected explicit zero padding"
+        )
+    return dict(
+        kernel_shape=list(conv.kernel_size),
+        strides=list(conv.stride),
+        pads=[ph, pw, ph, pw],
+        dilations=list(conv.dilation),
+    )
 
 
 def binary_weights(module):
@@ -76,6 +82,7 @@ class Builder(GraphBuilder):
 
     def conv(self, module, x, bn=None):
         """nn.Conv2d (+ following BatchNorm2d folded in) -> ONNX Conv.  [N,Cin,H,W] -> [N,O,OH,OW]"""
+
         def make():
             name = self.module_name(module)
             weight = to_array(module.weight).astype(np.float64)
@@ -94,12 +101,14 @@ class Builder(GraphBuilder):
 
     def add_channel_bias(self, module, x):
         """LearnableBias: x + b, b [1, C, 1, 1]."""
-        bias = self.cached(("shift", id(module)),
-                            lambda: self.initializer(to_array(module.bias), f"{self.module_name(module)}.bias"))
+        bias = self.cached(
+            ("shift", id(module)), lambda: self.initializer(to_array(module.bias), f"{self.module_name(module)}.bias")
+        )
         return self.op("Add", [x, bias])
 
     def prelu(self, module, x):
         """nn.PReLU(C): slope stored [C, 1, 1] to broadcast over NCHW."""
+
         def make():
             name = f"{self.module_name(module)}.weight"
             if module.weight.numel() == 1:
@@ -120,13 +129,16 @@ class Builder(GraphBuilder):
         uint8 [N,ceil(Cin/8),H,W] -> float [N,O,OH,OW]; with `mask` [N,1,OH,OW] exactly 0 where mask == 0.
         `folded` = (scale, bias) float32 [O] replaces the folded conv bias and BN (as BiConv2d's `output`).
         """
+
         def make():
             name = self.module_name(module)
             weight_packed, _ = binary_weights(module)
             scale, bias = folded_output(module, bn) if folded is None else folded  # what eval mode computes with
-            return [self.initializer(weight_packed, f"{name}.weight_packed"),
-                    self.initializer(np.asarray(scale, np.float32), f"{name}.scale"),
-                    self.initializer(np.asarray(bias, np.float32), f"{name}.bias")]
+            return [
+                self.initializer(weight_packed, f"{name}.weight_packed"),
+                self.initializer(np.asarray(scale, np.float32), f"{name}.scale"),
+                self.initializer(np.asarray(bias, np.float32), f"{name}.bias"),
+            ]
 
         key = ("binary_conv", id(module), id(bn), folded is not None)
         inputs = [packed] + self.cached(key, make)
@@ -155,7 +167,7 @@ class Builder(GraphBuilder):
                 continue
             chain = chain_at(layers, index)
             if chain is not None:
-                x = chain.emit_onnx(self, x, mask=self._conv_mask(mask, layers[index + 1:]))
+                x = chain.emit_onnx(self, x, mask=self._conv_mask(mask, layers[index + 1 :]))
                 index += chain.length
                 continue
             if kind == "BinaryActivation":
@@ -163,7 +175,7 @@ class Builder(GraphBuilder):
             elif isinstance(layer, nn.Conv2d):
                 bn = after if isinstance(after, nn.BatchNorm2d) else None
                 if is_binary_conv(layer):
-                    x = self.binary_conv(layer, x, bn=bn, mask=self._conv_mask(mask, layers[index + 1:]))
+                    x = self.binary_conv(layer, x, bn=bn, mask=self._conv_mask(mask, layers[index + 1 :]))
                 else:
                     x = self.conv(layer, x, bn=bn)
                 index += 2 if bn is not None else 1

@@ -22,6 +22,7 @@ run the decisions that differed before alignment per site (the graph's BinarizeP
 and the first of them (frame, site, |x|). `align_ties=False` (`export --verify --exact`) compares
 the two runs as they are, which is what two deployed runtimes do.
 """
+
 import numpy as np
 
 from bimatting.binops import schema
@@ -54,10 +55,12 @@ class DecisionProbe:
         self.aligned, self.largest, self.raw, self.first_parting = 0, 0.0, 0, None
         self.raw_by_site = {}
         self._reference, self._calls, self._pha_s, self._frame = [], 0, None, -1
-        self._handles = [m.register_forward_hook(self._sign_hook) for m in network.modules()
-                         if isinstance(m, BinaryActivation)]
-        self._handles += [m.register_forward_pre_hook(self._mask_hook) for m in network.modules()
-                          if isinstance(m, IncoherentMask)]
+        self._handles = [
+            m.register_forward_hook(self._sign_hook) for m in network.modules() if isinstance(m, BinaryActivation)
+        ]
+        self._handles += [
+            m.register_forward_pre_hook(self._mask_hook) for m in network.modules() if isinstance(m, IncoherentMask)
+        ]
 
     def start_frame(self, pre_sign_values, pha_s=None):
         self._reference, self._calls, self._pha_s = list(pre_sign_values), 0, pha_s
@@ -68,16 +71,21 @@ class DecisionProbe:
 
         reference = torch.from_numpy(onnx_value)
         if reference.shape != torch_value.shape:
-            raise RuntimeFailure(f"sign decision #{self._calls}: onnxruntime shape {tuple(reference.shape)} "
-                                 f"!= PyTorch {tuple(torch_value.shape)}; the graph does not follow the network")
+            raise RuntimeFailure(
+                f"sign decision #{self._calls}: onnxruntime shape {tuple(reference.shape)} "
+                f"!= PyTorch {tuple(torch_value.shape)}; the graph does not follow the network"
+            )
         differ = decision(torch_value) != decision(reference)
         count = int(differ.sum())
         if count:
             self.raw += count
             self.raw_by_site[site] = self.raw_by_site.get(site, 0) + count
             if self.first_parting is None:
-                self.first_parting = {"frame": self._frame, "site": site,
-                                      "largest_abs": float(torch_value[differ].abs().max())}
+                self.first_parting = {
+                    "frame": self._frame,
+                    "site": site,
+                    "largest_abs": float(torch_value[differ].abs().max()),
+                }
         fix = differ & (torch_value.abs() <= NEAR_TIE) if self.align else torch.zeros_like(differ)
         if bool(fix.any()):
             self.aligned += int(fix.sum())
@@ -87,8 +95,7 @@ class DecisionProbe:
     def _sign_hook(self, module, inputs, output):
         if self._calls >= len(self._reference):
             raise RuntimeFailure("PyTorch made more sign decisions than the ONNX graph has BinarizePack nodes")
-        fix, reference = self._align(inputs[0], self._reference[self._calls], lambda v: v >= 0,
-                                     self.sites[self._calls])
+        fix, reference = self._align(inputs[0], self._reference[self._calls], lambda v: v >= 0, self.sites[self._calls])
         self._calls += 1
         return output.where(~fix, (reference >= 0).to(output.dtype) * 2 - 1)
 
@@ -173,8 +180,15 @@ def _compare(model_or_path, network, frames, downsample_ratio, progress, threads
     onnx_states = [np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in state_inputs]
     torch_states, fine_only = None, _without_coarse(network)
     probe = DecisionProbe(network, [n.name for n in _sign_nodes(model)], align=align_ties) if extra else None
-    per_frame = {"pha_max": [], "pha_mean": [], "fgr_max": [], "fgr_mean": [], "pha_pixels_over": [],
-                 "aligned": [], "flipped": []}
+    per_frame = {
+        "pha_max": [],
+        "pha_mean": [],
+        "fgr_max": [],
+        "fgr_mean": [],
+        "pha_pixels_over": [],
+        "aligned": [],
+        "flipped": [],
+    }
     network.eval()
     try:
         for frame in tqdm(frames, desc="verify", unit="frame", disable=not progress):
@@ -190,8 +204,9 @@ def _compare(model_or_path, network, frames, downsample_ratio, progress, threads
                 pha_s = decisions.pop() if extra[-1].endswith("pha_s") else None
                 probe.start_frame(decisions, pha_s)
             with torch.no_grad():
-                result, torch_states = recurrent_step(network, torch.from_numpy(src), torch_states, downsample_ratio,
-                                                      **fine_only)
+                result, torch_states = recurrent_step(
+                    network, torch.from_numpy(src), torch_states, downsample_ratio, **fine_only
+                )
             for key, ours, theirs in (("pha", pha, result[1]), ("fgr", fgr, result[0])):
                 diff = np.abs(ours - theirs.numpy())
                 per_frame[f"{key}_max"].append(float(diff.max()))
@@ -216,19 +231,28 @@ def _without_coarse(network):
 
 def _verdict(per_frame, frames, ratio, probe):
     worst = {key: max(values) for key, values in per_frame.items() if key not in ("aligned", "flipped")}
-    passed = all(worst[f"{k}_mean"] <= TOLERANCE["mean"] and worst[f"{k}_max"] <= TOLERANCE["max"]
-                 for k in ("pha", "fgr"))
+    passed = all(
+        worst[f"{k}_mean"] <= TOLERANCE["mean"] and worst[f"{k}_max"] <= TOLERANCE["max"] for k in ("pha", "fgr")
+    )
     height, width = frames[0].shape[:2]
     by_site = dict(sorted(probe.raw_by_site.items(), key=lambda item: -item[1])) if probe else {}
-    return {"frames": len(frames), "size": [width, height], "downsample_ratio": ratio,
-            "tolerance": dict(TOLERANCE), "worst": worst, "per_frame": per_frame,
-            "aligned_near_ties": probe.aligned if probe else 0,
-            "largest_aligned_tie": probe.largest if probe else 0.0,
-            "near_tie_band": NEAR_TIE, "ties_aligned": bool(probe and probe.align),
-            "decisions_parted": probe.raw if probe else 0,
-            "decisions_flipped": sum(per_frame["flipped"]),
-            "first_parting": probe.first_parting if probe else None,
-            "parted_by_site": by_site, "passed": passed}
+    return {
+        "frames": len(frames),
+        "size": [width, height],
+        "downsample_ratio": ratio,
+        "tolerance": dict(TOLERANCE),
+        "worst": worst,
+        "per_frame": per_frame,
+        "aligned_near_ties": probe.aligned if probe else 0,
+        "largest_aligned_tie": probe.largest if probe else 0.0,
+        "near_tie_band": NEAR_TIE,
+        "ties_aligned": bool(probe and probe.align),
+        "decisions_parted": probe.raw if probe else 0,
+        "decisions_flipped": sum(per_frame["flipped"]),
+        "first_parting": probe.first_parting if probe else None,
+        "parted_by_site": by_site,
+        "passed": passed,
+    }
 
 
 def load_frames(verify_input, size=None, count=DEFAULT_FRAMES):
@@ -247,8 +271,9 @@ def load_frames(verify_input, size=None, count=DEFAULT_FRAMES):
     return samples.sample_frames(count, size or samples.DEFAULT_SIZE)
 
 
-def verify_file(path, network, *, verify_input=None, downsample_ratio=None, frames=None, align_ties=True,
-                progress=True):
+def verify_file(
+    path, network, *, verify_input=None, downsample_ratio=None, frames=None, align_ties=True, progress=True
+):
     """Verify an exported file; returns the report, raises RuntimeFailure when out of tolerance."""
     import onnx
 
@@ -259,9 +284,11 @@ def verify_file(path, network, *, verify_input=None, downsample_ratio=None, fram
     report = compare(path, network, clip, downsample_ratio, progress=progress, align_ties=align_ties)
     if not report["passed"]:
         worst = report["worst"]
-        raise RuntimeFailure(f"onnxruntime and PyTorch disagree: pha max {worst['pha_max']:.2e} mean "
-                             f"{worst['pha_mean']:.2e}, fgr max {worst['fgr_max']:.2e} mean {worst['fgr_mean']:.2e} "
-                             f"(tolerance max {TOLERANCE['max']}, mean {TOLERANCE['mean']})" + _parting(report))
+        raise RuntimeFailure(
+            f"onnxruntime and PyTorch disagree: pha max {worst['pha_max']:.2e} mean "
+            f"{worst['pha_mean']:.2e}, fgr max {worst['fgr_max']:.2e} mean {worst['fgr_mean']:.2e} "
+            f"(tolerance max {TOLERANCE['max']}, mean {TOLERANCE['mean']})" + _parting(report)
+        )
     return report
 
 
@@ -269,5 +296,7 @@ def _parting(report):
     first = report.get("first_parting")
     if not first:
         return ""
-    return (f"; they first part at frame {first['frame']} in {first['site']} (largest |x| {first['largest_abs']:.1e}, "
-            f"{report['decisions_flipped']} decisions flipped far from a tie)")
+    return (
+        f"; they first part at frame {first['frame']} in {first['site']} (largest |x| {first['largest_abs']:.1e}, "
+        f"{report['decisions_flipped']} decisions flipped far from a tie)"
+    )

@@ -5,6 +5,7 @@ cross compiler and the Debian package that provides it, the QEMU CPU model used 
 board, the TVM RPC key, and a one-line description. `mcpu = "native"` (the `host` target) is
 resolved to this machine's CPU by the compiler (bimatting.deploy).
 """
+
 import sys
 from importlib import resources
 

@@ -16,6 +16,7 @@ model stays data dependent (pha std ~0.15 on the clip) and two float32 runtimes 
 ~2e-7, so the bench tolerance (1e-4 mean, 1e-2 max) separates right from wrong kernels.
 It is tie-free only on the clip it was calibrated on: `sample_frames(FRAMES, SIZE)`.
 """
+
 import subprocess
 import sys
 
@@ -37,7 +38,7 @@ def _gap_shift(values):
     v, _ = torch.sort(values.double(), dim=1)
     n = v.shape[1]
     low, high = int(n * 0.1), max(int(n * 0.9), int(n * 0.1) + 2)
-    central = v[:, low:min(high, n)]
+    central = v[:, low : min(high, n)]
     gaps = central[:, 1:] - central[:, :-1]
     widest, index = gaps.max(dim=1)
     middle = (central.gather(1, index[:, None]) + central.gather(1, index[:, None] + 1))[:, 0] / 2
@@ -67,8 +68,13 @@ def tie_free_bimatting(clip, seed=0, downsample_ratio=1.0, config=None):
 
     torch.manual_seed(seed)
     net = build_model("bimatting", **(config or {})).eval()
-    recurrent = {m for gru in net.modules() if isinstance(gru, (ConvGRU, ConvGRU_Up))
-                 for m in gru.modules() if isinstance(m, LearnableBias)}
+    recurrent = {
+        m
+        for gru in net.modules()
+        if isinstance(gru, (ConvGRU, ConvGRU_Up))
+        for m in gru.modules()
+        if isinstance(m, LearnableBias)
+    }
     head = net.project_mat  # the module, not its conv: eval mode calls the conv with float64 copies
     state = {"calibrate": True, "done": set(), "made_by": {}, "margins": [], "head_calls": 0}
 
@@ -173,26 +179,36 @@ def tiny_recurrent_onnx(path, width=64, height=48, seed=0):
     w2 = rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32)
     half = [1, 4, height // 2, width // 2]
     nodes = [
-        helper.make_node("Conv", ["src", "w1"], ["x"], pads=[1, 1, 1, 1]),                   # [1,4,H,W]
+        helper.make_node("Conv", ["src", "w1"], ["x"], pads=[1, 1, 1, 1]),  # [1,4,H,W]
         helper.make_node("AveragePool", ["x"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Add", ["pooled", "r1i"], ["mixed"]),
-        helper.make_node("Tanh", ["mixed"], ["r1o"]),                                          # [1,4,H/2,W/2]
-        helper.make_node("Resize", ["r1o", "", "scales"], ["up"], mode="nearest"),             # [1,4,H,W]
+        helper.make_node("Tanh", ["mixed"], ["r1o"]),  # [1,4,H/2,W/2]
+        helper.make_node("Resize", ["r1o", "", "scales"], ["up"], mode="nearest"),  # [1,4,H,W]
         helper.make_node("Add", ["x", "up"], ["joined"]),
         helper.make_node("Conv", ["joined", "w2"], ["head"]),
         helper.make_node("Sigmoid", ["head"], ["head_s"]),
         helper.make_node("Split", ["head_s", "split"], ["fgr", "pha"], axis=1),
     ]
-    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
-             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
-             numpy_helper.from_array(np.array([3, 1], np.int64), "split")]
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        numpy_helper.from_array(np.array([3, 1], np.int64), "split"),
+    ]
     graph = helper.make_graph(
-        nodes, "tiny_recurrent",
-        [helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, height, width]),
-         helper.make_tensor_value_info("r1i", TensorProto.FLOAT, half)],
-        [helper.make_tensor_value_info("fgr", TensorProto.FLOAT, [1, 3, height, width]),
-         helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, height, width]),
-         helper.make_tensor_value_info("r1o", TensorProto.FLOAT, half)], inits)
+        nodes,
+        "tiny_recurrent",
+        [
+            helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, height, width]),
+            helper.make_tensor_value_info("r1i", TensorProto.FLOAT, half),
+        ],
+        [
+            helper.make_tensor_value_info("fgr", TensorProto.FLOAT, [1, 3, height, width]),
+            helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, height, width]),
+            helper.make_tensor_value_info("r1o", TensorProto.FLOAT, half),
+        ],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model)
     onnx.save(model, str(path))

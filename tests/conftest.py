@@ -1,4 +1,5 @@
 """Shared fixtures. Data from ../shared (real footage) is optional: tests that need it skip."""
+
 import os
 from pathlib import Path
 

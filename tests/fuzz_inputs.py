@@ -7,6 +7,7 @@ every run. Corruptions:
     bit_flips(data, count, seed, regions)   one flipped bit per case at seeded offsets, drawn
                                     from `regions` [(start, end)] when given (e.g. a pickle)
 """
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -22,22 +23,35 @@ def tiny_matting_onnx(seed=0):
     BinaryConv2d pair carrying its function bodies, as `bimatting export` writes them; runs in
     onnxruntime and through `bimatting matte --backend onnxruntime`."""
     rng = np.random.default_rng(seed)
-    f32 = (lambda *shape: rng.standard_normal(shape).astype(np.float32))
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
     inits = {
-        "w_stem": f32(8, 3, 3, 3) * 0.5, "b_stem": f32(8) * 0.1,
-        "w_bin": layout.pack(f32(8, 8, 3, 3)), "s_bin": np.abs(f32(8)) * 0.05, "b_bin": f32(8) * 0.1,
-        "w_pha": f32(1, 8, 1, 1) * 0.3, "w_fgr": f32(3, 8, 1, 1) * 0.3, "half": np.full((), 0.5, np.float32),
+        "w_stem": f32(8, 3, 3, 3) * 0.5,
+        "b_stem": f32(8) * 0.1,
+        "w_bin": layout.pack(f32(8, 8, 3, 3)),
+        "s_bin": np.abs(f32(8)) * 0.05,
+        "b_bin": f32(8) * 0.1,
+        "w_pha": f32(1, 8, 1, 1) * 0.3,
+        "w_fgr": f32(3, 8, 1, 1) * 0.3,
+        "half": np.full((), 0.5, np.float32),
         "up": np.array([1, 1, 2, 2], np.float32),
     }
     node = helper.make_node
     nodes = [
-        node("Conv", ["src", "w_stem", "b_stem"], ["stem"], pads=[1, 1, 1, 1], strides=[2, 2],
-             name="stem"),                                             # [1,8,H/2,W/2] (RVM's r1 size)
+        node(
+            "Conv", ["src", "w_stem", "b_stem"], ["stem"], pads=[1, 1, 1, 1], strides=[2, 2], name="stem"
+        ),  # [1,8,H/2,W/2] (RVM's r1 size)
         schema.make_node("BinarizePack", ["stem"], ["packed"], name="pack"),
-        schema.make_node("BinaryConv2d", ["packed", "w_bin", "s_bin", "b_bin"], ["bin"], name="bconv",
-                      channels_in=8, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        schema.make_node(
+            "BinaryConv2d",
+            ["packed", "w_bin", "s_bin", "b_bin"],
+            ["bin"],
+            name="bconv",
+            channels_in=8,
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+        ),
         node("Mul", ["r1i", "half"], ["r1h"], name="decay"),
-        node("Add", ["bin", "r1h"], ["r1o"], name="state"),          # (+ [1,1,1,1] zeros at frame 0)
+        node("Add", ["bin", "r1h"], ["r1o"], name="state"),  # (+ [1,1,1,1] zeros at frame 0)
         node("Resize", ["r1o", "", "up"], ["r1_up"], mode="nearest", name="up"),  # [1,8,H,W] (H, W even)
         node("Conv", ["r1_up", "w_pha"], ["pha_logit"], name="head_pha"),
         node("Sigmoid", ["pha_logit"], ["pha"], name="pha"),
@@ -52,16 +66,25 @@ def tiny_matting_onnx(seed=0):
     states_in = {k: [1, 8 if k == 1 else 1, f"h{k}", f"w{k}"] for k in range(1, 5)}
     states_out = {**states_in, 1: [1, 8, "h", "w"]}
     graph = helper.make_graph(
-        nodes, "tiny_matting",
+        nodes,
+        "tiny_matting",
         [helper.make_tensor_value_info("src", TensorProto.FLOAT, image)]
         + [helper.make_tensor_value_info(f"r{k}i", TensorProto.FLOAT, states_in[k]) for k in range(1, 5)],
-        [helper.make_tensor_value_info("fgr", TensorProto.FLOAT, image),
-         helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "height", "width"])]
+        [
+            helper.make_tensor_value_info("fgr", TensorProto.FLOAT, image),
+            helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "height", "width"]),
+        ]
         + [helper.make_tensor_value_info(f"r{k}o", TensorProto.FLOAT, states_out[k]) for k in range(1, 5)],
-        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", schema.MIN_OPSET),
-                                                    helper.make_opsetid(schema.DOMAIN, schema.DOMAIN_VERSION)],
-                              functions=op_functions.functions(used={"BinarizePack", "BinaryConv2d"}))
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[
+            helper.make_opsetid("", schema.MIN_OPSET),
+            helper.make_opsetid(schema.DOMAIN, schema.DOMAIN_VERSION),
+        ],
+        functions=op_functions.functions(used={"BinarizePack", "BinaryConv2d"}),
+    )
     model.ir_version = 9
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -70,7 +93,7 @@ def tiny_matting_onnx(seed=0):
 def truncations(data, count):
     """`count` prefixes of `data` (lengths spread over the whole file, 0 excluded)."""
     lengths = np.unique(np.linspace(1, len(data) - 1, count).astype(int))
-    return [(f"cut{int(n)}", data[:int(n)]) for n in lengths]
+    return [(f"cut{int(n)}", data[: int(n)]) for n in lengths]
 
 
 def bit_flips(data, count, seed, regions=None):
@@ -118,8 +141,9 @@ def run_cli(*args, timeout=120, cwd=None):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "bimatting", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+    done = subprocess.run(
+        [sys.executable, "-m", "bimatting", *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
     return done.returncode, done.stdout, done.stderr
 
 

@@ -1,4 +1,5 @@
 """Agreement with a teacher on unlabelled footage: the figures against numpy, and the CLI."""
+
 import json
 
 import cv2
@@ -16,7 +17,7 @@ def test_compare_matches_a_numpy_reference():
     rng = np.random.default_rng(0)
     fs, ft = rng.random((3, 3, 6, 5)), rng.random((3, 3, 6, 5))
     ps, pt = rng.random((3, 1, 6, 5)), rng.random((3, 1, 6, 5))
-    pt[0] = 0.0                                         # a frame with no foreground: fgr figure 0
+    pt[0] = 0.0  # a frame with no foreground: fgr figure 0
     result = compare("x", (torch.tensor(fs), torch.tensor(ps)), (torch.tensor(ft), torch.tensor(pt)))
     for k in range(3):
         assert result.pha_mad[k] == pytest.approx(np.abs(ps[k] - pt[k]).mean())
@@ -37,14 +38,28 @@ def clip(tmp_path_factory):
 
 
 def test_teacher_against_itself_agrees_exactly(clip, tmp_path):
-    result = CliRunner().invoke(cli, ["evaluate", "--against", "rvm", "--checkpoint", "rvm", f"{clip}@1:5",
-                                      "--long-side", "256", "--json", "--preview", str(tmp_path / "p.png")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--against",
+            "rvm",
+            "--checkpoint",
+            "rvm",
+            f"{clip}@1:5",
+            "--long-side",
+            "256",
+            "--json",
+            "--preview",
+            str(tmp_path / "p.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
     assert figures["clips"][0]["frames"] == 4 and figures["clips"][0]["clip"].endswith("@1:5")
     assert figures["pha_mad_mean"] == 0.0 and figures["iou_mean"] == 1.0
     image = cv2.imread(str(tmp_path / "p.png"))
-    assert image.shape[1] == 4 * 256                    # frame | teacher | model | difference
+    assert image.shape[1] == 4 * 256  # frame | teacher | model | difference
 
 
 def test_default_model_against_rvm_reports_a_real_difference(clip):

@@ -3,6 +3,7 @@
 Synthetic items (no footage needed): a clip whose teacher matte covers the left half of the
 frame, a still whose matte covers all of it, and a centred square figure.
 """
+
 import random
 
 import numpy as np
@@ -48,12 +49,12 @@ def test_zoom_past_one_shows_the_whole_frame_smaller():
     """zoom 1.6 maps the output onto 1.6x the frame's short side: a centred square of side 1/4 of
     the frame height covers (1/4 / 1.6)^2 of a square output (reflection copies fall outside)."""
     pha = torch.zeros(1, 1, 96, 160)
-    pha[..., 36:60, 68:92] = 1                                         # 24 x 24, centred
+    pha[..., 36:60, 68:92] = 1  # 24 x 24, centred
     rng = random.Random(0)
     covered = {}
     for zoom in (1.0, 1.6):
         thetas = view_thetas(rng, 1, 96, 160, 64, 64, zoom=(zoom, zoom), degrees=0.0, motion=0.0)
-        thetas[..., 2] = 0                                              # centred crop
+        thetas[..., 2] = 0  # centred crop
         covered[zoom] = float(warp(pha, thetas, 64, 64).mean())
     assert abs(covered[1.0] - (24 / 96) ** 2) < 0.01, covered
     assert abs(covered[1.6] - (24 / 96 / 1.6) ** 2) < 0.01, covered
@@ -74,11 +75,11 @@ def test_plain_crops_are_windows_of_consecutive_frames_at_the_footage_scale():
         assert batch["src"].shape == (3, 2, 3, 32, 48) and batch["pha"].shape == (3, 2, 1, 32, 48)
         for b in range(3):
             src = (batch["src"][b] * 255).round().long()
-            assert (src[1, 0] - src[0, 0]).eq(1).all()                       # consecutive frames
+            assert (src[1, 0] - src[0, 0]).eq(1).all()  # consecutive frames
             rows, cols = src[0, 1, :, 0], src[0, 2, 0, :]
-            assert (rows.diff() == 1).all()                                  # one pixel per pixel: no resampling
-            assert (cols.diff().abs() == 1).all() and len(set(cols.diff().tolist())) == 1   # maybe flipped
-            torch.testing.assert_close(batch["fgr"][b], batch["src"][b].flip(1))   # targets aligned
+            assert (rows.diff() == 1).all()  # one pixel per pixel: no resampling
+            assert (cols.diff().abs() == 1).all() and len(set(cols.diff().tolist())) == 1  # maybe flipped
+            torch.testing.assert_close(batch["fgr"][b], batch["src"][b].flip(1))  # targets aligned
             torch.testing.assert_close(batch["pha"][b, :, 0], batch["src"][b, :, 2])
 
 
@@ -100,8 +101,8 @@ def test_crops_draw_stills_at_their_share_and_hold_them_still():
             batch = bank.crops(3, 2, 32, 48, still_share=share)
             for b in range(3):
                 static = torch.equal(batch["src"][b, 0], batch["src"][b, 1])
-                from_still = bool(batch["pha"][b].eq(1).all())       # the still's matte covers it all
-                assert static == from_still                           # stills, and only stills, are held
+                from_still = bool(batch["pha"][b].eq(1).all())  # the still's matte covers it all
+                assert static == from_still  # stills, and only stills, are held
                 kinds.append(from_still)
         assert abs(np.mean(kinds) - share) < 0.05, (share, np.mean(kinds))
     with_still = Bank([_position_coded(5, 72, 128), still], seed=5)
@@ -137,6 +138,6 @@ def test_crops_recolour_at_their_share_and_leave_alpha():
         for b in range(2):
             src = (a["src"][b] * 255).round()
             changed.append(not bool((src[1, 0] - src[0, 0]).eq(1).all() and (src[0, 1].diff(dim=0) == 1).all()))
-            cols = (a["pha"][b, 0, 0, 0] * 255).round()                  # alpha still the position code
+            cols = (a["pha"][b, 0, 0, 0] * 255).round()  # alpha still the position code
             assert (cols.diff().abs() == 1).all()
     assert abs(np.mean(changed) - 0.5) < 0.1, np.mean(changed)

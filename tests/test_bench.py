@@ -4,6 +4,7 @@ architecture, a tracker). Real servers (our C++ one and TVM's Python one under q
 server and tracker natively), real artifacts, onnxruntime as the independent reference.
 Emulated timings are meaningless: only their presence and shape are checked, never their values.
 """
+
 import gc
 import json
 import os
@@ -69,12 +70,24 @@ def check_report_files(folder, frames_measured):
 
 # ---- the emulated rpi4 board --------------------------------------------------------------------
 
+
 @pytest.mark.emulated
 def test_bench_over_rpc_times_and_verifies_bimatting(emulated_board, bimatting_rpi4, tmp_path):
     host, port = emulated_board("rpi4")
     out = tmp_path / "report"
-    result = invoke("bench", bimatting_rpi4, "--rpc", f"{host}:{port}", "--frames", bench_models.FRAMES,
-                    "--warmup", 1, "--json", "--report", out)
+    result = invoke(
+        "bench",
+        bimatting_rpi4,
+        "--rpc",
+        f"{host}:{port}",
+        "--frames",
+        bench_models.FRAMES,
+        "--warmup",
+        1,
+        "--json",
+        "--report",
+        out,
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     for key in ("device", "target", "frames", "latency_ms", "fps", "verify"):
@@ -107,8 +120,7 @@ def test_corrupted_parameters_fail_verification_with_exit_1(emulated_board, bima
     np.savez(folder / "params.npz", **params)
     host, port = emulated_board("rpi4")
     reference = bimatting_rpi4.parent / "tiefree.onnx"
-    result = invoke("bench", folder, "--rpc", f"{host}:{port}", "--frames", 1, "--warmup", 0,
-                    "--reference", reference)
+    result = invoke("bench", folder, "--rpc", f"{host}:{port}", "--frames", 1, "--warmup", 0, "--reference", reference)
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.output and "verification failed" in result.output
 
@@ -154,8 +166,9 @@ def test_a_wrong_compile_fails_the_verification(bimatting_host, corruption, tmp_
         assert (params[base][0] != params[base][1]).any()  # the border row's correction matters
         params[base][0] = params[base][1]
     np.savez(folder / "params.npz", **params)
-    result = invoke("bench", folder, "--frames", 1, "--warmup", 0, "--reference",
-                    bimatting_host.parent / "tiefree.onnx")
+    result = invoke(
+        "bench", folder, "--frames", 1, "--warmup", 0, "--reference", bimatting_host.parent / "tiefree.onnx"
+    )
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.output and "verification failed" in result.output
     untouched = invoke("bench", bimatting_host, "--frames", 1, "--warmup", 0)
@@ -174,17 +187,44 @@ def test_tracker_and_key_serve_bench_and_tune(emulator_ready, bimatting_rpi4, tm
         board = emulator.start_board("rpi4", server="python", tracker=tracker.address, key="rpi4-bench")
         try:
             tracker.wait_for("rpi4-bench")
-            result = invoke("bench", bimatting_rpi4, "--tracker", tracker.address, "--key", "rpi4-bench",
-                            "--frames", 1, "--warmup", 0, "--json")
+            result = invoke(
+                "bench",
+                bimatting_rpi4,
+                "--tracker",
+                tracker.address,
+                "--key",
+                "rpi4-bench",
+                "--frames",
+                1,
+                "--warmup",
+                0,
+                "--json",
+            )
             assert result.exit_code == 0, result.output
             data = json.loads(result.stdout)
             assert data["device"]["kind"] == "tracker" and data["device"]["key"] == "rpi4-bench"
             assert data["device"]["isa"] == "aarch64" and data["verify"]["passed"] is True
             wrong = invoke("bench", bimatting_rpi4, "--tracker", tracker.address, "--key", "nosuchboard")
             assert wrong.exit_code == 2 and "registered keys: rpi4-bench" in wrong.output
-            tuned = invoke("tune", onnx_path, "--target", "rpi4", "--tracker", tracker.address, "--key",
-                           "rpi4-bench", "--trials", 1, "--kernels", "binary", "--resolution", "128x96",
-                           "-o", tmp_path / "db", "--json")
+            tuned = invoke(
+                "tune",
+                onnx_path,
+                "--target",
+                "rpi4",
+                "--tracker",
+                tracker.address,
+                "--key",
+                "rpi4-bench",
+                "--trials",
+                1,
+                "--kernels",
+                "binary",
+                "--resolution",
+                "128x96",
+                "-o",
+                tmp_path / "db",
+                "--json",
+            )
             assert tuned.exit_code == 0, tuned.output
             summary = json.loads(tuned.stdout)
             assert summary["trials"] == 1 and summary["failed"] == 0
@@ -212,8 +252,19 @@ def test_a_tracker_board_is_free_when_bench_returns_and_a_busy_one_is_refused(em
             tracker.wait_for("rpi4-busy")
             gc.disable()  # only reference counting frees objects now
             try:
-                result = invoke("bench", tiny / "tiny-rpi4.tar", "--tracker", tracker.address, "--key", "rpi4-busy",
-                                "--frames", 1, "--warmup", 0, "--no-verify")
+                result = invoke(
+                    "bench",
+                    tiny / "tiny-rpi4.tar",
+                    "--tracker",
+                    tracker.address,
+                    "--key",
+                    "rpi4-busy",
+                    "--frames",
+                    1,
+                    "--warmup",
+                    0,
+                    "--no-verify",
+                )
                 assert result.exit_code == 0, result.output
                 waited = time.monotonic()  # the server registers again once the session closed
                 while _free_boards(tracker, "rpi4-busy") != 1:
@@ -233,6 +284,7 @@ def test_a_tracker_board_is_free_when_bench_returns_and_a_busy_one_is_refused(em
 
 
 # ---- failures ---------------------------------------------------------------------------------
+
 
 def test_unreachable_port_fails_within_10_s_with_exit_2(tiny):
     port = emulator.free_port()  # nothing listens there
@@ -257,8 +309,19 @@ def test_silent_server_fails_at_the_connect_timeout(tiny):
 
 def _start_long_bench(tiny, board, out, *options):
     """`bimatting bench` of 2000 frames on the emulated board in a child process: (process, its bar)."""
-    command = CLI + ["bench", str(tiny / "tiny-rpi4.tar"), "--rpc", board.address, "--frames", "2000",
-                     "--warmup", "0", *options, "--report", str(out)]
+    command = CLI + [
+        "bench",
+        str(tiny / "tiny-rpi4.tar"),
+        "--rpc",
+        board.address,
+        "--frames",
+        "2000",
+        "--warmup",
+        "0",
+        *options,
+        "--report",
+        str(out),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return process, ProgressWatcher(process.stderr, "bench")
 
@@ -274,8 +337,9 @@ def test_server_killed_mid_bench_keeps_a_partial_report(emulator_ready, tiny, tm
         stdout = process.stdout.read()
         process.wait(timeout=120)
     assert process.returncode == 1, progress.text
-    assert "closed the connection during frame" in progress.text and "partial report in" in progress.text, \
+    assert "closed the connection during frame" in progress.text and "partial report in" in progress.text, (
         progress.text[-800:]
+    )
     data = check_report_files(out, None)
     assert data["completed"] is False and "closed the connection" in data["error"]
     assert 5 <= data["frames"] < 2000 == data["frames_requested"]
@@ -308,9 +372,11 @@ def test_a_board_that_stops_answering_hits_the_timeout(emulator_ready, tiny, tmp
 
 
 def test_bench_and_tune_modules_do_not_import_torch():
-    code = ("import sys; import bimatting.deploy.device.bench, bimatting.deploy.tuning.session, bimatting.deploy.device.report, "
-            "bimatting.deploy.tuning.measure, bimatting.cli.bench_cmd, bimatting.cli.tune_cmd; "
-            "sys.exit('torch' in sys.modules)")
+    code = (
+        "import sys; import bimatting.deploy.device.bench, bimatting.deploy.tuning.session, bimatting.deploy.device.report, "
+        "bimatting.deploy.tuning.measure, bimatting.cli.bench_cmd, bimatting.cli.tune_cmd; "
+        "sys.exit('torch' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
@@ -318,9 +384,23 @@ def test_aarch64_artifact_against_an_x86_server_is_a_clear_error(tiny):
     bench_models.needs_cross_compiler()
     port = emulator.free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
-         "--port-end", str(port + 1)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, TVM_USE_RUNTIME_LIB="1"))
+        [
+            sys.executable,
+            "-m",
+            "tvm.exec.rpc_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--port-end",
+            str(port + 1),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=dict(os.environ, TVM_USE_RUNTIME_LIB="1"),
+    )
     try:
         deadline = time.monotonic() + 120
         while port not in emulator.listening_ports():
@@ -334,13 +414,16 @@ def test_aarch64_artifact_against_an_x86_server_is_a_clear_error(tiny):
     assert "needs an aarch64 device but the device at" in result.output and "is x86_64" in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--rpc", "nohost"], "is not HOST:PORT"),
-    (["--rpc", "127.0.0.1:1", "--tracker", "127.0.0.1:2", "--key", "k"], "not both"),
-    (["--tracker", "127.0.0.1:2"], "needs --key"),
-    (["--key", "rpi4"], "used with --tracker"),
-    (["--frames", "0"], "--frames must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rpc", "nohost"], "is not HOST:PORT"),
+        (["--rpc", "127.0.0.1:1", "--tracker", "127.0.0.1:2", "--key", "k"], "not both"),
+        (["--tracker", "127.0.0.1:2"], "needs --key"),
+        (["--key", "rpi4"], "used with --tracker"),
+        (["--frames", "0"], "--frames must be >= 1"),
+    ],
+)
 def test_bad_options_are_input_errors(tiny, args, message):
     result = invoke("bench", tiny / "tiny-host.tar", *args)
     assert result.exit_code == 2 and message in result.output, result.output
@@ -348,9 +431,11 @@ def test_bad_options_are_input_errors(tiny, args, message):
 
 # ---- this machine -------------------------------------------------------------------------------
 
+
 def test_local_bench_times_operator_groups_and_verifies(tiny, tmp_path):
-    result = invoke("bench", tiny / "tiny-host.tar", "--frames", 4, "--warmup", 1, "--json", "--report",
-                    tmp_path / "out")
+    result = invoke(
+        "bench", tiny / "tiny-host.tar", "--frames", 4, "--warmup", 1, "--json", "--report", tmp_path / "out"
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["device"]["kind"] == "local" and data["verify"]["passed"] is True

@@ -1,4 +1,5 @@
 """The BiMatting network: official checkpoint layout, output shapes, batch/time semantics, sizes."""
+
 import ast
 
 import pytest
@@ -85,8 +86,11 @@ def test_official_checkpoint_loads_every_tensor(tmp_path):
 
 def test_parameter_counts():
     net = build_model("bimatting")
-    official_total = sum(torch.Size(shape).numel() for key, shape, dtype in official_layout()
-                         if not key.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    official_total = sum(
+        torch.Size(shape).numel()
+        for key, shape, dtype in official_layout()
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
     assert official_total == 4_265_293
     assert sum(p.numel() for p in net.parameters()) == 4_265_293 - 9_184 == 4_256_109
     binary = [m for m in net.modules() if isinstance(m, BiConv2d)]
@@ -103,10 +107,26 @@ def test_parameter_counts():
 
 
 README_SHAPES = {  # state_dicts/README.md "Forward shapes", BiMatting table
-    (288, 512, 1.0): [(1, 1, 3, 288, 512), (1, 1, 1, 288, 512), (1, 1, 3, 18, 32), (1, 1, 1, 18, 32),
-                      (1, 16, 144, 256), (1, 20, 72, 128), (1, 40, 36, 64), (1, 64, 18, 32)],
-    (1080, 1920, 0.25): [(1, 1, 3, 1080, 1920), (1, 1, 1, 1080, 1920), (1, 1, 3, 17, 30), (1, 1, 1, 17, 30),
-                         (1, 16, 135, 240), (1, 20, 68, 120), (1, 40, 34, 60), (1, 64, 17, 30)],
+    (288, 512, 1.0): [
+        (1, 1, 3, 288, 512),
+        (1, 1, 1, 288, 512),
+        (1, 1, 3, 18, 32),
+        (1, 1, 1, 18, 32),
+        (1, 16, 144, 256),
+        (1, 20, 72, 128),
+        (1, 40, 36, 64),
+        (1, 64, 18, 32),
+    ],
+    (1080, 1920, 0.25): [
+        (1, 1, 3, 1080, 1920),
+        (1, 1, 1, 1080, 1920),
+        (1, 1, 3, 17, 30),
+        (1, 1, 1, 17, 30),
+        (1, 16, 135, 240),
+        (1, 20, 68, 120),
+        (1, 40, 34, 60),
+        (1, 64, 17, 30),
+    ],
 }
 
 
@@ -128,16 +148,29 @@ def test_rvm_call_conventions(model):
     with torch.inference_mode():
         six = model(src, return_coarse=False)
         seg = model(src, downsample_ratio=0.5, segmentation_pass=True)
-    assert [tuple(o.shape) for o in six] == [(2, 3, 64, 96), (2, 1, 64, 96), (2, 16, 32, 48),
-                                             (2, 20, 16, 24), (2, 40, 8, 12), (2, 64, 4, 6)]
-    assert [tuple(o.shape) for o in seg] == [(2, 1, 32, 48), (2, 16, 16, 24), (2, 20, 8, 12),
-                                             (2, 40, 4, 6), (2, 64, 2, 3)]
+    assert [tuple(o.shape) for o in six] == [
+        (2, 3, 64, 96),
+        (2, 1, 64, 96),
+        (2, 16, 32, 48),
+        (2, 20, 16, 24),
+        (2, 40, 8, 12),
+        (2, 64, 4, 6),
+    ]
+    assert [tuple(o.shape) for o in seg] == [
+        (2, 1, 32, 48),
+        (2, 16, 16, 24),
+        (2, 20, 8, 12),
+        (2, 40, 4, 6),
+        (2, 64, 2, 3),
+    ]
 
 
 def moving_clips(batch, frames, height=64, width=96):
     """batch different synthetic clips [B, T, 3, H, W] (a blob moving over a textured background)."""
-    clips = [torch.from_numpy(synthetic_clip((width, height), frames, seed=b).transpose(0, 3, 1, 2).copy())
-             for b in range(batch)]
+    clips = [
+        torch.from_numpy(synthetic_clip((width, height), frames, seed=b).transpose(0, 3, 1, 2).copy())
+        for b in range(batch)
+    ]
     return torch.stack([clip.roll(shifts=9 * b, dims=-1) for b, clip in enumerate(clips)])
 
 
@@ -149,7 +182,7 @@ def test_batch_equals_samples_run_alone(model):
     try:
         with torch.inference_mode():
             batched = model(src, downsample_ratio=0.5)
-            alone = [model(src[b:b + 1], downsample_ratio=0.5) for b in range(3)]
+            alone = [model(src[b : b + 1], downsample_ratio=0.5) for b in range(3)]
     finally:
         hook.remove()
     # The test only probes the per-(b, t) mask if masks differ between samples at the same step
@@ -160,7 +193,7 @@ def test_batch_equals_samples_run_alone(model):
         for name, big, small in zip("fgr pha fgr_s pha_s r1 r2 r3 r4".split(), batched, alone[b]):
             # Same float ops per sample; only the conv algorithm's summation order may differ
             # with the batch size (~1e-7 relative), far below 1e-5.
-            torch.testing.assert_close(big[b:b + 1], small, rtol=1e-5, atol=1e-5, msg=name)
+            torch.testing.assert_close(big[b : b + 1], small, rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_four_d_input_equals_five_d_single_frame(model):
@@ -195,18 +228,18 @@ def test_straight_through_clamp_keeps_a_gradient_where_the_plain_clamp_has_none(
     torch.manual_seed(0)
     net = build_model("bimatting").train()
     with torch.no_grad():
-        net.project_mat.conv.bias[3] = -100.0        # every alpha logit far out of [0, 1]
+        net.project_mat.conv.bias[3] = -100.0  # every alpha logit far out of [0, 1]
     src = torch.rand(1, 3, 64, 64)
     gradients = {}
     for straight_through in (False, True):
         net.straight_through_clamp = straight_through
         net.zero_grad()
         _, pha, *_ = net(src, return_coarse=False)
-        assert float(pha.max()) == 0.0                # the forward values are the same clamp
-        (1.0 - pha).abs().mean().backward()           # target alpha 1 everywhere
+        assert float(pha.max()) == 0.0  # the forward values are the same clamp
+        (1.0 - pha).abs().mean().backward()  # target alpha 1 everywhere
         gradients[straight_through] = net.project_mat.conv.bias.grad[3].item()
     assert gradients[False] == 0.0
-    assert gradients[True] < 0                        # descent raises the alpha bias
+    assert gradients[True] < 0  # descent raises the alpha bias
     net.eval()
-    _, pha, *_ = net(src, return_coarse=False)        # eval: a plain clamp either way
+    _, pha, *_ = net(src, return_coarse=False)  # eval: a plain clamp either way
     assert float(pha.min()) >= 0.0

@@ -1,4 +1,5 @@
 """Binarization primitives: sign convention, STE gradients, binary conv vs the packed numpy reference."""
+
 import numpy as np
 import pytest
 import torch
@@ -25,9 +26,9 @@ def test_activation_ste_gradient_is_clipped_identity():
     x = torch.tensor([-3.0, -1.0001, -1.0, -0.5, 0.0, 0.5, 1.0, 1.0001, 3.0], requires_grad=True)
     upstream = torch.arange(1.0, 10.0)
     (binary_activation(x) * upstream).sum().backward()
-    documented = upstream * (x.detach().abs() <= 1).float()              # dq/dx = 1{|x| <= 1}
+    documented = upstream * (x.detach().abs() <= 1).float()  # dq/dx = 1{|x| <= 1}
     reference = x.detach().clone().requires_grad_(True)
-    (reference.clamp(-1.0, 1.0) * upstream).sum().backward()            # autograd of clamp(x, -1, 1)
+    (reference.clamp(-1.0, 1.0) * upstream).sum().backward()  # autograd of clamp(x, -1, 1)
     assert torch.equal(x.grad, documented)
     assert torch.equal(x.grad, reference.grad)
 
@@ -61,13 +62,16 @@ def test_biconv_weight_gradient_is_clamp_gradient_through_centring(kernel_size, 
     assert conv.bias.grad is not None
 
 
-@pytest.mark.parametrize("cin,cout,k,stride,h,w", [
-    (3, 4, 3, 1, 7, 9),     # channel count below one byte
-    (13, 5, 3, 2, 8, 11),   # not a multiple of 8, stride 2, odd width
-    (16, 8, 1, 1, 5, 5),    # exactly two bytes, 1x1
-    (35, 16, 3, 1, 6, 10),  # decode0's 35 input channels
-    (59, 7, 1, 2, 9, 9),    # decode1's 59 input channels, strided 1x1
-])
+@pytest.mark.parametrize(
+    "cin,cout,k,stride,h,w",
+    [
+        (3, 4, 3, 1, 7, 9),  # channel count below one byte
+        (13, 5, 3, 2, 8, 11),  # not a multiple of 8, stride 2, odd width
+        (16, 8, 1, 1, 5, 5),  # exactly two bytes, 1x1
+        (35, 16, 3, 1, 6, 10),  # decode0's 35 input channels
+        (59, 7, 1, 2, 9, 9),  # decode1's 59 input channels, strided 1x1
+    ],
+)
 def test_binary_conv_equals_alpha_times_packed_integer_conv(cin, cout, k, stride, h, w):
     gen = torch.Generator().manual_seed(cin * 100 + cout)
     conv = BiConv2d(cin, cout, k, stride, k // 2, bias=True)
@@ -89,8 +93,9 @@ def test_binary_conv_equals_alpha_times_packed_integer_conv(cin, cout, k, stride
         # The forward weights are exactly alpha * (+-1), the values an exporter packs.
         assert torch.equal(conv.quantized_weight(), alpha.view(-1, 1, 1, 1) * w_sign)
 
-    packed = numpy_reference.binary_conv2d(layout.pack(x.numpy()), layout.pack(w_sign.numpy()), cin,
-                                   strides=(stride, stride), pads=(k // 2, k // 2))
+    packed = numpy_reference.binary_conv2d(
+        layout.pack(x.numpy()), layout.pack(w_sign.numpy()), cin, strides=(stride, stride), pads=(k // 2, k // 2)
+    )
     np.testing.assert_array_equal(integer.numpy().astype(np.int32), packed)
     # out = alpha * D + bias: float32 rounding of a product and a sum, relative 1e-6 of |D| <= 531.
     expected = alpha.view(1, -1, 1, 1) * torch.from_numpy(packed).float() + conv.bias.view(1, -1, 1, 1)
@@ -101,7 +106,9 @@ def test_learnable_bias_and_unit_layout():
     shift = LearnableBias(5)
     assert shift.bias.shape == (1, 5, 1, 1) and torch.count_nonzero(shift.bias) == 0
     unit = binary_conv_unit(10, 4, 3)
-    keys = [key for key in unit.state_dict() if not key.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    keys = [
+        key for key in unit.state_dict() if not key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
     assert keys == ["0.bias", "2.weight", "3.weight", "3.bias", "4.bias", "5.weight"]
     assert not hasattr(unit[2], "channel_threshold")
     assert unit[5].weight.flatten().tolist() == [0.25] * 4  # nn.PReLU's default init, as official

@@ -4,6 +4,7 @@ The reference conv here is deliberately naive (one window at a time, float64, ex
 so it shares no code with the contract's geometry or its integer conv. Every case uses odd sizes
 and covers strides, dilations and asymmetric padding; results are integers, compared exactly.
 """
+
 import numpy as np
 import pytest
 
@@ -31,15 +32,18 @@ def direct_float_conv(x, w, strides, pads, dilations, pad_value=0.0):
     o, _, kh, kw = w.shape
     top, left, bottom, right = pads
     padded = np.full((c, h + top + bottom, wd + left + right), pad_value, np.float64)
-    padded[:, top:top + h, left:left + wd] = x
+    padded[:, top : top + h, left : left + wd] = x
     rows = []
     y = 0
     while y + (kh - 1) * dilations[0] < padded.shape[1]:
         cols = []
         x0 = 0
         while x0 + (kw - 1) * dilations[1] < padded.shape[2]:
-            window = padded[:, y:y + (kh - 1) * dilations[0] + 1:dilations[0],
-                            x0:x0 + (kw - 1) * dilations[1] + 1:dilations[1]]
+            window = padded[
+                :,
+                y : y + (kh - 1) * dilations[0] + 1 : dilations[0],
+                x0 : x0 + (kw - 1) * dilations[1] + 1 : dilations[1],
+            ]
             cols.append(np.einsum("chw,ochw->o", window, w))
             x0 += strides[1]
         rows.append(cols)
@@ -67,8 +71,9 @@ def test_geometry_output_size_and_taps_match_a_direct_conv(case):
 @pytest.mark.parametrize("case", CASES)
 def test_reference_conv_is_the_zero_padded_float_conv(case):
     g, x, w = _case(case)
-    got = reference.binary_conv2d(layout.pack(x[None]), layout.pack(w), g.channels_in, strides=g.strides, pads=g.pads,
-                                  dilations=g.dilations)
+    got = reference.binary_conv2d(
+        layout.pack(x[None]), layout.pack(w), g.channels_in, strides=g.strides, pads=g.pads, dilations=g.dilations
+    )
     np.testing.assert_array_equal(got[0], direct_float_conv(x, w, g.strides, g.pads, g.dilations))
 
 
@@ -80,8 +85,16 @@ def test_border_correction_turns_plus_one_padding_into_zero_padding(case):
     corr = reference.border_correction(w, g.height, g.width, strides=g.strides, pads=g.pads, dilations=g.dilations)
     np.testing.assert_array_equal(plus_one + corr, zero)
     # The XNOR/popcount route (the kernels' arithmetic) lands on the same integers.
-    pop = reference.xnor_popcount_conv2d(layout.pack(x[None]), layout.pack(w), g.channels_in, g.height, g.width,
-                                         strides=g.strides, pads=g.pads, dilations=g.dilations)
+    pop = reference.xnor_popcount_conv2d(
+        layout.pack(x[None]),
+        layout.pack(w),
+        g.channels_in,
+        g.height,
+        g.width,
+        strides=g.strides,
+        pads=g.pads,
+        dilations=g.dilations,
+    )
     np.testing.assert_array_equal(pop[0], zero)
 
 
@@ -100,9 +113,16 @@ def test_valid_taps_say_which_taps_read_the_image(case):
 @pytest.mark.parametrize("case", CASES)
 def test_geometry_from_a_node_and_as_ints(case):
     g, _, _ = _case(case)
-    node = schema.make_node("BinaryConv2d", ["x", "w", "s", "b"], ["y"], channels_in=g.channels_in,
-                            kernel_shape=list(g.kernel), strides=list(g.strides), pads=list(g.pads),
-                            dilations=list(g.dilations))
+    node = schema.make_node(
+        "BinaryConv2d",
+        ["x", "w", "s", "b"],
+        ["y"],
+        channels_in=g.channels_in,
+        kernel_shape=list(g.kernel),
+        strides=list(g.strides),
+        pads=list(g.pads),
+        dilations=list(g.dilations),
+    )
     assert ConvGeometry.from_node(node, g.height, g.width, g.channels_out) == g
     assert ConvGeometry.ints_from_attributes(schema.node_attributes(node)) == g.to_ints()
     assert ConvGeometry.from_ints(g.to_ints(), g.height, g.width, g.channels_in, g.channels_out) == g
@@ -158,18 +178,21 @@ def test_kernel_parameters_follow_the_contract(case, word):
     w_packed = layout.pack(w)
     row_class, col_class, corr = params.border_classes(w_packed, g)
     per_position = corr[row_class][:, col_class].transpose(2, 0, 1)  # [O, OH, OW]
-    np.testing.assert_array_equal(per_position, reference.border_correction(
-        w, g.height, g.width, strides=g.strides, pads=g.pads, dilations=g.dilations))
+    np.testing.assert_array_equal(
+        per_position,
+        reference.border_correction(w, g.height, g.width, strides=g.strides, pads=g.pads, dilations=g.dilations),
+    )
     out_padded = 8 * layout.ceil_div(g.channels_out, 8)
     base = params.exact_base(corr, g, out_padded)
-    np.testing.assert_array_equal(base[:, :, :g.channels_out], g.taps + corr)
-    assert not base[:, :, g.channels_out:].any()
+    np.testing.assert_array_equal(base[:, :, : g.channels_out], g.taps + corr)
+    assert not base[:, :, g.channels_out :].any()
 
     words = params.weight_words(w_packed, g.channels_in, word, out_padded)  # [KH, KW, CW, Op]
     word_bits = params.KERNEL_WORD_BITS[word]
     assert words.shape == g.kernel + (layout.packed_channels(g.channels_in, word_bits), out_padded)
     word_bytes = words.view(np.uint8).reshape(words.shape + (word_bits // 8,))  # little-endian words
-    as_bits = np.unpackbits(word_bytes.transpose(0, 1, 2, 4, 3).reshape(g.kernel + (-1, out_padded)),
-                            axis=2, bitorder="little")  # [KH, KW, CW * B, Op], bit c = channel c
-    np.testing.assert_array_equal(as_bits[:, :, :g.channels_in, :g.channels_out], (w < 0).transpose(2, 3, 1, 0))
-    assert not as_bits[:, :, g.channels_in:].any() and not as_bits[:, :, :, g.channels_out:].any()
+    as_bits = np.unpackbits(
+        word_bytes.transpose(0, 1, 2, 4, 3).reshape(g.kernel + (-1, out_padded)), axis=2, bitorder="little"
+    )  # [KH, KW, CW * B, Op], bit c = channel c
+    np.testing.assert_array_equal(as_bits[:, :, : g.channels_in, : g.channels_out], (w < 0).transpose(2, 3, 1, 0))
+    assert not as_bits[:, :, g.channels_in :].any() and not as_bits[:, :, :, g.channels_out :].any()

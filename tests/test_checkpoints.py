@@ -1,5 +1,6 @@
 """load_model / save_checkpoint: official RVM .pth and ONNX weights, project checkpoints,
 BiMatting official state_dicts, and every kind of bad or hostile input."""
+
 import os
 import pickle
 
@@ -65,7 +66,7 @@ def test_official_rvm_pth_loads_and_equals_onnx_weights(official, tmp_path):
     torch.save(state, path)
     loaded = bimatting.load_model(path)
     assert type(loaded).__name__ == "RVM" and not loaded.training
-    assert loaded.refine_at_unit_ratio is False                       # PyTorch RVM behaviour
+    assert loaded.refine_at_unit_ratio is False  # PyTorch RVM behaviour
     # Same function, other parametrisation: float32 rounding of W'/k and b' + m*k through ~60
     # layers and two recurrent steps stays far below 1e-4 (a wrong BN gives >1e-2). The reference
     # skips the refiner at s=1 like the .pth network does.
@@ -93,7 +94,9 @@ def test_save_checkpoint_round_trip(official, tmp_path):
     assert checkpoint["extra"]["epoch"] == 3
     restored = torch.optim.Adam(tiny.parameters())
     restored.load_state_dict(checkpoint["extra"]["optimizer"])
-    torch.testing.assert_close(restored.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    torch.testing.assert_close(
+        restored.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"]
+    )
 
     loaded = bimatting.load_model(str(path), arch="rvm")
     assert not loaded.training and loaded.refine_at_unit_ratio is True
@@ -195,20 +198,34 @@ def write_bad_inputs(tmp_path, official):
     case("rvm_as_bimatting.pth", state, "bimatting", "holds rvm weights, but arch='bimatting'")
     fewer = {k: v for k, v in state.items() if not k.startswith("decoder.decode0")}
     case("missing_keys.pth", fewer, fragment="missing (decoder.decode0.conv.0.weight")
-    case("unexpected_keys.pth", {**state, "decoder.decode5.weight": torch.zeros(1)},
-         fragment="1 unexpected (decoder.decode5.weight)")
-    case("wrong_shape.pth", {**state, "project_mat.conv.weight": torch.zeros(5, 16, 1, 1)},
-         fragment="wrong shape (project_mat.conv.weight [5, 16, 1, 1] != [4, 16, 1, 1])")
+    case(
+        "unexpected_keys.pth",
+        {**state, "decoder.decode5.weight": torch.zeros(1)},
+        fragment="1 unexpected (decoder.decode5.weight)",
+    )
+    case(
+        "wrong_shape.pth",
+        {**state, "project_mat.conv.weight": torch.zeros(5, 16, 1, 1)},
+        fragment="wrong shape (project_mat.conv.weight [5, 16, 1, 1] != [4, 16, 1, 1])",
+    )
     checkpoint = {"format": FORMAT, "format_version": 1, "arch": "rvm", "config": {}, "state_dict": state}
     case("future.pth", {**checkpoint, "format_version": 2}, fragment="format_version 2")
     case("alien_arch.pth", {**checkpoint, "arch": "resnet"}, fragment="architecture 'resnet'")
-    case("bad_config.pth", {**checkpoint, "config": {"width": 2}}, fragment="config {'width': 2} that rvm does not accept")
+    case(
+        "bad_config.pth",
+        {**checkpoint, "config": {"width": 2}},
+        fragment="config {'width': 2} that rvm does not accept",
+    )
     case("arch_mismatch.pth", checkpoint, "bimatting", "holds rvm weights, but arch='bimatting'")
     case("unknown_arch.pth", state, "resnet", "unknown architecture 'resnet'")
-    tiny = onnx.helper.make_model(onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["x"], ["y"])], "tiny",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    tiny = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "tiny",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
+    )
     case("other.onnx", tiny.SerializeToString(), fragment="has 0 Conv nodes")
     case("garbage.onnx", b"\xff\x00 not protobuf" * 8, fragment="not a readable ONNX model")
     return cases
@@ -242,5 +259,7 @@ def test_default_model():
         model = bimatting.load_model("default")
         assert isinstance(model, torch.nn.Module) and not model.training
     else:
-        with pytest.raises(InputError, match="no packaged default model in this install; pass a checkpoint path or 'rvm'"):
+        with pytest.raises(
+            InputError, match="no packaged default model in this install; pass a checkpoint path or 'rvm'"
+        ):
             bimatting.load_model("default")

@@ -12,6 +12,7 @@ integers), so results agree to a few float32 ulps. Its optimizer instead fuses f
 (different roundings), and a binary network turns a rounding difference just before a sign()
 into a flipped bit, which recurrent states then carry on.
 """
+
 import io
 import json
 import re
@@ -54,26 +55,42 @@ def _reference(model_path):
 def recurrent_model(seed=0):
     """src [1, 3, H, W], r1i [1, 8, H/2, W/2] -> pha [1, 1, H, W], r1o (H, W dynamic)."""
     rng = np.random.default_rng(seed)
-    f32 = (lambda *shape: rng.standard_normal(shape).astype(np.float32))
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
     inits = {
-        "w_stem": f32(16, 3, 3, 3) * 0.5, "b_stem": f32(16),
+        "w_stem": f32(16, 3, 3, 3) * 0.5,
+        "b_stem": f32(16),
         "shift": f32(1, 16, 1, 1) * 0.1,
-        "w3": layout.pack(f32(20, 16, 3, 3)), "s3": np.abs(f32(20)) * 0.1, "b3": f32(20) * 0.1,
-        "lb3": f32(1, 20, 1, 1) * 0.1, "slope3": np.abs(f32(20, 1, 1)) * 0.25,
-        "w1": layout.pack(f32(20, 16, 1, 1)), "s1": np.abs(f32(20)) * 0.1, "b1": f32(20) * 0.1,
-        "lb1": f32(1, 20, 1, 1) * 0.1, "slope1": np.abs(f32(1, 20, 1, 1)) * 0.25, "post1": f32(1, 20, 1, 1) * 0.1,
-        "w11": layout.pack(f32(20, 20, 1, 1)), "s11": np.abs(f32(20)) * 0.1, "b11": f32(20) * 0.1,
-        "w_mask": f32(1, 20, 1, 1) * 0.3, "zero": np.zeros((), np.float32), "half": np.full((), 0.5, np.float32),
-        "wg": layout.pack(f32(8, 28, 3, 3)), "sg": np.abs(f32(8)) * 0.05, "bg": f32(8) * 0.1,
-        "w_head": f32(1, 28, 1, 1) * 0.3, "scales": np.array([1, 1, 2, 2], np.float32),
+        "w3": layout.pack(f32(20, 16, 3, 3)),
+        "s3": np.abs(f32(20)) * 0.1,
+        "b3": f32(20) * 0.1,
+        "lb3": f32(1, 20, 1, 1) * 0.1,
+        "slope3": np.abs(f32(20, 1, 1)) * 0.25,
+        "w1": layout.pack(f32(20, 16, 1, 1)),
+        "s1": np.abs(f32(20)) * 0.1,
+        "b1": f32(20) * 0.1,
+        "lb1": f32(1, 20, 1, 1) * 0.1,
+        "slope1": np.abs(f32(1, 20, 1, 1)) * 0.25,
+        "post1": f32(1, 20, 1, 1) * 0.1,
+        "w11": layout.pack(f32(20, 20, 1, 1)),
+        "s11": np.abs(f32(20)) * 0.1,
+        "b11": f32(20) * 0.1,
+        "w_mask": f32(1, 20, 1, 1) * 0.3,
+        "zero": np.zeros((), np.float32),
+        "half": np.full((), 0.5, np.float32),
+        "wg": layout.pack(f32(8, 28, 3, 3)),
+        "sg": np.abs(f32(8)) * 0.05,
+        "bg": f32(8) * 0.1,
+        "w_head": f32(1, 28, 1, 1) * 0.3,
+        "scales": np.array([1, 1, 2, 2], np.float32),
     }
     node = helper.make_node
     nodes = [
         node("Conv", ["src", "w_stem", "b_stem"], ["f1"], strides=[2, 2], pads=[1, 1, 1, 1]),
         node("Add", ["f1", "shift"], ["f1s"]),
         schema.make_node("BinarizePack", ["f1s"], ["xp"]),
-        schema.make_node("BinaryConv2d", ["xp", "w3", "s3", "b3"], ["y3"], channels_in=16, kernel_shape=[3, 3],
-                      pads=[1, 1, 1, 1]),
+        schema.make_node(
+            "BinaryConv2d", ["xp", "w3", "s3", "b3"], ["y3"], channels_in=16, kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+        ),
         node("Add", ["y3", "lb3"], ["y3b"]),
         node("PRelu", ["y3b", "slope3"], ["y3p"]),
         schema.make_node("BinaryConv2d", ["xp", "w1", "s1", "b1"], ["y1"], channels_in=16, kernel_shape=[1, 1]),
@@ -89,27 +106,43 @@ def recurrent_model(seed=0):
         node("Cast", ["m_bool"], ["mask"], to=TensorProto.FLOAT),
         node("Concat", ["z", "r1i"], ["zc"], axis=1),
         schema.make_node("BinarizePack", ["zc"], ["zp"]),
-        schema.make_node("BinaryConv2dMasked", ["zp", "wg", "sg", "bg", "mask"], ["g"], channels_in=28,
-                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        schema.make_node(
+            "BinaryConv2dMasked",
+            ["zp", "wg", "sg", "bg", "mask"],
+            ["g"],
+            channels_in=28,
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+        ),
         node("Tanh", ["g"], ["gt"]),
         node("Mul", ["gt", "half"], ["gh"]),
         node("Mul", ["r1i", "half"], ["rh"]),
         node("Add", ["gh", "rh"], ["r1o"]),
         node("Concat", ["z", "r1o"], ["head_in"], axis=1),
         node("Conv", ["head_in", "w_head"], ["logit"]),
-        node("Resize", ["logit", "", "scales"], ["logit_up"], mode="linear",
-             coordinate_transformation_mode="half_pixel"),
+        node(
+            "Resize", ["logit", "", "scales"], ["logit_up"], mode="linear", coordinate_transformation_mode="half_pixel"
+        ),
         node("Sigmoid", ["logit_up"], ["pha"]),
     ]
     graph = helper.make_graph(
-        nodes, "recurrent_test",
-        [helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "height", "width"]),
-         helper.make_tensor_value_info("r1i", TensorProto.FLOAT, [1, 8, "h2", "w2"])],
-        [helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "height", "width"]),
-         helper.make_tensor_value_info("r1o", TensorProto.FLOAT, [1, 8, "h2", "w2"])],
-        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(schema.DOMAIN, 1)],
-                              functions=op_functions.functions())
+        nodes,
+        "recurrent_test",
+        [
+            helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, "height", "width"]),
+            helper.make_tensor_value_info("r1i", TensorProto.FLOAT, [1, 8, "h2", "w2"]),
+        ],
+        [
+            helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, "height", "width"]),
+            helper.make_tensor_value_info("r1o", TensorProto.FLOAT, [1, 8, "h2", "w2"]),
+        ],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(schema.DOMAIN, 1)],
+        functions=op_functions.functions(),
+    )
     onnx.checker.check_model(model)
     return model
 
@@ -207,8 +240,9 @@ def test_artifact_holds_library_params_and_metadata(built, small_onnx):
 
 def _objdump_functions(library):
     """{function name: disassembly} of an aarch64 shared library."""
-    text = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(library)], check=True, capture_output=True,
-                          text=True).stdout
+    text = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(library)], check=True, capture_output=True, text=True
+    ).stdout
     functions, name = {}, None
     for line in text.splitlines():
         if line.endswith(">:"):
@@ -225,8 +259,10 @@ def _extract_library(artifact_path, folder):
     return folder / artifacts.LIBRARY
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None,
-                    reason="aarch64-linux-gnu-objdump missing (Debian: binutils-aarch64-linux-gnu)")
+@pytest.mark.skipif(
+    shutil.which("aarch64-linux-gnu-objdump") is None,
+    reason="aarch64-linux-gnu-objdump missing (Debian: binutils-aarch64-linux-gnu)",
+)
 def test_rpi4_artifact_is_aarch64_with_neon_popcount(built, small_onnx, tmp_path):
     library = _extract_library(built.get(small_onnx, "rpi4"), tmp_path)
     header = library.read_bytes()[:20]
@@ -237,8 +273,10 @@ def test_rpi4_artifact_is_aarch64_with_neon_popcount(built, small_onnx, tmp_path
         assert re.search(r"\scnt\s+v\d+\.16b", code), f"{name} has no NEON byte popcount (cnt v.16b)"
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None,
-                    reason="aarch64-linux-gnu-objdump missing (Debian: binutils-aarch64-linux-gnu)")
+@pytest.mark.skipif(
+    shutil.which("aarch64-linux-gnu-objdump") is None,
+    reason="aarch64-linux-gnu-objdump missing (Debian: binutils-aarch64-linux-gnu)",
+)
 def test_jetson_orin_artifact_builds_with_dotprod(built, small_onnx, tmp_path):
     library = _extract_library(built.get(small_onnx, "jetson-orin"), tmp_path)
     bconv = "\n".join(v for k, v in _objdump_functions(library).items() if k.startswith("bconv"))
@@ -287,8 +325,12 @@ def test_a_local_run_without_the_tvm_package_gives_the_same_bits(built, small_on
     path = built.get(small_onnx, "host")
     frames = np.stack(_frames(3, seed=21))
     np.save(tmp_path / "frames.npy", frames)
-    done = subprocess.run([sys.executable, "-c", LOCAL_VM_SCRIPT, str(path), str(tmp_path / "frames.npy"),
-                           str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", LOCAL_VM_SCRIPT, str(path), str(tmp_path / "frames.npy"), str(tmp_path / "out.npz")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["LocalVM", "False", "2", "True", "True"]
     runner = RecurrentRunner(CompiledModel(path))
@@ -310,8 +352,9 @@ def test_local_run_of_an_arm_artifact_says_to_use_rpc(built, small_onnx):
 
 def test_cli_compile_writes_folder_artifact_with_json_report(small_onnx, tmp_path):
     out = tmp_path / "small-host"
-    result = CliRunner().invoke(cli, ["compile", str(small_onnx), "--target", "host", "-o", str(out),
-                                      "--resolution", "32x16", "--json"])
+    result = CliRunner().invoke(
+        cli, ["compile", str(small_onnx), "--target", "host", "-o", str(out), "--resolution", "32x16", "--json"]
+    )
     assert result.exit_code == 0, result.output
     meta = json.loads(result.output)
     assert meta["resolution"] == [32, 16]
@@ -330,11 +373,22 @@ def test_binary_conv_on_uint8_input_without_function_bodies():
     w = layout.pack(rng.standard_normal((12, 35, 3, 3)))
     scale, bias = rng.random(12).astype(np.float32), rng.standard_normal(12).astype(np.float32)
     graph = helper.make_graph(
-        [schema.make_node("BinaryConv2d", ["xb", "w", "s", "b"], ["y"], channels_in=35, kernel_shape=[3, 3],
-                       strides=[2, 2], pads=[1, 1, 1, 1])],
-        "bytes_in", [helper.make_tensor_value_info("xb", TensorProto.UINT8, [1, 5, 9, 14])],
+        [
+            schema.make_node(
+                "BinaryConv2d",
+                ["xb", "w", "s", "b"],
+                ["y"],
+                channels_in=35,
+                kernel_shape=[3, 3],
+                strides=[2, 2],
+                pads=[1, 1, 1, 1],
+            )
+        ],
+        "bytes_in",
+        [helper.make_tensor_value_info("xb", TensorProto.UINT8, [1, 5, 9, 14])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 5, 7])],
-        initializer=[numpy_helper.from_array(v, k) for k, v in (("w", w), ("s", scale), ("b", bias))])
+        initializer=[numpy_helper.from_array(v, k) for k, v in (("w", w), ("s", scale), ("b", bias))],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(schema.DOMAIN, 1)])
     x = layout.pack(rng.standard_normal((1, 35, 9, 14)))
     got = _run_library_import(model, {"xb": [1, 5, 9, 14]}, [x])[0]
@@ -365,16 +419,28 @@ def test_branches_reading_one_tensor_through_their_own_bias_share_one_pack():
     outputs = []
     for i, (source, (w, strides, pads)) in enumerate(zip(["x0", "x1", "x"], convs)):
         nodes.append(schema.make_node("BinarizePack", [source], [f"p{i}"]))
-        nodes.append(schema.make_node("BinaryConv2d", [f"p{i}", f"w{i}", f"s{i}", f"b{i}"], [f"y{i}"],
-                                      channels_in=channels, kernel_shape=list(w.shape[2:]), strides=list(strides),
-                                      pads=list(pads)))
+        nodes.append(
+            schema.make_node(
+                "BinaryConv2d",
+                [f"p{i}", f"w{i}", f"s{i}", f"b{i}"],
+                [f"y{i}"],
+                channels_in=channels,
+                kernel_shape=list(w.shape[2:]),
+                strides=list(strides),
+                pads=list(pads),
+            )
+        )
         inits.update({f"w{i}": w, f"s{i}": scales[i], f"b{i}": shifts[i]})
         out_h = (height + pads[0] + pads[2] - w.shape[2]) // strides[0] + 1
         out_w = (width + pads[1] + pads[3] - w.shape[3]) // strides[1] + 1
         outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, w.shape[0], out_h, out_w]))
-    graph = helper.make_graph(nodes, "three_branches",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, height, width])],
-                              outputs, initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    graph = helper.make_graph(
+        nodes,
+        "three_branches",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, height, width])],
+        outputs,
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(schema.DOMAIN, 1)])
     rewritten, conv_count = graph_rewrite.rewrite(model)
     packs = [n for n in rewritten.graph.node if n.op_type == "BimattingPackWords"]
@@ -407,24 +473,41 @@ def test_a_residual_add_and_what_follows_it_move_into_the_conv_epilogue():
     conv_attrs = dict(channels_in=channels, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     nodes = [schema.make_node("BinarizePack", ["x"], ["xp"])]
     for name, shortcut in (("full", "short_full"), ("bcast", "short_bcast")):
-        nodes += [schema.make_node("BinaryConv2d", ["xp", "w", "s", "b"], [f"y_{name}"], **conv_attrs),
-                  helper.make_node("Add", [f"y_{name}", shortcut], [f"r_{name}"]),
-                  helper.make_node("Add", [f"r_{name}", "move1"], [f"m_{name}"]),
-                  helper.make_node("PRelu", [f"m_{name}", "slope"], [f"p_{name}"]),
-                  helper.make_node("Add", [f"p_{name}", "move2"], [f"out_{name}"])]
+        nodes += [
+            schema.make_node("BinaryConv2d", ["xp", "w", "s", "b"], [f"y_{name}"], **conv_attrs),
+            helper.make_node("Add", [f"y_{name}", shortcut], [f"r_{name}"]),
+            helper.make_node("Add", [f"r_{name}", "move1"], [f"m_{name}"]),
+            helper.make_node("PRelu", [f"m_{name}", "slope"], [f"p_{name}"]),
+            helper.make_node("Add", [f"p_{name}", "move2"], [f"out_{name}"]),
+        ]
     # the full-size shortcut (exact: a slice times 0.5) is computed after the convs in node order
-    nodes += [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["x_head"]),
-              helper.make_node("Mul", ["x_head", "half"], ["short_full"])]
+    nodes += [
+        helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["x_head"]),
+        helper.make_node("Mul", ["x_head", "half"], ["short_full"]),
+    ]
     shape = [1, out_channels, height, width]
-    inits = {"w": w, "s": scale, "b": shift, "move1": move1, "move2": move2, "slope": slope,
-             "starts": np.array([0], np.int64), "ends": np.array([out_channels], np.int64),
-             "axes": np.array([1], np.int64), "half": np.array(0.5, np.float32)}
+    inits = {
+        "w": w,
+        "s": scale,
+        "b": shift,
+        "move1": move1,
+        "move2": move2,
+        "slope": slope,
+        "starts": np.array([0], np.int64),
+        "ends": np.array([out_channels], np.int64),
+        "axes": np.array([1], np.int64),
+        "half": np.array(0.5, np.float32),
+    }
     graph = helper.make_graph(
-        nodes, "residual_tail",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, height, width]),
-         helper.make_tensor_value_info("short_bcast", TensorProto.FLOAT, [1, out_channels, 1, 1])],
+        nodes,
+        "residual_tail",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, height, width]),
+            helper.make_tensor_value_info("short_bcast", TensorProto.FLOAT, [1, out_channels, 1, 1]),
+        ],
         [helper.make_tensor_value_info(f"out_{n}", TensorProto.FLOAT, shape) for n in ("full", "bcast")],
-        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(schema.DOMAIN, 1)])
     rewritten, _ = graph_rewrite.rewrite(model)
     assert [n.op_type for n in rewritten.graph.node].count("Add") == 0  # both tails folded at the ONNX level
@@ -463,9 +546,13 @@ def test_standalone_binarize_pack_and_unpack_ops():
     """BinarizePack as a graph output and Unpack keep their ONNX semantics (bimatting.binops reference)."""
     graph = helper.make_graph(
         [schema.make_node("BinarizePack", ["x"], ["xp"]), schema.make_node("Unpack", ["xp"], ["xs"], channels=20)],
-        "pack_unpack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 20, 5, 7])],
-        [helper.make_tensor_value_info("xp", TensorProto.UINT8, [1, 3, 5, 7]),
-         helper.make_tensor_value_info("xs", TensorProto.FLOAT, [1, 20, 5, 7])])
+        "pack_unpack",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 20, 5, 7])],
+        [
+            helper.make_tensor_value_info("xp", TensorProto.UINT8, [1, 3, 5, 7]),
+            helper.make_tensor_value_info("xs", TensorProto.FLOAT, [1, 20, 5, 7]),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(schema.DOMAIN, 1)])
     x = np.random.default_rng(9).standard_normal((1, 20, 5, 7)).astype(np.float32)
     x[0, 3, 2, 2] = 0.0
@@ -492,13 +579,20 @@ def test_plain_float_model_compiles_official_rvm(built, workdir):
     for _ in range(2):
         src = rng.random((1, 3, 64, 96)).astype(np.float32)
         got = runner.step(src)
-        fgr, pha, *states = session.run(None, {"src": src, **dict(zip(["r1i", "r2i", "r3i", "r4i"], states)),
-                                               "downsample_ratio": np.array([0.5], np.float32)})
+        fgr, pha, *states = session.run(
+            None,
+            {
+                "src": src,
+                **dict(zip(["r1i", "r2i", "r3i", "r4i"], states)),
+                "downsample_ratio": np.array([0.5], np.float32),
+            },
+        )
         # Float-only network: TVM and onnxruntime sum convolutions in different orders.
         assert np.abs(got["pha"] - pha).max() <= 1e-4 and np.abs(got["fgr"] - fgr).max() <= 1e-4
 
 
 # --- bad input: one clear line, exit 2, nothing written --------------------------------------------
+
 
 def _compile_cli(args, tmp_path):
     out = tmp_path / "out.tar"
@@ -520,9 +614,12 @@ def test_unknown_custom_op_is_rejected_without_artifact(tmp_path):
 
 
 def test_operator_tvm_cannot_import_is_named(tmp_path):
-    graph = helper.make_graph([helper.make_node("Det", ["src"], ["d"])], "det",
-                              [helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("d", TensorProto.FLOAT, [1, 3])])
+    graph = helper.make_graph(
+        [helper.make_node("Det", ["src"], ["d"])],
+        "det",
+        [helper.make_tensor_value_info("src", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("d", TensorProto.FLOAT, [1, 3])],
+    )
     path = tmp_path / "det.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     result, out, leftovers = _compile_cli([str(path), "--target", "host"], tmp_path)
@@ -609,17 +706,20 @@ def _tie_free_exported(folder, frames, ratio):
         # In a child process: calibrating on 20 frames at once peaks at ~5 GB, which would stay in
         # this process's peak RSS and trip the fuzz suite's memory bound later in the session.
         np.save(folder / "calibration_frames.npy", np.stack([to_nchw(f)[0] for f in frames]))
-        code = "\n".join([
-            "import sys, numpy as np, onnx, torch",
-            "from bench_models import tie_free_bimatting",
-            "from bimatting.export.exporter import build_onnx",
-            f"clip = torch.from_numpy(np.load({str(folder / 'calibration_frames.npy')!r}))[None]",
-            f"network, margin = tie_free_bimatting(clip, downsample_ratio={ratio!r})",
-            "assert margin > 2e-5, f'calibration left a near tie ({margin:.1e})'",
-            f"onnx.save(build_onnx(network, 'bimatting'), {str(path)!r})",
-        ])
-        done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=900)
+        code = "\n".join(
+            [
+                "import sys, numpy as np, onnx, torch",
+                "from bench_models import tie_free_bimatting",
+                "from bimatting.export.exporter import build_onnx",
+                f"clip = torch.from_numpy(np.load({str(folder / 'calibration_frames.npy')!r}))[None]",
+                f"network, margin = tie_free_bimatting(clip, downsample_ratio={ratio!r})",
+                "assert margin > 2e-5, f'calibration left a near tie ({margin:.1e})'",
+                f"onnx.save(build_onnx(network, 'bimatting'), {str(path)!r})",
+            ]
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=900
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     return path
 
@@ -628,7 +728,10 @@ def _network_check(runner, onnx_path, frames, ratio, tie_free=False):
     """Per frame: pha mean |diff| <= 1e-4 and max <= 1e-2 vs onnxruntime, states fed back.
     tie_free: the network has no near-tie on these frames, so the check is enforced outright, on
     fgr too: a random network's pha may sit clamped flat on real footage, its fgr residual does not."""
-    reference, optimized = _reference(onnx_path), ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    reference, optimized = (
+        _reference(onnx_path),
+        ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]),
+    )
     names = ["r1i", "r2i", "r3i", "r4i"]
     shapes = {i["name"]: i["shape"] for i in runner.model.metadata["inputs"]}
     states = {k: np.zeros(shapes[k], np.float32) for k in names}
@@ -643,8 +746,11 @@ def _network_check(runner, onnx_path, frames, ratio, tie_free=False):
         states = dict(zip(names, rs))
         if tie_free:
             fgr_error = np.abs(step["fgr"] - fgr)
-            assert fgr_error.mean() <= 1e-4 and fgr_error.max() <= 1e-2, (len(report), float(fgr_error.mean()),
-                                                                         float(fgr_error.max()))
+            assert fgr_error.mean() <= 1e-4 and fgr_error.max() <= 1e-2, (
+                len(report),
+                float(fgr_error.mean()),
+                float(fgr_error.max()),
+            )
             inside = (fgr > 0) & (fgr < 1)
             spread = max(spread, float((fgr - src)[inside].std()))
         _, pha_opt, *rs_opt = optimized.run(None, {"src": src, **states_opt, **extra})
@@ -678,8 +784,9 @@ def test_network_host_artifact_vs_onnxruntime(resolution, ratio, built, workdir,
 @pytest.mark.slow
 @pytest.mark.emulated
 @pytest.mark.parametrize("resolution, ratio", NETWORK_CASES, ids=["512x288", "960x540-s0.25"])
-def test_network_rpi4_artifact_on_emulated_board_vs_onnxruntime(resolution, ratio, built, workdir,
-                                                                bedroom_frames_dir, rpi4_session):
+def test_network_rpi4_artifact_on_emulated_board_vs_onnxruntime(
+    resolution, ratio, built, workdir, bedroom_frames_dir, rpi4_session
+):
     source = _exported_bimatting(workdir)
     model = CompiledModel(built.get(source, "rpi4", resolution, ratio), session=rpi4_session)
     frames = read_frames(bedroom_frames_dir, size=resolution, limit=NETWORK_FRAMES)
@@ -687,8 +794,7 @@ def test_network_rpi4_artifact_on_emulated_board_vs_onnxruntime(resolution, rati
 
 
 @pytest.mark.parametrize("resolution, ratio", NETWORK_CASES, ids=["512x288", "960x540-s0.25"])
-def test_network_host_artifact_vs_onnxruntime_without_near_ties(resolution, ratio, built, workdir,
-                                                                bedroom_frames_dir):
+def test_network_host_artifact_vs_onnxruntime_without_near_ties(resolution, ratio, built, workdir, bedroom_frames_dir):
     frames = read_frames(bedroom_frames_dir, size=resolution, limit=NETWORK_FRAMES)
     source = _tie_free_exported(workdir, frames, ratio or 1.0)
     model = CompiledModel(built.get(source, "host", resolution, ratio))
@@ -697,8 +803,9 @@ def test_network_host_artifact_vs_onnxruntime_without_near_ties(resolution, rati
 
 @pytest.mark.emulated
 @pytest.mark.parametrize("resolution, ratio", NETWORK_CASES, ids=["512x288", "960x540-s0.25"])
-def test_network_rpi4_artifact_without_near_ties_on_emulated_board(resolution, ratio, built, workdir,
-                                                                   bedroom_frames_dir, rpi4_session):
+def test_network_rpi4_artifact_without_near_ties_on_emulated_board(
+    resolution, ratio, built, workdir, bedroom_frames_dir, rpi4_session
+):
     frames = read_frames(bedroom_frames_dir, size=resolution, limit=NETWORK_FRAMES)
     source = _tie_free_exported(workdir, frames, ratio or 1.0)
     model = CompiledModel(built.get(source, "rpi4", resolution, ratio), session=rpi4_session)
@@ -710,23 +817,25 @@ def test_compile_path_works_without_torch(small_onnx, tmp_path):
     compile/runtime module, build an artifact and load it. (tvm_ffi itself tries `import torch`
     when it is installed and carries on without it, so torch being absent is the real test.)"""
     artifact_path = str(tmp_path / "a.tar")
-    code = "\n".join([
-        "import sys",
-        "class NoTorch:",
-        "    def find_spec(self, name, path=None, target=None):",
-        "        if name == 'torch' or name.startswith('torch.'):",
-        "            raise ImportError('torch is blocked in this test')",
-        "sys.meta_path.insert(0, NoTorch())",
-        "from bimatting.deploy import artifact, target",
-        "from bimatting.deploy.compiler import build, graph_rewrite, importer, lowering, shapes",
-        "from bimatting.deploy.device import bench, emulator, report, rpc, runtime",
-        "from bimatting.deploy.tuning import measure, session",
-        "from bimatting.deploy.compiler.kernels import bitserial, params, standalone",
-        "from bimatting.deploy.compiler.schedules import aarch64, fp, x86",
-        f"build.compile_model({str(small_onnx)!r}, 'host', {artifact_path!r}, resolution=(32, 16))",
-        f"runtime.RecurrentRunner(runtime.CompiledModel({artifact_path!r}))",
-        "assert 'torch' not in sys.modules",
-    ])
+    code = "\n".join(
+        [
+            "import sys",
+            "class NoTorch:",
+            "    def find_spec(self, name, path=None, target=None):",
+            "        if name == 'torch' or name.startswith('torch.'):",
+            "            raise ImportError('torch is blocked in this test')",
+            "sys.meta_path.insert(0, NoTorch())",
+            "from bimatting.deploy import artifact, target",
+            "from bimatting.deploy.compiler import build, graph_rewrite, importer, lowering, shapes",
+            "from bimatting.deploy.device import bench, emulator, report, rpc, runtime",
+            "from bimatting.deploy.tuning import measure, session",
+            "from bimatting.deploy.compiler.kernels import bitserial, params, standalone",
+            "from bimatting.deploy.compiler.schedules import aarch64, fp, x86",
+            f"build.compile_model({str(small_onnx)!r}, 'host', {artifact_path!r}, resolution=(32, 16))",
+            f"runtime.RecurrentRunner(runtime.CompiledModel({artifact_path!r}))",
+            "assert 'torch' not in sys.modules",
+        ]
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -737,10 +846,11 @@ def test_cli_compiles_a_checkpoint_by_exporting_it_in_process(tmp_path):
     checkpoint = tmp_path / "bimatting.pth"
     save_checkpoint(checkpoint, build_model("bimatting").eval(), "bimatting")
     out = tmp_path / "from-checkpoint.tar"
-    result = CliRunner().invoke(cli, ["compile", str(checkpoint), "--target", "host", "-o", str(out),
-                                      "--resolution", "64x48", "--json"])
+    result = CliRunner().invoke(
+        cli, ["compile", str(checkpoint), "--target", "host", "-o", str(out), "--resolution", "64x48", "--json"]
+    )
     assert result.exit_code == 0, result.output
-    meta = json.loads(result.output[result.output.index("{"):])
+    meta = json.loads(result.output[result.output.index("{") :])
     assert meta["kernels"]["binary_convs"] > 50 and meta["source"]["file"] == "model.onnx"
     model = CompiledModel(out)
     output = RecurrentRunner(model).step(np.full((1, 3, 48, 64), 0.5, np.float32))

@@ -31,6 +31,7 @@
   taps are contiguous loads: numpy's values (exact integer sums). So does a stride-2 pool whose
   padded width is odd (the encoder's (1, 2) average pools): numpy's values.
 """
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -47,8 +48,7 @@ from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
 from bimatting.deploy.target import resolve
 
 # (input N, C, H, W), (output H, W)
-RESIZES = [((1, 4, 27, 48), (108, 192)), ((1, 3, 9, 16), (18, 32)), ((1, 2, 7, 5), (20, 13)),
-           ((1, 1, 8, 15), (17, 30))]
+RESIZES = [((1, 4, 27, 48), (108, 192)), ((1, 3, 9, 16), (18, 32)), ((1, 2, 7, 5), (20, 13)), ((1, 1, 8, 15), (17, 30))]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,9 @@ def host_target():
 def _compiled(func, target):
     """func scheduled by the FP rules and compiled as the network's functions are (fenced products)."""
     scheduled = fp.apply_rules(func, target, fp_rules(target)) or func
-    return tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
-                       target=target)
+    return tvm.compile(
+        tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}), target=target
+    )
 
 
 def _run(lib, array, out_shape):
@@ -71,11 +72,17 @@ def _run(lib, array, out_shape):
 
 
 def onnxruntime_resize(array, size):
-    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
-                            coordinate_transformation_mode="half_pixel")
+    node = helper.make_node(
+        "Resize", ["x", "", "", "sizes"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel"
+    )
     sizes = helper.make_tensor("sizes", TensorProto.INT64, [4], list(array.shape[:2]) + list(size))
-    graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, array.shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [sizes])
+    graph = helper.make_graph(
+        [node],
+        "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, array.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [sizes],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": array})[0]
@@ -86,8 +93,9 @@ def test_separable_resize_has_the_bits_of_tvms_resize2d(host_target, in_shape, s
     data = te.placeholder(in_shape, "float32", name="data")
     out_size = [tirx.IntImm("int64", v) for v in size]
     separable = _separable_linear(data, out_size)
-    reference = topi.image.resize2d(data, [0.0] * 4, out_size, method="linear",
-                                    coordinate_transformation_mode="half_pixel")
+    reference = topi.image.resize2d(
+        data, [0.0] * 4, out_size, method="linear", coordinate_transformation_mode="half_pixel"
+    )
     array = np.random.default_rng(sum(size)).standard_normal(in_shape).astype(np.float32)
     out_shape = in_shape[:2] + size
     ours = _run(_compiled(te.create_prim_func([data, separable]), host_target), array, out_shape)
@@ -126,13 +134,15 @@ def _where_module(condition):
 
 def _calls(mod):
     names = []
-    relax.analysis.post_order_visit(mod["main"], lambda e: names.append(e.op.name)
-                                    if isinstance(e, relax.Call) and hasattr(e.op, "name") else None)
+    relax.analysis.post_order_visit(
+        mod["main"], lambda e: names.append(e.op.name) if isinstance(e, relax.Call) and hasattr(e.op, "name") else None
+    )
     return names
 
 
-@pytest.mark.parametrize("condition, expected", [(np.array([True]), "relax.multiply"),
-                                                  (np.zeros((2, 3), bool), "relax.add")])
+@pytest.mark.parametrize(
+    "condition, expected", [(np.array([True]), "relax.multiply"), (np.zeros((2, 3), bool), "relax.add")]
+)
 def test_a_constant_where_becomes_its_branch(condition, expected):
     folded = build._constant_where(_where_module(condition))
     calls = _calls(folded)
@@ -158,8 +168,9 @@ def test_a_same_size_resize_is_its_input(host_target):
     x = relax.Var("x", relax.TensorType((1, 2, 5, 7), "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            out = bb.emit_output(relax.op.image.resize2d(x, (5, 7), method="linear",
-                                                         coordinate_transformation_mode="half_pixel"))
+            out = bb.emit_output(
+                relax.op.image.resize2d(x, (5, 7), method="linear", coordinate_transformation_mode="half_pixel")
+            )
         bb.emit_func_output(out)
     with host_target:
         lowered = build.pipeline_front(host_target)(bb.get())
@@ -193,8 +204,16 @@ def test_a_split_becomes_slices_fused_into_their_readers(host_target, sections):
 
 
 # (indices, axis, becomes a Slice)
-GATHERS = [([1, 5, 9], 3, True), ([0, 1, 2, 3, 4, 5, 6, 7, 8], 2, True), ([2], 1, True), ([0, 2, 3], 3, False),
-           ([4, 3, 2], 3, False), ([-1], 2, False), ([3, 3], 3, False), (2, 3, False)]
+GATHERS = [
+    ([1, 5, 9], 3, True),
+    ([0, 1, 2, 3, 4, 5, 6, 7, 8], 2, True),
+    ([2], 1, True),
+    ([0, 2, 3], 3, False),
+    ([4, 3, 2], 3, False),
+    ([-1], 2, False),
+    ([3, 3], 3, False),
+    (2, 3, False),
+]
 
 
 def test_evenly_stepped_gathers_become_slices_with_the_same_values():
@@ -203,8 +222,9 @@ def test_evenly_stepped_gathers_become_slices_with_the_same_values():
         inits.append(helper.make_tensor(f"i{k}", TensorProto.INT64, np.shape(indices), np.ravel(indices).tolist()))
         nodes.append(helper.make_node("Gather", ["x", f"i{k}"], [f"y{k}"], axis=axis))
         outputs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "gathers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 13])],
-                              outputs, inits)
+    graph = helper.make_graph(
+        nodes, "gathers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 13])], outputs, inits
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     rewritten = fold.gathers_as_slices(model)
     assert [n.op_type for n in rewritten.graph.node] == ["Slice" if sliced else "Gather" for *_, sliced in GATHERS]
@@ -226,9 +246,12 @@ def _refiner_tail(also_return_out):
     src = relax.Var("src", relax.TensorType((1, 3, 24, 32), "float32"))
     with bb.function("main", [a, b, src]):
         with bb.dataflow():
+
             def up(t):
-                return bb.emit(relax.op.image.resize2d(t, (24, 32), method="linear",
-                                                       coordinate_transformation_mode="half_pixel"))
+                return bb.emit(
+                    relax.op.image.resize2d(t, (24, 32), method="linear", coordinate_transformation_mode="half_pixel")
+                )
+
             gray = bb.emit(relax.op.mean(src, axis=[1], keepdims=True))
             fine = bb.emit(relax.op.concat([src, gray], axis=1))
             out = bb.emit(relax.op.add(relax.op.multiply(up(a), fine), up(relax.op.subtract(b, a))))
@@ -251,9 +274,14 @@ def _lowered_and_outputs(mod, target):
 
 def _stored_shapes(lowered):
     shapes = []
-    relax.analysis.post_order_visit(lowered["main"], lambda e: shapes.append(tuple(int(d) for d in e.ty.shape))
-                                    if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.call_tir"
-                                    else None)
+    relax.analysis.post_order_visit(
+        lowered["main"],
+        lambda e: (
+            shapes.append(tuple(int(d) for d in e.ty.shape))
+            if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.call_tir"
+            else None
+        ),
+    )
     return shapes
 
 
@@ -271,8 +299,9 @@ def test_channel_slices_move_up_to_the_refiners_low_resolution_operands(host_tar
 
 def _count_calls(func, op_name):
     found = []
-    relax.analysis.post_order_visit(func, lambda e: found.append(e) if isinstance(e, relax.Call)
-                                    and getattr(e.op, "name", "") == op_name else None)
+    relax.analysis.post_order_visit(
+        func, lambda e: found.append(e) if isinstance(e, relax.Call) and getattr(e.op, "name", "") == op_name else None
+    )
     return len(found)
 
 
@@ -316,11 +345,11 @@ def _masked_branch(divide=False):
 
 def _masked_branch_inputs():
     rng = np.random.default_rng(7)
-    x = rng.integers(0, 40, (1, 6, 20, 48)).astype(np.float32)                # like n and a: integers
-    w = (rng.integers(-64, 64, (8, 6, 3, 3)) / 16.0).astype(np.float32)      # steps of 2^-4
+    x = rng.integers(0, 40, (1, 6, 20, 48)).astype(np.float32)  # like n and a: integers
+    w = (rng.integers(-64, 64, (8, 6, 3, 3)) / 16.0).astype(np.float32)  # steps of 2^-4
     b = rng.standard_normal((1, 8, 1, 1)).astype(np.float32)
     blocks = rng.random((1, 1, 2, 3)) < 0.5
-    blocks[0, 0, 0, 0], blocks[0, 0, 1, 2] = True, False                      # some on, some off
+    blocks[0, 0, 0, 0], blocks[0, 0, 1, 2] = True, False  # some on, some off
     mask = np.kron(blocks, np.ones((16, 16)))[:, :, :20, :48].astype(np.float32)
     g = rng.standard_normal((1, 8, 20, 48)).astype(np.float32)
     return x, w, b, mask, g
@@ -340,8 +369,11 @@ def test_a_conv_scaled_by_a_mask_skips_the_tiles_the_mask_zeroes(host_target, mo
     x, w, b, mask, g = _masked_branch_inputs()
     assert 0.2 < mask.mean() < 0.8
     padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    conv = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + 20, j:j + 48], w[:, :, i, j].astype(np.float64))
-               for i in range(3) for j in range(3)).astype(np.float32)               # exact: integers x 2^-4
+    conv = sum(
+        np.einsum("nchw,oc->nohw", padded[:, :, i : i + 20, j : j + 48], w[:, :, i, j].astype(np.float64))
+        for i in range(3)
+        for j in range(3)
+    ).astype(np.float32)  # exact: integers x 2^-4
     expected = np.maximum(conv + b, np.float32(0)) * mask + g
 
     def run():
@@ -375,8 +407,7 @@ def _integer_chain_conv(also_return_input, kernel):
 
 @pytest.mark.parametrize("kernel", [3, 1])
 @pytest.mark.parametrize("also_return_input", [False, True])
-def test_an_elementwise_producer_fuses_into_the_conv_that_reads_it(host_target, monkeypatch, kernel,
-                                                                   also_return_input):
+def test_an_elementwise_producer_fuses_into_the_conv_that_reads_it(host_target, monkeypatch, kernel, also_return_input):
     rng = np.random.default_rng(11)
     m = rng.integers(-20, 20, (1, 4, 12, 40)).astype(np.float32)
     w = rng.standard_normal((6, 8, kernel, kernel)).astype(np.float32)
@@ -392,8 +423,14 @@ def test_an_elementwise_producer_fuses_into_the_conv_that_reads_it(host_target, 
     n_and_a = np.concatenate([np.maximum(m, 0), np.clip(m + 1, 0, 1)], axis=1).astype(np.float64)
     pad = kernel // 2
     padded = np.pad(n_and_a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    expected = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + 12, j:j + 40], w[:, :, i, j].astype(np.float64))
-                   for i in range(kernel) for j in range(kernel)) + 0.25
+    expected = (
+        sum(
+            np.einsum("nchw,oc->nohw", padded[:, :, i : i + 12, j : j + 40], w[:, :, i, j].astype(np.float64))
+            for i in range(kernel)
+            for j in range(kernel)
+        )
+        + 0.25
+    )
     np.testing.assert_allclose(outputs[0], expected, rtol=1e-5, atol=1e-4)  # float32 sums of ~72 terms
     fused = [gv.name_hint for gv, f in lowered.functions_items() if "_into_" in gv.name_hint]
     assert bool(fused) != also_return_input  # an input something else reads is stored, not fused
@@ -423,8 +460,9 @@ def test_the_projection_matmul_computes_every_output_of_a_pixel_tile_together(ho
 
     rng = np.random.default_rng(5)
     arrays = [rng.standard_normal(shape) for shape in ((4, 16), (1, 16, pixels), (4, 1))]
-    lib = tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
-                      target=host_target)
+    lib = tvm.compile(
+        tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}), target=host_target
+    )
     result = tvm.runtime.empty((1, 4, pixels), "float32", tvm.cpu())
     lib["main"](*[tvm.runtime.tensor(a) for a in arrays], result)
     expected = (np.einsum("ok,nkp->nop", arrays[0], arrays[1]) + arrays[2]).astype(np.float32)
@@ -467,15 +505,19 @@ def test_the_projection_widens_its_input_as_it_reads_it(host_target):
 def _allocated_shapes(func):
     """The shapes of the buffers func's blocks allocate."""
     shapes = []
-    tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, lambda b: shapes.extend(
-        tuple(int(d) for d in buffer.shape) for buffer in b.alloc_buffers))])
+    tvm_ffi.structural_walk(
+        func.body,
+        [(s_tir.SBlock, lambda b: shapes.extend(tuple(int(d) for d in buffer.shape) for buffer in b.alloc_buffers))],
+    )
     return shapes
 
 
 def _parallel_extents(func):
     extents = []
-    tvm_ffi.structural_walk(func.body, [(tirx.For, lambda loop: extents.append(int(loop.extent))
-                                         if loop.kind == tirx.ForKind.PARALLEL else None)])
+    tvm_ffi.structural_walk(
+        func.body,
+        [(tirx.For, lambda loop: extents.append(int(loop.extent)) if loop.kind == tirx.ForKind.PARALLEL else None)],
+    )
     return extents
 
 
@@ -486,14 +528,21 @@ def _assert_exact_3x3_conv(scheduled, target, in_shape, out_channels, stride, se
     x = rng.integers(-50, 50, in_shape).astype(np.float32)
     w = (rng.integers(-64, 64, (out_channels, in_shape[1], 3, 3)) / 16.0).astype(np.float32)
     height, width = in_shape[2] // stride, in_shape[3] // stride
-    lib = tvm.compile(tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}),
-                      target=target)
+    lib = tvm.compile(
+        tvm.IRModule({"main": fence_products(scheduled).with_attr("global_symbol", "main")}), target=target
+    )
     result = tvm.runtime.empty((1, out_channels, height, width), "float32", tvm.cpu())
     lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), result)
     padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    expected = sum(np.einsum("nchw,oc->nohw", padded[:, :, i:i + in_shape[2]:stride, j:j + in_shape[3]:stride],
-                             w[:, :, i, j].astype(np.float64))
-                   for i in range(3) for j in range(3))
+    expected = sum(
+        np.einsum(
+            "nchw,oc->nohw",
+            padded[:, :, i : i + in_shape[2] : stride, j : j + in_shape[3] : stride],
+            w[:, :, i, j].astype(np.float64),
+        )
+        for i in range(3)
+        for j in range(3)
+    )
     np.testing.assert_array_equal(result.numpy(), expected.astype(np.float32))
 
 
@@ -522,8 +571,16 @@ def test_a_stride_2_pool_with_an_odd_padded_width_is_split_into_even_and_odd_col
     """The encoder's 2:1 column pools pad 256 columns to 257: the even/odd split then needs one
     padding slot (it used to refuse, and the pool fell to a generic rule, 3x slower at 512x288)."""
     data = te.placeholder((1, 4, 6, 48), "float32", name="data")
-    out = topi.nn.pool2d(data, kernel=(1, 2), stride=(1, 2), dilation=(1, 1), padding=(0, 0, 0, 1),
-                         pool_type="avg", ceil_mode=False, count_include_pad=False)
+    out = topi.nn.pool2d(
+        data,
+        kernel=(1, 2),
+        stride=(1, 2),
+        dilation=(1, 1),
+        padding=(0, 0, 0, 1),
+        pool_type="avg",
+        ceil_mode=False,
+        count_include_pad=False,
+    )
     scheduled = fp.apply_rules(te.create_prim_func([data, out]), host_target, fp_rules(host_target))
     assert (1, 4, 6, 2, 25) in _allocated_shapes(scheduled)  # 49 padded columns: [.., column parity, column // 2]
 
@@ -580,7 +637,8 @@ def test_a_pack_computes_the_upsample_it_reads_in_place(host_target):
     pack = schedule_kernel(pack, kernel_config_for(host_target)).mod["main"].with_attr("global_symbol", "pack")
     want = tvm.runtime.empty(layout.shape(1), layout.word_dtype)
     tvm.compile(tvm.IRModule({"pack": pack}), target=host_target)["pack"](
-        tvm.runtime.tensor(stored), tvm.runtime.tensor(bias), want)
+        tvm.runtime.tensor(stored), tvm.runtime.tensor(bias), want
+    )
     np.testing.assert_array_equal(got, want.numpy())
     assert got.any()
 
@@ -599,11 +657,20 @@ def test_a_computation_repeated_in_the_graph_runs_once(host_target):
     with host_target:
         lowered = build.pipeline_front(host_target)(bb.get())
     pools = []
-    relax.analysis.post_order_visit(lowered["main"], lambda e: pools.append(e) if isinstance(e, relax.Call)
-                                    and getattr(e.op, "name", "") == "relax.call_tir"
-                                    and "pool" in e.args[0].name_hint else None)
+    relax.analysis.post_order_visit(
+        lowered["main"],
+        lambda e: (
+            pools.append(e)
+            if isinstance(e, relax.Call)
+            and getattr(e.op, "name", "") == "relax.call_tir"
+            and "pool" in e.args[0].name_hint
+            else None
+        ),
+    )
     assert len(pools) == 1
     data = np.random.default_rng(3).standard_normal((1, 8, 12, 16)).astype(np.float32)
     vm = relax.VirtualMachine(build._compile(lowered, host_target, None), tvm.cpu())
     pooled = data.reshape(1, 8, 6, 2, 8, 2).mean(axis=(3, 5), dtype=np.float32)
-    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(data)).numpy(), (pooled + 1) * pooled, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        vm["main"](tvm.runtime.tensor(data)).numpy(), (pooled + 1) * pooled, rtol=1e-5, atol=1e-6
+    )

@@ -1,5 +1,6 @@
 """Data: `bimatting data synth` output, the dataset readers on tiny trees written here, layout
 errors, the frame sampler's rules and the torch-only augmentation primitives."""
+
 import colorsys
 import json
 import math
@@ -12,9 +13,18 @@ import torch
 from click.testing import CliRunner
 
 from bimatting.cli import cli
-from bimatting.data import (Backgrounds, ImageMatteDataset, MotionAugmentation, SegmentationAugmentation,
-                            SuperviselyPersonDataset, TrainFrameSampler, ValidFrameSampler, VideoMatteDataset,
-                            coco_from_root, youtubevis_from_root)
+from bimatting.data import (
+    Backgrounds,
+    ImageMatteDataset,
+    MotionAugmentation,
+    SegmentationAugmentation,
+    SuperviselyPersonDataset,
+    TrainFrameSampler,
+    ValidFrameSampler,
+    VideoMatteDataset,
+    coco_from_root,
+    youtubevis_from_root,
+)
 from bimatting.data import colour, easing, geometric_transforms, rle
 from bimatting.data.motion import Probabilities
 from bimatting.data.sampler import SPEEDS, frame_indices
@@ -63,7 +73,7 @@ def test_synth_layout_and_composite(synth_set):
             pha = layers["pha"]
             # A figure with a solid core, a soft border and background around it.
             assert (pha == 255).any() and (pha == 0).any() and ((pha > 0) & (pha < 255)).sum() > 20
-            assert not np.array_equal(pha[0], pha[-1])                      # the figure moves
+            assert not np.array_equal(pha[0], pha[-1])  # the figure moves
 
 
 def test_synth_motion_versus_static_background(synth_set):
@@ -85,7 +95,7 @@ def test_synth_is_deterministic_and_atomic(synth_set, tmp_path):
     bad = CliRunner().invoke(cli, ["data", "synth", "--out", str(tmp_path / "bad"), "--size", "64by48"])
     assert bad.exit_code == 2 and "WIDTHxHEIGHT" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "bad").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["again"]                # no temporary leftovers
+    assert [p.name for p in tmp_path.iterdir()] == ["again"]  # no temporary leftovers
     # --out is replaced as a whole: a folder holding anything else is refused and left intact.
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
@@ -96,8 +106,23 @@ def test_synth_is_deterministic_and_atomic(synth_set, tmp_path):
 
 def test_synth_with_teacher_footage(bedroom_frames_dir, tmp_path):
     out = tmp_path / "footage"
-    result = CliRunner().invoke(cli, ["data", "synth", "--out", str(out), "--clips", "1", "--frames", "2",
-                                      "--size", "128x72", "--footage", str(bedroom_frames_dir)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--clips",
+            "1",
+            "--frames",
+            "2",
+            "--size",
+            "128x72",
+            "--footage",
+            str(bedroom_frames_dir),
+        ],
+    )
     assert result.exit_code == 0, result.output
     layers = _read_clip(out / "videomatte_motion" / "0000", 2)
     _check_composite(layers)
@@ -135,10 +160,16 @@ def matting_tree(tmp_path):
 
 def test_videomatte_reader_indexing_and_modulo(matting_tree):
     backgrounds = Backgrounds(video_dir=matting_tree / "bgv", size=24, rng=random.Random(0))
-    dataset = VideoMatteDataset(matting_tree / "vm", backgrounds, size=24, seq_length=3,
-                                sampler=ValidFrameSampler(), transform=MotionAugmentation.valid(24))
-    assert len(dataset) == math.ceil(5 / 3) + math.ceil(3 / 3)               # sum ceil(frames / T)
-    fgrs, phas, bgrs = dataset[1]                                            # clip 0000 from frame 3
+    dataset = VideoMatteDataset(
+        matting_tree / "vm",
+        backgrounds,
+        size=24,
+        seq_length=3,
+        sampler=ValidFrameSampler(),
+        transform=MotionAugmentation.valid(24),
+    )
+    assert len(dataset) == math.ceil(5 / 3) + math.ceil(3 / 3)  # sum ceil(frames / T)
+    fgrs, phas, bgrs = dataset[1]  # clip 0000 from frame 3
     assert fgrs.shape == (3, 3, 24, 24) and phas.shape == (3, 1, 24, 24) and bgrs.shape == (3, 3, 24, 24)
     assert fgrs.dtype == torch.float32 and 0 <= float(fgrs.min()) and float(fgrs.max()) <= 1
     # Frames 3, 4, then 0 (start + offset modulo the clip length).
@@ -152,13 +183,16 @@ def test_videomatte_reader_indexing_and_modulo(matting_tree):
 
 def test_imagematte_reader_repeats_image(matting_tree):
     backgrounds = Backgrounds(image_dir=matting_tree / "bgi", size=24, rng=random.Random(1))
-    dataset = ImageMatteDataset(matting_tree / "im", backgrounds, size=24, seq_length=4,
-                                transform=MotionAugmentation.valid(24))
+    dataset = ImageMatteDataset(
+        matting_tree / "im", backgrounds, size=24, seq_length=4, transform=MotionAugmentation.valid(24)
+    )
     assert len(dataset) == 2
     fgrs, phas, bgrs = dataset[1]
     assert fgrs.shape == (4, 3, 24, 24) and phas.shape == (4, 1, 24, 24)
-    assert torch.allclose(fgrs, torch.full_like(fgrs, 200 / 255)) and torch.allclose(phas, torch.full_like(phas, 55 / 255))
-    assert all(torch.equal(bgrs[0], b) for b in bgrs)                        # still image, repeated
+    assert torch.allclose(fgrs, torch.full_like(fgrs, 200 / 255)) and torch.allclose(
+        phas, torch.full_like(phas, 55 / 255)
+    )
+    assert all(torch.equal(bgrs[0], b) for b in bgrs)  # still image, repeated
 
 
 def test_background_images_versus_videos(matting_tree):
@@ -166,7 +200,7 @@ def test_background_images_versus_videos(matting_tree):
     assert images.shape == (3, 3, 40, 50) and torch.equal(images[0], images[2])
     mixed = Backgrounds(matting_tree / "bgi", matting_tree / "bgv", image_probability=0.5, rng=random.Random(3))
     kinds = {bool(torch.equal(s[0], s[-1])) for s in (mixed.sample(3) for _ in range(30))}
-    assert kinds == {True, False}                                            # both sources are drawn
+    assert kinds == {True, False}  # both sources are drawn
 
 
 def test_large_frames_shrink_to_short_side(tmp_path):
@@ -175,8 +209,10 @@ def test_large_frames_shrink_to_short_side(tmp_path):
     assert frames.shape == (1, 3, 60, 150)
 
 
-@pytest.mark.parametrize("remove, named", [("vm/train/pha", "vm/train/pha"), ("vm/train", "vm/train"),
-                                           ("vm/train/pha/0001", "vm/train/pha/0001")])
+@pytest.mark.parametrize(
+    "remove, named",
+    [("vm/train/pha", "vm/train/pha"), ("vm/train", "vm/train"), ("vm/train/pha/0001", "vm/train/pha/0001")],
+)
 def test_wrong_layout_names_first_missing_folder(matting_tree, remove, named):
     import shutil
 
@@ -201,13 +237,17 @@ def test_segmentation_readers(tmp_path):
     _write(tmp_path / "coco/panoptic_train2017/1.png", cv2.cvtColor(png, cv2.COLOR_RGB2BGR))
     _write(tmp_path / "coco/train2017/1.jpg", _flat(90, (16, 16, 3)))
     segments = [{"id": 5, "category_id": 1}, {"id": 300, "category_id": 27}, {"id": 7, "category_id": 3}]
-    annotations = {"annotations": [{"file_name": "1.png", "segments_info": segments},
-                                   {"file_name": "2.png", "segments_info": [{"id": 1, "category_id": 3}]}]}
+    annotations = {
+        "annotations": [
+            {"file_name": "1.png", "segments_info": segments},
+            {"file_name": "2.png", "segments_info": [{"id": 1, "category_id": 3}]},
+        ]
+    }
     (tmp_path / "coco/annotations").mkdir()
     (tmp_path / "coco/annotations/panoptic_train2017.json").write_text(json.dumps(annotations))
     keep = SegmentationAugmentation(16, segs_mode="nearest")
     coco = coco_from_root(tmp_path / "coco", size=16, transform=keep)
-    assert len(coco) == 1                                                    # only images with a person
+    assert len(coco) == 1  # only images with a person
     img, seg = coco[0]
     assert img.shape == (1, 3, 16, 16)
     np.testing.assert_array_equal(seg[0, 0].numpy(), ((ids == 5) | (ids == 300)).astype(np.float32))
@@ -227,12 +267,21 @@ def test_segmentation_readers(tmp_path):
     names = [f"v1/{k:05d}.jpg" for k in range(3)]
     for name in names:
         _write(tmp_path / "yt/JPEGImages" / name, _flat(60, (8, 10, 3)))
-    vis = {"videos": [{"id": 1, "height": 8, "width": 10, "file_names": names}],
-           "annotations": [{"video_id": 1, "category_id": 26, "segmentations": rles},
-                           {"video_id": 1, "category_id": 4, "segmentations": [None, rles[0], None]}]}
+    vis = {
+        "videos": [{"id": 1, "height": 8, "width": 10, "file_names": names}],
+        "annotations": [
+            {"video_id": 1, "category_id": 26, "segmentations": rles},
+            {"video_id": 1, "category_id": 4, "segmentations": [None, rles[0], None]},
+        ],
+    }
     (tmp_path / "yt/instances.json").write_text(json.dumps(vis))
-    dataset = youtubevis_from_root(tmp_path / "yt", size=16, seq_length=3, sampler=ValidFrameSampler(),
-                                   transform=SegmentationAugmentation((8, 10), segs_mode="nearest"))
+    dataset = youtubevis_from_root(
+        tmp_path / "yt",
+        size=16,
+        seq_length=3,
+        sampler=ValidFrameSampler(),
+        transform=SegmentationAugmentation((8, 10), segs_mode="nearest"),
+    )
     assert len(dataset) == 3
     imgs, segs = dataset[0]
     assert imgs.shape == (3, 3, 8, 10) and segs.shape == (3, 1, 8, 10)
@@ -242,8 +291,9 @@ def test_segmentation_readers(tmp_path):
 
 def test_rle_decoding():
     # Column-major runs: 2 zeros, 3 ones, 1 zero on a 2x3 mask -> column 0 = [0 0], 1 = [1 1], 2 = [1 0].
-    np.testing.assert_array_equal(rle.decode({"size": [2, 3], "counts": [2, 3, 1]}) > 0,
-                                  [[False, True, True], [False, True, False]])
+    np.testing.assert_array_equal(
+        rle.decode({"size": [2, 3], "counts": [2, 3, 1]}) > 0, [[False, True, True], [False, True, False]]
+    )
     # Compressed strings, worked by hand from the format: '3','2','1' are single 5-bit groups;
     # 'M' = 29 = -3 (sign bit 0x10); counts from the 4th on add the count two places earlier
     # ('1' after [3, 2, 1] -> 1 + 2 = 3); 'X1' = 8 | 0x20 (more), then 1 << 5 -> 40.
@@ -262,7 +312,7 @@ def test_train_sampler_rules():
     for _ in range(400):
         offsets = sampler(length)
         assert len(offsets) == length
-        is_reversed = offsets[0] > offsets[-1]        # every speed advances over 6 frames
+        is_reversed = offsets[0] > offsets[-1]  # every speed advances over 6 frames
         ordered = offsets[::-1] if is_reversed else offsets
         shift = ordered[0]
         assert 0 <= shift < length
@@ -272,9 +322,9 @@ def test_train_sampler_rules():
         speeds.update(speed)
         shifts.add(shift)
     assert speeds == set(SPEEDS) and shifts == set(range(length))
-    assert 150 < reversed_count < 250                                        # ~50%
+    assert 150 < reversed_count < 250  # ~50%
     assert ValidFrameSampler()(4) == [0, 1, 2, 3]
-    assert frame_indices(3, [0, 1, 2, 5], 4) == [3, 0, 1, 0]                 # modulo the frame count
+    assert frame_indices(3, [0, 1, 2, 5], 4) == [3, 0, 1, 0]  # modulo the frame count
 
 
 # ---------------------------------------------------------------- augmentation primitives
@@ -284,9 +334,9 @@ def test_easing_curves():
         assert curve(0) == pytest.approx(0, abs=1e-3) and curve(1) == pytest.approx(1, abs=1e-3), name
     assert easing.EASINGS["quad_in"](0.5) == pytest.approx(0.25)
     assert easing.EASINGS["quad_out"](0.5) == pytest.approx(0.75)
-    assert easing.EASINGS["cubic_in_out"](0.25) == pytest.approx(4 * 0.25 ** 3)
+    assert easing.EASINGS["cubic_in_out"](0.25) == pytest.approx(4 * 0.25**3)
     assert easing.step(0.49) == 0 and easing.step(0.5) == 1
-    assert easing.EASINGS["back_in"](0.3) < 0                                # overshoot is intended
+    assert easing.EASINGS["back_in"](0.3) < 0  # overshoot is intended
     picks = {easing.random_easing(random.Random(s)) for s in range(300)}
     assert easing.linear in picks and easing.step in picks and len(picks) > 25
 
@@ -301,7 +351,7 @@ def test_affine_matches_exact_moves():
     # Zero fill where the source is outside (up to float32 rounding of the sampling grid).
     assert shifted[..., 0, :].abs().max() < 1e-3 and shifted[..., :, :2].abs().max() < 1e-3
     half = geometric_transforms.affine(torch.ones(1, 1, 8, 8), geometric_transforms.AffineParams(scale=0.5))
-    assert float(half.sum()) == pytest.approx(16, abs=1e-3)                 # a 4x4 square remains
+    assert float(half.sum()) == pytest.approx(16, abs=1e-3)  # a 4x4 square remains
 
 
 def test_resized_crop_fallback_is_centre_crop():
@@ -353,12 +403,12 @@ def test_pause_repeats_one_frame():
     augmentation = MotionAugmentation(8, rng=random.Random(4))
     frames = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 1, 2, 2).clone()
     for _ in range(20):
-        paused, = augmentation.pause(frames)
+        (paused,) = augmentation.pause(frames)
         values = paused[:, 0, 0, 0].tolist()
-        assert values == sorted(values)                                      # order kept, only repeats
+        assert values == sorted(values)  # order kept, only repeats
         assert set(values) <= set(range(8)) and values[0] == 0
         first = next((i for i in range(1, 8) if values[i] == values[i - 1]), None)
-        if first is not None:                                                # one contiguous frozen span
+        if first is not None:  # one contiguous frozen span
             end = first
             while end < 8 and values[end] == values[first - 1]:
                 end += 1
@@ -375,7 +425,7 @@ def test_training_root_gives_the_stage_passes(matting_tree, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(matting_tree / "vm", root / "VideoMatte240K_JPEG_SD")
     config = stage_config("bimatting", 3, size_lr=24, seq_lr=3, size_hr=32, seq_hr=2)
-    with pytest.raises(InputError, match="BackgroundVideos"):                  # backgrounds are required
+    with pytest.raises(InputError, match="BackgroundVideos"):  # backgrounds are required
         real_sources(root, config)
     shutil.copytree(matting_tree / "bgv", root / "BackgroundVideos" / "train")
     mask = np.zeros((16, 16), np.uint8)
@@ -384,10 +434,13 @@ def test_training_root_gives_the_stage_passes(matting_tree, tmp_path):
     _write(root / "SuperviselyPersonDataset/seg/a.png", mask)
     random.seed(0)
     sources = real_sources(root, config)
-    assert set(sources) == {"lr", "hr", "seg_image"}                           # no YouTubeVIS, no COCO here
+    assert set(sources) == {"lr", "hr", "seg_image"}  # no YouTubeVIS, no COCO here
     sample = sources["lr"][0]
-    assert {k: tuple(v.shape) for k, v in sample.items()} == {"fgr": (3, 3, 24, 24), "pha": (3, 1, 24, 24),
-                                                              "bgr": (3, 3, 24, 24)}
+    assert {k: tuple(v.shape) for k, v in sample.items()} == {
+        "fgr": (3, 3, 24, 24),
+        "pha": (3, 1, 24, 24),
+        "bgr": (3, 3, 24, 24),
+    }
     assert tuple(sources["hr"][0]["fgr"].shape) == (2, 3, 32, 32)
     still = sources["seg_image"][0]
     assert tuple(still["img"].shape) == (1, 3, 24, 24) and tuple(still["seg"].shape) == (1, 1, 24, 24)

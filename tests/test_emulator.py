@@ -4,6 +4,7 @@ Nothing is mocked: real qemu-user processes, real TVM RPC servers (our C++ one a
 one), real cross-compiled libraries. Tests needing the emulator skip when it is not set up
 (scripts/setup_arm_emu.sh); those needing the cross compiler skip without it.
 """
+
 import json
 import os
 import re
@@ -30,6 +31,7 @@ LOOPBACK_HEX = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it (little-endian
 
 
 # ---- compiling (client side) ---------------------------------------------------------------
+
 
 def board_target(name):
     """The TVM target of a board, straight from its TOML (a dict: TVM 0.27 rejects strings)."""
@@ -106,9 +108,8 @@ def listening_address(port):
     return None
 
 
-
-
 # ---- the C++ server (fast; shared per target for the session) --------------------------------
+
 
 @pytest.mark.emulated
 def test_vector_add_runs_on_emulated_rpi4(emulated_board, vadd_rpi4):
@@ -201,6 +202,7 @@ def test_board_listens_on_loopback_only(emulated_board):
 
 # ---- TVM's Python server (the program a real board runs) -----------------------------------
 
+
 @pytest.mark.emulated
 def test_python_board_fixture_runs_a_kernel(emulated_python_board, vadd_rpi4):
     host, port = emulated_python_board("rpi4")
@@ -214,10 +216,24 @@ def test_python_board_fixture_runs_a_kernel(emulated_python_board, vadd_rpi4):
 def test_python_server_registers_with_a_tracker_and_stops_cleanly(emulator_ready, vadd_rpi4):
     tracker_port = emulator.free_port("127.0.0.1")
     tracker = subprocess.Popen(
-        [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(tracker_port),
-         "--port-end", str(tracker_port + 1), "--silent"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env=dict(os.environ, TVM_USE_RUNTIME_LIB="1"))  # a tracker needs no compiler: starts faster
+        [
+            sys.executable,
+            "-m",
+            "tvm.exec.rpc_tracker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(tracker_port),
+            "--port-end",
+            str(tracker_port + 1),
+            "--silent",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=dict(os.environ, TVM_USE_RUNTIME_LIB="1"),
+    )  # a tracker needs no compiler: starts faster
     try:
         _wait_until(lambda: tracker_port in emulator.listening_ports(), 60, "the tracker to listen")
         board = emulator.start_board("rpi4", server="python", tracker=f"127.0.0.1:{tracker_port}")
@@ -247,14 +263,29 @@ def _wait_until(condition, timeout, what):
 
 # ---- the CLI ---------------------------------------------------------------------------------
 
+
 @pytest.mark.emulated
 def test_cli_emulate_prints_address_and_stops_on_ctrl_c(emulator_ready):
-    command = [sys.executable, "-c", "import sys; from bimatting.cli import main; main(sys.argv[1:])",
-               "device", "emulate", "--target", "rpi4", "--no-setup"]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from bimatting.cli import main; main(sys.argv[1:])",
+        "device",
+        "emulate",
+        "--target",
+        "rpi4",
+        "--no-setup",
+    ]
     # Ctrl-C's default action even when the test run itself was started in the background (a
     # shell's background jobs ignore SIGINT, and children inherit that).
-    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    cli = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         first_line = cli.stdout.readline()
         found = re.match(r"listening on 127\.0\.0\.1:(\d+) \(rpi4: qemu cortex-a72, cpp server, pid (\d+)", first_line)
@@ -291,13 +322,17 @@ def test_cli_help_warns_about_code_execution():
 
 # ---- bad input (no emulator needed) -----------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(target="host"), "cannot be emulated"),
-    (dict(target="pi9"), "unknown target"),
-    (dict(server="java"), "unknown server"),
-    (dict(tracker="127.0.0.1:9190"), "cannot register with a tracker"),
-    (dict(server="python", tracker="nowhere"), "is not HOST:PORT"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(target="host"), "cannot be emulated"),
+        (dict(target="pi9"), "unknown target"),
+        (dict(server="java"), "unknown server"),
+        (dict(tracker="127.0.0.1:9190"), "cannot register with a tracker"),
+        (dict(server="python", tracker="nowhere"), "is not HOST:PORT"),
+    ],
+)
 def test_start_board_rejects_bad_input(kwargs, message):
     with pytest.raises(InputError, match=message):
         emulator.start_board(**kwargs)
@@ -314,8 +349,9 @@ def test_busy_port_is_an_input_error():
 def test_missing_emulator_says_how_to_set_up(tmp_path):
     with pytest.raises(emulator.EmulatorNotSetUp, match="setup_arm_emu.sh"):
         emulator.start_board("rpi4", emulator_root=tmp_path)
-    (tmp_path / "emu.json").write_text(json.dumps(
-        {"qemu": "/usr/bin/true", "python_launcher": "bin/python3", "cpp_server": "x", "sysroot": "rootfs"}))
+    (tmp_path / "emu.json").write_text(
+        json.dumps({"qemu": "/usr/bin/true", "python_launcher": "bin/python3", "cpp_server": "x", "sysroot": "rootfs"})
+    )
     with pytest.raises(emulator.EmulatorNotSetUp, match="incomplete"):
         emulator.load_emulator(tmp_path)
 
@@ -323,13 +359,21 @@ def test_missing_emulator_says_how_to_set_up(tmp_path):
 def test_server_that_dies_at_start_reports_its_log(tmp_path):
     # A stand-in for qemu that fails the way qemu does on an unknown CPU model.
     fake_qemu = tmp_path / "qemu-aarch64-static"
-    fake_qemu.write_text('#!/bin/sh\necho "qemu: unable to find CPU model \'$QEMU_CPU\'" >&2\nexit 1\n')
+    fake_qemu.write_text("#!/bin/sh\necho \"qemu: unable to find CPU model '$QEMU_CPU'\" >&2\nexit 1\n")
     fake_qemu.chmod(0o755)
     for name in ("bin/python3", "mini_rpc_server", "rootfs"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).touch()
-    (tmp_path / "emu.json").write_text(json.dumps({"qemu": str(fake_qemu), "python_launcher": "bin/python3",
-                                                   "cpp_server": "mini_rpc_server", "sysroot": "rootfs"}))
+    (tmp_path / "emu.json").write_text(
+        json.dumps(
+            {
+                "qemu": str(fake_qemu),
+                "python_launcher": "bin/python3",
+                "cpp_server": "mini_rpc_server",
+                "sysroot": "rootfs",
+            }
+        )
+    )
     with pytest.raises(RuntimeFailure, match="exited with code 1 before listening(.|\n)*'cortex-a72'"):
         emulator.start_board("rpi4", emulator_root=tmp_path, timeout=30)
 
@@ -342,7 +386,9 @@ def test_emulated_targets_are_the_aarch64_boards():
 
 
 def test_emulator_and_cli_import_neither_torch_nor_tvm():
-    code = ("import sys, bimatting.deploy.device.emulator, bimatting.cli.device_cmd; "
-            "print(sorted(m for m in ('torch', 'tvm') if m in sys.modules))")
+    code = (
+        "import sys, bimatting.deploy.device.emulator, bimatting.cli.device_cmd; "
+        "print(sorted(m for m in ('torch', 'tvm') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

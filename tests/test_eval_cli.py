@@ -1,5 +1,6 @@
 """End to end: `bimatting data synth` -> `scripts/evaluate_model.sh` (= `bimatting test`) with the RVM
 teacher -> predictions in RVM's layout + the 7 metrics; and clear errors on bad trees."""
+
 import json
 import math
 import os
@@ -28,8 +29,23 @@ FRAMES = 4
 @pytest.fixture(scope="module")
 def synth_set(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "synth_256x144"
-    result = CliRunner().invoke(cli, ["data", "synth", "--out", str(out), "--clips", "2", "--frames", str(FRAMES),
-                                      "--size", f"{SIZE[0]}x{SIZE[1]}", "--seed", "5"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--clips",
+            "2",
+            "--frames",
+            str(FRAMES),
+            "--size",
+            f"{SIZE[0]}x{SIZE[1]}",
+            "--seed",
+            "5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -39,8 +55,13 @@ def script_run(synth_set):
     """scripts/evaluate_model.sh on the synthetic set with the RVM teacher."""
     out = synth_set.parent / "pred"
     env = {**os.environ, "PYTHON": sys.executable}
-    run = subprocess.run(["bash", str(REPO / "scripts" / "evaluate_model.sh"), str(synth_set), "rvm", str(out)],
-                         capture_output=True, text=True, env=env, timeout=600)
+    run = subprocess.run(
+        ["bash", str(REPO / "scripts" / "evaluate_model.sh"), str(synth_set), "rvm", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     return out, json.loads(run.stdout)
 
@@ -93,8 +114,12 @@ def test_mismatched_prediction_tree_is_a_clear_error(synth_set, script_run, tmp_
     result = CliRunner().invoke(cli, ["evaluate", "--pred", str(broken), "--true", str(synth_set), "--json"])
     assert result.exit_code == 2
     assert "videomatte_static/0001/pha/0002.png" in result.output and "Traceback" not in result.output
-    run = subprocess.run([sys.executable, "-m", "bimatting", "evaluate", "--pred", str(broken),
-                          "--true", str(synth_set)], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "bimatting", "evaluate", "--pred", str(broken), "--true", str(synth_set)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.startswith("Error: prediction")
 
 
@@ -112,7 +137,9 @@ def test_test_command_never_replaces_its_input_or_foreign_folders(synth_set, tmp
         assert result.exit_code == 2 and "overlaps the input" in result.output
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "draft.txt").write_text("keep")
-    result = CliRunner().invoke(cli, ["test", "--data", str(synth_set), "--checkpoint", "rvm", "--out", str(tmp_path / "work")])
+    result = CliRunner().invoke(
+        cli, ["test", "--data", str(synth_set), "--checkpoint", "rvm", "--out", str(tmp_path / "work")]
+    )
     assert result.exit_code == 2 and "draft.txt" in result.output
     assert (tmp_path / "work" / "draft.txt").read_text() == "keep"
     assert sorted(p.relative_to(synth_set) for p in synth_set.rglob("*")) == before
@@ -139,8 +166,9 @@ def test_hr_set_with_jpg_truth(tmp_path):
     """A set larger than 512 px runs at s = 512/640 with the refiner and is scored by the HR
     evaluator; JPG ground truth gets JPG predictions under the same names."""
     data = tmp_path / "hd"
-    result = CliRunner().invoke(cli, ["data", "synth", "--out", str(data), "--clips", "1", "--frames", "2",
-                                      "--size", "640x360", "--seed", "2"])
+    result = CliRunner().invoke(
+        cli, ["data", "synth", "--out", str(data), "--clips", "1", "--frames", "2", "--size", "640x360", "--seed", "2"]
+    )
     assert result.exit_code == 0, result.output
     for png in list(data.glob("*/*/pha/*.png")) + list(data.glob("*/*/fgr/*.png")):
         cv2.imwrite(str(png.with_suffix(".jpg")), cv2.imread(str(png), cv2.IMREAD_UNCHANGED))

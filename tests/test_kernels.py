@@ -7,6 +7,7 @@ ONNX op's semantics), independent of the XNOR/popcount path. Channel counts cove
 multiples and leftovers (3, 16, 20, 35, 64, 195); odd image sizes put borders on every side.
 The same kernels run on the emulated Raspberry Pi 4 (qemu-user, Cortex-A72 ISA) over TVM RPC.
 """
+
 import itertools
 
 import numpy as np
@@ -25,18 +26,31 @@ from bimatting.deploy.target import fcompile, resolve
 
 CHANNELS = (3, 16, 20, 35, 64, 195)
 # (kernel, stride, pads (top, left, bottom, right), dilation)
-CONFIGS = [(1, 1, (0, 0, 0, 0), 1), (1, 2, (0, 0, 0, 0), 1), (3, 1, (1, 1, 1, 1), 1),
-           (3, 2, (1, 1, 1, 1), 1), (3, 1, (2, 2, 2, 2), 2), (3, 2, (1, 0, 2, 1), 1)]
+CONFIGS = [
+    (1, 1, (0, 0, 0, 0), 1),
+    (1, 2, (0, 0, 0, 0), 1),
+    (3, 1, (1, 1, 1, 1), 1),
+    (3, 2, (1, 1, 1, 1), 1),
+    (3, 1, (2, 2, 2, 2), 2),
+    (3, 2, (1, 0, 2, 1), 1),
+]
 HEIGHT, WIDTH = 13, 11
 
 
 def float_conv(x, w, strides, pads, dilations):
     """onnxruntime Conv (float32) of x [N, C, H, W] with w [O, C, KH, KW]."""
-    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(strides), pads=list(pads),
-                            dilations=list(dilations))
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
-                                               helper.make_tensor_value_info("w", TensorProto.FLOAT, w.shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    node = helper.make_node(
+        "Conv", ["x", "w"], ["y"], strides=list(strides), pads=list(pads), dilations=list(dilations)
+    )
+    graph = helper.make_graph(
+        [node],
+        "conv",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, w.shape),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x.astype(np.float32), "w": w.astype(np.float32)})[0]
@@ -46,8 +60,9 @@ def _case(channels, config, seed, out_channels=None):
     kernel, stride, pads, dilation = config
     rng = np.random.default_rng(seed)
     out_channels = out_channels or (24, 20, 35)[seed % 3]
-    geometry = ConvGeometry(HEIGHT, WIDTH, channels, out_channels, (kernel, kernel), (stride, stride), pads,
-                            (dilation, dilation))
+    geometry = ConvGeometry(
+        HEIGHT, WIDTH, channels, out_channels, (kernel, kernel), (stride, stride), pads, (dilation, dilation)
+    )
     x = rng.standard_normal((1, channels, HEIGHT, WIDTH)).astype(np.float32)
     x[0, 0, 0, 0] = 0.0  # sign(0) = +1
     w = rng.standard_normal((out_channels, channels, kernel, kernel)).astype(np.float32)
@@ -73,7 +88,8 @@ def _check_integer_cases(cases, module, device):
         assert got.shape == want.shape
         assert np.array_equal(got, want), (
             f"C={g.channels_in} k={g.kernel} s={g.strides} pads={g.pads} d={g.dilations}: "
-            f"{int((got != want).sum())} of {got.size} values differ")
+            f"{int((got != want).sum())} of {got.size} values differ"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +112,7 @@ def test_output_transform_steps_follow_the_graph_order(host_target):
     kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), scale, bias, host_target, extra_steps=steps)
     got = kernel.run(standalone.build([kernel], host_target).mod, x, tvm.cpu())
     d = float_conv(bit_layout.sign(x), bit_layout.sign(w), geometry.strides, geometry.pads, geometry.dilations)
-    col = (lambda v: v[None, :, None, None])
+    col = lambda v: v[None, :, None, None]
     want = d * col(scale) + col(bias) + col(shift)
     want = np.where(want < 0, want * col(slope), want) + col(post)
     want = want * col(scale)
@@ -109,8 +125,9 @@ def test_masked_variant_is_exactly_zero_where_the_mask_is(host_target):
     rng = np.random.default_rng(2)
     mask = rng.random((1, 1, geometry.out_height, geometry.out_width)).astype(np.float32)
     mask[mask < 0.6] = 0.0  # SAB: a soft (bilinear) mask with exact zeros
-    kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), np.ones(16), np.zeros(16), host_target,
-                                         masked=True)
+    kernel = standalone.BinaryConvKernel(
+        geometry, bit_layout.pack(w), np.ones(16), np.zeros(16), host_target, masked=True
+    )
     got = kernel.run(standalone.build([kernel], host_target).mod, x, tvm.cpu(), mask=mask)
     dense = float_conv(bit_layout.sign(x), bit_layout.sign(w), geometry.strides, geometry.pads, geometry.dilations)
     want = np.where(mask != 0, dense, 0.0)
@@ -129,11 +146,12 @@ def test_masked_out_tiles_skip_the_popcount_and_still_give_the_dense_result(host
     x = rng.standard_normal((2, 35, 9, 37)).astype(np.float32)
     w = rng.standard_normal((16, 35, 3, 3)).astype(np.float32)
     mask = np.zeros((2, 1, 9, 37), np.float32)
-    mask[0, 0, 2:5, 3:12] = 0.5      # a band over parts of two tiles
-    mask[0, 0, 7, 36] = 1.0          # only the partial last tile's last column
-    mask[1, 0, :, 16:24] = 1.0       # exactly one whole tile in every row of the second frame
-    kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), np.ones(16), np.zeros(16), host_target,
-                                         batch=2, masked=True)
+    mask[0, 0, 2:5, 3:12] = 0.5  # a band over parts of two tiles
+    mask[0, 0, 7, 36] = 1.0  # only the partial last tile's last column
+    mask[1, 0, :, 16:24] = 1.0  # exactly one whole tile in every row of the second frame
+    kernel = standalone.BinaryConvKernel(
+        geometry, bit_layout.pack(w), np.ones(16), np.zeros(16), host_target, batch=2, masked=True
+    )
     conv = scheduled_kernel(kernel.conv, kernel_config_for(host_target))
     guards = []
     tvm_ffi.structural_walk(conv.body, [(tvm.tirx.IfThenElse, guards.append)])
@@ -168,7 +186,7 @@ def test_repacking_onnx_bytes_gives_the_same_words_as_packing_floats(word, host_
     lib["repack"](tvm.runtime.tensor(bit_layout.pack(x)), from_bytes)
     assert np.array_equal(from_floats.numpy(), from_bytes.numpy())
     # Words hold channel c at bit c % B of word c // B (bimatting.binops.layout's order, widened).
-    words = from_floats.numpy()[0, :, layout.top:layout.top + 7, layout.left:layout.left + 9].transpose(1, 2, 0)
+    words = from_floats.numpy()[0, :, layout.top : layout.top + 7, layout.left : layout.left + 9].transpose(1, 2, 0)
     bits = (words[..., :, None] >> np.arange(int(word[4:]), dtype=word)) & 1  # [y, x, CW, B]
     signs = 1.0 - 2.0 * bits.reshape(7, 9, -1)[..., :35].transpose(2, 0, 1)
     assert np.array_equal(signs, bit_layout.sign(x)[0])
@@ -182,8 +200,12 @@ def test_onnx_binarize_pack_and_unpack_ops_match_the_bit_layout(host_target):
 
     funcs = {"bp": lowering.binarize_pack_func(x.shape), "up": lowering.unpack_func((2, 3, 5, 6), 20)}
     kernel_config = kernel_config_for(host_target)
-    mod = tvm.IRModule({name: schedule_kernel(f, kernel_config).mod["main"].with_attr("global_symbol", name)
-                        for name, f in funcs.items()})
+    mod = tvm.IRModule(
+        {
+            name: schedule_kernel(f, kernel_config).mod["main"].with_attr("global_symbol", name)
+            for name, f in funcs.items()
+        }
+    )
     lib = tvm.compile(mod, target=host_target)
     packed, unpacked = tvm.runtime.empty((2, 3, 5, 6), "uint8"), tvm.runtime.empty(x.shape, "float32")
     lib["bp"](tvm.runtime.tensor(x), packed)
@@ -209,6 +231,7 @@ def test_host_code_uses_a_vector_popcount(host_target):
 
 # --- the same kernels on the emulated Raspberry Pi 4 -----------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def rpi4_session(emulated_board):
     """An RPC session with the emulated Raspberry Pi 4 (conftest's board; skips without it)."""
@@ -222,14 +245,14 @@ def rpi4_session(emulated_board):
 def test_binary_conv_equals_float_conv_of_signs_on_emulated_rpi4(rpi4_session, tmp_path):
     target = resolve("rpi4")
     cases = _integer_kernels(target.tvm_target)
-    library = standalone.export([k for k, _, _ in cases], target.tvm_target, tmp_path / "kernels.so",
-                                fcompile(target))
+    library = standalone.export([k for k, _, _ in cases], target.tvm_target, tmp_path / "kernels.so", fcompile(target))
     rpi4_session.upload(str(library))
     module = rpi4_session.load_module("kernels.so")
     _check_integer_cases(cases, module, rpi4_session.cpu())
 
 
 # --- MetaSchedule: the tunable schedule is a valid design space; tuned records are used -----------
+
 
 def _tunable_case(host_target):
     # 32 output columns: every column tile of the design space divides them
@@ -246,8 +269,9 @@ def _run_conv(kernel, conv_func, x, host_target):
     from bimatting.deploy.compiler.schedules import schedule_kernel
 
     pack = schedule_kernel(kernel.pack, kernel.kernel_config).mod["main"]
-    mod = tvm.IRModule({"pack0": pack.with_attr("global_symbol", "pack0"),
-                        "conv0": conv_func.with_attr("global_symbol", "conv0")})
+    mod = tvm.IRModule(
+        {"pack0": pack.with_attr("global_symbol", "pack0"), "conv0": conv_func.with_attr("global_symbol", "conv0")}
+    )
     kernel.index = 0
     return kernel.run(tvm.compile(mod, target=host_target).mod, x, tvm.cpu())
 
@@ -283,9 +307,15 @@ def test_a_tuning_record_replaces_the_manual_schedule(host_target):
     sch = _sampled_schedule(kernel, seed=3)
     database = ms.database.MemoryDatabase()
     workload = database.commit_workload(tuning.workload(kernel.conv))
-    database.commit_tuning_record(ms.database.TuningRecord(
-        sch.trace, workload, run_secs=[1e-4], target=host_target,
-        args_info=ms.arg_info.ArgInfo.from_prim_func(kernel.conv)))
+    database.commit_tuning_record(
+        ms.database.TuningRecord(
+            sch.trace,
+            workload,
+            run_secs=[1e-4],
+            target=host_target,
+            args_info=ms.arg_info.ArgInfo.from_prim_func(kernel.conv),
+        )
+    )
     scheduled = ScheduleModule(host_target, database)._from_database(kernel.conv)
     assert scheduled is not None
     tvm.ir.assert_structural_equal(scheduled.body, sch.mod["main"].body, map_free_vars=True)  # trace replayed
@@ -314,7 +344,10 @@ def test_elementwise_chain_with_a_pool_is_scheduled_and_exact(host_target):
     assert "parallel" in scheduled.script() and "vectorized" in scheduled.script()
     built = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=host_target)
     rng = np.random.default_rng(0)
-    xs, ys = rng.standard_normal((1, 8, 18, 32)).astype(np.float32), rng.standard_normal((1, 8, 9, 16)).astype(np.float32)
+    xs, ys = (
+        rng.standard_normal((1, 8, 18, 32)).astype(np.float32),
+        rng.standard_normal((1, 8, 9, 16)).astype(np.float32),
+    )
     got = tvm.runtime.tensor(np.zeros((1, 8, 9, 16), np.float32))
     built["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ys), got)
     s = (xs + np.float32(0.25)) / np.float32(2) + xs

@@ -11,6 +11,7 @@ plain crops) reached 89 / 40 / 24e-3 pha MAD (IoU 0.84 / 0.91 / 0.95) at steps 2
 against the empty matte's 362e-3; RVM's full loss from step 0 (the recipe before) stayed at
 301 / 280 / 293e-3 (IoU 0.29-0.41) at steps 20 / 40 / 60 and fails this test.
 """
+
 import cv2
 import numpy as np
 import pytest
@@ -36,9 +37,20 @@ def sample_clip(tmp_path_factory):
 
 
 def _short_run(root, out, recipe):
-    options = DistillOptions(footage=(root / "train",), heldout=(root / "scored",), out=out, sizes=((128, 128),),
-                             batch=2, frames=2, short_side=144, eval_frames=12, eval_long_side=256, threads=1,
-                             progress=False, recipe=recipe)
+    options = DistillOptions(
+        footage=(root / "train",),
+        heldout=(root / "scored",),
+        out=out,
+        sizes=((128, 128),),
+        batch=2,
+        frames=2,
+        short_side=144,
+        eval_frames=12,
+        eval_long_side=256,
+        threads=1,
+        progress=False,
+        recipe=recipe,
+    )
     run = Distillation(options)
     for _ in range(STEPS):
         run.train_step()
@@ -50,4 +62,5 @@ def test_default_recipe_beats_the_empty_matte(sample_clip, tmp_path):
     empty = clip["zero_pha_mad"]
     assert clip["pha_mad"] <= 0.5 * empty and clip["iou"] >= 0.75, (
         f"after {STEPS} steps pha MAD {clip['pha_mad'] * 1e3:.1f}e-3 (empty matte {empty * 1e3:.1f}e-3), "
-        f"IoU {clip['iou']:.2f}: the distillation does not learn a person")
+        f"IoU {clip['iou']:.2f}: the distillation does not learn a person"
+    )

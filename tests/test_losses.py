@@ -4,6 +4,7 @@ The references below share no code with bimatting.train.losses: explicit 25-tap 
 numpy's reflect padding, explicit zero insertion, explicit bilinear sampling positions. Tolerance
 1e-5 relative: float32 torch vs float64 numpy over a few thousand elements.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -21,12 +22,13 @@ def blur_np(img):
     out = np.zeros_like(img)
     for i in range(5):
         for j in range(5):
-            out += KERNEL[i, j] * padded[i:i + h, j:j + w]
+            out += KERNEL[i, j] * padded[i : i + h, j : j + w]
     return out
 
 
 def laplacian_np(pred, true, levels):
     """sum_l 2^l mean|lap_l(pred) - lap_l(true)| / levels, for [N, H, W] stacks."""
+
     def pyramid(img):
         out, cur = [], img
         for _ in range(levels):
@@ -42,7 +44,7 @@ def laplacian_np(pred, true, levels):
     for p, t in zip(pred, true):
         for level, (a, b) in enumerate(zip(pyramid(p), pyramid(t))):
             per_level[level] += np.abs(a - b).mean() / len(pred)
-    return sum(2 ** level * value for level, value in enumerate(per_level)) / levels
+    return sum(2**level * value for level, value in enumerate(per_level)) / levels
 
 
 def temporal_np(pred, true):
@@ -53,7 +55,7 @@ def temporal_np(pred, true):
 def tensors():
     g = torch.Generator().manual_seed(0)
     b, t, h, w = 2, 3, 64, 80
-    true_pha = (torch.rand(b, t, 1, h, w, generator=g) - 0.3).clamp(0, 1)   # ~30% exact zeros
+    true_pha = (torch.rand(b, t, 1, h, w, generator=g) - 0.3).clamp(0, 1)  # ~30% exact zeros
     return {
         "pred_pha": torch.rand(b, t, 1, h, w, generator=g),
         "true_pha": true_pha,
@@ -98,9 +100,9 @@ def test_foreground_masked_by_true_alpha_over_all_pixels(tensors):
     terms = losses.foreground_losses(tensors["pred_fgr"], tensors["true_fgr"], tensors["true_pha"])
     mask = (tensors["true_pha"].double().numpy() > 0).astype(np.float64)
     pf, tf = tensors["pred_fgr"].double().numpy() * mask, tensors["true_fgr"].double().numpy() * mask
-    close(terms["fgr_l1"], np.abs(pf - tf).mean())          # mean over ALL pixels, masked ones count 0
+    close(terms["fgr_l1"], np.abs(pf - tf).mean())  # mean over ALL pixels, masked ones count 0
     close(terms["fgr_coherence"], temporal_np(pf, tf))
-    assert 0.2 < 1 - mask.mean() < 0.4                      # the mask really removes pixels
+    assert 0.2 < 1 - mask.mean() < 0.4  # the mask really removes pixels
 
 
 def test_matting_total_is_plain_sum(tensors):
@@ -110,8 +112,9 @@ def test_matting_total_is_plain_sum(tensors):
 
 
 def test_single_frame_has_no_temporal_term(tensors):
-    terms = losses.matting_loss(tensors["pred_fgr"][:, :1], tensors["pred_pha"][:, :1],
-                                tensors["true_fgr"][:, :1], tensors["true_pha"][:, :1])
+    terms = losses.matting_loss(
+        tensors["pred_fgr"][:, :1], tensors["pred_pha"][:, :1], tensors["true_fgr"][:, :1], tensors["true_pha"][:, :1]
+    )
     assert float(terms["pha_coherence"]) == 0.0 and float(terms["fgr_coherence"]) == 0.0
 
 
@@ -121,19 +124,24 @@ def test_coarse_term_quarter_weight_one_level_bilinear_targets(tensors):
     pred_pha_s = torch.rand(b, t, 1, 4, 5, generator=g)
     pred_fgr_s = torch.rand(b, t, 3, 4, 5, generator=g)
     terms = losses.coarse_matting_loss(pred_fgr_s, pred_pha_s, tensors["true_fgr"], tensors["true_pha"])
+
     # Bilinear 1/16 without antialias, align_corners=False: output pixel i samples source
     # coordinate 16 i + 7.5, i.e. the mean of the 2x2 pixels (16i+7, 16i+8) in each direction.
     def down(x):
         x = x.double().numpy()
         rows = (x[..., 7::16, :] + x[..., 8::16, :]) / 2
         return (rows[..., 7::16] + rows[..., 8::16]) / 2
+
     tp, tf = down(tensors["true_pha"]), down(tensors["true_fgr"])
     pp, pf = pred_pha_s.double().numpy(), pred_fgr_s.double().numpy()
     mask = (tp > 0).astype(np.float64)
-    expected = (np.abs(pp - tp).mean()
-                + laplacian_np(pp[:, :, 0].reshape(-1, 4, 5), tp[:, :, 0].reshape(-1, 4, 5), 1)
-                + temporal_np(pp, tp)
-                + np.abs(pf * mask - tf * mask).mean() + temporal_np(pf * mask, tf * mask))
+    expected = (
+        np.abs(pp - tp).mean()
+        + laplacian_np(pp[:, :, 0].reshape(-1, 4, 5), tp[:, :, 0].reshape(-1, 4, 5), 1)
+        + temporal_np(pp, tp)
+        + np.abs(pf * mask - tf * mask).mean()
+        + temporal_np(pf * mask, tf * mask)
+    )
     close(terms["coarse_total"], 0.25 * expected)
 
 
@@ -159,8 +167,12 @@ def test_chosen_terms_l1_only_and_all_terms(tensors):
     """The distillation's loss: the L1 terms alone are numpy's L1s (full size + 0.25 x coarse); every
     term gives RVM's loss plus BiMatting's coarse term, as matting_loss + coarse_matting_loss."""
     g = torch.Generator().manual_seed(3)
-    pred = {"fgr": tensors["pred_fgr"], "pha": tensors["pred_pha"],
-            "fgr_s": torch.rand(2, 3, 3, 4, 5, generator=g), "pha_s": torch.rand(2, 3, 1, 4, 5, generator=g)}
+    pred = {
+        "fgr": tensors["pred_fgr"],
+        "pha": tensors["pred_pha"],
+        "fgr_s": torch.rand(2, 3, 3, 4, 5, generator=g),
+        "pha_s": torch.rand(2, 3, 1, 4, 5, generator=g),
+    }
     true_fgr, true_pha = tensors["true_fgr"], tensors["true_pha"]
     l1 = losses.student_matting_loss(pred, true_fgr, true_pha, ("pha_l1", "fgr_l1"))
     assert set(l1) == {"pha_l1", "fgr_l1", "coarse_pha_l1", "coarse_fgr_l1", "coarse_total", "total"}

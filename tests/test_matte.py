@@ -1,5 +1,6 @@
 """`bimatting matte`: real videos in and out through OpenCV, recurrent state across frames, the
 backends agreeing on the same network, PNG folders, and bad input refused before any output."""
+
 import json
 
 import cv2
@@ -75,10 +76,22 @@ def run_clip(matter, frames):
 
 # -- a real video end to end ---------------------------------------------------------------------
 
+
 def test_matte_real_video_keeps_count_size_and_rate(bedroom_mp4, tmp_path):
     out = tmp_path / "out.mp4"
-    result = invoke(bedroom_mp4, "-o", out, "--checkpoint", "rvm", "--backend", "onnxruntime", "--output-type", "all",
-                    "--quiet", "--json")
+    result = invoke(
+        bedroom_mp4,
+        "-o",
+        out,
+        "--checkpoint",
+        "rvm",
+        "--backend",
+        "onnxruntime",
+        "--output-type",
+        "all",
+        "--quiet",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     alpha_path, fgr_path = tmp_path / "out_alpha.mp4", tmp_path / "out_foreground.mp4"
@@ -127,9 +140,11 @@ def test_rvm_backends_agree_over_a_clip(rvm_checkpoint, rvm_host_artifact, small
     in-memory export, onnxruntime on RVM's official file ('rvm'), TVM on the compiled export."""
     frames = small_bedroom_frames
     reference = run_clip(open_matter(rvm_checkpoint, backend="torch"), frames)
-    others = {"onnxruntime (exported in memory)": open_matter(rvm_checkpoint, backend="onnxruntime"),
-              "onnxruntime (official file)": open_matter("rvm", backend="onnxruntime"),
-              "tvm (compiled for host)": open_matter(artifact=rvm_host_artifact, backend="tvm")}
+    others = {
+        "onnxruntime (exported in memory)": open_matter(rvm_checkpoint, backend="onnxruntime"),
+        "onnxruntime (official file)": open_matter("rvm", backend="onnxruntime"),
+        "tvm (compiled for host)": open_matter(artifact=rvm_host_artifact, backend="tvm"),
+    }
     for name, matter in others.items():
         mean, worst = pha_diffs(reference, run_clip(matter, frames))
         assert mean <= PHA_MEAN_TOLERANCE and worst <= PHA_MAX_TOLERANCE, (name, mean, worst)
@@ -138,8 +153,7 @@ def test_rvm_backends_agree_over_a_clip(rvm_checkpoint, rvm_host_artifact, small
     assert np.abs(fresh - reference[5]).max() > 10 * PHA_MAX_TOLERANCE
 
 
-def test_the_matte_command_runs_an_artifact_on_the_tvm_runtime_alone(rvm_host_artifact, small_bedroom_frames,
-                                                                    tmp_path):
+def test_the_matte_command_runs_an_artifact_on_the_tvm_runtime_alone(rvm_host_artifact, small_bedroom_frames, tmp_path):
     """`bimatting matte --artifact` as a board runs it: the TVM runtime library only (no compiler
     library, no torch), and the same alpha as the TVM backend in a process that has both."""
     import subprocess
@@ -147,19 +161,36 @@ def test_the_matte_command_runs_an_artifact_on_the_tvm_runtime_alone(rvm_host_ar
 
     video = write_video(tmp_path / "clip.mp4", small_bedroom_frames[:3])
     report = tmp_path / "loaded.txt"
-    probe = ("import atexit, sys\n"
-             "def report():\n"
-             "    import tvm.base\n"
-             f"    open({str(report)!r}, 'w').write(' '.join(sorted(tvm.base._LOADED_LIBS)) + "
-             "' torch=' + str(sys.modules.get('torch') is not None))\n"
-             "atexit.register(report)\n"
-             "from bimatting.cli import main\n"
-             "sys.argv = ['bimatting'] + sys.argv[1:]\n"
-             "main()\n")
+    probe = (
+        "import atexit, sys\n"
+        "def report():\n"
+        "    import tvm.base\n"
+        f"    open({str(report)!r}, 'w').write(' '.join(sorted(tvm.base._LOADED_LIBS)) + "
+        "' torch=' + str(sys.modules.get('torch') is not None))\n"
+        "atexit.register(report)\n"
+        "from bimatting.cli import main\n"
+        "sys.argv = ['bimatting'] + sys.argv[1:]\n"
+        "main()\n"
+    )
     out = tmp_path / "alpha"
-    done = subprocess.run([sys.executable, "-c", probe, "matte", str(video), "-o", str(out), "--quiet",
-                           "--output-type", "alpha", "--artifact", str(rvm_host_artifact)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            probe,
+            "matte",
+            str(video),
+            "-o",
+            str(out),
+            "--quiet",
+            "--output-type",
+            "alpha",
+            "--artifact",
+            str(rvm_host_artifact),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert report.read_text() == "tvm_runtime torch=False", report.read_text()
     expected = run_clip(open_matter(artifact=rvm_host_artifact, backend="tvm"), read_frames(video))
@@ -171,11 +202,24 @@ def test_the_matte_command_runs_an_artifact_on_the_tvm_runtime_alone(rvm_host_ar
 
 def test_tvm_artifact_refuses_other_sizes_and_ratios(rvm_host_artifact, tmp_path):
     video = write_video(tmp_path / "clip.mp4", sample_frames(2, size=(128, 72)))
-    result = CliRunner().invoke(cli, ["matte", str(video), "-o", str(tmp_path / "o.mp4"), "--quiet",
-                                      "--artifact", str(rvm_host_artifact)])
+    result = CliRunner().invoke(
+        cli, ["matte", str(video), "-o", str(tmp_path / "o.mp4"), "--quiet", "--artifact", str(rvm_host_artifact)]
+    )
     assert result.exit_code == 2 and "compiled for 256x144" in result.output, result.output
-    result = CliRunner().invoke(cli, ["matte", str(video), "-o", str(tmp_path / "o.mp4"), "--quiet",
-                                      "--artifact", str(rvm_host_artifact), "--downsample-ratio", "0.5"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "matte",
+            str(video),
+            "-o",
+            str(tmp_path / "o.mp4"),
+            "--quiet",
+            "--artifact",
+            str(rvm_host_artifact),
+            "--downsample-ratio",
+            "0.5",
+        ],
+    )
     assert result.exit_code == 2 and "downsample ratio 1, not 0.5" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
@@ -219,36 +263,53 @@ def test_bimatting_backends_agree(tie_free_checkpoint, tmp_path):
     compile_model(tmp_path / "tiefree.onnx", "host", tmp_path / "tiefree-host.tar", resolution=(width, height))
     reference = run_clip(open_matter(checkpoint, backend="torch"), clip)
     assert np.std(reference) > 0.05  # a data-dependent matte, not a constant
-    for backend, matter in (("onnxruntime", open_matter(checkpoint, backend="onnxruntime")),
-                            ("tvm", open_matter(artifact=tmp_path / "tiefree-host.tar", backend="tvm"))):
+    for backend, matter in (
+        ("onnxruntime", open_matter(checkpoint, backend="onnxruntime")),
+        ("tvm", open_matter(artifact=tmp_path / "tiefree-host.tar", backend="tvm")),
+    ):
         mean, worst = pha_diffs(reference, run_clip(matter, clip))
         assert mean <= PHA_MEAN_TOLERANCE and worst <= PHA_MAX_TOLERANCE, (backend, mean, worst)
 
 
 # -- PNG folders, start and frame count ----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("frames")
     for index, frame in enumerate(sample_frames(10, size=(128, 72))):
-        cv2.imwrite(str(folder / f"{index:03d}.png"), cv2.cvtColor((frame * 255 + 0.5).astype(np.uint8),
-                                                                  cv2.COLOR_RGB2BGR))
+        cv2.imwrite(
+            str(folder / f"{index:03d}.png"), cv2.cvtColor((frame * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR)
+        )
     return folder
 
 
 def test_png_folder_outputs_start_and_frames(small_folder, tmp_path):
     out = tmp_path / "out"
     start = 3 / 30  # image folders count as 30 frames/s: start at the 4th image
-    result = invoke(small_folder, "-o", out, "--checkpoint", "rvm", "--output-type", "all", "--rgba",
-                    "--start", start, "--frames", 4, "--quiet")
+    result = invoke(
+        small_folder,
+        "-o",
+        out,
+        "--checkpoint",
+        "rvm",
+        "--output-type",
+        "all",
+        "--rgba",
+        "--start",
+        start,
+        "--frames",
+        4,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     alpha = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((out / "alpha").glob("*.png"))]
     fgr = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((out / "foreground").glob("*.png"))]
     comp = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((out / "composite").glob("*.png"))]
     assert len(alpha) == len(fgr) == len(comp) == 4
-    assert alpha[0].shape == (72, 128) and alpha[0].dtype == np.uint8           # 8-bit grayscale
-    assert fgr[0].shape == (72, 128, 4) and comp[0].shape == (72, 128, 3)     # RGBA, RGB
-    assert all(np.array_equal(f[..., 3], a) for f, a in zip(fgr, alpha))      # RGBA's alpha is the matte
+    assert alpha[0].shape == (72, 128) and alpha[0].dtype == np.uint8  # 8-bit grayscale
+    assert fgr[0].shape == (72, 128, 4) and comp[0].shape == (72, 128, 3)  # RGBA, RGB
+    assert all(np.array_equal(f[..., 3], a) for f, a in zip(fgr, alpha))  # RGBA's alpha is the matte
     # Same frames straight through the library, starting at image 3 with a fresh state.
     frames = read_frames(small_folder)[3:7]
     expected = [(np.clip(p, 0, 1) * 255 + 0.5).astype(np.uint8) for p in run_clip(open_matter("rvm"), frames)]
@@ -268,6 +329,7 @@ def test_auto_ratio_is_rvms_rule():
 
 # -- bad input: one line, exit 2, nothing written ------------------------------------------------
 
+
 def _bad_inputs(tmp_path, video):
     (tmp_path / "garbage.mp4").write_bytes(b"not a video at all" * 10)
     (tmp_path / "no_images").mkdir()
@@ -284,9 +346,19 @@ def _bad_inputs(tmp_path, video):
     }
 
 
-@pytest.mark.parametrize("case", ["missing video", "unreadable video", "folder without images", "unknown backend",
-                                  "output folder missing", "output folder missing (PNGs)", "missing checkpoint",
-                                  "bad ratio"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing video",
+        "unreadable video",
+        "folder without images",
+        "unknown backend",
+        "output folder missing",
+        "output folder missing (PNGs)",
+        "missing checkpoint",
+        "bad ratio",
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_no_output(case, tmp_path):
     video = write_video(tmp_path / "clip.mp4", sample_frames(3, size=(64, 48)))
     args = _bad_inputs(tmp_path, video)[case]
@@ -312,14 +384,27 @@ def test_failure_after_outputs_opened_leaves_nothing(tmp_path):
     onnx.save(model, str(tmp_path / "static.onnx"))
     video = write_video(tmp_path / "clip.mp4", sample_frames(3, size=(64, 48)))
     for output, kind in (("o.mp4", "composite"), ("pngs", "all")):
-        result = CliRunner().invoke(cli, ["matte", str(video), "-o", str(tmp_path / output), "--quiet",
-                                          "--artifact", str(tmp_path / "static.onnx"), "--output-type", kind])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "matte",
+                str(video),
+                "-o",
+                str(tmp_path / output),
+                "--quiet",
+                "--artifact",
+                str(tmp_path / "static.onnx"),
+                "--output-type",
+                kind,
+            ],
+        )
         assert result.exit_code == 2 and "exported for input" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "static.onnx"]
 
 
-def test_python_api_mattes_a_real_clip_with_a_checkpoint_and_an_artifact(rvm_checkpoint, rvm_host_artifact,
-                                                                         small_bedroom_frames, tmp_path):
+def test_python_api_mattes_a_real_clip_with_a_checkpoint_and_an_artifact(
+    rvm_checkpoint, rvm_host_artifact, small_bedroom_frames, tmp_path
+):
     """`bimatting.matte(...)`, the Python entry point: what it returns is what it wrote, and the
     8-bit mattes are the network's alpha (run here frame by frame, states carried) for a PyTorch
     checkpoint and for the compiled artifact of the same network."""
@@ -327,7 +412,7 @@ def test_python_api_mattes_a_real_clip_with_a_checkpoint_and_an_artifact(rvm_che
 
     frames = small_bedroom_frames[:4]
     video = write_video(tmp_path / "clip.mp4", frames)
-    decoded = read_frames(video)     # what the API reads back: the mp4's decoded frames
+    decoded = read_frames(video)  # what the API reads back: the mp4's decoded frames
     reference = run_clip(open_matter(rvm_checkpoint, backend="torch"), decoded)
     for name, model in (("checkpoint", rvm_checkpoint), ("artifact", rvm_host_artifact)):
         out = tmp_path / f"alpha-{name}"
@@ -339,6 +424,6 @@ def test_python_api_mattes_a_real_clip_with_a_checkpoint_and_an_artifact(rvm_che
         for png, alpha in zip(pngs, reference):
             image = cv2.imread(str(png), cv2.IMREAD_UNCHANGED).astype(np.int32)
             expected = np.clip(np.asarray(alpha).reshape(image.shape) * 255 + 0.5, 0, 255).astype(np.int32)
-            assert np.abs(image - expected).max() <= 3, (name, png.name)       # 1e-2 backends + rounding
+            assert np.abs(image - expected).max() <= 3, (name, png.name)  # 1e-2 backends + rounding
     with pytest.raises(bimatting.InputError, match="does not exist"):
         bimatting.matte(video, tmp_path / "x.mp4", model=tmp_path / "missing.tar")

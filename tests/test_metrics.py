@@ -5,6 +5,7 @@ The references below are written differently from bimatting.eval.metrics on purp
 Python loops instead of float32 numpy/OpenCV. Tolerances: the implementation computes in float32
 like the official evaluators, so sums over a few hundred pixels agree to ~1e-5 relative.
 """
+
 import json
 import math
 from collections import deque
@@ -37,8 +38,8 @@ def ref_kernel():
     for i in range(9):
         for j in range(9):
             y, x = i - 4, j - 4
-            k[i, j] = -x * math.exp(-(x * x + y * y) / (2 * 1.4 ** 2))
-    return k / math.sqrt((k ** 2).sum())
+            k[i, j] = -x * math.exp(-(x * x + y * y) / (2 * 1.4**2))
+    return k / math.sqrt((k**2).sum())
 
 
 def ref_correlate_replicate(image, kernel):
@@ -69,7 +70,7 @@ def ref_grad(p, t, normalize=True):
         a = minmax(a) if normalize else a.astype(np.float64)
         gx = ref_correlate_replicate(a, k)
         gy = ref_correlate_replicate(a, k.T)
-        mags.append(np.sqrt(gx ** 2 + gy ** 2))
+        mags.append(np.sqrt(gx**2 + gy**2))
     total = 0.0
     for gp, gt in zip(mags[0].ravel(), mags[1].ravel()):
         total += (gt - gp) ** 2
@@ -123,8 +124,10 @@ def ref_conn(p, t):
 
 
 def ref_dtssd(p, p_prev, t, t_prev):
-    s = sum(((float(a) - float(b)) - (float(c) - float(d))) ** 2
-            for a, b, c, d in zip(p.ravel(), p_prev.ravel(), t.ravel(), t_prev.ravel()))
+    s = sum(
+        ((float(a) - float(b)) - (float(c) - float(d))) ** 2
+        for a, b, c, d in zip(p.ravel(), p_prev.ravel(), t.ravel(), t_prev.ravel())
+    )
     return 100 * math.sqrt(s / t.size)
 
 
@@ -169,17 +172,17 @@ def test_mad_mse_dtssd_fgr_match_loops(seed):
 def test_hand_worked_values():
     p = np.full((2, 2), 0.5, np.float32)
     z = np.zeros((2, 2), np.float32)
-    assert metrics.pha_mad(p, z) == pytest.approx(500)           # |0.5| x 1e3
-    assert metrics.pha_mse(p, z) == pytest.approx(250)           # 0.25 x 1e3
-    assert metrics.pha_dtssd(p, z, z, z) == pytest.approx(50)    # sqrt(4 * 0.25 / 4) x 1e2
+    assert metrics.pha_mad(p, z) == pytest.approx(500)  # |0.5| x 1e3
+    assert metrics.pha_mse(p, z) == pytest.approx(250)  # 0.25 x 1e3
+    assert metrics.pha_dtssd(p, z, z, z) == pytest.approx(50)  # sqrt(4 * 0.25 / 4) x 1e2
     # Only the pixel with t > 0 counts, with its 3 values: |0.2| x 1e3 and 0.04 x 1e3.
     t = np.array([[0, 0], [0, 0.5]], np.float32)
     pf, tf = np.zeros((2, 2, 3), np.float32), np.zeros((2, 2, 3), np.float32)
-    pf[0, 0] = 1.0          # masked out: true alpha is 0 there
+    pf[0, 0] = 1.0  # masked out: true alpha is 0 there
     pf[1, 1] = 0.2
     assert metrics.fgr_mad(pf, tf, t) == pytest.approx(200)
     assert metrics.fgr_mse(pf, tf, t) == pytest.approx(40)
-    assert math.isnan(metrics.fgr_mad(pf, tf, z))                # no foreground at all
+    assert math.isnan(metrics.fgr_mad(pf, tf, z))  # no foreground at all
 
 
 def test_gradient_kernel_is_evaluators():
@@ -187,7 +190,7 @@ def test_gradient_kernel_is_evaluators():
     assert h_x.shape == (9, 9)
     np.testing.assert_allclose(h_x, ref_kernel(), rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(h_y, h_x.T)
-    assert (h_x ** 2).sum() == pytest.approx(1.0)
+    assert (h_x**2).sum() == pytest.approx(1.0)
     # Derivative along x: a horizontal ramp has negative response (kernel weights -x on the right).
     assert h_x[4, 5] < 0 < h_x[4, 3] and h_x[4, 4] == 0
 
@@ -196,7 +199,7 @@ def test_gradient_kernel_is_evaluators():
 def test_grad_matches_loops(normalize):
     rng = np.random.default_rng(4)
     p, t = soft_blob(rng, 9, 11), soft_blob(rng, 9, 11)
-    p[0, 0], t[0, 0] = 0.3, 0.6       # keep min-max normalisation non-trivial
+    p[0, 0], t[0, 0] = 0.3, 0.6  # keep min-max normalisation non-trivial
     expected = ref_grad(p, t, normalize)
     assert metrics.pha_grad(p, t, normalize=normalize) == pytest.approx(expected, rel=1e-4)
     assert metrics.pha_grad(t, t, normalize=normalize) == 0
@@ -244,8 +247,9 @@ def test_conn_matches_bfs_reference(seed):
 
 # ---------------------------------------------------------------- aggregation
 def _scores(values):
-    return ClipScores(clip=None, frames=[f"{i:04d}.png" for i in range(len(values))],
-                      per_frame={"pha_mad": list(values)})
+    return ClipScores(
+        clip=None, frames=[f"{i:04d}.png" for i in range(len(values))], per_frame={"pha_mad": list(values)}
+    )
 
 
 def test_aggregation_per_frame_index_then_mean():
@@ -307,8 +311,21 @@ def _expected(frames, arrays):
 def test_evaluate_cli_matches_references(tiny_trees):
     root, frames, arrays = tiny_trees
     expected = _expected(frames, arrays)
-    result = CliRunner().invoke(cli, ["evaluate", "--pred", str(root / "pred"), "--true", str(root / "true"),
-                                      "--json", "--csv", str(root / "clips.csv"), "--workers", "1"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--pred",
+            str(root / "pred"),
+            "--true",
+            str(root / "true"),
+            "--json",
+            "--csv",
+            str(root / "clips.csv"),
+            "--workers",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     reported = json.loads(result.stdout)
     assert set(reported) == set(metrics.LR_METRICS)
@@ -316,8 +333,10 @@ def test_evaluate_cli_matches_references(tiny_trees):
         assert reported[m] == pytest.approx(expected[m], rel=1e-4), m
     lines = (root / "clips.csv").read_text().splitlines()
     assert lines[0].split(",") == ["subset", "clip", "frames", *metrics.LR_METRICS]
-    assert [line.split(",")[:3] for line in lines[1:]] == [["videomatte_motion", "0000", "3"],
-                                                           ["videomatte_static", "0000", "2"]]
+    assert [line.split(",")[:3] for line in lines[1:]] == [
+        ["videomatte_motion", "0000", "3"],
+        ["videomatte_static", "0000", "2"],
+    ]
 
 
 def test_dtssd_frame_zero_counts_as_zero(tiny_trees):
@@ -332,18 +351,26 @@ def test_dtssd_frame_zero_counts_as_zero(tiny_trees):
 
 def test_evaluate_hr_keys(tiny_trees):
     root, _, _ = tiny_trees
-    result = CliRunner().invoke(cli, ["evaluate", "--pred", str(root / "pred"), "--true", str(root / "true"),
-                                      "--hr", "--json"])
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--pred", str(root / "pred"), "--true", str(root / "true"), "--hr", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.stdout)) == {"pha_mad", "pha_mse", "pha_grad", "pha_dtssd", "fgr_mse"}
 
 
-@pytest.mark.parametrize("damage, named", [
-    (lambda r: (r / "pred/videomatte_motion/0000/pha/0002.png").unlink(), "videomatte_motion/0000/pha/0002.png"),
-    (lambda r: (r / "pred/videomatte_static/0000/fgr/0001.png").rename(
-        r / "pred/videomatte_static/0000/fgr/0001.jpg"), "0001.jpg"),
-    (lambda r: (r / "pred/videomatte_static").rename(r / "pred/videomatte_other"), "videomatte_static/0000"),
-])
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (lambda r: (r / "pred/videomatte_motion/0000/pha/0002.png").unlink(), "videomatte_motion/0000/pha/0002.png"),
+        (
+            lambda r: (r / "pred/videomatte_static/0000/fgr/0001.png").rename(
+                r / "pred/videomatte_static/0000/fgr/0001.jpg"
+            ),
+            "0001.jpg",
+        ),
+        (lambda r: (r / "pred/videomatte_static").rename(r / "pred/videomatte_other"), "videomatte_static/0000"),
+    ],
+)
 def test_mismatched_prediction_names_first_difference(tiny_trees, damage, named):
     root, _, _ = tiny_trees
     damage(root)

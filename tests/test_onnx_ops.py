@@ -5,6 +5,7 @@ torch's float conv of the +-1 tensors. Binary dot products are integers (|D| <= 
 so every comparison of D is exact equality; only the fused float scale/bias is compared with a
 1-ulp-level tolerance.
 """
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -24,9 +25,11 @@ def _op_model(op_type, inputs, out_type, attrs, opset=schema.MIN_OPSET):
     node = schema.make_node(op_type, [name for name, _, _ in inputs], ["out"], name="op", **attrs)
     out = helper.make_tensor_value_info("out", out_type, ["y0", "y1", "y2", "y3"])
     graph = helper.make_graph([node], op_type, infos, [out])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                    helper.make_opsetid(schema.DOMAIN, schema.DOMAIN_VERSION)],
-                              functions=op_functions.functions(opset, used={op_type}))
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(schema.DOMAIN, schema.DOMAIN_VERSION)],
+        functions=op_functions.functions(opset, used={op_type}),
+    )
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -38,12 +41,20 @@ def _run_ort(model, feeds):
 
 def _conv_model(channels_in, masked=False, **attrs):
     dims4 = lambda p: [f"{p}{i}" for i in range(4)]  # noqa: E731
-    inputs = [("X", TensorProto.UINT8, dims4("x")), ("W", TensorProto.UINT8, dims4("w")),
-              ("scale", TensorProto.FLOAT, ["o"]), ("bias", TensorProto.FLOAT, ["o"])]
+    inputs = [
+        ("X", TensorProto.UINT8, dims4("x")),
+        ("W", TensorProto.UINT8, dims4("w")),
+        ("scale", TensorProto.FLOAT, ["o"]),
+        ("bias", TensorProto.FLOAT, ["o"]),
+    ]
     if masked:
         inputs.append(("mask", TensorProto.FLOAT, dims4("m")))
-    return _op_model("BinaryConv2dMasked" if masked else "BinaryConv2d", inputs, TensorProto.FLOAT,
-                     dict(channels_in=channels_in, **attrs))
+    return _op_model(
+        "BinaryConv2dMasked" if masked else "BinaryConv2d",
+        inputs,
+        TensorProto.FLOAT,
+        dict(channels_in=channels_in, **attrs),
+    )
 
 
 def _random_activation(rng, shape):
@@ -62,8 +73,15 @@ def test_worked_example_of_the_doc():
     assert x_packed.dtype == np.uint8 and x_packed.ravel().tolist() == [2]
     assert numpy_reference.pack_weights(w).ravel().tolist() == [3]
     conv = _conv_model(3, kernel_shape=[1, 1])
-    y = _run_ort(conv, {"X": x_packed, "W": numpy_reference.pack_weights(w), "scale": np.array([0.5], np.float32),
-                        "bias": np.array([0.25], np.float32)})
+    y = _run_ort(
+        conv,
+        {
+            "X": x_packed,
+            "W": numpy_reference.pack_weights(w),
+            "scale": np.array([0.5], np.float32),
+            "bias": np.array([0.25], np.float32),
+        },
+    )
     assert y.ravel().tolist() == [0.75]
 
 
@@ -78,8 +96,9 @@ def test_binarize_pack_and_unpack_match_the_bit_layout(channels):
     # channel padding bits are 0
     if channels % 8:
         assert not np.any(packed[:, -1] >> (channels % 8))
-    unpack = _op_model("Unpack", [("Y", TensorProto.UINT8, ["n", "cw", "h", "w"])], TensorProto.FLOAT,
-                       {"channels": channels})
+    unpack = _op_model(
+        "Unpack", [("Y", TensorProto.UINT8, ["n", "cw", "h", "w"])], TensorProto.FLOAT, {"channels": channels}
+    )
     np.testing.assert_array_equal(_run_ort(unpack, {"Y": packed}), layout.sign(x))
 
 
@@ -112,21 +131,27 @@ def test_binary_conv2d_is_the_exact_pm1_convolution(c_in, c_out, k, stride, dila
     weight = rng.standard_normal((c_out, c_in, k, k)).astype(np.float32)
     attrs = dict(kernel_shape=[k, k], strides=[stride, stride], pads=pads, dilations=[dilation, dilation])
     model = _conv_model(c_in, **attrs)
-    feeds = {"X": layout.pack(x), "W": numpy_reference.pack_weights(weight), "scale": np.ones(c_out, np.float32),
-             "bias": np.zeros(c_out, np.float32)}
+    feeds = {
+        "X": layout.pack(x),
+        "W": numpy_reference.pack_weights(weight),
+        "scale": np.ones(c_out, np.float32),
+        "bias": np.zeros(c_out, np.float32),
+    }
     dot = _run_ort(model, feeds)
-    expected_dot = numpy_reference.binary_conv2d(feeds["X"], feeds["W"], c_in, strides=(stride, stride), pads=pads,
-                                                 dilations=(dilation, dilation))
+    expected_dot = numpy_reference.binary_conv2d(
+        feeds["X"], feeds["W"], c_in, strides=(stride, stride), pads=pads, dilations=(dilation, dilation)
+    )
     np.testing.assert_array_equal(dot, expected_dot.astype(np.float32))
     np.testing.assert_array_equal(dot, _torch_pm1_conv(x, weight, stride, dilation, pads))
     # border positions are really there: the zero-padding correction is non-zero at some border
     if any(pads):
-        plus_one_padded = numpy_reference.xnor_popcount_conv2d(feeds["X"], feeds["W"], c_in, h, w,
-                                                               strides=(stride, stride), pads=pads,
-                                                               dilations=(dilation, dilation))
+        plus_one_padded = numpy_reference.xnor_popcount_conv2d(
+            feeds["X"], feeds["W"], c_in, h, w, strides=(stride, stride), pads=pads, dilations=(dilation, dilation)
+        )
         np.testing.assert_array_equal(dot, plus_one_padded.astype(np.float32))
-        corr = numpy_reference.border_correction(layout.sign(weight), h, w, strides=(stride, stride), pads=pads,
-                                                 dilations=(dilation, dilation))
+        corr = numpy_reference.border_correction(
+            layout.sign(weight), h, w, strides=(stride, stride), pads=pads, dilations=(dilation, dilation)
+        )
         assert np.any(corr != 0)
     # fused per-channel output transform
     feeds["scale"] = rng.uniform(0.01, 2.0, c_out).astype(np.float32)
@@ -144,9 +169,12 @@ def test_binary_conv2d_masked_is_zero_exactly_where_mask_is_unset():
     weight = rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32)
     mask = rng.uniform(0, 1, (1, 1, h, w)).astype(np.float32)
     mask[mask < 0.6] = 0.0  # soft (bilinear) mask values: nonzero means "compute"
-    feeds = {"X": layout.pack(x), "W": numpy_reference.pack_weights(weight),
-             "scale": rng.uniform(0.1, 1, c_out).astype(np.float32),
-             "bias": rng.standard_normal(c_out).astype(np.float32)}
+    feeds = {
+        "X": layout.pack(x),
+        "W": numpy_reference.pack_weights(weight),
+        "scale": rng.uniform(0.1, 1, c_out).astype(np.float32),
+        "bias": rng.standard_normal(c_out).astype(np.float32),
+    }
     attrs = dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
     dense = _run_ort(_conv_model(c_in, **attrs), feeds)
     masked = _run_ort(_conv_model(c_in, masked=True, **attrs), dict(feeds, mask=mask))
@@ -154,8 +182,11 @@ def test_binary_conv2d_masked_is_zero_exactly_where_mask_is_unset():
     assert unset.any() and (~unset).any()
     assert np.all(masked[unset] == 0.0)
     np.testing.assert_array_equal(masked[~unset], dense[~unset])
-    expected = numpy_reference.execute("BinaryConv2dMasked", [feeds["X"], feeds["W"], feeds["scale"], feeds["bias"], mask],
-                           dict(channels_in=c_in, **attrs))[0]
+    expected = numpy_reference.execute(
+        "BinaryConv2dMasked",
+        [feeds["X"], feeds["W"], feeds["scale"], feeds["bias"], mask],
+        dict(channels_in=c_in, **attrs),
+    )[0]
     np.testing.assert_allclose(masked, expected, rtol=1e-6, atol=1e-6)
 
 
@@ -167,11 +198,16 @@ def test_onnx_reference_evaluator_runs_the_functions():
     packed = ReferenceEvaluator(pack).run(None, {"X": x})[0]
     np.testing.assert_array_equal(packed, layout.pack(x))
     model = _conv_model(20, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], dilations=[1, 1])
-    feeds = {"X": packed, "W": numpy_reference.pack_weights(weight), "scale": np.ones(6, np.float32),
-             "bias": np.zeros(6, np.float32)}
+    feeds = {
+        "X": packed,
+        "W": numpy_reference.pack_weights(weight),
+        "scale": np.ones(6, np.float32),
+        "bias": np.zeros(6, np.float32),
+    }
     dot = ReferenceEvaluator(model).run(None, feeds)[0]
-    np.testing.assert_array_equal(dot, numpy_reference.binary_conv2d(packed, feeds["W"], 20, strides=(2, 2),
-                                                                    pads=(1, 1, 1, 1)))
+    np.testing.assert_array_equal(
+        dot, numpy_reference.binary_conv2d(packed, feeds["W"], 20, strides=(2, 2), pads=(1, 1, 1, 1))
+    )
 
 
 def test_function_bodies_are_standard_ops_and_need_opset_18():

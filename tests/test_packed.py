@@ -1,4 +1,5 @@
 """Packed 1-bit weights: exact signs, alpha to the last float32 bits, identical outputs, <= 1 MB."""
+
 import json
 import zipfile
 
@@ -27,7 +28,7 @@ def trained_state(model, seed=1):
             elif isinstance(module, torch.nn.PReLU):
                 module.weight.uniform_(0.1, 0.4, generator=g)
         for name, parameter in model.named_parameters():
-            if name.endswith(".bias") and parameter.dim() == 4:      # LearnableBias [1, C, 1, 1]
+            if name.endswith(".bias") and parameter.dim() == 4:  # LearnableBias [1, C, 1, 1]
                 parameter.normal_(0, 0.1, generator=g)
     return model.eval()
 
@@ -43,16 +44,20 @@ def packed(tmp_path_factory):
 
 def test_file_is_pickle_free_npz_with_packed_bits(packed):
     model, path, _, _ = packed
-    with np.load(path, allow_pickle=False) as data:   # would raise on any object array
+    with np.load(path, allow_pickle=False) as data:  # would raise on any object array
         names = set(data.files)
         conv_name, conv = model.binary_convs()[0]
         bits = data[conv_name + ".weight.bits"]
         assert bits.dtype == np.uint8
-        assert bits.shape == (conv.weight.shape[0], layout.packed_channels(conv.weight.shape[1]), *conv.weight.shape[2:])
+        assert bits.shape == (
+            conv.weight.shape[0],
+            layout.packed_channels(conv.weight.shape[1]),
+            *conv.weight.shape[2:],
+        )
         assert data[conv_name + ".weight.alpha"].dtype == np.float32
         meta = json.loads(data["__meta__.json"].tobytes())
     assert meta["arch"] == "bimatting" and meta["provenance"] == {"note": "test"}
-    assert all(n + ".weight" not in names for n, _ in model.binary_convs())   # no float binary weights
+    assert all(n + ".weight" not in names for n, _ in model.binary_convs())  # no float binary weights
     assert zipfile.is_zipfile(path)
 
 
@@ -97,9 +102,9 @@ def test_round_trip_outputs_identical(packed, ratio):
 def test_unpack_weight_recentres_to_the_same_signs_and_alpha():
     rng = np.random.default_rng(0)
     signs = np.where(rng.random((6, 19, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
-    signs[0] = 1.0                                     # all +1: the only uniform reachable pattern
+    signs[0] = 1.0  # all +1: the only uniform reachable pattern
     signs[1] = -1.0
-    signs[1, 0, 0, 0] = 1.0                            # a single +1 among -1s
+    signs[1, 0, 0, 0] = 1.0  # a single +1 among -1s
     alpha = rng.uniform(0.01, 0.2, 6).astype(np.float32)
     alpha[0] = 0.0
     weight = unpack_weight(layout.pack(signs, axis=1), alpha, 19)

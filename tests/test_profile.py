@@ -1,4 +1,5 @@
 """`bimatting profile`: sizes and OPs against the measured official numbers, and bad input."""
+
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from bimatting.models.profile import profile_model
 RVM_PARAMS = 3_748_633
 RVM_CONV_MACS = 4.496e9
 BIMATTING_BINARY_WEIGHTS = 4_217_584
-BIMATTING_DENSE_RATIO = 8.8        # 4.496 G / (0.403 G FP + 6.934 G binary / 64)
+BIMATTING_DENSE_RATIO = 8.8  # 4.496 G / (0.403 G FP + 6.934 G binary / 64)
 
 
 def profile_json(*args):
@@ -83,7 +84,8 @@ def test_sparse_ops_bounds_and_measured_density():
     # rho = 0 removes exactly the masked layers, rho = 1 is the dense count.
     assert high["ops_sparse"] == high["ops_dense"] == low["ops_dense"]
     assert low["ops_sparse"] == pytest.approx(
-        low["ops_dense"] - low["masked_fp_macs"] - low["masked_binary_macs"] / 64, rel=1e-9)
+        low["ops_dense"] - low["masked_fp_macs"] - low["masked_binary_macs"] / 64, rel=1e-9
+    )
     auto = profile_model(net, (256, 144), mask_density="auto", frames=4)
     assert 0.0 < auto["mask_density"] < 1.0, auto["mask_density"]
     assert "4 frames" in auto["mask_density_source"]
@@ -123,8 +125,12 @@ def write_bad_inputs(folder):
 
 def test_bad_checkpoints_fail_with_one_line(tmp_path):
     for name, (path, extra, expected) in write_bad_inputs(tmp_path).items():
-        run = subprocess.run([sys.executable, "-m", "bimatting", "profile", str(path), *extra, "--json"],
-                             capture_output=True, text=True, timeout=300)
+        run = subprocess.run(
+            [sys.executable, "-m", "bimatting", "profile", str(path), *extra, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == 2, (name, run.stderr)
         assert run.stdout == "", name
         lines = run.stderr.strip().splitlines()
@@ -132,11 +138,14 @@ def test_bad_checkpoints_fail_with_one_line(tmp_path):
         assert str(path.name) in lines[0] and expected in lines[0], (name, lines[0])
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--resolution", "512by288"], "WIDTHxHEIGHT"),
-    (["--mask-density", "1.5"], "outside [0, 1]"),
-    (["--downsample-ratio", "0"], "downsample ratio"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--resolution", "512by288"], "WIDTHxHEIGHT"),
+        (["--mask-density", "1.5"], "outside [0, 1]"),
+        (["--downsample-ratio", "0"], "downsample ratio"),
+    ],
+)
 def test_bad_options_fail_with_one_line(args, expected):
     result = CliRunner().invoke(cli, ["profile", "--arch", "rvm", *args])
     assert result.exit_code == 2

@@ -4,6 +4,7 @@ and a CPU smoke run whose held-out agreement with the teacher improves.
 Footage is the packaged sample clip (written to a temporary folder), so nothing here needs the
 shared data; the teacher is RVM with its official weights.
 """
+
 import dataclasses
 import json
 
@@ -40,9 +41,10 @@ def test_threshold_init_centres_every_sign_input():
 
     def hook_for(name):
         def hook(module, args, output):
-            if name not in seen:                        # first call (a GRU calls its gates per frame)
+            if name not in seen:  # first call (a GRU calls its gates per frame)
                 seen.add(name)
                 medians[name] = output.detach().transpose(0, 1).flatten(1).median(dim=1).values
+
         return hook
 
     handles = [t.register_forward_hook(hook_for(n)) for n, t, _ in model.sign_sites()]
@@ -50,7 +52,7 @@ def test_threshold_init_centres_every_sign_input():
         model(src)
     for h in handles:
         h.remove()
-    assert len(medians) == len(model.sign_sites()) - 2          # the refiner's two run only at s < 1
+    assert len(medians) == len(model.sign_sites()) - 2  # the refiner's two run only at s < 1
     worst = max(float(m.abs().max()) for m in medians.values())
     assert worst < 1e-5, f"a sign input's per-channel median is {worst} after threshold init"
 
@@ -81,7 +83,7 @@ def test_per_group_learning_rates_reach_the_optimizer():
     assert groups["latent"]["lr"] == pytest.approx(7e-3 * factor)
     assert groups["float"]["lr"] == pytest.approx(3e-4 * factor)
     recipes.apply_schedule(optimizer, recipe, 0)
-    assert groups["latent"]["lr"] == pytest.approx(7e-3 * 0.1)     # first warm-up step
+    assert groups["latent"]["lr"] == pytest.approx(7e-3 * 0.1)  # first warm-up step
 
 
 def test_stage_rates_keep_module_groups_and_split_the_latent_weights():
@@ -144,6 +146,7 @@ def test_feature_taps_match_shapes_and_vanish_on_identical_features():
 
 # -- the distillation loop --------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def footage(tmp_path_factory):
     """Two frame folders made from the packaged sample clip: one to train on, one held out."""
@@ -157,16 +160,33 @@ def footage(tmp_path_factory):
 
 
 def _options(footage, out, stop_at, total=8, **recipe):
-    return DistillOptions(footage=(footage / "train",), heldout=(footage / "heldout",), out=out, stop_at=stop_at,
-                          sizes=((64, 64),), batch=2, frames=2, hr_every=0, procedural=2, short_side=144,
-                          eval_every=4, eval_frames=8, eval_long_side=128, save_every=2, diagnose_every=4,
-                          threads=1, resume=True, progress=False,
-                          recipe=recipes.Recipe(warmup_steps=2, total_steps=total, **recipe))
+    return DistillOptions(
+        footage=(footage / "train",),
+        heldout=(footage / "heldout",),
+        out=out,
+        stop_at=stop_at,
+        sizes=((64, 64),),
+        batch=2,
+        frames=2,
+        hr_every=0,
+        procedural=2,
+        short_side=144,
+        eval_every=4,
+        eval_frames=8,
+        eval_long_side=128,
+        save_every=2,
+        diagnose_every=4,
+        threads=1,
+        resume=True,
+        progress=False,
+        recipe=recipes.Recipe(warmup_steps=2, total_steps=total, **recipe),
+    )
 
 
 def test_distillation_resumes_bit_identically(footage, tmp_path):
-    pieces = dict(feature_weight=0.5, adapter_weight=0.5, heads_from_teacher=True,
-                  binary_weights_from=2)                                               # every path of a step
+    pieces = dict(
+        feature_weight=0.5, adapter_weight=0.5, heads_from_teacher=True, binary_weights_from=2
+    )  # every path of a step
     straight = Distillation(_options(footage, tmp_path / "straight", 6, **pieces))
     straight.run()
     first = Distillation(_options(footage, tmp_path / "resumed", 3, **pieces))
@@ -179,7 +199,9 @@ def test_distillation_resumes_bit_identically(footage, tmp_path):
         assert torch.equal(a, b)
     for a, b in zip(second.adapters.parameters(), straight.adapters.parameters()):
         assert torch.equal(a, b)
-    assert second.optimizer.state_dict()["state"][0]["exp_avg"].equal(straight.optimizer.state_dict()["state"][0]["exp_avg"])
+    assert second.optimizer.state_dict()["state"][0]["exp_avg"].equal(
+        straight.optimizer.state_dict()["state"][0]["exp_avg"]
+    )
     # the training record travels with the packed model
     from bimatting.weights.packed import read_packed
 
@@ -187,8 +209,9 @@ def test_distillation_resumes_bit_identically(footage, tmp_path):
     # the packed model is the best held-out figure so far, live weights or their average
     assert meta["provenance"]["steps"] == second.record["best_step"] and meta["provenance"]["recipe"]["threshold_init"]
     assert meta["provenance"]["weights"] == second.record["best_weights"]
-    torch.testing.assert_close(second.average["project_mat.conv.weight"],
-                               straight.average["project_mat.conv.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        second.average["project_mat.conv.weight"], straight.average["project_mat.conv.weight"], rtol=0, atol=0
+    )
     assert (tmp_path / "resumed" / "curve.png").is_file()
     health = [json.loads(line) for line in (tmp_path / "resumed" / "health.jsonl").read_text().splitlines()]
     assert health[-1]["step"] == 4 and health[-1]["latent_flips_per_1k"] == {}
@@ -213,14 +236,18 @@ def test_branch_continues_another_runs_state_under_new_settings(footage, tmp_pat
     Distillation(_options(footage, tmp_path / "source", 3)).run()
     source_state = tmp_path / "source" / "resume.pth"
     digest = hashlib.sha256(source_state.read_bytes()).hexdigest()
-    same = Distillation(dataclasses.replace(_options(footage, tmp_path / "same", 6), branch_from=str(tmp_path / "source")))
+    same = Distillation(
+        dataclasses.replace(_options(footage, tmp_path / "same", 6), branch_from=str(tmp_path / "source"))
+    )
     assert same.step == 3
     same.run()
     assert fingerprint(same.model) == fingerprint(straight.model)
-    torch.testing.assert_close(same.average["project_mat.conv.weight"], straight.average["project_mat.conv.weight"],
-                               rtol=0, atol=0)
-    faster = Distillation(dataclasses.replace(_options(footage, tmp_path / "faster", 4, latent_lr=2e-2),
-                                              branch_from=str(source_state)))
+    torch.testing.assert_close(
+        same.average["project_mat.conv.weight"], straight.average["project_mat.conv.weight"], rtol=0, atol=0
+    )
+    faster = Distillation(
+        dataclasses.replace(_options(footage, tmp_path / "faster", 4, latent_lr=2e-2), branch_from=str(source_state))
+    )
     moments = {k: v["exp_avg"].clone() for k, v in faster.optimizer.state_dict()["state"].items()}
     assert faster.step == 3 and moments and all(m.abs().sum() > 0 for m in moments.values())
     assert {g["name"]: g["base_lr"] for g in faster.optimizer.param_groups}["latent"] == 2e-2
@@ -235,7 +262,7 @@ def test_cpu_smoke_run_improves_heldout_agreement(footage, tmp_path):
     before = run.evaluate()["pha_mad_mean"]
     summary = run.run()
     assert summary["steps"] == 40
-    after = run.evaluate()["pha_mad_mean"]     # the live weights (the summary holds the better of live and average)
+    after = run.evaluate()["pha_mad_mean"]  # the live weights (the summary holds the better of live and average)
     assert after < 0.8 * before, f"held-out pha MAD {before:.4f} -> {after:.4f} after 40 steps"
 
 
@@ -245,16 +272,32 @@ def test_dump_batch_writes_what_training_would_see(footage, tmp_path):
     from bimatting.train.batch_grid import GREY
 
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["distill", str(footage / "train"), "--out", str(out), "--size", "64x64",
-                                      "--batch", "2", "--threads", "1", "--dump-batch", str(tmp_path / "grids"),
-                                      "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "distill",
+            str(footage / "train"),
+            "--out",
+            str(out),
+            "--size",
+            "64x64",
+            "--batch",
+            "2",
+            "--threads",
+            "1",
+            "--dump-batch",
+            str(tmp_path / "grids"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    written = json.loads(result.output[result.output.index("["):])
+    written = json.loads(result.output[result.output.index("[") :])
     assert [entry["step"] for entry in written] == [0, 1, 2, 3]
-    assert not (out / "resume.pth").exists()           # nothing trained, nothing saved
+    assert not (out / "resume.pth").exists()  # nothing trained, nothing saved
     # the same options draw the same first batch
-    options = DistillOptions(footage=(footage / "train",), out=tmp_path / "again", sizes=((64, 64),), batch=2,
-                             threads=1, progress=False)
+    options = DistillOptions(
+        footage=(footage / "train",), out=tmp_path / "again", sizes=((64, 64),), batch=2, threads=1, progress=False
+    )
     batch = Distillation(options)._batch()
     shares = [float(batch["pha"][b].mean()) for b in range(2)]
     assert written[0]["foreground_share"] == pytest.approx(shares, abs=1e-6)
@@ -263,10 +306,10 @@ def test_dump_batch_writes_what_training_would_see(footage, tmp_path):
     assert grid.shape == (header + len(rows) * (64 + 2), 3 * 64 + 4, 3)
     for k, (b, t) in enumerate(rows):
         top = header + k * 66
-        pha = grid[top:top + 64, 66:130, 0].astype(int)
+        pha = grid[top : top + 64, 66:130, 0].astype(int)
         expected = (batch["pha"][b, t, 0].numpy() * 255 + 0.5).astype(int)
         assert abs(pha - expected).max() <= 1
-        fgr = grid[top:top + 64, 132:196].astype(int)
+        fgr = grid[top : top + 64, 132:196].astype(int)
         outside = batch["pha"][b, t, 0].numpy() <= 0
         assert (abs(fgr[outside] - int(GREY * 255 + 0.5)) <= 1).all()
 
@@ -291,13 +334,16 @@ def test_snapshot_is_compact_and_warm_restarts(footage, tmp_path):
             assert torch.equal(restored, value.detach()), name
             continue
         step = value.detach().flatten(1).abs().amax(dim=1) / 127
-        assert ((restored - value.detach()).flatten(1).abs() <= step[:, None] / 2 * 1.001).all(), name   # float32 rounding of q * s
-        centred = lambda w: w - w.mean(dim=(1, 2, 3), keepdim=True)   # noqa: E731 - what is deployed
+        assert ((restored - value.detach()).flatten(1).abs() <= step[:, None] / 2 * 1.001).all(), (
+            name
+        )  # float32 rounding of q * s
+        centred = lambda w: w - w.mean(dim=(1, 2, 3), keepdim=True)  # noqa: E731 - what is deployed
         kept += int((centred(restored) >= 0).eq(centred(value.detach()) >= 0).sum())
         total += value.numel()
     assert kept / total > 0.99
-    restart = Distillation(dataclasses.replace(_options(footage, tmp_path / "warm", 2, total=2),
-                                               init=str(tmp_path / "snapshot.npz")))
+    restart = Distillation(
+        dataclasses.replace(_options(footage, tmp_path / "warm", 2, total=2), init=str(tmp_path / "snapshot.npz"))
+    )
     assert torch.equal(restart.model.state_dict()["project_mat.conv.weight"], state["project_mat.conv.weight"])
     assert restart.run()["steps"] == 2
 
@@ -320,7 +366,7 @@ def test_encoder_adapters_map_student_widths_to_the_teachers(footage, tmp_path):
         b = adapters.convs[tap].bias.detach().numpy()
         s = np.einsum("oc,nchw->nohw", w, mine[tap].numpy()) + b[None, :, None, None]
         t = theirs[tap].numpy()
-        expected.append(((s - t) ** 2).mean() / ((t ** 2).mean() + 1e-6))
+        expected.append(((s - t) ** 2).mean() / ((t**2).mean() + 1e-6))
     assert float(adapters.loss(mine, theirs)) == pytest.approx(float(np.mean(expected)), rel=1e-4)
     run = Distillation(_options(footage, tmp_path / "run", 2, total=2, adapter_weight=1.0))
     before = [p.detach().clone() for p in run.adapters.parameters()]

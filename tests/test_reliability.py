@@ -9,6 +9,7 @@ previous file must be byte-identical, and no temporary file may be left beside i
 (Tests run as root, where a read-only folder does not stop writes; an output "inside" a
 regular file is the unwritable location used instead.)
 """
+
 import hashlib
 import importlib.util
 import os
@@ -32,15 +33,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _limited(limit_bytes):
     """preexec_fn: the child may not grow any file beyond `limit_bytes` (writes fail with EFBIG)."""
+
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
     return apply
 
 
 def _run(args, limit=None, timeout=300):
-    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=_limited(limit) if limit else None)
+    done = subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, preexec_fn=_limited(limit) if limit else None
+    )
     return done.returncode, done.stdout, done.stderr
 
 
@@ -77,8 +81,9 @@ def rvm_onnx():
 def _assert_kept(path, before, code, stderr):
     """A write under the limit failed cleanly and left the earlier file exactly as it was."""
     assert_clean_error(code, stderr, codes=(1,), fragment="could not write")
-    assert ("File too large" in stderr and "previous file, if any, is unchanged" in stderr) \
-        or "disk full or file size limit" in stderr, stderr
+    assert (
+        "File too large" in stderr and "previous file, if any, is unchanged" in stderr
+    ) or "disk full or file size limit" in stderr, stderr
     assert _digest(path) == before
     assert not _leftovers(Path(path).parent, Path(path).name), "a temporary file was left behind"
 
@@ -143,17 +148,20 @@ def test_failed_artifact_and_report_writes_keep_the_previous_files(tiny_onnx, tm
     before = {p: _digest(p) for p in (tar, folder, report)}
     library = tmp_path / "lib.so"
     library.write_bytes(os.urandom(200_000))  # the library to package: larger than the limit below
-    rewrite = (f"from bimatting.deploy import artifact\n"
-               f"import numpy as np, sys\n"
-               f"try:\n"
-               f"    artifact.write(sys.argv[1], r'{library}', {{'p0': np.zeros(10, np.float32)}}, {{'params': ['p0']}})\n"
-               f"except Exception as error:\n"
-               f"    print(f'Error: {{error}}', file=sys.stderr); sys.exit(getattr(error, 'exit_code', 99))\n")
+    rewrite = (
+        f"from bimatting.deploy import artifact\n"
+        f"import numpy as np, sys\n"
+        f"try:\n"
+        f"    artifact.write(sys.argv[1], r'{library}', {{'p0': np.zeros(10, np.float32)}}, {{'params': ['p0']}})\n"
+        f"except Exception as error:\n"
+        f"    print(f'Error: {{error}}', file=sys.stderr); sys.exit(getattr(error, 'exit_code', 99))\n"
+    )
     for out in (tar, folder):
         code, _, err = _run([sys.executable, "-c", rewrite, str(out)], limit=100_000)
         _assert_kept(out, before[out], code, err)
-    code, _, err = _cli("bench", folder, "--frames", "2", "--warmup", "0", "--reference", tiny_onnx,
-                        "--report", report, limit=2_000)
+    code, _, err = _cli(
+        "bench", folder, "--frames", "2", "--warmup", "0", "--reference", tiny_onnx, "--report", report, limit=2_000
+    )
     _assert_kept(report, before[report], code, err)
     code, _, err = _cli("bench", tar, "--frames", "1", "--warmup", "0", "--reference", tiny_onnx, limit=2_000)
     assert_clean_error(code, err, codes=(1,), fragment="cannot unpack artifact")  # its temp copy cannot be made
@@ -183,15 +191,18 @@ def test_outputs_inside_a_regular_file_are_refused_up_front(tiny_onnx, rvm_onnx,
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file")
     video = write_video(tmp_path / "clip.avi", gradient_frames(2, 64, 48))
-    for args in (["compile", tiny_onnx, "--target", "host", "-o", blocker / "a.tar"],
-                 ["matte", video, "-o", blocker / "out.avi", "--artifact", rvm_onnx],
-                 ["export", "--arch", "rvm", "-o", blocker / "m.onnx"]):
+    for args in (
+        ["compile", tiny_onnx, "--target", "host", "-o", blocker / "a.tar"],
+        ["matte", video, "-o", blocker / "out.avi", "--artifact", rvm_onnx],
+        ["export", "--arch", "rvm", "-o", blocker / "m.onnx"],
+    ):
         code, _, err = _cli(*args)
         assert_clean_error(code, err, codes=(2,), fragment="does not exist")
     assert blocker.read_text() == "a file"
 
 
 # -- interrupted runs ------------------------------------------------------------------------------
+
 
 def _frames_done(log):
     """The last count the progress bar printed into `log` ("matte:  12%|...| 180/1500 ...")."""
@@ -203,8 +214,12 @@ def _interrupted_matte(args, log, after_frames, timeout=120):
     """Run `bimatting matte ARGS`, Ctrl-C (SIGINT) it once `after_frames` frames are done;
     returns (returncode, stdout, stderr)."""
     with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "bimatting", "matte", *map(str, args)],
-                                   stdout=subprocess.PIPE, stderr=stderr, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bimatting", "matte", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
         began = time.monotonic()
         while _frames_done(log) < after_frames:
             assert process.poll() is None, (process.communicate(), log.read_text())
@@ -272,8 +287,18 @@ def test_resume_of_png_output_equals_an_uninterrupted_run(rvm_onnx, tmp_path):
     code, _, err = _interrupted_matte([*args, "-o", tmp_path / "out"], tmp_path / "log", after_frames=30)
     kept = _assert_interrupted(code, err, 30)
     assert not (tmp_path / "out").exists() and len(list((tmp_path / "out.partial").iterdir())) == kept < 300
-    code, _, err = _cli("matte", video, "--artifact", rvm_onnx, "-o", tmp_path / "out", "--resume", "--quiet",
-                        "--output-type", "composite")  # not the interrupted run's options
+    code, _, err = _cli(
+        "matte",
+        video,
+        "--artifact",
+        rvm_onnx,
+        "-o",
+        tmp_path / "out",
+        "--resume",
+        "--quiet",
+        "--output-type",
+        "composite",
+    )  # not the interrupted run's options
     assert_clean_error(code, err, fragment="another input or other options")
     code, _, err = _cli("matte", *args, "-o", tmp_path / "never", "--resume", "--quiet")
     assert_clean_error(code, err, fragment="nothing to resume")
@@ -293,9 +318,11 @@ def test_recurrent_state_round_trip_on_every_backend(tiny_onnx, tmp_path):
 
     frames = [f.astype(np.float32) / 255 for f in gradient_frames(6, *TINY_SIZE)]
     compile_model(tiny_onnx, "host", tmp_path / "tiny.tar", resolution=TINY_SIZE)
-    makers = {"onnxruntime": lambda: open_matter(artifact=tiny_onnx),
-              "tvm": lambda: open_matter(artifact=tmp_path / "tiny.tar"),
-              "torch": lambda: TorchMatter(network)}
+    makers = {
+        "onnxruntime": lambda: open_matter(artifact=tiny_onnx),
+        "tvm": lambda: open_matter(artifact=tmp_path / "tiny.tar"),
+        "torch": lambda: TorchMatter(network),
+    }
     network = build_model("rvm").eval()  # one network for both matters (random weights)
     for backend, make in makers.items():
         first, second = make(), make()
@@ -309,6 +336,7 @@ def test_recurrent_state_round_trip_on_every_backend(tiny_onnx, tmp_path):
 
 
 # -- long recurrent runs ---------------------------------------------------------------------------
+
 
 def _drift_module():
     spec = importlib.util.spec_from_file_location("bench_drift", REPO / "bench" / "drift.py")
@@ -326,8 +354,9 @@ def test_recurrent_drift_machinery_on_a_small_model(tiny_onnx, tmp_path):
     result = drift.measure(str(tiny_onnx), frames=200, resolution=TINY_SIZE, progress=False)
     assert result["frames"] == 200 and result["passed"], result
     assert result["pha_mean_abs_max"] < 1e-6, result
-    rows = [{"pha_mean": 0.0, "pha_max": 0.0, "fgr_mean": 0.0}] * 10 + \
-        [{"pha_mean": 2e-4, "pha_max": 1e-3, "fgr_mean": 0.0}]
+    rows = [{"pha_mean": 0.0, "pha_max": 0.0, "fgr_mean": 0.0}] * 10 + [
+        {"pha_mean": 2e-4, "pha_max": 1e-3, "fgr_mean": 0.0}
+    ]
     failing = drift.summarise(rows, 1e-4)
     assert not failing["passed"] and failing["first_frame_over"] == 10
 
@@ -348,8 +377,9 @@ def test_thousand_recurrent_frames_do_not_drift():
     assert result["passed"], result
 
 
-@pytest.mark.parametrize("argv,code", [(["profile", "--help"], 0), (["no-such-verb"], 2),
-                                       (["profile", "--resolution", "bad"], 2)])
+@pytest.mark.parametrize(
+    "argv,code", [(["profile", "--help"], 0), (["no-such-verb"], 2), (["profile", "--resolution", "bad"], 2)]
+)
 def test_entry_point_exit_codes(argv, code, capsys):
     from bimatting.cli import main
 
@@ -391,13 +421,13 @@ def test_thousand_recurrent_frames_without_near_ties_do_not_drift(tmp_path):
     drift = _drift_module()
     size = (256, 144)
     distinct = list(drift.footage(None, size, drift.CLIP_FRAMES))
-    clip = torch.from_numpy(np.stack([to_nchw(f)[0] for f in distinct])[None])       # [1, 100, 3, H, W]
+    clip = torch.from_numpy(np.stack([to_nchw(f)[0] for f in distinct])[None])  # [1, 100, 3, H, W]
     network, margin = tie_free_bimatting(clip)
     assert margin > 2e-5, f"calibration left a near tie ({margin:.1e})"
     with torch.no_grad():
         fgr = network(clip[:, :8], return_coarse=False)[0]
     inside = (fgr > 0) & (fgr < 1)
-    assert float((fgr - clip[:, :8])[inside].std()) > 0.01   # the fgr residual depends on the frames
+    assert float((fgr - clip[:, :8])[inside].std()) > 0.01  # the fgr residual depends on the frames
     save_checkpoint(tmp_path / "tiefree.pth", network, "bimatting")
     result = drift.measure(str(tmp_path / "tiefree.pth"), frames=1000, resolution=size, progress=False)
     assert result["passed"] and result["fgr_mean_abs_max"] <= 1e-4, result

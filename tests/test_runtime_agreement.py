@@ -15,6 +15,7 @@ Default suite: 6 frames per size on the host, 3 per size on the emulated rpi4 (`
 --input` on the clip: its own verification against onnxruntime). Slow set (python -m pytest -m
 slow): 100 frames per size, host and emulated rpi4.
 """
+
 import importlib.resources
 import json
 
@@ -60,9 +61,13 @@ def within_bounds(ours, theirs):
         figures[f"{key}_mean"] = float(diff.mean())
         figures[f"{key}_max"] = float(diff.max())
         figures[f"{key}_share_over"] = float((diff > PIXEL_DIFF).mean())
-    passed = all(figures[f"{k}_mean"] <= MEAN_BOUND and figures[f"{k}_share_over"] <= PIXEL_SHARE
-                 and figures[f"{k}_mean"] <= BENCH_TOLERANCE["mean"] and figures[f"{k}_max"] <= BENCH_TOLERANCE["max"]
-                 for k in ("pha", "fgr"))
+    passed = all(
+        figures[f"{k}_mean"] <= MEAN_BOUND
+        and figures[f"{k}_share_over"] <= PIXEL_SHARE
+        and figures[f"{k}_mean"] <= BENCH_TOLERANCE["mean"]
+        and figures[f"{k}_max"] <= BENCH_TOLERANCE["max"]
+        for k in ("pha", "fgr")
+    )
     return passed, figures
 
 
@@ -75,8 +80,9 @@ class OnnxRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        self.states = {i.name: np.zeros([1, 1, 1, 1], np.float32) for i in self.session.get_inputs()
-                       if i.name.startswith("r")}
+        self.states = {
+            i.name: np.zeros([1, 1, 1, 1], np.float32) for i in self.session.get_inputs() if i.name.startswith("r")
+        }
         self.ratio = np.array([ratio], np.float32)
 
     def step(self, src):
@@ -122,9 +128,11 @@ def check(report, host):
     for i, (passed, figures) in enumerate(host):
         assert passed, (i, figures)
     worst = {key: max(f[key] for _, f in host) for key in host[0][1]}
-    print(f"{len(host)} frames. PyTorch vs onnxruntime, worst frame: pha mean {max(per_frame['pha_mean']):.3g}, "
-          f"fgr mean {max(per_frame['fgr_mean']):.3g}, pha share > 0.05 {max(per_frame['pha_pixels_over']):.3g}. "
-          f"onnxruntime vs TVM host, worst frame: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
+    print(
+        f"{len(host)} frames. PyTorch vs onnxruntime, worst frame: pha mean {max(per_frame['pha_mean']):.3g}, "
+        f"fgr mean {max(per_frame['fgr_mean']):.3g}, pha share > 0.05 {max(per_frame['pha_pixels_over']):.3g}. "
+        f"onnxruntime vs TVM host, worst frame: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items())
+    )
 
 
 @pytest.mark.parametrize("size_name", list(SIZES))
@@ -149,9 +157,25 @@ def bench_on_the_emulated_rpi4(shipped, clip, emulated_board, size_name, tmp_pat
     size, ratio = SIZES[size_name]
     compile_model(path, "rpi4", tmp_path / "rpi4.tar", resolution=size, downsample_ratio=ratio)
     host, port = emulated_board("rpi4")
-    result = CliRunner().invoke(cli, ["bench", str(tmp_path / "rpi4.tar"), "--rpc", f"{host}:{port}", "--input",
-                                      str(clip), "--frames", str(frames), "--warmup", "0", "--timeout", "0",
-                                      "--json"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            str(tmp_path / "rpi4.tar"),
+            "--rpc",
+            f"{host}:{port}",
+            "--input",
+            str(clip),
+            "--frames",
+            str(frames),
+            "--warmup",
+            "0",
+            "--timeout",
+            "0",
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     check_report = json.loads(result.stdout)["verify"]
     assert check_report["passed"] and check_report["frames"] == frames, check_report
@@ -159,9 +183,11 @@ def bench_on_the_emulated_rpi4(shipped, clip, emulated_board, size_name, tmp_pat
     # The same decisions: float rounding only. A frame's max under 0.05 means no pixel over the issue's 0.05.
     assert max(per_frame["pha_mean_abs"]) <= 1e-6 and max(per_frame["fgr_mean_abs"]) <= 1e-6, check_report
     assert max(per_frame["pha_max_abs"]) < 0.05 and max(per_frame["fgr_max_abs"]) < 0.05, check_report
-    print(f"rpi4 {size_name} {frames} frames vs onnxruntime: worst frame pha mean {max(per_frame['pha_mean_abs']):.3g}"
-          f" max {max(per_frame['pha_max_abs']):.3g}, fgr mean {max(per_frame['fgr_mean_abs']):.3g}"
-          f" max {max(per_frame['fgr_max_abs']):.3g}")
+    print(
+        f"rpi4 {size_name} {frames} frames vs onnxruntime: worst frame pha mean {max(per_frame['pha_mean_abs']):.3g}"
+        f" max {max(per_frame['pha_max_abs']):.3g}, fgr mean {max(per_frame['fgr_mean_abs']):.3g}"
+        f" max {max(per_frame['fgr_max_abs']):.3g}"
+    )
     return check_report
 
 

@@ -1,5 +1,6 @@
 """RVM network: parity with RVM's official ONNX (run by onnxruntime) on real footage, clip and
 batch handling, state shapes, the segmentation pass and the state_dict layout."""
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -55,9 +56,17 @@ def test_matches_official_onnx_on_real_clip(official, onnx_session, bedroom_fram
     worst = dict.fromkeys(OUTPUTS, 0.0)
     for index, frame in enumerate(frames):
         src = to_nchw(frame)
-        onnx_out = onnx_session.run(None, {
-            "src": src, "r1i": onnx_states[0], "r2i": onnx_states[1], "r3i": onnx_states[2],
-            "r4i": onnx_states[3], "downsample_ratio": np.array([ratio], np.float32)})
+        onnx_out = onnx_session.run(
+            None,
+            {
+                "src": src,
+                "r1i": onnx_states[0],
+                "r2i": onnx_states[1],
+                "r3i": onnx_states[2],
+                "r4i": onnx_states[3],
+                "downsample_ratio": np.array([ratio], np.float32),
+            },
+        )
         with torch.inference_mode():
             torch_out = official(torch.from_numpy(src), *torch_states, downsample_ratio=ratio)
         onnx_states, torch_states = onnx_out[2:], torch_out[2:]
@@ -73,9 +82,17 @@ def test_refiner_at_unit_ratio_is_what_the_onnx_does(official, onnx_session, bed
     """The official ONNX refines at s=1 and the PyTorch RVM does not: the flag must matter."""
     src = to_nchw(read_frames(bedroom_frames_dir, size=(512, 288), limit=1)[0])
     zeros = np.zeros((1, 1, 1, 1), np.float32)
-    fgr_onnx, pha_onnx = onnx_session.run(["fgr", "pha"], {
-        "src": src, "r1i": zeros, "r2i": zeros, "r3i": zeros, "r4i": zeros,
-        "downsample_ratio": np.array([1.0], np.float32)})
+    fgr_onnx, pha_onnx = onnx_session.run(
+        ["fgr", "pha"],
+        {
+            "src": src,
+            "r1i": zeros,
+            "r2i": zeros,
+            "r3i": zeros,
+            "r4i": zeros,
+            "downsample_ratio": np.array([1.0], np.float32),
+        },
+    )
     unrefined = bimatting.load_model("rvm")
     unrefined.refine_at_unit_ratio = False
     with torch.inference_mode():
@@ -85,7 +102,7 @@ def test_refiner_at_unit_ratio_is_what_the_onnx_does(official, onnx_session, bed
 
 @pytest.mark.parametrize("ratio", [1.0, 0.5])
 def test_clip_input_equals_frame_by_frame(official, ratio):
-    clip = synthetic_clip(batch=2, frames=4)                          # [2,4,3,96,160]
+    clip = synthetic_clip(batch=2, frames=4)  # [2,4,3,96,160]
     with torch.inference_mode():
         # two calls of T=2, states carried over, against eight single-frame 4-D calls
         first = official(clip[:, :2], downsample_ratio=ratio)
@@ -93,26 +110,26 @@ def test_clip_input_equals_frame_by_frame(official, ratio):
         for b in range(2):
             states = [None] * 4
             for t in range(4):
-                fgr, pha, *states = official(clip[b:b + 1, t], *states, downsample_ratio=ratio)
+                fgr, pha, *states = official(clip[b : b + 1, t], *states, downsample_ratio=ratio)
                 step = first if t < 2 else second
                 torch.testing.assert_close(step[0][b, t % 2], fgr[0], atol=LAYOUT_TOLERANCE, rtol=0)
                 torch.testing.assert_close(step[1][b, t % 2], pha[0], atol=LAYOUT_TOLERANCE, rtol=0)
             for clip_state, frame_state in zip(second[2:], states):
-                torch.testing.assert_close(clip_state[b:b + 1], frame_state, atol=LAYOUT_TOLERANCE, rtol=0)
+                torch.testing.assert_close(clip_state[b : b + 1], frame_state, atol=LAYOUT_TOLERANCE, rtol=0)
 
 
 def test_batch_equals_each_sample_alone(official):
-    frames = synthetic_clip(batch=2, frames=2, seed=1)                # [2,2,3,96,160]
+    frames = synthetic_clip(batch=2, frames=2, seed=1)  # [2,2,3,96,160]
     with torch.inference_mode():
         batched_states, single_states = [None] * 4, [[None] * 4, [None] * 4]
         for t in range(2):
             batched = official(frames[:, t], *batched_states, downsample_ratio=0.5)
             batched_states = batched[2:]
             for b in range(2):
-                alone = official(frames[b:b + 1, t], *single_states[b], downsample_ratio=0.5)
+                alone = official(frames[b : b + 1, t], *single_states[b], downsample_ratio=0.5)
                 single_states[b] = alone[2:]
                 for name, x, y in zip(OUTPUTS, batched, alone):
-                    torch.testing.assert_close(x[b:b + 1], y, atol=LAYOUT_TOLERANCE, rtol=0, msg=name)
+                    torch.testing.assert_close(x[b : b + 1], y, atol=LAYOUT_TOLERANCE, rtol=0, msg=name)
 
 
 # (src size H x W, ratio) -> state shapes (C, h, w), measured on the official model.
@@ -133,14 +150,14 @@ def test_output_and_state_shapes(height, width, ratio):
 
 
 def test_segmentation_pass(official):
-    clip = synthetic_clip(batch=2, frames=3)                          # [2,3,3,96,160]
+    clip = synthetic_clip(batch=2, frames=3)  # [2,3,3,96,160]
     with torch.inference_mode():
         seg, *seg_states = official(clip, downsample_ratio=0.5, segmentation_pass=True)
         _, _, *mat_states = official(clip, downsample_ratio=0.5)
         seg_frame = official(clip[:, 0], segmentation_pass=True)[0]
-    assert seg.shape == (2, 3, 1, 48, 80)                             # logits at the downsampled size
+    assert seg.shape == (2, 3, 1, 48, 80)  # logits at the downsampled size
     assert seg_frame.shape == (2, 1, 96, 160)
-    for seg_state, mat_state in zip(seg_states, mat_states):          # the head does not touch states
+    for seg_state, mat_state in zip(seg_states, mat_states):  # the head does not touch states
         torch.testing.assert_close(seg_state, mat_state, atol=0, rtol=0)
 
 
@@ -161,8 +178,9 @@ def test_state_dict_layout_matches_official(official):
     from onnx import numpy_helper
 
     with official_onnx_path() as path:
-        named = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
-                 if not t.name.isdigit()}
+        named = {
+            t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if not t.name.isdigit()
+        }
     assert len(named) == 54
     for name, value in named.items():
         assert tuple(state[name].shape) == value.shape, name
@@ -176,6 +194,9 @@ def test_state_dict_matches_reference_listing(shared_dir):
     rows = [line.split("\t")[:2] for line in listing.read_text().splitlines() if not line.startswith("#")]
     state = build_model("rvm").state_dict()
     assert [(key, str(list(value.shape))) for key, value in state.items()] == [tuple(row) for row in rows]
-    backbone_bn = [m for n, m in build_model("rvm").named_modules() if n.startswith("backbone")
-                   and isinstance(m, torch.nn.BatchNorm2d)]
+    backbone_bn = [
+        m
+        for n, m in build_model("rvm").named_modules()
+        if n.startswith("backbone") and isinstance(m, torch.nn.BatchNorm2d)
+    ]
     assert backbone_bn and all(m.eps == 1e-3 and m.momentum == 0.01 for m in backbone_bn)

@@ -5,6 +5,7 @@ The small soak runs only the C++ server (TVM's Python server takes ~20 s to star
 busy 2-core host); the Python one (board_server.py) is checked against a client reset mid-session;
 `python bench/soak.py` soaks both at full size (minutes). No timing is asserted.
 """
+
 import importlib.util
 from pathlib import Path
 
@@ -23,8 +24,24 @@ def _bench_soak():
 @pytest.mark.emulated
 def test_cpp_server_keeps_serving_and_leaks_nothing_under_a_small_soak(emulator_ready):
     soak = _bench_soak()
-    args = soak.parse_args(["--servers", "cpp", "--sessions", "30", "--clients", "4", "--per-client", "5",
-                            "--kills", "3", "--upload-mb", "8", "--run-seconds", "1.5"])
+    args = soak.parse_args(
+        [
+            "--servers",
+            "cpp",
+            "--sessions",
+            "30",
+            "--clients",
+            "4",
+            "--per-client",
+            "5",
+            "--kills",
+            "3",
+            "--upload-mb",
+            "8",
+            "--run-seconds",
+            "1.5",
+        ]
+    )
     rows, (summary,) = soak.soak(args)
     by_phase = {row["phase"]: row for row in rows}
     assert by_phase["sequential"]["sessions"] == 30 and by_phase["concurrent"]["sessions"] == 20

@@ -1,5 +1,6 @@
 """Target descriptors as the compiler sees them: `bimatting targets`, resolution of `host`,
 bitserial configuration per architecture, clear errors for unknown targets and missing compilers."""
+
 import json
 import os
 
@@ -43,8 +44,10 @@ def test_host_resolves_native_cpu_and_core_count():
     assert host.tvm_target.attrs["mcpu"] == host.llvm["mcpu"]
 
 
-@pytest.mark.parametrize("name, word, isa", [("rpi4", "uint32", "aarch64"), ("jetson-orin", "uint32", "aarch64"),
-                                              ("host", "uint64", "x86_64")])
+@pytest.mark.parametrize(
+    "name, word, isa",
+    [("rpi4", "uint32", "aarch64"), ("jetson-orin", "uint32", "aarch64"), ("host", "uint64", "x86_64")],
+)
 def test_bitserial_word_per_architecture(name, word, isa):
     import platform
 

@@ -3,6 +3,7 @@
 Sizes are the smallest the losses accept (128 px LR crops: the 5-level Laplacian needs >= 64 px
 after the random crop), T = 2, a few steps: every test here runs in seconds on 2 cores.
 """
+
 import csv
 import json
 import os
@@ -44,7 +45,9 @@ def write_eval_set(root, clips=2, frames=4, size=(112, 96)):
             fgr = np.broadcast_to(colour, (height, width, 3))
             com = fgr * pha[..., None] + background * (1 - pha[..., None])
             for layer, image in (("com", com), ("fgr", fgr)):
-                cv2.imwrite(str(clip / layer / f"{t:04d}.png"), cv2.cvtColor(np.uint8(image * 255 + 0.5), cv2.COLOR_RGB2BGR))
+                cv2.imwrite(
+                    str(clip / layer / f"{t:04d}.png"), cv2.cvtColor(np.uint8(image * 255 + 0.5), cv2.COLOR_RGB2BGR)
+                )
             cv2.imwrite(str(clip / "pha" / f"{t:04d}.png"), np.uint8(pha * 255 + 0.5))
     return root
 
@@ -58,8 +61,24 @@ def eval_set(tmp_path_factory):
 def straight_run(eval_set, tmp_path_factory):
     """4 uninterrupted steps of stage 1, checkpoints every 2."""
     out = tmp_path_factory.mktemp("straight")
-    result = CliRunner().invoke(cli, ["train", "--stage", "1", "--data-root", str(eval_set), "--out", str(out),
-                                      "--steps", "4", "--checkpoint-every", "2", "--json", *TINY])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--stage",
+            "1",
+            "--data-root",
+            str(eval_set),
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--json",
+            *TINY,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out / "stage1"
 
@@ -74,21 +93,37 @@ def fixed_batch_loss(model, eval_set):
 
 
 def test_loss_decreases(straight_run, eval_set):
-    process_state.seed_everything(7)                     # the trainer's initial weights (--seed 7)
+    process_state.seed_everything(7)  # the trainer's initial weights (--seed 7)
     initial = build_model("bimatting")
     trained = build_model("bimatting")
     trained.load_state_dict(load_checkpoint(straight_run / "step-0000004.pth")["state_dict"])
     before, after = fixed_batch_loss(initial, eval_set), fixed_batch_loss(trained, eval_set)
-    assert after < 0.95 * before, (before, after)     # measured: 2.686 -> 2.433 (-9%)
+    assert after < 0.95 * before, (before, after)  # measured: 2.686 -> 2.433 (-9%)
     rows = list(csv.DictReader(open(straight_run / "train_log.csv")))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3] and {r["pass"] for r in rows} == {"lr"}
-    assert all(float(r["coarse_total"]) > 0 for r in rows)       # BiMatting's 1/16 term is on
+    assert all(float(r["coarse_total"]) > 0 for r in rows)  # BiMatting's 1/16 term is on
 
 
 def test_resume_is_bit_identical(straight_run, eval_set, tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--stage", "1", "--data-root", str(eval_set), "--out", str(tmp_path),
-                                      "--steps", "4", "--checkpoint-every", "2",
-                                      "--resume", str(straight_run / "step-0000002.pth"), *TINY])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--stage",
+            "1",
+            "--data-root",
+            str(eval_set),
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--resume",
+            str(straight_run / "step-0000002.pth"),
+            *TINY,
+        ],
+    )
     assert result.exit_code == 0, result.output
     straight = load_checkpoint(straight_run / "step-0000004.pth")
     resumed = load_checkpoint(tmp_path / "stage1" / "step-0000004.pth")
@@ -105,9 +140,28 @@ def test_resume_is_bit_identical(straight_run, eval_set, tmp_path):
 
 def test_torchrun_two_ranks_hold_equal_weights(eval_set, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "bimatting", "train", "--stage", "1", "--data-root", str(eval_set), "--out", str(tmp_path),
-               "--steps", "2", "--checkpoint-every", "0", *TINY]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "bimatting",
+        "train",
+        "--stage",
+        "1",
+        "--data-root",
+        str(eval_set),
+        "--out",
+        str(tmp_path),
+        "--steps",
+        "2",
+        "--checkpoint-every",
+        "0",
+        *TINY,
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((tmp_path / "stage1" / "summary.json").read_text())
@@ -132,7 +186,7 @@ def test_wrong_layout_names_first_missing_folder(eval_set, tmp_path):
     empty.mkdir()
     result = CliRunner().invoke(cli, ["train", "--stage", "1", "--data-root", str(empty), *TINY])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    named = re.search(r"missing folder '([^']+)'", result.output)      # RVM's training layout
+    named = re.search(r"missing folder '([^']+)'", result.output)  # RVM's training layout
     assert named and named.group(1).startswith(str(empty)) and not os.path.exists(named.group(1)), result.output
 
     result = CliRunner().invoke(cli, ["train", "--stage", "1", "--data-root", str(tmp_path / "absent"), *TINY])
@@ -140,11 +194,13 @@ def test_wrong_layout_names_first_missing_folder(eval_set, tmp_path):
 
 
 def test_unlabelled_needs_teacher_and_small_sizes_are_refused(eval_set, tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--stage", "1", "--data-root", str(eval_set),
-                                      "--unlabelled", str(eval_set), *TINY])
+    result = CliRunner().invoke(
+        cli, ["train", "--stage", "1", "--data-root", str(eval_set), "--unlabelled", str(eval_set), *TINY]
+    )
     assert result.exit_code == 2 and "--teacher" in result.output
-    result = CliRunner().invoke(cli, ["train", "--stage", "1", "--data-root", str(eval_set),
-                                      "--seq-lr", "2", "--size-lr", "64"])
+    result = CliRunner().invoke(
+        cli, ["train", "--stage", "1", "--data-root", str(eval_set), "--seq-lr", "2", "--size-lr", "64"]
+    )
     assert result.exit_code == 2 and "--size-lr 128" in result.output
 
 
@@ -152,12 +208,34 @@ def test_stage3_hr_pass_and_distillation_from_rvm(eval_set, tmp_path):
     """Stage 3 (LR + HR pass at s = 0.25) with the official RVM as teacher, plus unlabelled footage."""
     footage = tmp_path / "footage"
     footage.mkdir()
-    for t in range(3):     # a numbered frame sequence = one unlabelled clip
+    for t in range(3):  # a numbered frame sequence = one unlabelled clip
         frame = cv2.imread(str(eval_set / "videomatte_motion" / "0001" / "com" / f"{t:04d}.png"))
         cv2.imwrite(str(footage / f"{t:05d}.jpg"), frame)
-    result = CliRunner().invoke(cli, ["train", "--stage", "3", "--data-root", str(eval_set), "--out", str(tmp_path),
-                                      "--steps", "1", "--checkpoint-every", "1", "--seq-hr", "1", "--size-hr", "512",
-                                      "--teacher", "rvm", "--unlabelled", str(footage), *TINY])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--stage",
+            "3",
+            "--data-root",
+            str(eval_set),
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "1",
+            "--checkpoint-every",
+            "1",
+            "--seq-hr",
+            "1",
+            "--size-hr",
+            "512",
+            "--teacher",
+            "rvm",
+            "--unlabelled",
+            str(footage),
+            *TINY,
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(tmp_path / "stage3" / "train_log.csv")))
     assert [r["pass"] for r in rows] == ["lr", "hr", "unlabelled"]
@@ -180,9 +258,11 @@ def write_rvm_layout(root, clips=2, frames=3, size=(144, 128)):
             pha = np.clip((1.0 - np.hypot((xx - width / 2 - 4 * t) / 40, (yy - height / 2) / 50)) * 4, 0, 1)
             fgr = np.full((height, width, 3), rng.integers(100, 255, 3), np.uint8)
             background = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-            for folder, image in (("VideoMatte240K_JPEG_SD/train/fgr", fgr),
-                                  ("VideoMatte240K_JPEG_SD/train/pha", np.uint8(pha * 255)),
-                                  ("BackgroundVideos/train", background)):
+            for folder, image in (
+                ("VideoMatte240K_JPEG_SD/train/fgr", fgr),
+                ("VideoMatte240K_JPEG_SD/train/pha", np.uint8(pha * 255)),
+                ("BackgroundVideos/train", background),
+            ):
                 path = root / folder / f"{c:04d}"
                 path.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(path / name), image)
@@ -192,12 +272,27 @@ def write_rvm_layout(root, clips=2, frames=3, size=(144, 128)):
 def test_rvm_training_layout_through_the_data_readers(tmp_path):
     """Stage 1 on RVM's own layout: fgr/pha clips + background videos, composited after the crop."""
     root = write_rvm_layout(tmp_path / "matting-data")
-    result = CliRunner().invoke(cli, ["train", "--stage", "1", "--data-root", str(root), "--out", str(tmp_path / "out"),
-                                      "--steps", "1", "--checkpoint-every", "1", *TINY])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--stage",
+            "1",
+            "--data-root",
+            str(root),
+            "--out",
+            str(tmp_path / "out"),
+            "--steps",
+            "1",
+            "--checkpoint-every",
+            "1",
+            *TINY,
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(tmp_path / "out" / "stage1" / "train_log.csv")))
     assert [r["pass"] for r in rows] == ["lr"] and float(rows[0]["total"]) > 0
-    assert "segmentation" in result.output            # the absent seg sets are noted, not fatal
+    assert "segmentation" in result.output  # the absent seg sets are noted, not fatal
 
 
 def test_distill_cli_smoke(eval_set, tmp_path):
@@ -212,11 +307,30 @@ def test_distill_cli_smoke(eval_set, tmp_path):
     stills.mkdir()
     cv2.imwrite(str(stills / "0000.jpg"), cv2.imread(str(eval_set / "videomatte_motion" / "0001" / "com" / "0000.png")))
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["distill", str(footage), "--images", str(stills), "--heldout", f"{footage}@2:4",
-                                      "--out", str(out), "--steps", "2", "--batch", "1", "--eval-every", "2",
-                                      "--threads", "2", "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "distill",
+            str(footage),
+            "--images",
+            str(stills),
+            "--heldout",
+            f"{footage}@2:4",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--eval-every",
+            "2",
+            "--threads",
+            "2",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output[result.output.index("{"):])
+    summary = json.loads(result.output[result.output.index("{") :])
     assert summary["steps"] == 2 and 0 < summary["heldout"]["pha_mad_mean"] < 1
     assert summary["heldout"]["clips"][0]["frames"] == 2
     from bimatting.weights.packed import load_packed

@@ -3,6 +3,7 @@ RPC server, no tracker) or on this machine; the database resumes, `bimatting com
 uses it and the tuned artifact still matches onnxruntime on the board. Ctrl-C stops cleanly.
 (The tracker path is tested with bench in test_bench.py.) Timings are never asserted.
 """
+
 import json
 import os
 import shutil
@@ -35,8 +36,21 @@ def bimatting_rpi4(tmp_path_factory):
 
 
 def tune_args(onnx_path, db, trials, *where):
-    return ["tune", onnx_path, "--target", "rpi4", *where, "--trials", trials, "--kernels", "binary",
-            "--resolution", "128x96", "-o", db]
+    return [
+        "tune",
+        onnx_path,
+        "--target",
+        "rpi4",
+        *where,
+        "--trials",
+        trials,
+        "--kernels",
+        "binary",
+        "--resolution",
+        "128x96",
+        "-o",
+        db,
+    ]
 
 
 @pytest.mark.emulated
@@ -63,14 +77,16 @@ def test_tune_resumes_and_compile_uses_the_database(emulated_board, bimatting_rp
     assert len(records) >= 6  # 3 + 1 candidates and two baselines, all kept
 
     tuned_tar = tmp_path / "tuned-rpi4.tar"
-    built = invoke("compile", onnx_path, "--target", "rpi4", "--resolution", "128x96", "--tuning-db", db,
-                   "-o", tuned_tar, "--json")
+    built = invoke(
+        "compile", onnx_path, "--target", "rpi4", "--resolution", "128x96", "--tuning-db", db, "-o", tuned_tar, "--json"
+    )
     assert built.exit_code == 0, built.output
     meta = json.loads(built.stdout)
     assert meta["tuning"]["trials"] == 4 and meta["tuning"]["tuned_kernels"] == 2
     shutil.copyfile(onnx_path, tmp_path / onnx_path.name)  # the reference, found beside the artifact
-    bench = invoke("bench", tuned_tar, "--rpc", f"{host}:{port}", "--frames", bench_models.FRAMES, "--warmup", 0,
-                   "--json")
+    bench = invoke(
+        "bench", tuned_tar, "--rpc", f"{host}:{port}", "--frames", bench_models.FRAMES, "--warmup", 0, "--json"
+    )
     assert bench.exit_code == 0, bench.output
     data = json.loads(bench.stdout)
     assert data["verify"]["passed"] is True and data["artifact"]["tuning"]["trials"] == 4
@@ -79,8 +95,20 @@ def test_tune_resumes_and_compile_uses_the_database(emulated_board, bimatting_rp
 def test_tune_local_float_convs(tmp_path):
     """MetaSchedule's own design space (float convs) measured on this machine."""
     onnx_path = bench_models.tiny_recurrent_onnx(tmp_path / "tiny.onnx")
-    result = invoke("tune", onnx_path, "--target", "host", "--local", "--trials", 2, "--kernels", "float",
-                    "-o", tmp_path / "host.db", "--json")
+    result = invoke(
+        "tune",
+        onnx_path,
+        "--target",
+        "host",
+        "--local",
+        "--trials",
+        2,
+        "--kernels",
+        "float",
+        "-o",
+        tmp_path / "host.db",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["trials"] == 2 and summary["failed"] == 0 and summary["tasks"] == 2
@@ -92,24 +120,56 @@ def test_tune_rejects_bad_input(tmp_path):
     other = bench_models.tiny_recurrent_onnx(tmp_path / "other.onnx", seed=1)
     cases = [
         (["tune", onnx_path, "--target", "host", "--trials", 2, "-o", tmp_path / "a"], "give where to measure"),
-        (["tune", onnx_path, "--target", "host", "--local", "--rpc", "127.0.0.1:1", "--trials", 2, "-o",
-          tmp_path / "a"], "give where to measure"),
-        (["tune", onnx_path, "--target", "rpi4", "--local", "--trials", 2, "-o", tmp_path / "a"],
-         "--local measures on this"),
+        (
+            [
+                "tune",
+                onnx_path,
+                "--target",
+                "host",
+                "--local",
+                "--rpc",
+                "127.0.0.1:1",
+                "--trials",
+                2,
+                "-o",
+                tmp_path / "a",
+            ],
+            "give where to measure",
+        ),
+        (
+            ["tune", onnx_path, "--target", "rpi4", "--local", "--trials", 2, "-o", tmp_path / "a"],
+            "--local measures on this",
+        ),
         (["tune", onnx_path, "--target", "host", "--local", "--trials", 0, "-o", tmp_path / "a"], "--trials must be"),
-        (["tune", onnx_path, "--target", "host", "--rpc", f"127.0.0.1:{emulator.free_port()}", "--trials", 1,
-          "-o", tmp_path / "a"], "cannot reach the RPC server"),
+        (
+            [
+                "tune",
+                onnx_path,
+                "--target",
+                "host",
+                "--rpc",
+                f"127.0.0.1:{emulator.free_port()}",
+                "--trials",
+                1,
+                "-o",
+                tmp_path / "a",
+            ],
+            "cannot reach the RPC server",
+        ),
         (["tune", onnx_path, "--target", "host", "--local", "--trials", 1, "-o", tmp_path], "is not a tuning database"),
     ]
     for args, message in cases:
         result = invoke(*args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
-    made = invoke("tune", onnx_path, "--target", "host", "--local", "--trials", 1, "--kernels", "float",
-                  "-o", tmp_path / "db")
+    made = invoke(
+        "tune", onnx_path, "--target", "host", "--local", "--trials", 1, "--kernels", "float", "-o", tmp_path / "db"
+    )
     assert made.exit_code == 0, made.output
     mixed = invoke("tune", other, "--target", "host", "--local", "--trials", 1, "-o", tmp_path / "db")
     assert mixed.exit_code == 2 and "holds another model" in mixed.output
-    compiled = invoke("compile", onnx_path, "--target", "rpi4", "--tuning-db", tmp_path / "db", "-o", tmp_path / "x.tar")
+    compiled = invoke(
+        "compile", onnx_path, "--target", "rpi4", "--tuning-db", tmp_path / "db", "-o", tmp_path / "x.tar"
+    )
     assert compiled.exit_code == 2 and "was tuned for target 'host'" in compiled.output
 
 
@@ -120,8 +180,9 @@ def test_ctrl_c_stops_tuning_without_stray_processes(emulated_board, bimatting_r
     # Far more trials than can finish before the interrupt (64 once finished first, rc 0, on a busy
     # host): the check is that Ctrl-C stops a tuning run, so one must still be running.
     args = [str(a) for a in tune_args(bimatting_rpi4.parent / "tiefree.onnx", db, 1024, "--rpc", f"{host}:{port}")]
-    process = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)  # its own group, as a terminal's foreground job
+    process = subprocess.Popen(
+        CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )  # its own group, as a terminal's foreground job
     deadline = time.monotonic() + 300
     while len(emulator.group_pids(process.pid)) < 2:  # builder workers running
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]

@@ -8,6 +8,7 @@ stride-2 positions, dense skips and taps). Their sign thresholds are calibrated 
 the clip they are run on (tests/bench_models.py), so the three engines must agree to float
 precision and the checks are enforced outright.
 """
+
 import numpy as np
 import onnx
 import onnxruntime as ort

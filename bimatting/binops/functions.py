@@ -8,6 +8,7 @@ Bodies are exact: Unpack yields +-1 floats, the float Conv of +-1 operands sums 
 magnitude <= KH*KW*C < 2^24, which float32 represents exactly in any summation order. Bit order
 and encoding are layout.py's; attributes and defaults schema.py's.
 """
+
 import numpy as np
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
@@ -64,8 +65,9 @@ def _unpack_body(body, packed, channels_attr):
     real = body("Slice", [flat, body.const(np.array([0])), channels, body.const(np.array([1]))])
     as_float = body("Cast", [real], to=TensorProto.FLOAT)
     # bit 1 = -1, bit 0 = +1
-    return body("Sub", [body.const(np.array(1.0, np.float32)),
-                        body("Mul", [as_float, body.const(np.array(2.0, np.float32))])])
+    return body(
+        "Sub", [body.const(np.array(1.0, np.float32)), body("Mul", [as_float, body.const(np.array(2.0, np.float32))])]
+    )
 
 
 def _channels_tensor(body, attr_name):
@@ -90,8 +92,17 @@ def _defaults(op_type):
 def _function(op_type, body, inputs, outputs, opset, doc):
     schema = OP_SCHEMAS[op_type]
     required = [name for name, spec in schema["attributes"].items() if spec.required]
-    return helper.make_function(DOMAIN, op_type, inputs, outputs, body.nodes, _opsets(opset),
-                                attributes=required, attribute_protos=_defaults(op_type), doc_string=doc)
+    return helper.make_function(
+        DOMAIN,
+        op_type,
+        inputs,
+        outputs,
+        body.nodes,
+        _opsets(opset),
+        attributes=required,
+        attribute_protos=_defaults(op_type),
+        doc_string=doc,
+    )
 
 
 def binarize_pack_function(opset=MIN_OPSET):
@@ -142,8 +153,7 @@ def binary_conv2d_function(opset=MIN_OPSET):
     """BinaryConv2d(X, W, scale, bias) = scale[o] * conv(+-1 X, +-1 W) + bias[o], zero padding."""
     body = _Body()
     body.nodes.append(helper.make_node("Identity", [_conv_body(body)], ["Y"]))
-    return _function("BinaryConv2d", body, ["X", "W", "scale", "bias"], ["Y"], opset,
-                     binary_conv2d_function.__doc__)
+    return _function("BinaryConv2d", body, ["X", "W", "scale", "bias"], ["Y"], opset, binary_conv2d_function.__doc__)
 
 
 def binary_conv2d_masked_function(opset=MIN_OPSET):
@@ -152,8 +162,14 @@ def binary_conv2d_masked_function(opset=MIN_OPSET):
     full = _conv_body(body)
     unset = body("Equal", ["mask", body.const(np.array(0.0, np.float32))])
     body.nodes.append(helper.make_node("Where", [unset, body.const(np.array(0.0, np.float32)), full], ["Y"]))
-    return _function("BinaryConv2dMasked", body, ["X", "W", "scale", "bias", "mask"], ["Y"], opset,
-                     binary_conv2d_masked_function.__doc__)
+    return _function(
+        "BinaryConv2dMasked",
+        body,
+        ["X", "W", "scale", "bias", "mask"],
+        ["Y"],
+        opset,
+        binary_conv2d_masked_function.__doc__,
+    )
 
 
 FUNCTION_BUILDERS = {

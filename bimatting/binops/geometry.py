@@ -9,6 +9,7 @@ pads are (top, left, bottom, right) and
 
 (the ONNX Conv / torch.nn.Conv2d output size with floor rounding).
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,9 +52,16 @@ class ConvGeometry:
     @classmethod
     def from_attributes(cls, attrs, height, width, channels_out):
         """From a BinaryConv2d's attributes (defaults already filled in, schema.node_attributes)."""
-        return cls(int(height), int(width), int(attrs["channels_in"]), int(channels_out),
-                   tuple(int(k) for k in attrs["kernel_shape"]), tuple(int(s) for s in attrs["strides"]),
-                   normalize_pads(attrs["pads"]), tuple(int(d) for d in attrs["dilations"]))
+        return cls(
+            int(height),
+            int(width),
+            int(attrs["channels_in"]),
+            int(channels_out),
+            tuple(int(k) for k in attrs["kernel_shape"]),
+            tuple(int(s) for s in attrs["strides"]),
+            normalize_pads(attrs["pads"]),
+            tuple(int(d) for d in attrs["dilations"]),
+        )
 
     @classmethod
     def from_node(cls, node, height, width, channels_out):
@@ -67,24 +75,48 @@ class ConvGeometry:
     @staticmethod
     def ints_from_attributes(attrs):
         """`to_ints` of the conv a BinaryConv2d's attributes describe (no sizes needed)."""
-        return ([int(v) for v in attrs["kernel_shape"]] + [int(v) for v in attrs["strides"]]
-                + list(normalize_pads(attrs["pads"])) + [int(v) for v in attrs["dilations"]])
+        return (
+            [int(v) for v in attrs["kernel_shape"]]
+            + [int(v) for v in attrs["strides"]]
+            + list(normalize_pads(attrs["pads"]))
+            + [int(v) for v in attrs["dilations"]]
+        )
 
     @classmethod
     def from_ints(cls, ints, height, width, channels_in, channels_out):
         kh, kw, sh, sw, top, left, bottom, right, dh, dw = (int(v) for v in ints)
-        return cls(int(height), int(width), int(channels_in), int(channels_out), (kh, kw), (sh, sw),
-                   (top, left, bottom, right), (dh, dw))
+        return cls(
+            int(height),
+            int(width),
+            int(channels_in),
+            int(channels_out),
+            (kh, kw),
+            (sh, sw),
+            (top, left, bottom, right),
+            (dh, dw),
+        )
 
     @property
     def out_height(self):
-        return output_size(self.height, self.kernel[0], stride=self.strides[0], pad_before=self.pads[0],
-                           pad_after=self.pads[2], dilation=self.dilations[0])
+        return output_size(
+            self.height,
+            self.kernel[0],
+            stride=self.strides[0],
+            pad_before=self.pads[0],
+            pad_after=self.pads[2],
+            dilation=self.dilations[0],
+        )
 
     @property
     def out_width(self):
-        return output_size(self.width, self.kernel[1], stride=self.strides[1], pad_before=self.pads[1],
-                           pad_after=self.pads[3], dilation=self.dilations[1])
+        return output_size(
+            self.width,
+            self.kernel[1],
+            stride=self.strides[1],
+            pad_before=self.pads[1],
+            pad_after=self.pads[3],
+            dilation=self.dilations[1],
+        )
 
     @property
     def taps(self):
@@ -93,10 +125,22 @@ class ConvGeometry:
 
     def valid_rows(self):
         """[OH, KH] bool: kernel row i of output row y reads inside the image."""
-        return valid_taps(self.out_height, self.height, self.kernel[0], stride=self.strides[0],
-                          pad_before=self.pads[0], dilation=self.dilations[0])
+        return valid_taps(
+            self.out_height,
+            self.height,
+            self.kernel[0],
+            stride=self.strides[0],
+            pad_before=self.pads[0],
+            dilation=self.dilations[0],
+        )
 
     def valid_cols(self):
         """[OW, KW] bool: kernel column j of output column x reads inside the image."""
-        return valid_taps(self.out_width, self.width, self.kernel[1], stride=self.strides[1],
-                          pad_before=self.pads[1], dilation=self.dilations[1])
+        return valid_taps(
+            self.out_width,
+            self.width,
+            self.kernel[1],
+            stride=self.strides[1],
+            pad_before=self.pads[1],
+            dilation=self.dilations[1],
+        )

@@ -10,6 +10,7 @@
   channels only.
 * Layouts: packed activations [N, ceil(C/8), H, W]; packed weights [O, ceil(C/8), KH, KW].
 """
+
 import numpy as np
 
 WORD_BITS = 8

@@ -15,6 +15,7 @@ image (geometry.valid_rows / valid_cols), so with wsum[o, i, j] = sum_c w[o, c, 
 rows / columns, `border_correction` once per output position. Derivation after LCE
 `core/bconv2d/zero_padding_correction.h` (larq/compute-engine).
 """
+
 import numpy as np
 
 from bimatting.binops import layout
@@ -32,14 +33,16 @@ def conv2d_int(x, w, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)):
     (sh, sw), (dh, dw) = strides, dilations
     top, left, bottom, right = normalize_pads(pads)
     xp = np.zeros((n, c, h + top + bottom, wd + left + right), dtype=np.int64)
-    xp[:, :, top:top + h, left:left + wd] = x
-    oh, ow = (output_size(h, kh, stride=sh, pad_before=top, pad_after=bottom, dilation=dh),
-              output_size(wd, kw, stride=sw, pad_before=left, pad_after=right, dilation=dw))
+    xp[:, :, top : top + h, left : left + wd] = x
+    oh, ow = (
+        output_size(h, kh, stride=sh, pad_before=top, pad_after=bottom, dilation=dh),
+        output_size(wd, kw, stride=sw, pad_before=left, pad_after=right, dilation=dw),
+    )
     out = np.zeros((n, o, oh, ow), dtype=np.int64)
     w64 = np.asarray(w).astype(np.int64)
     for i in range(kh):
         for j in range(kw):
-            tap = xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+            tap = xp[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
             out += np.einsum("nchw,oc->nohw", tap, w64[:, :, i, j])
     return out
 
@@ -75,8 +78,9 @@ def border_correction(w_sign, height, width, *, strides=(1, 1), pads=(0, 0, 0, 0
 _POPCOUNT = np.array([bin(v).count("1") for v in range(256)], dtype=np.int64)
 
 
-def xnor_popcount_conv2d(x_packed, w_packed, channels_in, height, width, *, strides=(1, 1),
-                         pads=(0, 0, 0, 0), dilations=(1, 1)):
+def xnor_popcount_conv2d(
+    x_packed, w_packed, channels_in, height, width, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)
+):
     """The same result as `binary_conv2d`, computed the way a kernel does: XOR + popcount on bytes
     with +1 (0-bit) spatial padding, then K_all - 2*popcount plus the border correction.
     Kept beside the plain reference so the identity in the module docstring is itself tested."""
@@ -87,19 +91,22 @@ def xnor_popcount_conv2d(x_packed, w_packed, channels_in, height, width, *, stri
     (sh, sw), (dh, dw) = strides, dilations
     top, left, bottom, right = normalize_pads(pads)
     padded = np.zeros((n, cw, h + top + bottom, wd + left + right), dtype=np.uint8)  # 0 bits = +1
-    padded[:, :, top:top + h, left:left + wd] = xp
-    oh, ow = (output_size(h, kh, stride=sh, pad_before=top, pad_after=bottom, dilation=dh),
-              output_size(wd, kw, stride=sw, pad_before=left, pad_after=right, dilation=dw))
+    padded[:, :, top : top + h, left : left + wd] = xp
+    oh, ow = (
+        output_size(h, kh, stride=sh, pad_before=top, pad_after=bottom, dilation=dh),
+        output_size(wd, kw, stride=sw, pad_before=left, pad_after=right, dilation=dw),
+    )
     pop = np.zeros((n, o, oh, ow), dtype=np.int64)
     for i in range(kh):
         for j in range(kw):
-            tap = padded[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+            tap = padded[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
             xor = tap[:, None] ^ wp[None, :, :, i, j, None, None]  # [N, O, CW, OH, OW]
             pop += _POPCOUNT[xor].sum(axis=2)
     k_all = kh * kw * channels_in
     w_sign = layout.unpack(wp, channels_in, axis=1)
-    corr = border_correction(w_sign, height, width, strides=strides, pads=(top, left, bottom, right),
-                             dilations=dilations)
+    corr = border_correction(
+        w_sign, height, width, strides=strides, pads=(top, left, bottom, right), dilations=dilations
+    )
     return (k_all - 2 * pop + corr[None]).astype(np.int32)
 
 
@@ -118,10 +125,13 @@ def execute(op_type, inputs, attrs):
         return [layout.unpack(inputs[0], attrs["channels"], axis=1)]
     if op_type in ("BinaryConv2d", "BinaryConv2dMasked"):
         x, w, scale, bias = inputs[:4]
-        dot = binary_conv2d(x, w, attrs["channels_in"], strides=attrs["strides"], pads=attrs["pads"],
-                            dilations=attrs["dilations"])
-        y = (dot.astype(np.float32) * np.asarray(scale, np.float32)[None, :, None, None]
-             + np.asarray(bias, np.float32)[None, :, None, None])
+        dot = binary_conv2d(
+            x, w, attrs["channels_in"], strides=attrs["strides"], pads=attrs["pads"], dilations=attrs["dilations"]
+        )
+        y = (
+            dot.astype(np.float32) * np.asarray(scale, np.float32)[None, :, None, None]
+            + np.asarray(bias, np.float32)[None, :, None, None]
+        )
         if op_type == "BinaryConv2dMasked":
             y = np.where(np.asarray(inputs[4]) != 0, y, np.float32(0))
         return [y.astype(np.float32)]

@@ -4,6 +4,7 @@ Each op is (inputs, outputs, attributes); each attribute an `Attribute(type, req
 Everything that reads or writes a node of the domain goes through `make_node` / `node_attributes`,
 so a default lives here and nowhere else (the layout of QONNX's `get_nodeattr_types`).
 """
+
 from typing import NamedTuple
 
 from onnx import AttributeProto, helper
@@ -31,11 +32,17 @@ _CONV_ATTRIBUTES = {
 
 OP_SCHEMAS = {
     "BinarizePack": {"inputs": ["X"], "outputs": ["Y"], "attributes": {}},
-    "Unpack": {"inputs": ["Y"], "outputs": ["X"],
-               "attributes": {"channels": Attribute(AttributeProto.INT, True, None)}},
+    "Unpack": {
+        "inputs": ["Y"],
+        "outputs": ["X"],
+        "attributes": {"channels": Attribute(AttributeProto.INT, True, None)},
+    },
     "BinaryConv2d": {"inputs": ["X", "W", "scale", "bias"], "outputs": ["Y"], "attributes": _CONV_ATTRIBUTES},
-    "BinaryConv2dMasked": {"inputs": ["X", "W", "scale", "bias", "mask"], "outputs": ["Y"],
-                           "attributes": _CONV_ATTRIBUTES},
+    "BinaryConv2dMasked": {
+        "inputs": ["X", "W", "scale", "bias", "mask"],
+        "outputs": ["Y"],
+        "attributes": _CONV_ATTRIBUTES,
+    },
 }
 KNOWN_OPS = tuple(OP_SCHEMAS)
 CONV_OPS = ("BinaryConv2d", "BinaryConv2dMasked")
@@ -78,8 +85,9 @@ def node_attributes(node):
     come from an untrusted file."""
     schema = OP_SCHEMAS.get(node.op_type)
     if schema is None:
-        raise InputError(f"unsupported operator {DOMAIN}.{node.op_type} (node '{node.name}'); "
-                         f"known: {', '.join(KNOWN_OPS)}")
+        raise InputError(
+            f"unsupported operator {DOMAIN}.{node.op_type} (node '{node.name}'); known: {', '.join(KNOWN_OPS)}"
+        )
     values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     for attr, spec in schema["attributes"].items():
         if attr not in values and spec.required:

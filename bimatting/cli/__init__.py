@@ -3,6 +3,7 @@
 Each verb lives in its own module of this package and is a thin wrapper around a library
 function. Exit codes: 0 success, 1 the job failed (e.g. verification), 2 bad input or usage.
 """
+
 import importlib
 import importlib.util
 import sys
@@ -99,7 +100,7 @@ def main(argv=None):
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("Interrupted.", err=True)
         sys.exit(130)
-    except click.ClickException as error:       # usage errors: click's message, exit 2
+    except click.ClickException as error:  # usage errors: click's message, exit 2
         error.show()
         sys.exit(error.exit_code)
     # --help / --version come back as click's exit code; a verb that returns exits 0

@@ -1,4 +1,5 @@
 """`bimatting data`: make and check datasets."""
+
 import json
 import re
 
@@ -36,7 +37,8 @@ def open_dataset(kind, root, split):
     if kind in ("videomatte", "imagematte"):
         backgrounds = _NoBackgrounds()
         reader = (datasets.VideoMatteDataset if kind == "videomatte" else datasets.ImageMatteDataset)(
-            root, backgrounds, split=split)
+            root, backgrounds, split=split
+        )
         count = len(reader.index) if kind == "videomatte" else len(reader.fgr_files)
         return ("sequences" if kind == "videomatte" else "images"), count
     if kind == "background-images":
@@ -86,18 +88,35 @@ def check(kind, root, split, as_json):
 
 
 @data.command("synth", short_help="Write a composited evaluation set with known alpha.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder to write (built aside, then renamed into place).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to write (built aside, then renamed into place).",
+)
 @click.option("--clips", default=5, show_default=True, type=click.IntRange(1), help="Clips per subset.")
 @click.option("--frames", default=100, show_default=True, type=click.IntRange(1), help="Frames per clip.")
 @click.option("--size", default="512x288", show_default=True, help="Frame size WIDTHxHEIGHT.")
-@click.option("--footage", multiple=True, type=click.Path(exists=False),
-              help="Real footage (video or frame folder) matted by the RVM teacher for foregrounds; repeatable.")
-@click.option("--backgrounds", multiple=True, type=click.Path(exists=False),
-              help="Background images, image folders or videos; repeatable. Default: procedural textures.")
+@click.option(
+    "--footage",
+    multiple=True,
+    type=click.Path(exists=False),
+    help="Real footage (video or frame folder) matted by the RVM teacher for foregrounds; repeatable.",
+)
+@click.option(
+    "--backgrounds",
+    multiple=True,
+    type=click.Path(exists=False),
+    help="Background images, image folders or videos; repeatable. Default: procedural textures.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same set).")
-@click.option("--teacher", default="rvm", show_default=True,
-              help="Model that mattes the footage: 'rvm' (official weights) or a checkpoint/ONNX file.")
+@click.option(
+    "--teacher",
+    default="rvm",
+    show_default=True,
+    help="Model that mattes the footage: 'rvm' (official weights) or a checkpoint/ONNX file.",
+)
 @click.option("--device", default="cpu", show_default=True, help="torch device for the teacher.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def synth(out_dir, clips, frames, size, footage, backgrounds, seed, teacher, device, as_json):
@@ -116,11 +135,21 @@ def synth(out_dir, clips, frames, size, footage, backgrounds, seed, teacher, dev
     from bimatting.data.synth import synthesize
 
     width, height = parse_size(size)
-    written = synthesize(out_dir, clips=clips, frames=frames, size=(width, height), footage=list(footage),
-                         backgrounds=list(backgrounds), seed=seed, teacher=teacher, device=device)
+    written = synthesize(
+        out_dir,
+        clips=clips,
+        frames=frames,
+        size=(width, height),
+        footage=list(footage),
+        backgrounds=list(backgrounds),
+        seed=seed,
+        teacher=teacher,
+        device=device,
+    )
     if as_json:
-        click.echo(json.dumps({"out": str(out_dir), "size": [width, height], "frames": frames,
-                               "clips": written}, indent=2))
+        click.echo(
+            json.dumps({"out": str(out_dir), "size": [width, height], "frames": frames, "clips": written}, indent=2)
+        )
     else:
         total = sum(map(len, written.values()))
         click.echo(f"wrote {total} clips x {frames} frames ({width}x{height}) to {out_dir}")

@@ -14,6 +14,7 @@ Steps, each a library call of its verb:
     report     report/matte.png (input | alpha | composite), beside bench's latency and alpha
                previews in report/host/ and report/rpi4/
 """
+
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from bimatting.errors import InputError, RuntimeFailure
 
 RESOLUTION = (512, 288)  # (width, height), the packaged clip's size; RVM's s = 1 there
 SAMPLE_FRAMES = 24
-PROFILE_FRAMES = 4   # frames the SAB mask density is measured on (PyTorch, ~1 s each on 2 cores)
+PROFILE_FRAMES = 4  # frames the SAB mask density is measured on (PyTorch, ~1 s each on 2 cores)
 BENCH_FRAMES = 8
 EMULATED_FRAMES = 2
 BOARD = "rpi4"
@@ -57,8 +58,10 @@ def run_demo(workdir="bimatting-demo", progress=True, echo=print):
     try:
         model = load_model("default")
     except InputError:
-        raise InputError("the demo needs the packaged default model (bimatting/assets/bimatting_default.npz), "
-                         "which this install lacks; reinstall bimatting with scripts/install.sh") from None
+        raise InputError(
+            "the demo needs the packaged default model (bimatting/assets/bimatting_default.npz), "
+            "which this install lacks; reinstall bimatting with scripts/install.sh"
+        ) from None
     workdir.mkdir(exist_ok=True)
     (workdir / "report").mkdir(exist_ok=True)
     steps = Steps(["sample", "profile", "export", "compile", "bench", "matte", "report"], echo)
@@ -76,6 +79,7 @@ def run_demo(workdir="bimatting-demo", progress=True, echo=print):
 
 
 # -- steps ---------------------------------------------------------------------------------------
+
 
 def _sample(workdir):
     from bimatting.matting.samples import write_sample_video
@@ -128,17 +132,27 @@ def _compile_all(workdir, source):
     except InputError as reason:
         results[BOARD] = {"skipped": str(reason)}
     began = time.perf_counter()
-    running = {name: subprocess.Popen([sys.executable, "-c", _COMPILE_PROGRAM, str(source), name, str(path),
-                                       *map(str, RESOLUTION)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True)
-               for name, path in jobs.items()}
+    running = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", _COMPILE_PROGRAM, str(source), name, str(path), *map(str, RESOLUTION)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, path in jobs.items()
+    }
     for name, process in running.items():
         out, err = process.communicate()
         if process.returncode != 0:
             last = (err.strip().splitlines() or ["no message"])[-1]
             raise (InputError if process.returncode == 2 else RuntimeFailure)(f"compile for {name} failed: {last}")
-        results[name] = {"output": str(jobs[name]), "bytes": jobs[name].stat().st_size, "target": name,
-                         "seconds": round(time.perf_counter() - began, 1), **json.loads(out.splitlines()[-1])}
+        results[name] = {
+            "output": str(jobs[name]),
+            "bytes": jobs[name].stat().st_size,
+            "target": name,
+            "seconds": round(time.perf_counter() - began, 1),
+            **json.loads(out.splitlines()[-1]),
+        }
     return results
 
 
@@ -148,8 +162,15 @@ def _bench_all(workdir, compiled, sample, progress):
     from bimatting.deploy.device.bench import bench
 
     report = workdir / "report"
-    results = {"host": bench(compiled["host"]["output"], frames=BENCH_FRAMES, input_path=sample,
-                             report_dir=report / "host", progress=progress)}
+    results = {
+        "host": bench(
+            compiled["host"]["output"],
+            frames=BENCH_FRAMES,
+            input_path=sample,
+            report_dir=report / "host",
+            progress=progress,
+        )
+    }
     if "skipped" in compiled[BOARD]:
         results[BOARD] = {"skipped": f"no {BOARD} artifact"}
         return results
@@ -162,9 +183,15 @@ def _bench_all(workdir, compiled, sample, progress):
         return results
     with emulator.start_board(BOARD) as board:
         # Emulation runs aarch64 code tens of times slower: two frames prove it runs and is right.
-        results[BOARD] = bench(compiled[BOARD]["output"], rpc=f"{board.connect_host}:{board.port}",
-                               frames=EMULATED_FRAMES, warmup=1, input_path=sample,
-                               report_dir=report / BOARD, progress=progress)
+        results[BOARD] = bench(
+            compiled[BOARD]["output"],
+            rpc=f"{board.connect_host}:{board.port}",
+            frames=EMULATED_FRAMES,
+            warmup=1,
+            input_path=sample,
+            report_dir=report / BOARD,
+            progress=progress,
+        )
     results[BOARD]["emulated"] = True
     return results
 
@@ -200,18 +227,23 @@ def _write_png(path, image):
     from bimatting.atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8),
-                                                  cv2.COLOR_RGB2BGR)):
+        if not cv2.imwrite(
+            str(tmp), cv2.cvtColor((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR)
+        ):
             raise RuntimeFailure(f"could not write '{path}'")
 
 
 def failed_checks(report):
     """The benches whose verification failed (the CLI exits 1 after the table)."""
-    return [name for name, result in report["bench"].items()
-            if "skipped" not in result and not (result.get("verify") or {}).get("passed")]
+    return [
+        name
+        for name, result in report["bench"].items()
+        if "skipped" not in result and not (result.get("verify") or {}).get("passed")
+    ]
 
 
 # -- the table -------------------------------------------------------------------------------------
+
 
 def _mb(count):
     return f"{count / 1e6:.2f} MB"
@@ -232,17 +264,25 @@ def format_report(report):
     p = report["profile"]
     rvm = p["rvm"]
     w, h = report["resolution"]
-    lines = [f"bimatting demo: packaged default model on the packaged sample clip "
-             f"({SAMPLE_FRAMES} frames, {w}x{h}, s=1)", ""]
+    lines = [
+        f"bimatting demo: packaged default model on the packaged sample clip ({SAMPLE_FRAMES} frames, {w}x{h}, s=1)",
+        "",
+    ]
     lines.append(f"{'':<24}{'RVM (FP32)':>14}{'BiMatting':>14}{'ratio':>9}")
     lines.append(f"{'parameters':<24}{rvm['params_total'] / 1e6:>12.2f} M{p['params_total'] / 1e6:>12.2f} M{'':>9}")
-    lines.append(f"{'storage':<24}{_mb(rvm['storage_bytes']):>14}{_mb(p['storage_bytes']):>14}"
-                 f"{p['storage_ratio_vs_rvm']:>8.1f}x")
-    lines.append(f"{'OPs, dense':<24}{rvm['ops_dense'] / 1e9:>12.3f} G{p['ops_dense'] / 1e9:>12.3f} G"
-                 f"{p['ops_ratio_vs_rvm_dense']:>8.1f}x")
-    lines.append(f"{'OPs, SAB-sparse':<24}{'':>14}{p['ops_sparse'] / 1e9:>12.3f} G{p['ops_ratio_vs_rvm_sparse']:>8.1f}x")
-    lines.append(f"(OPs = FLOPs + binary MACs / 64; mask density {p['mask_density']:.3f} measured on "
-                 f"{p['mask_density_source']})")
+    lines.append(
+        f"{'storage':<24}{_mb(rvm['storage_bytes']):>14}{_mb(p['storage_bytes']):>14}{p['storage_ratio_vs_rvm']:>8.1f}x"
+    )
+    lines.append(
+        f"{'OPs, dense':<24}{rvm['ops_dense'] / 1e9:>12.3f} G{p['ops_dense'] / 1e9:>12.3f} G"
+        f"{p['ops_ratio_vs_rvm_dense']:>8.1f}x"
+    )
+    lines.append(
+        f"{'OPs, SAB-sparse':<24}{'':>14}{p['ops_sparse'] / 1e9:>12.3f} G{p['ops_ratio_vs_rvm_sparse']:>8.1f}x"
+    )
+    lines.append(
+        f"(OPs = FLOPs + binary MACs / 64; mask density {p['mask_density']:.3f} measured on {p['mask_density_source']})"
+    )
     lines.append("")
     lines.append(f"{'artifact':<36}{'size':>10}{'latency/frame':>15}  verification")
     lines.append(f"{'bimatting.onnx':<36}{_mb(report['export']['bytes']):>10}{'-':>15}  reference (onnxruntime)")
@@ -255,17 +295,22 @@ def format_report(report):
         latency, verdict = _bench_cells(bench)
         lines.append(f"{label:<36}{_mb(compiled['bytes']):>10}{latency:>15}  {verdict}")
     m = report["matte"]
-    lines.append(f"matte (TVM host): {m['frames']} frames at {m['frames_per_second']:.1f} frames/s, "
-                 "decoding and writing included")
-    lines.append("(latency: median per frame on the device's clock; verification: alpha vs onnxruntime, "
-                 "mean <= 1e-4 and max <= 1e-2)")
+    lines.append(
+        f"matte (TVM host): {m['frames']} frames at {m['frames_per_second']:.1f} frames/s, "
+        "decoding and writing included"
+    )
+    lines.append(
+        "(latency: median per frame on the device's clock; verification: alpha vs onnxruntime, "
+        "mean <= 1e-4 and max <= 1e-2)"
+    )
     lines.append("")
     lines.append("files:")
-    for label, path in [("onnx", report["export"]["output"])] + \
-            [(f"artifact {n}", c["output"]) for n, c in report["compile"].items() if "output" in c] + \
-            [(f"report {k}", v) for k, v in report["report_images"].items()] + \
-            [("video " + Path(v).stem.replace("matte", "composite").replace("composite_", ""), v)
-             for v in m["outputs"]]:
+    for label, path in (
+        [("onnx", report["export"]["output"])]
+        + [(f"artifact {n}", c["output"]) for n, c in report["compile"].items() if "output" in c]
+        + [(f"report {k}", v) for k, v in report["report_images"].items()]
+        + [("video " + Path(v).stem.replace("matte", "composite").replace("composite_", ""), v) for v in m["outputs"]]
+    ):
         lines.append(f"  {label:<27}{path}")
     lines.append(f"total {report['seconds']['total']:.0f} s")
     return "\n".join(lines)

@@ -1,12 +1,18 @@
 """`bimatting demo`: the whole chain on the packaged model and footage (a thin wrapper of bimatting.cli.demo_chain)."""
+
 import json
 
 import click
 
 
 @click.command()
-@click.option("--workdir", default="bimatting-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the sample clip, ONNX, artifacts, report images and videos (created if missing).")
+@click.option(
+    "--workdir",
+    default="bimatting-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the sample clip, ONNX, artifacts, report images and videos (created if missing).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars (step lines and the table still print).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON instead of the table.")
 def demo(workdir, quiet, as_json):
@@ -30,5 +36,7 @@ def demo(workdir, quiet, as_json):
     click.echo(json.dumps(report, indent=2, default=str) if as_json else "\n" + format_report(report))
     failed = failed_checks(report)
     if failed:
-        raise RuntimeFailure(f"verification failed on {', '.join(failed)}: the compiled model's alpha is "
-                             "outside the tolerance of onnxruntime's (see the table)")
+        raise RuntimeFailure(
+            f"verification failed on {', '.join(failed)}: the compiled model's alpha is "
+            "outside the tolerance of onnxruntime's (see the table)"
+        )

@@ -1,4 +1,5 @@
 """`bimatting device ...`: boards as TVM RPC servers (`device emulate`: an aarch64 board under qemu)."""
+
 import json
 import signal
 import sys
@@ -31,14 +32,27 @@ def _raise_stop(signum, frame):
 @device.command()
 @click.option("--target", default="rpi4", show_default=True, help="Board to emulate (an aarch64 target).")
 @click.option("--port", type=int, default=None, help="Port to listen on [default: a free one].")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; anything but loopback exposes code execution to the network.")
-@click.option("--server", type=click.Choice(["cpp", "python"]), default="cpp", show_default=True,
-              help="cpp: fast mini server; python: TVM's own rpc_server (trackers, as on a real board).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; anything but loopback exposes code execution to the network.",
+)
+@click.option(
+    "--server",
+    type=click.Choice(["cpp", "python"]),
+    default="cpp",
+    show_default=True,
+    help="cpp: fast mini server; python: TVM's own rpc_server (trackers, as on a real board).",
+)
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="Register with a TVM RPC tracker (python server).")
 @click.option("--key", default=None, help="RPC key [default: the target's rpc_key with --tracker, else none].")
-@click.option("--setup/--no-setup", default=True, show_default=True,
-              help="Run scripts/setup_arm_emu.sh first if the emulator is not set up.")
+@click.option(
+    "--setup/--no-setup",
+    default=True,
+    show_default=True,
+    help="Run scripts/setup_arm_emu.sh first if the emulator is not set up.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the address as one JSON line.")
 def emulate(target, port, host, server, tracker, key, setup, as_json):
     """Emulate an ARM board (qemu-user) serving TVM RPC until Ctrl-C.
@@ -65,8 +79,7 @@ def emulate(target, port, host, server, tracker, key, setup, as_json):
             click.echo("the emulated board is not set up yet: running setup_arm_emu.sh", err=True)
             emulator.run_setup(stdout=sys.stderr)
     if host not in ("127.0.0.1", "::1", "localhost"):
-        click.echo(f"warning: binding {host}: anyone who reaches this address can run code on this machine",
-                   err=True)
+        click.echo(f"warning: binding {host}: anyone who reaches this address can run code on this machine", err=True)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_stop)
     board = emulator.start_board(target, port=port, server=server, tracker=tracker, key=key, host=host)
@@ -86,8 +99,10 @@ def _announce(board, as_json):
         fields = ("target", "server", "host", "port", "key", "qemu_cpu", "pgid", "start_seconds")
         click.echo(json.dumps({name: getattr(board, name) for name in fields}))
     else:
-        click.echo(f"listening on {board.address} ({board.target}: qemu {board.qemu_cpu}, {board.server} server, "
-                   f"pid {board.pgid}, started in {board.start_seconds:.1f} s); Ctrl-C stops it")
+        click.echo(
+            f"listening on {board.address} ({board.target}: qemu {board.qemu_cpu}, {board.server} server, "
+            f"pid {board.pgid}, started in {board.start_seconds:.1f} s); Ctrl-C stops it"
+        )
     sys.stdout.flush()
 
 
@@ -101,5 +116,6 @@ def _follow_log(board):
             else:
                 time.sleep(0.2)
         rest = log.read()
-    raise RuntimeFailure(f"the board's RPC server exited with code {board.process.returncode}; log tail:\n"
-                         f"{rest or board.log_tail()}")
+    raise RuntimeFailure(
+        f"the board's RPC server exited with code {board.process.returncode}; log tail:\n{rest or board.log_tail()}"
+    )

@@ -1,4 +1,5 @@
 """`bimatting matte`: matte a video, an image folder or a webcam (a thin wrapper of bimatting.matting.runner)."""
+
 import json
 
 import click
@@ -6,30 +7,85 @@ import click
 
 @click.command()
 @click.argument("source", metavar="INPUT")
-@click.option("-o", "--output", required=True, metavar="OUTPUT",
-              help="Video file (.mp4 .avi .mkv .mov .m4v; codec from the extension) or a folder for PNGs.")
-@click.option("--checkpoint", default=None, metavar="CKPT",
-              help="Model: a .pth/.pt/.onnx file, 'rvm' or 'default' (the packaged model; the default).")
-@click.option("--artifact", default=None, metavar="ART",
-              help="Run an exported .onnx (onnxruntime) or a compiled artifact (tvm) instead of a checkpoint.")
-@click.option("--backend", default=None, metavar="torch|onnxruntime|tvm",
-              help="Where the network runs (default: torch for checkpoints, the artifact's kind otherwise).")
-@click.option("--output-type", default="composite", show_default=True, metavar="composite|alpha|foreground|all",
-              help="What to write; 'all' writes the three (beside OUTPUT, or in subfolders of it).")
-@click.option("--background", default="green", show_default=True, metavar="green|white|COLOR|IMAGE",
-              help="Composite background: a name, #RRGGBB, R,G,B or an image file.")
-@click.option("--downsample-ratio", default="auto", show_default=True, metavar="auto|S",
-              help="RVM's s in (0, 1]; auto: long side to about 512 px, s = min(512/max(h,w), 1).")
-@click.option("--start", type=float, default=0.0, show_default=True, metavar="T",
-              help="Start T seconds into the input (image folders count as 30 frames/s).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="OUTPUT",
+    help="Video file (.mp4 .avi .mkv .mov .m4v; codec from the extension) or a folder for PNGs.",
+)
+@click.option(
+    "--checkpoint",
+    default=None,
+    metavar="CKPT",
+    help="Model: a .pth/.pt/.onnx file, 'rvm' or 'default' (the packaged model; the default).",
+)
+@click.option(
+    "--artifact",
+    default=None,
+    metavar="ART",
+    help="Run an exported .onnx (onnxruntime) or a compiled artifact (tvm) instead of a checkpoint.",
+)
+@click.option(
+    "--backend",
+    default=None,
+    metavar="torch|onnxruntime|tvm",
+    help="Where the network runs (default: torch for checkpoints, the artifact's kind otherwise).",
+)
+@click.option(
+    "--output-type",
+    default="composite",
+    show_default=True,
+    metavar="composite|alpha|foreground|all",
+    help="What to write; 'all' writes the three (beside OUTPUT, or in subfolders of it).",
+)
+@click.option(
+    "--background",
+    default="green",
+    show_default=True,
+    metavar="green|white|COLOR|IMAGE",
+    help="Composite background: a name, #RRGGBB, R,G,B or an image file.",
+)
+@click.option(
+    "--downsample-ratio",
+    default="auto",
+    show_default=True,
+    metavar="auto|S",
+    help="RVM's s in (0, 1]; auto: long side to about 512 px, s = min(512/max(h,w), 1).",
+)
+@click.option(
+    "--start",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="T",
+    help="Start T seconds into the input (image folders count as 30 frames/s).",
+)
 @click.option("--frames", type=int, default=None, metavar="N", help="Matte at most N frames.")
 @click.option("--rgba", is_flag=True, help="PNG folders: write the foreground as RGBA (alpha in the 4th channel).")
-@click.option("--resume", is_flag=True,
-              help="Continue a run stopped with Ctrl-C (same command): its partial output and state are kept.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a run stopped with Ctrl-C (same command): its partial output and state are kept.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def matte(source, output, checkpoint, artifact, backend, output_type, background, downsample_ratio,
-          start, frames, rgba, resume, quiet, as_json):
+def matte(
+    source,
+    output,
+    checkpoint,
+    artifact,
+    backend,
+    output_type,
+    background,
+    downsample_ratio,
+    start,
+    frames,
+    rgba,
+    resume,
+    quiet,
+    as_json,
+):
     """Matte INPUT (a video file, a folder of images or a webcam index) into OUTPUT.
 
     The network's recurrent state is carried from frame to frame; the output keeps the input's
@@ -54,12 +110,23 @@ def matte(source, output, checkpoint, artifact, backend, output_type, background
     if artifact is not None and not str(artifact).lower().endswith(".onnx"):
         _runtime_only_tvm()
     if checkpoint is not None:
-        backend = backend or "torch"      # --checkpoint is a network PyTorch runs (an .onnx read as RVM's)
+        backend = backend or "torch"  # --checkpoint is a network PyTorch runs (an .onnx read as RVM's)
 
     try:
-        summary = run_matte(source, output, model=artifact or checkpoint or "default", backend=backend,
-                            output_type=output_type, background=background, downsample_ratio=downsample_ratio,
-                            start=start, frames=frames, rgba=rgba, progress=not quiet, resume=resume)
+        summary = run_matte(
+            source,
+            output,
+            model=artifact or checkpoint or "default",
+            backend=backend,
+            output_type=output_type,
+            background=background,
+            downsample_ratio=downsample_ratio,
+            start=start,
+            frames=frames,
+            rgba=rgba,
+            progress=not quiet,
+            resume=resume,
+        )
     except MatteInterrupted as stopped:  # what was kept and how to go on, then the shell's Ctrl-C code
         click.echo(str(stopped), err=True)
         raise SystemExit(130) from None
@@ -69,9 +136,11 @@ def matte(source, output, checkpoint, artifact, backend, output_type, background
         click.echo(json.dumps(summary, indent=2))
         return
     rate = summary["frames_per_second"]
-    click.echo(f"matted {summary['frames']} frames of {summary['size'][0]}x{summary['size'][1]} with "
-               f"{summary['model']} on {summary['backend']} (s={summary['downsample_ratio']:g})"
-               + (f" at {rate:.2f} frames/s" if rate else ""))
+    click.echo(
+        f"matted {summary['frames']} frames of {summary['size'][0]}x{summary['size'][1]} with "
+        f"{summary['model']} on {summary['backend']} (s={summary['downsample_ratio']:g})"
+        + (f" at {rate:.2f} frames/s" if rate else "")
+    )
     for path in summary["outputs"]:
         click.echo(f"  {path}")
 

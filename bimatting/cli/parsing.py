@@ -1,4 +1,5 @@
 """Parsers of option values several verbs share: one line of InputError naming the fix."""
+
 from bimatting.errors import InputError
 
 

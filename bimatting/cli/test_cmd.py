@@ -1,4 +1,5 @@
 """`bimatting test`: run a model over an evaluation set, write its predictions, score them."""
+
 import json
 import math
 import os
@@ -10,15 +11,32 @@ from bimatting.cli.evaluate_cmd import print_evaluation
 
 
 @click.command("test")
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
-              help="Evaluation set: <data>/<subset>/<clip>/{com,pha,fgr}/NNNN.png (e.g. videomatte_512x288).")
-@click.option("--checkpoint", default="default", show_default=True,
-              help="Checkpoint file, 'rvm' (RVM's official weights, the teacher) or 'default'.")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Evaluation set: <data>/<subset>/<clip>/{com,pha,fgr}/NNNN.png (e.g. videomatte_512x288).",
+)
+@click.option(
+    "--checkpoint",
+    default="default",
+    show_default=True,
+    help="Checkpoint file, 'rvm' (RVM's official weights, the teacher) or 'default'.",
+)
 @click.option("--arch", type=click.Choice(["rvm", "bimatting"]), help="Expected architecture of the checkpoint.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False),
-              help="Prediction folder (replaced atomically). Default: ./<data name>-pred")
-@click.option("--hr/--lr", "hr", default=None,
-              help="Evaluator. Default: HR when frames are larger than 512 px on their long side.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Prediction folder (replaced atomically). Default: ./<data name>-pred",
+)
+@click.option(
+    "--hr/--lr",
+    "hr",
+    default=None,
+    help="Evaluator. Default: HR when frames are larger than 512 px on their long side.",
+)
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def test(data_dir, checkpoint, arch, out_dir, hr, device, as_json):
@@ -42,9 +60,9 @@ def test(data_dir, checkpoint, arch, out_dir, hr, device, as_json):
     from bimatting.eval.tree import check_output_folder, find_clips, frame_names
     from bimatting.matting.frames import read_image
 
-    clips = find_clips(data_dir, "com", "data set")                  # layout errors before loading
+    clips = find_clips(data_dir, "com", "data set")  # layout errors before loading
     out_dir = Path(out_dir) if out_dir else Path.cwd() / f"{Path(data_dir).resolve().name}-pred"
-    check_output_folder(out_dir, data_dir)                           # it is replaced as a whole
+    check_output_folder(out_dir, data_dir)  # it is replaced as a whole
     if hr is None:
         first = clips[0].folder(data_dir, "com")
         names = frame_names(first)
@@ -55,7 +73,9 @@ def test(data_dir, checkpoint, arch, out_dir, hr, device, as_json):
     result = evaluate(out_dir, data_dir, hr=hr, workers=min(8, os.cpu_count() or 1))
     summary = {m: (None if math.isnan(v) else v) for m, v in result.summary.items()}
     with atomic_path(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps({"checkpoint": str(checkpoint), "evaluator": "hr" if hr else "lr",
-                                   "metrics": summary}, indent=2) + "\n")
+        tmp.write_text(
+            json.dumps({"checkpoint": str(checkpoint), "evaluator": "hr" if hr else "lr", "metrics": summary}, indent=2)
+            + "\n"
+        )
     result.write_csv(out_dir / "clips.csv")
     print_evaluation(result, as_json)

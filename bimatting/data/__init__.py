@@ -38,6 +38,7 @@ Evaluation sets (numpy + OpenCV):
     bimatting.data.synth.synthesize(out, *, clips, frames, size, footage, backgrounds, seed, ...)
         composites with known alpha in RVM's layout <out>/videomatte_{motion,static}/<clip>/...
 """
+
 _EXPORTS = {
     "Backgrounds": "bimatting.data.backgrounds",
     "VideoMatteDataset": "bimatting.data.videomatte",

@@ -9,6 +9,7 @@ An image is repeated T times; a video sequence starts at a random frame in
 the frame count. RVM mixes images and videos 50/50; BiMatting uses videos only
 (image_probability=0, or no image_dir).
 """
+
 import random
 
 import torch
@@ -25,8 +26,11 @@ class Backgrounds:
     def __init__(self, image_dir=None, video_dir=None, image_probability=0.5, size=512, sampler=None, rng=None):
         if image_dir is None and video_dir is None:
             raise InputError("no backgrounds: give a background image folder, a background video folder or both")
-        self.images = image_files(require_folders(image_dir, expected=IMAGES_LAYOUT), IMAGES_LAYOUT) \
-            if image_dir is not None else []
+        self.images = (
+            image_files(require_folders(image_dir, expected=IMAGES_LAYOUT), IMAGES_LAYOUT)
+            if image_dir is not None
+            else []
+        )
         self.videos = []
         if video_dir is not None:
             for clip in subfolders(require_folders(video_dir, expected=VIDEOS_LAYOUT), VIDEOS_LAYOUT):
@@ -46,8 +50,8 @@ class Backgrounds:
         return self.video(self.rng.randrange(len(self.videos)), length)
 
     def image(self, index, length):
-        frame = read_rgb(self.images[index], self.size)                    # [3,H,W]
-        return frame.unsqueeze(0).expand(length, -1, -1, -1).clone()      # [T,3,H,W]
+        frame = read_rgb(self.images[index], self.size)  # [3,H,W]
+        return frame.unsqueeze(0).expand(length, -1, -1, -1).clone()  # [T,3,H,W]
 
     def video(self, index, length):
         frames = self.videos[index]

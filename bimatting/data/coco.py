@@ -8,6 +8,7 @@ Only images holding a person are kept. The mask is the union of segments of cate
 (person), 27 (backpack) and 32 (tie); a panoptic PNG stores segment id = R + 256 G + 256^2 B
 (RVM `dataset/coco.py`).
 """
+
 import json
 from pathlib import Path
 
@@ -50,12 +51,12 @@ class CocoPanopticDataset(Dataset):
         import cv2
 
         item = self.items[index]
-        img = read_rgb(self.image_dir / item["file_name"].replace(".png", ".jpg"), self.size)   # [3,H,W]
+        img = read_rgb(self.image_dir / item["file_name"].replace(".png", ".jpg"), self.size)  # [3,H,W]
         png = cv2.imread(str(self.mask_dir / item["file_name"]), cv2.IMREAD_COLOR)
         if png is None:
             raise InputError(f"cannot read panoptic mask '{self.mask_dir / item['file_name']}'")
         mask = panoptic_mask(cv2.cvtColor(png, cv2.COLOR_BGR2RGB), item["segments_info"])
-        seg = image_to_float_tensor(downsample_if_needed(mask, self.size, nearest=True))        # [1,H,W]
+        seg = image_to_float_tensor(downsample_if_needed(mask, self.size, nearest=True))  # [1,H,W]
         return self.transform(img[None], seg[None])
 
 
@@ -66,5 +67,6 @@ def coco_from_root(root, split="train2017", **kw):
     require_folders(root, split, expected=LAYOUT)
     require_folders(root, f"panoptic_{split}", expected=LAYOUT)
     require_folders(root, "annotations", expected=LAYOUT)
-    return CocoPanopticDataset(root / split, root / f"panoptic_{split}",
-                               root / "annotations" / f"panoptic_{split}.json", **kw)
+    return CocoPanopticDataset(
+        root / split, root / f"panoptic_{split}", root / "annotations" / f"panoptic_{split}.json", **kw
+    )

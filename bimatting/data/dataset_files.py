@@ -4,6 +4,7 @@ Readers check their layout when built: the first missing folder is named in an I
 data root in the wrong layout fails at once with a line saying what was expected.
 Images load as float tensors in [0, 1]: colour [3, H, W] RGB, masks [1, H, W].
 """
+
 from pathlib import Path
 
 import numpy as np

@@ -10,12 +10,13 @@ Every family is defined once by its "in" curve; out(t) = 1 - in(1 - t) and
 in_out(t) = in(2t)/2 for t < 1/2, 1 - in(2 - 2t)/2 otherwise.
 Back and elastic overshoot [0, 1] on purpose (a motion that goes a little past its target).
 """
+
 import math
 import random
 
 
 def _back(t):
-    return t ** 3 - t * math.sin(t * math.pi)
+    return t**3 - t * math.sin(t * math.pi)
 
 
 def _bounce(t):
@@ -49,9 +50,16 @@ def _sine(t):
 
 
 FAMILIES = {
-    "back": _back, "bounce": _bounce, "circular": _circular, "cubic": lambda t: t ** 3,
-    "exponential": _exponential, "elastic": _elastic, "quad": lambda t: t * t,
-    "quartic": lambda t: t ** 4, "quintic": lambda t: t ** 5, "sine": _sine,
+    "back": _back,
+    "bounce": _bounce,
+    "circular": _circular,
+    "cubic": lambda t: t**3,
+    "exponential": _exponential,
+    "elastic": _elastic,
+    "quad": lambda t: t * t,
+    "quartic": lambda t: t**4,
+    "quintic": lambda t: t**5,
+    "sine": _sine,
 }
 
 
@@ -67,6 +75,7 @@ def ease_in_out(curve):
     def eased(t):
         t = min(max(t, 0.0), 1.0)
         return curve(2 * t) / 2 if t < 0.5 else 1 - curve(2 - 2 * t) / 2
+
     return eased
 
 
@@ -80,9 +89,11 @@ def step(t):
 
 
 # name -> curve: the 30 Penner curves ("quad_in", "bounce_in_out", ...)
-EASINGS = {f"{name}_{kind}": make(curve)
-           for name, curve in FAMILIES.items()
-           for kind, make in (("in", ease_in), ("out", ease_out), ("in_out", ease_in_out))}
+EASINGS = {
+    f"{name}_{kind}": make(curve)
+    for name, curve in FAMILIES.items()
+    for kind, make in (("in", ease_in), ("out", ease_out), ("in_out", ease_in_out))
+}
 
 
 def random_easing(rng=random):

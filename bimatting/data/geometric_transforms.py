@@ -8,6 +8,7 @@ Semantics follow torchvision's functional transforms as RVM uses them:
 - RandomResizedCrop.get_params (10 tries of an area/aspect draw, else a centre crop with the
   aspect ratio clamped to the range) followed by a bilinear resize.
 """
+
 import math
 import random
 from dataclasses import dataclass
@@ -18,24 +19,30 @@ from torch.nn import functional as F
 
 @dataclass(frozen=True)
 class AffineParams:
-    angle: float = 0.0          # degrees, counter-clockwise
+    angle: float = 0.0  # degrees, counter-clockwise
     translate: tuple = (0.0, 0.0)  # pixels (x, y)
     scale: float = 1.0
-    shear: tuple = (0.0, 0.0)   # degrees (x, y)
+    shear: tuple = (0.0, 0.0)  # degrees (x, y)
 
     def lerp(self, other, fraction):
         mix = lambda a, b: a * (1 - fraction) + b * fraction  # noqa: E731
-        return AffineParams(mix(self.angle, other.angle),
-                            tuple(mix(a, b) for a, b in zip(self.translate, other.translate)),
-                            mix(self.scale, other.scale), tuple(mix(a, b) for a, b in zip(self.shear, other.shear)))
+        return AffineParams(
+            mix(self.angle, other.angle),
+            tuple(mix(a, b) for a, b in zip(self.translate, other.translate)),
+            mix(self.scale, other.scale),
+            tuple(mix(a, b) for a, b in zip(self.shear, other.shear)),
+        )
 
 
 def random_affine_params(height, width, *, degrees=10, translate=0.1, scale=(0.9, 1.1), shear=5, rng=random):
     """A draw of RandomAffine((-degrees, degrees), (translate, translate), scale, (-shear, shear))."""
     max_dx, max_dy = translate * width, translate * height
-    return AffineParams(angle=rng.uniform(-degrees, degrees),
-                        translate=(round(rng.uniform(-max_dx, max_dx)), round(rng.uniform(-max_dy, max_dy))),
-                        scale=rng.uniform(*scale), shear=(rng.uniform(-shear, shear), 0.0))
+    return AffineParams(
+        angle=rng.uniform(-degrees, degrees),
+        translate=(round(rng.uniform(-max_dx, max_dx)), round(rng.uniform(-max_dy, max_dy))),
+        scale=rng.uniform(*scale),
+        shear=(rng.uniform(-shear, shear), 0.0),
+    )
 
 
 def _inverse_matrix(params):
@@ -45,8 +52,9 @@ def _inverse_matrix(params):
     # Forward: p_out = R(a) @ Shear @ (scale * p_in) + t, with y pointing down (so R's signs make
     # positive angles turn counter-clockwise on screen).
     rotation = torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]], dtype=torch.float64)
-    shear = torch.tensor([[1.0, math.tan(sx)], [0.0, 1.0]], dtype=torch.float64) @ \
-        torch.tensor([[1.0, 0.0], [math.tan(sy), 1.0]], dtype=torch.float64)
+    shear = torch.tensor([[1.0, math.tan(sx)], [0.0, 1.0]], dtype=torch.float64) @ torch.tensor(
+        [[1.0, 0.0], [math.tan(sy), 1.0]], dtype=torch.float64
+    )
     forward = rotation @ shear * params.scale
     return torch.linalg.inv(forward), torch.tensor(params.translate, dtype=torch.float64)
 
@@ -61,7 +69,7 @@ def affine_theta(params_list, height, width):
     thetas = []
     for params in params_list:
         inverse, shift = _inverse_matrix(params)
-        linear = inverse * scale[None, :] / scale[:, None]                             # D^-1 A^-1 D
+        linear = inverse * scale[None, :] / scale[:, None]  # D^-1 A^-1 D
         offset = -(inverse @ shift) / scale
         thetas.append(torch.cat([linear, offset[:, None]], dim=1))
     return torch.stack(thetas).float()
@@ -71,10 +79,9 @@ def affine(images, params, mode="bilinear"):
     """Warp [T,C,H,W] frames by one AffineParams or a list with one per frame (mode: bilinear|nearest)."""
     frames, _, height, width = images.shape
     params_list = list(params) if isinstance(params, (list, tuple)) else [params] * frames
-    theta = affine_theta(params_list, height, width).to(images.device)              # [T,2,3]
-    grid = F.affine_grid(theta, [frames, 1, height, width], align_corners=False)     # [T,H,W,2]
-    return F.grid_sample(images, grid.to(images.device), mode=mode, padding_mode="zeros",
-                         align_corners=False)
+    theta = affine_theta(params_list, height, width).to(images.device)  # [T,2,3]
+    grid = F.affine_grid(theta, [frames, 1, height, width], align_corners=False)  # [T,H,W,2]
+    return F.grid_sample(images, grid.to(images.device), mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def resized_crop_params(height, width, scale=(1.0, 1.0), ratio=(0.9, 1.1), rng=random):
@@ -87,7 +94,7 @@ def resized_crop_params(height, width, scale=(1.0, 1.0), ratio=(0.9, 1.1), rng=r
         w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    aspect = width / height                                                          # fallback: centre crop
+    aspect = width / height  # fallback: centre crop
     if aspect < min(ratio):
         w, h = width, round(width / min(ratio))
     elif aspect > max(ratio):
@@ -109,7 +116,7 @@ def resize(images, size, mode="bilinear"):
 
 def resized_crop(images, box, size, mode="bilinear"):
     top, left, h, w = box
-    return resize(images[..., top:top + h, left:left + w], size, mode)
+    return resize(images[..., top : top + h, left : left + w], size, mode)
 
 
 def hflip(images):

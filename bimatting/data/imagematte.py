@@ -7,6 +7,7 @@
 One image is repeated T times (the motion augmentation makes it move). As in RVM, an epoch has
 max(images, background sources) items, item i reading image i modulo the image count.
 """
+
 from torch.utils.data import Dataset
 
 from bimatting.data.dataset_files import image_files, read_mask, read_rgb, require_folders
@@ -35,8 +36,8 @@ class ImageMatteDataset(Dataset):
 
     def __getitem__(self, item):
         index = item % len(self.fgr_files)
-        fgr = read_rgb(self.fgr_files[index], self.size)                           # [3,H,W]
-        pha = read_mask(self.pha_files[index], self.size)                          # [1,H,W]
-        fgrs = fgr.unsqueeze(0).expand(self.seq_length, -1, -1, -1).clone()        # [T,3,H,W]
-        phas = pha.unsqueeze(0).expand(self.seq_length, -1, -1, -1).clone()        # [T,1,H,W]
+        fgr = read_rgb(self.fgr_files[index], self.size)  # [3,H,W]
+        pha = read_mask(self.pha_files[index], self.size)  # [1,H,W]
+        fgrs = fgr.unsqueeze(0).expand(self.seq_length, -1, -1, -1).clone()  # [T,3,H,W]
+        phas = pha.unsqueeze(0).expand(self.seq_length, -1, -1, -1).clone()  # [T,1,H,W]
         return self.transform(fgrs, phas, self.backgrounds.sample(self.seq_length))

@@ -20,6 +20,7 @@ its probability (MODEL.md section 4 table; VIDEOMATTE / IMAGEMATTE presets below
 One deliberate difference: RVM reuses the brightness offsets for saturation; here saturation
 has its own.
 """
+
 import random
 from dataclasses import dataclass
 
@@ -51,14 +52,21 @@ NONE = Probabilities()
 class MotionAugmentation:
     """Callable (fgrs, phas, bgrs) -> (fgrs, phas, bgrs); see the module docstring."""
 
-    def __init__(self, size, probabilities=VIDEOMATTE, static_affine=True, aspect_ratio_range=(0.9, 1.1),
-                 rng=None, generator=None):
+    def __init__(
+        self,
+        size,
+        probabilities=VIDEOMATTE,
+        static_affine=True,
+        aspect_ratio_range=(0.9, 1.1),
+        rng=None,
+        generator=None,
+    ):
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.p = probabilities
         self.static_affine = static_affine
         self.ratio = aspect_ratio_range
-        self.rng = rng if rng is not None else random   # DataLoader workers reseed `random` per worker
-        self.generator = generator                      # torch noise; None = torch's global generator
+        self.rng = rng if rng is not None else random  # DataLoader workers reseed `random` per worker
+        self.generator = generator  # torch noise; None = torch's global generator
 
     @classmethod
     def videomatte(cls, size, **kw):
@@ -81,12 +89,12 @@ class MotionAugmentation:
         if self._chance(p.fgr_affine):
             fgrs, phas = self.motion_affine(fgrs, phas)
         if self._chance(p.bgr_affine / 2):
-            bgrs, = self.motion_affine(bgrs)
+            (bgrs,) = self.motion_affine(bgrs)
         if self._chance(p.bgr_affine / 2):
             fgrs, phas, bgrs = self.motion_affine(fgrs, phas, bgrs)
         if self.static_affine:
             fgrs, phas = self.static(fgrs, phas, scale=(0.5, 1.0))
-            bgrs, = self.static(bgrs, scale=(1.0, 1.5))
+            (bgrs,) = self.static(bgrs, scale=(1.0, 1.5))
         box = resized_crop_params(*fgrs.shape[-2:], ratio=self.ratio, rng=rng)
         fgrs, phas = resized_crop(fgrs, box, self.size), resized_crop(phas, box, self.size)
         bgrs = resized_crop(bgrs, resized_crop_params(*bgrs.shape[-2:], ratio=self.ratio, rng=rng), self.size)
@@ -108,7 +116,7 @@ class MotionAugmentation:
         if self._chance(p.blur / 3):
             fgrs, phas = self.motion_blur(fgrs, phas)
         if self._chance(p.blur / 3):
-            bgrs, = self.motion_blur(bgrs)
+            (bgrs,) = self.motion_blur(bgrs)
         if self._chance(p.blur / 3):
             fgrs, phas, bgrs = self.motion_blur(fgrs, phas, bgrs)
         if self._chance(p.pause):
@@ -136,8 +144,9 @@ class MotionAugmentation:
     def noise(self, *sequences):
         grain = self.rng.random() * 3 + 1
         monochrome = self.rng.random() < 0.5
-        return tuple(colour.add_noise(x, grain, self.rng.random() * 0.2 / grain, monochrome, self.generator)
-                     for x in sequences)
+        return tuple(
+            colour.add_noise(x, grain, self.rng.random() * 0.2 / grain, monochrome, self.generator) for x in sequences
+        )
 
     def colour_jitter(self, images):
         rng = self.rng
@@ -172,5 +181,5 @@ class MotionAugmentation:
         length = self.rng.randrange(frames - first)
         out = [x.clone() for x in sequences]
         for x in out:
-            x[first + 1:first + length] = x[first]
+            x[first + 1 : first + length] = x[first]
         return tuple(out)

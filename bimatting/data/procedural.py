@@ -6,6 +6,7 @@ partial transparency. Backgrounds are colour gradients with multi-octave value n
 so a matting network sees texture on both sides of the boundary. Arrays are float32 in [0, 1]:
 colour [H, W, 3], alpha [H, W].
 """
+
 import numpy as np
 
 from bimatting.data.easing import EASINGS, lerp
@@ -27,7 +28,7 @@ def texture(rng, height, width):
     ramp = (np.cos(angle) * xx / width + np.sin(angle) * yy / height)[..., None]
     ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
     colour_a, colour_b = rng.random(3), rng.random(3)
-    image = lerp(colour_a, colour_b, ramp)                                    # [H,W,3]
+    image = lerp(colour_a, colour_b, ramp)  # [H,W,3]
     for cells, weight in ((4, 0.25), (12, 0.12), (40, 0.06)):
         image = image + weight * (value_noise(rng, height, width, cells, 3) - 0.5)
     period = rng.uniform(6, 30)
@@ -41,7 +42,7 @@ def _soft_ellipse(xx, yy, centre, axes, angle, softness):
     dx, dy = xx - centre[0], yy - centre[1]
     c, s = np.cos(angle), np.sin(angle)
     u, v = (c * dx + s * dy) / axes[0], (-s * dx + c * dy) / axes[1]
-    distance = (np.sqrt(u * u + v * v) - 1) * min(axes)                      # < 0 inside
+    distance = (np.sqrt(u * u + v * v) - 1) * min(axes)  # < 0 inside
     return np.clip(0.5 - distance / softness, 0, 1)
 
 
@@ -62,11 +63,19 @@ def shape_layout(rng, height, width):
     scale = min(height, width)
     cx, cy = width * rng.uniform(0.3, 0.7), height * rng.uniform(0.6, 0.75)
     body = ((cx, cy), (scale * rng.uniform(0.14, 0.22), scale * rng.uniform(0.24, 0.32)), rng.uniform(-0.3, 0.3))
-    head = ((cx + rng.uniform(-0.05, 0.05) * scale, cy - body[1][1] - scale * 0.08),
-            (scale * rng.uniform(0.08, 0.12),) * 2, 0.0)
-    limbs = [((cx + side * body[1][0] * 1.1, cy + rng.uniform(-0.1, 0.2) * scale),
-              (scale * 0.04, scale * rng.uniform(0.15, 0.3)), side * rng.uniform(0.1, 0.6))
-             for side in (-1, 1)]
+    head = (
+        (cx + rng.uniform(-0.05, 0.05) * scale, cy - body[1][1] - scale * 0.08),
+        (scale * rng.uniform(0.08, 0.12),) * 2,
+        0.0,
+    )
+    limbs = [
+        (
+            (cx + side * body[1][0] * 1.1, cy + rng.uniform(-0.1, 0.2) * scale),
+            (scale * 0.04, scale * rng.uniform(0.15, 0.3)),
+            side * rng.uniform(0.1, 0.6),
+        )
+        for side in (-1, 1)
+    ]
     shapes = [(c, a, ang, rng.uniform(1.0, 4.0)) for c, a, ang in (body, head, *limbs)]
     return shapes, head
 
@@ -85,7 +94,7 @@ def soft_shapes_clip(rng, frames, height, width):
     shapes, head = shape_layout(rng, height, width)
     strand_seed = int(rng.integers(1 << 31))
     opacity = rng.uniform(0.4, 0.9)
-    drift = rng.uniform(-0.15, 0.15, 2) * (width, height)                       # total drift, px
+    drift = rng.uniform(-0.15, 0.15, 2) * (width, height)  # total drift, px
     easing = list(EASINGS.values())[rng.integers(len(EASINGS))]
     colour = texture(rng, height, width)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -93,7 +102,7 @@ def soft_shapes_clip(rng, frames, height, width):
     pha = np.empty((frames, height, width), np.float32)
     for t in range(frames):
         progress = easing(t / max(frames - 1, 1))
-        wobble = 2.0 * np.sin(t / 3.0)                                          # small per-frame jitter
+        wobble = 2.0 * np.sin(t / 3.0)  # small per-frame jitter
         shift = drift * progress + wobble
         alpha = np.zeros((height, width), np.float32)
         for centre, axes, angle, softness in shapes:
@@ -102,5 +111,5 @@ def soft_shapes_clip(rng, frames, height, width):
         anchor = (head[0][0] + shift[0], head[0][1] + shift[1])
         hair = _strands(xx, yy, np.random.default_rng(strand_seed), anchor, 12, head[1][0] * 1.6, opacity)
         pha[t] = np.maximum(alpha, hair)
-        fgr[t] = _shifted(colour, shift)                                        # texture moves along
+        fgr[t] = _shifted(colour, shift)  # texture moves along
     return fgr, pha

@@ -7,6 +7,7 @@ integer written in 5-bit groups as characters offset by 48 (bit 0x20 = more grou
 0x10 of the last group = negative), and counts from the fourth on are stored as differences to
 the count two places earlier (pycocotools `rleFrString`, reimplemented here).
 """
+
 import numpy as np
 
 
@@ -22,7 +23,7 @@ def decode_counts_string(text):
             position += 1
             shift += 5
             if not more and group & 0x10:
-                value -= 1 << shift                       # sign-extend the last group
+                value -= 1 << shift  # sign-extend the last group
         if len(counts) > 2:
             value += counts[-2]
         counts.append(value)
@@ -38,16 +39,16 @@ def decode(rle):
     flat = np.zeros(height * width, dtype=np.uint8)
     position = 0
     for run, length in enumerate(counts):
-        if run % 2:                                       # odd runs are the 1s
-            flat[position:position + length] = 255
+        if run % 2:  # odd runs are the 1s
+            flat[position : position + length] = 255
         position += length
-    return flat.reshape(width, height).T                  # column-major -> [H, W]
+    return flat.reshape(width, height).T  # column-major -> [H, W]
 
 
 def encode_counts(mask):
     """[H, W] mask -> uncompressed counts (column-major runs, starting with 0s)."""
     counts, current, run = [], False, 0
-    for value in (np.asarray(mask).T.reshape(-1) > 0):
+    for value in np.asarray(mask).T.reshape(-1) > 0:
         if value == current:
             run += 1
         else:

@@ -7,6 +7,7 @@ ValidFrameSampler(T) -> 0..T-1.
 `window_offsets` draws every random window: the datasets' TrainFrameSampler, the trainer's clip
 sources (bimatting.train.sources) and the distillation bank (bimatting.train.bank) call it.
 """
+
 import random
 
 SPEEDS = (0.5, 1, 2, 3, 4, 5)

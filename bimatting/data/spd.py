@@ -4,6 +4,7 @@ sorted and paired one to one (RVM's `spd_preprocess.py` layout; masks 255 = pers
     SuperviselyPersonDataset(root, size=512, transform=None)
     dataset[i] -> img [1,3,S,S], seg [1,1,S,S]
 """
+
 from torch.utils.data import Dataset
 
 from bimatting.data.dataset_files import image_files, read_mask, read_rgb, require_folders
@@ -18,8 +19,9 @@ class SuperviselyPersonDataset(Dataset):
         self.images = image_files(require_folders(root, "img", expected=LAYOUT), LAYOUT)
         self.masks = image_files(require_folders(root, "seg", expected=LAYOUT), LAYOUT)
         if len(self.images) != len(self.masks):
-            raise InputError(f"'{root}' has {len(self.images)} images but {len(self.masks)} masks; "
-                             f"expected the layout {LAYOUT}")
+            raise InputError(
+                f"'{root}' has {len(self.images)} images but {len(self.masks)} masks; expected the layout {LAYOUT}"
+            )
         self.size = size
         self.transform = transform if transform is not None else SegmentationAugmentation.image(size)
 
@@ -27,6 +29,6 @@ class SuperviselyPersonDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index):
-        img = read_rgb(self.images[index], self.size)                    # [3,H,W]
-        seg = read_mask(self.masks[index], self.size, nearest=True)      # [1,H,W]
+        img = read_rgb(self.images[index], self.size)  # [3,H,W]
+        seg = read_mask(self.masks[index], self.size, nearest=True)  # [1,H,W]
         return self.transform(img[None], seg[None])

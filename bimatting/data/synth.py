@@ -11,6 +11,7 @@ drift (pan, zoom, slight roll) of a larger still. `bgr/` is an extra the officia
 makes com = fgr*pha + bgr*(1-pha) checkable. All layers are quantised to uint8 first and the
 composite is made from the quantised values, so the written files agree within uint8 rounding.
 """
+
 import math
 from pathlib import Path
 
@@ -56,8 +57,10 @@ def drifting_background(rng, still, frames, width, height, *, moving):
 
     big = cover_resize(still, math.ceil(width * MARGIN), math.ceil(height * MARGIN))
     centre = np.array([big.shape[1], big.shape[0]]) / 2
-    start, end = ([rng.uniform(-0.08, 0.08) * width, rng.uniform(-0.08, 0.08) * height,
-                   rng.uniform(1.0, 1.1), rng.uniform(-3, 3)] for _ in range(2))
+    start, end = (
+        [rng.uniform(-0.08, 0.08) * width, rng.uniform(-0.08, 0.08) * height, rng.uniform(1.0, 1.1), rng.uniform(-3, 3)]
+        for _ in range(2)
+    )
     if not moving:
         end = start
     easing = list(EASINGS.values())[rng.integers(len(EASINGS))]
@@ -69,8 +72,9 @@ def drifting_background(rng, still, frames, width, height, *, moving):
         rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) / zoom
         offset = centre + (dx, dy) - rotation @ np.array([width / 2, height / 2])
         matrix = np.hstack([rotation, offset[:, None]]).astype(np.float64)
-        out[t] = cv2.warpAffine(big, matrix, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=cv2.BORDER_REFLECT)
+        out[t] = cv2.warpAffine(
+            big, matrix, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+        )
     return out
 
 
@@ -104,26 +108,41 @@ def plan(clips, footage):
     return [footage[(c // 2) % len(footage)] if footage and c % 2 == 0 else None for c in range(clips)]
 
 
-def synthesize(out, *, clips=5, frames=100, size=(512, 288), footage=(), backgrounds=(), seed=0,
-               teacher="rvm", device="cpu", progress=True):
+def synthesize(
+    out,
+    *,
+    clips=5,
+    frames=100,
+    size=(512, 288),
+    footage=(),
+    backgrounds=(),
+    seed=0,
+    teacher="rvm",
+    device="cpu",
+    progress=True,
+):
     """Write the set to `out` atomically; returns {subset: [clip names]}. See the module docstring."""
     from tqdm import tqdm
 
     width, height = size
     if clips < 1 or frames < 1 or width < 16 or height < 16:
-        raise InputError(f"need clips >= 1, frames >= 1 and a size of at least 16x16, got "
-                         f"{clips} clips, {frames} frames, {width}x{height}")
+        raise InputError(
+            f"need clips >= 1, frames >= 1 and a size of at least 16x16, got "
+            f"{clips} clips, {frames} frames, {width}x{height}"
+        )
     for path in footage:
         if not Path(path).exists():
             raise InputError(f"footage '{path}' does not exist; give a video file or a folder of frames")
-    check_output_folder(out, *footage, *backgrounds)                  # it is replaced as a whole
+    check_output_folder(out, *footage, *backgrounds)  # it is replaced as a whole
     stills = background_stills(backgrounds)
     sources = plan(clips, list(footage))
     matter = Teacher(teacher, device)
     mattes = {}
     written = {}
-    with atomic_dir(out) as tmp, tqdm(total=2 * clips * frames, desc="synth", unit="frame",
-                                      disable=not progress) as bar:
+    with (
+        atomic_dir(out) as tmp,
+        tqdm(total=2 * clips * frames, desc="synth", unit="frame", disable=not progress) as bar,
+    ):
         for subset_index, subset in enumerate(SUBSETS):
             for c, source in enumerate(sources):
                 rng = np.random.default_rng([seed, subset_index, c])
@@ -134,10 +153,13 @@ def synthesize(out, *, clips=5, frames=100, size=(512, 288), footage=(), backgro
                         bar.set_postfix_str(f"teacher on {Path(source).name}")
                         mattes[source] = matter.matte(read_footage(source, frames, width, height))
                     fgr, pha = mattes[source]
-                    if rng.random() < 0.5:                                    # mirrored variant
+                    if rng.random() < 0.5:  # mirrored variant
                         fgr, pha = fgr[:, :, ::-1], pha[:, :, ::-1]
-                still = (_load_still(stills[rng.integers(len(stills))]) if stills
-                         else texture(rng, math.ceil(height * MARGIN), math.ceil(width * MARGIN)))
+                still = (
+                    _load_still(stills[rng.integers(len(stills))])
+                    if stills
+                    else texture(rng, math.ceil(height * MARGIN), math.ceil(width * MARGIN))
+                )
                 bgr = drifting_background(rng, still, frames, width, height, moving=subset == SUBSETS[0])
                 _write_clip(Path(tmp) / subset / f"{c:04d}", fgr, pha, bgr, lambda: bar.update(1))
                 written.setdefault(subset, []).append(f"{c:04d}")

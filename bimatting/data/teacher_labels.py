@@ -6,6 +6,7 @@ inference's "auto"); its fgr/pha become the foreground layer and the true alpha 
 The composite built from them is then exactly consistent with its alpha, whatever the teacher's
 errors on the original footage were.
 """
+
 import numpy as np
 
 from bimatting.downsample import auto_downsample_ratio
@@ -23,7 +24,7 @@ def cover_resize(image, width, height):
     size = (max(width, round(w * scale)), max(height, round(h * scale)))
     resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     top, left = (size[1] - height) // 2, (size[0] - width) // 2
-    return resized[top:top + height, left:left + width]
+    return resized[top : top + height, left : left + width]
 
 
 def read_footage(source, frames, width, height):
@@ -59,11 +60,13 @@ class Teacher:
         fgrs, phas = [], []
         with torch.inference_mode():
             for frame in frames:
-                src = torch.from_numpy(np.ascontiguousarray(frame.transpose(2, 0, 1)))[None].to(self.device)  # [1,3,H,W]
+                src = torch.from_numpy(np.ascontiguousarray(frame.transpose(2, 0, 1)))[None].to(
+                    self.device
+                )  # [1,3,H,W]
                 outputs, states = recurrent_step(self.model, src, states, ratio)
                 fgr, pha = outputs[0], outputs[1]
-                fgrs.append(fgr[0].permute(1, 2, 0).cpu().numpy())              # [H,W,3]
-                phas.append(pha[0, 0].cpu().numpy())                            # [H,W]
+                fgrs.append(fgr[0].permute(1, 2, 0).cpu().numpy())  # [H,W,3]
+                phas.append(pha[0, 0].cpu().numpy())  # [H,W]
                 if on_frame is not None:
                     on_frame()
         return np.stack(fgrs).astype(np.float32), np.stack(phas).astype(np.float32)

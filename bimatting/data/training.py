@@ -19,6 +19,7 @@ Passes and samples (dicts of float tensors in [0, 1], S = the pass's size):
     'seg_video'  {'img' [T,3,S,S], 'seg' [T,1,S,S]}  YouTubeVIS, T = seq_lr, speed 1
     'seg_image'  {'img' [1,3,S,S], 'seg' [1,1,S,S]}  COCO + SPD stills (T = 1: RVM draws B * seq_lr of them)
 """
+
 from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Dataset
@@ -54,18 +55,25 @@ def backgrounds(root, size):
     images, videos = Path(root) / "Backgrounds" / "train", Path(root) / "BackgroundVideos" / "train"
     if not images.is_dir() and not videos.is_dir():
         require_folders(root, "BackgroundVideos", "train", expected=BACKGROUNDS_LAYOUT)  # names the first missing
-    return Backgrounds(image_dir=images if images.is_dir() else None,
-                       video_dir=videos if videos.is_dir() else None, size=size)
+    return Backgrounds(
+        image_dir=images if images.is_dir() else None, video_dir=videos if videos.is_dir() else None, size=size
+    )
 
 
 def matting_set(root, config, size, length):
     if config.data == "videomatte":
         folder = Path(root) / f"VideoMatte240K_JPEG_{config.videomatte_variant}"
-        data = VideoMatteDataset(folder, backgrounds(root, size), size=size, seq_length=length,
-                                 transform=MotionAugmentation.videomatte(size))
+        data = VideoMatteDataset(
+            folder, backgrounds(root, size), size=size, seq_length=length, transform=MotionAugmentation.videomatte(size)
+        )
     elif config.data == "imagematte":
-        data = ImageMatteDataset(Path(root) / "ImageMatte", backgrounds(root, size), size=size, seq_length=length,
-                                 transform=MotionAugmentation.imagematte(size))
+        data = ImageMatteDataset(
+            Path(root) / "ImageMatte",
+            backgrounds(root, size),
+            size=size,
+            seq_length=length,
+            transform=MotionAugmentation.imagematte(size),
+        )
     else:
         raise InputError(f"unknown stage data '{config.data}'; expected videomatte or imagematte")
     return Named(data, ("fgr", "pha", "bgr"))
@@ -79,9 +87,15 @@ def stage_sources(root, config, sources_class):
     if config.seq_hr > 0:
         found["hr"] = matting_set(root, config, config.size_hr, config.seq_hr)
     if (root / "YouTubeVIS" / "train").is_dir():
-        found["seg_video"] = Named(youtubevis_from_root(root / "YouTubeVIS" / "train", size=config.size_lr,
-                                                        seq_length=config.seq_lr,
-                                                        sampler=TrainFrameSampler(speeds=(1,))), ("img", "seg"))
+        found["seg_video"] = Named(
+            youtubevis_from_root(
+                root / "YouTubeVIS" / "train",
+                size=config.size_lr,
+                seq_length=config.seq_lr,
+                sampler=TrainFrameSampler(speeds=(1,)),
+            ),
+            ("img", "seg"),
+        )
     stills = []
     if (root / "coco").is_dir():
         stills.append(coco_from_root(root / "coco", size=config.size_lr))

@@ -8,6 +8,7 @@ Item i is (clip, start) with start = 0, T, 2T, ... over each clip, so len = sum 
 (RVM's indexing); frames read are start + offset modulo the clip length, offsets from the
 sampler. Frames are first shrunk to short side `size` when larger.
 """
+
 import torch
 from torch.utils.data import Dataset
 
@@ -42,8 +43,7 @@ class VideoMatteDataset(Dataset):
         self.size, self.seq_length = size, seq_length
         self.sampler = sampler if sampler is not None else TrainFrameSampler()
         self.transform = transform if transform is not None else MotionAugmentation.videomatte(size)
-        self.index = [(c, start) for c, (fgrs, _) in enumerate(self.clips)
-                      for start in range(0, len(fgrs), seq_length)]
+        self.index = [(c, start) for c, (fgrs, _) in enumerate(self.clips) for start in range(0, len(fgrs), seq_length)]
 
     def __len__(self):
         return len(self.index)
@@ -52,7 +52,7 @@ class VideoMatteDataset(Dataset):
         clip, start = self.index[item]
         fgr_files, pha_files = self.clips[clip]
         picks = frame_indices(start, self.sampler(self.seq_length), len(fgr_files))
-        fgrs = torch.stack([read_rgb(fgr_files[i], self.size) for i in picks])     # [T,3,H,W]
-        phas = torch.stack([read_mask(pha_files[i], self.size) for i in picks])    # [T,1,H,W]
-        bgrs = self.backgrounds.sample(self.seq_length)                            # [T,3,H',W']
+        fgrs = torch.stack([read_rgb(fgr_files[i], self.size) for i in picks])  # [T,3,H,W]
+        phas = torch.stack([read_mask(pha_files[i], self.size) for i in picks])  # [T,1,H,W]
+        bgrs = self.backgrounds.sample(self.seq_length)  # [T,3,H',W']
         return self.transform(fgrs, phas, bgrs)

@@ -9,6 +9,7 @@ instances (RLE, see bimatting.data.rle). Item i is (video, frame); frames read a
 frame + offset modulo the video length (offsets from the sampler: speed 1 in RVM's segmentation
 pass). Images shrink to short side `size` (bilinear), masks with nearest.
 """
+
 import json
 from pathlib import Path
 
@@ -62,7 +63,7 @@ class YouTubeVISDataset(Dataset):
         names = video["file_names"]
         imgs, segs = [], []
         for frame in frame_indices(start, self.sampler(self.seq_length), len(names)):
-            imgs.append(read_rgb(self.video_dir / names[frame], self.size))                # [3,H,W]
+            imgs.append(read_rgb(self.video_dir / names[frame], self.size))  # [3,H,W]
             mask = np.zeros((video["height"], video["width"]), np.uint8)
             for segmentation in self.masks[video_id][frame]:
                 mask |= rle.decode(segmentation)

@@ -5,6 +5,7 @@ Each footage item (a video, a frame folder, or CLIP@START:STOP for a frame range
 evaluation size (long side `long_side`), both networks run over it with their recurrent states
 carried (bimatting.eval.agreement), and the figures are reported per clip and overall.
 """
+
 import numpy as np
 import torch
 
@@ -13,8 +14,9 @@ from bimatting.matting.frames import iter_frames_uint8
 from bimatting.train.clips import frames_to_uint8_tensor
 
 
-def evaluate_against(model_source, teacher_source, footage, *, long_side=512, frames=None, downsample_ratio=1.0,
-                     progress=True):
+def evaluate_against(
+    model_source, teacher_source, footage, *, long_side=512, frames=None, downsample_ratio=1.0, progress=True
+):
     """{'clips': [...], 'pha_mad_mean', 'pha_mad_worst', 'iou_mean', 'iou_worst', 'fgr_mad_mean'} and
     previews [(name, uint8 image)]."""
     from tqdm import tqdm
@@ -42,8 +44,10 @@ def evaluate_against(model_source, teacher_source, footage, *, long_side=512, fr
 def preview(frame, teacher_pha, model_pha):
     """uint8 RGB [h, 4w, 3]: the frame, the teacher's alpha, the model's alpha, |difference|."""
     rgb = frame.permute(1, 2, 0).numpy()
-    grey = [np.repeat((p[0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2)
-            for p in (teacher_pha, model_pha, (teacher_pha - model_pha).abs())]
+    grey = [
+        np.repeat((p[0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2)
+        for p in (teacher_pha, model_pha, (teacher_pha - model_pha).abs())
+    ]
     return np.concatenate([rgb, *grey], axis=1)
 
 

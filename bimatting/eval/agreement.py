@@ -9,6 +9,7 @@ downsample ratio. Per frame:
     zero_pha_mad  what an all-zero matte would score (mean of the teacher's pha): the floor to beat
 Clip figures: mean of the per-frame MADs; IoU from the counts summed over the clip.
 """
+
 import dataclasses
 
 import numpy as np
@@ -24,16 +25,22 @@ class ClipAgreement:
     fgr_mad: list
     intersection: int = 0
     union: int = 0
-    zero_pha_mad: list = dataclasses.field(default_factory=list)   # what an all-zero matte scores
+    zero_pha_mad: list = dataclasses.field(default_factory=list)  # what an all-zero matte scores
 
     @property
     def iou(self):
         return 1.0 if self.union == 0 else self.intersection / self.union
 
     def summary(self):
-        return {"clip": self.name, "frames": len(self.pha_mad), "pha_mad": float(np.mean(self.pha_mad)),
-                "fgr_mad": float(np.mean(self.fgr_mad)), "iou": self.iou,
-                "pha_mad_max_frame": float(np.max(self.pha_mad)), "zero_pha_mad": float(np.mean(self.zero_pha_mad))}
+        return {
+            "clip": self.name,
+            "frames": len(self.pha_mad),
+            "pha_mad": float(np.mean(self.pha_mad)),
+            "fgr_mad": float(np.mean(self.fgr_mad)),
+            "iou": self.iou,
+            "pha_mad_max_frame": float(np.max(self.pha_mad)),
+            "zero_pha_mad": float(np.mean(self.zero_pha_mad)),
+        }
 
 
 @torch.no_grad()
@@ -42,7 +49,7 @@ def run_recurrent(model, frames, downsample_ratio=1.0, chunk=8):
     (fgr float32 [N, 3, h, w], pha float32 [N, 1, h, w])."""
     fgr, pha, states = [], [], None
     for start in range(0, frames.shape[0], chunk):
-        src = frames[start:start + chunk].float().div(255)[None]                 # [1, T, 3, h, w]
+        src = frames[start : start + chunk].float().div(255)[None]  # [1, T, 3, h, w]
         outputs, states = recurrent_step(model, src, states, downsample_ratio)
         fgr.append(outputs[0][0].float())
         pha.append(outputs[1][0].float())
@@ -70,8 +77,10 @@ def agreement(model, teacher_outputs, clips, downsample_ratio=1.0):
     was_training = model.training
     model.eval()
     try:
-        return [compare(name, run_recurrent(model, frames, downsample_ratio), teacher)
-                for (name, frames), teacher in zip(clips, teacher_outputs)]
+        return [
+            compare(name, run_recurrent(model, frames, downsample_ratio), teacher)
+            for (name, frames), teacher in zip(clips, teacher_outputs)
+        ]
     finally:
         model.train(was_training)
 
@@ -79,10 +88,12 @@ def agreement(model, teacher_outputs, clips, downsample_ratio=1.0):
 def totals(results):
     """Worst-clip and mean figures over clips."""
     summaries = [r.summary() for r in results]
-    return {"clips": summaries,
-            "pha_mad_mean": float(np.mean([s["pha_mad"] for s in summaries])),
-            "pha_mad_worst": float(np.max([s["pha_mad"] for s in summaries])),
-            "iou_mean": float(np.mean([s["iou"] for s in summaries])),
-            "iou_worst": float(np.min([s["iou"] for s in summaries])),
-            "fgr_mad_mean": float(np.mean([s["fgr_mad"] for s in summaries])),
-            "zero_pha_mad_mean": float(np.mean([s["zero_pha_mad"] for s in summaries]))}
+    return {
+        "clips": summaries,
+        "pha_mad_mean": float(np.mean([s["pha_mad"] for s in summaries])),
+        "pha_mad_worst": float(np.max([s["pha_mad"] for s in summaries])),
+        "iou_mean": float(np.mean([s["iou"] for s in summaries])),
+        "iou_worst": float(np.min([s["iou"] for s in summaries])),
+        "fgr_mad_mean": float(np.mean([s["fgr_mad"] for s in summaries])),
+        "zero_pha_mad_mean": float(np.mean([s["zero_pha_mad"] for s in summaries])),
+    }

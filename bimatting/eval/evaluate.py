@@ -9,6 +9,7 @@ per-index means. With equal-length clips this is the plain mean over all frames.
 One deliberate difference: fgr metrics of a frame whose true alpha is 0 everywhere are NaN and
 are left out of the averages (the official evaluators would turn the whole summary into NaN).
 """
+
 import csv
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +25,9 @@ from bimatting.eval.tree import match_trees
 
 @dataclass
 class ClipScores:
-    clip: object                                     # bimatting.eval.tree.Clip
-    frames: list                                     # frame file names
-    per_frame: dict = field(default_factory=dict)    # metric -> [value per frame]
+    clip: object  # bimatting.eval.tree.Clip
+    frames: list  # frame file names
+    per_frame: dict = field(default_factory=dict)  # metric -> [value per frame]
 
     def mean(self, metric):
         values = np.asarray(self.per_frame[metric], dtype=np.float64)
@@ -35,15 +36,22 @@ class ClipScores:
 
 @dataclass
 class Evaluation:
-    metrics: tuple                                   # names, in report order
-    clips: list                                      # [ClipScores]
-    summary: dict                                    # metric -> aggregated value
+    metrics: tuple  # names, in report order
+    clips: list  # [ClipScores]
+    summary: dict  # metric -> aggregated value
     hr: bool = False
 
     def clip_rows(self):
         """One dict per clip: subset, clip, frames and each metric's mean over the clip."""
-        return [{"subset": c.clip.subset, "clip": c.clip.name, "frames": len(c.frames),
-                 **{m: c.mean(m) for m in self.metrics}} for c in self.clips]
+        return [
+            {
+                "subset": c.clip.subset,
+                "clip": c.clip.name,
+                "frames": len(c.frames),
+                **{m: c.mean(m) for m in self.metrics},
+            }
+            for c in self.clips
+        ]
 
     def write_csv(self, path):
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
@@ -98,16 +106,18 @@ def score_clip(clip, names, has_fgr, pred_root, true_root, *, hr=False, on_frame
 
 def _check_shapes(clip, name, pred, true):
     if pred.shape != true.shape:
-        raise InputError(f"prediction '{clip.key}/{name}' is {pred.shape[1]}x{pred.shape[0]}, the truth "
-                         f"{true.shape[1]}x{true.shape[0]}; predict at the resolution of the evaluation set")
+        raise InputError(
+            f"prediction '{clip.key}/{name}' is {pred.shape[1]}x{pred.shape[0]}, the truth "
+            f"{true.shape[1]}x{true.shape[0]}; predict at the resolution of the evaluation set"
+        )
 
 
 def aggregate(clips, metric):
     """Per-frame-index mean over clips, then the mean of those (see module docstring)."""
     length = max(len(c.per_frame[metric]) for c in clips)
-    table = np.full((len(clips), length), np.nan)                 # [clips, frame index]
+    table = np.full((len(clips), length), np.nan)  # [clips, frame index]
     for row, c in zip(table, clips):
-        row[:len(c.per_frame[metric])] = c.per_frame[metric]
+        row[: len(c.per_frame[metric])] = c.per_frame[metric]
     filled = np.isfinite(table).any(axis=0)
     if not filled.any():
         return math.nan
@@ -125,6 +135,7 @@ def evaluate(pred_root, true_root, hr=False, workers=1, progress=True):
     from tqdm import tqdm
 
     with tqdm(total=total, desc="evaluate", unit="frame", disable=not progress) as bar:
+
         def run(pair):
             clip, names, has_fgr = pair
             return score_clip(clip, names, has_fgr, pred_root, true_root, hr=hr, on_frame=lambda: bar.update(1))

@@ -17,6 +17,7 @@ The Grad kernel and Conn's thresholds are the evaluators' (Rhemann et al.'s alph
 definitions as ported by RVM); Conn thresholds keep their float64 values from
 np.arange(0, 1.1, 0.1) (e.g. 0.30000000000000004) for bit-exact parity.
 """
+
 import math
 
 import numpy as np
@@ -52,9 +53,9 @@ def gradient_kernels(sigma=GRAD_SIGMA, epsilon=GRAD_EPSILON):
     half = math.ceil(sigma * math.sqrt(-2 * math.log(math.sqrt(2 * math.pi) * sigma * epsilon)))
     offsets = np.arange(-half, half + 1, dtype=np.float64)
     gauss = np.array([_gaussian(x, sigma) for x in offsets])
-    dgauss = -offsets * gauss / sigma ** 2
-    h_x = np.outer(gauss, dgauss)                       # [size, size], row i ~ G, column j ~ G'
-    h_x /= np.sqrt((h_x ** 2).sum())
+    dgauss = -offsets * gauss / sigma**2
+    h_x = np.outer(gauss, dgauss)  # [size, size], row i ~ G, column j ~ G'
+    h_x /= np.sqrt((h_x**2).sum())
     return h_x, h_x.T.copy()
 
 
@@ -67,7 +68,7 @@ def gradient_magnitude(image):
 
     g_x = cv2.filter2D(image, -1, _KERNELS[0], borderType=cv2.BORDER_REPLICATE)
     g_y = cv2.filter2D(image, -1, _KERNELS[1], borderType=cv2.BORDER_REPLICATE)
-    return np.sqrt(g_x ** 2 + g_y ** 2)
+    return np.sqrt(g_x**2 + g_y**2)
 
 
 def pha_grad(pred, true, normalize=True):
@@ -92,7 +93,7 @@ def largest_component(mask):
     import cv2
 
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
-    if count <= 1:                                      # label 0 is the background
+    if count <= 1:  # label 0 is the background
         return np.zeros(mask.shape, dtype=bool)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     return labels == largest
@@ -100,7 +101,7 @@ def largest_component(mask):
 
 def pha_conn(pred, true):
     """Connectivity error /1e3 (round-down map over thresholds 0.1..1.0, see module docstring)."""
-    round_down = -np.ones_like(true)                    # dtype of the input (float32), as the evaluator
+    round_down = -np.ones_like(true)  # dtype of the input (float32), as the evaluator
     for i in range(1, len(CONN_THRESHOLDS)):
         omega = largest_component((true >= CONN_THRESHOLDS[i]) & (pred >= CONN_THRESHOLDS[i]))
         round_down[(round_down == -1) & ~omega] = CONN_THRESHOLDS[i - 1]
@@ -119,7 +120,7 @@ def pha_dtssd(pred, pred_prev, true, true_prev):
 
 
 def _masked(pred_fgr, true_fgr, true_pha):
-    mask = true_pha > 0                                 # [H, W]; each masked pixel gives 3 values
+    mask = true_pha > 0  # [H, W]; each masked pixel gives 3 values
     return pred_fgr[mask], true_fgr[mask]
 
 
@@ -138,8 +139,11 @@ def frame_metrics(pred_pha, true_pha, pred_fgr=None, true_fgr=None, *, prev=None
     """All metrics of one frame as a dict. prev = (pred_pha, true_pha) of the previous frame of
     the clip, or None for its first frame (dtSSD 0). Foreground metrics need both fgr arrays."""
     names = HR_METRICS if hr else LR_METRICS
-    scores = {"pha_mad": pha_mad(pred_pha, true_pha), "pha_mse": pha_mse(pred_pha, true_pha),
-              "pha_grad": pha_grad(pred_pha, true_pha, normalize=not hr)}
+    scores = {
+        "pha_mad": pha_mad(pred_pha, true_pha),
+        "pha_mse": pha_mse(pred_pha, true_pha),
+        "pha_grad": pha_grad(pred_pha, true_pha, normalize=not hr),
+    }
     if "pha_conn" in names:
         scores["pha_conn"] = pha_conn(pred_pha, true_pha)
     scores["pha_dtssd"] = 0.0 if prev is None else pha_dtssd(pred_pha, prev[0], true_pha, prev[1])

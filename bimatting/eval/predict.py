@@ -9,6 +9,7 @@ Reproduces the official test protocol (BiMatting `test.sh` -> RVM `inference.py`
   frame names from 0000 and the extension of the truth (PNG at 512x288, JPG at 1920x1080;
   PIL's default JPEG quality 75).
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +52,14 @@ def predict_clip(model, frames, out_dir, suffix, *, device="cpu", on_frame=None)
 
     (out_dir / "pha").mkdir(parents=True, exist_ok=True)
     (out_dir / "fgr").mkdir(parents=True, exist_ok=True)
-    states = None                                             # zeros at the start of every clip
+    states = None  # zeros at the start of every clip
     with torch.inference_mode():
         for index, path in enumerate(frames):
-            image = read_image(path)                          # [H,W,3] RGB float32 in [0, 1]
+            image = read_image(path)  # [H,W,3] RGB float32 in [0, 1]
             src = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)  # [1,3,H,W]
             ratio = auto_downsample_ratio(*image.shape[:2])
             outputs, states = recurrent_step(model, src, states, ratio)
-            fgr, pha = outputs[0], outputs[1]                 # BiMatting adds fgr_s, pha_s
+            fgr, pha = outputs[0], outputs[1]  # BiMatting adds fgr_s, pha_s
             name = f"{index:04d}{suffix}"
             write_frame(out_dir / "pha" / name, to_uint8(pha[0]))
             write_frame(out_dir / "fgr" / name, to_uint8(fgr[0]))
@@ -72,8 +73,10 @@ def predict_set(model, data_root, out_root, device="cpu", progress=True):
     from tqdm import tqdm
 
     clips = find_clips(data_root, "com", "data set")
-    work = [(clip, [clip.folder(data_root, "com") / n for n in frame_names(clip.folder(data_root, "com"))])
-            for clip in clips]
+    work = [
+        (clip, [clip.folder(data_root, "com") / n for n in frame_names(clip.folder(data_root, "com"))])
+        for clip in clips
+    ]
     for clip, frames in work:
         if not frames:
             raise InputError(f"'{clip.folder(data_root, 'com')}' holds no frames; expected com/0000.png, ...")
@@ -82,6 +85,7 @@ def predict_set(model, data_root, out_root, device="cpu", progress=True):
     with tqdm(total=total, desc="predict", unit="frame", disable=not progress) as bar:
         for clip, frames in work:
             out_dir = Path(out_root) / clip.subset / clip.name
-            predict_clip(model, frames, out_dir, output_suffix(data_root, clip), device=device,
-                         on_frame=lambda: bar.update(1))
+            predict_clip(
+                model, frames, out_dir, output_suffix(data_root, clip), device=device, on_frame=lambda: bar.update(1)
+            )
     return total

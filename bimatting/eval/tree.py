@@ -7,6 +7,7 @@ predicted alpha in `pha/`, foreground in `fgr/`. Frame names are 4-digit indices
 ground truth uses PNG at 512x288 and JPG at 1920x1080, and predictions must use the same names
 (the official evaluators open the truth under the prediction's file name).
 """
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from bimatting.matting.frames import IMAGE_SUFFIXES
 
 @dataclass(frozen=True)
 class Clip:
-    subset: str   # e.g. "videomatte_motion"
-    name: str     # e.g. "0000"
+    subset: str  # e.g. "videomatte_motion"
+    name: str  # e.g. "0000"
 
     @property
     def key(self):
@@ -42,15 +43,21 @@ def find_clips(root, kind, role):
     """
     root = Path(root)
     if not root.is_dir():
-        raise InputError(f"{role} folder '{root}' does not exist; expected "
-                         f"<root>/<subset>/<clip>/{kind}/<NNNN>.png (RVM's evaluation layout)")
-    clips = [Clip(subset.name, clip.name)
-             for subset in sorted(p for p in root.iterdir() if p.is_dir())
-             for clip in sorted(p for p in subset.iterdir() if p.is_dir())
-             if (clip / kind).is_dir()]
+        raise InputError(
+            f"{role} folder '{root}' does not exist; expected "
+            f"<root>/<subset>/<clip>/{kind}/<NNNN>.png (RVM's evaluation layout)"
+        )
+    clips = [
+        Clip(subset.name, clip.name)
+        for subset in sorted(p for p in root.iterdir() if p.is_dir())
+        for clip in sorted(p for p in subset.iterdir() if p.is_dir())
+        if (clip / kind).is_dir()
+    ]
     if not clips:
-        raise InputError(f"{role} folder '{root}' holds no <subset>/<clip>/{kind}/ folders; expected "
-                         f"e.g. '{root}/videomatte_motion/0000/{kind}/0000.png' (RVM's evaluation layout)")
+        raise InputError(
+            f"{role} folder '{root}' holds no <subset>/<clip>/{kind}/ folders; expected "
+            f"e.g. '{root}/videomatte_motion/0000/{kind}/0000.png' (RVM's evaluation layout)"
+        )
     return clips
 
 
@@ -65,12 +72,16 @@ def match_trees(pred_root, true_root):
     pred_clips = set(find_clips(pred_root, "pha", "prediction"))
     for clip in true_clips:
         if clip not in pred_clips:
-            raise InputError(f"prediction '{pred_root}' lacks clip '{clip.key}' of the truth "
-                             f"(expected '{clip.folder(pred_root, 'pha')}')")
+            raise InputError(
+                f"prediction '{pred_root}' lacks clip '{clip.key}' of the truth "
+                f"(expected '{clip.folder(pred_root, 'pha')}')"
+            )
     extra = sorted(pred_clips - set(true_clips), key=lambda c: c.key)
     if extra:
-        raise InputError(f"prediction clip '{extra[0].key}' is not in the truth '{true_root}'; "
-                         "predict exactly the clips of the evaluation set")
+        raise InputError(
+            f"prediction clip '{extra[0].key}' is not in the truth '{true_root}'; "
+            "predict exactly the clips of the evaluation set"
+        )
     pairs = []
     for clip in true_clips:
         names = _match_folder(clip, "pha", pred_root, true_root)
@@ -80,8 +91,9 @@ def match_trees(pred_root, true_root):
         if has_fgr:
             fgr_names = _match_folder(clip, "fgr", pred_root, true_root)
             if fgr_names != names:
-                raise InputError(f"truth '{clip.key}' has different frames in pha/ and fgr/; "
-                                 "the ground truth is incomplete")
+                raise InputError(
+                    f"truth '{clip.key}' has different frames in pha/ and fgr/; the ground truth is incomplete"
+                )
         pairs.append((clip, names, has_fgr))
     return pairs
 
@@ -94,15 +106,21 @@ def _match_folder(clip, kind, pred_root, true_root):
     pred_names = frame_names(pred_folder)
     for pred_name, true_name in zip(pred_names, true_names):
         if pred_name != true_name:
-            raise InputError(f"prediction frame '{pred_folder / pred_name}' does not match the truth's "
-                             f"'{clip.folder(true_root, kind) / true_name}'; names and extensions must be equal")
+            raise InputError(
+                f"prediction frame '{pred_folder / pred_name}' does not match the truth's "
+                f"'{clip.folder(true_root, kind) / true_name}'; names and extensions must be equal"
+            )
     if len(pred_names) < len(true_names):
         missing = true_names[len(pred_names)]
-        raise InputError(f"prediction lacks frame '{pred_folder / missing}' (the truth has "
-                         f"{len(true_names)} frames in '{clip.key}/{kind}', the prediction {len(pred_names)})")
+        raise InputError(
+            f"prediction lacks frame '{pred_folder / missing}' (the truth has "
+            f"{len(true_names)} frames in '{clip.key}/{kind}', the prediction {len(pred_names)})"
+        )
     if len(pred_names) > len(true_names):
-        raise InputError(f"prediction frame '{pred_folder / pred_names[len(true_names)]}' is not in the truth "
-                         f"(the truth has {len(true_names)} frames in '{clip.key}/{kind}')")
+        raise InputError(
+            f"prediction frame '{pred_folder / pred_names[len(true_names)]}' is not in the truth "
+            f"(the truth has {len(true_names)} frames in '{clip.key}/{kind}')"
+        )
     return true_names
 
 
@@ -129,5 +147,7 @@ def check_output_folder(out, *protected):
             continue
         clips = [c for c in entry.iterdir() if c.is_dir()] if entry.is_dir() else []
         if not clips or not all((c / "pha").is_dir() for c in clips):
-            raise InputError(f"output '{out}' exists and holds '{entry.name}', which is not part of an "
-                             "evaluation tree; choose another --out or remove it (it would be replaced)")
+            raise InputError(
+                f"output '{out}' exists and holds '{entry.name}', which is not part of an "
+                "evaluation tree; choose another --out or remove it (it would be replaced)"
+            )

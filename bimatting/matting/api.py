@@ -8,6 +8,7 @@
 
 `bimatting matte` (the CLI) is this function with options; both return the same summary.
 """
+
 from pathlib import Path
 
 from bimatting.errors import InputError
@@ -22,19 +23,37 @@ def model_source(model, backend=None):
     export); an .onnx file runs in onnxruntime; anything else that exists is a compiled artifact
     (the TVM runtime)."""
     if not isinstance(model, (str, Path)):
-        raise InputError(f"model must be 'default', 'rvm' or a path, got {type(model).__name__}; "
-                         "save a network with bimatting.weights.checkpoints.save_checkpoint first")
+        raise InputError(
+            f"model must be 'default', 'rvm' or a path, got {type(model).__name__}; "
+            "save a network with bimatting.weights.checkpoints.save_checkpoint first"
+        )
     path = Path(model)
     if str(model) in KEYWORDS or path.suffix.lower() in CHECKPOINT_SUFFIXES or backend == "torch":
         return str(model), None
     if not path.exists():
-        raise InputError(f"model '{model}' does not exist; expected 'default', 'rvm', a checkpoint "
-                         "(.pth .pt .npz), an .onnx file or a compiled artifact from `bimatting compile`")
+        raise InputError(
+            f"model '{model}' does not exist; expected 'default', 'rvm', a checkpoint "
+            "(.pth .pt .npz), an .onnx file or a compiled artifact from `bimatting compile`"
+        )
     return None, str(model)
 
 
-def matte(source, output, model="default", *, output_type="composite", downsample_ratio="auto", backend=None,
-          background="green", start=0.0, frames=None, rgba=False, progress=True, resume=False, threads=0):
+def matte(
+    source,
+    output,
+    model="default",
+    *,
+    output_type="composite",
+    downsample_ratio="auto",
+    backend=None,
+    background="green",
+    start=0.0,
+    frames=None,
+    rgba=False,
+    progress=True,
+    resume=False,
+    threads=0,
+):
     """Matte `source` into `output` with `model`; returns the summary of what was done:
     {'outputs': [paths written], 'frames', 'size', 'fps', 'seconds', 'model', 'backend', ...}.
 
@@ -52,6 +71,19 @@ def matte(source, output, model="default", *, output_type="composite", downsampl
     from bimatting.matting.runner import matte as run
 
     checkpoint, artifact = model_source(model, backend)
-    return run(source, output, checkpoint=checkpoint, artifact=artifact, backend=backend, output_type=output_type,
-               background=background, downsample_ratio=downsample_ratio, start=start, frames=frames, rgba=rgba,
-               progress=progress, threads=threads, resume=resume)
+    return run(
+        source,
+        output,
+        checkpoint=checkpoint,
+        artifact=artifact,
+        backend=backend,
+        output_type=output_type,
+        background=background,
+        downsample_ratio=downsample_ratio,
+        start=start,
+        frames=frames,
+        rgba=rgba,
+        progress=progress,
+        threads=threads,
+        resume=resume,
+    )

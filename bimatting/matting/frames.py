@@ -5,6 +5,7 @@ distillation keeps footage in memory that way). `iter_frames` / `read_frames` gi
 as RGB float32 arrays [H, W, 3] in [0, 1], the convention of RVM's `src`, optionally resized to an
 exact size.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,10 @@ def list_images(folder):
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise InputError(f"folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                         "give a folder of frames or a video file")
+        raise InputError(
+            f"folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+            "give a folder of frames or a video file"
+        )
     return files
 
 
@@ -66,12 +69,13 @@ def iter_frames_uint8(source, start=0, limit=None, short_side=None, long_side=No
     """
     source = Path(source)
     if not source.exists():
-        raise InputError(f"cannot read frames from '{source}': it does not exist; give a video file, "
-                         "a folder of images or an image")
+        raise InputError(
+            f"cannot read frames from '{source}': it does not exist; give a video file, a folder of images or an image"
+        )
     if source.is_dir():
         frames = (read_image_uint8(path) for path in list_images(source)[start:][:limit])
     elif source.suffix.lower() in IMAGE_SUFFIXES:
-        frames = [read_image_uint8(source)][start:][:limit]       # a still: a clip of one frame
+        frames = [read_image_uint8(source)][start:][:limit]  # a still: a clip of one frame
     else:
         frames = _video_frames(source, start, limit)
     for frame in frames:

@@ -21,6 +21,7 @@ videos (their codecs are lossy). The network's state is the one after the last k
 continued frames equal those of an uninterrupted run. Torch-free (the torch backend's states
 are converted by the backend's own tensors).
 """
+
 import contextlib
 import hashlib
 import json
@@ -118,6 +119,7 @@ class Session:
 
 # -- names and identity ------------------------------------------------------------------------------
 
+
 def state_path(output):
     output = Path(output)
     return output.with_name(output.name + STATE_SUFFIX)
@@ -144,11 +146,15 @@ def fingerprint(source, options):
         identity = f"{stat.st_size}:{stat.st_mtime_ns}"
     else:
         raise InputError(f"--resume needs a video file or an image folder, not '{source}'")
-    return {"input": str(path.resolve()), "identity": identity,
-            "options": json.dumps(options, sort_keys=True, default=str)}
+    return {
+        "input": str(path.resolve()),
+        "identity": identity,
+        "options": json.dumps(options, sort_keys=True, default=str),
+    }
 
 
 # -- the recurrent state of each backend -------------------------------------------------------------
+
 
 def get_states(matter):
     """The states after the last frame, as numpy arrays (r1..r4 order), or [] before any frame."""
@@ -161,8 +167,7 @@ def get_states(matter):
 def set_states(matter, arrays):
     runner = getattr(matter, "runner", None)
     if runner is not None:
-        runner._state_values = {name: runner.model.to_device(name, array)
-                                for name, array in zip(runner.states, arrays)}
+        runner._state_values = {name: runner.model.to_device(name, array) for name, array in zip(runner.states, arrays)}
     elif matter.backend == "torch":
         import torch
 
@@ -172,6 +177,7 @@ def set_states(matter, arrays):
 
 
 # -- interrupt -------------------------------------------------------------------------------------
+
 
 def keep_partial(output, sinks, matter, count, identity):
     """Save the finished frames as partial outputs and the state beside OUTPUT; raises
@@ -183,8 +189,13 @@ def keep_partial(output, sinks, matter, count, identity):
         for sink in sinks:
             kept.append(_keep_sink(output, sink))
         arrays = {f"state{index}": array for index, array in enumerate(get_states(matter))}
-        meta = {"count": count, "ratio": matter.ratio, "size": list(matter.size), "fingerprint": identity,
-                "partials": [str(path) for path in kept]}
+        meta = {
+            "count": count,
+            "ratio": matter.ratio,
+            "size": list(matter.size),
+            "fingerprint": identity,
+            "partials": [str(path) for path in kept],
+        }
         arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         with atomic_path(state_path(output)) as tmp:
             with open(tmp, "wb") as handle:
@@ -192,10 +203,14 @@ def keep_partial(output, sinks, matter, count, identity):
     except (OSError, RuntimeFailure) as error:
         for path in kept:
             _remove(path)
-        raise MatteInterrupted(f"Interrupted after {count} frames; the partial output could not be kept "
-                               f"({error}); nothing written to '{output}'.") from None
-    raise MatteInterrupted(f"Interrupted after {count} frames; kept {', '.join(map(str, kept))} (playable) and "
-                           f"{state_path(output)}; continue with the same command and --resume.")
+        raise MatteInterrupted(
+            f"Interrupted after {count} frames; the partial output could not be kept "
+            f"({error}); nothing written to '{output}'."
+        ) from None
+    raise MatteInterrupted(
+        f"Interrupted after {count} frames; kept {', '.join(map(str, kept))} (playable) and "
+        f"{state_path(output)}; continue with the same command and --resume."
+    )
 
 
 def _keep_sink(output, sink):
@@ -220,30 +235,36 @@ def _keep_sink(output, sink):
 
 # -- resume --------------------------------------------------------------------------------------
 
+
 def load(output, identity):
     """The saved state of an interrupted run of the same command; InputError otherwise."""
     path = state_path(output)
     if not path.is_file():
-        raise InputError(f"nothing to resume: '{path}' does not exist (it is written when a run is interrupted "
-                         "with Ctrl-C); run without --resume")
+        raise InputError(
+            f"nothing to resume: '{path}' does not exist (it is written when a run is interrupted "
+            "with Ctrl-C); run without --resume"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
         count, states = int(meta["count"]), [arrays[f"state{i}"] for i in range(len(arrays))]
     except Exception as error:  # noqa: BLE001 - any unreadable state file is the same problem
-        raise InputError(f"'{path}' is not a readable resume state ({type(error).__name__}); remove it and "
-                         "run without --resume") from None
+        raise InputError(
+            f"'{path}' is not a readable resume state ({type(error).__name__}); remove it and run without --resume"
+        ) from None
     if meta.get("fingerprint") != identity:
-        raise InputError(f"'{path}' belongs to a run with another input or other options; resume with the "
-                         "same command, or remove it and run without --resume")
+        raise InputError(
+            f"'{path}' belongs to a run with another input or other options; resume with the "
+            "same command, or remove it and run without --resume"
+        )
     partials = [Path(p) for p in meta.get("partials", [])]
     missing = [str(p) for p in partials if not p.exists()]
     if missing:
-        raise InputError(f"cannot resume: the partial output {missing[0]} is gone; remove '{path}' and run "
-                         "without --resume")
-    return {"count": count, "states": states, "ratio": meta["ratio"], "size": tuple(meta["size"]),
-            "partials": partials}
+        raise InputError(
+            f"cannot resume: the partial output {missing[0]} is gone; remove '{path}' and run without --resume"
+        )
+    return {"count": count, "states": states, "ratio": meta["ratio"], "size": tuple(meta["size"]), "partials": partials}
 
 
 def restore(resume, output, sinks, matter):
@@ -259,8 +280,10 @@ def restore(resume, output, sinks, matter):
                 for _ in range(count):
                     ok, frame = capture.read()
                     if not ok:
-                        raise InputError(f"cannot resume: '{source}' holds fewer than {count} frames; remove "
-                                         f"'{state_path(output)}' and run without --resume")
+                        raise InputError(
+                            f"cannot resume: '{source}' holds fewer than {count} frames; remove "
+                            f"'{state_path(output)}' and run without --resume"
+                        )
                     sink.writer.write(frame)
                     sink.count += 1
             finally:
@@ -269,8 +292,10 @@ def restore(resume, output, sinks, matter):
             for index in range(count):
                 name = f"{index:05d}.png"
                 if not (source / name).is_file():
-                    raise InputError(f"cannot resume: '{source / name}' is missing; remove "
-                                     f"'{state_path(output)}' and run without --resume")
+                    raise InputError(
+                        f"cannot resume: '{source / name}' is missing; remove "
+                        f"'{state_path(output)}' and run without --resume"
+                    )
                 shutil.copyfile(source / name, sink.folder / name)
             sink.index = count
     matter.size, matter.ratio = resume["size"], resume["ratio"]

@@ -14,6 +14,7 @@ the states r1..r4 in, fgr, pha and the next states out):
 Only the torch backend and the in-memory export import torch: a board with onnxruntime or the TVM
 runtime mattes without it. Frames are RGB float32 [H, W, 3] in [0, 1] (bimatting.matting.frames).
 """
+
 import contextlib
 import inspect
 import time
@@ -47,6 +48,7 @@ def parse_ratio(value):
 
 # -- backends ----------------------------------------------------------------------------------
 
+
 class Matter:
     """One network on one backend; `step` mattes the next frame of a video."""
 
@@ -56,7 +58,7 @@ class Matter:
         self.downsample_ratio = parse_ratio(downsample_ratio)
         self.model = model
         self.ratio = None  # the s in use, fixed by the first frame
-        self.size = None   # (width, height) of the first frame
+        self.size = None  # (width, height) of the first frame
         self.states = None
 
     def reset(self):
@@ -65,12 +67,14 @@ class Matter:
 
     def step(self, frame):
         """[H, W, 3] float32 RGB -> (fgr [H, W, 3], pha [H, W]) float32; advances the state."""
-        fgr, pha = self.infer(to_nchw(frame))                              # [1,3,H,W], [1,1,H,W]
+        fgr, pha = self.infer(to_nchw(frame))  # [1,3,H,W], [1,1,H,W]
         height, width = frame.shape[:2]
         if tuple(fgr.shape) != (1, 3, height, width) or tuple(pha.shape) != (1, 1, height, width):
-            raise InputError(f"'{self.model}' returned fgr {list(fgr.shape)} and pha {list(pha.shape)} for a "
-                             f"{width}x{height} frame; expected [1, 3, {height}, {width}] and [1, 1, {height}, "
-                             f"{width}] (not a matting network in RVM's interface, or a corrupt one)")
+            raise InputError(
+                f"'{self.model}' returned fgr {list(fgr.shape)} and pha {list(pha.shape)} for a "
+                f"{width}x{height} frame; expected [1, 3, {height}, {width}] and [1, 1, {height}, "
+                f"{width}] (not a matting network in RVM's interface, or a corrupt one)"
+            )
         return np.transpose(fgr[0], (1, 2, 0)), pha[0, 0]
 
     def infer(self, src):
@@ -81,8 +85,10 @@ class Matter:
             auto = self.downsample_ratio == "auto"
             self.ratio = auto_downsample_ratio(height, width) if auto else self.downsample_ratio
         elif self.size != (width, height):
-            raise InputError(f"frame of {width}x{height} after frames of {self.size[0]}x{self.size[1]}; "
-                             "a clip must keep one size (call reset() between clips)")
+            raise InputError(
+                f"frame of {width}x{height} after frames of {self.size[0]}x{self.size[1]}; "
+                "a clip must keep one size (call reset() between clips)"
+            )
         return self._run(src, self.ratio)
 
     def describe(self):
@@ -109,7 +115,7 @@ class TorchMatter(Matter):
         with torch.inference_mode():
             outputs, states = recurrent_step(self.network, torch.from_numpy(src), self.states, ratio, **self._extra)
         self.states = states
-        return outputs[0].numpy(), outputs[1].numpy()                          # fgr, pha
+        return outputs[0].numpy(), outputs[1].numpy()  # fgr, pha
 
 
 class OnnxMatter(Matter):
@@ -138,31 +144,40 @@ class OnnxMatter(Matter):
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception types
             first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-            raise InputError(f"onnxruntime cannot load model '{name}' ({first}); "
-                             "expected an .onnx from `bimatting export`") from None
+            raise InputError(
+                f"onnxruntime cannot load model '{name}' ({first}); expected an .onnx from `bimatting export`"
+            ) from None
         inputs = {i.name: i for i in self.session.get_inputs()}
         missing = [n for n in ("src", "r1i", "r2i", "r3i", "r4i") if n not in inputs]
         if missing:
-            raise InputError(f"'{name}' lacks the inputs {', '.join(missing)}; expected a matting "
-                             "network in RVM's interface (src, r1i..r4i[, downsample_ratio])")
+            raise InputError(
+                f"'{name}' lacks the inputs {', '.join(missing)}; expected a matting "
+                "network in RVM's interface (src, r1i..r4i[, downsample_ratio])"
+            )
         self.has_ratio_input = "downsample_ratio" in inputs
         self.static_shape = inputs["src"].shape if all(isinstance(d, int) for d in inputs["src"].shape) else None
         self.baked_ratio = _metadata_ratio(self.session) if not self.has_ratio_input else None
         if self.baked_ratio is not None and self.downsample_ratio not in ("auto", self.baked_ratio):
-            raise InputError(f"'{name}' is exported with downsample ratio {self.baked_ratio:g} baked in, not "
-                             f"{self.downsample_ratio:g}; export it again or use --downsample-ratio auto")
+            raise InputError(
+                f"'{name}' is exported with downsample ratio {self.baked_ratio:g} baked in, not "
+                f"{self.downsample_ratio:g}; export it again or use --downsample-ratio auto"
+            )
         self._state_shapes = {k: inputs[f"r{k}i"].shape for k in range(1, 5)}
         self.outputs = ["fgr", "pha", "r1o", "r2o", "r3o", "r4o"]
 
     def _run(self, src, ratio):
         if self.static_shape is not None and list(src.shape) != list(self.static_shape):
-            raise InputError(f"'{self.model}' was exported for input {self.static_shape}, the frames are "
-                             f"{list(src.shape)}; export it again with the frames' size")
+            raise InputError(
+                f"'{self.model}' was exported for input {self.static_shape}, the frames are "
+                f"{list(src.shape)}; export it again with the frames' size"
+            )
         if self.states is None:
             # RVM's convention: the first frame gets zero states of shape [1,1,1,1] (broadcast).
             # A static export has fixed state shapes instead.
-            self.states = [np.zeros([d if isinstance(d, int) else 1 for d in self._state_shapes[k]], np.float32)
-                           for k in range(1, 5)]
+            self.states = [
+                np.zeros([d if isinstance(d, int) else 1 for d in self._state_shapes[k]], np.float32)
+                for k in range(1, 5)
+            ]
         feed = {"src": src, **{f"r{k}i": s for k, s in enumerate(self.states, 1)}}
         if self.has_ratio_input:
             feed["downsample_ratio"] = np.asarray([ratio], np.float32)
@@ -172,8 +187,10 @@ class OnnxMatter(Matter):
             fgr, pha, *self.states = self.session.run(self.outputs, feed)
         except Exception as error:  # onnxruntime's own types: a graph that loads but cannot run
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            raise RuntimeFailure(f"onnxruntime failed running '{self.model}' ({first}); the model is "
-                                 "corrupt or not a matting network for these frames") from None
+            raise RuntimeFailure(
+                f"onnxruntime failed running '{self.model}' ({first}); the model is "
+                "corrupt or not a matting network for these frames"
+            ) from None
         return fgr, pha
 
 
@@ -200,18 +217,23 @@ def open_matter(checkpoint=None, artifact=None, backend=None, downsample_ratio="
     if artifact is not None:
         path = Path(artifact)
         if not path.exists():  # a compiled artifact may also be a folder
-            raise InputError(f"artifact '{path}' does not exist; expected an .onnx file or a compiled "
-                             "artifact from `bimatting compile`")
+            raise InputError(
+                f"artifact '{path}' does not exist; expected an .onnx file or a compiled "
+                "artifact from `bimatting compile`"
+            )
         is_onnx = path.suffix.lower() in ONNX_SUFFIXES
         backend = backend or ("onnxruntime" if is_onnx else "tvm")
         if backend == "torch":
-            raise InputError(f"the torch backend runs checkpoints, not artifacts ('{path}'); "
-                             "use --checkpoint or another backend")
+            raise InputError(
+                f"the torch backend runs checkpoints, not artifacts ('{path}'); use --checkpoint or another backend"
+            )
         if backend == "onnxruntime" and not is_onnx:
             raise InputError(f"onnxruntime needs an .onnx file, got '{path}'; use --backend tvm for compiled artifacts")
         if backend == "tvm" and is_onnx:
-            raise InputError(f"the tvm backend runs compiled artifacts, got the ONNX '{path}'; "
-                             f"compile it first (bimatting compile {path.name} --target host)")
+            raise InputError(
+                f"the tvm backend runs compiled artifacts, got the ONNX '{path}'; "
+                f"compile it first (bimatting compile {path.name} --target host)"
+            )
         if backend == "onnxruntime":
             return OnnxMatter(path, downsample_ratio, name=path, threads=threads)
         return _tvm_matter(path, downsample_ratio)
@@ -221,8 +243,9 @@ def open_matter(checkpoint=None, artifact=None, backend=None, downsample_ratio="
     if backend == "onnxruntime":
         if is_onnx_file:
             if not Path(checkpoint).is_file():
-                raise InputError(f"checkpoint '{checkpoint}' does not exist; expected a .pth/.pt/.onnx file, "
-                                 "'rvm' or 'default'")
+                raise InputError(
+                    f"checkpoint '{checkpoint}' does not exist; expected a .pth/.pt/.onnx file, 'rvm' or 'default'"
+                )
             return OnnxMatter(Path(checkpoint), downsample_ratio, name=checkpoint, threads=threads)
         return OnnxMatter(export_in_memory(checkpoint), downsample_ratio, name=checkpoint, threads=threads)
     if backend == "tvm":
@@ -248,8 +271,10 @@ def export_in_memory(checkpoint):
     try:
         from bimatting.export.exporter import build_onnx
     except ImportError:
-        raise InputError("this install has no ONNX exporter (bimatting.export.exporter); "
-                         "use --backend torch or pass an .onnx with --artifact") from None
+        raise InputError(
+            "this install has no ONNX exporter (bimatting.export.exporter); "
+            "use --backend torch or pass an .onnx with --artifact"
+        ) from None
     arch = "bimatting" if isinstance(model, model_class("bimatting")) else "rvm"
     return build_onnx(model, arch)
 
@@ -258,8 +283,9 @@ def _tvm_matter(path, downsample_ratio):
     import importlib.util
 
     if importlib.util.find_spec("bimatting.deploy.device.runtime") is None:
-        raise InputError("this install has no TVM runtime (bimatting.deploy.device.runtime); "
-                         "use --backend onnxruntime or torch")
+        raise InputError(
+            "this install has no TVM runtime (bimatting.deploy.device.runtime); use --backend onnxruntime or torch"
+        )
     return TvmMatter(path, downsample_ratio)
 
 
@@ -281,11 +307,16 @@ class TvmMatter(Matter):
         meta = self.compiled.metadata
         self.resolution = tuple(meta["resolution"])  # (width, height)
         self.compiled_ratio = meta.get("downsample_ratio")
-        if self.downsample_ratio != "auto" and self.compiled_ratio is not None \
-                and abs(self.downsample_ratio - self.compiled_ratio) > 1e-9:
-            raise InputError(f"artifact '{path}' is compiled for downsample ratio {self.compiled_ratio:g}, not "
-                             f"{self.downsample_ratio:g}; compile it again with --downsample-ratio "
-                             f"{self.downsample_ratio:g} or use --downsample-ratio auto")
+        if (
+            self.downsample_ratio != "auto"
+            and self.compiled_ratio is not None
+            and abs(self.downsample_ratio - self.compiled_ratio) > 1e-9
+        ):
+            raise InputError(
+                f"artifact '{path}' is compiled for downsample ratio {self.compiled_ratio:g}, not "
+                f"{self.downsample_ratio:g}; compile it again with --downsample-ratio "
+                f"{self.downsample_ratio:g} or use --downsample-ratio auto"
+            )
 
     def reset(self):
         super().reset()
@@ -294,8 +325,10 @@ class TvmMatter(Matter):
     def infer(self, src):
         width, height = src.shape[-1], src.shape[-2]
         if (width, height) != self.resolution:
-            raise InputError(f"artifact '{self.model}' is compiled for {self.resolution[0]}x{self.resolution[1]} "
-                             f"frames, these are {width}x{height}; compile it with --resolution {width}x{height}")
+            raise InputError(
+                f"artifact '{self.model}' is compiled for {self.resolution[0]}x{self.resolution[1]} "
+                f"frames, these are {width}x{height}; compile it with --resolution {width}x{height}"
+            )
         return super().infer(src)
 
     def _run(self, src, ratio):
@@ -307,9 +340,24 @@ class TvmMatter(Matter):
 
 # -- the loop ----------------------------------------------------------------------------------
 
-def matte(source, output, *, checkpoint=None, artifact=None, backend=None, output_type="composite",
-          background="green", downsample_ratio="auto", start=0.0, frames=None, rgba=False,
-          progress=True, threads=0, resume=False):
+
+def matte(
+    source,
+    output,
+    *,
+    checkpoint=None,
+    artifact=None,
+    backend=None,
+    output_type="composite",
+    background="green",
+    downsample_ratio="auto",
+    start=0.0,
+    frames=None,
+    rgba=False,
+    progress=True,
+    threads=0,
+    resume=False,
+):
     """Matte `source` (video file, image folder or webcam index) into `output` (video or PNG folder).
 
     Everything the user gave is checked before the model loads; outputs appear only complete
@@ -329,25 +377,51 @@ def matte(source, output, *, checkpoint=None, artifact=None, backend=None, outpu
     if start < 0:
         raise InputError(f"--start must be >= 0 seconds, got {start}")
     kinds = ("composite", "alpha", "foreground") if output_type == "all" else (output_type,)
-    options = dict(checkpoint=checkpoint, artifact=artifact, backend=backend, output_type=output_type,
-                   background=background, downsample_ratio=downsample_ratio, start=start, frames=frames, rgba=rgba)
+    options = dict(
+        checkpoint=checkpoint,
+        artifact=artifact,
+        backend=backend,
+        output_type=output_type,
+        background=background,
+        downsample_ratio=downsample_ratio,
+        start=start,
+        frames=frames,
+        rgba=rgba,
+    )
     with FrameSource(source, start=start, limit=frames) as reader:
         session = matte_resume.Session(source, output, options, resume, reader.kind)
         color = parse_background(background, reader.size) if "composite" in kinds else None
         with open_sinks(output, kinds, reader.fps, reader.size, rgba=rgba) as sinks:
             matter = open_matter(checkpoint, artifact, backend, downsample_ratio, threads)
             todo, done = session.start(reader, sinks, matter)
-            count, began = _loop(reader, matter, sinks, color, progress, todo, done,
-                                 (lambda n: session.stop(sinks, matter, n)) if session.resumable else None)
+            count, began = _loop(
+                reader,
+                matter,
+                sinks,
+                color,
+                progress,
+                todo,
+                done,
+                (lambda n: session.stop(sinks, matter, n)) if session.resumable else None,
+            )
     session.finish()
     seconds = time.perf_counter() - began
-    summary = {"input": str(source), "outputs": [str(sink.path) for sink in sinks], "frames": count,
-               "size": list(reader.size), "fps": reader.fps, "seconds": round(seconds, 3),
-               "frames_per_second": round((count - done) / seconds, 3) if seconds > 0 else None,
-               **matter.describe(), **({"resumed_after": done} if resume else {})}
+    summary = {
+        "input": str(source),
+        "outputs": [str(sink.path) for sink in sinks],
+        "frames": count,
+        "size": list(reader.size),
+        "fps": reader.fps,
+        "seconds": round(seconds, 3),
+        "frames_per_second": round((count - done) / seconds, 3) if seconds > 0 else None,
+        **matter.describe(),
+        **({"resumed_after": done} if resume else {}),
+    }
     if reader.kind == "video" and reader.total is not None and count < reader.total:
-        summary["warning"] = (f"the input declares {reader.total} frames but only {count} could be decoded "
-                              "(a truncated or corrupt stream?); the output holds those")
+        summary["warning"] = (
+            f"the input declares {reader.total} frames but only {count} could be decoded "
+            "(a truncated or corrupt stream?); the output holds those"
+        )
     return summary
 
 
@@ -359,15 +433,14 @@ def _loop(reader, matter, sinks, background, progress, frames=None, done=0, on_s
     from bimatting.matting.resume import deferred_interrupt
 
     count, began = done, time.perf_counter()
-    bar = tqdm(total=reader.total, initial=done, unit="frame", desc="matte", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=reader.total, initial=done, unit="frame", desc="matte", disable=not progress, dynamic_ncols=True)
     with bar, contextlib.ExitStack() as stack:
         stop = None
         if reader.kind == "webcam":
             stack.enter_context(contextlib.suppress(KeyboardInterrupt))  # Ctrl-C ends a live recording
         elif on_stop is not None:
             stop = stack.enter_context(deferred_interrupt())
-        for frame in (reader if frames is None else frames):
+        for frame in reader if frames is None else frames:
             fgr, pha = matter.step(frame)
             for sink in sinks:
                 sink.write(frame=frame, fgr=fgr, pha=pha, background=background)

@@ -5,6 +5,7 @@ footage of its own. scikit-image ships the "astronaut" portrait (Eileen Collins,
 NASA); this module turns it into a clip by moving a virtual camera over it (a smooth pan, zoom and
 slight roll, eased in and out) so consecutive frames differ the way video frames do. Torch-free.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,9 @@ def sample_frames(frames=DEFAULT_FRAMES, size=DEFAULT_SIZE):
         matrix = cv2.getRotationMatrix2D(centre, angle, zoom)
         matrix[0, 2] += width / 2 - centre[0]
         matrix[1, 2] += height / 2 - centre[1]
-        frame = cv2.warpAffine(portrait, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REFLECT_101)
+        frame = cv2.warpAffine(
+            portrait, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+        )
         clip.append(frame.astype(np.float32) / 255.0)
     return clip
 

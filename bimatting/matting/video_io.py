@@ -6,6 +6,7 @@ OpenCV, or a folder of PNGs (alpha: 8-bit grayscale; foreground and composite: R
 RGBA on request). Every sink writes to a temporary name and is renamed only when the whole clip
 is done (bimatting.atomic), so a failure leaves no partial output. Torch-free.
 """
+
 import contextlib
 import math
 import os
@@ -26,6 +27,7 @@ NAMED_COLORS = {"green": (120, 255, 155), "white": (255, 255, 255), "black": (0,
 
 # -- sources -----------------------------------------------------------------------------------
 
+
 class FrameSource:
     """Frames of a video, an image folder or a webcam; opened (and the first frame read) up front."""
 
@@ -37,10 +39,12 @@ class FrameSource:
             self.kind = "folder"
             self.files = list_images(path)
             self.fps = FOLDER_FPS
-            self.files = self.files[round(self.start * self.fps):]
+            self.files = self.files[round(self.start * self.fps) :]
             if not self.files:
-                raise InputError(f"--start {self.start:g}s is past the end of '{path}' "
-                                 f"({len(list_images(path))} images at {FOLDER_FPS:g} frames/s)")
+                raise InputError(
+                    f"--start {self.start:g}s is past the end of '{path}' "
+                    f"({len(list_images(path))} images at {FOLDER_FPS:g} frames/s)"
+                )
             self.first = read_image(self.files[0])
             available = len(self.files)
         elif self.spec.isdigit() and not path.exists():
@@ -48,8 +52,9 @@ class FrameSource:
             available = self._open_capture(int(self.spec), f"webcam {self.spec}")
         else:
             if not path.exists():
-                raise InputError(f"input '{path}' does not exist; give a video file, a folder of images "
-                                 "or a webcam index")
+                raise InputError(
+                    f"input '{path}' does not exist; give a video file, a folder of images or a webcam index"
+                )
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 raise InputError(f"input '{path}' is a single image; give a video file or a folder of images")
             self.kind = "video"
@@ -66,8 +71,11 @@ class FrameSource:
             capture = cv2.VideoCapture(target)
         if not capture.isOpened():
             capture.release()
-            hint = "check the camera index" if self.kind == "webcam" else \
-                "expected a video file OpenCV can decode (mp4, avi, mkv, mov)"
+            hint = (
+                "check the camera index"
+                if self.kind == "webcam"
+                else "expected a video file OpenCV can decode (mp4, avi, mkv, mov)"
+            )
             raise InputError(f"cannot open {what}; {hint}")
         self.capture = capture
         fps = capture.get(cv2.CAP_PROP_FPS)
@@ -81,8 +89,9 @@ class FrameSource:
         if not ok:
             self.close()
             where = f" at {self.start:g}s" if skip else ""
-            raise InputError(f"{what} has no readable frames{where}; the file may be empty, corrupt "
-                             "or shorter than --start")
+            raise InputError(
+                f"{what} has no readable frames{where}; the file may be empty, corrupt or shorter than --start"
+            )
         self.first = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
         return max(count - skip, 1) if count > 0 else None
 
@@ -148,6 +157,7 @@ def _quiet_stderr():
 
 # -- backgrounds -------------------------------------------------------------------------------
 
+
 def parse_background(text, size):
     """'green' | 'white' | '#RRGGBB' | 'R,G,B' (0-255) | an image file -> float32 [H, W, 3] or [3]."""
     text = str(text).strip()
@@ -155,7 +165,7 @@ def parse_background(text, size):
         return np.asarray(NAMED_COLORS[text.lower()], np.float32) / 255.0
     hex_digits = text[1:] if text.startswith("#") else text
     if len(hex_digits) == 6 and all(c in "0123456789abcdefABCDEF" for c in hex_digits) and not Path(text).exists():
-        return np.asarray([int(hex_digits[i:i + 2], 16) for i in (0, 2, 4)], np.float32) / 255.0
+        return np.asarray([int(hex_digits[i : i + 2], 16) for i in (0, 2, 4)], np.float32) / 255.0
     parts = text.split(",")
     if len(parts) == 3 and not Path(text).exists():
         try:
@@ -170,8 +180,9 @@ def parse_background(text, size):
 
         image = read_image(path)
         return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
-    raise InputError(f"background '{text}' is neither a colour (green, white, #RRGGBB, R,G,B) nor an "
-                     "existing image file")
+    raise InputError(
+        f"background '{text}' is neither a colour (green, white, #RRGGBB, R,G,B) nor an existing image file"
+    )
 
 
 def composite(fgr, pha, background):
@@ -182,6 +193,7 @@ def composite(fgr, pha, background):
 
 # -- sinks -------------------------------------------------------------------------------------
 
+
 def _to_uint8(image):
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
@@ -189,10 +201,10 @@ def _to_uint8(image):
 def _render(kind, frame, fgr, pha, background, rgba):
     """The RGB(A) or gray uint8 image of one output kind."""
     if kind == "alpha":
-        return _to_uint8(pha)                                              # [H, W]
+        return _to_uint8(pha)  # [H, W]
     if kind == "foreground":
         return _to_uint8(np.concatenate([fgr, pha[..., None]], axis=2) if rgba else fgr)
-    return _to_uint8(composite(fgr, pha, background))                      # [H, W, 3]
+    return _to_uint8(composite(fgr, pha, background))  # [H, W, 3]
 
 
 class VideoSink:
@@ -203,15 +215,17 @@ class VideoSink:
         fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[path.suffix.lower()])
         self.writer = cv2.VideoWriter(str(tmp), fourcc, float(fps), tuple(size))
         if not self.writer.isOpened():
-            raise InputError(f"OpenCV cannot write '{path}' with codec {VIDEO_CODECS[path.suffix.lower()]}; "
-                             f"use one of: {', '.join(VIDEO_CODECS)}")
+            raise InputError(
+                f"OpenCV cannot write '{path}' with codec {VIDEO_CODECS[path.suffix.lower()]}; "
+                f"use one of: {', '.join(VIDEO_CODECS)}"
+            )
 
     def write(self, frame, fgr, pha, background):
         import cv2
 
         image = _render(self.kind, frame, fgr, pha, background, rgba=False)
         if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=2)                 # gray video as RGB
+            image = np.repeat(image[..., None], 3, axis=2)  # gray video as RGB
         self.writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         self.count += 1
 
@@ -236,8 +250,10 @@ class VideoSink:
             finally:
                 capture.release()
         if not ok or frames != self.count or (first.shape[1], first.shape[0]) != self.size:
-            raise RuntimeFailure(f"could not write '{self.path}' completely ({frames} of {self.count} frames "
-                                 "readable back; disk full or file size limit?); the previous file, if any, is kept")
+            raise RuntimeFailure(
+                f"could not write '{self.path}' completely ({frames} of {self.count} frames "
+                "readable back; disk full or file size limit?); the previous file, if any, is kept"
+            )
 
 
 class PngSink:
@@ -253,7 +269,7 @@ class PngSink:
             image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
         target = self.folder / f"{self.index:05d}.png"
         ok, encoded = cv2.imencode(".png", image)  # encoded in memory: a failed write is an OSError
-        if not ok:                                 # (atomic_dir: one line), not libpng noise on stderr
+        if not ok:  # (atomic_dir: one line), not libpng noise on stderr
             raise RuntimeFailure(f"OpenCV could not encode '{target}' as PNG")
         target.write_bytes(encoded.tobytes())
         self.index += 1
@@ -272,8 +288,10 @@ def output_kind(output):
         return "folder"
     if path.suffix.lower() in VIDEO_CODECS:
         return "video"
-    raise InputError(f"output '{path}' has the unknown extension '{path.suffix}'; expected a video "
-                     f"({', '.join(VIDEO_CODECS)}) or a folder name for PNGs")
+    raise InputError(
+        f"output '{path}' has the unknown extension '{path.suffix}'; expected a video "
+        f"({', '.join(VIDEO_CODECS)}) or a folder name for PNGs"
+    )
 
 
 def _usual_mode(path, mode):
@@ -296,8 +314,10 @@ def open_sinks(output, kinds, fps, size, rgba=False):
     if kind == "video" and rgba:
         raise InputError("--rgba needs a PNG folder output; videos hold no alpha channel")
     if kind == "video" and (size[0] % 2 or size[1] % 2):  # the codecs store 4:2:0 colour: they would crop
-        raise InputError(f"frames of {size[0]}x{size[1]} cannot be stored in a video (its codecs need an even "
-                         f"width and height); write a PNG folder instead (-o {path.stem}/)")
+        raise InputError(
+            f"frames of {size[0]}x{size[1]} cannot be stored in a video (its codecs need an even "
+            f"width and height); write a PNG folder instead (-o {path.stem}/)"
+        )
     if rgba and "foreground" not in kinds:
         raise InputError("--rgba applies to the foreground; use --output-type foreground or all")
     sinks = []

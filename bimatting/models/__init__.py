@@ -1,8 +1,9 @@
 """Model registry: architecture name -> network class (imported on demand; needs torch).
 
-    rvm        Robust Video Matting, MobileNetV3-Large, full precision (the reference/teacher)
-    bimatting  BiMatting: binarized RVM (BiMobileNet, binary LR-ASPP, SAB decoder, BiDGF)
+rvm        Robust Video Matting, MobileNetV3-Large, full precision (the reference/teacher)
+bimatting  BiMatting: binarized RVM (BiMobileNet, binary LR-ASPP, SAB decoder, BiDGF)
 """
+
 import importlib
 
 from bimatting.errors import InputError

@@ -16,6 +16,7 @@ layer is scaled by the measured fraction of its output positions where M_up != 0
 than the coarse density, since bilinear upsampling widens the band). `mask_density` reports the
 mean of the coarse (1/16) mask M itself.
 """
+
 import contextlib
 
 import numpy as np
@@ -27,7 +28,7 @@ BINARY_OPS_PER_MAC = 1.0 / 64.0
 FP_BITS = 32
 AUTO_FRAMES = 12
 AUTO_CHUNK = 4  # frames per forward call while measuring the mask (memory stays small)
-MIN_SIDE = 32   # smallest side (after downsampling) the encoder's 1/16 stride handles sensibly
+MIN_SIDE = 32  # smallest side (after downsampling) the encoder's 1/16 stride handles sensibly
 
 
 def count_parameters(model):
@@ -65,6 +66,7 @@ class _MacCounter:
             macs = _macs(module, output)
             self.dense[name] = self.dense.get(name, 0) + macs
             self.sparse[name] = self.sparse.get(name, 0.0) + macs * float(self.density(module, output))
+
         return record
 
     def close(self):
@@ -108,8 +110,8 @@ def count_macs(model, clip, downsample_ratio, mask_density, progress=False):
     import torch.nn.functional as F
 
     masked = {id(m) for _, m in getattr(model, "masked_convs", lambda: [])()}
-    latest_mask = []        # the coarse mask of the current forward call
-    coarse_fractions = []   # mean of M per call, weighted by frames
+    latest_mask = []  # the coarse mask of the current forward call
+    coarse_fractions = []  # mean of M per call, weighted by frames
 
     def density(module, output):
         if id(module) not in masked:
@@ -128,10 +130,11 @@ def count_macs(model, clip, downsample_ratio, mask_density, progress=False):
     try:
         with _evaluating(model):
             states = [None] * 4
-            with tqdm(total=clip.shape[0], desc="measuring the SAB mask", unit="frame",
-                      disable=not progress, leave=False) as bar:
+            with tqdm(
+                total=clip.shape[0], desc="measuring the SAB mask", unit="frame", disable=not progress, leave=False
+            ) as bar:
                 for start in range(0, clip.shape[0], AUTO_CHUNK):
-                    chunk = clip[start:start + AUTO_CHUNK].unsqueeze(0)  # [1, t, 3, H, W]
+                    chunk = clip[start : start + AUTO_CHUNK].unsqueeze(0)  # [1, t, 3, H, W]
                     outputs = model(chunk, *states, downsample_ratio=downsample_ratio)
                     states = list(outputs[-4:])
                     bar.update(chunk.shape[1])
@@ -141,8 +144,9 @@ def count_macs(model, clip, downsample_ratio, mask_density, progress=False):
             handle.remove()
 
     frames = clip.shape[0]
-    totals = dict.fromkeys(["fp_macs", "binary_macs", "sparse_fp_macs", "sparse_binary_macs",
-                            "masked_fp_macs", "masked_binary_macs"], 0)
+    totals = dict.fromkeys(
+        ["fp_macs", "binary_macs", "sparse_fp_macs", "sparse_binary_macs", "masked_fp_macs", "masked_binary_macs"], 0
+    )
     masked_names = {name for name, _ in getattr(model, "masked_convs", lambda: [])()}
     for name, dense in counter.dense.items():
         kind = "binary" if counter.binary[name] else "fp"
@@ -162,8 +166,9 @@ def synthetic_clip(resolution, frames=AUTO_FRAMES, seed=0):
     width, height = resolution
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    background = np.stack([0.3 + 0.4 * xx / width, 0.5 + 0.2 * np.sin(yy / height * 6.0),
-                           0.6 - 0.3 * yy / height], axis=-1)
+    background = np.stack(
+        [0.3 + 0.4 * xx / width, 0.5 + 0.2 * np.sin(yy / height * 6.0), 0.6 - 0.3 * yy / height], axis=-1
+    )
     background += rng.normal(0.0, 0.04, background.shape).astype(np.float32)
     clip = []
     for t in range(frames):
@@ -191,8 +196,17 @@ def measurement_clip(resolution, frames=AUTO_FRAMES, source=None):
     return np.stack(sample_frames(frames, resolution)), f"packaged sample clip ({frames} frames)"
 
 
-def profile_model(model, resolution=(512, 288), downsample_ratio=1.0, *, mask_density="auto",
-                  frames=AUTO_FRAMES, frames_source=None, reference=None, progress=False):
+def profile_model(
+    model,
+    resolution=(512, 288),
+    downsample_ratio=1.0,
+    *,
+    mask_density="auto",
+    frames=AUTO_FRAMES,
+    frames_source=None,
+    reference=None,
+    progress=False,
+):
     """Counts of `model` at `resolution` (width, height); `reference` (RVM) gives the ratios.
 
     Returns a flat dict (the JSON of `bimatting profile`)."""
@@ -202,8 +216,10 @@ def profile_model(model, resolution=(512, 288), downsample_ratio=1.0, *, mask_de
     if not 0.0 < downsample_ratio <= 1.0:
         raise InputError(f"downsample ratio {downsample_ratio} must be in (0, 1]; e.g. 0.25 for 1080p")
     if min(width, height) * downsample_ratio < MIN_SIDE:
-        raise InputError(f"resolution {width}x{height} at downsample ratio {downsample_ratio} is below "
-                         f"{MIN_SIDE} px on its short side; use a larger resolution or ratio")
+        raise InputError(
+            f"resolution {width}x{height} at downsample ratio {downsample_ratio} is below "
+            f"{MIN_SIDE} px on its short side; use a larger resolution or ratio"
+        )
     masked = bool(getattr(model, "masked_convs", lambda: [])())
     report = {"resolution": [width, height], "downsample_ratio": downsample_ratio}
     report["params_total"], report["params_binary"] = count_parameters(model)
@@ -222,8 +238,9 @@ def profile_model(model, resolution=(512, 288), downsample_ratio=1.0, *, mask_de
         report[key] = counts[key]
     report["ops_dense"] = counts["fp_macs"] + counts["binary_macs"] * BINARY_OPS_PER_MAC
     report["ops_sparse"] = counts["sparse_fp_macs"] + counts["sparse_binary_macs"] * BINARY_OPS_PER_MAC
-    report["mask_density"] = (counts["measured_mask_density"] if mask_density == "auto" else mask_density) \
-        if masked else None
+    report["mask_density"] = (
+        (counts["measured_mask_density"] if mask_density == "auto" else mask_density) if masked else None
+    )
     report["mask_density_source"] = (measured_on if mask_density == "auto" else "given") if masked else None
 
     if reference is not None:
@@ -239,6 +256,7 @@ def profile_model(model, resolution=(512, 288), downsample_ratio=1.0, *, mask_de
 
 
 # -- models to profile ----------------------------------------------------------------------------
+
 
 def _arch_of(model):
     from bimatting.models import ARCHS, model_class
@@ -286,8 +304,10 @@ def load_for_profile(checkpoint=None, arch=None):
                     reason = str(error).split(";")[0]
         return build_model(arch), arch, f"untrained network ({reason})"
     if load_model is None:
-        raise InputError(f"cannot read checkpoint '{checkpoint}': this install has no checkpoint support "
-                         "(bimatting.weights.checkpoints); profile an architecture with --arch instead")
+        raise InputError(
+            f"cannot read checkpoint '{checkpoint}': this install has no checkpoint support "
+            "(bimatting.weights.checkpoints); profile an architecture with --arch instead"
+        )
     model = load_model(str(checkpoint), arch=arch)
     found = _arch_of(model)
     if arch is not None and found != arch:
@@ -307,15 +327,33 @@ def rvm_reference():
         return None
 
 
-def profile(checkpoint=None, arch=None, resolution=(512, 288), downsample_ratio=1.0, *, mask_density="auto",
-            frames=AUTO_FRAMES, frames_source=None, progress=False):
+def profile(
+    checkpoint=None,
+    arch=None,
+    resolution=(512, 288),
+    downsample_ratio=1.0,
+    *,
+    mask_density="auto",
+    frames=AUTO_FRAMES,
+    frames_source=None,
+    progress=False,
+):
     """What `bimatting profile` reports: profile_model of the loaded model, compared with RVM."""
     model, arch, weights = load_for_profile(checkpoint, arch)
     reference = model if arch == "rvm" else rvm_reference()
     report = {"arch": arch, "weights": weights}
-    report.update(profile_model(model, resolution, downsample_ratio, mask_density=mask_density, frames=frames,
-                                frames_source=frames_source,
-                                reference=reference, progress=progress))
+    report.update(
+        profile_model(
+            model,
+            resolution,
+            downsample_ratio,
+            mask_density=mask_density,
+            frames=frames,
+            frames_source=frames_source,
+            reference=reference,
+            progress=progress,
+        )
+    )
     if report["mask_density"] is not None and mask_density == "auto" and weights.startswith("untrained"):
         # An untrained coarse head puts alpha edges everywhere: the density is real but not representative.
         report["mask_density_source"] += ", untrained network: not representative of a trained model"
@@ -332,22 +370,40 @@ def format_report(report):
         return f"{value:.1f}x" if value and rvm else ""
 
     width, height = report["resolution"]
-    lines = [f"model        {report['arch']}: {report['weights']}",
-             f"resolution   {width}x{height}, downsample ratio {report['downsample_ratio']:g}"]
+    lines = [
+        f"model        {report['arch']}: {report['weights']}",
+        f"resolution   {width}x{height}, downsample ratio {report['downsample_ratio']:g}",
+    ]
     if report["mask_density"] is not None:
         lines.append(f"mask         density {report['mask_density']:.3f} ({report['mask_density_source']})")
-    rows = [("", report["arch"], "rvm" if rvm else "", "rvm / this" if rvm else ""),
-            ("parameters", f"{report['params_total']:,}", f"{rvm['params_total']:,}" if rvm else "", ""),
-            ("  binary weights", f"{report['params_binary']:,}", "0" if rvm else "", ""),
-            ("storage (MB)", f"{report['storage_bytes'] / mega:.3f}",
-             f"{rvm['storage_bytes'] / mega:.3f}" if rvm else "", ratio("storage_ratio_vs_rvm")),
-            ("FP MACs (G)", f"{report['fp_macs'] / giga:.3f}", f"{rvm['fp_macs'] / giga:.3f}" if rvm else "", ""),
-            ("binary MACs (G)", f"{report['binary_macs'] / giga:.3f}", "0" if rvm else "", ""),
-            ("OPs dense (G)", f"{report['ops_dense'] / giga:.3f}",
-             f"{rvm['ops_dense'] / giga:.3f}" if rvm else "", ratio("ops_ratio_vs_rvm_dense"))]
+    rows = [
+        ("", report["arch"], "rvm" if rvm else "", "rvm / this" if rvm else ""),
+        ("parameters", f"{report['params_total']:,}", f"{rvm['params_total']:,}" if rvm else "", ""),
+        ("  binary weights", f"{report['params_binary']:,}", "0" if rvm else "", ""),
+        (
+            "storage (MB)",
+            f"{report['storage_bytes'] / mega:.3f}",
+            f"{rvm['storage_bytes'] / mega:.3f}" if rvm else "",
+            ratio("storage_ratio_vs_rvm"),
+        ),
+        ("FP MACs (G)", f"{report['fp_macs'] / giga:.3f}", f"{rvm['fp_macs'] / giga:.3f}" if rvm else "", ""),
+        ("binary MACs (G)", f"{report['binary_macs'] / giga:.3f}", "0" if rvm else "", ""),
+        (
+            "OPs dense (G)",
+            f"{report['ops_dense'] / giga:.3f}",
+            f"{rvm['ops_dense'] / giga:.3f}" if rvm else "",
+            ratio("ops_ratio_vs_rvm_dense"),
+        ),
+    ]
     if report["mask_density"] is not None:
-        rows.append(("OPs sparse (G)", f"{report['ops_sparse'] / giga:.3f}",
-                     f"{rvm['ops_dense'] / giga:.3f}" if rvm else "", ratio("ops_ratio_vs_rvm_sparse")))
+        rows.append(
+            (
+                "OPs sparse (G)",
+                f"{report['ops_sparse'] / giga:.3f}",
+                f"{rvm['ops_dense'] / giga:.3f}" if rvm else "",
+                ratio("ops_ratio_vs_rvm_sparse"),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]

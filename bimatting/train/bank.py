@@ -14,6 +14,7 @@ Views: one affine crop per frame (zoom, rotation, translation, flip), interpolat
 between two random draws over the T frames -- camera motion on clips, pseudo-motion on stills --
 and applied with F.grid_sample (bilinear, reflection padding).
 """
+
 import math
 import random
 
@@ -50,7 +51,12 @@ def view_thetas(rng, length, in_h, in_w, out_h, out_w, *, zoom, degrees=4.0, mot
     def draw():
         z = cover * rng.uniform(*zoom)
         room_x, room_y = max(0.0, (in_w - z * out_w) / 2), max(0.0, (in_h - z * out_h) / 2)
-        return z, math.radians(rng.uniform(-degrees, degrees)), rng.uniform(-room_x, room_x), rng.uniform(-room_y, room_y)
+        return (
+            z,
+            math.radians(rng.uniform(-degrees, degrees)),
+            rng.uniform(-room_x, room_x),
+            rng.uniform(-room_y, room_y),
+        )
 
     start = draw()
     end = [a + (b - a) * motion for a, b in zip(start, draw())]
@@ -59,14 +65,20 @@ def view_thetas(rng, length, in_h, in_w, out_h, out_w, *, zoom, degrees=4.0, mot
         f = t / max(length - 1, 1)
         z, angle, tx, ty = (a + (b - a) * f for a, b in zip(start, end))
         c, s = math.cos(angle), math.sin(angle)
-        thetas.append([[flip * z * c * out_w / in_w, -z * s * out_h / in_w, 2 * tx / in_w],
-                       [flip * z * s * out_w / in_h, z * c * out_h / in_h, 2 * ty / in_h]])
+        thetas.append(
+            [
+                [flip * z * c * out_w / in_w, -z * s * out_h / in_w, 2 * tx / in_w],
+                [flip * z * s * out_w / in_h, z * c * out_h / in_h, 2 * ty / in_h],
+            ]
+        )
     return torch.tensor(thetas, dtype=torch.float32)
 
 
 def warp(images, thetas, out_h, out_w):
     """[T, C, h, w] (float) -> [T, C, out_h, out_w] through per-frame affine crops."""
-    grid = F.affine_grid(thetas.to(images.device), (images.shape[0], images.shape[1], out_h, out_w), align_corners=False)
+    grid = F.affine_grid(
+        thetas.to(images.device), (images.shape[0], images.shape[1], out_h, out_w), align_corners=False
+    )
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -107,8 +119,16 @@ class Bank:
     (footage, recomposite, procedural); zoom: the crop-scale range of view_thetas.
     """
 
-    def __init__(self, items, procedural=(), mix=RUN.mix, seed=RUN.seed, zoom=RUN.zoom, still_weight=RUN.still_weight,
-                 background_tries=RUN.background_tries):
+    def __init__(
+        self,
+        items,
+        procedural=(),
+        mix=RUN.mix,
+        seed=RUN.seed,
+        zoom=RUN.zoom,
+        still_weight=RUN.still_weight,
+        background_tries=RUN.background_tries,
+    ):
         self.items, self.procedural, self.zoom = list(items), list(procedural), tuple(zoom)
         self.background_tries = background_tries
         weights = [0.0 if not self.procedural and k == 2 else p for k, p in enumerate(mix)]
@@ -124,8 +144,17 @@ class Bank:
         """Stack the item's tensors along C, take a moving crop of a frame window: [T, C, H, W]."""
         idx = frame_window(self.rng, len(item), length)
         stacked = torch.cat([t[idx] for t in tensors], dim=1).float().div_(255)
-        thetas = view_thetas(self.rng, length, stacked.shape[-2], stacked.shape[-1], height, width, zoom=self.zoom,
-                             degrees=8.0 if len(item) == 1 else 4.0, motion=0.4 if len(item) == 1 else 0.15)
+        thetas = view_thetas(
+            self.rng,
+            length,
+            stacked.shape[-2],
+            stacked.shape[-1],
+            height,
+            width,
+            zoom=self.zoom,
+            degrees=8.0 if len(item) == 1 else 4.0,
+            motion=0.4 if len(item) == 1 else 0.15,
+        )
         return warp(stacked, thetas, height, width)
 
     def sample(self, length, height, width):
@@ -146,8 +175,10 @@ class Bank:
         # under the new layer (otherwise half the batches would teach that people are background).
         # Of `background_tries` draws the view with the least foreground is kept: the footage is
         # mostly people close up, and a new layer over them would leave little background to learn.
-        under = min((self._background_view(length, height, width) for _ in range(self.background_tries)),
-                    key=lambda view: float(view[:, 6:7].mean()))
+        under = min(
+            (self._background_view(length, height, width) for _ in range(self.background_tries)),
+            key=lambda view: float(view[:, 6:7].mean()),
+        )
         bgr, under_fgr, under_pha = under[:, :3], under[:, 3:6], under[:, 6:7]
         total = pha + (1 - pha) * under_pha
         fgr_total = (fgr * pha + under_fgr * under_pha * (1 - pha)) / total.clamp_min(1e-6)
@@ -183,13 +214,13 @@ class Bank:
                 indices = list(range(start, start + length))
             views = [tensor[indices].float().div_(255) for tensor in (item.frames, item.fgr, item.pha)]
             h, w = views[0].shape[-2:]
-            if h < height or w < width:     # footage smaller than the crop: scaled up to cover it
+            if h < height or w < width:  # footage smaller than the crop: scaled up to cover it
                 scale = max(height / h, width / w)
                 h, w = max(height, math.ceil(h * scale)), max(width, math.ceil(w * scale))
                 views = [F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False) for v in views]
             top, left = self.rng.randrange(h - height + 1), self.rng.randrange(w - width + 1)
             flip = self.rng.random() < 0.5
-            views = [v[..., top:top + height, left:left + width] for v in views]
+            views = [v[..., top : top + height, left : left + width] for v in views]
             if colour_share and self.rng.random() < colour_share:
                 views[:2] = recolour(views[:2], self.rng)
             samples.append([view.flip(-1) if flip else view for view in views])

@@ -6,6 +6,7 @@ alpha) written on the source. Two earlier recipes failed from what their batches
 recomposited backgrounds labelled background, textured procedural figures labelled foreground);
 a grid shows that at a glance.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +46,25 @@ def write_batch_grid(batch, path):
         src = src.copy()
         if t == 0:
             shares.append(share)
-            cv2.putText(src, f"crop {b} fg {share:.0%}", (3, 12), cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, (255, 255, 0),
-                        1, cv2.LINE_AA)
+            cv2.putText(
+                src,
+                f"crop {b} fg {share:.0%}",
+                (3, 12),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                LABEL_SCALE,
+                (255, 255, 0),
+                1,
+                cv2.LINE_AA,
+            )
         gap = np.full((src.shape[0], 2, 3), 255, np.uint8)
         lines.append(np.concatenate([src, gap, pha, gap, fgr], axis=1))
         lines.append(np.full((2, lines[-1].shape[1], 3), 255, np.uint8))
     header = np.full((18, lines[0].shape[1], 3), 255, np.uint8)
     width = src.shape[1] + 2
     for k, title in enumerate(("source", "target pha", "target fgr")):
-        cv2.putText(header, title, (k * width + 3, 13), cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            header, title, (k * width + 3, 13), cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, (0, 0, 0), 1, cv2.LINE_AA
+        )
     grid = np.concatenate([header, *lines], axis=0)
     path = Path(path)
     with atomic_path(path) as tmp:

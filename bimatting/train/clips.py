@@ -2,11 +2,13 @@
 
 Frame arrays are uint8 [H, W, C] until `frames_to_float_tensor` (float32 [T, C, H, W] in [0, 1]).
 """
+
 import math
 import random
 
 import numpy as np
 import torch
+
 
 def square_crop_box(height, width, size, zoom=(1.0, 1.25)):
     """(scale, top, left): resize by `scale` so the short side is size*U(zoom), then a random
@@ -27,7 +29,7 @@ def crop_resize(frame, size, box, flip):
     resized = cv2.resize(frame, (new_w, new_h), interpolation=interpolation)
     if resized.ndim == 2:
         resized = resized[..., None]
-    out = resized[top:top + size, left:left + size]
+    out = resized[top : top + size, left : left + size]
     return out[:, ::-1] if flip else out
 
 

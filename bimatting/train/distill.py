@@ -27,6 +27,7 @@ The run folder holds resume.pth (fp32 weights and their average, Adam state, ste
 history), log.csv, heldout.jsonl, health.jsonl, curve.png, and the best held-out figure so far as
 bimatting_default.npz (packed, with its training record) and snapshot.npz (a compact warm restart). `resume=True` continues exactly where it stopped.
 """
+
 import contextlib
 import json
 import time
@@ -43,9 +44,20 @@ from bimatting.train.sign_health import SignHealth, summarize
 
 RESUME = "resume.pth"
 PACKED = "bimatting_default.npz"
-SNAPSHOT = "snapshot.npz"          # compact warm-restart weights of the best evaluation (bimatting.train.snapshot)
-LOG_COLUMNS = ("step", "seconds", "loss", "lr_latent", "lr_float", "heldout_pha_mad", "heldout_iou", "heldout_rel_mad",
-               "averaged_pha_mad", "averaged_iou", "averaged_rel_mad")
+SNAPSHOT = "snapshot.npz"  # compact warm-restart weights of the best evaluation (bimatting.train.snapshot)
+LOG_COLUMNS = (
+    "step",
+    "seconds",
+    "loss",
+    "lr_latent",
+    "lr_float",
+    "heldout_pha_mad",
+    "heldout_iou",
+    "heldout_rel_mad",
+    "averaged_pha_mad",
+    "averaged_iou",
+    "averaged_rel_mad",
+)
 
 
 class Distillation:
@@ -60,24 +72,47 @@ class Distillation:
         torch.manual_seed(options.seed)
         self.teacher = Teacher(options.teacher).model
         cache = self.out / "cache"
-        items = load_training_items(options.footage, options.images, options.heldout + options.excluded, self.teacher,
-                                    short_side=options.short_side, max_frames=options.max_frames, cache_dir=cache)
+        items = load_training_items(
+            options.footage,
+            options.images,
+            options.heldout + options.excluded,
+            self.teacher,
+            short_side=options.short_side,
+            max_frames=options.max_frames,
+            cache_dir=cache,
+        )
         if not items:
             raise InputError("no training footage left after the held-out clips; add --footage")
         if options.still_share and options.data == "crops" and not any(len(item) == 1 for item in items):
             raise InputError(f"--still-share {options.still_share} needs stills; add --images FOLDER")
         if options.data == "crops" and not any(len(item) >= options.frames for item in items):
-            raise InputError(f"no training clip has {options.frames} frames for plain crops; add clips or use "
-                             "--data views (which also animates stills)")
-        self.heldout = load_heldout(options.heldout, self.teacher, options.eval_long_side, options.eval_frames,
-                                    cache) if options.heldout else ([], [])
+            raise InputError(
+                f"no training clip has {options.frames} frames for plain crops; add clips or use "
+                "--data views (which also animates stills)"
+            )
+        self.heldout = (
+            load_heldout(options.heldout, self.teacher, options.eval_long_side, options.eval_frames, cache)
+            if options.heldout
+            else ([], [])
+        )
         procedural = self._procedural()
-        self.bank = Bank(items, procedural, options.mix, seed=options.seed, zoom=options.zoom,
-                         still_weight=options.still_weight, background_tries=options.background_tries)
-        self.data_record = {"clips_and_stills": len(items), "frames": sum(len(i) for i in items),
-                            "procedural": len(procedural), "heldout": [n for n, _ in self.heldout[0]]}
+        self.bank = Bank(
+            items,
+            procedural,
+            options.mix,
+            seed=options.seed,
+            zoom=options.zoom,
+            still_weight=options.still_weight,
+            background_tries=options.background_tries,
+        )
+        self.data_record = {
+            "clips_and_stills": len(items),
+            "frames": sum(len(i) for i in items),
+            "procedural": len(procedural),
+            "heldout": [n for n, _ in self.heldout[0]],
+        }
         self.model = _initial_model(options.init)
-        self.model.straight_through_clamp = True   # a plain clamp let alpha die at 0 from random weights
+        self.model.straight_through_clamp = True  # a plain clamp let alpha die at 0 from random weights
         r = options.recipe
         if r.latent_init and not options.init:
             recipes.init_latent_weights(self.model, r.latent_init, torch.Generator().manual_seed(options.seed))
@@ -86,12 +121,19 @@ class Distillation:
         self.adapters = None
         if r.adapter_weight:
             self.adapters = EncoderAdapters.between(self.model, self.teacher)
-            groups.append({"params": list(self.adapters.parameters()), "lr": r.float_lr, "base_lr": r.float_lr,
-                           "name": "adapters"})
+            groups.append(
+                {
+                    "params": list(self.adapters.parameters()),
+                    "lr": r.float_lr,
+                    "base_lr": r.float_lr,
+                    "name": "adapters",
+                }
+            )
         self.optimizer = torch.optim.Adam(groups)
         self.health = SignHealth(self.model)
-        self.average = {name: value.detach().clone() for name, value in _averaged(self.model)} \
-            if options.ema_decay else None
+        self.average = (
+            {name: value.detach().clone() for name, value in _averaged(self.model)} if options.ema_decay else None
+        )
         self.step, self.seconds, self.history, self.record = 0, 0.0, [], {}
         if options.resume and (self.out / RESUME).is_file():
             self._load()
@@ -107,19 +149,31 @@ class Distillation:
         made = []
         for index in range(self.options.procedural):
             fgr, pha = soft_shapes_clip(np.random.default_rng([self.options.seed, index]), self.options.frames, h, w)
-            made.append((torch.from_numpy(np.ascontiguousarray(np.uint8(fgr * 255 + 0.5).transpose(0, 3, 1, 2))),
-                         torch.from_numpy(np.ascontiguousarray(np.uint8(pha * 255 + 0.5)[:, None]))))
+            made.append(
+                (
+                    torch.from_numpy(np.ascontiguousarray(np.uint8(fgr * 255 + 0.5).transpose(0, 3, 1, 2))),
+                    torch.from_numpy(np.ascontiguousarray(np.uint8(pha * 255 + 0.5)[:, None])),
+                )
+            )
         return made
 
     # -- state ------------------------------------------------------------------------------
     def _save(self):
         from bimatting.weights.checkpoints import save_checkpoint
 
-        extra = {"distill": True, "step": self.step, "seconds": self.seconds,
-                 "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "bank_rng": _plain_rng(self.bank.rng.getstate()), "identity": self.options.identity(),
-                 "history": self.history, "record": self.record, "average": self.average,
-                 "adapters": self.adapters.state_dict() if self.adapters else None}
+        extra = {
+            "distill": True,
+            "step": self.step,
+            "seconds": self.seconds,
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "bank_rng": _plain_rng(self.bank.rng.getstate()),
+            "identity": self.options.identity(),
+            "history": self.history,
+            "record": self.record,
+            "average": self.average,
+            "adapters": self.adapters.state_dict() if self.adapters else None,
+        }
         save_checkpoint(self.out / RESUME, self.model, "bimatting", extra=extra)
 
     def _load(self, path=None):
@@ -130,9 +184,11 @@ class Distillation:
         saved, now = with_new_defaults(extra.get("identity", {})), self.options.identity()
         if path is None and saved != now:
             changed = sorted(k for k in now if saved.get(k) != now[k])
-            raise InputError(f"cannot resume '{self.out / RESUME}' exactly: "
-                             f"{', '.join(f'{k} {saved.get(k)} -> {now[k]}' for k in changed)}; "
-                             "rerun with the original settings or use a new --out")
+            raise InputError(
+                f"cannot resume '{self.out / RESUME}' exactly: "
+                f"{', '.join(f'{k} {saved.get(k)} -> {now[k]}' for k in changed)}; "
+                "rerun with the original settings or use a new --out"
+            )
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(extra["optimizer"])
         torch.set_rng_state(extra["torch_rng"])
@@ -155,23 +211,29 @@ class Distillation:
             raise InputError("--branch-from cannot add --adapter-weight to a run (its Adam state has no adapters)")
         saved, now = self._load(path)
         for group in self.optimizer.param_groups:
-            group["base_lr"] = {"latent": self.options.recipe.latent_lr}.get(group["name"], self.options.recipe.float_lr)
+            group["base_lr"] = {"latent": self.options.recipe.latent_lr}.get(
+                group["name"], self.options.recipe.float_lr
+            )
         changed = {k: [saved.get(k), now[k]] for k in now if saved.get(k) != now[k]}
         self.record["branched_from"] = {"run": str(path), "step": self.step, "changed": changed}
 
     # -- one step ---------------------------------------------------------------------------
     def _first_step_inits(self, batch):
         if not self.options.init:
-            self.record.update(recipes.first_step_inits(self.model, self.options.recipe, self.teacher,
-                                                        lambda: self.model(batch["src"])))
+            self.record.update(
+                recipes.first_step_inits(
+                    self.model, self.options.recipe, self.teacher, lambda: self.model(batch["src"])
+                )
+            )
 
     def _losses(self, batch, ratio, with_features):
         r = self.options.recipe
         encoder = bool(r.attention_weight or r.adapter_weight)
         with FeatureTaps(self.model, direct=bool(r.feature_weight), attention=encoder) as mine:
             pred = passes.student_outputs(self.model, batch["src"], ratio)
-        total = losses.student_matting_loss(pred, batch["fgr"], batch["pha"],
-                                           recipes.loss_terms_at(r, self.step))["total"]
+        total = losses.student_matting_loss(pred, batch["fgr"], batch["pha"], recipes.loss_terms_at(r, self.step))[
+            "total"
+        ]
         if with_features and (r.feature_weight or encoder):
             with torch.no_grad(), FeatureTaps(self.teacher, direct=bool(r.feature_weight), attention=encoder) as theirs:
                 self.teacher(batch["src"], downsample_ratio=ratio)
@@ -251,8 +313,9 @@ class Distillation:
         for k in range(count):
             self.step = step + k
             path = folder / f"batch_{self.step:06d}.png"
-            written.append({"path": str(path), "step": self.step,
-                            "foreground_share": write_batch_grid(self._batch(), path)})
+            written.append(
+                {"path": str(path), "step": self.step, "foreground_share": write_batch_grid(self._batch(), path)}
+            )
         self.step = step
         return written
 
@@ -263,8 +326,11 @@ class Distillation:
             self._first_step_inits(batch)
         report, _ = self.diagnose(batch)
         lines = [f"{'site':44s} {'in |x|<=1':>9s} {'|x|<1e-3':>9s} {'dead ch':>8s}"]
-        lines += [f"{name:44s} {e['in_window']:9.1%} {e['near_zero']:9.2%} {e['dead_channels']:8.1%}"
-                  + ("  DEAD" if e["dead"] else "") for name, e in report.items()]
+        lines += [
+            f"{name:44s} {e['in_window']:9.1%} {e['near_zero']:9.2%} {e['dead_channels']:8.1%}"
+            + ("  DEAD" if e["dead"] else "")
+            for name, e in report.items()
+        ]
         lines.append(summarize(report))
         return {"step": self.step, "sites": report, "text": "\n".join(lines)}
 
@@ -283,10 +349,18 @@ class Distillation:
         from bimatting.weights.packed import save_packed
         from bimatting.train.snapshot import save_snapshot
 
-        provenance = {"trainer": "bimatting.train.distill", "teacher": self.options.teacher,
-                      "steps": self.step, "train_seconds": round(self.seconds, 1), "threads": torch.get_num_threads(),
-                      "recipe": self.options.recipe.as_dict(), "run": self.options.identity(), "data": self.data_record,
-                      "heldout": figures, "curve": self.history[-200:]}
+        provenance = {
+            "trainer": "bimatting.train.distill",
+            "teacher": self.options.teacher,
+            "steps": self.step,
+            "train_seconds": round(self.seconds, 1),
+            "threads": torch.get_num_threads(),
+            "recipe": self.options.recipe.as_dict(),
+            "run": self.options.identity(),
+            "data": self.data_record,
+            "heldout": figures,
+            "curve": self.history[-200:],
+        }
         provenance["weights"] = "average" if averaged else "live"
         with self._deployed(averaged) as model:
             save_packed(self.out / PACKED, model, provenance=provenance)
@@ -318,30 +392,43 @@ class Distillation:
                     bar.write(f"step {self.step}: {summarize(report, flips)}")
                 if self.heldout[0] and (self.step % o.eval_every == 0 or self.step == stop):
                     figures, averaged = self.evaluate(), self.evaluate(averaged=True) if self.average else None
-                    row = dict(row or {"step": self.step, "seconds": round(self.seconds, 1), "loss": None},
-                               heldout_pha_mad=figures["pha_mad_mean"], heldout_iou=figures["iou_mean"],
-                               heldout_rel_mad=relative_mad(figures))
+                    row = dict(
+                        row or {"step": self.step, "seconds": round(self.seconds, 1), "loss": None},
+                        heldout_pha_mad=figures["pha_mad_mean"],
+                        heldout_iou=figures["iou_mean"],
+                        heldout_rel_mad=relative_mad(figures),
+                    )
                     if averaged:
-                        row.update(averaged_pha_mad=averaged["pha_mad_mean"], averaged_iou=averaged["iou_mean"],
-                                   averaged_rel_mad=relative_mad(averaged))
+                        row.update(
+                            averaged_pha_mad=averaged["pha_mad_mean"],
+                            averaged_iou=averaged["iou_mean"],
+                            averaged_rel_mad=relative_mad(averaged),
+                        )
                     self._write_heldout(figures, averaged)
                     use_average = averaged is not None and averaged["iou_mean"] > figures["iou_mean"]
                     figures = averaged if use_average else figures
-                    bar.set_postfix_str(f"held-out MAD {figures['pha_mad_mean'] * 1e3:.1f}e-3 "
-                                        f"(empty {figures['zero_pha_mad_mean'] * 1e3:.0f}e-3) IoU {figures['iou_mean']:.2f}")
+                    bar.set_postfix_str(
+                        f"held-out MAD {figures['pha_mad_mean'] * 1e3:.1f}e-3 "
+                        f"(empty {figures['zero_pha_mad_mean'] * 1e3:.0f}e-3) IoU {figures['iou_mean']:.2f}"
+                    )
                 if row is not None:
                     lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
                     row.update(lr_latent=lrs.get("latent"), lr_float=lrs.get("float"))
                     self.history.append(row)
                     with open(log_path, "a") as handle:
-                        handle.write(",".join("" if row.get(k) is None else f"{row[k]:.6g}" for k in LOG_COLUMNS)
-                                     + "\n")
+                        handle.write(
+                            ",".join("" if row.get(k) is None else f"{row[k]:.6g}" for k in LOG_COLUMNS) + "\n"
+                        )
                 if self.step % o.save_every == 0 or self.step == stop or "heldout_pha_mad" in (row or {}):
                     self._save()
                 if row is not None and "heldout_pha_mad" in row:
                     if figures["iou_mean"] > self.record.get("best_iou", -1.0):
-                        self.record.update(best_iou=figures["iou_mean"], best_rel_mad=relative_mad(figures),
-                                           best_step=self.step, best_weights="average" if use_average else "live")
+                        self.record.update(
+                            best_iou=figures["iou_mean"],
+                            best_rel_mad=relative_mad(figures),
+                            best_step=self.step,
+                            best_weights="average" if use_average else "live",
+                        )
                         self._ship(figures, use_average)
                         self._save()
                     write_curve(self.out / "curve.png", self.history)
@@ -405,4 +492,3 @@ def _tuple_rng(state):
 def distill(options):
     """Run (or continue) a distillation; returns its summary."""
     return Distillation(options).run()
-

@@ -15,6 +15,7 @@ Attention term (Zagoruyko & Komodakis, ICLR 2017; Real-to-Binary, Martinez et al
 Each term averages over its taps; the teacher's maps are resized to the student's size if the
 two differ by rounding.
 """
+
 import torch
 from torch.nn import functional as F
 
@@ -50,6 +51,7 @@ class FeatureTaps:
     def _keep(self, name):
         def hook(module, args, output):
             self.features[name] = output[0] if isinstance(output, tuple) else output
+
         return hook
 
     def _keep_decoder_inputs(self, module, args):
@@ -98,7 +100,7 @@ def feature_distillation(student, teacher, direct_weight, attention_weight):
 
 # -- encoder features through training-only adapters -------------------------------------------
 
-ADAPTER_TAPS = ("f2", "f3", "f4")   # the encoder at 1/4, 1/8 and 1/16 of the network's input
+ADAPTER_TAPS = ("f2", "f3", "f4")  # the encoder at 1/4, 1/8 and 1/16 of the network's input
 
 
 class EncoderAdapters(torch.nn.Module):
@@ -111,8 +113,9 @@ class EncoderAdapters(torch.nn.Module):
 
     def __init__(self, student_widths, teacher_widths):
         super().__init__()
-        self.convs = torch.nn.ModuleDict({tap: torch.nn.Conv2d(student_widths[tap], teacher_widths[tap], 1)
-                                          for tap in ADAPTER_TAPS})
+        self.convs = torch.nn.ModuleDict(
+            {tap: torch.nn.Conv2d(student_widths[tap], teacher_widths[tap], 1) for tap in ADAPTER_TAPS}
+        )
 
     @classmethod
     def between(cls, student, teacher, size=64):

@@ -11,6 +11,7 @@ frames of a 200-frame folder: `bedroom/frames@136:200`); its frames outside the 
 trained on only if the spec names a range and the training list names the same path (they are
 then cut out of the training copy).
 """
+
 import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -88,17 +89,20 @@ def load_training_items(footage, images, heldout, teacher, *, short_side, max_fr
     def load(source, still):
         cut = next(((start, stop) for path, start, stop in held if _same(path, source)), None)
         if cut is not None and cut == (0, None):
-            return None                                            # the whole clip is held out
+            return None  # the whole clip is held out
         key = f"{Path(source).resolve()}|{short_side}|{max_frames}|{cut}|teacher-v1"
 
         def compute():
             # a held-out range: only the frames before it are trained on
             limit = 1 if still else min(max_frames, cut[0]) if cut else max_frames
             if limit == 0:
-                raise InputError(f"'{source}' is held out from frame 0; no frames before its range are left "
-                                 "to train on (hold out a later range, or leave it out of the training footage)")
+                raise InputError(
+                    f"'{source}' is held out from frame 0; no frames before its range are left "
+                    "to train on (hold out a later range, or leave it out of the training footage)"
+                )
             frames = frames_to_uint8_tensor(list(iter_frames_uint8(source, limit=limit, short_side=short_side)))
             return (frames, *teacher_outputs(teacher, frames))
+
         frames, fgr, pha = cached(cache_dir, key, compute)
         return Item(Path(source).name, frames, fgr, pha) if len(frames) else None
 
@@ -122,6 +126,7 @@ def load_heldout(specs, teacher, long_side, frames_per_clip, cache_dir=None):
             frames = list(iter_frames_uint8(path, limit=limit, long_side=long_side))[start:stop]
             frames = frames_to_uint8_tensor(frames[:frames_per_clip])
             return (frames, *run_recurrent(teacher, frames, 1.0, 16))
+
         frames, fgr, pha = cached(cache_dir, key, compute)
         if len(frames) == 0:
             raise InputError(f"held-out '{spec}' has no frames in that range")

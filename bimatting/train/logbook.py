@@ -1,4 +1,5 @@
 """What a training run reports: a CSV row per pass, a progress bar, a JSON summary (rank 0 only)."""
+
 import csv
 import json
 import sys
@@ -7,8 +8,21 @@ from pathlib import Path
 
 from bimatting.atomic import atomic_path
 
-COLUMNS = ("step", "epoch", "pass", "seconds", "total", "pha_l1", "pha_laplacian", "pha_coherence",
-           "fgr_l1", "fgr_coherence", "coarse_total", "distill_total", "seg_bce")
+COLUMNS = (
+    "step",
+    "epoch",
+    "pass",
+    "seconds",
+    "total",
+    "pha_l1",
+    "pha_laplacian",
+    "pha_coherence",
+    "fgr_l1",
+    "fgr_coherence",
+    "coarse_total",
+    "distill_total",
+    "seg_bce",
+)
 
 
 class Logbook:
@@ -34,8 +48,14 @@ class Logbook:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-                                dynamic_ncols=True, file=sys.stderr)
+                self.bar = tqdm(
+                    total=total_steps,
+                    initial=start_step,
+                    desc="train",
+                    unit="step",
+                    dynamic_ncols=True,
+                    file=sys.stderr,
+                )
             except ImportError:  # tqdm is optional on bare training machines
                 self.bar = None
 

@@ -26,12 +26,13 @@ BiMatting (Qin et al. NeurIPS 2023, htqin/BiMatting @ 746876b `train.py`) adds
 Distillation (this project; the official code has a flag but never uses it) reuses the same
 matting loss with a teacher's fgr/pha as the target (see `distillation_loss`).
 """
+
 import torch
 from torch.nn import functional as F
 
 LAPLACIAN_LEVELS = 5
-TEMPORAL_WEIGHT = 5.0      # RVM: the coherence terms are multiplied by 5
-COARSE_WEIGHT = 0.25       # BiMatting: weight of the matting loss on the 1/16 outputs
+TEMPORAL_WEIGHT = 5.0  # RVM: the coherence terms are multiplied by 5
+COARSE_WEIGHT = 0.25  # BiMatting: weight of the matting loss on the 1/16 outputs
 COARSE_LAPLACIAN_LEVELS = 1
 
 
@@ -78,7 +79,7 @@ def laplacian_loss(pred, true, levels=LAPLACIAN_LEVELS):
     """1/L * sum_l 2^l * L1(lap_l(pred), lap_l(true)); pred/true [N, C, H, W]."""
     pred_levels = laplacian_pyramid(pred, levels)
     true_levels = laplacian_pyramid(true, levels)
-    total = sum((2 ** level) * F.l1_loss(p, t) for level, (p, t) in enumerate(zip(pred_levels, true_levels)))
+    total = sum((2**level) * F.l1_loss(p, t) for level, (p, t) in enumerate(zip(pred_levels, true_levels)))
     return total / levels
 
 
@@ -154,8 +155,9 @@ def coarse_matting_loss(pred_fgr_s, pred_pha_s, true_fgr, true_pha, terms=TERM_N
     1 Laplacian level; the full-size targets are bilinearly downsampled to the size of pred_pha_s.
     Returns {'coarse_<term>': weighted value} and 'coarse_total' (their sum)."""
     size = pred_pha_s.shape[-2:]
-    found = matting_terms(pred_fgr_s, pred_pha_s, resize_to(true_fgr, size), resize_to(true_pha, size), terms,
-                          COARSE_LAPLACIAN_LEVELS)
+    found = matting_terms(
+        pred_fgr_s, pred_pha_s, resize_to(true_fgr, size), resize_to(true_pha, size), terms, COARSE_LAPLACIAN_LEVELS
+    )
     weighted = {f"coarse_{name}": COARSE_WEIGHT * value for name, value in found.items()}
     return {**weighted, "coarse_total": sum(weighted.values())}
 
@@ -173,7 +175,7 @@ def student_matting_loss(pred, true_fgr, true_pha, terms=TERM_NAMES):
         coarse = coarse_matting_loss(pred["fgr_s"], pred["pha_s"], true_fgr, true_pha, terms)
         found.update(coarse)
         parts += [value for name, value in coarse.items() if name != "coarse_total"]
-    found["total"] = sum(parts)       # summed term by term, in order: one rounding for every caller
+    found["total"] = sum(parts)  # summed term by term, in order: one rounding for every caller
     return found
 
 

@@ -15,6 +15,7 @@ stays the main signal; the teacher adds its soft, temporally consistent boundari
 unlabelled passes use 1.0 x the same loss, since the teacher is their only signal. Both include
 the 0.25 x coarse term for BiMatting. The CLI exposes them as --distill-weight/--unlabelled-weight.
 """
+
 from torch.nn import functional as F
 
 from bimatting.train import losses
@@ -36,7 +37,7 @@ def random_crop(batch, h, w):
     for key, value in batch.items():
         b, t = value.shape[:2]
         resized = F.interpolate(value.flatten(0, 1), size=(side, side), mode="bilinear", align_corners=False)
-        out[key] = resized[:, :, top:top + h, left:left + w].unflatten(0, (b, t))
+        out[key] = resized[:, :, top : top + h, left : left + w].unflatten(0, (b, t))
     return out
 
 
@@ -51,7 +52,7 @@ def student_outputs(model, src, downsample_ratio):
     """{'fgr', 'pha'} (+ 'fgr_s', 'pha_s' for BiMatting) of a matting forward from zero state."""
     outputs = model(src, downsample_ratio=downsample_ratio)
     named = {"fgr": outputs[0], "pha": outputs[1]}
-    if len(outputs) == 8:   # BiMatting: fgr, pha, fgr_s, pha_s, r1..r4
+    if len(outputs) == 8:  # BiMatting: fgr, pha, fgr_s, pha_s, r1..r4
         named.update(fgr_s=outputs[2], pha_s=outputs[3])
     return {key: value.float() for key, value in named.items()}
 

@@ -4,6 +4,7 @@ Distributed: `torchrun --nproc_per_node N -m bimatting train ...` (or `python -m
 torch.distributed.run`) sets RANK / WORLD_SIZE / LOCAL_RANK; we join a process group with NCCL on
 CUDA and gloo on CPU. One process per GPU (cuda:LOCAL_RANK). Without those variables: one process.
 """
+
 import dataclasses
 import os
 import random

@@ -48,6 +48,7 @@ all-zero level after 500 steps.
 The learning rate of parameter group g at step k:
     lr_g(k) = base_g * min(1, (k + 1) / warmup) * (f + (1 - f) * (1 + cos(pi * min(k / total, 1))) / 2)
 """
+
 import math
 
 import torch
@@ -72,8 +73,11 @@ def parameter_groups(model, recipe, stage_rates=None, group_of=None):
     for name, parameter in model.named_parameters():
         key = "latent" if id(parameter) in latent else (group_of(name) if stage_rates else "float")
         groups.setdefault(key, []).append(parameter)
-    return [{"params": params, "lr": rates[name], "base_lr": rates[name], "name": name}
-            for name, params in groups.items() if params]
+    return [
+        {"params": params, "lr": rates[name], "base_lr": rates[name], "name": name}
+        for name, params in groups.items()
+        if params
+    ]
 
 
 def schedule_factor(recipe, step):
@@ -133,9 +137,10 @@ def init_thresholds(model, forward):
             if name in done:
                 return
             x = args[0].detach().float()
-            median = x.transpose(0, 1).flatten(1).median(dim=1).values           # [C]
+            median = x.transpose(0, 1).flatten(1).median(dim=1).values  # [C]
             module.bias.copy_(-median.view_as(module.bias))
             done[name] = float((x + module.bias).abs().median())
+
         return hook
 
     for name, threshold, _ in model.sign_sites():
@@ -185,7 +190,7 @@ def init_from_teacher(student, teacher):
         for key, value in ours.items():
             if not key.startswith(mine + "."):
                 continue
-            other = source + key[len(mine):]
+            other = source + key[len(mine) :]
             if other in theirs and theirs[other].shape == value.shape:
                 value.copy_(theirs[other])
                 copied.append(key)

@@ -11,6 +11,7 @@ resume bit-identical.
     StepSampler    side passes (HR, segmentation, unlabelled): for each global step whose plan
                    includes the pass, `batch` indices drawn with replacement
 """
+
 import contextlib
 import random
 
@@ -21,8 +22,9 @@ from torch.utils.data import Dataset, Sampler
 
 def derive_seed(*parts):
     """A 63-bit seed from integers/strings (NumPy SeedSequence: well mixed, platform-independent)."""
-    words = [part if isinstance(part, int) else int.from_bytes(str(part).encode(), "little") % (1 << 63)
-             for part in parts]
+    words = [
+        part if isinstance(part, int) else int.from_bytes(str(part).encode(), "little") % (1 << 63) for part in parts
+    ]
     state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
@@ -78,7 +80,7 @@ class EpochSampler(Sampler):
         order = torch.randperm(self.length, generator=generator).tolist()
         total = self.per_rank() * self.world_size
         order = (order * (total // self.length + 1))[:total]
-        mine = order[self.rank::self.world_size]
+        mine = order[self.rank :: self.world_size]
         for position in range(self.start, len(mine)):
             yield mine[position], derive_seed(self.seed, "sample", self.epoch, self.rank, position)
 
@@ -96,5 +98,8 @@ class StepSampler(Sampler):
             if self.uses(step):
                 generator = np.random.default_rng(derive_seed(self.seed, self.name, step, self.rank))
                 for position in range(self.batch):
-                    yield int(generator.integers(self.length)), derive_seed(self.seed, self.name, step, self.rank, position)
+                    yield (
+                        int(generator.integers(self.length)),
+                        derive_seed(self.seed, self.name, step, self.rank, position),
+                    )
             step += 1

@@ -5,6 +5,7 @@ defaults from here without importing torch).
     DistillOptions  one distillation run: data, batches, evaluation, the recipe
                     (how they are used: bimatting.train.distill and bimatting.train.bank)
 """
+
 import dataclasses
 import json
 from pathlib import Path
@@ -40,16 +41,25 @@ class Recipe:
     def for_stage(cls, config, total_steps, **changes):
         """`bimatting train`'s default for an RVM stage: the stage's constant per-module rates for
         the float parameters, latent weights at 10x the backbone's rate, thresholds from data."""
-        values = dict(latent_lr=10 * config.lr["backbone"], warmup_steps=1, total_steps=max(total_steps, 1),
-                      final_lr_fraction=1.0)
+        values = dict(
+            latent_lr=10 * config.lr["backbone"], warmup_steps=1, total_steps=max(total_steps, 1), final_lr_fraction=1.0
+        )
         values.update(changes)
         return cls(**values)
 
     @classmethod
     def plain(cls, lr, total_steps):
         """No recipe pieces: one Adam rate, default init, zero thresholds, binary from the start."""
-        return cls(latent_lr=lr, float_lr=lr, threshold_init=False, feature_weight=0.0,
-                   heads_from_teacher=False, warmup_steps=1, total_steps=total_steps, final_lr_fraction=1.0)
+        return cls(
+            latent_lr=lr,
+            float_lr=lr,
+            threshold_init=False,
+            feature_weight=0.0,
+            heads_from_teacher=False,
+            warmup_steps=1,
+            total_steps=total_steps,
+            final_lr_fraction=1.0,
+        )
 
 
 # 2: recomposites keep the teacher's matte of the people in the background footage in the target
@@ -64,22 +74,22 @@ class DistillOptions:
     footage: tuple
     out: Path
     heldout: tuple = ()
-    excluded: tuple = ()             # footage kept out of training without being scored
+    excluded: tuple = ()  # footage kept out of training without being scored
     images: tuple = ()
     teacher: str = "rvm"
-    stop_at: int = None              # stop this invocation at this step (default: recipe.total_steps)
-    sizes: tuple = ((128, 128), (160, 96))   # crop W, H, cycled step by step
-    data: str = "crops"              # "crops": plain crops at the footage's scale; "views": bimatting.train.bank
+    stop_at: int = None  # stop this invocation at this step (default: recipe.total_steps)
+    sizes: tuple = ((128, 128), (160, 96))  # crop W, H, cycled step by step
+    data: str = "crops"  # "crops": plain crops at the footage's scale; "views": bimatting.train.bank
     batch: int = 4
     frames: int = 2
-    zoom: tuple = (0.5, 1.6)         # crop scale range, as a fraction of the frame-covering scale
-    still_weight: int = 2            # a still is drawn as often as a clip of this many frames (views)
-    still_share: float = 0.0         # crops: the share of samples taken from the stills (--images)
-    colour_share: float = 0.0        # crops: the share of samples whose colours change (bank.recolour)
-    background_tries: int = 3        # recomposites go over the least covered of this many views
+    zoom: tuple = (0.5, 1.6)  # crop scale range, as a fraction of the frame-covering scale
+    still_weight: int = 2  # a still is drawn as often as a clip of this many frames (views)
+    still_share: float = 0.0  # crops: the share of samples taken from the stills (--images)
+    colour_share: float = 0.0  # crops: the share of samples whose colours change (bank.recolour)
+    background_tries: int = 3  # recomposites go over the least covered of this many views
     hr_every: int = 0
     hr_ratio: float = 0.5
-    mix: tuple = (0.6, 0.25, 0.15)   # footage, recomposite, procedural
+    mix: tuple = (0.6, 0.25, 0.15)  # footage, recomposite, procedural
     procedural: int = 24
     max_frames: int = 150
     short_side: int = 288
@@ -88,19 +98,36 @@ class DistillOptions:
     eval_long_side: int = 512
     save_every: int = 100
     diagnose_every: int = 500
-    ema_decay: float = 0.998         # weight average per step (0: none)
+    ema_decay: float = 0.998  # weight average per step (0: none)
     seed: int = 0
     threads: int = None
-    init: str = None                 # start from these weights (the recipe's inits are then skipped)
-    branch_from: str = None          # start from another run's full state (weights, average, Adam, step)
+    init: str = None  # start from these weights (the recipe's inits are then skipped)
+    branch_from: str = None  # start from another run's full state (weights, average, Adam, step)
     resume: bool = False
     progress: bool = True
     recipe: Recipe = Recipe()
 
     def identity(self):
         """What a resumed run must share with the run it continues."""
-        keep = ("sizes", "data", "ema_decay", "batch", "frames", "zoom", "still_weight", "still_share", "colour_share",
-                "background_tries", "hr_every", "hr_ratio", "mix", "procedural", "max_frames", "short_side", "seed")
+        keep = (
+            "sizes",
+            "data",
+            "ema_decay",
+            "batch",
+            "frames",
+            "zoom",
+            "still_weight",
+            "still_share",
+            "colour_share",
+            "background_tries",
+            "hr_every",
+            "hr_ratio",
+            "mix",
+            "procedural",
+            "max_frames",
+            "short_side",
+            "seed",
+        )
         recipe = {f"recipe.{k}": v for k, v in self.recipe.as_dict().items()}
         data = {"data_version": DATA_VERSION}
         return json.loads(json.dumps({**{k: getattr(self, k) for k in keep}, **recipe, **data}))

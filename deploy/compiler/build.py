@@ -7,6 +7,7 @@ shapes (shapes.py), import (importer.py), legalize and fuse the standard ops (TV
 pipeline), lift the constants into parameters, schedule every PrimFunc (schedules/), compile,
 link (cross compiler for ARM), write the artifact atomically (artifact.py).
 """
+
 import datetime
 import logging
 import tempfile
@@ -40,8 +41,13 @@ def pipeline_front(tvm_target):
     legalize = cpu.legalize_passes(tvm_target)
     assert legalize[0].info.name == "LegalizeOps", legalize[0].info.name  # TVM's list, first pass replaced
     legalize[0] = relax.transform.LegalizeOps(customize_legalize_map={RESIZE_OP: legalize_resize2d})
-    passes = [_constant_where_pass(), _split_as_slices_pass(), relax.transform.DeadCodeElimination(),
-              push_channel_slices_pass(), relax.transform.EliminateCommonSubexpr()]
+    passes = [
+        _constant_where_pass(),
+        _split_as_slices_pass(),
+        relax.transform.DeadCodeElimination(),
+        push_channel_slices_pass(),
+        relax.transform.EliminateCommonSubexpr(),
+    ]
     assert legalize[-1].info.name == "FuseTIR", legalize[-1].info.name
     legalize.insert(len(legalize) - 1, fuse_producers_pass())  # after FuseOps, before FuseTIR
     passes += cpu.library_dispatch_passes(tvm_target) + legalize
@@ -85,8 +91,9 @@ def _constant_where(mod):
 def _constant_where_pass():
     import tvm
 
-    return tvm.transform.module_pass(lambda mod, _ctx: _constant_where(mod), opt_level=0,
-                                     name="bimatting.ConstantWhere")
+    return tvm.transform.module_pass(
+        lambda mod, _ctx: _constant_where(mod), opt_level=0, name="bimatting.ConstantWhere"
+    )
 
 
 def _split_as_slices(mod):
@@ -145,8 +152,9 @@ def _split_bounds(call):
 def _split_as_slices_pass():
     import tvm
 
-    return tvm.transform.module_pass(lambda mod, _ctx: _split_as_slices(mod), opt_level=0,
-                                     name="bimatting.SplitAsSlices")
+    return tvm.transform.module_pass(
+        lambda mod, _ctx: _split_as_slices(mod), opt_level=0, name="bimatting.SplitAsSlices"
+    )
 
 
 def pipeline_back(tvm_target, database=None):
@@ -214,8 +222,10 @@ def import_model(model, kernel_config, resolution=None, downsample_ratio=None):
             plan.output_shapes = inferred
             return mod, plan
         log.info("state shapes corrected to %s (attempt %d)", plan.shapes, attempt + 1)
-    raise InputError("the recurrent state shapes do not settle (an output rKo changes shape with its input "
-                     "rKi); export the model with static state shapes")
+    raise InputError(
+        "the recurrent state shapes do not settle (an output rKo changes shape with its input "
+        "rKi); export the model with static state shapes"
+    )
 
 
 def _versions():
@@ -227,8 +237,9 @@ def _versions():
     return {"bimatting": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__, "numpy": np.__version__}
 
 
-def compile_model(source, target_name, output, *, resolution=None, downsample_ratio=None, tuning_db=None,
-                  progress=None):
+def compile_model(
+    source, target_name, output, *, resolution=None, downsample_ratio=None, tuning_db=None, progress=None
+):
     """Compile ONNX `source` for `target_name` into the artifact `output`; returns its metadata.
 
     `progress(stage)` is called before each stage (the CLI drives a progress bar with it).
@@ -288,11 +299,19 @@ def _metadata(model, source, target, plan, params, kernel_config):
     inputs, outputs = importer.graph_io(model, bound=plan.constants)
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    input_meta = [{"name": name, "shape": plan.shapes[name], "dtype": str(tensor_dtype_to_np_dtype(elem)),
-                   "role": "image" if name == plan.image else ("state" if name in plan.states else "input")}
-                  for name, _, elem in inputs]
-    output_meta = [{"name": name, "shape": list(plan.output_shapes[name]),
-                    "dtype": str(tensor_dtype_to_np_dtype(elem))} for name, _, elem in outputs]
+    input_meta = [
+        {
+            "name": name,
+            "shape": plan.shapes[name],
+            "dtype": str(tensor_dtype_to_np_dtype(elem)),
+            "role": "image" if name == plan.image else ("state" if name in plan.states else "input"),
+        }
+        for name, _, elem in inputs
+    ]
+    output_meta = [
+        {"name": name, "shape": list(plan.output_shapes[name]), "dtype": str(tensor_dtype_to_np_dtype(elem))}
+        for name, _, elem in outputs
+    ]
     binary_convs = sum(1 for n in model.graph.node if schema.is_binary_conv(n))
     return {
         "inputs": input_meta,

@@ -21,11 +21,11 @@ The slices of one tensor move together or not at all: were one to move and anoth
 tensor would still be computed for the one that stays, and the moved part computed again. So each
 function is visited twice, the first time only to find the tensors with a slice that cannot move.
 """
+
 import functools
 
 CHANNEL = 1
-ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
-               "relax.minimum")
+ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum")
 RESIZE = "relax.image.resize2d"
 CONCAT = "relax.concat"
 SLICE = "relax.strided_slice"
@@ -204,5 +204,6 @@ def _pusher_class():
 def push_channel_slices_pass():
     import tvm
 
-    return tvm.transform.module_pass(lambda mod, _ctx: push_channel_slices(mod), opt_level=0,
-                                     name="bimatting.PushChannelSlices")
+    return tvm.transform.module_pass(
+        lambda mod, _ctx: push_channel_slices(mod), opt_level=0, name="bimatting.PushChannelSlices"
+    )

@@ -9,6 +9,7 @@ which LLVM may not optimise across, so the compiled code rounds as the graph doe
 Reductions (float convolutions, pooling sums) are left alone: no runtime fixes their summation
 order, so fusing there changes nothing that was the same before, and it keeps their speed.
 """
+
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx

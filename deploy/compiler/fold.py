@@ -13,13 +13,35 @@ turns those into `Slice`s: the same elements, but a strided slice is an injectiv
 with what reads it, where each `take` was a pass of its own over the full-height frame (two of
 3 x 1080 x 480 gathers per frame, ~4 ms at 1080p, before the height pass kept one row in four).
 """
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 # Operators folded when all their inputs are known; their results stay small (sizes, coordinates).
-FOLDABLE = {"Gather", "Cast", "Mul", "Floor", "Ceil", "Range", "Add", "Sub", "Div", "Max", "Min", "Unsqueeze",
-            "Squeeze", "Reshape", "Concat", "Slice", "Constant", "Equal", "Where", "Neg", "Abs"}
+FOLDABLE = {
+    "Gather",
+    "Cast",
+    "Mul",
+    "Floor",
+    "Ceil",
+    "Range",
+    "Add",
+    "Sub",
+    "Div",
+    "Max",
+    "Min",
+    "Unsqueeze",
+    "Squeeze",
+    "Reshape",
+    "Concat",
+    "Slice",
+    "Constant",
+    "Equal",
+    "Where",
+    "Neg",
+    "Abs",
+}
 LARGEST_FOLDED = 1 << 16  # elements: larger results are tensors of the network, not shape arithmetic
 
 
@@ -60,8 +82,11 @@ def fold_shape_arithmetic(model, shapes):
     known = _input_shapes(model, shapes)
     if not known:
         return model
-    small = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
-             if np.prod(t.dims, dtype=np.int64) <= LARGEST_FOLDED}
+    small = {
+        t.name: numpy_helper.to_array(t)
+        for t in model.graph.initializer
+        if np.prod(t.dims, dtype=np.int64) <= LARGEST_FOLDED
+    }
     values = {**small, **known}
     folded = set(known)
     for node in model.graph.node:
@@ -82,8 +107,9 @@ def fold_shape_arithmetic(model, shapes):
     existing = {t.name for t in out.graph.initializer}
     del out.graph.node[:]
     out.graph.node.extend(kept)
-    out.graph.initializer.extend(numpy_helper.from_array(values[name], name)
-                                 for name in sorted(folded & needed) if name not in existing)
+    out.graph.initializer.extend(
+        numpy_helper.from_array(values[name], name) for name in sorted(folded & needed) if name not in existing
+    )
     return out
 
 
@@ -101,8 +127,11 @@ def _even_steps(indices):
 def gathers_as_slices(model):
     """A copy of `model` with each Gather of constant, evenly stepped, non-negative 1-D indices
     replaced by a Slice taking the same elements."""
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
-                 if len(t.dims) == 1 and t.data_type in (TensorProto.INT64, TensorProto.INT32)}
+    constants = {
+        t.name: numpy_helper.to_array(t)
+        for t in model.graph.initializer
+        if len(t.dims) == 1 and t.data_type in (TensorProto.INT64, TensorProto.INT32)
+    }
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes, extra = [], []
@@ -116,8 +145,9 @@ def gathers_as_slices(model):
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         stop = start + step * (indices.size - 1) + 1
         names = [f"{node.output[0]}.slice_{part}" for part in ("starts", "ends", "axes", "steps")]
-        extra += [numpy_helper.from_array(np.array([v], np.int64), name)
-                  for v, name in zip((start, stop, axis, step), names)]
+        extra += [
+            numpy_helper.from_array(np.array([v], np.int64), name) for v, name in zip((start, stop, axis, step), names)
+        ]
         nodes.append(helper.make_node("Slice", [node.input[0], *names], list(node.output), name=node.name))
     del out.graph.node[:]
     out.graph.node.extend(nodes)

@@ -27,6 +27,7 @@ conv (35 channels at full resolution: 20.6 MB written and read back at 512x288).
 schedules/pack_producers.py schedules the fused function. At 512x288, one thread, the network
 gains 3.7 ms per frame (frame-interleaved), the same bits.
 """
+
 import tvm
 
 PRIMITIVE = "Primitive"
@@ -86,6 +87,7 @@ def _data_inputs(mod, func):
     args = call.args[1].fields
     if pattern != OUT_ELEMWISE_FUSABLE or not args:
         return []
+
     def param_index(arg):
         return next((i for i, p in enumerate(func.params) if p.same_as(arg)), None)
 
@@ -137,8 +139,11 @@ def _packs_float(mod, call):
     if not (isinstance(call, relax.Call) and getattr(call.op, "name", "") == CALL_TIR):
         return False
     callee = mod[call.args[0]]
-    return (isinstance(callee, tirx.PrimFunc) and callee.attrs is not None
-            and str(callee.attrs.get(KERNEL_ATTR, "")) == PACK_KERNEL)
+    return (
+        isinstance(callee, tirx.PrimFunc)
+        and callee.attrs is not None
+        and str(callee.attrs.get(KERNEL_ATTR, "")) == PACK_KERNEL
+    )
 
 
 def _elements(expr):
@@ -176,8 +181,12 @@ def _merged_pack(bb, producer, pack_call, name):
     with bb.function(name, produced + others, attrs={PRIMITIVE: True}, private=True):
         with bb.dataflow():
             data = _inline(bb, producer, dict(zip(producer.params, produced)))
-            packed = relax.Call(pack_call.op, [pack_call.args[0], relax.Tuple([data] + others), *pack_call.args[2:]],
-                                pack_call.attrs, pack_call.ty_args)
+            packed = relax.Call(
+                pack_call.op,
+                [pack_call.args[0], relax.Tuple([data] + others), *pack_call.args[2:]],
+                pack_call.attrs,
+                pack_call.ty_args,
+            )
             result = bb.emit_output(bb.emit(packed))
         gvar = bb.emit_func_output(result)
     return gvar
@@ -201,14 +210,17 @@ def fuse_producers(mod):
         uses, producers, rewrites = {}, {}, {}
         for block in func.body.blocks:
             for binding in block.bindings:
-                relax.analysis.post_order_visit(binding.value, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1)
-                                                if isinstance(e, relax.Var) else None)
+                relax.analysis.post_order_visit(
+                    binding.value,
+                    lambda e: uses.__setitem__(e, uses.get(e, 0) + 1) if isinstance(e, relax.Var) else None,
+                )
                 producer = fused_function(binding.value)
                 kind = _producer_kind(mod, producer) if producer is not None else None
                 if kind is not None:
                     producers[binding.var] = (binding.value, kind)
-        relax.analysis.post_order_visit(func.body.body, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1)
-                                        if isinstance(e, relax.Var) else None)
+        relax.analysis.post_order_visit(
+            func.body.body, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1) if isinstance(e, relax.Var) else None
+        )
         for block in func.body.blocks:
             for binding in block.bindings:
                 if _packs_float(mod, binding.value):
@@ -226,8 +238,11 @@ def fuse_producers(mod):
                 if consumer is None:
                     continue
                 args = binding.value.args
-                fusable = [i for i, kinds in _data_inputs(mod, consumer)
-                           if args[i] in producers and uses.get(args[i]) == 1 and producers[args[i]][1] in kinds]
+                fusable = [
+                    i
+                    for i, kinds in _data_inputs(mod, consumer)
+                    if args[i] in producers and uses.get(args[i]) == 1 and producers[args[i]][1] in kinds
+                ]
                 if not fusable:
                     continue
                 index = fusable[0]
@@ -245,8 +260,9 @@ def fuse_producers(mod):
 
 def _fresh_name(bb, name):
     taken = {g.name_hint for g in bb.get().get_global_vars()}
-    return next(f"{name}_{i}" if i else name for i in range(len(taken) + 1)
-                if (f"{name}_{i}" if i else name) not in taken)
+    return next(
+        f"{name}_{i}" if i else name for i in range(len(taken) + 1) if (f"{name}_{i}" if i else name) not in taken
+    )
 
 
 def _rewritten(func, rewrites):
@@ -255,12 +271,13 @@ def _rewritten(func, rewrites):
     blocks = []
     for block in func.body.blocks:
         bindings = [relax.VarBinding(b.var, rewrites[b.var]) if b.var in rewrites else b for b in block.bindings]
-        blocks.append(relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock)
-                      else relax.BindingBlock(bindings))
-    return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty,
-                          func.is_pure, func.attrs)
+        blocks.append(
+            relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock) else relax.BindingBlock(bindings)
+        )
+    return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure, func.attrs)
 
 
 def fuse_producers_pass():
-    return tvm.transform.module_pass(lambda mod, _ctx: fuse_producers(mod), opt_level=0,
-                                     name="bimatting.FuseProducersIntoConvs")
+    return tvm.transform.module_pass(
+        lambda mod, _ctx: fuse_producers(mod), opt_level=0, name="bimatting.FuseProducersIntoConvs"
+    )

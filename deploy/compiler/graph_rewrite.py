@@ -24,6 +24,7 @@ Rewrites (the model is copied, never changed in place):
 * Frontend gaps: an empty `scales` / `roi` of Resize (legal ONNX, as PyTorch exports it) is
   made absent; TVM's converter rejects scales and sizes given together.
 """
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -70,8 +71,10 @@ class _Graph:
 
     def const(self, name, what, node):
         if name not in self.consts:
-            raise InputError(f"{schema.DOMAIN}.{node.op_type} node '{node.name}': {what} '{name}' must be a "
-                             "compile-time constant (an initializer or Constant node)")
+            raise InputError(
+                f"{schema.DOMAIN}.{node.op_type} node '{node.name}': {what} '{name}' must be a "
+                "compile-time constant (an initializer or Constant node)"
+            )
         return self.consts[name]
 
 
@@ -126,8 +129,10 @@ def _fold_output_transform(g, conv, channels_out, masked, taken=frozenset()):
 def _check_custom_nodes(graph):
     for node in graph.node:
         if _is_custom(node) and node.op_type not in schema.KNOWN_OPS:
-            raise InputError(f"unsupported operator {schema.DOMAIN}.{node.op_type} (node '{node.name}'); "
-                             f"this compiler knows {', '.join(schema.KNOWN_OPS)}")
+            raise InputError(
+                f"unsupported operator {schema.DOMAIN}.{node.op_type} (node '{node.name}'); "
+                f"this compiler knows {', '.join(schema.KNOWN_OPS)}"
+            )
 
 
 def _drop_empty_resize_inputs(graph, consts):
@@ -177,8 +182,14 @@ def rewrite(model):
     for node, key in conv_nodes:
         replaced[id(node)] = _conv_node(g, node, removed)
     # After the epilogue folds: an Add already moved into a conv epilogue stays there.
-    sources = {key: (_pack_source(g, packs[key], schema.node_attributes(convs[0])["channels_in"], removed)
-                     if key in packs else (key[1], None, None)) for key, convs in groups.items()}
+    sources = {
+        key: (
+            _pack_source(g, packs[key], schema.node_attributes(convs[0])["channels_in"], removed)
+            if key in packs
+            else (key[1], None, None)
+        )
+        for key, convs in groups.items()
+    }
     pack_sets = {}  # (kind, tensor read) -> [group keys]: the variants of one pack
     for key in groups:
         tensor, _, add = sources[key]
@@ -251,9 +262,15 @@ def _pack_source(g, pack, channels, taken):
     tensor = pack.input[0]
     add = g.producer.get(tensor)
     users = g.consumers.get(pack.output[0], [])
-    if (add is None or id(add) in taken or add.op_type != "Add" or add.domain not in ("", "ai.onnx")
-            or g.sole_consumer(tensor) is not pack
-            or pack.output[0] in g.outputs or not all(_is_custom(u) and u.op_type in schema.CONV_OPS for u in users)):
+    if (
+        add is None
+        or id(add) in taken
+        or add.op_type != "Add"
+        or add.domain not in ("", "ai.onnx")
+        or g.sole_consumer(tensor) is not pack
+        or pack.output[0] in g.outputs
+        or not all(_is_custom(u) and u.op_type in schema.CONV_OPS for u in users)
+    ):
         return tensor, None, None
     for x, other in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
         if other in g.consts and x not in g.consts:
@@ -270,13 +287,24 @@ def _pack_node(kind, tensor, biases, group_id, convs):
     for conv in convs:
         consumers += ConvGeometry.ints_from_attributes(schema.node_attributes(conv))
     channels = schema.node_attributes(convs[0])["channels_in"]
-    attrs = {"group": group_id, "consumers": consumers, "from_bytes": int(kind == "bytes"),
-             "channels_in": channels, "variants": len(biases)}
+    attrs = {
+        "group": group_id,
+        "consumers": consumers,
+        "from_bytes": int(kind == "bytes"),
+        "channels_in": channels,
+        "variants": len(biases),
+    }
     if any(bias is not None for bias in biases):
         rows = [np.zeros(channels, np.float32) if bias is None else np.asarray(bias, np.float32) for bias in biases]
         attrs["bias"] = numpy_helper.from_array(np.stack(rows), "bias")  # [V, C]
-    return helper.make_node("BimattingPackWords", [tensor], [_packed_name(group_id)],
-                            name=f"bimatting_pack_{group_id}", domain=PRIVATE_DOMAIN, **attrs)
+    return helper.make_node(
+        "BimattingPackWords",
+        [tensor],
+        [_packed_name(group_id)],
+        name=f"bimatting_pack_{group_id}",
+        domain=PRIVATE_DOMAIN,
+        **attrs,
+    )
 
 
 def _packed_name(group_id):
@@ -296,26 +324,38 @@ def _conv_node(g, node, removed):
     masked = node.op_type == "BinaryConv2dMasked"
     expected = 5 if masked else 4
     if len(node.input) != expected:
-        raise InputError(f"{schema.DOMAIN}.{node.op_type} node '{node.name}' has {len(node.input)} inputs, "
-                         f"expected {expected}")
+        raise InputError(
+            f"{schema.DOMAIN}.{node.op_type} node '{node.name}' has {len(node.input)} inputs, expected {expected}"
+        )
     weights = np.asarray(g.const(node.input[1], "weights", node), np.uint8)
     channels_out = weights.shape[0]
     scale = np.asarray(g.const(node.input[2], "scale", node), np.float32).reshape(-1)
     bias = np.asarray(g.const(node.input[3], "bias", node), np.float32).reshape(-1)
     if scale.size != channels_out or bias.size != channels_out:
-        raise InputError(f"{schema.DOMAIN}.{node.op_type} node '{node.name}': scale and bias must have "
-                         f"{channels_out} values (one per output channel)")
+        raise InputError(
+            f"{schema.DOMAIN}.{node.op_type} node '{node.name}': scale and bias must have "
+            f"{channels_out} values (one per output channel)"
+        )
     folded, output, post, residual = _fold_output_transform(g, node, channels_out, masked, removed)
     removed.update(id(f) for f in folded)
     steps = [("mul", scale), ("add", bias)] + post
     inputs = [""] + ([node.input[4]] if masked else []) + ([residual] if residual else [])
     values = np.stack([np.asarray(v, np.float32).reshape(-1) for _, v in steps])  # [S, O]
-    return [helper.make_node("BimattingBinaryConv", inputs, [output], name=node.name or output,
-                             domain=PRIVATE_DOMAIN, masked=int(masked),
-                             channels_in=attrs["channels_in"], geometry=ConvGeometry.ints_from_attributes(attrs),
-                             weights=numpy_helper.from_array(weights, "weights"),
-                             epilogue_kinds=[kind for kind, _ in steps],
-                             epilogue_values=numpy_helper.from_array(values, "epilogue_values"))]
+    return [
+        helper.make_node(
+            "BimattingBinaryConv",
+            inputs,
+            [output],
+            name=node.name or output,
+            domain=PRIVATE_DOMAIN,
+            masked=int(masked),
+            channels_in=attrs["channels_in"],
+            geometry=ConvGeometry.ints_from_attributes(attrs),
+            weights=numpy_helper.from_array(weights, "weights"),
+            epilogue_kinds=[kind for kind, _ in steps],
+            epilogue_values=numpy_helper.from_array(values, "epilogue_values"),
+        )
+    ]
 
 
 def _plain_custom_node(node):

@@ -9,6 +9,7 @@ converters of the private `Bimatting*` op types are added by swapping the fronte
 map for the duration of one import only (`_scoped_converters`, restored in `finally`, under a
 lock); nothing outlives the call.
 """
+
 import contextlib
 import threading
 import warnings
@@ -43,15 +44,20 @@ def _make_converters(kernel_config):
             from_bytes = bool(attr["from_bytes"])
             expected = packed_channels(channels) if from_bytes else channels
             if shape[1] != expected:
-                raise InputError(f"binary conv input has {shape[1]} channels, its channels_in={channels} "
-                                 f"needs {expected}{' packed bytes' if from_bytes else ''}")
+                raise InputError(
+                    f"binary conv input has {shape[1]} channels, its channels_in={channels} "
+                    f"needs {expected}{' packed bytes' if from_bytes else ''}"
+                )
             ints = list(attr["consumers"])
-            geoms = [ConvGeometry.from_ints(ints[i:i + INTS_PER_GEOMETRY], shape[2], shape[3], channels, 1)
-                     for i in range(0, len(ints), INTS_PER_GEOMETRY)]
+            geoms = [
+                ConvGeometry.from_ints(ints[i : i + INTS_PER_GEOMETRY], shape[2], shape[3], channels, 1)
+                for i in range(0, len(ints), INTS_PER_GEOMETRY)
+            ]
             layout = PackLayout.covering(geoms, kernel_config.word_dtype, int(attr.get("variants", 1)))
             packs[int(attr["group"])] = (layout, shape[2], shape[3])
-            return lowering.emit_pack(bb, inputs[0], layout, channels if from_bytes else None,
-                                      _tensor_attr(attr, "bias"))
+            return lowering.emit_pack(
+                bb, inputs[0], layout, channels if from_bytes else None, _tensor_attr(attr, "bias")
+            )
 
     class BinaryConv(OnnxOpConverter):
         @classmethod
@@ -60,8 +66,10 @@ def _make_converters(kernel_config):
             weights = _tensor_attr(attr, "weights")
             g = ConvGeometry.from_ints(attr["geometry"], height, width, int(attr["channels_in"]), weights.shape[0])
             if weights.shape != packed_weight_shape(g.channels_out, g.channels_in, g.kernel):
-                raise InputError(f"BinaryConv2d weights {weights.shape} do not match channels_in="
-                                 f"{g.channels_in}, kernel_shape={list(g.kernel)}")
+                raise InputError(
+                    f"BinaryConv2d weights {weights.shape} do not match channels_in="
+                    f"{g.channels_in}, kernel_shape={list(g.kernel)}"
+                )
             kinds = [k.decode() if isinstance(k, bytes) else str(k) for k in attr["epilogue_kinds"]]
             epilogue = list(zip(kinds, _tensor_attr(attr, "epilogue_values")))
             mask = inputs[1] if int(attr["masked"]) else None
@@ -69,16 +77,25 @@ def _make_converters(kernel_config):
             batch = lowering.static_shape(inputs[0])[0]
             out_shape = (batch, g.channels_out, g.out_height, g.out_width)
             if mask is not None and lowering.static_shape(mask) != (batch, 1, g.out_height, g.out_width):
-                raise InputError(f"BinaryConv2dMasked mask has shape {lowering.static_shape(mask)}, expected "
-                                 f"[N, 1, {g.out_height}, {g.out_width}]")
+                raise InputError(
+                    f"BinaryConv2dMasked mask has shape {lowering.static_shape(mask)}, expected "
+                    f"[N, 1, {g.out_height}, {g.out_width}]"
+                )
             later = []
             if residual is not None and lowering.static_shape(residual) != out_shape:  # a broadcasting Add
                 cut = kinds.index("residual")
                 epilogue, later = epilogue[:cut], epilogue[cut:]
             operands = lowering.conv_operands(weights, g, kernel_config, epilogue)
-            out = lowering.emit_conv(bb, inputs[0], layout, g, operands=operands, mask=mask,
-                                     variant=int(attr.get("variant", 0)),
-                                     residual=residual if not later else None)
+            out = lowering.emit_conv(
+                bb,
+                inputs[0],
+                layout,
+                g,
+                operands=operands,
+                mask=mask,
+                variant=int(attr.get("variant", 0)),
+                residual=residual if not later else None,
+            )
             return lowering.emit_steps(bb, out, later, residual) if later else out
 
     class BinarizePack(OnnxOpConverter):
@@ -94,11 +111,17 @@ def _make_converters(kernel_config):
     class PairConv(OnnxOpConverter):
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
-            return lowering.emit_pair_conv(bb, inputs[0], _tensor_attr(attr, "weights"), _tensor_attr(attr, "step"),
-                                           [int(p) for p in attr["pads"]])
+            return lowering.emit_pair_conv(
+                bb, inputs[0], _tensor_attr(attr, "weights"), _tensor_attr(attr, "step"), [int(p) for p in attr["pads"]]
+            )
 
-    return {"BimattingPackWords": PackWords, "BimattingBinaryConv": BinaryConv,
-            "BimattingBinarizePack": BinarizePack, "BimattingUnpack": Unpack, integer_pairs.PAIR_OP: PairConv}
+    return {
+        "BimattingPackWords": PackWords,
+        "BimattingBinaryConv": BinaryConv,
+        "BimattingBinarizePack": BinarizePack,
+        "BimattingUnpack": Unpack,
+        integer_pairs.PAIR_OP: PairConv,
+    }
 
 
 @contextlib.contextmanager
@@ -135,8 +158,10 @@ def import_onnx(model, shapes, kernel_config, constants=None):
         try:
             return from_onnx(rewritten, shape_dict={k: list(v) for k, v in shapes.items()})
         except tvm.error.OpNotImplemented as error:
-            raise InputError(f"cannot compile this model: {error}; TVM 0.27's ONNX frontend lacks "
-                             "these operators (re-export without them)") from None
+            raise InputError(
+                f"cannot compile this model: {error}; TVM 0.27's ONNX frontend lacks "
+                "these operators (re-export without them)"
+            ) from None
 
 
 def output_shapes(mod):
@@ -148,13 +173,17 @@ def output_shapes(mod):
 
 def graph_io(model, bound=()):
     """(inputs, outputs) of an ONNX model as [(name, dims or names, elem type)], skipping `bound`."""
+
     def dims(value):
-        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in value.type.tensor_type.shape.dim]
+        return [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim
+        ]
 
     inits = {t.name for t in model.graph.initializer}
-    inputs = [(i.name, dims(i), i.type.tensor_type.elem_type) for i in model.graph.input
-              if i.name not in inits and i.name not in bound]
+    inputs = [
+        (i.name, dims(i), i.type.tensor_type.elem_type)
+        for i in model.graph.input
+        if i.name not in inits and i.name not in bound
+    ]
     outputs = [(o.name, dims(o), o.type.tensor_type.elem_type) for o in model.graph.output]
     return inputs, outputs
-

@@ -26,6 +26,7 @@ Measured on a 2-core AMD EPYC (znver4), one thread: the dense 3x3 conv alone (16
 layer took 16.8 ms; the network, frame-interleaved against the float conv, -6.9 ms per frame at
 512x288 and -6.7 ms at 1920x1080 (s = 0.25), the same bits on held-out footage.
 """
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -35,7 +36,7 @@ from bimatting.deploy.compiler.graph_rewrite import PRIVATE_DOMAIN, _Graph
 from bimatting.deploy.compiler.kernels.pair_dot import INT16_MAX, weight_words
 
 PAIR_OP = "BimattingPairConv"
-EXACT_LIMIT = 2 ** 24  # float32 holds every integer below this exactly (fixed_point.py's, which imports torch)
+EXACT_LIMIT = 2**24  # float32 holds every integer below this exactly (fixed_point.py's, which imports torch)
 
 
 def _attr(node, name, default=None):
@@ -84,7 +85,7 @@ def integer_weights(weight):
             continue
         # float32 w = f * 2^E with f * 2^24 an integer (24-bit significand)
         e = int(np.min(np.frexp(nonzero)[1])) - 24
-        scaled = w / 2.0 ** e
+        scaled = w / 2.0**e
         while np.all(np.mod(scaled, 2.0) == 0.0):
             scaled, e = scaled / 2.0, e + 1
         if np.abs(scaled).max() > INT16_MAX or not np.all(scaled == np.round(scaled)):
@@ -111,8 +112,12 @@ def _chain(g, conv):
     if not _standard(add, "Add") or g.sole_consumer(add.output[0]) is not clip or len(clip.input) != 3:
         return None
     others = [name for name in add.input if name != m]
-    if (m not in add.input or len(others) != 1 or _scalar(g, others[0]) != 1.0
-            or [_scalar(g, name) for name in clip.input[1:]] != [0.0, 1.0]):
+    if (
+        m not in add.input
+        or len(others) != 1
+        or _scalar(g, others[0]) != 1.0
+        or [_scalar(g, name) for name in clip.input[1:]] != [0.0, 1.0]
+    ):
         return None
     producer = g.producer.get(m)
     if producer is None or producer.op_type != "BimattingBinaryConv" or producer.domain != PRIVATE_DOMAIN:
@@ -124,9 +129,12 @@ def _pair_node(g, conv):
     """The BimattingPairConv replacing `conv` and the nodes it replaces, or None (module doc)."""
     if not _standard(conv, "Conv") or len(conv.input) != 2 or conv.input[1] not in g.consts:
         return None
-    if (_attr(conv, "group", 1) != 1 or any(v != 1 for v in _attr(conv, "strides", [1, 1]))
-            or any(v != 1 for v in _attr(conv, "dilations", [1, 1])) or _attr(conv, "auto_pad", b"NOTSET") not in
-            (b"NOTSET", "NOTSET")):
+    if (
+        _attr(conv, "group", 1) != 1
+        or any(v != 1 for v in _attr(conv, "strides", [1, 1]))
+        or any(v != 1 for v in _attr(conv, "dilations", [1, 1]))
+        or _attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+    ):
         return None
     chain = _chain(g, conv)
     if chain is None:
@@ -148,10 +156,16 @@ def _pair_node(g, conv):
     if load.max() >= EXACT_LIMIT:  # statement 3
         return None
     top, left, bottom, right = _attr(conv, "pads", [0, 0, 0, 0])
-    node = helper.make_node(PAIR_OP, [producer.output[0]], [conv.output[0]], name=f"{conv.name}_pairs",
-                            domain=PRIVATE_DOMAIN, pads=[int(top), int(left), int(bottom), int(right)],
-                            weights=numpy_helper.from_array(weight_words(w_n, w_a), "weights"),
-                            step=numpy_helper.from_array(np.ldexp(1.0, exponents).astype(np.float32), "step"))
+    node = helper.make_node(
+        PAIR_OP,
+        [producer.output[0]],
+        [conv.output[0]],
+        name=f"{conv.name}_pairs",
+        domain=PRIVATE_DOMAIN,
+        pads=[int(top), int(left), int(bottom), int(right)],
+        weights=numpy_helper.from_array(weight_words(w_n, w_a), "weights"),
+        step=numpy_helper.from_array(np.ldexp(1.0, exponents).astype(np.float32), "step"),
+    )
     return node, removed
 
 

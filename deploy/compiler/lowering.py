@@ -4,6 +4,7 @@ Each PrimFunc carries the attribute `bimatting.kernel` (its kind) so the build p
 and applies the target's schedule (schedules/__init__.py), and `op_pattern = kOpaque` so Relax's
 operator fusion leaves it whole: its output transform is already fused by construction.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,17 +90,30 @@ def conv_func(batch, geometry, layout, operands, masked=False, variant=0):
     names = ("weights", "base", "steps")
     weights, base, steps = [te.placeholder(a.shape, str(a.dtype), name=n) for a, n in zip(operands.arrays(), names)]
     mask = te.placeholder((batch, 1, g.out_height, g.out_width), "float32", name="mask") if masked else None
-    residual = (te.placeholder((batch, g.channels_out, g.out_height, g.out_width), "float32", name="residual")
-                if "residual" in operands.kinds else None)
+    residual = (
+        te.placeholder((batch, g.channels_out, g.out_height, g.out_width), "float32", name="residual")
+        if "residual" in operands.kinds
+        else None
+    )
     pop = bitserial.popcount_conv(packed, weights, g, layout, variant)
-    out = bitserial.output_transform(pop, base, operands.row_class, operands.col_class, steps=steps,
-                                     kinds=operands.kinds, geometry=g, mask=mask, residual=residual)
+    out = bitserial.output_transform(
+        pop,
+        base,
+        operands.row_class,
+        operands.col_class,
+        steps=steps,
+        kinds=operands.kinds,
+        geometry=g,
+        mask=mask,
+        residual=residual,
+    )
     args = [packed, weights, base, steps] + ([mask] if masked else [])
     args += ([residual] if residual is not None else []) + [out]
     return _prim_func(args, "bconv")
 
 
 # --- Relax ---------------------------------------------------------------------------------------
+
 
 def _call(bb, func, name, args, out_shape, out_dtype):
     gvar = bb.add_func(func, name)  # the build names symbols after the (deduplicated) gvar

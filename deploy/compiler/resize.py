@@ -26,6 +26,7 @@ input row with its end columns repeated (`edge`, the clamp), and vectorized alon
 unrolled: contiguous loads, 0.7 ms instead of 7. `phases` is laid out as the output columns
 (index r * i + p), so the row pass reads it as before.
 """
+
 RESIZE_OP = "relax.image.resize2d"
 # Block annotations read by schedules/fp.py: keep the block as its own buffer; vectorize this axis.
 KEEP_BUFFER = "bimatting.keep_buffer"
@@ -53,6 +54,7 @@ def _separable_linear(data, size):
 
     ratio = _power_of_two_ratio(int(width), int(out_width))
     if ratio is None:
+
         def along_columns(n, c, y, x):
             first, second, weight = source(x, width, out_width)
             return _lerp(data[n, c, y, first], data[n, c, y, second], weight)
@@ -93,9 +95,12 @@ def _columns_by_phase(data, ratio):
     batch, channels, height, width = data.shape
     last = width - 1
     # edge[.., j] = in[.., clamp(j - 1)]: the clamp of the end columns, once per input row.
-    edge = te.compute((batch, channels, height, width + 2),
-                      lambda n, c, y, j: data[n, c, y, tirx.max(tirx.min(j - 1, last), 0)],
-                      name="resize_edge", attrs={KEEP_BUFFER: 1})
+    edge = te.compute(
+        (batch, channels, height, width + 2),
+        lambda n, c, y, j: data[n, c, y, tirx.max(tirx.min(j - 1, last), 0)],
+        name="resize_edge",
+        attrs={KEEP_BUFFER: 1},
+    )
     scale = tirx.const(1.0 / ratio, "float32")
 
     def phase(n, c, y, i, p):
@@ -104,16 +109,21 @@ def _columns_by_phase(data, ratio):
         weight = coordinate - first.astype("float32")
         return _lerp(edge[n, c, y, i + first + 1], edge[n, c, y, i + first + 2], weight)
 
-    return te.compute((batch, channels, height, width, ratio), phase, name="resize_phases",
-                      attrs={KEEP_BUFFER: 1, VECTOR_AXIS: 3})
+    return te.compute(
+        (batch, channels, height, width, ratio), phase, name="resize_phases", attrs={KEEP_BUFFER: 1, VECTOR_AXIS: 3}
+    )
 
 
 def _separable_case(call):
     """((input height, input width), (output height, output width)) when `call` is a resize this
     module handles (static shapes), else None."""
     attrs = call.attrs
-    if (str(attrs.method) != "linear" or str(attrs.coordinate_transformation_mode) != "half_pixel"
-            or str(attrs.layout) != "NCHW" or any(float(v) != 0.0 for v in attrs.roi)):
+    if (
+        str(attrs.method) != "linear"
+        or str(attrs.coordinate_transformation_mode) != "half_pixel"
+        or str(attrs.layout) != "NCHW"
+        or any(float(v) != 0.0 for v in attrs.roi)
+    ):
         return None
     data_type = call.args[0].ty
     shape = getattr(data_type, "shape", None)

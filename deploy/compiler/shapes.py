@@ -9,6 +9,7 @@ TVM compiles one static-shape network per resolution. Inputs follow RVM's conven
   rule (K-th state at ceil(H'/2^K) x ceil(W'/2^K), H' = floor(H * s)) and then checked against
   what TVM infers for the paired output; a mismatch is corrected once and checked again.
 """
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -52,8 +53,10 @@ def plan_inputs(inputs, outputs, resolution=None, downsample_ratio=None):
         resolution = (w, h) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else DEFAULT_RESOLUTION
     width, height = resolution
     if image[1][2:] != [height, width] and all(isinstance(d, int) and d > 0 for d in image[1][2:]):
-        raise InputError(f"the model's '{image[0]}' input is fixed at {image[1][3]}x{image[1][2]}; "
-                         f"it cannot be compiled at {width}x{height} (omit --resolution)")
+        raise InputError(
+            f"the model's '{image[0]}' input is fixed at {image[1][3]}x{image[1][2]}; "
+            f"it cannot be compiled at {width}x{height} (omit --resolution)"
+        )
     plan = InputPlan(image=image[0], resolution=(width, height))
     plan.shapes[image[0]] = [1, 3, height, width]
     names = {i[0] for i in inputs}
@@ -66,7 +69,10 @@ def plan_inputs(inputs, outputs, resolution=None, downsample_ratio=None):
     elif downsample_ratio is not None:
         raise InputError("this model has no 'downsample_ratio' input; omit --downsample-ratio")
     out_dims = {o[0]: o[1] for o in outputs}
-    small_h, small_w = math.floor(height * (plan.downsample_ratio or 1.0)), math.floor(width * (plan.downsample_ratio or 1.0))
+    small_h, small_w = (
+        math.floor(height * (plan.downsample_ratio or 1.0)),
+        math.floor(width * (plan.downsample_ratio or 1.0)),
+    )
     state_index = 0
     for name, dims, _ in inputs:
         if name in (image[0], "downsample_ratio"):
@@ -78,16 +84,24 @@ def plan_inputs(inputs, outputs, resolution=None, downsample_ratio=None):
             plan.shapes[name] = list(dims)
             continue
         if not paired or len(dims) != 4:
-            raise InputError(f"input '{name}' has a dynamic shape {dims} and is not a recurrent state "
-                             "(rKi paired with an output rKo); export the model with static shapes")
+            raise InputError(
+                f"input '{name}' has a dynamic shape {dims} and is not a recurrent state "
+                "(rKi paired with an output rKo); export the model with static shapes"
+            )
         state_index += 1
         digits = re.search(r"(\d+)", name)
         level = int(digits.group(1)) if digits else state_index
-        channels = next((d for d in (out_dims[paired][1] if len(out_dims[paired]) == 4 else None, dims[1])
-                         if isinstance(d, int) and d > 0), None)
+        channels = next(
+            (
+                d
+                for d in (out_dims[paired][1] if len(out_dims[paired]) == 4 else None, dims[1])
+                if isinstance(d, int) and d > 0
+            ),
+            None,
+        )
         if channels is None:
             raise InputError(f"cannot tell the channel count of state '{name}'; export it with a static channel dim")
-        scale = 2 ** level
+        scale = 2**level
         plan.shapes[name] = [1, channels, -(-small_h // scale), -(-small_w // scale)]
     return plan
 

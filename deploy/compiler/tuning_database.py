@@ -10,6 +10,7 @@ The build pipeline queries every PrimFunc as IRModule({"main": func without glob
 kernel of the same model at the same resolution. MetaSchedule's query ignores the target, so
 `check` compares the manifest's target with the one being compiled.
 """
+
 import json
 from pathlib import Path
 
@@ -33,8 +34,10 @@ def read_manifest(path):
         raise InputError(f"tuning database '{path}' does not exist; create one with `bimatting tune`")
     missing = [name for name in (WORKLOADS, RECORDS, MANIFEST) if not (path / name).is_file()]
     if missing:
-        raise InputError(f"'{path}' is not a tuning database (it lacks {', '.join(missing)}); "
-                         "create one with `bimatting tune MODEL -o DB`")
+        raise InputError(
+            f"'{path}' is not a tuning database (it lacks {', '.join(missing)}); "
+            "create one with `bimatting tune MODEL -o DB`"
+        )
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except ValueError:
@@ -49,8 +52,10 @@ def check(path, target_name, llvm=None):
     manifest = read_manifest(path)
     tuned = manifest.get("target", {})
     if tuned.get("name") != target_name or (llvm is not None and tuned.get("llvm") != llvm):
-        raise InputError(f"tuning database '{path}' was tuned for target '{tuned.get('name')}', not "
-                         f"'{target_name}'; tune for this target first (`bimatting tune --target {target_name}`)")
+        raise InputError(
+            f"tuning database '{path}' was tuned for target '{tuned.get('name')}', not "
+            f"'{target_name}'; tune for this target first (`bimatting tune --target {target_name}`)"
+        )
     return manifest
 
 
@@ -59,14 +64,19 @@ def open_database(path, module_equality="structural"):
     from tvm.s_tir import meta_schedule as ms
 
     read_manifest(path)
-    return ms.database.JSONDatabase(str(Path(path) / WORKLOADS), str(Path(path) / RECORDS),
-                                    allow_missing=False, module_equality=module_equality)
+    return ms.database.JSONDatabase(
+        str(Path(path) / WORKLOADS), str(Path(path) / RECORDS), allow_missing=False, module_equality=module_equality
+    )
 
 
 def summary(path):
     """JSON-ready description for an artifact's metadata: which database, tuned how far."""
     manifest = read_manifest(path)
     tasks = list(manifest.get("tasks", {}).values())
-    return {"database": Path(path).name, "target": manifest.get("target", {}).get("name"),
-            "model_sha256": manifest.get("model", {}).get("sha256"), "trials": manifest.get("trials", 0),
-            "tuned_kernels": sum(1 for t in tasks if t.get("best_ms") is not None)}
+    return {
+        "database": Path(path).name,
+        "target": manifest.get("target", {}).get("name"),
+        "model_sha256": manifest.get("model", {}).get("sha256"),
+        "trials": manifest.get("trials", 0),
+        "tuned_kernels": sum(1 for t in tasks if t.get("best_ms") is not None),
+    }

@@ -20,6 +20,7 @@ instrument callback, which TVM 0.27 cannot pass over RPC: it is measured for loc
 A device that fails mid-run (server killed, timeout) keeps the frames measured so far: they are
 verified and reported, then the run fails with RuntimeFailure (exit 1).
 """
+
 import datetime
 import time
 from pathlib import Path
@@ -42,17 +43,30 @@ GROUP_NAMES = ("binary_convs", "bit_packing", "float_convs", "sab_mask", "resize
 GROUP_RULES = (
     ("binary_convs", lambda n: n.startswith("bconv")),
     ("bit_packing", lambda n: n.startswith(("bpack", "brepack", "binarize_pack", "unpack"))),
-    ("float_convs", lambda n: "conv2d" in n or "pair_conv" in n),      # pair_conv: integer_pairs.py
-    ("sab_mask", lambda n: "greater" in n or "max_pool2d" in n),       # the incoherent mask and its widening
+    ("float_convs", lambda n: "conv2d" in n or "pair_conv" in n),  # pair_conv: integer_pairs.py
+    ("sab_mask", lambda n: "greater" in n or "max_pool2d" in n),  # the incoherent mask and its widening
     ("resize_concat", lambda n: any(op in n for op in ("resize2d", "concatenate", "strided_slice"))),
-    ("runtime", lambda n: n.startswith("vm.builtin")),                 # allocation, tuples, shape checks
+    ("runtime", lambda n: n.startswith("vm.builtin")),  # allocation, tuples, shape checks
 )
 PROFILED_FRAMES = 3
 
 
-def bench(artifact_path, *, rpc=None, tracker=None, key=None, frames=DEFAULT_FRAMES, warmup=DEFAULT_WARMUP,
-          input_path=None, verify=True, reference=None, report_dir=None, timeout=DEFAULT_TIMEOUT_S,
-          connect_timeout=rpc_util.CONNECT_TIMEOUT_S, progress=True):
+def bench(
+    artifact_path,
+    *,
+    rpc=None,
+    tracker=None,
+    key=None,
+    frames=DEFAULT_FRAMES,
+    warmup=DEFAULT_WARMUP,
+    input_path=None,
+    verify=True,
+    reference=None,
+    report_dir=None,
+    timeout=DEFAULT_TIMEOUT_S,
+    connect_timeout=rpc_util.CONNECT_TIMEOUT_S,
+    progress=True,
+):
     """Bench (and verify) an artifact; returns the result dict (see device/report.py for its keys).
 
     Raises InputError for bad input (exit 2), RuntimeFailure when the device fails mid-run (the
@@ -72,7 +86,7 @@ def bench(artifact_path, *, rpc=None, tracker=None, key=None, frames=DEFAULT_FRA
     result = _result(art, artifact_path, device, clip, input_label, warmup, run)
     if verify:
         outputs = run["outputs"]
-        ref = run_reference(reference_path, art.metadata, clip[:len(outputs)])
+        ref = run_reference(reference_path, art.metadata, clip[: len(outputs)])
         result["verify"] = compare(outputs, ref, reference_path)
         run["reference"] = ref
     else:
@@ -95,8 +109,9 @@ def _image_input(meta):
         raise InputError("the artifact has no image input (role 'image'); recompile it with `bimatting compile`")
     extra = [i["name"] for i in meta["inputs"] if i.get("role") not in ("image", "state")]
     if extra:
-        raise InputError(f"the artifact takes inputs bench cannot feed ({', '.join(extra)}); expected an image "
-                         "and recurrent states")
+        raise InputError(
+            f"the artifact takes inputs bench cannot feed ({', '.join(extra)}); expected an image and recurrent states"
+        )
     _, _, height, width = image["shape"]
     return image["name"], (int(width), int(height))
 
@@ -124,7 +139,9 @@ def find_reference(art, artifact_path, reference):
     if reference is not None:
         candidates = [Path(reference)]
         if not candidates[0].is_file():
-            raise InputError(f"reference '{reference}' does not exist; give the ONNX file the artifact was compiled from")
+            raise InputError(
+                f"reference '{reference}' does not exist; give the ONNX file the artifact was compiled from"
+            )
     else:
         carried = getattr(art, "source_path", None)  # an artifact that embeds its ONNX
         if carried is not None:
@@ -136,11 +153,15 @@ def find_reference(art, artifact_path, reference):
             if source.get("sha256") and sha256_file(path) != source["sha256"]:
                 if reference is None:
                     continue
-                raise InputError(f"reference '{path}' is not the model this artifact was compiled from (sha256 "
-                                 f"differs from the artifact's {source.get('file', 'source')}); pass that ONNX file")
+                raise InputError(
+                    f"reference '{path}' is not the model this artifact was compiled from (sha256 "
+                    f"differs from the artifact's {source.get('file', 'source')}); pass that ONNX file"
+                )
             return path
-    raise InputError(f"verification needs the ONNX file the artifact was compiled from ('{source.get('file', '?')}'); "
-                     "pass it with --reference MODEL.onnx, or skip the check with --no-verify")
+    raise InputError(
+        f"verification needs the ONNX file the artifact was compiled from ('{source.get('file', '?')}'); "
+        "pass it with --reference MODEL.onnx, or skip the check with --no-verify"
+    )
 
 
 def _measure(art, device, clip, warmup, progress):
@@ -248,8 +269,10 @@ def run_reference(onnx_path, meta, clip):
     image = next(i["name"] for i in meta["inputs"] if i.get("role") == "image")
     missing = [n for n in names if n not in states and n not in (image, "downsample_ratio")]
     if image not in names or missing:
-        raise InputError(f"reference '{onnx_path}' does not take the artifact's inputs (it has {sorted(names)}); "
-                         "pass the ONNX file the artifact was compiled from")
+        raise InputError(
+            f"reference '{onnx_path}' does not take the artifact's inputs (it has {sorted(names)}); "
+            "pass the ONNX file the artifact was compiled from"
+        )
     values = {name: np.zeros(shapes[name], np.float32) for name in states if name in names}
     fixed = {}
     if "downsample_ratio" in names:
@@ -274,24 +297,45 @@ def compare(device_outputs, reference_outputs, reference_path):
             per_frame[f"{key}_max_abs"].append(float(diff.max()))
             per_frame[f"{key}_mean_abs"].append(float(diff.mean()))
     if not per_frame["pha_max_abs"]:
-        return {"passed": False, "pha_max_abs": None, "pha_mean_abs": None, "frames": 0,
-                "reason": "no frame was measured", "reference": str(reference_path)}
+        return {
+            "passed": False,
+            "pha_max_abs": None,
+            "pha_mean_abs": None,
+            "frames": 0,
+            "reason": "no frame was measured",
+            "reference": str(reference_path),
+        }
     worst = {key: max(values) for key, values in per_frame.items() if values}
-    passed = all(worst[f"{k}_mean_abs"] <= TOLERANCE["mean"] and worst[f"{k}_max_abs"] <= TOLERANCE["max"]
-                 for k in ("pha", "fgr") if f"{k}_max_abs" in worst)
+    passed = all(
+        worst[f"{k}_mean_abs"] <= TOLERANCE["mean"] and worst[f"{k}_max_abs"] <= TOLERANCE["max"]
+        for k in ("pha", "fgr")
+        if f"{k}_max_abs" in worst
+    )
     mean_pha = float(np.mean(per_frame["pha_mean_abs"]))
-    return {"passed": bool(passed), **worst,
-            "mad_x1e3": mean_pha * 1e3,  # RVM's MAD (mean |alpha diff| x 1e3), device vs reference
-            "frames": len(per_frame["pha_max_abs"]), "tolerance": dict(TOLERANCE),
-            "per_frame": per_frame, "reference": str(reference_path), "reference_runtime": "onnxruntime"}
+    return {
+        "passed": bool(passed),
+        **worst,
+        "mad_x1e3": mean_pha * 1e3,  # RVM's MAD (mean |alpha diff| x 1e3), device vs reference
+        "frames": len(per_frame["pha_max_abs"]),
+        "tolerance": dict(TOLERANCE),
+        "per_frame": per_frame,
+        "reference": str(reference_path),
+        "reference_runtime": "onnxruntime",
+    }
 
 
 def _stats(values):
     if not values:
         return {"mean": None, "p50": None, "p90": None, "min": None, "max": None, "per_frame": []}
     array = np.asarray(values, np.float64)
-    return {"mean": float(array.mean()), "p50": float(np.percentile(array, 50)), "p90": float(np.percentile(array, 90)),
-            "min": float(array.min()), "max": float(array.max()), "per_frame": [float(v) for v in array]}
+    return {
+        "mean": float(array.mean()),
+        "p50": float(np.percentile(array, 50)),
+        "p90": float(np.percentile(array, 90)),
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "per_frame": [float(v) for v in array],
+    }
 
 
 def _result(art, artifact_path, device, clip, input_label, warmup, run):
@@ -306,9 +350,13 @@ def _result(art, artifact_path, device, clip, input_label, warmup, run):
     return {
         "device": device.describe(),
         "target": target,
-        "artifact": {"path": str(artifact_path), "resolution": meta.get("resolution"),
-                     "downsample_ratio": meta.get("downsample_ratio"), "source": meta.get("source"),
-                     "tuning": meta.get("tuning")},
+        "artifact": {
+            "path": str(artifact_path),
+            "resolution": meta.get("resolution"),
+            "downsample_ratio": meta.get("downsample_ratio"),
+            "source": meta.get("source"),
+            "tuning": meta.get("tuning"),
+        },
         "frames": len(run["device_ms"]),
         "frames_requested": len(clip),
         "warmup": warmup,
@@ -317,9 +365,13 @@ def _result(art, artifact_path, device, clip, input_label, warmup, run):
         "roundtrip_ms": _stats(run["roundtrip_ms"]),
         "fps": (1e3 / latency["mean"]) if latency["mean"] else None,
         "op_groups_ms": run["groups"],
-        "op_groups_note": None if run["groups"] else
-        ("per-group times need a local run: TVM 0.27's VM instrument cannot be passed over RPC"
-         if device.is_remote else "not measured (the run stopped early)"),
+        "op_groups_note": None
+        if run["groups"]
+        else (
+            "per-group times need a local run: TVM 0.27's VM instrument cannot be passed over RPC"
+            if device.is_remote
+            else "not measured (the run stopped early)"
+        ),
         "completed": run["error"] is None,
         "error": run["error"],
         "versions": {"bimatting": __version__, "tvm": tvm.__version__, "onnxruntime": onnxruntime.__version__},

@@ -13,6 +13,7 @@ folder removed and the server's working directory restored, and the server accep
 client. Everything else is TVM's own `tvm.rpc.Server`, unchanged: the wrapper is installed in the
 server's worker process through the `server_init_callback` hook TVM provides.
 """
+
 import argparse
 
 
@@ -76,10 +77,19 @@ def main(argv=None):
     if args.tracker:
         host, _, port = args.tracker.rpartition(":")
         tracker = (host, int(port))
-    server = rpc.Server(args.host, args.port, args.port_end, is_proxy=args.through_proxy, key=args.key,
-                        tracker_addr=tracker, load_library=args.load_library, custom_addr=args.custom_addr,
-                        silent=args.silent, no_fork=args.no_fork,
-                        server_init_callback=keep_serving_after_failed_sessions)
+    server = rpc.Server(
+        args.host,
+        args.port,
+        args.port_end,
+        is_proxy=args.through_proxy,
+        key=args.key,
+        tracker_addr=tracker,
+        load_library=args.load_library,
+        custom_addr=args.custom_addr,
+        silent=args.silent,
+        no_fork=args.no_fork,
+        server_init_callback=keep_serving_after_failed_sessions,
+    )
     server.proc.join()
 
 

@@ -16,6 +16,7 @@ told otherwise; expose one only on a trusted network or through an SSH tunnel.
 
 Torch- and TVM-free (only `Board.connect` imports tvm).
 """
+
 import atexit
 import json
 import os
@@ -65,7 +66,9 @@ def load_emulator(root=None):
     for key in ("python_launcher", "cpp_server", "sysroot"):
         info[key] = str(root / info[key])
         if not Path(info[key]).exists():
-            raise EmulatorNotSetUp(f"the emulated ARM board in {root} is incomplete ({info[key]} is missing); {setup_hint(root)}")
+            raise EmulatorNotSetUp(
+                f"the emulated ARM board in {root} is incomplete ({info[key]} is missing); {setup_hint(root)}"
+            )
     if not Path(info["qemu"]).is_file():
         raise EmulatorNotSetUp(f"qemu is missing ({info['qemu']}); {setup_hint(root)}")
     info["root"] = str(root)
@@ -75,8 +78,10 @@ def load_emulator(root=None):
 def run_setup(root=None, stdout=None):
     """Runs scripts/setup_arm_emu.sh (needs a source checkout); RuntimeFailure if it fails."""
     if not SETUP_SCRIPT.is_file():
-        raise EmulatorNotSetUp(f"the emulated ARM board is not set up and {SETUP_SCRIPT.name} is not beside this "
-                               "installation; run it from a bimatting source checkout")
+        raise EmulatorNotSetUp(
+            f"the emulated ARM board is not set up and {SETUP_SCRIPT.name} is not beside this "
+            "installation; run it from a bimatting source checkout"
+        )
     command = ["bash", str(SETUP_SCRIPT)] + ([str(root)] if root is not None else [])
     env = dict(os.environ, PYTHON=os.environ.get("PYTHON") or sys.executable)
     if subprocess.run(command, stdout=stdout, env=env).returncode != 0:
@@ -164,8 +169,19 @@ class Board:
         self.stop()
 
 
-def start_board(target="rpi4", port=None, server="cpp", tracker=None, key=None, *, host="127.0.0.1",
-                timeout=None, emulator_root=None, log_path=None, env=None):
+def start_board(
+    target="rpi4",
+    port=None,
+    server="cpp",
+    tracker=None,
+    key=None,
+    *,
+    host="127.0.0.1",
+    timeout=None,
+    emulator_root=None,
+    log_path=None,
+    env=None,
+):
     """Starts an emulated `target` board running an RPC server; returns a Board once it listens.
 
     port: None picks a free one. tracker: "HOST:PORT" of a TVM RPC tracker (python server only);
@@ -192,10 +208,10 @@ def start_board(target="rpi4", port=None, server="cpp", tracker=None, key=None, 
         os.close(handle)
     started = time.monotonic()
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True)
-    board = Board(target, server, host, port, key, board_target["qemu_cpu"], process, Path(log_path),
-                  owns_log=owns_log)
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    board = Board(target, server, host, port, key, board_target["qemu_cpu"], process, Path(log_path), owns_log=owns_log)
     _running.add(board)
     _wait_listening(board, timeout if timeout is not None else START_TIMEOUT_S[server])
     board.start_seconds = time.monotonic() - started
@@ -205,8 +221,10 @@ def start_board(target="rpi4", port=None, server="cpp", tracker=None, key=None, 
 def _check_target(name):
     target = load_target(name)
     if not _is_emulated(target):
-        raise InputError(f"target '{name}' cannot be emulated (ISA {target.get('isa')}); "
-                         f"emulated targets: {', '.join(emulated_targets())}")
+        raise InputError(
+            f"target '{name}' cannot be emulated (ISA {target.get('isa')}); "
+            f"emulated targets: {', '.join(emulated_targets())}"
+        )
     return target
 
 
@@ -219,8 +237,16 @@ def _check_tracker(tracker):
 def _server_command(emulator, server, host, port, key, tracker):
     if server == "cpp":
         return [emulator["qemu"], "-L", emulator["sysroot"], emulator["cpp_server"], host, str(port), key]
-    command = [emulator["python_launcher"], str(BOARD_SERVER), "--host", host,
-               "--port", str(port), "--port-end", str(port + 1)]  # exactly this port, no search
+    command = [
+        emulator["python_launcher"],
+        str(BOARD_SERVER),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--port-end",
+        str(port + 1),
+    ]  # exactly this port, no search
     if tracker is not None:
         command += ["--tracker", tracker]
     return command + (["--key", key] if key else [])
@@ -242,7 +268,9 @@ def free_port(host="127.0.0.1"):
     try:
         return _bind_probe(host, 0)
     except OSError as error:
-        raise InputError(f"cannot bind to host '{host}' ({error.strerror}); expected an address of this machine") from None
+        raise InputError(
+            f"cannot bind to host '{host}' ({error.strerror}); expected an address of this machine"
+        ) from None
 
 
 def _check_port_free(host, port):
@@ -260,15 +288,19 @@ def _wait_listening(board, timeout):
         if not board.alive():
             tail = board.log_tail()
             board.stop()
-            raise RuntimeFailure(f"the {board.server} RPC server for {board.target} exited with code "
-                                 f"{board.process.returncode} before listening; log tail:\n{tail}")
+            raise RuntimeFailure(
+                f"the {board.server} RPC server for {board.target} exited with code "
+                f"{board.process.returncode} before listening; log tail:\n{tail}"
+            )
         if board.port in listening_ports():
             return
         time.sleep(0.05)
     tail = board.log_tail()
     board.stop()
-    raise RuntimeFailure(f"the {board.server} RPC server for {board.target} did not listen on {board.address} "
-                         f"within {timeout:.0f} s; log tail:\n{tail}")
+    raise RuntimeFailure(
+        f"the {board.server} RPC server for {board.target} did not listen on {board.address} "
+        f"within {timeout:.0f} s; log tail:\n{tail}"
+    )
 
 
 def listening_sockets():
@@ -300,7 +332,7 @@ def group_pids(pgid):
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
         if int(fields[2]) == pgid and fields[0] != "Z":
             pids.append(int(entry.name))
     return pids

@@ -16,6 +16,7 @@ the same library.
 Same calls as tvm.runtime.vm.VirtualMachine (set_input / invoke_stateful / get_outputs,
 set_instrument, time_evaluator), the same pooled allocator on the CPU.
 """
+
 import ctypes
 import importlib.util
 import struct
@@ -99,7 +100,8 @@ class LocalVM:
         that function's arguments, returns a Timing."""
         del device  # this VM's CPU
         evaluate = self._ffi.get_global_func("runtime.RPCTimeEvaluator")(
-            self.module, func_name, CPU, 0, number, repeat, 0, 100, 0, 1, 0, "")
+            self.module, func_name, CPU, 0, number, repeat, 0, 100, 0, 1, 0, ""
+        )
 
         def timer(*args):
             return Timing(struct.unpack("@" + "d" * repeat, evaluate(*args)))

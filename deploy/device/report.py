@@ -15,6 +15,7 @@ device latency on the right. alpha_preview.png: input | device alpha | reference
 |difference| (scaled so the max tolerance, 1e-2, is full scale) for the frame that differs most.
 Every file is written atomically; the folder is created if needed and other files in it are kept.
 """
+
 import contextlib
 import json
 from pathlib import Path
@@ -40,8 +41,11 @@ def write(folder, result, clip, run):
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: str(folder / name) for name in FILES}
     plot = latency_plot(result["latency_ms"]["per_frame"], result["roundtrip_ms"]["per_frame"])
-    contents = {"latency.png": _png_bytes(plot, cv2), "alpha_preview.png": _png_bytes(alpha_preview(clip, run), cv2),
-                "bench.json": (json.dumps(result, indent=2, default=_plain) + "\n").encode()}
+    contents = {
+        "latency.png": _png_bytes(plot, cv2),
+        "alpha_preview.png": _png_bytes(alpha_preview(clip, run), cv2),
+        "bench.json": (json.dumps(result, indent=2, default=_plain) + "\n").encode(),
+    }
     # all three written to temporary files first, renamed only once every write succeeded: a full
     # disk leaves the previous report whole
     with contextlib.ExitStack() as stack:
@@ -180,13 +184,14 @@ def alpha_preview(clip, run, panel_height=240):
     else:
         index = len(outputs) - 1
     frame = clip[index]
-    panels = [(_to_bgr(frame, cv2), f"input (frame {index + 1})"),
-              (_gray(outputs[index]["pha"]), "device alpha")]
+    panels = [(_to_bgr(frame, cv2), f"input (frame {index + 1})"), (_gray(outputs[index]["pha"]), "device alpha")]
     if reference:
         diff = np.abs(outputs[index]["pha"][0, 0].astype(np.float64) - reference[index]["pha"][0, 0])
         heat = cv2.applyColorMap(np.clip(diff / 1e-2 * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
-        panels += [(_gray(reference[index]["pha"]), "reference alpha (onnxruntime)"),
-                   (heat, f"|diff| (1e-2 = full), max {diff.max():.1e}")]
+        panels += [
+            (_gray(reference[index]["pha"]), "reference alpha (onnxruntime)"),
+            (heat, f"|diff| (1e-2 = full), max {diff.max():.1e}"),
+        ]
     scale = panel_height / frame.shape[0]
     size = (max(1, int(round(frame.shape[1] * scale))), panel_height)
     strip = 26

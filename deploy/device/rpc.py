@@ -23,6 +23,7 @@ stopped as a whole): boards register with it, clients ask it for a board by key.
 
 Torch-free; tvm is imported only when a connection is made.
 """
+
 import contextlib
 import gc
 import os
@@ -41,8 +42,10 @@ from bimatting.errors import InputError, RuntimeFailure
 
 CONNECT_TIMEOUT_S = 10.0
 # The architectures a probe library can be built for: LLVM triple and default cross compiler.
-PROBE_TRIPLES = {"aarch64": ("aarch64-linux-gnu", "aarch64-linux-gnu-g++"),
-                 "x86_64": ("x86_64-linux-gnu", "x86_64-linux-gnu-g++")}
+PROBE_TRIPLES = {
+    "aarch64": ("aarch64-linux-gnu", "aarch64-linux-gnu-g++"),
+    "x86_64": ("x86_64-linux-gnu", "x86_64-linux-gnu-g++"),
+}
 
 
 class DeviceTimeout(RuntimeFailure):
@@ -73,9 +76,12 @@ def ensure_reachable(host, port, timeout=CONNECT_TIMEOUT_S, what="RPC server"):
         reason = f"unknown host ({error.strerror})"
     except OSError as error:
         reason = error.strerror or str(error)
-    hint = ("start `python -m tvm.exec.rpc_tracker` there" if what == "RPC tracker" else
-            "start `python -m tvm.exec.rpc_server --host 127.0.0.1 --port PORT` on the board and "
-            "reach it through `ssh -N -L PORT:127.0.0.1:PORT board`, or `bimatting device emulate`")
+    hint = (
+        "start `python -m tvm.exec.rpc_tracker` there"
+        if what == "RPC tracker"
+        else "start `python -m tvm.exec.rpc_server --host 127.0.0.1 --port PORT` on the board and "
+        "reach it through `ssh -N -L PORT:127.0.0.1:PORT board`, or `bimatting device emulate`"
+    )
     raise InputError(f"cannot reach the {what} at {host}:{port}: {reason}; check the address, or {hint}")
 
 
@@ -93,8 +99,7 @@ def deadline(seconds, what):
 
     def _expired(signum, frame):
         state.expired = True
-        raise DeviceTimeout(f"the device did not finish {what} within {seconds:g} s "
-                            "(raise --timeout for slow boards)")
+        raise DeviceTimeout(f"the device did not finish {what} within {seconds:g} s (raise --timeout for slow boards)")
 
     previous = signal.signal(signal.SIGALRM, _expired)
     signal.setitimer(signal.ITIMER_REAL, float(seconds))
@@ -111,15 +116,24 @@ def explain(error, where):
         return error
     # TVM's errors may start with a C++ traceback: search every line, show the message line.
     text = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    message = [line for line in text if not line.startswith(("Traceback", "File ", "File \"")) and
-               not line[:1].isdigit()]
+    message = [
+        line for line in text if not line.startswith(("Traceback", "File ", 'File "')) and not line[:1].isdigit()
+    ]
     first = message[-1] if message else (text[-1] if text else type(error).__name__)
     whole = " ".join(text)
     # RPCCode:: / HandleUntilReturnEvent: TVM's RPC protocol checks, which fail when the peer is gone
-    if "RPCCode::" in whole or "HandleUntilReturnEvent" in whole or "kShutdown" in whole or "connection" in whole.lower() \
-            or "Socket" in whole or isinstance(error, (ConnectionError, BrokenPipeError)):
-        return DeviceLost(f"the device closed the connection during {where} (its server stopped or "
-                          "crashed; a library built for another CPU dies with an illegal instruction)")
+    if (
+        "RPCCode::" in whole
+        or "HandleUntilReturnEvent" in whole
+        or "kShutdown" in whole
+        or "connection" in whole.lower()
+        or "Socket" in whole
+        or isinstance(error, (ConnectionError, BrokenPipeError))
+    ):
+        return DeviceLost(
+            f"the device closed the connection during {where} (its server stopped or "
+            "crashed; a library built for another CPU dies with an illegal instruction)"
+        )
     return DeviceLost(f"the device failed during {where}: {first[:300]}")
 
 
@@ -144,8 +158,10 @@ class Device:
         it ("the artifact (rpi4)"). Over RPC it uploads probe libraries."""
         if not self.is_remote:
             if wanted != self.isa:
-                raise InputError(f"{name} needs an {wanted} device but this machine is {self.isa}; use the board "
-                                 "with --rpc HOST:PORT, or use --target host")
+                raise InputError(
+                    f"{name} needs an {wanted} device but this machine is {self.isa}; use the board "
+                    "with --rpc HOST:PORT, or use --target host"
+                )
             return self.isa
         if _probe(self, wanted) is True:
             self.isa = wanted
@@ -153,11 +169,15 @@ class Device:
         others = [isa for isa in PROBE_TRIPLES if isa != wanted and _probe(self, isa) is True]
         if others:
             self.isa = others[0]
-            raise InputError(f"{name} needs an {wanted} device but the device at {self.address} is "
-                             f"{others[0]}: it cannot load {wanted} code; compile for that device "
-                             f"(e.g. `bimatting compile --target host` for an x86_64 server) or connect to the board")
-        raise InputError(f"the device at {self.address} cannot load {wanted} libraries ({name} needs them); "
-                         "check that it is the board the code was compiled for")
+            raise InputError(
+                f"{name} needs an {wanted} device but the device at {self.address} is "
+                f"{others[0]}: it cannot load {wanted} code; compile for that device "
+                f"(e.g. `bimatting compile --target host` for an x86_64 server) or connect to the board"
+            )
+        raise InputError(
+            f"the device at {self.address} cannot load {wanted} libraries ({name} needs them); "
+            "check that it is the board the code was compiled for"
+        )
 
     def abort(self):
         """Shut the session's sockets down, so that every later remote call (and the remote
@@ -253,11 +273,14 @@ def connect(host, port, connect_timeout=CONNECT_TIMEOUT_S, session_timeout=None)
         with deadline(connect_timeout, f"the RPC handshake with {host}:{port}"):
             return rpc.connect(host, port, session_timeout=session_timeout or 0)
     except DeviceTimeout:
-        raise InputError(f"{host}:{port} accepts connections but does not answer as a TVM RPC server "
-                         f"within {connect_timeout:g} s; check the port") from None
+        raise InputError(
+            f"{host}:{port} accepts connections but does not answer as a TVM RPC server "
+            f"within {connect_timeout:g} s; check the port"
+        ) from None
     except Exception as error:  # noqa: BLE001 - tvm raises InternalError/TVMError for a failed handshake
-        raise InputError(f"{host}:{port} is not a TVM RPC server (handshake failed: "
-                         f"{str(error).strip().splitlines()[0][:200]})") from None
+        raise InputError(
+            f"{host}:{port} is not a TVM RPC server (handshake failed: {str(error).strip().splitlines()[0][:200]})"
+        ) from None
 
 
 def request(host, port, key, connect_timeout=CONNECT_TIMEOUT_S, session_timeout=None):
@@ -270,8 +293,10 @@ def request(host, port, key, connect_timeout=CONNECT_TIMEOUT_S, session_timeout=
         keys = tracker_keys(tracker)
     if key not in keys:
         known = ", ".join(sorted(keys)) or "none"
-        raise InputError(f"no board is registered under key '{key}' at the tracker {host}:{port} "
-                         f"(registered keys: {known}); start the board's server with --tracker {host}:{port} --key {key}")
+        raise InputError(
+            f"no board is registered under key '{key}' at the tracker {host}:{port} "
+            f"(registered keys: {known}); start the board's server with --tracker {host}:{port} --key {key}"
+        )
     # One attempt: TVM retries on RuntimeError, and the deadline's DeviceTimeout is one, so a second
     # attempt would wait for a busy board with no alarm left (a tune after a bench once hung so).
     waiting = None
@@ -280,8 +305,9 @@ def request(host, port, key, connect_timeout=CONNECT_TIMEOUT_S, session_timeout=
             return tracker.request(key, priority=1, session_timeout=session_timeout or 0, max_retry=1)
     except RuntimeError as error:
         if waiting is not None and waiting.expired:
-            raise RuntimeFailure(f"every '{key}' board at the tracker {host}:{port} stayed busy; "
-                                 "try again later") from None
+            raise RuntimeFailure(
+                f"every '{key}' board at the tracker {host}:{port} stayed busy; try again later"
+            ) from None
         raise RuntimeFailure(f"the tracker {host}:{port} could not give a '{key}' board: {error}") from None
 
 
@@ -346,6 +372,7 @@ def _probe(device, isa):
 
 # ---- a local tracker -------------------------------------------------------------------------
 
+
 class LocalTracker:
     """`python -m tvm.exec.rpc_tracker` on this machine, in its own process group.
 
@@ -361,10 +388,24 @@ class LocalTracker:
         # The tracker needs only TVM's runtime library: it starts in a fraction of the time.
         env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(self.port),
-             "--port-end", str(self.port + 1), "--silent"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True, env=env)
+            [
+                sys.executable,
+                "-m",
+                "tvm.exec.rpc_tracker",
+                "--host",
+                host,
+                "--port",
+                str(self.port),
+                "--port-end",
+                str(self.port + 1),
+                "--silent",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env=env,
+        )
         deadline_at = time.monotonic() + start_timeout
         while self.port not in listening_ports():
             if self.process.poll() is not None:

@@ -20,6 +20,7 @@ package's VM and 12.6 ms on the runtime-only one (local_vm.py).
 A local model in a process that has not imported the `tvm` package runs on TVM's runtime library
 alone (local_vm.py), as on a board; otherwise (RPC, tools that compile) on the package's VM.
 """
+
 import platform
 import sys
 
@@ -40,8 +41,10 @@ class CompiledModel:
         if session is None:
             isa = meta["target"]["isa"]
             if isa != platform.machine():
-                raise InputError(f"artifact is built for {isa} ({meta['target']['name']}); this machine is "
-                                 f"{platform.machine()}: run it on the board over RPC")
+                raise InputError(
+                    f"artifact is built for {isa} ({meta['target']['name']}); this machine is "
+                    f"{platform.machine()}: run it on the board over RPC"
+                )
         if session is None and "tvm" not in sys.modules:
             from bimatting.deploy.device.local_vm import LocalVM
 
@@ -107,8 +110,10 @@ class CompiledModel:
         spec = self._inputs[name]
         array = np.ascontiguousarray(value, dtype=spec["dtype"])
         if list(array.shape) != list(spec["shape"]):
-            raise InputError(f"input '{name}' has shape {list(array.shape)}; this artifact was compiled for "
-                             f"{spec['shape']} (compile another resolution)")
+            raise InputError(
+                f"input '{name}' has shape {list(array.shape)}; this artifact was compiled for "
+                f"{spec['shape']} (compile another resolution)"
+            )
         return array
 
     def to_numpy(self, tensor):
@@ -159,8 +164,9 @@ class RecurrentRunner:
             self._image_tensor = self.model.to_device(self.image, image)
         else:  # the same tensor each frame: a fresh one costs an allocation the size of the frame
             self.model.copy_to_device(self._image_tensor, self.image, image)
-        inputs = [self._image_tensor if name == self.image else self._state_values[name]
-                  for name in self.model.input_names]
+        inputs = [
+            self._image_tensor if name == self.image else self._state_values[name] for name in self.model.input_names
+        ]
         outputs = dict(zip(self.model.output_names, self.model.call(inputs)))
         for state, output in self.states.items():
             self._state_values[state] = outputs[output]

@@ -21,6 +21,7 @@ measurement in flight finish, the builder and runner refuse new work, the batch'
 started yet are cancelled, the Watcher raises a plain error from the scheduler's thread, and tune()
 turns it back into KeyboardInterrupt after the pools were shut down normally.
 """
+
 import concurrent.futures
 import os
 import signal
@@ -147,8 +148,12 @@ def make_builder(compiler, timeout_sec, interrupt):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, LocalBuilder, PyBuilder
 
-    inner = LocalBuilder(f_build=build_kernel, f_export=functools.partial(export_kernel, compiler=compiler),
-                         timeout_sec=timeout_sec, max_workers=os.cpu_count())
+    inner = LocalBuilder(
+        f_build=build_kernel,
+        f_export=functools.partial(export_kernel, compiler=compiler),
+        timeout_sec=timeout_sec,
+        max_workers=os.cpu_count(),
+    )
 
     @derived_object
     class StoppableBuilder(PyBuilder):
@@ -181,8 +186,10 @@ def make_runner(connect, timeout_sec, interrupt, number=3, repeat=1):
                     future.set_exception(RuntimeFailure("interrupted"))
                 else:
                     args_info = tuple(tuple(a.as_json()) for a in item.args_info)
-                    future = CancelledOnInterrupt(self.pool.submit(
-                        measure_kernel, connect, str(item.artifact_path), args_info, number, repeat), interrupt)
+                    future = CancelledOnInterrupt(
+                        self.pool.submit(measure_kernel, connect, str(item.artifact_path), args_info, number, repeat),
+                        interrupt,
+                    )
                 futures.append(RPCRunnerFuture(future, timeout_sec))
             return futures
 
@@ -234,8 +241,10 @@ def make_watcher(bar, snapshot, interrupt, give_up_after=16):
                 self.failed_in_a_row += 1
                 if self.failed_in_a_row >= give_up_after and self.abort_reason is None:
                     last = [line for line in str(error).splitlines() if line.strip()][-1:]
-                    self.abort_reason = (f"the last {self.failed_in_a_row} measurements failed (is the board "
-                                         f"still up?); last error: {' '.join(last)[:300]}")
+                    self.abort_reason = (
+                        f"the last {self.failed_in_a_row} measurements failed (is the board "
+                        f"still up?); last error: {' '.join(last)[:300]}"
+                    )
             bar.update(len(measure_candidates))
             bar.set_postfix_str(f"failed {self.failed}" if self.failed else "")
             snapshot()

@@ -22,6 +22,7 @@ Resuming: records are kept in a scratch copy and the database folder is replaced
 each measured batch (a crash or Ctrl-C keeps every finished batch); running again with the same
 -o adds trials. The manifest (tuning.json, deploy/tuning.py) pins model, target and resolution.
 """
+
 import functools
 import json
 import os
@@ -61,7 +62,9 @@ def extract_tasks(model_path, target, resolution=None, downsample_ratio=None, ke
     if kernels not in KERNEL_KINDS:
         raise InputError(f"--kernels must be one of {', '.join(KERNEL_KINDS)}, got '{kernels}'")
     tvm_target = target.tvm_target
-    mod, _ = build.import_model(build.load_onnx(model_path), kernel_config_for(tvm_target), resolution, downsample_ratio)
+    mod, _ = build.import_model(
+        build.load_onnx(model_path), kernel_config_for(tvm_target), resolution, downsample_ratio
+    )
     with tvm_target:
         mod = build.pipeline_front(tvm_target)(mod)
     mod, _ = build.lift_constants(mod)
@@ -114,8 +117,23 @@ def _flops(mod):
 
 # ---- the tuning session ----------------------------------------------------------------------
 
-def tune(model_path, target_name, database_dir, *, trials, rpc=None, tracker=None, key=None, local=False,
-         resolution=None, downsample_ratio=None, kernels="all", timeout=120.0, progress=True):
+
+def tune(
+    model_path,
+    target_name,
+    database_dir,
+    *,
+    trials,
+    rpc=None,
+    tracker=None,
+    key=None,
+    local=False,
+    resolution=None,
+    downsample_ratio=None,
+    kernels="all",
+    timeout=120.0,
+    progress=True,
+):
     """Tune the kernels of `model_path` for `target_name` into `database_dir`; returns a summary."""
     from bimatting.deploy import target as targets
 
@@ -135,12 +153,12 @@ def tune(model_path, target_name, database_dir, *, trials, rpc=None, tracker=Non
             raise KeyboardInterrupt
         if not tasks:
             raise InputError(f"the model has no {kernels} kernels to tune")
-        scratch = Path(tempfile.mkdtemp(prefix=f".{Path(database_dir).name}.",
-                                        dir=Path(database_dir).resolve().parent))
+        scratch = Path(tempfile.mkdtemp(prefix=f".{Path(database_dir).name}.", dir=Path(database_dir).resolve().parent))
         runner = measure.make_runner(connect, timeout, interrupt)
         try:
-            return _session(tasks, target, compiler, manifest, scratch, database_dir, trials, runner, interrupt,
-                            progress)
+            return _session(
+                tasks, target, compiler, manifest, scratch, database_dir, trials, runner, interrupt, progress
+            )
         except Exception:
             if interrupt.is_set():  # whatever the killed workers broke: it is the Ctrl-C
                 raise KeyboardInterrupt from None
@@ -169,10 +187,17 @@ def _session(tasks, target, compiler, manifest, scratch, database_dir, trials, r
     # `trials` tasks can be reached: the rest are not set up at all.
     tasks = sorted(tasks, key=lambda t: (counts_before[t.name], -t.flops * t.weight, t.name))[:trials]
     builder = measure.make_builder(compiler, BUILD_TIMEOUT_S, interrupt)
-    contexts = [ms.TuneContext(mod=t.mod, target=tvm_target, space_generator=_space(t, kernel_config),
-                               search_strategy=ms.search_strategy.EvolutionarySearch(population_size=64,
-                                                                                     init_min_unmeasured=16),
-                               task_name=t.name, num_threads=os.cpu_count()) for t in tasks]
+    contexts = [
+        ms.TuneContext(
+            mod=t.mod,
+            target=tvm_target,
+            space_generator=_space(t, kernel_config),
+            search_strategy=ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=16),
+            task_name=t.name,
+            num_threads=os.cpu_count(),
+        )
+        for t in tasks
+    ]
     done_before = manifest.get("trials", 0)
 
     def snapshot():  # after each batch: what finished so far survives a crash or Ctrl-C
@@ -182,11 +207,19 @@ def _session(tasks, target, compiler, manifest, scratch, database_dir, trials, r
     with tqdm(total=trials, desc="tune", unit="trial", disable=not progress) as bar:
         watcher = measure.make_watcher(bar, snapshot, interrupt)
         try:
-            ms.tune_tasks(tasks=contexts, task_weights=[float(t.weight) for t in tasks], work_dir=str(scratch),
-                          max_trials_global=trials, num_trials_per_iter=min(trials, 16), builder=builder,
-                          runner=runner, database=database, cost_model="random",
-                          measure_callbacks=list(ms.MeasureCallback.create("default")) + [watcher],
-                          task_scheduler="round-robin")
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=[float(t.weight) for t in tasks],
+                work_dir=str(scratch),
+                max_trials_global=trials,
+                num_trials_per_iter=min(trials, 16),
+                builder=builder,
+                runner=runner,
+                database=database,
+                cost_model="random",
+                measure_callbacks=list(ms.MeasureCallback.create("default")) + [watcher],
+                task_scheduler="round-robin",
+            )
         except Exception:  # noqa: BLE001 - whatever TVM made of the Watcher's error
             if interrupt.is_set():
                 raise KeyboardInterrupt from None
@@ -196,19 +229,36 @@ def _session(tasks, target, compiler, manifest, scratch, database_dir, trials, r
     if interrupt.is_set():
         raise KeyboardInterrupt
     tuned = [t for t in tasks if _record_count(database, t) > counts_before[t.name]]
-    baselines = _measure_baselines([t for t in tuned if _entry(manifest, t).get("baseline_ms") is None],
-                                   builder, runner, database, tvm_target, kernel_config)
+    baselines = _measure_baselines(
+        [t for t in tuned if _entry(manifest, t).get("baseline_ms") is None],
+        builder,
+        runner,
+        database,
+        tvm_target,
+        kernel_config,
+    )
     manifest["trials"] = done_before + watcher.measured
     for task in tuned:
         entry = _entry(manifest, task)
-        entry.update(kind=task.kind, uses=task.weight, flops=task.flops, records=_record_count(database, task),
-                     best_ms=_best_ms(database, task))
+        entry.update(
+            kind=task.kind,
+            uses=task.weight,
+            flops=task.flops,
+            records=_record_count(database, task),
+            best_ms=_best_ms(database, task),
+        )
         if task.name in baselines:
             entry["baseline_ms"] = baselines[task.name]
     _snapshot(scratch, database_dir, manifest)
-    return {"database": str(database_dir), "target": target.name, "trials": watcher.measured,
-            "failed": watcher.failed, "total_trials": manifest["trials"], "tasks": task_count,
-            "tuned": [dict(_entry(manifest, t), name=t.name) for t in tuned]}
+    return {
+        "database": str(database_dir),
+        "target": target.name,
+        "trials": watcher.measured,
+        "failed": watcher.failed,
+        "total_trials": manifest["trials"],
+        "tasks": task_count,
+        "tuned": [dict(_entry(manifest, t), name=t.name) for t in tuned],
+    }
 
 
 def _import_cpu_intrinsics():
@@ -242,8 +292,10 @@ def _preflight(target, rpc, tracker, key, local):
 
     if local:
         if target.isa != platform.machine():
-            raise InputError(f"--local measures on this {platform.machine()} machine; target '{target.name}' is "
-                             f"{target.isa}: use --rpc/--tracker with the board, or --target host")
+            raise InputError(
+                f"--local measures on this {platform.machine()} machine; target '{target.name}' is "
+                f"{target.isa}: use --rpc/--tracker with the board, or --target host"
+            )
         return None
     with rpc_util.open_device(rpc, tracker, key) as device:
         device.check_isa(target.isa, f"target {target.name}")
@@ -257,8 +309,9 @@ def _space(task, kernel_config):
     from tvm.s_tir import meta_schedule as ms
 
     if task.kind == "bconv":  # the hand-written schedule with sampled tiles, applied as is
-        return ms.space_generator.ScheduleFn(lambda sch: kernel_config.schedule_bconv(sch, tunable=True),
-                                             sch_rules=[], postprocs=[], mutator_probs={})
+        return ms.space_generator.ScheduleFn(
+            lambda sch: kernel_config.schedule_bconv(sch, tunable=True), sch_rules=[], postprocs=[], mutator_probs={}
+        )
     return ms.space_generator.PostOrderApply()
 
 
@@ -299,8 +352,9 @@ def _measure_baselines(tasks, builder, runner, database, tvm_target, kernel_conf
         remove_build_dir(result.artifact_path)
         if measured.error_msg is None and measured.run_secs:
             secs = [float(s) for s in measured.run_secs]
-            database.commit_tuning_record(ms.database.TuningRecord(
-                sch.trace, database.commit_workload(task.mod), secs, tvm_target, args_info))
+            database.commit_tuning_record(
+                ms.database.TuningRecord(sch.trace, database.commit_workload(task.mod), secs, tvm_target, args_info)
+            )
             times[task.name] = float(np.mean(secs)) * 1e3
     return times
 
@@ -327,17 +381,23 @@ def _open_manifest(database_dir, model_path, target, resolution, downsample_rati
     path = Path(database_dir)
     if not Path(model_path).is_file():
         raise InputError(f"model '{model_path}' does not exist; export one with `bimatting export`")
-    pinned = {"format": tuning.FORMAT, "version": 1,
-              "model": {"file": Path(model_path).name, "sha256": sha256_file(model_path)},
-              "target": {"name": target.name, "llvm": target.llvm},
-              "resolution": list(resolution) if resolution else None, "downsample_ratio": downsample_ratio}
+    pinned = {
+        "format": tuning.FORMAT,
+        "version": 1,
+        "model": {"file": Path(model_path).name, "sha256": sha256_file(model_path)},
+        "target": {"name": target.name, "llvm": target.llvm},
+        "resolution": list(resolution) if resolution else None,
+        "downsample_ratio": downsample_ratio,
+    }
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         manifest = tuning.read_manifest(path)
         for field in ("model", "target", "resolution", "downsample_ratio"):
             if manifest.get(field) != pinned[field]:
-                raise InputError(f"tuning database '{path}' holds another {field.replace('_', ' ')} "
-                                 f"({manifest.get(field)!r}, not {pinned[field]!r}); resume only with the same "
-                                 "model, target and resolution, or choose a new -o")
+                raise InputError(
+                    f"tuning database '{path}' holds another {field.replace('_', ' ')} "
+                    f"({manifest.get(field)!r}, not {pinned[field]!r}); resume only with the same "
+                    "model, target and resolution, or choose a new -o"
+                )
         return manifest
     check_writable_parent(path)
     return dict(pinned, trials=0, tasks={})
@@ -355,5 +415,3 @@ def _snapshot(scratch, database_dir, manifest):
             else:
                 (Path(tmp) / name).write_text("")
         (Path(tmp) / tuning.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-

@@ -11,6 +11,7 @@ Taps: f1 = stem (16 @1/2), f2 = stage 1's end (block 3, 32 @1/4), f3 = stage 2's
 Names (`feature.N.move11`, `binary_3x3`, `bn2_1`, ...) equal the official state_dict keys.
 Source: htqin/BiMatting `model/mobilenet.py` (structure and numbers; code written anew).
 """
+
 import numpy as np
 import torch
 from torch import nn
@@ -103,17 +104,27 @@ class Stem(nn.Module):
         bias = b + (quantized * offset).sum(axis=(1, 2, 3))
         return quantized.astype(np.float32), bias.astype(np.float32), centre.astype(np.float32)
 
-    def emit_onnx(self, b, x, mean, std):                  # as forward in eval mode
+    def emit_onnx(self, b, x, mean, std):  # as forward in eval mode
         def make():
             weight, bias, centre = self.integer_weights(mean, std)
             name = b.module_name(self.conv1)  # the float conv it computes, its weights on the integer grid
-            return (b.initializer(weight, f"{name}.weight"), b.channel_vector(bias, f"{name}.folded_bias"),
-                    b.channel_vector(centre, f"{name}.input_centre"))
+            return (
+                b.initializer(weight, f"{name}.weight"),
+                b.channel_vector(bias, f"{name}.folded_bias"),
+                b.channel_vector(centre, f"{name}.input_centre"),
+            )
 
         weight, bias, centre = b.cached(("stem", id(self)), make)
         n = b.op("Sub", [b.op("Round", [b.op("Mul", [x, b.const(INPUT_GRID, np.float32)])]), centre])
-        conv = b.op("Conv", [n, weight], group=1, kernel_shape=[3, 3], strides=list(self.conv1.stride),
-                    pads=[self.conv1.padding[0], self.conv1.padding[1]] * 2, dilations=[1, 1])
+        conv = b.op(
+            "Conv",
+            [n, weight],
+            group=1,
+            kernel_shape=[3, 3],
+            strides=list(self.conv1.stride),
+            pads=[self.conv1.padding[0], self.conv1.padding[1]] * 2,
+            dilations=[1, 1],
+        )
         return b.op("Add", [conv, bias])
 
 
@@ -168,8 +179,13 @@ class BinaryBlock(nn.Module):
             o2 = binary_conv_bn(self.binary_pw, self.bn2, u) + o1
         elif self.out_channels > self.in_channels:
             parts = self.out_channels // self.in_channels
-            o2 = torch.cat([binary_conv_bn(getattr(self, f"binary_pw_down{k}"), getattr(self, f"bn2_{k}"), u) + o1
-                            for k in range(1, parts + 1)], dim=1)
+            o2 = torch.cat(
+                [
+                    binary_conv_bn(getattr(self, f"binary_pw_down{k}"), getattr(self, f"bn2_{k}"), u) + o1
+                    for k in range(1, parts + 1)
+                ],
+                dim=1,
+            )
         else:
             first, second = o1.split(self.out_channels, dim=1)
             o2 = binary_conv_bn(self.binary_pw_down1, self.bn2_1, u) + (first + second) / 2
@@ -186,9 +202,16 @@ class BinaryBlock(nn.Module):
         if self.out_channels == self.in_channels:
             o2 = b.op("Add", [b.binary_conv(self.binary_pw, u, bn=self.bn2), o1])
         elif self.out_channels > self.in_channels:
-            o2 = b.op("Concat", [b.op("Add", [b.binary_conv(getattr(self, f"binary_pw_down{k}"), u,
-                                                            bn=getattr(self, f"bn2_{k}")), o1])
-                                 for k in range(1, self.out_channels // self.in_channels + 1)], axis=1)
+            o2 = b.op(
+                "Concat",
+                [
+                    b.op(
+                        "Add", [b.binary_conv(getattr(self, f"binary_pw_down{k}"), u, bn=getattr(self, f"bn2_{k}")), o1]
+                    )
+                    for k in range(1, self.out_channels // self.in_channels + 1)
+                ],
+                axis=1,
+            )
         else:
             first, second = b.split(o1, [self.out_channels] * 2)
             halved = b.op("Div", [b.op("Add", [first, second]), b.const(2.0, np.float32)])
@@ -210,8 +233,10 @@ class BiMobileNet(nn.Module):
         widths = stage_widths(self.triples) if widths is None else widths
         blocks = 3 + 3 * sum(self.triples)
         if len(widths) != blocks:
-            raise ValueError(f"BiMobileNet with triples {list(self.triples)} takes {blocks} widths "
-                             f"(stem + {blocks - 1} blocks), got {len(widths)}")
+            raise ValueError(
+                f"BiMobileNet with triples {list(self.triples)} takes {blocks} widths "
+                f"(stem + {blocks - 1} blocks), got {len(widths)}"
+            )
         self.widths = tuple(int(w) for w in widths)
         self.feature = nn.ModuleList([Stem(3, self.widths[0])])
         for i in range(1, len(self.widths)):

@@ -21,6 +21,7 @@ last-bit difference at a value near 0 flips a sign and the flip spreads through 
 Source of the formulas: ReActNet (Liu et al., ECCV 2020) and BiMatting (Qin et al., NeurIPS
 2023, htqin/BiMatting `model/mobilenet.py`); sign(0) = +1 follows Larq / LCE.
 """
+
 import numpy as np
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ from torch.nn import functional as F
 
 def sign(x):
     """sign(x) = +1 if x >= 0 else -1, same dtype as x (matches bimatting.binops.layout.sign exactly, NaN -> -1)."""
-    one = torch.ones((), dtype=x.dtype, device=x.device)     # 0-dim: no full-size ones to allocate
+    one = torch.ones((), dtype=x.dtype, device=x.device)  # 0-dim: no full-size ones to allocate
     return torch.where(x >= 0, one, -one)
 
 

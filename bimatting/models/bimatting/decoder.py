@@ -11,6 +11,7 @@ the sparsity only shows in the OPs count (and in deploy kernels that skip where 
 Everything works on frames flattened to N = B*T; only the GRUs see [B, T, ...] (shape `bt`).
 Source: htqin/BiMatting `model/bidecoder.py` (BiRecurrentDecoder); RVM `model/decoder.py`.
 """
+
 import numpy as np
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ def mask_at(mask, doublings, size):
     values are multiples of 2^-2k, exact in every runtime. [N, 1, h16, w16] -> [N, 1, *size]"""
     for _ in range(doublings):
         mask = upsample2(mask)
-    return mask[..., :size[0], :size[1]]
+    return mask[..., : size[0], : size[1]]
 
 
 def emit_mask_at(b, mask, doublings, like):
@@ -95,8 +96,8 @@ class BottleneckBlock(nn.Module):
 
     def forward(self, x, r, bt):
         a, b = x.split(self.channels // 2, dim=1)
-        b, r = self.gru(b.unflatten(0, bt), r)             # [B, T, C/2, h, w]
-        x = torch.cat([a, b.flatten(0, 1)], dim=1)          # [N, C, h, w]
+        b, r = self.gru(b.unflatten(0, bt), r)  # [B, T, C/2, h, w]
+        x = torch.cat([a, b.flatten(0, 1)], dim=1)  # [N, C, h, w]
         return x, r, self.conv(x)
 
     def emit_onnx(self, b, x, r, out):  # as forward, one frame per batch entry; new state named `out`
@@ -114,16 +115,16 @@ class UpsamplingBlock(nn.Module):
         super().__init__()
         self.out_channels, self.mask_doublings = out_channels, mask_doublings
         concat = in_channels + skip_channels + src_channels
-        self.conv = binary_conv_unit(concat, out_channels, 3)       # masked branch
-        self.conv_1x1 = binary_conv_unit(concat, out_channels, 1)   # dense branch
+        self.conv = binary_conv_unit(concat, out_channels, 3)  # masked branch
+        self.conv_1x1 = binary_conv_unit(concat, out_channels, 1)  # dense branch
         self.gru = ConvGRU_Up(out_channels // 2)
 
     def forward(self, x, f, s, r, mask, bt):
         size = s.shape[-2:]
         x = upsample2(x)
-        x = torch.cat([x[..., :size[0], :size[1]], f, s], dim=1)   # [N, in+skip+3, H, W]
-        mask_up = mask_at(mask, self.mask_doublings, size)           # [N, 1, H, W], soft
-        x = self.conv(x) * mask_up + self.conv_1x1(x)                # [N, out, H, W]
+        x = torch.cat([x[..., : size[0], : size[1]], f, s], dim=1)  # [N, in+skip+3, H, W]
+        mask_up = mask_at(mask, self.mask_doublings, size)  # [N, 1, H, W], soft
+        x = self.conv(x) * mask_up + self.conv_1x1(x)  # [N, out, H, W]
         a, b = x.split(self.out_channels // 2, dim=1)
         b, r = self.gru(b.unflatten(0, bt), r, mask_up.unflatten(0, bt))
         return torch.cat([a, b.flatten(0, 1)], dim=1), r
@@ -158,13 +159,13 @@ class OutputBlock(nn.Module):
     def __init__(self, in_channels, src_channels, out_channels, mask_doublings=4):
         super().__init__()
         self.mask_doublings = mask_doublings
-        self.conv = _output_branch(in_channels + src_channels, out_channels, 3)      # masked branch
+        self.conv = _output_branch(in_channels + src_channels, out_channels, 3)  # masked branch
         self.conv_1x1 = _output_branch(in_channels + src_channels, out_channels, 1)  # dense branch
 
     def forward(self, x, s, mask):
         size = s.shape[-2:]
         x = upsample2(x)
-        x = torch.cat([x[..., :size[0], :size[1]], s], dim=1)     # [N, in+3, H, W]
+        x = torch.cat([x[..., : size[0], : size[1]], s], dim=1)  # [N, in+3, H, W]
         # The official 4-D path skipped the mask here; both paths use it in this implementation.
         return self.conv(x) * mask_at(mask, self.mask_doublings, size) + self.conv_1x1(x)
 
@@ -202,30 +203,34 @@ class SABDecoder(nn.Module):
         self.pyramid = ImagePyramid()
         self.incoherent_mask = IncoherentMask()
         self.decode4 = BottleneckBlock(f4_ch, coarse_channels=d0_ch)
-        self.decode3 = UpsamplingBlock(f4_ch, f3_ch, 3, d3_ch, 1)   # 128+64+3 = 195 -> 80, mask 1/16 -> 1/8
-        self.decode2 = UpsamplingBlock(d3_ch, f2_ch, 3, d2_ch, 2)   # 80+32+3 = 115 -> 40
-        self.decode1 = UpsamplingBlock(d2_ch, f1_ch, 3, d1_ch, 3)   # 40+16+3 = 59 -> 32
-        self.decode0 = OutputBlock(d1_ch, 3, d0_ch, 4)              # 32+3 = 35 -> 16
+        self.decode3 = UpsamplingBlock(f4_ch, f3_ch, 3, d3_ch, 1)  # 128+64+3 = 195 -> 80, mask 1/16 -> 1/8
+        self.decode2 = UpsamplingBlock(d3_ch, f2_ch, 3, d2_ch, 2)  # 80+32+3 = 115 -> 40
+        self.decode1 = UpsamplingBlock(d2_ch, f1_ch, 3, d1_ch, 3)  # 40+16+3 = 59 -> 32
+        self.decode0 = OutputBlock(d1_ch, 3, d0_ch, 4)  # 32+3 = 35 -> 16
 
     def forward(self, s0, f1, f2, f3, f4, r1, r2, r3, r4, coarse_head, bt):
         """s0 [N, 3, H, W] (the downsampled source), f1..f4 from encoder + ASPP, r_k [B, C_k, ., .] or
         None, coarse_head: the shared project_mat, bt = (B, T).
         Returns hid [N, 16, H, W], coarse [N, 4, H/16, W/16] (fgr residual, pha logits), r1..r4."""
         s1, s2, s3 = self.pyramid(s0)
-        x4, r4, hid_s = self.decode4(f4, r4, bt)                        # [N, 128, H/16, W/16]
-        coarse = coarse_head(hid_s)                                     # [N, 4, H/16, W/16]
-        mask = self.incoherent_mask(coarse[:, 3:].clamp(0.0, 1.0))      # [N, 1, H/16, W/16]
-        x3, r3 = self.decode3(x4, f3, s3, r3, mask, bt)                 # [N, 80, H/8, W/8]
-        x2, r2 = self.decode2(x3, f2, s2, r2, mask, bt)                 # [N, 40, H/4, W/4]
-        x1, r1 = self.decode1(x2, f1, s1, r1, mask, bt)                 # [N, 32, H/2, W/2]
-        hid = self.decode0(x1, s0, mask)                                # [N, 16, H, W]
+        x4, r4, hid_s = self.decode4(f4, r4, bt)  # [N, 128, H/16, W/16]
+        coarse = coarse_head(hid_s)  # [N, 4, H/16, W/16]
+        mask = self.incoherent_mask(coarse[:, 3:].clamp(0.0, 1.0))  # [N, 1, H/16, W/16]
+        x3, r3 = self.decode3(x4, f3, s3, r3, mask, bt)  # [N, 80, H/8, W/8]
+        x2, r2 = self.decode2(x3, f2, s2, r2, mask, bt)  # [N, 40, H/4, W/4]
+        x1, r1 = self.decode1(x2, f1, s1, r1, mask, bt)  # [N, 32, H/2, W/2]
+        hid = self.decode0(x1, s0, mask)  # [N, 16, H, W]
         return hid, coarse, r1, r2, r3, r4
 
     @property
     def state_channels(self):
         """(C1, C2, C3, C4) of r1..r4: the GRUs run on the second half of decode1..4's channels."""
-        return (self.decode1.out_channels // 2, self.decode2.out_channels // 2,
-                self.decode3.out_channels // 2, self.decode4.channels // 2)
+        return (
+            self.decode1.out_channels // 2,
+            self.decode2.out_channels // 2,
+            self.decode3.out_channels // 2,
+            self.decode4.channels // 2,
+        )
 
     def emit_onnx(self, b, s0, f1, f2, f3, f4, states, outs, coarse_head):
         """As forward, one frame per batch entry (ONNX has no time axis: the caller feeds the states
@@ -234,9 +239,9 @@ class SABDecoder(nn.Module):
         r1, r2, r3, r4 = states
         s1, s2, s3 = self.pyramid.emit_onnx(b, s0)
         with b.scope("decode4"):
-            x4, r4, hid_s = self.decode4.emit_onnx(b, f4, r4, outs[3])    # [N, 128, H/16, W/16]
+            x4, r4, hid_s = self.decode4.emit_onnx(b, f4, r4, outs[3])  # [N, 128, H/16, W/16]
         with b.scope("incoherent_mask"):
-            coarse = coarse_head.emit_onnx(b, hid_s)                      # [N, 4, H/16, W/16]
+            coarse = coarse_head.emit_onnx(b, hid_s)  # [N, 4, H/16, W/16]
             pha_s = b.clip(b.slice(coarse, [3], [4], [1]), 0.0, 1.0, out=PHA_S)
             mask = b.mark(b.module_name(self.incoherent_mask), self.incoherent_mask.emit_onnx(b, pha_s))
         with b.scope("decode3"):
@@ -246,7 +251,7 @@ class SABDecoder(nn.Module):
         with b.scope("decode1"):
             x1, r1 = self.decode1.emit_onnx(b, x2, f1, s1, r1, mask, outs[0])  # [N, 32, H/2, W/2]
         with b.scope("decode0"):
-            hid = self.decode0.emit_onnx(b, x1, s0, mask)                 # [N, 16, H, W]
+            hid = self.decode0.emit_onnx(b, x1, s0, mask)  # [N, 16, H, W]
         return hid, [r1, r2, r3, r4]
 
     def masked_convs(self):

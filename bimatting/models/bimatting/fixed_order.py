@@ -7,6 +7,7 @@ whose rounding no runtime can choose: two-term sums (a + b is correctly rounded,
 order), scaling by powers of two (exact), and no sum of three or more floats whose order a
 runtime may pick.
 """
+
 import numpy as np
 import torch
 from torch import nn
@@ -44,8 +45,8 @@ def _shifted(x, axis):
 
 def _upsample2_axis(x, axis):
     previous, following = _shifted(x, axis)
-    even = average2(x, average2(previous, x))    # 3/4 x[i] + 1/4 x[i-1]
-    odd = average2(x, average2(x, following))    # 3/4 x[i] + 1/4 x[i+1]
+    even = average2(x, average2(previous, x))  # 3/4 x[i] + 1/4 x[i-1]
+    odd = average2(x, average2(x, following))  # 3/4 x[i] + 1/4 x[i+1]
     shape = list(x.shape)
     shape[axis] *= 2
     return torch.stack([even, odd], axis + 1).reshape(shape)
@@ -102,8 +103,15 @@ class GlobalAveragePool(nn.Module):
 # tanh(x) ~ x P(x^2) / Q(x^2) on |x| <= 7.90531 (clamped outside, where tanh is 1 in float32), the
 # float32 rational approximation of Eigen's generic_fast_tanh_float (about 2 ulp).
 TANH_CLAMP = 7.90531110763549805
-TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
-          1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)   # x^12 ... x^0 of P
+TANH_P = (
+    -2.76076847742355e-16,
+    2.00018790482477e-13,
+    -8.60467152213735e-11,
+    5.12229709037114e-08,
+    1.48572235717979e-05,
+    6.37261928875436e-04,
+    4.89352455891786e-03,
+)  # x^12 ... x^0 of P
 TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)  # x^6 ... x^0
 
 
@@ -123,8 +131,10 @@ class Tanh(nn.Module):
     def forward(self, x):
         x = x.clamp(-TANH_CLAMP, TANH_CLAMP)
         t = x * x
+
         def const(c):
             return torch.tensor(c, dtype=x.dtype, device=x.device)
+
         return x * _horner(t, TANH_P, const) / _horner(t, TANH_Q, const)
 
     def emit_onnx(self, b, x):
@@ -188,11 +198,12 @@ def resize_by(x, ratio):
 
 def _emit_resize_axis(b, x, axis, ratio):
     f32, i64 = b.FLOAT, ONNX_INT64
-    length = b.op("Gather", [b.op("Shape", [x]), b.const(axis)], axis=0)                     # scalar int64
+    length = b.op("Gather", [b.op("Shape", [x]), b.const(axis)], axis=0)  # scalar int64
     size = b.op("Cast", [b.op("Floor", [b.op("Mul", [b.op("Cast", [length], to=f32), ratio])])], to=i64)
     index = b.op("Cast", [b.op("Range", [b.const(0), size, b.const(1)])], to=f32)
-    position = b.op("Sub", [b.op("Div", [b.op("Add", [index, b.const(0.5, np.float32)]), ratio]),
-                            b.const(0.5, np.float32)])
+    position = b.op(
+        "Sub", [b.op("Div", [b.op("Add", [index, b.const(0.5, np.float32)]), ratio]), b.const(0.5, np.float32)]
+    )
     position = b.op("Max", [position, b.const(0.0, np.float32)])
     floor = b.op("Floor", [position])
     weight = b.op("Sub", [position, floor])
@@ -201,7 +212,7 @@ def _emit_resize_axis(b, x, axis, ratio):
     second = b.op("Min", [b.op("Add", [first, b.const(1)]), last])
     a, c = b.op("Gather", [x, first], axis=axis), b.op("Gather", [x, second], axis=axis)
     if axis == 2:
-        weight = b.op("Unsqueeze", [weight, b.const([1])])                                    # [h', 1]
+        weight = b.op("Unsqueeze", [weight, b.const([1])])  # [h', 1]
     return b.op("Add", [a, b.op("Mul", [b.op("Sub", [c, a]), weight])])
 
 
@@ -235,7 +246,7 @@ def depthwise3x3(x, weight):
     total = None
     for i in range(3):
         for j in range(3):
-            term = weight[:, 0, i, j].view(1, -1, 1, 1) * padded[..., i:i + height, j:j + width]
+            term = weight[:, 0, i, j].view(1, -1, 1, 1) * padded[..., i : i + height, j : j + width]
             total = term if total is None else total + term
     return total
 
@@ -243,8 +254,10 @@ def depthwise3x3(x, weight):
 def emit_depthwise3x3(b, x, weight, name):
     """depthwise3x3 as ONNX nodes (Pad, Slice, Mul, Add); `weight` [C, 1, 3, 3] float32 (initializers
     `name`.tap<i><j>, shared by every call with the same name)."""
-    taps = b.cached(("depthwise3x3", name), lambda: [
-        b.channel_vector(weight[:, 0, i, j], f"{name}.tap{i}{j}") for i in range(3) for j in range(3)])
+    taps = b.cached(
+        ("depthwise3x3", name),
+        lambda: [b.channel_vector(weight[:, 0, i, j], f"{name}.tap{i}{j}") for i in range(3) for j in range(3)],
+    )
     padded = b.op("Pad", [x, b.const([0, 0, 1, 1, 0, 0, 1, 1])])
     total = None
     for i in range(3):

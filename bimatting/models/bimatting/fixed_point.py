@@ -25,6 +25,7 @@ Two remedies, both eval mode only (training computes the plain float layers):
    lies within that of a float32 rounding boundary (~1e-8 of values). ONNX has no float64 Conv
    in onnxruntime: the graph computes it as a MatMul over the channel axis.
 """
+
 import numpy as np
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ from torch.nn import functional as F
 from .binarize import BiConv2d, bn_affine, folded_output
 
 ONNX_DOUBLE = 11  # onnx.TensorProto.DOUBLE (models do not import onnx)
-EXACT_LIMIT = 2 ** 24  # float32 holds every integer below this exactly
+EXACT_LIMIT = 2**24  # float32 holds every integer below this exactly
 
 
 def _array(tensor):
@@ -43,7 +44,7 @@ def _array(tensor):
 def chain_at(layers, index):
     """An IntegerChain over layers[index:index + 5] when they are BiConv2d, BatchNorm2d, ReLU,
     float Conv2d (stride 1, groups 1), BatchNorm2d; else None."""
-    part = list(layers[index:index + 5])
+    part = list(layers[index : index + 5])
     kinds = (BiConv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.BatchNorm2d)
     if len(part) < 5 or not all(isinstance(m, k) for m, k in zip(part, kinds)):
         return None
@@ -77,25 +78,27 @@ class IntegerChain:
         fan_in = self.binary_conv.weight[0].numel()
         largest = np.concatenate([np.maximum(fan_in + whole.astype(np.float64), 0.0), np.ones_like(fraction)])
         a, b = bn_affine(self.bn2)
-        weight = _array(self.float_conv.weight).astype(np.float64) * a[:, None, None, None] * magnitude[None, :, None, None]
-        real = np.concatenate([weight, weight * fraction[None, :, None, None]], axis=1)   # per unit of n, of a
+        weight = (
+            _array(self.float_conv.weight).astype(np.float64) * a[:, None, None, None] * magnitude[None, :, None, None]
+        )
+        real = np.concatenate([weight, weight * fraction[None, :, None, None]], axis=1)  # per unit of n, of a
         bias = b + (a * _array(self.float_conv.bias).astype(np.float64) if self.float_conv.bias is not None else 0.0)
         quantized = np.empty_like(real)
         for o in range(real.shape[0]):
             load = (np.abs(real[o]) * largest[:, None, None]).sum()
             e = np.floor(np.log2(max(load, np.finfo(np.float64).tiny) / EXACT_LIMIT))
             while True:  # the finest step whose integers keep every partial sum below 2^24
-                w_int = np.round(real[o] / 2.0 ** e)
+                w_int = np.round(real[o] / 2.0**e)
                 if (np.abs(w_int) * largest[:, None, None]).sum() < EXACT_LIMIT:
                     break
                 e += 1
-            quantized[o] = w_int * 2.0 ** e
+            quantized[o] = w_int * 2.0**e
         return quantized.astype(np.float32), np.broadcast_to(bias, real.shape[:1]).astype(np.float32)
 
     def forward(self, x):
         """x: +-1 [N, C, H, W] -> BN2(conv(ReLU(BN1(binary_conv(x))))) in eval mode (before the last ReLU)."""
         sigma, whole, _, _ = self.threshold_form()
-        m = self.binary_conv(x, output=(sigma, whole))                  # sigma D + g: exact integers
+        m = self.binary_conv(x, output=(sigma, whole))  # sigma D + g: exact integers
         n_and_a = torch.cat([F.relu(m), (m + 1.0).clamp(0.0, 1.0)], dim=1)
         weight, bias = (torch.from_numpy(v).to(x.device) for v in self.integer_weights())
         # the float conv called as the module, so that hooks (profile, probes) still see it
@@ -104,6 +107,7 @@ class IntegerChain:
 
     def emit_onnx(self, b, packed, mask=None):
         """As forward: packed input (uint8) -> BinaryConv2d[Masked] (sigma, g) -> [Relu, Clip(+1)] -> Conv -> Add."""
+
         def make():
             name = b.module_name(self.float_conv)
             weight, bias = self.integer_weights()
@@ -111,26 +115,37 @@ class IntegerChain:
 
         sigma, whole, _, _ = self.threshold_form()
         m = b.binary_conv(self.binary_conv, packed, mask=mask, folded=(sigma, whole))
-        active = b.op("Clip", [b.op("Add", [m, b.const(1.0, np.float32)]), b.const(0.0, np.float32),
-                               b.const(1.0, np.float32)])
+        active = b.op(
+            "Clip", [b.op("Add", [m, b.const(1.0, np.float32)]), b.const(0.0, np.float32), b.const(1.0, np.float32)]
+        )
         n_and_a = b.op("Concat", [b.op("Relu", [m]), active], axis=1)
         weight, bias = b.cached(("integer_chain", id(self.float_conv)), make)
         conv = self.float_conv
-        conv_out = b.op("Conv", [n_and_a, weight], group=1, kernel_shape=list(conv.kernel_size), strides=[1, 1],
-                        pads=[conv.padding[0], conv.padding[1]] * 2, dilations=list(conv.dilation))
+        conv_out = b.op(
+            "Conv",
+            [n_and_a, weight],
+            group=1,
+            kernel_shape=list(conv.kernel_size),
+            strides=[1, 1],
+            pads=[conv.padding[0], conv.padding[1]] * 2,
+            dilations=list(conv.dilation),
+        )
         return b.op("Add", [conv_out, bias])
 
 
 def wide_conv1x1(conv, x):
     """1x1 conv (with bias) summed in float64, rounded once to float32: [N, C, H, W] -> [N, O, H, W]."""
-    wide = {"weight": conv.weight.detach().double(),
-            "bias": conv.bias.detach().double() if conv.bias is not None else None}
+    wide = {
+        "weight": conv.weight.detach().double(),
+        "bias": conv.bias.detach().double() if conv.bias is not None else None,
+    }
     # called as the module, so that hooks (profile, probes) still see it
     return torch.func.functional_call(conv, wide, (x.double(),)).float()
 
 
 def emit_wide_conv1x1(b, conv, x):
     """wide_conv1x1 as Reshape, Cast, MatMul and Add in float64, Cast back, Reshape."""
+
     def make():
         name = b.module_name(conv)
         weight = _array(conv.weight).astype(np.float64).reshape(conv.out_channels, conv.in_channels)
@@ -138,10 +153,10 @@ def emit_wide_conv1x1(b, conv, x):
         return b.initializer(weight, f"{name}.weight"), b.initializer(bias.reshape(-1, 1), f"{name}.bias")
 
     weight, bias = b.cached(("wide_conv1x1", id(conv)), make)
-    flat_shape = b.op("Concat", [b.shape_slice(x, 0, 2), b.const([-1])], axis=0)     # [N, C, H*W]
+    flat_shape = b.op("Concat", [b.shape_slice(x, 0, 2), b.const([-1])], axis=0)  # [N, C, H*W]
     # flattened, then widened: a reshape of the float32 input is a view, and the cast is read by
     # the MatMul as it goes (cast first, a compiler writes the float64 copy out: 16.6 MB at 1080p)
     flat = b.op("Cast", [b.op("Reshape", [x, flat_shape])], to=ONNX_DOUBLE)
-    product = b.op("Add", [b.op("MatMul", [weight, flat]), bias])                     # [N, O, H*W]
+    product = b.op("Add", [b.op("MatMul", [weight, flat]), bias])  # [N, O, H*W]
     out_shape = b.op("Concat", [b.shape_slice(x, 0, 1), b.const([conv.out_channels]), b.shape_slice(x, 2, 4)], axis=0)
     return b.op("Reshape", [b.op("Cast", [product], to=b.FLOAT), out_shape])

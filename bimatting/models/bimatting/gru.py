@@ -8,6 +8,7 @@ ConvGRU_Up(C) (decode3/2/1, SAB): every gate = act(B3(.) + b) * M_up + act(B1(.)
 Both loop over T; the state h is [B, C, H, W] (zeros when None) and the output is h' per step.
 Source: htqin/BiMatting `model/bidecoder.py`; RVM `model/decoder.py` (ConvGRU).
 """
+
 import torch
 from torch import nn
 
@@ -18,8 +19,11 @@ from .fixed_order import Sigmoid, Tanh
 
 def _gate(in_channels, out_channels, kernel_size, activation, shift_after):
     """bias -> sign -> BiConv(k, bias) [-> bias] -> activation (official Sequential indices)."""
-    layers = [LearnableBias(in_channels), BinaryActivation(),
-              BiConv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True)]
+    layers = [
+        LearnableBias(in_channels),
+        BinaryActivation(),
+        BiConv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True),
+    ]
     if shift_after:
         layers.append(LearnableBias(out_channels))
     layers.append(activation)
@@ -57,7 +61,7 @@ class ConvGRU(nn.Module):
     def emit_onnx(self, b, x, h, out):
         """step on one frame (the graph's caller loops over time): x [N,C,H,W], h the state input
         ([1,1,1,1] zeros or [N,C,H,W]) -> h' [N,C,H,W], the value named `out`."""
-        h = b.expand_like(h, x)                                  # _initial_state's zeros
+        h = b.expand_like(h, x)  # _initial_state's zeros
         r, z = b.split(b.sequential(self.ih, b.op("Concat", [x, h], axis=1)), [self.channels] * 2)
         c = b.sequential(self.hh, b.op("Concat", [x, b.op("Mul", [r, h])], axis=1))
         return emit_update(b, h, z, c, out)

@@ -11,6 +11,7 @@ sign reads cov and var, and a runtime's own order moves their last bits.
 Source: Wu et al., "Fast End-to-End Trainable Guided Filter" (CVPR 2018); RVM / htqin/BiMatting
 `model/deep_guided_filter.py`.
 """
+
 from torch import nn
 
 from ..rvm.guided_filter import deep_guided_filter, emit_deep_guided_filter
@@ -40,13 +41,20 @@ class BiDeepGuidedFilterRefiner(nn.Module):
         def box(x):  # the same filter, its nine terms summed in one order (the refiner's signs read it)
             return depthwise3x3(x, self.box_filter.weight)
 
-        return deep_guided_filter(box, self.conv, fine_src, base_src, base_fgr, base_pha, base_hid,
-                                  gray=channel_mean3)
+        return deep_guided_filter(box, self.conv, fine_src, base_src, base_fgr, base_pha, base_hid, gray=channel_mean3)
 
     def emit_onnx(self, b, fine_src, base_src, base_y, base_hid):
         """As forward in eval mode, with base_y = [fgr residual, pha] [N,4,h,w] unsplit -> [N,4,H,W] unsplit."""
         weight = self.box_filter.weight.detach().cpu().numpy()
         name = b.module_name(self.box_filter)
-        return emit_deep_guided_filter(b, self.box_filter, self.conv, fine_src, base_src, base_y, base_hid,
-                                       box=lambda x: emit_depthwise3x3(b, x, weight, name),
-                                       gray=lambda x: emit_channel_mean3(b, x))
+        return emit_deep_guided_filter(
+            b,
+            self.box_filter,
+            self.conv,
+            fine_src,
+            base_src,
+            base_y,
+            base_hid,
+            box=lambda x: emit_depthwise3x3(b, x, weight, name),
+            gray=lambda x: emit_channel_mean3(b, x),
+        )

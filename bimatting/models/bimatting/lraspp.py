@@ -4,6 +4,7 @@
 Indices of the two Sequentials equal the official state_dict keys (`aspp.aspp1.2.weight`, ...).
 Source: htqin/BiMatting `model/lraspp.py`, after RVM's LR-ASPP (Howard et al., MobileNetV3).
 """
+
 from torch import nn
 
 from .binarize import BiConv2d, BinaryActivation, LearnableBias
@@ -18,11 +19,11 @@ class BiLRASPP(nn.Module):
         super().__init__()
         self.aspp1 = binary_conv_unit(in_channels, out_channels, 1)
         self.aspp2 = nn.Sequential(
-            GlobalAveragePool(),                                       # 0: [N, in, 1, 1]
-            LearnableBias(in_channels),                                # 1
-            BinaryActivation(),                                        # 2
-            BiConv2d(in_channels, out_channels, 1, bias=False),        # 3: [N, out, 1, 1]
-            Sigmoid(),                                                 # 4
+            GlobalAveragePool(),  # 0: [N, in, 1, 1]
+            LearnableBias(in_channels),  # 1
+            BinaryActivation(),  # 2
+            BiConv2d(in_channels, out_channels, 1, bias=False),  # 3: [N, out, 1, 1]
+            Sigmoid(),  # 4
         )
 
     def forward(self, x):

@@ -16,6 +16,7 @@ Deliberate departures from htqin/BiMatting @746876b, each a fix:
   * sign(0) = +1 (official torch.sign gives 0);
   * no `channel_threshold` parameters (never read by the official forward).
 """
+
 import numpy as np
 from torch import nn
 from torch.nn import functional as F
@@ -29,8 +30,12 @@ from .lraspp import BiLRASPP
 
 DEAD_PARAMETER = "channel_threshold"  # official BiConv2d parameter that forward never reads
 # The official widths; build_model("bimatting", **config) takes others (saved as `config`).
-DEFAULT_CONFIG = {"widths": list(STAGE_WIDTHS), "aspp_channels": 128, "decoder_channels": [80, 40, 32, 16],
-                  "encoder_triples": list(TRIPLES)}
+DEFAULT_CONFIG = {
+    "widths": list(STAGE_WIDTHS),
+    "aspp_channels": 128,
+    "decoder_channels": [80, 40, 32, 16],
+    "encoder_triples": list(TRIPLES),
+}
 
 
 class BiMatting(nn.Module):
@@ -44,9 +49,12 @@ class BiMatting(nn.Module):
     def __init__(self, widths=None, aspp_channels=128, decoder_channels=(80, 40, 32, 16), encoder_triples=TRIPLES):
         super().__init__()
         widths = stage_widths(encoder_triples) if widths is None else widths
-        self._config = {"widths": [int(w) for w in widths], "aspp_channels": int(aspp_channels),
-                        "decoder_channels": [int(c) for c in decoder_channels],
-                        "encoder_triples": [int(t) for t in encoder_triples]}
+        self._config = {
+            "widths": [int(w) for w in widths],
+            "aspp_channels": int(aspp_channels),
+            "decoder_channels": [int(c) for c in decoder_channels],
+            "encoder_triples": [int(t) for t in encoder_triples],
+        }
         self.backbone = BiMobileNet(widths, encoder_triples)
         taps = self.backbone.tap_channels
         hidden = int(decoder_channels[3])
@@ -64,29 +72,31 @@ class BiMatting(nn.Module):
         """Constructor arguments that differ from the official network (saved in checkpoints)."""
         return {key: value for key, value in self._config.items() if value != DEFAULT_CONFIG[key]}
 
-    def forward(self, src, r1=None, r2=None, r3=None, r4=None, downsample_ratio=1.0,
-                segmentation_pass=False, return_coarse=True):
+    def forward(
+        self, src, r1=None, r2=None, r3=None, r4=None, downsample_ratio=1.0, segmentation_pass=False, return_coarse=True
+    ):
         video = src.ndim == 5
         if not video and src.ndim != 4:
             raise ValueError(f"src must be [B, 3, H, W] or [B, T, 3, H, W], got shape {tuple(src.shape)}")
         bt = tuple(src.shape[:2]) if video else (src.shape[0], 1)
-        frames = src.flatten(0, 1) if video else src                          # [N=B*T, 3, H, W]
+        frames = src.flatten(0, 1) if video else src  # [N=B*T, 3, H, W]
         small = frames if downsample_ratio == 1 else resize_by(frames, downsample_ratio)  # [N, 3, H', W']
         if not self.training:
             small = snap_to_grid(small)  # the same image in every runtime (see bimobilenet.INPUT_GRID)
 
-        f1, f2, f3, f4 = self.backbone(small)             # 16 @1/2, 32 @1/4, 64 @1/8, 1024 @1/16 of H'
-        f4 = self.aspp(f4)                                # [N, 128, H'/16, W'/16]
-        hid, coarse, r1, r2, r3, r4 = self.decoder(small, f1, f2, f3, f4, r1, r2, r3, r4,
-                                                   self.project_mat, bt)  # hid [N, 16, H', W']
+        f1, f2, f3, f4 = self.backbone(small)  # 16 @1/2, 32 @1/4, 64 @1/8, 1024 @1/16 of H'
+        f4 = self.aspp(f4)  # [N, 128, H'/16, W'/16]
+        hid, coarse, r1, r2, r3, r4 = self.decoder(
+            small, f1, f2, f3, f4, r1, r2, r3, r4, self.project_mat, bt
+        )  # hid [N, 16, H', W']
 
         def restore(x):  # [N, C, h, w] -> the input's layout
             return x.unflatten(0, bt) if video else x
 
         if segmentation_pass:
-            return restore(self.project_seg(hid)), r1, r2, r3, r4   # seg logits [.., 1, H', W']
+            return restore(self.project_seg(hid)), r1, r2, r3, r4  # seg logits [.., 1, H', W']
 
-        fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)          # [N, 3|1, H', W']
+        fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)  # [N, 3|1, H', W']
         if downsample_ratio != 1:
             fgr_residual, pha = self.refiner(frames, small, fgr_residual, pha, hid)  # [N, 3|1, H, W]
         fgr = self._clamp(fgr_residual + frames)
@@ -94,7 +104,7 @@ class BiMatting(nn.Module):
         if not return_coarse:
             return restore(fgr), restore(pha), r1, r2, r3, r4
 
-        fgr_residual_s, pha_s = coarse.split([3, 1], dim=1)                     # [N, 3|1, H'/16, W'/16]
+        fgr_residual_s, pha_s = coarse.split([3, 1], dim=1)  # [N, 3|1, H'/16, W'/16]
         # As official: the full-resolution src, bilinearly shrunk to the coarse size (no antialias).
         src_s = F.interpolate(frames, size=fgr_residual_s.shape[-2:], mode="bilinear", align_corners=False)
         fgr_s = self._clamp(fgr_residual_s + src_s)
@@ -113,16 +123,17 @@ class BiMatting(nn.Module):
         b.name_modules(self)
         small = io.src if io.ratio == 1.0 else emit_resize_by(b, io.src, io.ratio)  # [N, 3, H', W']
         grid = b.const(INPUT_GRID, np.float32)
-        small = b.op("Div", [b.op("Round", [b.op("Mul", [small, grid])]), grid])   # snap_to_grid
+        small = b.op("Div", [b.op("Round", [b.op("Mul", [small, grid])]), grid])  # snap_to_grid
         with b.scope("backbone"):
             f1, f2, f3, f4 = self.backbone.emit_onnx(b, small)
         with b.scope("aspp"):
-            f4 = self.aspp.emit_onnx(b, f4)                                     # [N, 128, H'/16, W'/16]
+            f4 = self.aspp.emit_onnx(b, f4)  # [N, 128, H'/16, W'/16]
         with b.scope("decoder"):
-            hid, states = self.decoder.emit_onnx(b, small, f1, f2, f3, f4, io.states, io.state_outputs,
-                                                 self.project_mat)              # hid [N, 16, H', W']
+            hid, states = self.decoder.emit_onnx(
+                b, small, f1, f2, f3, f4, io.states, io.state_outputs, self.project_mat
+            )  # hid [N, 16, H', W']
         with b.scope("project_mat"):
-            coarse = self.project_mat.emit_onnx(b, hid)                         # [N, 4, H', W']
+            coarse = self.project_mat.emit_onnx(b, hid)  # [N, 4, H', W']
         mode = io.refine_mode(always=False)  # the refiner runs only when s != 1
         refined = None
         if mode != "never":
@@ -164,8 +175,11 @@ class BiMatting(nn.Module):
             elif isinstance(module, nn.Sequential):
                 layers = list(module)
                 for i in range(1, len(layers) - 1):
-                    if (isinstance(layers[i], BinaryActivation) and isinstance(layers[i - 1], LearnableBias)
-                            and isinstance(layers[i + 1], BiConv2d)):
+                    if (
+                        isinstance(layers[i], BinaryActivation)
+                        and isinstance(layers[i - 1], LearnableBias)
+                        and isinstance(layers[i + 1], BiConv2d)
+                    ):
                         sites.append((f"{name}.{i - 1}", layers[i - 1], (layers[i + 1],)))
         return sites
 
@@ -178,7 +192,9 @@ class BiMatting(nn.Module):
         """As nn.Module.load_state_dict, ignoring the official dead `<biconv>.channel_threshold` keys
         (only where <biconv> is a BiConv2d of this model; any other extra key still fails a strict load)."""
         binary = {name for name, _ in self.binary_convs()}
-        kept = {key: value for key, value in state_dict.items()
-                if not (key.endswith("." + DEAD_PARAMETER) and key[: -len(DEAD_PARAMETER) - 1] in binary)}
+        kept = {
+            key: value
+            for key, value in state_dict.items()
+            if not (key.endswith("." + DEAD_PARAMETER) and key[: -len(DEAD_PARAMETER) - 1] in binary)
+        }
         return super().load_state_dict(kept, strict=strict, assign=assign)
-

@@ -7,6 +7,7 @@
 Apart from binarize.py because it builds on both the primitives and fixed_point (which builds on
 the primitives too).
 """
+
 from torch import nn
 
 from .binarize import BiConv2d, BinaryActivation, LearnableBias, binary_conv_bn

@@ -1,6 +1,7 @@
 """Convolutional GRU (Shi et al., "Convolutional LSTM Network", NeurIPS 2015, GRU form) holding
 RVM's temporal state. It is the only module that looks along time: every other module sees the
 frames of a clip flattened into the batch, [B*T, C, H, W]."""
+
 import numpy as np
 import torch
 from torch import nn
@@ -20,14 +21,14 @@ class ConvGRU(nn.Module):
         self.ih = nn.Sequential(nn.Conv2d(channels * 2, channels * 2, kernel_size, padding=padding), nn.Sigmoid())
         self.hh = nn.Sequential(nn.Conv2d(channels * 2, channels, kernel_size, padding=padding), nn.Tanh())
 
-    def step(self, x, h):                                   # [B,C,H,W], [B,C,H,W] -> [B,C,H,W]
+    def step(self, x, h):  # [B,C,H,W], [B,C,H,W] -> [B,C,H,W]
         r, z = self.ih(torch.cat([x, h], dim=1)).split(self.channels, dim=1)
         c = self.hh(torch.cat([x, r * h], dim=1))
         return (1 - z) * h + z * c
 
-    def forward(self, x, h, frames=1):                      # [B*T,C,H,W] -> [B*T,C,H,W], [B,C,H,W]
+    def forward(self, x, h, frames=1):  # [B*T,C,H,W] -> [B*T,C,H,W], [B,C,H,W]
         batch = x.shape[0] // frames
-        clips = x.unflatten(0, (batch, frames))             # [B,T,C,H,W]
+        clips = x.unflatten(0, (batch, frames))  # [B,T,C,H,W]
         if h is None:
             h = torch.zeros_like(clips[:, 0])
         outputs = []
@@ -39,7 +40,7 @@ class ConvGRU(nn.Module):
     def emit_onnx(self, b, x, h, out):
         """One step on one frame (the graph runs frame by frame): x [N,C,H,W], h the state input
         ([1,1,1,1] zeros or [N,C,H,W]) -> h' [N,C,H,W], the value named `out`."""
-        h = b.expand_like(h, x)                             # forward's zeros_like when None
+        h = b.expand_like(h, x)  # forward's zeros_like when None
         r, z = b.split(b.sequential(self.ih, b.op("Concat", [x, h], axis=1)), [self.channels] * 2)
         c = b.sequential(self.hh, b.op("Concat", [x, b.op("Mul", [r, h])], axis=1))
         return emit_update(b, h, z, c, out)

@@ -4,6 +4,7 @@ ConvGRUs at 1/8, 1/4, 1/2, and an output block at full (downsampled-input) resol
 
 All tensors are [N, C, H, W] with N = B*T; `frames` (T) is only passed on to the ConvGRUs.
 """
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -29,12 +30,12 @@ class BottleneckBlock(nn.Module):
         self.channels = channels
         self.gru = ConvGRU(channels // 2)
 
-    def forward(self, x, r, frames):                        # [N,C,h,w] -> [N,C,h,w], r [B,C/2,h,w]
+    def forward(self, x, r, frames):  # [N,C,h,w] -> [N,C,h,w], r [B,C/2,h,w]
         a, b = x.split(self.channels // 2, dim=1)
         b, r = self.gru(b, r, frames)
         return torch.cat([a, b], dim=1), r
 
-    def emit_onnx(self, b, x, r, out):                      # as forward; the new state is named `out`
+    def emit_onnx(self, b, x, r, out):  # as forward; the new state is named `out`
         a, rest = b.split(x, [self.channels // 2] * 2)
         r = self.gru.emit_onnx(b, rest, r, out)
         return b.op("Concat", [a, r], axis=1), r
@@ -49,14 +50,14 @@ class UpsamplingBlock(nn.Module):
         self.conv = nn.Sequential(*conv_bn_relu(in_channels + skip_channels + src_channels, out_channels))
         self.gru = ConvGRU(out_channels // 2)
 
-    def forward(self, x, f, s, r, frames):                  # [N,Cin,h,w] -> [N,Cout,2h,2w]
-        x = upsample_to(x, s)                               # [N,Cin,H,W], H,W = size of f and s
-        x = self.conv(torch.cat([x, f, s], dim=1))          # [N,Cout,H,W]
+    def forward(self, x, f, s, r, frames):  # [N,Cin,h,w] -> [N,Cout,2h,2w]
+        x = upsample_to(x, s)  # [N,Cin,H,W], H,W = size of f and s
+        x = self.conv(torch.cat([x, f, s], dim=1))  # [N,Cout,H,W]
         a, b = x.split(self.out_channels // 2, dim=1)
-        b, r = self.gru(b, r, frames)                       # r [B,Cout/2,H,W]
+        b, r = self.gru(b, r, frames)  # r [B,Cout/2,H,W]
         return torch.cat([a, b], dim=1), r
 
-    def emit_onnx(self, b, x, f, s, r, out):                # as forward; the new state is named `out`
+    def emit_onnx(self, b, x, f, s, r, out):  # as forward; the new state is named `out`
         x = b.op("Concat", [b.upsample2_crop(x, s), f, s], axis=1)
         x = b.sequential(self.conv, x)
         a, rest = b.split(x, [self.out_channels // 2] * 2)
@@ -74,11 +75,11 @@ class OutputBlock(nn.Module):
             *conv_bn_relu(out_channels, out_channels),
         )
 
-    def forward(self, x, s):                                # [N,Cin,h,w] -> [N,Cout,H,W]
+    def forward(self, x, s):  # [N,Cin,h,w] -> [N,Cout,H,W]
         x = upsample_to(x, s)
         return self.conv(torch.cat([x, s], dim=1))
 
-    def emit_onnx(self, b, x, s):                           # as forward
+    def emit_onnx(self, b, x, s):  # as forward
         return b.sequential(self.conv, b.op("Concat", [b.upsample2_crop(x, s), s], axis=1))
 
 
@@ -98,27 +99,31 @@ class RecurrentDecoder(nn.Module):
         self.decode0 = OutputBlock(decoder_channels[2], 3, decoder_channels[3])
 
     def forward(self, s0, f1, f2, f3, f4, r1, r2, r3, r4, frames=1):
-        s1 = self.avgpool(s0)                               # [N,3,H/2,W/2] image pyramid
-        s2 = self.avgpool(s1)                               # [N,3,H/4,W/4]
-        s3 = self.avgpool(s2)                               # [N,3,H/8,W/8]
-        x4, r4 = self.decode4(f4, r4, frames)               # [N,128,H/16,W/16]
-        x3, r3 = self.decode3(x4, f3, s3, r3, frames)       # [N,80,H/8,W/8]
-        x2, r2 = self.decode2(x3, f2, s2, r2, frames)       # [N,40,H/4,W/4]
-        x1, r1 = self.decode1(x2, f1, s1, r1, frames)       # [N,32,H/2,W/2]
-        x0 = self.decode0(x1, s0)                           # [N,16,H,W]
+        s1 = self.avgpool(s0)  # [N,3,H/2,W/2] image pyramid
+        s2 = self.avgpool(s1)  # [N,3,H/4,W/4]
+        s3 = self.avgpool(s2)  # [N,3,H/8,W/8]
+        x4, r4 = self.decode4(f4, r4, frames)  # [N,128,H/16,W/16]
+        x3, r3 = self.decode3(x4, f3, s3, r3, frames)  # [N,80,H/8,W/8]
+        x2, r2 = self.decode2(x3, f2, s2, r2, frames)  # [N,40,H/4,W/4]
+        x1, r1 = self.decode1(x2, f1, s1, r1, frames)  # [N,32,H/2,W/2]
+        x0 = self.decode0(x1, s0)  # [N,16,H,W]
         return x0, r1, r2, r3, r4
 
     @property
     def state_channels(self):
         """(C1, C2, C3, C4) of r1..r4: the GRUs run on the second half of decode1..4's channels."""
-        return (self.decode1.out_channels // 2, self.decode2.out_channels // 2,
-                self.decode3.out_channels // 2, self.decode4.channels // 2)
+        return (
+            self.decode1.out_channels // 2,
+            self.decode2.out_channels // 2,
+            self.decode3.out_channels // 2,
+            self.decode4.channels // 2,
+        )
 
     def emit_onnx(self, b, s0, f1, f2, f3, f4, states, outs):
         """As forward, for one frame per batch entry (ONNX has no time axis: the caller feeds the
         states back). states: r1..r4 values, outs: names of r1o..r4o -> hid, [r1o..r4o]."""
         r1, r2, r3, r4 = states
-        s1 = b.avg_pool2(s0)                                # image pyramid, as self.avgpool
+        s1 = b.avg_pool2(s0)  # image pyramid, as self.avgpool
         s2 = b.avg_pool2(s1)
         s3 = b.avg_pool2(s2)
         with b.scope("decode4"):

@@ -6,6 +6,7 @@ The guided filter fits, per low-resolution window, a linear model y ~ A * x + b 
 from the local covariance, the guide variance and the decoder's hidden feature, then applies the
 bilinearly upsampled (A, b) to the full-resolution guide.
 """
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -41,8 +42,9 @@ def channel_mean(x):
     return x.mean(1, keepdim=True)
 
 
-def deep_guided_filter(box_filter, predict_a, fine_src, base_src, base_fgr_residual, base_pha, base_hid,
-                       gray=channel_mean):
+def deep_guided_filter(
+    box_filter, predict_a, fine_src, base_src, base_fgr_residual, base_pha, base_hid, gray=channel_mean
+):
     """The guided-filter arithmetic shared by RVM's refiner and BiMatting's binary one (BiDGF):
     `predict_a`, the 1x1 network from [cov_xy, var_x, hid] to A, differs between them; BiMatting's
     eval mode also passes its fixed-order `box_filter` (a callable) and `gray`.
@@ -51,19 +53,19 @@ def deep_guided_filter(box_filter, predict_a, fine_src, base_src, base_fgr_resid
         A = predict_a([cov_xy, var_x, hid]),  b = box(y) - A*box(x)
         out = up(A) * x_fine + up(b)          (bilinear, align_corners=False)
     """
-    fine_x = torch.cat([fine_src, gray(fine_src)], dim=1)                      # [N,4,H,W]
-    base_x = torch.cat([base_src, gray(base_src)], dim=1)                      # [N,4,h,w]
-    base_y = torch.cat([base_fgr_residual, base_pha], dim=1)                   # [N,4,h,w]
+    fine_x = torch.cat([fine_src, gray(fine_src)], dim=1)  # [N,4,H,W]
+    base_x = torch.cat([base_src, gray(base_src)], dim=1)  # [N,4,h,w]
+    base_y = torch.cat([base_fgr_residual, base_pha], dim=1)  # [N,4,h,w]
 
     mean_x = box_filter(base_x)
     mean_y = box_filter(base_y)
     cov_xy = box_filter(base_x * base_y) - mean_x * mean_y
     var_x = box_filter(base_x * base_x) - mean_x * mean_x
 
-    A = predict_a(torch.cat([cov_xy, var_x, base_hid], dim=1))                 # [N,4,h,w]
+    A = predict_a(torch.cat([cov_xy, var_x, base_hid], dim=1))  # [N,4,h,w]
     b = mean_y - A * mean_x
     size = fine_src.shape[2:]
-    A = F.interpolate(A, size, mode="bilinear", align_corners=False)           # [N,4,H,W]
+    A = F.interpolate(A, size, mode="bilinear", align_corners=False)  # [N,4,H,W]
     b = F.interpolate(b, size, mode="bilinear", align_corners=False)
     out = A * fine_x + b
     fgr_residual, pha = out.split([3, 1], dim=1)
@@ -74,19 +76,21 @@ def emit_deep_guided_filter(b, box_filter, predict_a, fine_src, base_src, base_y
     """deep_guided_filter as ONNX nodes (`b`: export's layers.Builder). The forward's split of y
     into (fgr residual, pha) and concat back is an identity, so y stays one [N,4,.,.] value here.
     `box` and `gray` (value -> value) replace the box filter's Conv and the channel ReduceMean."""
-    def with_gray(image):                                                      # [N,3,.,.] -> [N,4,.,.]
+
+    def with_gray(image):  # [N,3,.,.] -> [N,4,.,.]
         return b.op("Concat", [image, gray(image) if gray else b.reduce_mean(image, [1])], axis=1)
 
     if box is None:
-        def box(x):                                                            # one shared initializer
+
+        def box(x):  # one shared initializer
             return b.conv(box_filter, x)
 
     fine_x, base_x = with_gray(fine_src), with_gray(base_src)
     mean_x, mean_y = box(base_x), box(base_y)
     cov_xy = b.op("Sub", [box(b.op("Mul", [base_x, base_y])), b.op("Mul", [mean_x, mean_y])])
     var_x = b.op("Sub", [box(b.op("Mul", [base_x, base_x])), b.op("Mul", [mean_x, mean_x])])
-    a = b.sequential(predict_a, b.op("Concat", [cov_xy, var_x, base_hid], axis=1))    # [N,4,h,w]
+    a = b.sequential(predict_a, b.op("Concat", [cov_xy, var_x, base_hid], axis=1))  # [N,4,h,w]
     offset = b.op("Sub", [mean_y, b.op("Mul", [a, mean_x])])
     size = b.shape_slice(fine_src, 2, 4)
-    a, offset = b.resize_to(a, size), b.resize_to(offset, size)                # [N,4,H,W]
+    a, offset = b.resize_to(a, size), b.resize_to(offset, size)  # [N,4,H,W]
     return b.op("Add", [b.op("Mul", [a, fine_x]), offset])

@@ -1,5 +1,6 @@
 """Lite R-ASPP segmentation head (Howard et al., "Searching for MobileNetV3", section 6.3), as
 used by RVM between encoder and decoder: a 1x1 conv branch gated by a global-context branch."""
+
 from torch import nn
 
 
@@ -19,8 +20,8 @@ class LRASPP(nn.Module):
             nn.Sigmoid(),
         )
 
-    def forward(self, x):                                   # [N,960,h,w] -> [N,128,h,w]
-        return self.aspp1(x) * self.aspp2(x)                # gate [N,128,1,1] broadcasts
+    def forward(self, x):  # [N,960,h,w] -> [N,128,h,w]
+        return self.aspp1(x) * self.aspp2(x)  # gate [N,128,1,1] broadcasts
 
-    def emit_onnx(self, b, x):                              # as forward
+    def emit_onnx(self, b, x):  # as forward
         return b.op("Mul", [b.sequential(self.aspp1, x), b.sequential(self.aspp2, x)])

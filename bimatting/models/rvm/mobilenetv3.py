@@ -6,6 +6,7 @@ torchvision's `mobilenet_v3_large(dilated=True)`, which RVM (Lin et al., WACV 20
 backbone. Module names reproduce torchvision's state_dict layout
 (`features.N.block.M.{0,1}`, SE as `block.2.fc1/fc2`) so official RVM checkpoints load as-is.
 """
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -77,12 +78,12 @@ class SqueezeExcitation(nn.Module):
         self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
         self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
 
-    def forward(self, x):                                   # [N,C,H,W] -> [N,C,H,W]
-        scale = F.adaptive_avg_pool2d(x, 1)                 # [N,C,1,1]
+    def forward(self, x):  # [N,C,H,W] -> [N,C,H,W]
+        scale = F.adaptive_avg_pool2d(x, 1)  # [N,C,1,1]
         scale = F.hardsigmoid(self.fc2(F.relu(self.fc1(scale))))
         return x * scale
 
-    def emit_onnx(self, b, x):                              # as forward
+    def emit_onnx(self, b, x):  # as forward
         scale = b.op("GlobalAveragePool", [x])
         scale = b.op("Relu", [b.conv(self.fc1, scale)])
         scale = b.op("HardSigmoid", [b.conv(self.fc2, scale)], alpha=1.0 / 6.0, beta=0.5)
@@ -104,11 +105,11 @@ class InvertedResidual(nn.Module):
         layers.append(ConvBNAct(expanded, cout, 1))
         self.block = nn.Sequential(*layers)
 
-    def forward(self, x):                                   # [N,Cin,H,W] -> [N,Cout,H/s,W/s]
+    def forward(self, x):  # [N,Cin,H,W] -> [N,Cout,H/s,W/s]
         out = self.block(x)
         return out + x if self.use_residual else out
 
-    def emit_onnx(self, b, x):                              # as forward
+    def emit_onnx(self, b, x):  # as forward
         out = b.sequential(self.block, x)
         return b.op("Add", [out, x]) if self.use_residual else out
 
@@ -142,7 +143,7 @@ class MobileNetV3LargeEncoder(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x):                                   # [N,3,H,W] -> (f1, f2, f3, f4)
+    def forward(self, x):  # [N,3,H,W] -> (f1, f2, f3, f4)
         x = (x - self.mean) / self.std
         taps = []
         for index, layer in enumerate(self.features):
@@ -151,7 +152,7 @@ class MobileNetV3LargeEncoder(nn.Module):
                 taps.append(x)
         return taps
 
-    def emit_onnx(self, b, x):                              # as forward; `b`: export's layers.Builder
+    def emit_onnx(self, b, x):  # as forward; `b`: export's layers.Builder
         name = b.module_name(self)
         mean, std = b.tensor(self.mean, f"{name}.mean"), b.tensor(self.std, f"{name}.std")
         x = b.op("Div", [b.op("Sub", [x, mean]), std])

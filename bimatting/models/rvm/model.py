@@ -4,6 +4,7 @@ encoder -> LR-ASPP -> recurrent decoder -> projection heads -> Deep Guided Filte
 This is the reference (and teacher) network of the project; the binarized BiMatting network
 keeps its call convention and state layout.
 """
+
 from torch import nn
 from torch.nn import functional as F
 
@@ -51,19 +52,19 @@ class RVM(nn.Module):
         if not downsample_ratio > 0:
             raise ValueError(f"downsample_ratio must be > 0, got {downsample_ratio}")
         frames = src.shape[1] if src.ndim == 5 else 1
-        src_flat = src.flatten(0, 1) if src.ndim == 5 else src              # [N,3,H,W], N = B*T
+        src_flat = src.flatten(0, 1) if src.ndim == 5 else src  # [N,3,H,W], N = B*T
         refine = downsample_ratio != 1 or self.refine_at_unit_ratio
-        src_sm = self._downsample(src_flat, downsample_ratio)               # [N,3,H',W']
+        src_sm = self._downsample(src_flat, downsample_ratio)  # [N,3,H',W']
 
-        f1, f2, f3, f4 = self.backbone(src_sm)                              # 16/24/40/960 ch
-        f4 = self.aspp(f4)                                                  # [N,128,H'/16,W'/16]
+        f1, f2, f3, f4 = self.backbone(src_sm)  # 16/24/40/960 ch
+        f4 = self.aspp(f4)  # [N,128,H'/16,W'/16]
         hid, r1, r2, r3, r4 = self.decoder(src_sm, f1, f2, f3, f4, r1, r2, r3, r4, frames)  # [N,16,H',W']
 
         if segmentation_pass:
-            seg = self.project_seg(hid)                                     # [N,1,H',W']
+            seg = self.project_seg(hid)  # [N,1,H',W']
             return [self._restore_time(seg, src), r1, r2, r3, r4]
 
-        fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)      # [N,3,H',W'], [N,1,H',W']
+        fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)  # [N,3,H',W'], [N,1,H',W']
         if refine:
             fgr_residual, pha = self.refiner(src_flat, src_sm, fgr_residual, pha, hid)  # -> H x W
         fgr = (fgr_residual + src_flat).clamp(0.0, 1.0)
@@ -79,20 +80,20 @@ class RVM(nn.Module):
         """forward as ONNX nodes, one frame per batch entry (`b`: export's layers.Builder, `io`: its
         graph interface: src, ratio, states in; fgr, pha, states out). Children emit themselves."""
         b.name_modules(self)
-        src_sm = b.resize_by(io.src, io.ratio)                              # [N,3,H',W']
+        src_sm = b.resize_by(io.src, io.ratio)  # [N,3,H',W']
         with b.scope("backbone"):
             f1, f2, f3, f4 = self.backbone.emit_onnx(b, src_sm)
         with b.scope("aspp"):
-            f4 = self.aspp.emit_onnx(b, f4)                                 # [N,128,H'/16,W'/16]
+            f4 = self.aspp.emit_onnx(b, f4)  # [N,128,H'/16,W'/16]
         with b.scope("decoder"):
             hid, states = self.decoder.emit_onnx(b, src_sm, f1, f2, f3, f4, io.states, io.state_outputs)
         with b.scope("project_mat"):
-            coarse = self.project_mat.emit_onnx(b, hid)                     # [N,4,H',W']
+            coarse = self.project_mat.emit_onnx(b, hid)  # [N,4,H',W']
         mode = io.refine_mode(always=self.refine_at_unit_ratio)
         refined = None
         if mode != "never":
             with b.scope("refiner"):
-                refined = self.refiner.emit_onnx(b, io.src, src_sm, coarse, hid)   # [N,4,H,W]
+                refined = self.refiner.emit_onnx(b, io.src, src_sm, coarse, hid)  # [N,4,H,W]
         fgr_residual, pha = b.split(io.select_refined(coarse, refined, mode), [3, 1])
         fgr = b.clip(b.op("Add", [fgr_residual, io.src]), 0.0, 1.0, out="fgr")
         io.declare_outputs(fgr, b.clip(pha, 0.0, 1.0, out="pha"), states)
@@ -102,9 +103,8 @@ class RVM(nn.Module):
         if ratio == 1:
             return x
         # recompute_scale_factor=False: sample with the given ratio, as RVM and its ONNX Resize do.
-        return F.interpolate(x, scale_factor=ratio, mode="bilinear", align_corners=False,
-                             recompute_scale_factor=False)
+        return F.interpolate(x, scale_factor=ratio, mode="bilinear", align_corners=False, recompute_scale_factor=False)
 
     @staticmethod
-    def _restore_time(x, src):                              # [B*T,C,h,w] -> [B,T,C,h,w] for 5-D src
+    def _restore_time(x, src):  # [B*T,C,h,w] -> [B,T,C,h,w] for 5-D src
         return x.unflatten(0, src.shape[:2]) if src.ndim == 5 else x

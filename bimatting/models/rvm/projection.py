@@ -1,4 +1,5 @@
 """1x1 output heads: `project_mat` (fgr residual + alpha) and `project_seg` (person logits)."""
+
 from torch import nn
 
 
@@ -7,8 +8,8 @@ class Projection(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
 
-    def forward(self, x):                                   # [N,Cin,H,W] -> [N,Cout,H,W]
+    def forward(self, x):  # [N,Cin,H,W] -> [N,Cout,H,W]
         return self.conv(x)
 
-    def emit_onnx(self, b, x):                              # as forward
+    def emit_onnx(self, b, x):  # as forward
         return b.conv(self.conv, x)

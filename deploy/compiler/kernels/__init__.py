@@ -1,4 +1,5 @@
 """Compute definitions (TE) of the compiler's own kernels; schedules live in ../schedules."""
+
 from tvm import tirx
 
 

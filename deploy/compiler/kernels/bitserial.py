@@ -27,6 +27,7 @@ graph had (scale, bias, LearnableBias, PReLU, ...) in their order, then the SAB 
 them into one multiply-add would be cheaper but rounds differently from the ONNX graph, and a
 binary network turns any rounding difference at a later sign() into a flipped bit.
 """
+
 from dataclasses import dataclass
 
 from tvm import te, tirx
@@ -131,8 +132,13 @@ def _with_border(words, layout, name):
     def bordered(n, k, y, x_):
         yy, xx = y - layout.top, x_ - layout.left
         inside = tirx.all(yy >= 0, yy < height, xx >= 0, xx < width)
-        value = words[n, k // layout.words, k % layout.words, tirx.max(tirx.min(yy, height - 1), 0),
-                      tirx.max(tirx.min(xx, width - 1), 0)]
+        value = words[
+            n,
+            k // layout.words,
+            k % layout.words,
+            tirx.max(tirx.min(yy, height - 1), 0),
+            tirx.max(tirx.min(xx, width - 1), 0),
+        ]
         return tirx.if_then_else(inside, value, tirx.const(0, layout.word_dtype))
 
     return te.compute(layout.shape(int(words.shape[0])), bordered, name=name)

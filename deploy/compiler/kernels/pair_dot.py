@@ -18,13 +18,14 @@ Zero padding pads both n and a with 0: the word 0. The conv reads half the chann
 conv reads, and one AVX-512 VNNI `vpdpwssd` does 16 output columns' dot2 (schedules/pair_dot.py
 tensorizes the column loop into it); without it, the same compute is plain integer arithmetic.
 """
+
 import numpy as np
 from tvm import te, tirx
 
 from bimatting.binops.geometry import output_size
 from bimatting.deploy.compiler.kernels import int64_shape
 
-INT16_MAX = 2 ** 15 - 1  # n and every weight integer must fit a signed int16
+INT16_MAX = 2**15 - 1  # n and every weight integer must fit a signed int16
 
 
 def lo16(v):
@@ -44,8 +45,10 @@ def dot2(p, q):
 def pair_word(m):
     """float32 m (an integer) -> int32 word `relu(m) | clip(m + 1, 0, 1) << 16`."""
     n = tirx.Cast("int32", tirx.min(tirx.max(m, tirx.const(0.0, "float32")), tirx.const(float(INT16_MAX), "float32")))
-    a = tirx.Cast("int32", tirx.min(tirx.max(m + tirx.const(1.0, "float32"), tirx.const(0.0, "float32")),
-                                    tirx.const(1.0, "float32")))
+    a = tirx.Cast(
+        "int32",
+        tirx.min(tirx.max(m + tirx.const(1.0, "float32"), tirx.const(0.0, "float32")), tirx.const(1.0, "float32")),
+    )
     return n | (a << 16)
 
 
@@ -65,15 +68,17 @@ def pair_conv(m, weight_words, pads):
         xx = tirx.max(tirx.min(x - left, width - 1), 0)
         return tirx.if_then_else(inside, pair_word(m[n, c, yy, xx]), tirx.const(0, "int32"))
 
-    words = te.compute(int64_shape((batch, channels, height + top + bottom, width + left + right)), padded_word,
-                       name="pair_words")
+    words = te.compute(
+        int64_shape((batch, channels, height + top + bottom, width + left + right)), padded_word, name="pair_words"
+    )
     c = te.reduce_axis(int64_shape((0, channels)), "c")
     ky = te.reduce_axis(int64_shape((0, kh)), "ky")
     kx = te.reduce_axis(int64_shape((0, kw)), "kx")
-    return te.compute(int64_shape((batch, outs, out_h, out_w)),
-                      lambda n, o, y, x: te.sum(dot2(words[n, c, y + ky, x + kx], weight_words[o, c, ky, kx]),
-                                                axis=[c, ky, kx]),
-                      name="pair_conv")
+    return te.compute(
+        int64_shape((batch, outs, out_h, out_w)),
+        lambda n, o, y, x: te.sum(dot2(words[n, c, y + ky, x + kx], weight_words[o, c, ky, kx]), axis=[c, ky, kx]),
+        name="pair_conv",
+    )
 
 
 def weight_words(w_n, w_a):

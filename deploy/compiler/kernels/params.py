@@ -9,6 +9,7 @@
 Geometry, bit layout and the correction formula are the contract's (bimatting.binops); this
 module only lays their results out for the kernels.
 """
+
 import numpy as np
 
 from bimatting.binops import layout, reference
@@ -48,7 +49,7 @@ def border_classes(w_packed, geometry):
 def exact_base(corr, geometry, out_padded):
     """K_all + corr as int32 [rows, cols, Op]: D = base - 2 * popcount."""
     base = np.zeros(corr.shape[:2] + (out_padded,), np.int32)
-    base[:, :, :geometry.channels_out] = geometry.taps + corr
+    base[:, :, : geometry.channels_out] = geometry.taps + corr
     return base
 
 

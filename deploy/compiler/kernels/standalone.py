@@ -8,6 +8,7 @@ The functions are exactly the ones a compiled network uses (lowering.py + schedu
 here covers the network's kernels. Several kernels share one module (functions pack<i>,
 conv<i>), so a board needs one upload.
 """
+
 import numpy as np
 import tvm
 
@@ -17,8 +18,9 @@ from bimatting.deploy.compiler.schedules import kernel_config_for, scheduled_ker
 
 
 class BinaryConvKernel:
-    def __init__(self, geometry, w_packed, scale, bias, target, batch=1, extra_steps=(), masked=False,
-                 kernel_config=None):
+    def __init__(
+        self, geometry, w_packed, scale, bias, target, batch=1, extra_steps=(), masked=False, kernel_config=None
+    ):
         self.geometry, self.target, self.batch, self.masked = geometry, target, batch, masked
         self.kernel_config = kernel_config or kernel_config_for(target)
         self.layout = PackLayout.covering([geometry], self.kernel_config.word_dtype)

@@ -7,6 +7,7 @@
 records from a MetaSchedule database first, then the manual bitserial schedules, then the FP
 rules.
 """
+
 import dataclasses
 
 import tvm
@@ -96,8 +97,9 @@ class ScheduleModule:
             if scheduled is not None and KERNEL_ATTR not in func.attrs:
                 scheduled = masked.skip_zero_scaled_tiles(scheduled)
             if scheduled is not None:
-                updates[gvar] = _mark(scheduled.with_attrs(
-                    {k: v for k, v in func.attrs.items() if k not in scheduled.attrs}))
+                updates[gvar] = _mark(
+                    scheduled.with_attrs({k: v for k, v in func.attrs.items() if k not in scheduled.attrs})
+                )
         for gvar, func in updates.items():
             mod[gvar] = func
         return mod

@@ -6,6 +6,7 @@ accumulate), or `udot v.4s` against ones where the core has dotprod (Cortex-A76/
 words widen through an extra `uaddlp v.2d` (TVM_0.27 notes, section 4). 16 channels x 4 columns
 keep 16 accumulator registers of the 32 NEON registers busy.
 """
+
 from dataclasses import dataclass
 
 from bimatting.deploy.compiler.schedules import bitserial

@@ -8,6 +8,7 @@ float64 result back from memory. Here a tile of pixels is the parallel unit: eve
 of the tile is summed from the same K x tile inputs while they are in cache, and its epilogue runs
 right after. Each output still sums over k in order 0..K-1, so the float64 values are the same.
 """
+
 import tvm
 from tvm import s_tir
 
@@ -26,7 +27,7 @@ class ChannelMatmul(s_tir.dlight.base.ScheduleRule):
         reductions = [i for i, info in enumerate(infos or []) if not info.is_injective()]
         if len(reductions) != 1 or infos[reductions[0]].dom_kind() != "SSSR":
             return None
-        producers, block, epilogue = infos[:reductions[0]], infos[reductions[0]].block_rv, infos[reductions[0] + 1:]
+        producers, block, epilogue = infos[: reductions[0]], infos[reductions[0]].block_rv, infos[reductions[0] + 1 :]
         try:
             # what fuse_producers.py merged in (a reshape and a cast to float64) is read in place:
             # K x tile loads per tile, as the inputs it replaces

@@ -8,6 +8,7 @@ rows a group reads are built just before it (padding, a concat's rows), with eve
 apart for a stride-2 conv. The integer pair conv (kernels/pair_dot.py) gets the same schedule, its
 16-column vectors tensorized into `vpdpwssd` (schedules/pair_dot.py) where the target has it.
 """
+
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
@@ -33,7 +34,7 @@ class ConvNCHW(ScheduleRule):
             return None
         index = reductions[0]
         conv = infos[index].block_rv
-        epilogue = infos[index + 1:]
+        epilogue = infos[index + 1 :]
         try:
             for info in epilogue[:-1]:
                 sch.compute_inline(info.block_rv)
@@ -100,8 +101,9 @@ class ConvNCHW(ScheduleRule):
             if _feeds(sch, info.block_rv, conv) and _column_stride(sch, conv, info.block_rv) == 2:
                 # even and odd columns apart: the stride-2 taps become contiguous loads
                 # an odd padded width (a pool's 257 columns) leaves one unused slot, filled with 0
-                sch.transform_layout(info.block_rv, ("write", 0), lambda n, c, y, x: (n, c, y, x % 2, x // 2),
-                                     pad_value=0.0)
+                sch.transform_layout(
+                    info.block_rv, ("write", 0), lambda n, c, y, x: (n, c, y, x % 2, x // 2), pad_value=0.0
+                )
         for info in reversed(producers):  # each one's readers already inside the row loop
             try:
                 sch.compute_at(info.block_rv, row)
@@ -126,7 +128,9 @@ def _row_group(height, kernel_height):
     MIN_ROW_GROUPS iterations; 1 when the kernel reads one row per output row."""
     if height is None or not kernel_height or kernel_height <= 1:
         return 1
-    return next((rows for rows in range(ROW_GROUP, 1, -1) if height % rows == 0 and height // rows >= MIN_ROW_GROUPS), 1)
+    return next(
+        (rows for rows in range(ROW_GROUP, 1, -1) if height % rows == 0 and height // rows >= MIN_ROW_GROUPS), 1
+    )
 
 
 def _column_stride(sch, reader_rv, writer_rv):
@@ -148,8 +152,11 @@ def _column_stride(sch, reader_rv, writer_rv):
 
 def _selects(sch, block_rv):
     value = sch.get(block_rv).body.value
-    return _count(value, (tirx.Select,)) + _count(value, tvm.ir.expr.Call, lambda c: getattr(c.op, "name", "")
-                                                    == "prim.if_then_else") > 0
+    return (
+        _count(value, (tirx.Select,))
+        + _count(value, tvm.ir.expr.Call, lambda c: getattr(c.op, "name", "") == "prim.if_then_else")
+        > 0
+    )
 
 
 def _feeds(sch, block_rv, consumer_rv):

@@ -14,6 +14,7 @@ them, so every PrimFunc left unscheduled by the bitserial pass gets one of these
 The list, in the order tried, is schedules.fp_rules (the package): conv_nchw.py and
 channel_matmul.py use this file's helpers, so this file does not import them.
 """
+
 from dataclasses import dataclass
 
 import tvm
@@ -126,7 +127,7 @@ def _flat_parallel_vector(sch, block, lanes):
 
 def _parallel_vector_axis(sch, block, axis, lanes):
     loops = sch.get_loops(block)
-    outer, vector, inner = loops[:axis], loops[axis], loops[axis + 1:]
+    outer, vector, inner = loops[:axis], loops[axis], loops[axis + 1 :]
     extent = _extent(sch, vector)
     tile = _divisor_tile(extent, lanes, 2) if extent else 1
     if extent and extent % tile == 0 and tile > 1:
@@ -194,8 +195,10 @@ def _stays_a_buffer(sch, block_rv):
 
 def _reads(sch, block_rv):
     store = sch.get(block_rv).body
-    return sum(_count(sch.get(consumer).body, tvm.ir.expr.TensorLoad, lambda n: n.source.same_as(store.buffer))
-               for consumer in sch.get_consumers(block_rv))
+    return sum(
+        _count(sch.get(consumer).body, tvm.ir.expr.TensorLoad, lambda n: n.source.same_as(store.buffer))
+        for consumer in sch.get_consumers(block_rv)
+    )
 
 
 def _padding_for_a_stencil(sch, block_rv):
@@ -274,7 +277,7 @@ def _reduction_parallel_vector(sch, info, lanes):
     block = info.block_rv
     loops = sch.get_loops(block)
     spatial = len(info.dom_kind()) - len(info.dom_kind().lstrip("S"))
-    outer, last, reduce = loops[:spatial - 1], loops[spatial - 1], loops[spatial:]
+    outer, last, reduce = loops[: spatial - 1], loops[spatial - 1], loops[spatial:]
     extent = _extent(sch, last)
     tile = _divisor_tile(extent, lanes, 2) if extent else 1
     if not extent or extent % tile or tile < 2:

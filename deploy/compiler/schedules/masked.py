@@ -29,6 +29,7 @@ active on the held-out footage of people at 512x288, 0.42 at 1920x1080 s = 0.25)
 that can differ is the sign of a zero where g is -0 (+0 + -0 = +0): equal as a number, and no
 later operation tells them apart.
 """
+
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
@@ -38,8 +39,9 @@ MASK_PARAM = "mask"
 
 def _loads_of(expr, name):
     found = []
-    tvm_ffi.structural_walk(expr, [(tvm.ir.expr.TensorLoad,
-                                    lambda n: found.append(n) if n.source.name == name else None)])
+    tvm_ffi.structural_walk(
+        expr, [(tvm.ir.expr.TensorLoad, lambda n: found.append(n) if n.source.name == name else None)]
+    )
     return found
 
 
@@ -93,8 +95,13 @@ def _written_buffers(stmt):
     """Buffers stmt stores to, and those its blocks declare written (a tensorized block stores
     through a match_buffer view of its accumulator, schedules/pair_dot.py)."""
     found = []
-    tvm_ffi.structural_walk(stmt, [(tirx.BufferStore, lambda n: found.append(n.buffer)),
-                                   (s_tir.SBlock, lambda n: found.extend(region.source for region in n.writes))])
+    tvm_ffi.structural_walk(
+        stmt,
+        [
+            (tirx.BufferStore, lambda n: found.append(n.buffer)),
+            (s_tir.SBlock, lambda n: found.extend(region.source for region in n.writes)),
+        ],
+    )
     return found
 
 
@@ -114,14 +121,27 @@ def _zero_scaling_load(work, epilogue):
         if not isinstance(scaled, tirx.Mul) or (rest is not None and reads_acc(rest)):
             continue
         for f, m in ((scaled.a, scaled.b), (scaled.b, scaled.a)):
-            if (isinstance(m, tvm.ir.expr.TensorLoad) and reads_acc(f) and not reads_acc(m)
-                    and _finite_arithmetic(f) and _indexed_like_a_mask(m, store)):
+            if (
+                isinstance(m, tvm.ir.expr.TensorLoad)
+                and reads_acc(f)
+                and not reads_acc(m)
+                and _finite_arithmetic(f)
+                and _indexed_like_a_mask(m, store)
+            ):
                 return m
     return None
 
 
-_FINITE_OPS = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Max, tirx.Min, tvm.ir.expr.TensorLoad, tvm.ir.expr.Constant,
-               tvm.ir.expr.Var)
+_FINITE_OPS = (
+    tirx.Add,
+    tirx.Sub,
+    tirx.Mul,
+    tirx.Max,
+    tirx.Min,
+    tvm.ir.expr.TensorLoad,
+    tvm.ir.expr.Constant,
+    tvm.ir.expr.Var,
+)
 
 
 def _finite_arithmetic(expr):
@@ -135,9 +155,14 @@ def _finite_arithmetic(expr):
 def _indexed_like_a_mask(load, store):
     """load is m[n, 0, y, x] of a [1, 1, H, W] buffer where the store writes out[n, c, y, x]."""
     shape, index, out = load.source.shape, load.indices, store.indices
-    return (len(shape) == 4 and len(out) == 4 and int(shape[1]) == 1
-            and all(index[k].same_as(out[k]) for k in (0, 2, 3)) and hasattr(index[1], "value")
-            and int(index[1].value) == 0)
+    return (
+        len(shape) == 4
+        and len(out) == 4
+        and int(shape[1]) == 1
+        and all(index[k].same_as(out[k]) for k in (0, 2, 3))
+        and hasattr(index[1], "value")
+        and int(index[1].value) == 0
+    )
 
 
 def _guard_tiles(func, find_mask_load):
@@ -158,7 +183,6 @@ def _guard_tiles(func, find_mask_load):
             return mutator.default_mutate(loop)
         changed.append(loop)
         guarded = tirx.SeqStmt([init, tirx.IfThenElse(active, work, None), epilogue])
-        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, guarded, loop.thread_binding,
-                        loop.annotations)
+        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, guarded, loop.thread_binding, loop.annotations)
 
     return tvm_ffi.structural_mutate(func, [(tirx.For, on_for)])

@@ -8,6 +8,7 @@ fp.py's Injective rule would inline them (a block read several times stays a buf
 upsample's width pass, scheduled like the Injective rule's), and the words are scheduled as the
 pack alone is (bitserial.schedule_pack). The same operations on the same elements: the same bits.
 """
+
 from tvm import s_tir
 from tvm.s_tir.dlight.base import ScheduleRule
 

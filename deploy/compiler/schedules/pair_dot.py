@@ -8,6 +8,7 @@ saturates: integer_pairs.py bounds every sum below 2^24). The description below 
 expression as the kernel's, so `tensorize` matches it structurally; the accumulator is the
 conv's register tile (scope "local", schedules/conv_nchw.py).
 """
+
 from tvm import s_tir
 from tvm.script import tirx as T
 from tvm.target import codegen
@@ -18,8 +19,11 @@ FEATURE = "avx512vnni"
 
 
 @T.prim_func(s_tir=True)
-def _description(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((1,), "int32", offset_factor=1),
-                 C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+def _description(
+    A: T.Buffer((16,), "int32", offset_factor=1),
+    B: T.Buffer((1,), "int32", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
     with T.sblock("root"):
         T.reads(C[0:16], A[0:16], B[0:1])
         T.writes(C[0:16])
@@ -30,15 +34,21 @@ def _description(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((1,),
 
 
 @T.prim_func(s_tir=True)
-def _vnni(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((1,), "int32", offset_factor=1),
-          C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+def _vnni(
+    A: T.Buffer((16,), "int32", offset_factor=1),
+    B: T.Buffer((1,), "int32", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
     with T.sblock("root"):
         T.reads(C[0:16], A[0:16], B[0:1])
         T.writes(C[0:16])
         C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            "int32x16", "llvm.x86.avx512.vpdpwssd.512", C.vload([0], "int32x16"),
+            "int32x16",
+            "llvm.x86.avx512.vpdpwssd.512",
+            C.vload([0], "int32x16"),
             T.reinterpret(A.vload([0], "int32x16"), dtype="int16x32"),
-            T.reinterpret(T.broadcast(B[0], 16), dtype="int16x32"))
+            T.reinterpret(T.broadcast(B[0], 16), dtype="int16x32"),
+        )
 
 
 s_tir.TensorIntrin.register(INTRIN, _description, _vnni, override=True)

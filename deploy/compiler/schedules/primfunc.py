@@ -1,4 +1,5 @@
 """Helpers shared by the schedule modules (kept apart so none imports the package)."""
+
 import tvm
 
 

@@ -11,6 +11,7 @@ table lookups of the border correction) -> 166 us; 128->128 at 36x64 382 -> 310 
 (16->16 at 288x512: 0.93 -> 0.47 ms; 32->32 at 72x128: 0.27 -> 0.14 ms), whose time is the
 output transform's.
 """
+
 from dataclasses import dataclass
 
 from bimatting.deploy.compiler.schedules import bitserial
