@@ -204,8 +204,8 @@ def measure(
 
 
 def main(argv=None):
-    from bimatting.errors import BimattingError
     from bimatting.cli.parsing import parse_resolution
+    from bimatting.errors import BimattingError
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help=".onnx, .pth, .npz, 'default' or 'rvm'")

@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from bimatting.weights.checkpoints import load_model
+from bimatting.matting.frames import iter_frames_uint8
 from bimatting.models import build_model
 from bimatting.train import losses, passes, recipe as recipes
-from bimatting.train.features import FeatureTaps, feature_distillation
-from bimatting.matting.frames import iter_frames_uint8
 from bimatting.train.clips import frames_to_float_tensor
+from bimatting.train.features import FeatureTaps, feature_distillation
+from bimatting.weights.checkpoints import load_model
 
 BASE = recipes.Recipe(feature_weight=0.0, heads_from_teacher=False, warmup_steps=10)
 VARIANTS = {

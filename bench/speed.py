@@ -112,8 +112,8 @@ def rvm_int8_path(workdir):
     except ImportError as error:
         raise NotAvailable(f"no onnxruntime quantization: {error}") from None
     from bimatting.matting.frames import to_nchw
-    from bimatting.weights.rvm_onnx import official_onnx_path
     from bimatting.matting.samples import sample_frames
+    from bimatting.weights.rvm_onnx import official_onnx_path
 
     with official_onnx_path() as fp32:
         session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
@@ -312,9 +312,9 @@ def peak_rss_mb(command, env=None):
 
 def part_memory(workdir, frames):
     """{"RVM FP32, onnxruntime script": MB, "bimatting matte --artifact": MB} at 512x288."""
-    from bimatting.matting.samples import sample_frames
-
     import cv2
+
+    from bimatting.matting.samples import sample_frames
 
     clip = os.path.join(workdir, "clip")
     os.makedirs(clip, exist_ok=True)

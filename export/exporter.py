@@ -13,8 +13,8 @@ from pathlib import Path
 
 import onnx
 
-from bimatting.errors import InputError
 from bimatting.binops import schema
+from bimatting.errors import InputError
 from bimatting.export import graph, interface, layers
 
 DEFAULT_OPSET = 18
@@ -84,8 +84,8 @@ def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_
 def load_network(checkpoint, arch):
     """(network, arch) to export: a checkpoint path (arch None: the checkpoint's), or without one
     the packaged default BiMatting (arch rvm: RVM's official weights)."""
-    from bimatting.weights.checkpoints import load_model
     from bimatting.models import ARCHS, model_class
+    from bimatting.weights.checkpoints import load_model
 
     if checkpoint is None:
         arch = arch or "bimatting"

@@ -18,8 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bimatting.binops import functions as binop_functions
-from bimatting.binops import schema
+from bimatting.binops import functions as binop_functions, schema
 
 FLOAT = TensorProto.FLOAT
 

@@ -19,9 +19,9 @@ import numpy as np
 from torch import nn
 
 from bimatting.binops import reference
+from bimatting.export.graph import GraphBuilder, to_array
 from bimatting.models.bimatting.binarize import bn_affine, folded_output
 from bimatting.models.bimatting.fixed_point import chain_at
-from bimatting.export.graph import GraphBuilder, to_array
 
 
 def _conv_attrs(conv):

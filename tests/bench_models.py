@@ -129,9 +129,9 @@ def tie_free_onnx(folder):
         return _built["onnx"]
     import torch
 
-    from bimatting.weights.checkpoints import save_checkpoint
     from bimatting.matting.frames import to_nchw
     from bimatting.matting.samples import sample_frames
+    from bimatting.weights.checkpoints import save_checkpoint
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # the host is shared: more threads run this 50x slower under load

@@ -12,8 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bimatting.binops import functions as op_functions
-from bimatting.binops import layout, schema
+from bimatting.binops import functions as op_functions, layout, schema
 
 TINY_SIZE = (24, 16)  # (W, H) of the frames the tiny model is run on (even: it upsamples by 2)
 

@@ -24,8 +24,7 @@ from click.testing import CliRunner
 
 import bench_models
 from bimatting.cli import cli
-from bimatting.deploy.device import bench as bench_lib
-from bimatting.deploy.device import emulator, report, rpc
+from bimatting.deploy.device import bench as bench_lib, emulator, report, rpc
 from bimatting.errors import InputError, RuntimeFailure
 
 CLI = [sys.executable, "-c", "import sys; from bimatting.cli import main; main(sys.argv[1:])"]

@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bimatting.binops import layout
-from bimatting.binops import reference as numpy_reference
+from bimatting.binops import layout, reference as numpy_reference
 from bimatting.models.bimatting.binarize import BiConv2d, LearnableBias, binary_activation, sign
 from bimatting.models.bimatting.units import binary_conv_unit
 

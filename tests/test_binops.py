@@ -8,8 +8,7 @@ and covers strides, dilations and asymmetric padding; results are integers, comp
 import numpy as np
 import pytest
 
-from bimatting.binops import functions as op_functions
-from bimatting.binops import layout, reference, schema
+from bimatting.binops import functions as op_functions, layout, reference, schema
 from bimatting.binops.geometry import ConvGeometry, output_size
 from bimatting.deploy.compiler.kernels import params
 from bimatting.errors import InputError

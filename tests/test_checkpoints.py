@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import bimatting
-from bimatting.weights.checkpoints import FORMAT, load_checkpoint, save_checkpoint
 from bimatting.errors import InputError
 from bimatting.models import build_model
+from bimatting.weights.checkpoints import FORMAT, load_checkpoint, save_checkpoint
 from bimatting.weights.rvm_onnx import conv_targets
 
 OUTPUTS = ("fgr", "pha", "r1", "r2", "r3", "r4")

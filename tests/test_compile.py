@@ -30,10 +30,7 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from bimatting.binops import functions as op_functions
-from bimatting.binops import layout, schema
-from bimatting.binops import reference as numpy_reference
-from bimatting.weights.checkpoints import load_model, save_checkpoint
+from bimatting.binops import functions as op_functions, layout, reference as numpy_reference, schema
 from bimatting.cli import cli
 from bimatting.deploy import artifact as artifacts
 from bimatting.deploy.compiler.build import compile_model
@@ -42,6 +39,7 @@ from bimatting.errors import InputError
 from bimatting.export import exporter
 from bimatting.matting.frames import read_frames, to_nchw
 from bimatting.models import build_model
+from bimatting.weights.checkpoints import load_model, save_checkpoint
 
 WIDTH, HEIGHT = 40, 24  # small: the test builds several artifacts on a 2-core machine
 

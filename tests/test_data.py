@@ -23,9 +23,12 @@ from bimatting.data import (
     ValidFrameSampler,
     VideoMatteDataset,
     coco_from_root,
+    colour,
+    easing,
+    geometric_transforms,
+    rle,
     youtubevis_from_root,
 )
-from bimatting.data import colour, easing, geometric_transforms, rle
 from bimatting.data.motion import Probabilities
 from bimatting.data.sampler import SPEEDS, frame_indices
 from bimatting.errors import InputError
@@ -417,10 +420,10 @@ def test_pause_repeats_one_frame():
 
 # ---------------------------------------------------------------- the trainer's data hook
 def test_training_root_gives_the_stage_passes(matting_tree, tmp_path):
+    import shutil
+
     from bimatting.train.sources import real_sources
     from bimatting.train.stages import stage_config
-
-    import shutil
 
     root = tmp_path / "root"
     shutil.copytree(matting_tree / "vm", root / "VideoMatte240K_JPEG_SD")

@@ -80,10 +80,10 @@ def test_default_model_agrees_on_three_backends(demo_run):
     (bimatting.export.verify) aligns exactly those near-ties (|x| <= 1e-4) and counts them; a wrong
     graph flips decisions far from zero and fails.
     """
-    from bimatting.weights.checkpoints import load_model
     from bimatting.export.verify import compare
     from bimatting.matting.frames import read_frames
     from bimatting.matting.runner import open_matter
+    from bimatting.weights.checkpoints import load_model
 
     result, workdir, _ = demo_run
     built = [workdir / "sample.mp4", workdir / "bimatting.onnx", workdir / "bimatting-host.tar"]

@@ -26,7 +26,6 @@ from bimatting.deploy.device import emulator
 from bimatting.errors import InputError, RuntimeFailure
 from bimatting.targets import load_target
 
-
 LOOPBACK_HEX = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it (little-endian)
 
 
@@ -136,8 +135,7 @@ def test_popcount_kernel_is_bit_exact_on_rpi4(emulated_board, tmp_path):
 @pytest.mark.emulated
 def test_relax_vm_matmul_relu_on_rpi4(emulated_board, tmp_path):
     from tvm import relax
-    from tvm.script import ir as I
-    from tvm.script import relax as R
+    from tvm.script import ir as I, relax as R
 
     @I.ir_module
     class MatmulRelu:

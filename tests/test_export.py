@@ -14,9 +14,9 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from bimatting.binops import schema
 from bimatting.binops.layout import pack, packed_channels
 from bimatting.cli import cli
-from bimatting.binops import schema
 from bimatting.export import exporter, verify
 from bimatting.matting.frames import iter_frames
 from bimatting.models import build_model

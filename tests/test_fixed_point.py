@@ -10,8 +10,8 @@ from torch.nn import functional as F
 
 from bimatting.models.bimatting import fixed_order
 from bimatting.models.bimatting.binarize import BiConv2d, BinaryActivation, LearnableBias
-from bimatting.models.bimatting.units import BinarySequential
 from bimatting.models.bimatting.fixed_point import EXACT_LIMIT, chain_at, emit_wide_conv1x1, wide_conv1x1
+from bimatting.models.bimatting.units import BinarySequential
 from test_fixed_order import activations, run_onnx
 
 

@@ -25,10 +25,10 @@ import torch
 from click.testing import CliRunner
 
 import bimatting
-from bimatting.weights.checkpoints import save_checkpoint
 from bimatting.cli import cli
 from bimatting.errors import InputError
 from bimatting.models import build_model
+from bimatting.weights.checkpoints import save_checkpoint
 from bimatting.weights.packed import META_KEY, pack_state, save_packed
 from fuzz_inputs import assert_one_line, bit_flips, gradient_frames, truncations, write_video
 

@@ -32,8 +32,8 @@ NO_VNNI_TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylak
 def rewritten_default():
     """The default network's graph after graph_rewrite (the packaged weights or, without them, a
     seeded network of the same structure: the chains' constants come from fixed_point.py either way)."""
-    from bimatting.weights.checkpoints import load_model
     from bimatting.errors import InputError
+    from bimatting.weights.checkpoints import load_model
 
     try:
         network = load_model("default", arch="bimatting")

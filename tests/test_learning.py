@@ -18,7 +18,7 @@ import pytest
 
 from bimatting.matting.samples import sample_frames
 from bimatting.train import recipe as recipes
-from bimatting.train.distill import DistillOptions, Distillation
+from bimatting.train.distill import Distillation, DistillOptions
 
 STEPS = 40
 

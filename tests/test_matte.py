@@ -238,8 +238,8 @@ def tie_free_checkpoint(tmp_path_factory):
     import torch
 
     from bench_models import FRAMES, SIZE, tie_free_bimatting
-    from bimatting.weights.checkpoints import save_checkpoint
     from bimatting.matting.frames import to_nchw
+    from bimatting.weights.checkpoints import save_checkpoint
 
     clip = sample_frames(FRAMES, SIZE)
     network, margin = tie_free_bimatting(torch.from_numpy(np.stack([to_nchw(f)[0] for f in clip])[None]))

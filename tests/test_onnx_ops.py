@@ -14,9 +14,7 @@ import torch
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from bimatting.binops import functions as op_functions
-from bimatting.binops import layout, schema
-from bimatting.binops import reference as numpy_reference
+from bimatting.binops import functions as op_functions, layout, reference as numpy_reference, schema
 
 
 def _op_model(op_type, inputs, out_type, attrs, opset=schema.MIN_OPSET):

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from torch.nn import functional as F
 
 from bimatting.cli import cli
+from bimatting.matting.samples import sample_frames
 from bimatting.models import build_model
 from bimatting.models.bimatting.binarize import BiConv2d
-from bimatting.matting.samples import sample_frames
 from bimatting.train import recipe as recipes
-from bimatting.train.distill import DistillOptions, Distillation
+from bimatting.train.distill import Distillation, DistillOptions
 from bimatting.train.features import FeatureTaps, feature_distillation
 from bimatting.train.sign_health import SignHealth, summarize
 from bimatting.train.trainer import fingerprint

@@ -415,8 +415,8 @@ def test_thousand_recurrent_frames_without_near_ties_do_not_drift(tmp_path):
     import torch
 
     from bench_models import tie_free_bimatting
-    from bimatting.weights.checkpoints import save_checkpoint
     from bimatting.matting.frames import to_nchw
+    from bimatting.weights.checkpoints import save_checkpoint
 
     drift = _drift_module()
     size = (256, 144)

@@ -26,7 +26,6 @@ import torch
 from click.testing import CliRunner
 
 import bench_models
-
 from bimatting.cli import cli
 from bimatting.export import exporter, verify
 from bimatting.matting.frames import read_frames, to_nchw

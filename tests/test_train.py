@@ -17,13 +17,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bimatting.weights.checkpoints import load_checkpoint
 from bimatting.cli import cli
 from bimatting.models import build_model
 from bimatting.train import passes, process_state
-from bimatting.train.sources import CompositeClips, find_eval_clips
 from bimatting.train.sampling import seeded_rngs
+from bimatting.train.sources import CompositeClips, find_eval_clips
 from bimatting.train.trainer import fingerprint
+from bimatting.weights.checkpoints import load_checkpoint
 
 TINY = ["--seq-lr", "2", "--size-lr", "128", "--no-progress", "--seed", "7"]
 

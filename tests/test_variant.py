@@ -14,12 +14,12 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from bench_models import tie_free_bimatting
 from bimatting.deploy.compiler.build import compile_model
 from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
 from bimatting.export import exporter, verify
 from bimatting.matting.frames import to_nchw
 from bimatting.matting.samples import sample_frames
-from bench_models import tie_free_bimatting
 
 HALF_WIDTHS = dict(
     widths=[8] + [16, 32, 16] + [32, 64, 32] * 2 + [64, 128, 64] * 2 + [128] + [512],
@@ -108,8 +108,8 @@ def test_bimatting_with_a_shallower_encoder_exports_compiles_and_verifies(tmp_pa
 
 
 def test_a_shallower_variant_checkpoint_rebuilds_its_structure(tmp_path):
-    from bimatting.weights.checkpoints import load_model, save_checkpoint
     from bimatting.models import build_model
+    from bimatting.weights.checkpoints import load_model, save_checkpoint
 
     network = build_model("bimatting", **SHALLOW).eval()
     assert network.config["encoder_triples"] == [1, 1, 1]
@@ -119,8 +119,8 @@ def test_a_shallower_variant_checkpoint_rebuilds_its_structure(tmp_path):
 
 
 def test_a_variant_checkpoint_rebuilds_its_widths(tmp_path):
-    from bimatting.weights.checkpoints import load_model, save_checkpoint
     from bimatting.models import build_model
+    from bimatting.weights.checkpoints import load_model, save_checkpoint
 
     network = build_model("bimatting", **HALF_WIDTHS).eval()
     assert network.config == {"widths": HALF_WIDTHS["widths"], "aspp_channels": 64, "decoder_channels": [40, 20, 16, 8]}

@@ -53,9 +53,9 @@ def compile_(model, target_name, output, resolution, downsample_ratio, tuning_db
     """
     from tqdm import tqdm
 
+    from bimatting.cli.parsing import parse_resolution
     from bimatting.deploy.compiler.build import compile_model
     from bimatting.deploy.target import check_compiler, resolve
-    from bimatting.cli.parsing import parse_resolution
 
     size = parse_resolution(resolution) if resolution else None
     check_compiler(resolve(target_name))  # fail before a long export

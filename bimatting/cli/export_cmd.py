@@ -70,8 +70,7 @@ def export(
       bimatting export --arch rvm -o rvm.onnx --verify --verify-input clip.mp4
       bimatting export -o b.onnx --verify --exact --verify-input clip.mp4 --json   # where runtimes part
     """
-    from bimatting.export.exporter import export as run_export
-    from bimatting.export.exporter import parse_size
+    from bimatting.export.exporter import export as run_export, parse_size
 
     size = parse_size(static_size) if static_size is not None else None
     report = run_export(

@@ -21,8 +21,8 @@ def evaluate_against(
     previews [(name, uint8 image)]."""
     from tqdm import tqdm
 
-    from bimatting.weights.checkpoints import load_model
     from bimatting.train.footage import parse_heldout
+    from bimatting.weights.checkpoints import load_model
 
     model, teacher = load_model(model_source).eval(), load_model(teacher_source).eval()
     results, previews = [], []

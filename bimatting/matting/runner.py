@@ -264,8 +264,8 @@ def export_in_memory(checkpoint):
 
         with official_onnx_path() as path:
             return onnx.load(str(path))
-    from bimatting.weights.checkpoints import load_model
     from bimatting.models import model_class
+    from bimatting.weights.checkpoints import load_model
 
     model = load_model(checkpoint)
     try:

@@ -22,9 +22,8 @@ import torch
 from torch.nn import functional as F
 
 from bimatting.data import colour
-from bimatting.train.settings import DistillOptions as RUN
-
 from bimatting.data.sampler import frame_indices, window_offsets
+from bimatting.train.settings import DistillOptions as RUN
 
 
 class Item:

@@ -346,8 +346,8 @@ class Distillation:
 
     def _ship(self, figures, averaged=False):
         """Write the packed model (the live weights or their average) with its training record."""
-        from bimatting.weights.packed import save_packed
         from bimatting.train.snapshot import save_snapshot
+        from bimatting.weights.packed import save_packed
 
         provenance = {
             "trainer": "bimatting.train.distill",

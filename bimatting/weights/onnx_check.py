@@ -30,8 +30,7 @@ from pathlib import Path
 import onnx
 from onnx import AttributeProto, TensorProto
 
-from bimatting.binops import functions as binop_functions
-from bimatting.binops import layout, schema
+from bimatting.binops import functions as binop_functions, layout, schema
 from bimatting.errors import InputError
 
 STANDARD_DOMAINS = ("", "ai.onnx")

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bimatting.deploy.device import rpc as rpc_util
 from bimatting.deploy.artifact import sha256_file
+from bimatting.deploy.device import rpc as rpc_util
 from bimatting.errors import InputError, RuntimeFailure
 
 # The compile issue's acceptance tolerance for the board's outputs against onnxruntime (the same

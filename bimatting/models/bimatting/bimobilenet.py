@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fixed_order import average_pool2, emit_average_pool2
 from .binarize import BiConv2d, BinaryActivation, LearnableBias, binary_conv_bn, bn_affine, emit_rprelu, rprelu
+from .fixed_order import average_pool2, emit_average_pool2
 
 TRIPLES = (1, 2, 2)  # dense triples in the 1/4, 1/8 and 1/16 stages
 STAGE_TRIPLE_WIDTHS = ([32, 64, 32], [64, 128, 64], [128, 256, 128])

@@ -15,8 +15,8 @@ Source: Wu et al., "Fast End-to-End Trainable Guided Filter" (CVPR 2018); RVM / 
 from torch import nn
 
 from ..rvm.guided_filter import deep_guided_filter, emit_deep_guided_filter
-from .units import BinarySequential, binary_conv_unit
 from .fixed_order import channel_mean3, depthwise3x3, emit_channel_mean3, emit_depthwise3x3
+from .units import BinarySequential, binary_conv_unit
 
 
 class BiDeepGuidedFilterRefiner(nn.Module):

@@ -21,8 +21,8 @@ import numpy as np
 from torch import nn
 from torch.nn import functional as F
 
-from .binarize import BiConv2d, BinaryActivation, LearnableBias
 from .bimobilenet import INPUT_GRID, STAGE_WIDTHS, TRIPLES, BiMobileNet, snap_to_grid, stage_widths
+from .binarize import BiConv2d, BinaryActivation, LearnableBias
 from .decoder import Projection, SABDecoder
 from .fixed_order import emit_resize_by, resize_by
 from .guided_filter import BiDeepGuidedFilterRefiner
