@@ -7,6 +7,7 @@ previous file (if any) stays intact. Every output of the toolchain goes through 
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -71,14 +72,10 @@ def atomic_dir(path):
             old = path.with_name(f".{path.name}.old")
             os.replace(path, old)
             os.replace(tmp, path)
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException as error:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         failure = _write_failure(path, error)
         if failure is not None:

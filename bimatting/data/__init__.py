@@ -39,6 +39,8 @@ Evaluation sets (numpy + OpenCV):
         composites with known alpha in RVM's layout <out>/videomatte_{motion,static}/<clip>/...
 """
 
+import importlib
+
 _EXPORTS = {
     "Backgrounds": "bimatting.data.backgrounds",
     "VideoMatteDataset": "bimatting.data.videomatte",
@@ -60,7 +62,5 @@ __all__ = list(_EXPORTS)
 def __getattr__(name):
     # Lazy: `bimatting data synth` and the evaluation tools must not pay for importing torch.
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'bimatting.data' has no attribute {name!r}")

@@ -48,7 +48,7 @@ class CocoPanopticDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index):
-        import cv2
+        import cv2  # noqa: PLC0415 - OpenCV loads on first use
 
         item = self.items[index]
         img = read_rgb(self.image_dir / item["file_name"].replace(".png", ".jpg"), self.size)  # [3,H,W]

@@ -43,7 +43,7 @@ def subfolders(folder, expected):
 
 def downsample_if_needed(image, size, nearest=False):
     """Shrink [H,W(,C)] so its short side is `size` when it is longer (RVM's loaders do this first)."""
-    import cv2
+    import cv2  # noqa: PLC0415 - OpenCV loads on first use
 
     if size is None:
         return image
@@ -57,7 +57,7 @@ def downsample_if_needed(image, size, nearest=False):
 
 
 def _read(path, flags):
-    import cv2
+    import cv2  # noqa: PLC0415 - OpenCV loads on first use
 
     image = cv2.imread(str(path), flags)
     if image is None:
@@ -67,7 +67,7 @@ def _read(path, flags):
 
 def read_rgb(path, size=None):
     """[3,H,W] float32 RGB in [0, 1], short side capped at `size`."""
-    import cv2
+    import cv2  # noqa: PLC0415 - OpenCV loads on first use
 
     image = _read(path, cv2.IMREAD_COLOR)
     image = downsample_if_needed(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size)
@@ -76,7 +76,7 @@ def read_rgb(path, size=None):
 
 def read_mask(path, size=None, nearest=False):
     """[1,H,W] float32 in [0, 1] from a grayscale (or colour, converted) image."""
-    import cv2
+    import cv2  # noqa: PLC0415 - OpenCV loads on first use
 
     image = downsample_if_needed(_read(path, cv2.IMREAD_GRAYSCALE), size, nearest)
     return torch.from_numpy(np.ascontiguousarray(image))[None].float() / 255

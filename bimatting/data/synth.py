@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from bimatting.atomic import atomic_dir
 from bimatting.data.easing import EASINGS, lerp
@@ -23,7 +24,7 @@ from bimatting.data.procedural import soft_shapes_clip, texture
 from bimatting.data.teacher_labels import Teacher, cover_resize, read_footage
 from bimatting.errors import InputError
 from bimatting.eval.tree import check_output_folder
-from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames, list_images
+from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames, list_images, read_image
 
 SUBSETS = ("videomatte_motion", "videomatte_static")
 MARGIN = 1.25  # backgrounds are made this much larger so a drifting view never leaves them
@@ -46,8 +47,6 @@ def background_stills(paths):
 
 
 def _load_still(item):
-    from bimatting.matting.frames import read_image
-
     return read_image(item) if isinstance(item, Path) else item
 
 
@@ -122,8 +121,6 @@ def synthesize(
     progress=True,
 ):
     """Write the set to `out` atomically; returns {subset: [clip names]}. See the module docstring."""
-    from tqdm import tqdm
-
     width, height = size
     if clips < 1 or frames < 1 or width < 16 or height < 16:
         raise InputError(

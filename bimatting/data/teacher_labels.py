@@ -9,6 +9,7 @@ errors on the original footage were.
 
 import numpy as np
 
+import bimatting
 from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError
 from bimatting.matting.frames import iter_frames
@@ -46,8 +47,6 @@ class Teacher:
     @property
     def model(self):
         if self._model is None:
-            import bimatting
-
             self._model = bimatting.load_model(self.source).to(self.device).eval()
         return self._model
 

@@ -8,10 +8,14 @@ carried (bimatting.eval.agreement), and the figures are reported per clip and ov
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from bimatting.atomic import write_bytes
 from bimatting.eval.agreement import compare, run_recurrent, totals
 from bimatting.matting.frames import iter_frames_uint8
 from bimatting.train.clips import frames_to_uint8_tensor
+from bimatting.train.footage import parse_heldout
+from bimatting.weights.checkpoints import load_model
 
 
 def evaluate_against(
@@ -19,11 +23,6 @@ def evaluate_against(
 ):
     """{'clips': [...], 'pha_mad_mean', 'pha_mad_worst', 'iou_mean', 'iou_worst', 'fgr_mad_mean'} and
     previews [(name, uint8 image)]."""
-    from tqdm import tqdm
-
-    from bimatting.train.footage import parse_heldout
-    from bimatting.weights.checkpoints import load_model
-
     model, teacher = load_model(model_source).eval(), load_model(teacher_source).eval()
     results, previews = [], []
     for spec in tqdm(footage, desc="clips", unit="clip", disable=not progress):
@@ -53,9 +52,7 @@ def preview(frame, teacher_pha, model_pha):
 
 def write_previews(path, previews):
     """Stack the previews (resized to one width) into one PNG, written atomically."""
-    import cv2
-
-    from bimatting.atomic import write_bytes
+    import cv2  # noqa: PLC0415 - OpenCV loads on first use
 
     width = max(image.shape[1] for _, image in previews)
     rows = []

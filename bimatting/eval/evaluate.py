@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from bimatting.atomic import atomic_path
 from bimatting.errors import InputError
@@ -132,7 +133,6 @@ def evaluate(pred_root, true_root, hr=False, workers=1, progress=True):
     """
     pairs = match_trees(pred_root, true_root)
     total = sum(len(names) for _, names, _ in pairs)
-    from tqdm import tqdm
 
     with tqdm(total=total, desc="evaluate", unit="frame", disable=not progress) as bar:
 

@@ -13,6 +13,7 @@ Reproduces the official test protocol (BiMatting `test.sh` -> RVM `inference.py`
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError
@@ -70,8 +71,6 @@ def predict_clip(model, frames, out_dir, suffix, *, device="cpu", on_frame=None)
 def predict_set(model, data_root, out_root, device="cpu", progress=True):
     """Predictions for every <subset>/<clip>/com/ of `data_root`, written under `out_root`
     in the same layout. Returns the number of frames."""
-    from tqdm import tqdm
-
     clips = find_clips(data_root, "com", "data set")
     work = [
         (clip, [clip.folder(data_root, "com") / n for n in frame_names(clip.folder(data_root, "com"))])

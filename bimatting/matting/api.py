@@ -12,6 +12,7 @@
 from pathlib import Path
 
 from bimatting.errors import InputError
+from bimatting.matting.runner import matte as run
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".npz")
 KEYWORDS = ("default", "rvm")
@@ -68,8 +69,6 @@ def matte(
     complete. Ctrl-C keeps the frames done (bimatting.matting.resume.MatteInterrupted) and
     `resume=True` continues them.
     """
-    from bimatting.matting.runner import matte as run
-
     checkpoint, artifact = model_source(model, backend)
     return run(
         source,

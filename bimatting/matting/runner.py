@@ -16,16 +16,21 @@ runtime mattes without it. Frames are RGB float32 [H, W, 3] in [0, 1] (bimatting
 """
 
 import contextlib
+import importlib.util
 import inspect
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError, RuntimeFailure
+from bimatting.matting import resume as matte_resume
 from bimatting.matting.frames import to_nchw
+from bimatting.matting.resume import deferred_interrupt
 from bimatting.matting.video_io import FrameSource, open_sinks, parse_background
+from bimatting.models import model_class
 from bimatting.recurrent import recurrent_step
 
 BACKENDS = ("torch", "onnxruntime", "tvm")
@@ -136,7 +141,7 @@ class OnnxMatter(Matter):
         # TVM artifact optimized, 7e-10 unoptimized; the speed differs by ~5%).
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if not hasattr(model, "SerializeToString"):  # a file: untrusted until checked
-            from bimatting.weights.onnx_check import load_checked
+            from bimatting.weights.onnx_check import load_checked  # noqa: PLC0415 - onnx loads only to check a file
 
             model = load_checked(model)
         source = model.SerializeToString()
@@ -250,7 +255,7 @@ def open_matter(checkpoint=None, artifact=None, backend=None, downsample_ratio="
         return OnnxMatter(export_in_memory(checkpoint), downsample_ratio, name=checkpoint, threads=threads)
     if backend == "tvm":
         raise InputError("the tvm backend runs compiled artifacts; pass --artifact (from `bimatting compile`)")
-    from bimatting.weights.checkpoints import load_model
+    from bimatting.weights.checkpoints import load_model  # noqa: PLC0415 - torch loads for the torch backend only
 
     return TorchMatter(load_model(checkpoint), downsample_ratio, name=checkpoint)
 
@@ -260,16 +265,15 @@ def export_in_memory(checkpoint):
     if checkpoint == "rvm":
         import onnx
 
-        from bimatting.weights.rvm_onnx import official_onnx_path
+        from bimatting.weights.rvm_onnx import official_onnx_path  # noqa: PLC0415 - torch loads only for RVM's file
 
         with official_onnx_path() as path:
             return onnx.load(str(path))
-    from bimatting.models import model_class
-    from bimatting.weights.checkpoints import load_model
+    from bimatting.weights.checkpoints import load_model  # noqa: PLC0415 - torch loads for a checkpoint only
 
     model = load_model(checkpoint)
     try:
-        from bimatting.export.exporter import build_onnx
+        from bimatting.export.exporter import build_onnx  # noqa: PLC0415 - torch; an optional part (ImportError below)
     except ImportError:
         raise InputError(
             "this install has no ONNX exporter (bimatting.export.exporter); "
@@ -280,8 +284,6 @@ def export_in_memory(checkpoint):
 
 
 def _tvm_matter(path, downsample_ratio):
-    import importlib.util
-
     if importlib.util.find_spec("bimatting.deploy.device.runtime") is None:
         raise InputError(
             "this install has no TVM runtime (bimatting.deploy.device.runtime); use --backend onnxruntime or torch"
@@ -299,7 +301,8 @@ class TvmMatter(Matter):
     backend = "tvm"
 
     def __init__(self, path, downsample_ratio="auto", session=None):
-        from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
+        # the TVM runtime is an optional part of an install (see _tvm_matter)
+        from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner  # noqa: PLC0415
 
         super().__init__(downsample_ratio, path)
         self.compiled = CompiledModel(path, session=session)
@@ -365,8 +368,6 @@ def matte(
     partial output and the recurrent state; `resume` continues from them (bimatting.matting.resume).
     Returns a summary dict.
     """
-    from bimatting.matting import resume as matte_resume
-
     if output_type not in OUTPUT_TYPES:
         raise InputError(f"unknown output type '{output_type}'; expected one of: {', '.join(OUTPUT_TYPES)}")
     if backend is not None and backend not in BACKENDS:
@@ -428,10 +429,6 @@ def matte(
 def _loop(reader, matter, sinks, background, progress, frames=None, done=0, on_stop=None):
     """Matte `frames` (default: all of `reader`) after `done` restored ones. With `on_stop`, the
     first Ctrl-C lets the frame in hand finish, then on_stop(count) keeps the work (and raises)."""
-    from tqdm import tqdm
-
-    from bimatting.matting.resume import deferred_interrupt
-
     count, began = done, time.perf_counter()
     bar = tqdm(total=reader.total, initial=done, unit="frame", desc="matte", disable=not progress, dynamic_ncols=True)
     with bar, contextlib.ExitStack() as stack:

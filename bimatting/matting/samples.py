@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bimatting.atomic import atomic_path
 from bimatting.errors import InputError
 
 DEFAULT_SIZE = (512, 288)  # (width, height), RVM's low-resolution evaluation size
@@ -18,7 +19,7 @@ DEFAULT_FRAMES = 24
 
 def _portrait():
     try:
-        from skimage import data
+        from skimage import data  # noqa: PLC0415 - scikit-image loads only to draw the clip
     except ImportError as error:  # pragma: no cover - scikit-image is a dependency
         raise InputError("sample footage needs scikit-image; install it with 'pip install scikit-image'") from error
     return data.astronaut()  # [512, 512, 3] uint8 RGB
@@ -59,8 +60,6 @@ def sample_frames(frames=DEFAULT_FRAMES, size=DEFAULT_SIZE):
 def write_sample_video(path, frames=DEFAULT_FRAMES, size=DEFAULT_SIZE, fps=24):
     """Write the sample clip as a video file (codec from the extension) and return its path."""
     import cv2
-
-    from bimatting.atomic import atomic_path
 
     path = Path(path)
     fourcc = {".avi": "MJPG", ".mkv": "MJPG"}.get(path.suffix.lower(), "mp4v")

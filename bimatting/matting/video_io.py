@@ -10,6 +10,7 @@ is done (bimatting.atomic), so a failure leaves no partial output. Torch-free.
 import contextlib
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,8 +143,6 @@ class FrameSource:
 @contextlib.contextmanager
 def _quiet_stderr():
     """Silence file descriptor 2 (C libraries write there directly) for the duration of the block."""
-    import sys
-
     sys.stderr.flush()
     saved = os.dup(2)
     try:

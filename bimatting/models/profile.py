@@ -23,6 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from bimatting.errors import InputError
+from bimatting.matting.frames import read_frames
+from bimatting.models import ARCHS, build_model, model_class
 
 BINARY_OPS_PER_MAC = 1.0 / 64.0
 FP_BITS = 32
@@ -97,7 +99,7 @@ def _evaluating(model):
 
 
 def _mask_modules(model):
-    from bimatting.models.bimatting.decoder import IncoherentMask
+    from bimatting.models.bimatting.decoder import IncoherentMask  # noqa: PLC0415 - torch loads on use
 
     return [m for m in model.modules() if isinstance(m, IncoherentMask)]
 
@@ -185,12 +187,10 @@ def measurement_clip(resolution, frames=AUTO_FRAMES, source=None):
     """(clip [T, H, W, 3] float32, description) to measure the mask on: `source` (video or image
     folder) if given, else the packaged sample clip, else a synthetic moving blob."""
     if source is not None:
-        from bimatting.matting.frames import read_frames
-
         clip = read_frames(source, size=resolution, limit=frames)
         return np.stack(clip), f"{len(clip)} frames of '{source}'"
     try:
-        from bimatting.matting.samples import sample_frames
+        from bimatting.matting.samples import sample_frames  # noqa: PLC0415 - optional: else a synthetic clip
     except ImportError:
         return synthetic_clip(resolution, frames), f"synthetic moving blob ({frames} frames)"
     return np.stack(sample_frames(frames, resolution)), f"packaged sample clip ({frames} frames)"
@@ -259,8 +259,6 @@ def profile_model(
 
 
 def _arch_of(model):
-    from bimatting.models import ARCHS, model_class
-
     for arch in ARCHS:
         try:
             if isinstance(model, model_class(arch)):
@@ -273,7 +271,7 @@ def _arch_of(model):
 def _checkpoint_loader():
     """bimatting.load_model, or None where this install has no checkpoint support."""
     try:
-        from bimatting.weights.checkpoints import load_model
+        from bimatting.weights.checkpoints import load_model  # noqa: PLC0415 - torch loads on use
     except ModuleNotFoundError as error:
         if error.name != "bimatting.weights.checkpoints":
             raise
@@ -286,8 +284,6 @@ def load_for_profile(checkpoint=None, arch=None):
 
     checkpoint None: the packaged default model for BiMatting (an untrained network when none is
     packaged: architecture counts do not need weights), an untrained network for RVM."""
-    from bimatting.models import build_model, model_class
-
     if arch is not None:
         model_class(arch)  # InputError for an unknown name
     load_model = _checkpoint_loader()
@@ -317,8 +313,6 @@ def load_for_profile(checkpoint=None, arch=None):
 
 def rvm_reference():
     """An RVM network to compare against, or None where this install has none."""
-    from bimatting.models import build_model
-
     try:
         return build_model("rvm")
     except ModuleNotFoundError as error:

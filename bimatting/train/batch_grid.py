@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bimatting.atomic import atomic_path
+
 GREY = 0.5
 LABEL_SCALE = 0.4
 
@@ -38,8 +40,6 @@ def batch_rows(batch):
 def write_batch_grid(batch, path):
     """Write the grid PNG of `batch` to `path` (atomically); returns the foreground share per crop."""
     import cv2
-
-    from bimatting.atomic import atomic_path
 
     rows, shares, lines = batch_rows(batch), [], []
     for (src, pha, fgr), share, b, t in rows:

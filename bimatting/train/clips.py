@@ -20,7 +20,7 @@ def square_crop_box(height, width, size, zoom=(1.0, 1.25)):
 
 def crop_resize(frame, size, box, flip):
     """Apply a square_crop_box (and an optional horizontal flip): [H,W,C] -> [size,size,C]."""
-    import cv2
+    import cv2  # noqa: PLC0415 - OpenCV loads on first use
 
     scale, top, left = box
     height, width = frame.shape[:2]
@@ -38,7 +38,7 @@ def drift_clip(image, length, size, max_shift=0.08, max_zoom=0.08):
 
     [H,W,C] uint8 -> list of [size,size,C]; the motion is linear in t between two random views.
     """
-    import cv2
+    import cv2  # noqa: PLC0415 - OpenCV loads on first use
 
     height, width = image.shape[:2]
     base = size / min(height, width)

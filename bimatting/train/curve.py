@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from bimatting.atomic import write_bytes
+
 WIDTH, PANEL, MARGIN = 900, 260, 60
 INK, GRID, BLUE, RED, GREEN = (30, 30, 30), (225, 225, 225), (200, 90, 20), (40, 40, 210), (40, 150, 40)
 
@@ -52,8 +54,6 @@ def _panel(image, top, xs, series, x_max, title):
 def write_curve(path, history):
     """history: [{'step', 'loss', 'heldout_pha_mad', 'heldout_iou'}] -> PNG at `path` (atomic)."""
     import cv2
-
-    from bimatting.atomic import write_bytes
 
     x_max = max([row["step"] for row in history] or [1])
     loss = [(r["step"], math.log10(r["loss"])) for r in history if r.get("loss")]

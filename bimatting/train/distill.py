@@ -33,14 +33,26 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
+from bimatting.data.procedural import soft_shapes_clip
 from bimatting.errors import InputError
+from bimatting.eval.agreement import agreement, totals
+from bimatting.models import build_model
 from bimatting.train import losses, passes, recipe as recipes
 from bimatting.train.bank import Bank
+from bimatting.train.batch_grid import write_batch_grid
+from bimatting.train.curve import write_curve
 from bimatting.train.features import EncoderAdapters, FeatureTaps, feature_distillation
+from bimatting.train.footage import load_heldout, load_training_items
 from bimatting.train.settings import DistillOptions, with_new_defaults
 from bimatting.train.sign_health import SignHealth, summarize
+from bimatting.train.snapshot import is_snapshot, read_snapshot, save_snapshot
+from bimatting.train.teacher import Teacher
+from bimatting.weights.checkpoints import load_checkpoint, load_model, save_checkpoint
+from bimatting.weights.packed import save_packed
 
 RESUME = "resume.pth"
 PACKED = "bimatting_default.npz"
@@ -62,9 +74,6 @@ LOG_COLUMNS = (
 
 class Distillation:
     def __init__(self, options):
-        from bimatting.train.footage import load_heldout, load_training_items
-        from bimatting.train.teacher import Teacher
-
         self.options, self.out = options, Path(options.out)
         if options.threads:
             torch.set_num_threads(options.threads)
@@ -141,10 +150,6 @@ class Distillation:
             self._branch(Path(options.branch_from))
 
     def _procedural(self):
-        import numpy as np
-
-        from bimatting.data.procedural import soft_shapes_clip
-
         w, h = self.options.sizes[0]
         made = []
         for index in range(self.options.procedural):
@@ -159,8 +164,6 @@ class Distillation:
 
     # -- state ------------------------------------------------------------------------------
     def _save(self):
-        from bimatting.weights.checkpoints import save_checkpoint
-
         extra = {
             "distill": True,
             "step": self.step,
@@ -177,8 +180,6 @@ class Distillation:
         save_checkpoint(self.out / RESUME, self.model, "bimatting", extra=extra)
 
     def _load(self, path=None):
-        from bimatting.weights.checkpoints import load_checkpoint
-
         checkpoint = load_checkpoint(path or self.out / RESUME)
         extra = checkpoint["extra"]
         saved, now = with_new_defaults(extra.get("identity", {})), self.options.identity()
@@ -291,8 +292,6 @@ class Distillation:
 
     def evaluate(self, averaged=False):
         """Held-out agreement of the live weights, or of their average (`averaged`)."""
-        from bimatting.eval.agreement import agreement, totals
-
         clips, teacher = self.heldout
         with self._deployed(averaged) as model:
             return totals(agreement(model, teacher, clips))
@@ -305,8 +304,6 @@ class Distillation:
     def dump_batches(self, folder, count=4):
         """PNG grids of the next `count` batches in `folder` (the run's state is not saved, so
         training later draws the same batches). Returns [{'path', 'step', 'foreground_share'}]."""
-        from bimatting.train.batch_grid import write_batch_grid
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written, step = [], self.step
@@ -346,9 +343,6 @@ class Distillation:
 
     def _ship(self, figures, averaged=False):
         """Write the packed model (the live weights or their average) with its training record."""
-        from bimatting.train.snapshot import save_snapshot
-        from bimatting.weights.packed import save_packed
-
         provenance = {
             "trainer": "bimatting.train.distill",
             "teacher": self.options.teacher,
@@ -368,8 +362,6 @@ class Distillation:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self):
-        from bimatting.train.curve import write_curve
-
         o = self.options
         stop = min(o.stop_at or o.recipe.total_steps, o.recipe.total_steps)
         bar = _bar(self.step, stop, o.progress)
@@ -441,16 +433,11 @@ class Distillation:
 def _initial_model(init):
     """A fresh BiMatting, or one holding the weights of `init`: a checkpoint, a packed model or a
     compact snapshot of an earlier run (bimatting.train.snapshot)."""
-    from bimatting.models import build_model
-    from bimatting.train.snapshot import is_snapshot, read_snapshot
-
     if init and is_snapshot(init):
         model = build_model("bimatting")
         model.load_state_dict(read_snapshot(init)[0])
         return model
     if init:
-        from bimatting.weights.checkpoints import load_model
-
         return load_model(init, "bimatting")
     return build_model("bimatting")
 
@@ -474,8 +461,6 @@ def relative_mad(figures):
 
 
 def _bar(initial, total, enabled):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
 
 

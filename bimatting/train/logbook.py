@@ -46,7 +46,7 @@ class Logbook:
         self.writer.writerows(kept)
         if progress:
             try:
-                from tqdm import tqdm
+                from tqdm import tqdm  # noqa: PLC0415 - optional on bare training machines
 
                 self.bar = tqdm(
                     total=total_steps,

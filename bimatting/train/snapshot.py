@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from bimatting.errors import InputError
+from bimatting.train.recipe import latent_parameters
 from bimatting.weights.packed import write_npz
 
 FORMAT = "bimatting-distill-snapshot"
@@ -30,8 +31,6 @@ SCALE = ".__scale__"
 
 
 def _latent_names(model):
-    from bimatting.train.recipe import latent_parameters
-
     latent = {id(p) for p in latent_parameters(model)}
     return {name for name, p in model.named_parameters() if id(p) in latent}
 

@@ -84,7 +84,7 @@ class CompositeClips(Dataset):
         return len(self.windows)
 
     def _read(self, clip, layer, name):
-        import cv2
+        import cv2  # noqa: PLC0415 - OpenCV loads on first use
 
         key = (clip, layer, name)
         if self._cache is not None and key in self._cache:
@@ -157,7 +157,7 @@ def find_footage(paths, depth=2):
 
 def resize_short_side(image, short_side):
     """uint8 [H,W,3] with the short side resized to `short_side` (area filter when shrinking)."""
-    import cv2
+    import cv2  # noqa: PLC0415 - OpenCV loads on first use
 
     height, width = image.shape[:2]
     scale = short_side / min(height, width)
@@ -250,7 +250,7 @@ def build_sources(options, config):
 def real_sources(root, config):
     """RVM's training sets under `root` (layout and readers: bimatting.data)."""
     try:
-        from bimatting.data import training
+        from bimatting.data import training  # noqa: PLC0415 - an optional part (InputError without it)
     except ImportError:
         training = None
     if training is None:

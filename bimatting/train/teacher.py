@@ -7,12 +7,12 @@ from zero recurrent state over the T frames of the batch (the same frames the st
 import torch
 
 from bimatting.errors import InputError
+from bimatting.train.features import FeatureTaps
+from bimatting.weights.checkpoints import load_model
 
 
 class Teacher:
     def __init__(self, source="rvm", device="cpu"):
-        from bimatting.weights.checkpoints import load_model
-
         self.source = str(source)
         self.model = load_model(source).to(device).eval()
         outputs = getattr(self.model, "forward", None)
@@ -30,8 +30,6 @@ class Teacher:
     @torch.no_grad()
     def features(self, src, downsample_ratio=1.0, direct=True, attention=False):
         """The teacher's intermediate features on src (bimatting.train.features taps)."""
-        from bimatting.train.features import FeatureTaps
-
         with FeatureTaps(self.model, direct, attention) as taps:
             self.model(src, downsample_ratio=downsample_ratio)
         return taps.features

@@ -22,11 +22,16 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from bimatting.errors import InputError, RuntimeFailure
+from bimatting.models import build_model
 from bimatting.train import passes, process_state, recipe as recipes, sampling, sources, stages
 from bimatting.train.features import FeatureTaps, feature_distillation
 from bimatting.train.logbook import Logbook, write_summary
+from bimatting.train.sign_health import SignHealth, summarize
+from bimatting.train.teacher import Teacher
+from bimatting.weights.checkpoints import load_checkpoint, load_model, save_checkpoint
 
 
 @dataclasses.dataclass
@@ -122,8 +127,6 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------
     def _build_model(self):
-        from bimatting.models import build_model
-
         options, rt = self.options, self.rt
         if options.device == "cuda":
             torch.backends.cudnn.benchmark = not options.deterministic
@@ -150,8 +153,6 @@ class Trainer:
             self.scaler.load_state_dict(self.extra["scaler"])
         self.net = self.model
         if options.arch == "bimatting":
-            from bimatting.train.sign_health import SignHealth
-
             self.health = SignHealth(self.model)
         if rt.distributed:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -159,8 +160,6 @@ class Trainer:
             )
         self.teacher = None
         if options.teacher:
-            from bimatting.train.teacher import Teacher
-
             self.teacher = Teacher(options.teacher, rt.device)
 
     def _planned_steps(self):
@@ -182,8 +181,6 @@ class Trainer:
 
     def _load_resume(self, source):
         """Full resume from a checkpoint of this stage; otherwise take its weights only."""
-        from bimatting.weights.checkpoints import load_checkpoint, load_model
-
         try:
             checkpoint = load_checkpoint(source)
         except InputError:
@@ -230,8 +227,6 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------
     def _loader(self, dataset, sampler, batch=None):
-        from torch.utils.data import DataLoader
-
         return DataLoader(
             sampling.SeededDataset(dataset),
             batch_size=batch or self.options.batch_size,
@@ -321,8 +316,6 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, path, epoch):
-        from bimatting.weights.checkpoints import save_checkpoint
-
         rngs = self.rt.all_gather(process_state.rng_state())
         if not self.rt.main:
             return
@@ -390,8 +383,6 @@ class Trainer:
         return self._finish(seconds, total)
 
     def _sign_health(self, batch):
-        from bimatting.train.sign_health import summarize
-
         src = passes.composite({k: v.to(self.rt.device) for k, v in batch.items()})["src"]
         report = self.health.measure(lambda: self.model(src))
         return summarize(report, self.health.latent_flips(self.step))

@@ -31,6 +31,7 @@ from bimatting.errors import InputError
 from bimatting.models import ARCHS, build_model, model_class
 from bimatting.weights.network_state import build_network, first_items, load_state
 from bimatting.weights.packed import load_packed
+from bimatting.weights.rvm_onnx import load_official_rvm, load_rvm_onnx
 
 FORMAT = "bimatting-checkpoint"
 FORMAT_VERSION = 1
@@ -55,8 +56,6 @@ def load_model(source, arch=None):
         what = "is a folder" if path.is_dir() else "does not exist"
         raise InputError(f"checkpoint '{path}' {what}; expected a .pth/.pt/.npz/.onnx file, 'rvm' or 'default'")
     if path.suffix.lower() == ".onnx":
-        from bimatting.weights.rvm_onnx import load_rvm_onnx
-
         _check_arch("rvm", arch, f"'{path}' (an ONNX file, read as RVM's official export)")
         return load_rvm_onnx(path)
     if path.suffix.lower() == ".npz":
@@ -238,8 +237,6 @@ def _validated_checkpoint(data, path):
 
 
 def _load_official_rvm():
-    from bimatting.weights.rvm_onnx import load_official_rvm
-
     return load_official_rvm()
 
 

@@ -28,7 +28,9 @@ import math
 from pathlib import Path
 
 import onnx
+from google.protobuf.descriptor import FieldDescriptor
 from onnx import AttributeProto, TensorProto
+from onnx.external_data_helper import load_external_data_for_model
 
 from bimatting.binops import functions as binop_functions, layout, schema
 from bimatting.errors import InputError
@@ -121,8 +123,6 @@ def check_model(model, name="model"):
 def _check_text_fields(message, name):
     """Every string field of the protobuf holds UTF-8 text (python-protobuf hands back `bytes`
     for a corrupt one, which no later check expects)."""
-    from google.protobuf.descriptor import FieldDescriptor
-
     pending = [message]
     while pending:
         current = pending.pop()
@@ -141,8 +141,6 @@ def _check_text_fields(message, name):
 
 
 def _load_external_data(model, path):
-    from onnx.external_data_helper import load_external_data_for_model
-
     folder = path.resolve().parent
     external = False
     for graph, where in _graphs(model):

