@@ -13,9 +13,12 @@ from pathlib import Path
 
 import onnx
 
+from bimatting.atomic import atomic_path, check_writable_parent
 from bimatting.binops import schema
-from bimatting.errors import InputError
-from bimatting.export import graph, interface, layers
+from bimatting.errors import InputError, RuntimeFailure
+from bimatting.export import graph, interface, layers, verify as verifier
+from bimatting.models import ARCHS, model_class
+from bimatting.weights.checkpoints import load_model
 
 DEFAULT_OPSET = 18
 MIN_RVM_OPSET = 12  # the official RVM export's opset
@@ -31,8 +34,6 @@ def parse_size(text):
 
 def check_options(arch, opset, static_size, downsample_ratio):
     """Validate the export options up front (one InputError line each); arch None: not known yet."""
-    from bimatting.models import model_class
-
     if arch is None:
         arch = "rvm"  # the lowest opset any architecture accepts; rechecked once arch is known
     model_class(arch)  # InputError for an unknown architecture
@@ -58,8 +59,6 @@ def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_
 
     The network emits itself (`network.emit_onnx(builder, interface)`, written beside its forward);
     nothing here knows its structure."""
-    from bimatting.models import model_class
-
     check_options(arch, opset, static_size, downsample_ratio)
     if not isinstance(network, model_class(arch)):
         raise InputError(
@@ -84,9 +83,6 @@ def build_onnx(network, arch, opset=DEFAULT_OPSET, static_size=None, downsample_
 def load_network(checkpoint, arch):
     """(network, arch) to export: a checkpoint path (arch None: the checkpoint's), or without one
     the packaged default BiMatting (arch rvm: RVM's official weights)."""
-    from bimatting.models import ARCHS, model_class
-    from bimatting.weights.checkpoints import load_model
-
     if checkpoint is None:
         arch = arch or "bimatting"
         return load_model("rvm" if arch == "rvm" else "default", arch=arch), arch
@@ -128,9 +124,6 @@ def export(
     The file appears only complete and, with `verify`, only verified: it is written to a temporary
     name, checked, then renamed (RuntimeFailure, and no file, when onnxruntime and PyTorch differ).
     """
-    from bimatting.atomic import atomic_path, check_writable_parent
-    from bimatting.errors import RuntimeFailure
-
     check_options(arch, opset, static_size, downsample_ratio)
     output = Path(output)
     if output.is_dir():
@@ -149,8 +142,6 @@ def export(
         onnx.save_model(model, str(tmp))
         report["bytes"] = tmp.stat().st_size
         if verify:
-            from bimatting.export import verify as verifier
-
             try:
                 report["verify"] = verifier.verify_file(
                     tmp,

@@ -24,10 +24,13 @@ the two runs as they are, which is what two deployed runtimes do.
 """
 
 import numpy as np
+from tqdm import tqdm
 
 from bimatting.binops import schema
 from bimatting.downsample import auto_downsample_ratio
 from bimatting.errors import InputError, RuntimeFailure
+from bimatting.export.graph import with_outputs
+from bimatting.matting.frames import iter_frames
 from bimatting.recurrent import recurrent_step
 
 TOLERANCE = {"mean": 1e-4, "max": 1e-2}
@@ -48,8 +51,8 @@ class DecisionProbe:
     node, the largest |x| that parted there: ~1e-6 for a tie, O(1) for a wrong graph)."""
 
     def __init__(self, network, sites, align=True):
-        from bimatting.models.bimatting.binarize import BinaryActivation
-        from bimatting.models.bimatting.decoder import IncoherentMask
+        from bimatting.models.bimatting.binarize import BinaryActivation  # noqa: PLC0415 - torch loads on use
+        from bimatting.models.bimatting.decoder import IncoherentMask  # noqa: PLC0415 - torch loads on use
 
         self.sites, self.align = list(sites), align
         self.aligned, self.largest, self.raw, self.first_parting = 0, 0.0, 0, None
@@ -117,8 +120,6 @@ def _session(model_or_path, extra_outputs, threads=None):
     import onnx
     import onnxruntime as ort
 
-    from bimatting.export.graph import with_outputs
-
     model = onnx.load(str(model_or_path)) if not isinstance(model_or_path, onnx.ModelProto) else model_or_path
     extra = extra_outputs(model)
     if extra:
@@ -136,7 +137,7 @@ def _sign_nodes(model):
 
 def _decision_values(model):
     """Names of the values every sign decision reads: BinarizePack inputs in graph order, then pha_s."""
-    from bimatting.models.bimatting.decoder import PHA_S
+    from bimatting.models.bimatting.decoder import PHA_S  # noqa: PLC0415 - torch loads on use
 
     names = [n.input[0] for n in _sign_nodes(model)]
     produced = {o for n in model.graph.node for o in n.output}
@@ -170,7 +171,6 @@ def compare(model_or_path, network, frames, downsample_ratio, *, progress=False,
 
 def _compare(model_or_path, network, frames, downsample_ratio, progress, threads, align_ties):
     import torch
-    from tqdm import tqdm
 
     session, extra, model = _session(model_or_path, _decision_values, threads)
     static = static_setting(model)
@@ -224,7 +224,7 @@ def _compare(model_or_path, network, frames, downsample_ratio, progress, threads
 
 def _without_coarse(network):
     """The keywords that make BiMatting return fgr, pha and the states only, as RVM does."""
-    from bimatting.models.bimatting.model import BiMatting
+    from bimatting.models.bimatting.model import BiMatting  # noqa: PLC0415 - torch loads on use
 
     return {"return_coarse": False} if isinstance(network, BiMatting) else {}
 
@@ -257,15 +257,13 @@ def _verdict(per_frame, frames, ratio, probe):
 
 def load_frames(verify_input, size=None, count=DEFAULT_FRAMES):
     """Frames to verify on: `verify_input` (video or folder) or the packaged sample clip."""
-    from bimatting.matting.frames import iter_frames
-
     if verify_input is not None:
         frames = list(iter_frames(verify_input, size=size, limit=count))
         if not frames:
             raise InputError(f"'{verify_input}' gave no frames to verify on; expected a video or image folder")
         return frames
     try:
-        from bimatting.matting import samples
+        from bimatting.matting import samples  # noqa: PLC0415 - optional: InputError without it
     except ImportError:
         raise InputError("no sample footage in this install; pass frames with --verify-input") from None
     return samples.sample_frames(count, size or samples.DEFAULT_SIZE)

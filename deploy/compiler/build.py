@@ -15,10 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from bimatting import __version__
+from bimatting.atomic import check_writable_parent
 from bimatting.binops import schema
 from bimatting.deploy import artifact, target as targets
-from bimatting.deploy.compiler import importer, shapes
+from bimatting.deploy.compiler import importer, shapes, tuning_database as tuning
+from bimatting.deploy.compiler.channel_slices import push_channel_slices_pass
+from bimatting.deploy.compiler.float_order import NoContraction
+from bimatting.deploy.compiler.fuse_producers import fuse_producers_pass
+from bimatting.deploy.compiler.resize import RESIZE_OP, legalize_resize2d
+from bimatting.deploy.compiler.schedules import ScheduleModule, kernel_config_for
 from bimatting.errors import InputError
+from bimatting.weights.onnx_check import load_checked
 
 log = logging.getLogger(__name__)
 LIFT_MIN_ELEMENTS = 2  # scalars stay in the library
@@ -33,10 +41,6 @@ def pipeline_front(tvm_target):
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from bimatting.deploy.compiler.channel_slices import push_channel_slices_pass
-    from bimatting.deploy.compiler.fuse_producers import fuse_producers_pass
-    from bimatting.deploy.compiler.resize import RESIZE_OP, legalize_resize2d
 
     legalize = cpu.legalize_passes(tvm_target)
     assert legalize[0].info.name == "LegalizeOps", legalize[0].info.name  # TVM's list, first pass replaced
@@ -163,9 +167,6 @@ def pipeline_back(tvm_target, database=None):
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from bimatting.deploy.compiler.float_order import NoContraction
-    from bimatting.deploy.compiler.schedules import ScheduleModule
-
     @tvm.transform.module_pass(opt_level=0, name="bimatting.Pipeline")
     def _pipeline(mod, _ctx):
         with tvm_target:
@@ -202,8 +203,6 @@ def lift_constants(mod, prefix="p"):
 
 
 def load_onnx(path):
-    from bimatting.weights.onnx_check import load_checked
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model '{path}' does not exist; export one with `bimatting export`")
@@ -232,8 +231,6 @@ def _versions():
     import onnx
     import tvm
 
-    from bimatting import __version__
-
     return {"bimatting": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__, "numpy": np.__version__}
 
 
@@ -250,12 +247,9 @@ def compile_model(
     targets.check_compiler(target)
     _check_output(output)
     if tuning_db is not None:
-        from bimatting.deploy.compiler import tuning_database as tuning
-
         tuning.check(tuning_db, target.name, target.llvm)  # tuned for this very target (InputError)
     step("import")
     model = load_onnx(source)
-    from bimatting.deploy.compiler.schedules import kernel_config_for
 
     tvm_target = target.tvm_target
     kernel_config = kernel_config_for(tvm_target)
@@ -278,8 +272,6 @@ def compile_model(
 
 
 def _check_output(output):
-    from bimatting.atomic import check_writable_parent
-
     check_writable_parent(output)
 
 
@@ -288,8 +280,6 @@ def _compile(mod, tvm_target, tuning_db):
 
     database = None
     if tuning_db is not None:
-        from bimatting.deploy.compiler import tuning_database as tuning
-
         database = tuning.open_database(tuning_db)
     with tvm.transform.PassContext(opt_level=3):
         return tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline_back(tvm_target, database))

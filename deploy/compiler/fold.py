@@ -51,7 +51,7 @@ def _standard(node):
 
 def _input_shapes(model, shapes):
     """{Shape node output: int64 array}: the shapes every `Shape` node reads, from one onnxruntime run."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 - onnxruntime loads only to fold
 
     probes = [n for n in model.graph.node if _standard(n) and n.op_type == "Shape"]
     if not probes:
@@ -71,7 +71,7 @@ def _input_shapes(model, shapes):
 
 
 def _evaluate(node, inputs):
-    from onnx.reference import ReferenceEvaluator
+    from onnx.reference import ReferenceEvaluator  # noqa: PLC0415 - onnx's reference evaluator loads on use
 
     return ReferenceEvaluator(node).run(None, dict(zip(node.input, inputs)))
 

@@ -29,6 +29,9 @@ gains 3.7 ms per frame (frame-interleaved), the same bits.
 """
 
 import tvm
+from tvm import relax, tirx
+
+from bimatting.deploy.compiler.lowering import KERNEL_ATTR
 
 PRIMITIVE = "Primitive"
 OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind kOutEWiseFusable (conv, pooling)
@@ -42,8 +45,6 @@ CALL_TIR = "relax.call_tir"
 def _call_tir_funcs(mod, func):
     """[(the PrimFunc's GlobalVar, its PrimFunc, the call)] of a fused function's bindings, or None
     where a binding is anything else."""
-    from tvm import relax, tirx
-
     calls = []
     for block in func.body.blocks:
         for binding in block.bindings:
@@ -100,8 +101,6 @@ def _data_inputs(mod, func):
 
 def _inline(bb, func, mapping):
     """Emit func's bindings (call_tir only) into bb with its variables renamed by mapping; its result."""
-    from tvm import relax
-
     for block in func.body.blocks:
         for binding in block.bindings:
             call = binding.value
@@ -114,8 +113,6 @@ def _inline(bb, func, mapping):
 def _merged(bb, producer, consumer, index, name):
     """A Primitive function computing consumer(..., producer(p...), ...) (producer in place of
     consumer's parameter `index`): parameters producer's, then consumer's others."""
-    from tvm import relax
-
     produced = [relax.Var(p.name, p.ty) for p in producer.params]
     kept = [p for i, p in enumerate(consumer.params) if i != index]
     consumed = [relax.Var(p.name, p.ty) for p in kept]
@@ -132,10 +129,6 @@ def _merged(bb, producer, consumer, index, name):
 def _packs_float(mod, call):
     """Whether call is the bit-packing kernel (call_tir of a PrimFunc tagged "bpack"), whose first
     argument is the float tensor it reads once per element."""
-    from tvm import relax, tirx
-
-    from bimatting.deploy.compiler.lowering import KERNEL_ATTR
-
     if not (isinstance(call, relax.Call) and getattr(call.op, "name", "") == CALL_TIR):
         return False
     callee = mod[call.args[0]]
@@ -147,8 +140,6 @@ def _packs_float(mod, call):
 
 
 def _elements(expr):
-    from tvm import relax
-
     shape = getattr(expr.ty, "shape", None)
     if not isinstance(expr.ty, relax.TensorType) or shape is None:
         return None
@@ -174,8 +165,6 @@ def _expands(call, result):
 def _merged_pack(bb, producer, pack_call, name):
     """A Primitive function computing pack(producer(p...), others...): producer's parameters, then
     one per further argument of the pack call (its per-variant biases)."""
-    from tvm import relax
-
     produced = [relax.Var(p.name, p.ty) for p in producer.params]
     others = [relax.Var(f"pack_arg{i}", arg.ty) for i, arg in enumerate(pack_call.args[1].fields[1:])]
     with bb.function(name, produced + others, attrs={PRIMITIVE: True}, private=True):
@@ -194,7 +183,6 @@ def _merged_pack(bb, producer, pack_call, name):
 
 def fuse_producers(mod):
     """mod with every cheap producer fused into the conv that alone reads it (module docstring)."""
-    from tvm import relax
 
     def fused_function(call):
         if not isinstance(call, relax.Call) or not isinstance(call.op, relax.GlobalVar):
@@ -266,8 +254,6 @@ def _fresh_name(bb, name):
 
 
 def _rewritten(func, rewrites):
-    from tvm import relax
-
     blocks = []
     for block in func.body.blocks:
         bindings = [relax.VarBinding(b.var, rewrites[b.var]) if b.var in rewrites else b for b in block.bindings]

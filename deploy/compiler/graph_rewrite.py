@@ -25,6 +25,8 @@ Rewrites (the model is copied, never changed in place):
   made absent; TVM's converter rejects scales and sizes given together.
 """
 
+import heapq
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -231,8 +233,6 @@ def _topological(nodes):
     """`nodes` in an order where every input is produced first, as close to the given order as
     that allows: a conv that took in its residual Add reads a tensor produced after the conv's
     old place, and a pack placed with the first conv of its set may follow another of its readers."""
-    import heapq
-
     produced = {name for node in nodes for name in node.output} - {""}  # not graph inputs or initializers
     waiting = {index: {name for name in node.input if name in produced} for index, node in enumerate(nodes)}
     readers = {}

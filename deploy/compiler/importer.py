@@ -14,6 +14,7 @@ import contextlib
 import threading
 import warnings
 
+import tvm
 from onnx import numpy_helper
 
 from bimatting.binops.geometry import INTS_PER_GEOMETRY, ConvGeometry
@@ -32,7 +33,7 @@ def _tensor_attr(attr, name):
 
 def _make_converters(kernel_config):
     """Converter classes bound to one import (`kernel_config` and the pack layouts of this model)."""
-    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
+    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter  # noqa: PLC0415 - the frontend loads on use
 
     packs = {}  # group id -> (layout, height, width)
 
@@ -127,7 +128,7 @@ def _make_converters(kernel_config):
 @contextlib.contextmanager
 def _scoped_converters(extra):
     """TVM's converter map plus `extra` inside the block only."""
-    import tvm.relax.frontend.onnx.onnx_frontend as frontend
+    import tvm.relax.frontend.onnx.onnx_frontend as frontend  # noqa: PLC0415 - TVM's ONNX frontend loads on use
 
     with _LOCK:
         original = frontend._get_convert_map
@@ -144,8 +145,7 @@ def import_onnx(model, shapes, kernel_config, constants=None):
     `constants` ({input name: array}) binds graph inputs to values (e.g. downsample_ratio).
     Raises InputError naming the operators TVM cannot import.
     """
-    import tvm
-    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.relax.frontend.onnx import from_onnx  # noqa: PLC0415 - TVM's ONNX frontend loads on use
 
     if constants:
         model = graph_rewrite.bind_inputs(model, constants)

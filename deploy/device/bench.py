@@ -26,10 +26,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from bimatting import __version__
+from bimatting.deploy import artifact as artifacts
 from bimatting.deploy.artifact import sha256_file
-from bimatting.deploy.device import rpc as rpc_util
+from bimatting.deploy.device import report, rpc as rpc_util
+from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
 from bimatting.errors import InputError, RuntimeFailure
+from bimatting.matting.frames import read_frames, to_nchw
+from bimatting.matting.samples import sample_frames
 
 # The compile issue's acceptance tolerance for the board's outputs against onnxruntime (the same
 # numbers `bimatting export --verify` applies to onnxruntime against PyTorch): per frame, the mean
@@ -72,8 +78,6 @@ def bench(
     Raises InputError for bad input (exit 2), RuntimeFailure when the device fails mid-run (the
     partial result is written to `report_dir` first; exit 1). A failed verification is not raised
     here: `result["verify"]["passed"]` is False and the caller decides (the CLI exits 1)."""
-    from bimatting.deploy import artifact as artifacts
-
     if frames < 1 or warmup < 0:
         raise InputError(f"--frames must be >= 1 and --warmup >= 0 (got {frames} and {warmup})")
     art = artifacts.read(artifact_path)
@@ -92,8 +96,6 @@ def bench(
     else:
         result["verify"] = {"skipped": True, "passed": None, "pha_max_abs": None, "pha_mean_abs": None}
     if report_dir is not None:
-        from bimatting.deploy.device import report
-
         result["report"] = report.write(report_dir, result, clip, run)
     if run["error"] is not None:
         where = f"; partial report in {report_dir}" if report_dir is not None else ""
@@ -119,11 +121,7 @@ def _image_input(meta):
 def load_frames(input_path, count, size):
     """(list of `count` RGB float32 frames [H, W, 3] at `size` (W, H), label). The packaged sample
     clip by default; a video or folder is resized to `size` (the artifact's fixed input)."""
-    from bimatting.matting.frames import read_frames
-
     if input_path is None:
-        from bimatting.matting.samples import sample_frames
-
         return sample_frames(count, size), "packaged sample clip"
     clip = read_frames(input_path, size=size, limit=count)
     if len(clip) < count:
@@ -166,11 +164,6 @@ def find_reference(art, artifact_path, reference):
 
 def _measure(art, device, clip, warmup, progress):
     """Load the artifact on the device and run the clip; failures end the loop, frames are kept."""
-    from tqdm import tqdm
-
-    from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
-    from bimatting.matting.frames import to_nchw
-
     run = {"outputs": [], "device_ms": [], "roundtrip_ms": [], "groups": None, "error": None}
     with rpc_util.deadline(device.timeout, "loading the artifact"):
         try:
@@ -217,8 +210,6 @@ def _measure(art, device, clip, warmup, progress):
 
 def profile_groups(model, runner, frames, fetch):
     """Mean ms per frame of each operator group, from a VM instrument (local VMs only)."""
-    from bimatting.matting.frames import to_nchw
-
     spans, stack = {}, []
 
     def instrument(func, name, before, ret, *args):
@@ -253,8 +244,7 @@ def run_reference(onnx_path, meta, clip):
     """onnxruntime on the source ONNX over `clip`, states fed back: [{"pha", "fgr"}] per frame."""
     import onnxruntime as ort
 
-    from bimatting.matting.frames import to_nchw
-    from bimatting.weights.onnx_check import load_checked
+    from bimatting.weights.onnx_check import load_checked  # noqa: PLC0415 - onnx loads only to verify
 
     checked = load_checked(onnx_path)  # untrusted file: checked before onnxruntime parses it
     options = ort.SessionOptions()
@@ -341,8 +331,6 @@ def _stats(values):
 def _result(art, artifact_path, device, clip, input_label, warmup, run):
     import onnxruntime
     import tvm
-
-    from bimatting import __version__
 
     meta = art.metadata
     latency = _stats(run["device_ms"])

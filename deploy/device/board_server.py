@@ -19,10 +19,10 @@ import argparse
 
 def keep_serving_after_failed_sessions():
     """Runs in TVM's server process: wraps tvm.rpc.server._serving (one session)."""
-    import logging
-    import os
-    import shutil
-    import tempfile
+    import logging  # noqa: PLC0415 - runs in TVM's server process
+    import os  # noqa: PLC0415 - runs in TVM's server process
+    import shutil  # noqa: PLC0415 - runs in TVM's server process
+    import tempfile  # noqa: PLC0415 - runs in TVM's server process
 
     from tvm.rpc import server as tvm_server
 

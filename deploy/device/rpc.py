@@ -28,6 +28,7 @@ import contextlib
 import gc
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +39,7 @@ import time
 import types
 from pathlib import Path
 
+from bimatting.deploy.device.emulator import free_port, listening_ports
 from bimatting.errors import InputError, RuntimeFailure
 
 CONNECT_TIMEOUT_S = 10.0
@@ -330,7 +332,6 @@ def _probe_library(isa):
     global _probe_dir
     if isa in _probes:
         return _probes[isa]
-    import shutil
 
     import tvm
     from tvm import te
@@ -381,8 +382,6 @@ class LocalTracker:
     """
 
     def __init__(self, host="127.0.0.1", port=None, start_timeout=60.0):
-        from bimatting.deploy.device.emulator import free_port, listening_ports
-
         self.host = host
         self.port = port or free_port(host)
         # The tracker needs only TVM's runtime library: it starts in a fraction of the time.

@@ -27,6 +27,7 @@ import sys
 import numpy as np
 
 from bimatting.deploy import artifact as artifacts
+from bimatting.deploy.device.local_vm import LocalVM
 from bimatting.errors import InputError
 
 
@@ -46,8 +47,6 @@ class CompiledModel:
                     f"{platform.machine()}: run it on the board over RPC"
                 )
         if session is None and "tvm" not in sys.modules:
-            from bimatting.deploy.device.local_vm import LocalVM
-
             self.vm = LocalVM(self.artifact.library_path)
             self.device = self.vm.device
             self._tensor, self._numpy, self._copy_into = self.vm.tensor, self.vm.numpy, self.vm.copy_into

@@ -23,6 +23,7 @@ turns it back into KeyboardInterrupt after the pools were shut down normally.
 """
 
 import concurrent.futures
+import functools
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ import tempfile
 import threading
 
 import numpy as np
+import psutil
 
 from bimatting.errors import RuntimeFailure
 
@@ -131,8 +133,6 @@ class Interrupt:
 
 def kill_workers():
     """Kill this process's TVM worker processes (the builder and runner pools it started)."""
-    import psutil
-
     for child in psutil.Process().children(recursive=True):
         try:
             if "tvm.exec.popen_worker" in " ".join(child.cmdline()):
@@ -143,8 +143,6 @@ def kill_workers():
 
 def make_builder(compiler, timeout_sec, interrupt):
     """A LocalBuilder with our f_build/f_export that stops building once interrupted."""
-    import functools
-
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, LocalBuilder, PyBuilder
 

@@ -24,15 +24,24 @@ each measured batch (a crash or Ctrl-C keeps every finished batch); running agai
 """
 
 import functools
+import gc
+import importlib
+import importlib.util
 import json
 import os
+import platform
 import shutil
+import sys
 import tempfile
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from bimatting.atomic import atomic_dir, check_writable_parent
+from bimatting.deploy import target as targets
 from bimatting.deploy.artifact import sha256_file
 from bimatting.deploy.compiler import tuning_database as tuning
 from bimatting.deploy.device import rpc as rpc_util
@@ -56,8 +65,8 @@ def extract_tasks(model_path, target, resolution=None, downsample_ratio=None, ke
     """The tunable kernels of an ONNX model for a ResolvedTarget, largest first."""
     import tvm
 
-    from bimatting.deploy.compiler import build
-    from bimatting.deploy.compiler.schedules import KERNEL_ATTR, kernel_config_for
+    from bimatting.deploy.compiler import build  # noqa: PLC0415 - TVM loads on use
+    from bimatting.deploy.compiler.schedules import KERNEL_ATTR, kernel_config_for  # noqa: PLC0415 - TVM loads on use
 
     if kernels not in KERNEL_KINDS:
         raise InputError(f"--kernels must be one of {', '.join(KERNEL_KINDS)}, got '{kernels}'")
@@ -135,8 +144,6 @@ def tune(
     progress=True,
 ):
     """Tune the kernels of `model_path` for `target_name` into `database_dir`; returns a summary."""
-    from bimatting.deploy import target as targets
-
     if trials < 1:
         raise InputError(f"--trials must be >= 1, got {trials}")
     if sum(bool(x) for x in (rpc, tracker, local)) != 1:
@@ -169,12 +176,10 @@ def tune(
 
 
 def _session(tasks, target, compiler, manifest, scratch, database_dir, trials, runner, interrupt, progress):
-    from tqdm import tqdm
-
     _import_cpu_intrinsics()
     from tvm.s_tir import meta_schedule as ms
 
-    from bimatting.deploy.compiler.schedules import kernel_config_for
+    from bimatting.deploy.compiler.schedules import kernel_config_for  # noqa: PLC0415 - TVM loads on use
 
     tvm_target, kernel_config, task_count = target.tvm_target, kernel_config_for(target.tvm_target), len(tasks)
     for name in (tuning.WORKLOADS, tuning.RECORDS):
@@ -269,11 +274,6 @@ def _import_cpu_intrinsics():
     host, for intrinsics no CPU schedule uses. The package is entered in sys.modules without
     running that __init__, and its x86 and AArch64 modules (what llvm targets use, ~2 s) are
     imported; any other submodule still imports on demand through the package path."""
-    import importlib
-    import importlib.util
-    import sys
-    import types
-
     name = "tvm.s_tir.tensor_intrin"
     if name not in sys.modules:
         spec = importlib.util.find_spec(name)
@@ -287,9 +287,6 @@ def _import_cpu_intrinsics():
 
 def _preflight(target, rpc, tracker, key, local):
     """Check the board before any compile work; returns the runner's connect function."""
-    import gc
-    import platform
-
     if local:
         if target.isa != platform.machine():
             raise InputError(
@@ -317,7 +314,7 @@ def _space(task, kernel_config):
 
 def _baseline_schedule(task, tvm_target, kernel_config):
     """The schedule `bimatting compile` applies without a database (traced, so it can be stored)."""
-    from bimatting.deploy.compiler.schedules import fp_rules, schedule_kernel
+    from bimatting.deploy.compiler.schedules import fp_rules, schedule_kernel  # noqa: PLC0415 - TVM loads on use
 
     func = task.mod["main"]
     if task.kind == "bconv":
@@ -376,8 +373,6 @@ def _entry(manifest, task):
 
 def _open_manifest(database_dir, model_path, target, resolution, downsample_ratio):
     """The existing manifest (checked against this model/target/resolution) or a new one."""
-    from bimatting.atomic import check_writable_parent
-
     path = Path(database_dir)
     if not Path(model_path).is_file():
         raise InputError(f"model '{model_path}' does not exist; export one with `bimatting export`")
@@ -405,8 +400,6 @@ def _open_manifest(database_dir, model_path, target, resolution, downsample_rati
 
 def _snapshot(scratch, database_dir, manifest):
     """Replace the database folder with the scratch records and the manifest, atomically."""
-    from bimatting.atomic import atomic_dir
-
     with atomic_dir(database_dir) as tmp:
         for name in (tuning.WORKLOADS, tuning.RECORDS):
             source = Path(scratch) / name
