@@ -1,9 +1,15 @@
 """`bimatting compile` and `bimatting targets` (thin wrappers of bimatting.deploy.compiler.build / targets)."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import click
+
+from bimatting.cli.parsing import parse_resolution
+from bimatting.deploy.target import check_compiler, resolve
+from bimatting.errors import InputError
+from bimatting.targets import list_targets, load_target
 
 STAGES = ("target", "import", "legalize", "compile", "link", "write")
 
@@ -53,9 +59,7 @@ def compile_(model, target_name, output, resolution, downsample_ratio, tuning_db
     """
     from tqdm import tqdm
 
-    from bimatting.cli.parsing import parse_resolution
     from bimatting.deploy.compiler.build import compile_model
-    from bimatting.deploy.target import check_compiler, resolve
 
     size = parse_resolution(resolution) if resolution else None
     check_compiler(resolve(target_name))  # fail before a long export
@@ -94,9 +98,6 @@ def _onnx_source(model):
     here, in this process, with dynamic sizes (the only place compiling touches torch)."""
     if model is not None and Path(model).suffix.lower() == ".onnx":
         return model, lambda: None
-    import tempfile
-
-    from bimatting.errors import InputError
 
     try:
         from bimatting.export.exporter import build_onnx, load_network
@@ -125,8 +126,6 @@ def targets(as_json):
       bimatting targets
       bimatting targets --json
     """
-    from bimatting.targets import list_targets, load_target
-
     rows = []
     for name in list_targets():
         descriptor = load_target(name)

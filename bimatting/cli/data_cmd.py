@@ -5,6 +5,7 @@ import re
 
 import click
 
+from bimatting import data as datasets
 from bimatting.errors import InputError
 
 
@@ -32,8 +33,6 @@ KINDS = ("videomatte", "imagematte", "background-images", "background-videos", "
 
 def open_dataset(kind, root, split):
     """The reader of `kind` on `root` (its layout checked); returns (description, item count)."""
-    from bimatting import data as datasets
-
     if kind in ("videomatte", "imagematte"):
         backgrounds = _NoBackgrounds()
         reader = (datasets.VideoMatteDataset if kind == "videomatte" else datasets.ImageMatteDataset)(

@@ -15,12 +15,24 @@ Steps, each a library call of its verb:
                previews in report/host/ and report/rpi4/
 """
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bimatting.atomic import atomic_path
+from bimatting.deploy import target as targets
+from bimatting.deploy.device import emulator
+from bimatting.deploy.device.bench import bench
 from bimatting.errors import InputError, RuntimeFailure
+from bimatting.matting.frames import read_frames
+from bimatting.matting.runner import matte
+from bimatting.matting.samples import write_sample_video
+from bimatting.models import build_model
+from bimatting.models.profile import profile_model
 
 RESOLUTION = (512, 288)  # (width, height), the packaged clip's size; RVM's s = 1 there
 SAMPLE_FRAMES = 24
@@ -82,15 +94,10 @@ def run_demo(workdir="bimatting-demo", progress=True, echo=print):
 
 
 def _sample(workdir):
-    from bimatting.matting.samples import write_sample_video
-
     return str(write_sample_video(workdir / "sample.mp4", frames=SAMPLE_FRAMES, size=RESOLUTION))
 
 
 def _profile(model):
-    from bimatting.models import build_model
-    from bimatting.models.profile import profile_model
-
     rvm = build_model("rvm").eval()  # architecture counts need no weights
     return profile_model(model, RESOLUTION, 1.0, mask_density="auto", frames=PROFILE_FRAMES, reference=rvm)
 
@@ -119,12 +126,6 @@ print(json.dumps({"binary_convs": metadata["kernels"]["binary_convs"]}))
 def _compile_all(workdir, source):
     """host and rpi4 at once, one process each (a compile mostly keeps one core busy). rpi4 is
     skipped, with the reason, when the cross compiler is missing."""
-    import json
-    import subprocess
-    import sys
-
-    from bimatting.deploy import target as targets
-
     jobs, results = {"host": workdir / "bimatting-host.tar"}, {}
     try:
         targets.check_compiler(targets.resolve(BOARD))
@@ -159,8 +160,6 @@ def _compile_all(workdir, source):
 def _bench_all(workdir, compiled, sample, progress):
     """`bimatting bench` of the host artifact on this CPU, and of the board's artifact on the
     emulated board when one is set up; both verified against onnxruntime on the source ONNX."""
-    from bimatting.deploy.device.bench import bench
-
     report = workdir / "report"
     results = {
         "host": bench(
@@ -174,7 +173,6 @@ def _bench_all(workdir, compiled, sample, progress):
     if "skipped" in compiled[BOARD]:
         results[BOARD] = {"skipped": f"no {BOARD} artifact"}
         return results
-    from bimatting.deploy.device import emulator
 
     try:
         emulator.load_emulator()
@@ -197,16 +195,12 @@ def _bench_all(workdir, compiled, sample, progress):
 
 
 def _matte(sample, output, artifact, progress):
-    from bimatting.matting.runner import matte
-
     return matte(sample, output, artifact=artifact, backend="tvm", output_type="all", progress=progress)
 
 
 def _report_images(workdir, report):
     """report/matte.png (input | alpha | composite for three frames of the matted clip), beside
     the images `bench` wrote (report/<target>/latency.png and alpha_preview.png)."""
-    from bimatting.matting.frames import read_frames
-
     sample = read_frames(report["sample"])
     composite = read_frames(report["matte"]["outputs"][0])
     alpha = read_frames(report["matte"]["outputs"][1])
@@ -223,8 +217,6 @@ def _report_images(workdir, report):
 
 def _write_png(path, image):
     import cv2
-
-    from bimatting.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         if not cv2.imwrite(

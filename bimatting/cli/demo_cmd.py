@@ -4,6 +4,8 @@ import json
 
 import click
 
+from bimatting.errors import RuntimeFailure
+
 
 @click.command()
 @click.option(
@@ -29,7 +31,6 @@ def demo(workdir, quiet, as_json):
       bimatting demo --workdir /tmp/demo --json
     """
     from bimatting.cli.demo_chain import failed_checks, format_report, run_demo
-    from bimatting.errors import RuntimeFailure
 
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     report = run_demo(workdir, progress=not quiet, echo=echo)

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from bimatting.deploy.device import emulator
 from bimatting.errors import RuntimeFailure
 
 
@@ -70,8 +71,6 @@ def emulate(target, port, host, server, tracker, key, setup, as_json):
       bimatting device emulate --target jetson-orin --port 9091 --json
       bimatting device emulate --target rpi4 --server python --tracker 127.0.0.1:9190 --key rpi4
     """
-    from bimatting.deploy.device import emulator
-
     if setup:
         try:
             emulator.load_emulator()

@@ -6,6 +6,8 @@ import os
 
 import click
 
+from bimatting.errors import InputError
+
 
 def print_evaluation(result, as_json):
     if as_json:
@@ -99,8 +101,6 @@ def evaluate(
     With --against: per clip, pha mean |diff| (all pixels), fgr mean |diff| (where the teacher's
     alpha > 0) and IoU of alpha > 0.5, with both networks' recurrent states carried.
     """
-    from bimatting.errors import InputError
-
     if against:
         if not footage:
             raise InputError("--against needs FOOTAGE: videos, frame folders or CLIP@START:STOP")

@@ -1,8 +1,13 @@
 """`bimatting matte`: matte a video, an image folder or a webcam (a thin wrapper of bimatting.matting.runner)."""
 
 import json
+import os
+import sys
 
 import click
+
+from bimatting import cli
+from bimatting.errors import InputError
 
 
 @click.command()
@@ -101,7 +106,6 @@ def matte(
       bimatting matte 0 -o webcam.mp4 --frames 300                 # webcam 0, 300 frames
       bimatting matte long.mp4 -o out.mp4 --resume                 # continue after Ctrl-C
     """
-    from bimatting.errors import InputError
     from bimatting.matting.api import matte as run_matte
     from bimatting.matting.resume import MatteInterrupted
 
@@ -152,11 +156,6 @@ def _runtime_only_tvm():
     it, it comes up runtime-only. Only in the process the
     command started, which never compiles; a library caller or a process that already imported TVM
     keeps what it has."""
-    import os
-    import sys
-
-    from bimatting import cli
-
     if cli.COMMAND_PROCESS and "tvm" not in sys.modules:
         os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
         # TVM's FFI imports torch whenever it is installed (for DLPack interop this path never

@@ -4,6 +4,8 @@ import json
 
 import click
 
+from bimatting.cli.parsing import parse_mask_density, parse_resolution
+
 
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=True))
@@ -57,7 +59,6 @@ def profile(checkpoint, arch, resolution, downsample_ratio, mask_density, frames
       bimatting profile epoch-27.pth --mask-density 0.3
       bimatting profile --frames clip.mp4                 # measure the mask on your footage
     """
-    from bimatting.cli.parsing import parse_mask_density, parse_resolution
     from bimatting.models.profile import format_report, profile as run_profile
 
     report = run_profile(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+import bimatting
+from bimatting.atomic import atomic_dir, atomic_path
 from bimatting.cli.evaluate_cmd import print_evaluation
 
 
@@ -53,8 +55,6 @@ def test(data_dir, checkpoint, arch, out_dir, hr, device, as_json):
       bimatting test --data videomatte_512x288 --checkpoint rvm    # the RVM teacher
       bimatting test --data synth/ --checkpoint runs/stage4.pth --out pred/
     """
-    import bimatting
-    from bimatting.atomic import atomic_dir, atomic_path
     from bimatting.eval.evaluate import evaluate
     from bimatting.eval.predict import predict_set
     from bimatting.eval.tree import check_output_folder, find_clips, frame_names

@@ -4,6 +4,8 @@ import json
 
 import click
 
+from bimatting.cli.parsing import parse_resolution
+
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -73,7 +75,6 @@ def tune(
       bimatting tune bimatting.onnx --target host --local --trials 32 --kernels binary -o host.db
       bimatting compile bimatting.onnx --target rpi4 --tuning-db rpi4.db -o bimatting-rpi4.tar
     """
-    from bimatting.cli.parsing import parse_resolution
     from bimatting.deploy.tuning.session import tune as run_tune
 
     size = parse_resolution(resolution) if resolution else None
