@@ -17,10 +17,23 @@ model stays data dependent (pha std ~0.15 on the clip) and two float32 runtimes 
 It is tie-free only on the clip it was calibrated on: `sample_frames(FRAMES, SIZE)`.
 """
 
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from bimatting.deploy.compiler.build import compile_model
+from bimatting.matting.frames import to_nchw
+from bimatting.matting.samples import sample_frames
+from bimatting.models import build_model
+from bimatting.models.bimatting.binarize import BinaryActivation, LearnableBias
+from bimatting.models.bimatting.gru import ConvGRU, ConvGRU_Up
+from bimatting.weights.checkpoints import save_checkpoint
 
 SIZE = (128, 96)  # (W, H): small enough to compile in ~25 s and run ~1 s/frame under qemu
 FRAMES = 3  # bench tests use --frames FRAMES (or 1: the clip's first frame is the same)
@@ -33,8 +46,6 @@ def _per_channel(x):
 
 def _gap_shift(values):
     """Per channel: the shift moving the widest gap among the central 80% of values onto 0."""
-    import torch
-
     v, _ = torch.sort(values.double(), dim=1)
     n = v.shape[1]
     low, high = int(n * 0.1), max(int(n * 0.9), int(n * 0.1) + 2)
@@ -49,8 +60,6 @@ def _gap_shift(values):
 
 def _one_side_shift(values):
     """Per channel: the shift putting every value at least max(spread, 1) above 0."""
-    import torch
-
     v = values.double()
     low, high = v.min(dim=1).values, v.max(dim=1).values
     return (-(low - torch.clamp(high - low, min=1.0))).float()
@@ -60,12 +69,6 @@ def tie_free_bimatting(clip, seed=0, downsample_ratio=1.0, config=None):
     """Random-init BiMatting (build_model `config`, default the official widths) calibrated on `clip`
     ([1, T, 3, H, W]) at `downsample_ratio` (below 1 the refiner's signs are calibrated too); returns
     (network, smallest |pre-sign value| over the clip)."""
-    import torch
-
-    from bimatting.models import build_model
-    from bimatting.models.bimatting.binarize import BinaryActivation, LearnableBias
-    from bimatting.models.bimatting.gru import ConvGRU, ConvGRU_Up
-
     torch.manual_seed(seed)
     net = build_model("bimatting", **(config or {})).eval()
     recurrent = {
@@ -127,11 +130,6 @@ def tie_free_onnx(folder):
     """The calibrated model exported to `folder`/tiefree.onnx (cached per session)."""
     if "onnx" in _built:
         return _built["onnx"]
-    import torch
-
-    from bimatting.matting.frames import to_nchw
-    from bimatting.matting.samples import sample_frames
-    from bimatting.weights.checkpoints import save_checkpoint
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # the host is shared: more threads run this 50x slower under load
@@ -152,8 +150,6 @@ def compiled_artifact(folder, target):
     ONNX is cached per session, possibly in another fixture's folder); cached per session."""
     if target not in _built:
         onnx_path = tie_free_onnx(folder)
-        from bimatting.deploy.compiler.build import compile_model
-
         compile_model(onnx_path, target, onnx_path.parent / f"tiefree-{target}.tar", resolution=SIZE)
         _built[target] = onnx_path.parent / f"tiefree-{target}.tar"
     return _built[target]
@@ -171,9 +167,6 @@ def tiny_recurrent_onnx(path, width=64, height=48, seed=0):
     """A small float model with the matting interface (src, r1i -> fgr, pha, r1o), static size:
     conv 3->4, a recurrent state at half size (tanh of pooled features + r1i), nearest upsampling,
     a 1x1 conv head. Compiles for the host in seconds; a stand-in where BiMatting would be slow."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32)
     w2 = rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32)
@@ -218,9 +211,5 @@ def tiny_recurrent_onnx(path, width=64, height=48, seed=0):
 def needs_cross_compiler():
     """Skip when the aarch64 cross compiler (installed by scripts/install.sh --test) is missing:
     rpi4 artifacts cannot be linked without it."""
-    import shutil
-
-    import pytest
-
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("cross compiler aarch64-linux-gnu-g++ is not installed")

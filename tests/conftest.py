@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from bimatting.deploy.device import emulator
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BIMATTING_SHARED", REPO.parent / "shared"))
 BEDROOM = SHARED / "data" / "sam2_bedroom_video" / "frames"
@@ -28,7 +30,7 @@ def bedroom_frames_dir(shared_dir):
 def _few_threads():
     # Two cores on CI: keep torch from oversubscribing when tests run beside compilers.
     try:
-        import torch
+        import torch  # noqa: PLC0415 - torch is optional here (ImportError below)
 
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     except ImportError:
@@ -39,8 +41,6 @@ def _few_threads():
 @pytest.fixture(scope="session")
 def emulator_ready():
     """The emulator's root folder; skips (with the set-up hint) when the emulator is not set up."""
-    from bimatting.deploy.device import emulator
-
     try:
         return emulator.load_emulator()
     except emulator.EmulatorNotSetUp as error:
@@ -48,8 +48,6 @@ def emulator_ready():
 
 
 def _emulated_board_factory(server):
-    from bimatting.deploy.device import emulator
-
     boards = {}
 
     def board(target="rpi4"):

@@ -8,6 +8,10 @@ every run. Corruptions:
                                     from `regions` [(start, end)] when given (e.g. a pickle)
 """
 
+import subprocess
+import sys
+
+import cv2
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -112,8 +116,6 @@ def bit_flips(data, count, seed, regions=None):
 
 def write_video(path, frames, fps=10.0, fourcc="MJPG"):
     """Write RGB uint8 frames [H, W, 3] with OpenCV (MJPG in .avi: decodable everywhere)."""
-    import cv2
-
     height, width = frames[0].shape[:2] if len(frames) else (16, 16)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
     assert writer.isOpened(), f"OpenCV cannot write {path}"
@@ -137,9 +139,6 @@ def gradient_frames(count, width, height, seed=0):
 
 def run_cli(*args, timeout=120, cwd=None):
     """`bimatting ARGS` in a fresh process: (returncode, stdout, stderr)."""
-    import subprocess
-    import sys
-
     done = subprocess.run(
         [sys.executable, "-m", "bimatting", *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd
     )

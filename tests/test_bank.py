@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-from bimatting.train.bank import Bank, Item, view_thetas, warp
+from bimatting.train.bank import Bank, Item, recolour, view_thetas, warp
 
 
 def _item(name, count, pha):
@@ -115,8 +115,6 @@ def test_crops_draw_stills_at_their_share_and_hold_them_still():
 def test_recolour_changes_frames_and_foreground_alike():
     """Pixelwise: where the frame is the foreground (alpha 1) the recoloured frame is the recoloured
     foreground, so the teacher's fgr stays the target; the change is not the identity."""
-    from bimatting.train.bank import recolour
-
     g = torch.Generator().manual_seed(0)
     fgr, bgr = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
     pha = (torch.rand(2, 1, 16, 16, generator=g) > 0.5).float()

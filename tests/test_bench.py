@@ -18,12 +18,15 @@ import tarfile
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tvm import rpc as tvm_rpc
 
 import bench_models
 from bimatting.cli import cli
+from bimatting.deploy.compiler.build import compile_model
 from bimatting.deploy.device import bench as bench_lib, emulator, report, rpc
 from bimatting.errors import InputError, RuntimeFailure
 
@@ -44,8 +47,6 @@ def bimatting_rpi4(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A small float model with the matting interface, compiled for host and for rpi4 (seconds)."""
-    from bimatting.deploy.compiler.build import compile_model
-
     folder = tmp_path_factory.mktemp("tiny")
     onnx_path = bench_models.tiny_recurrent_onnx(folder / "tiny.onnx")
     compile_model(onnx_path, "host", folder / "tiny-host.tar")
@@ -55,8 +56,6 @@ def tiny(tmp_path_factory):
 
 
 def check_report_files(folder, frames_measured):
-    import cv2
-
     for name in ("bench.json", "latency.png", "alpha_preview.png"):
         assert (folder / name).is_file(), name
     plot = cv2.imread(str(folder / "latency.png"))
@@ -232,8 +231,6 @@ def test_tracker_and_key_serve_bench_and_tune(emulator_ready, bimatting_rpi4, tm
 
 
 def _free_boards(tracker, key):
-    from tvm import rpc as tvm_rpc
-
     host, port = tracker.address.split(":")
     return tvm_rpc.connect_tracker(host, int(port)).summary()["queue_info"][key]["free"]
 
@@ -456,8 +453,6 @@ def test_reference_must_be_the_compiled_model(tiny, tmp_path):
 
 
 def test_footage_is_resized_to_the_artifact_input(tiny, tmp_path):
-    import cv2
-
     folder = tmp_path / "frames"
     folder.mkdir()
     rng = np.random.default_rng(0)

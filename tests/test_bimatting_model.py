@@ -5,6 +5,7 @@ import ast
 import pytest
 import torch
 
+from bimatting import load_model
 from bimatting.models import build_model
 from bimatting.models.bimatting import BiMatting
 from bimatting.models.bimatting.binarize import BiConv2d
@@ -60,8 +61,6 @@ def model():
 
 
 def test_official_checkpoint_loads_every_tensor(tmp_path):
-    from bimatting import load_model
-
     state = official_state_dict()
     assert sum(k.endswith(DEAD) for k in state) == 73
     path = tmp_path / "epoch-27.pth"

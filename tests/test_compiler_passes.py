@@ -40,10 +40,12 @@ import tvm_ffi
 from onnx import TensorProto, helper
 from tvm import relax, s_tir, te, tirx, topi
 
-from bimatting.deploy.compiler import build, channel_slices, fold, fuse_producers
+from bimatting.binops.geometry import ConvGeometry
+from bimatting.deploy.compiler import build, channel_slices, fold, fuse_producers, lowering
 from bimatting.deploy.compiler.float_order import fence_products
+from bimatting.deploy.compiler.kernels.bitserial import PackLayout
 from bimatting.deploy.compiler.resize import _separable_linear
-from bimatting.deploy.compiler.schedules import ScheduleModule, fp, fp_rules, masked
+from bimatting.deploy.compiler.schedules import ScheduleModule, fp, fp_rules, kernel_config_for, masked, schedule_kernel
 from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
 from bimatting.deploy.target import resolve
 
@@ -594,8 +596,6 @@ def test_a_stride_2_pool_with_an_odd_padded_width_is_split_into_even_and_odd_col
 
 def _upsample_and_pack(channels, height, width, layout, bias):
     """pack(concat(repeat(x, 2, W), repeat(x, 2, W) * s)): a pack reading an expanding producer."""
-    from bimatting.deploy.compiler import lowering
-
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, channels, height, width), "float32"))
     s = relax.Var("s", relax.TensorType((1, channels, height, 2 * width), "float32"))
@@ -612,11 +612,6 @@ def test_a_pack_computes_the_upsample_it_reads_in_place(host_target):
     """An upsample writes 4x what it reads: fused into the pack that alone reads it
     (fuse_producers.py, schedules/pack_producers.py), its float output is never stored, and the
     packed words are those of packing the stored tensor."""
-    from bimatting.binops.geometry import ConvGeometry
-    from bimatting.deploy.compiler import lowering
-    from bimatting.deploy.compiler.kernels.bitserial import PackLayout
-    from bimatting.deploy.compiler.schedules import kernel_config_for, schedule_kernel
-
     channels, height, width = 20, 6, 16
     geometry = ConvGeometry(height, 2 * width, 2 * channels, 8, (3, 3), (1, 1), (1, 1, 1, 1))
     layout = PackLayout.covering([geometry], kernel_config_for(host_target).word_dtype, variants=2)

@@ -5,6 +5,7 @@ import colorsys
 import json
 import math
 import random
+import shutil
 
 import cv2
 import numpy as np
@@ -32,6 +33,8 @@ from bimatting.data import (
 from bimatting.data.motion import Probabilities
 from bimatting.data.sampler import SPEEDS, frame_indices
 from bimatting.errors import InputError
+from bimatting.train.sources import real_sources
+from bimatting.train.stages import stage_config
 
 KINDS = ("com", "fgr", "pha", "bgr")
 
@@ -217,8 +220,6 @@ def test_large_frames_shrink_to_short_side(tmp_path):
     [("vm/train/pha", "vm/train/pha"), ("vm/train", "vm/train"), ("vm/train/pha/0001", "vm/train/pha/0001")],
 )
 def test_wrong_layout_names_first_missing_folder(matting_tree, remove, named):
-    import shutil
-
     shutil.rmtree(matting_tree / remove)
     with pytest.raises(InputError, match=named):
         VideoMatteDataset(matting_tree / "vm", backgrounds=None)
@@ -420,11 +421,6 @@ def test_pause_repeats_one_frame():
 
 # ---------------------------------------------------------------- the trainer's data hook
 def test_training_root_gives_the_stage_passes(matting_tree, tmp_path):
-    import shutil
-
-    from bimatting.train.sources import real_sources
-    from bimatting.train.stages import stage_config
-
     root = tmp_path / "root"
     shutil.copytree(matting_tree / "vm", root / "VideoMatte240K_JPEG_SD")
     config = stage_config("bimatting", 3, size_lr=24, seq_lr=3, size_hr=32, seq_hr=2)

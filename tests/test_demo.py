@@ -10,6 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from bimatting.export.verify import compare
+from bimatting.matting.frames import read_frames
+from bimatting.matting.runner import open_matter
+from bimatting.weights.checkpoints import load_model
+
 # The export issue's bounds for the same network on two backends (pha in [0, 1]).
 PHA_MEAN_TOLERANCE = 1e-4
 PHA_MAX_TOLERANCE = 1e-2
@@ -80,11 +85,6 @@ def test_default_model_agrees_on_three_backends(demo_run):
     (bimatting.export.verify) aligns exactly those near-ties (|x| <= 1e-4) and counts them; a wrong
     graph flips decisions far from zero and fails.
     """
-    from bimatting.export.verify import compare
-    from bimatting.matting.frames import read_frames
-    from bimatting.matting.runner import open_matter
-    from bimatting.weights.checkpoints import load_model
-
     result, workdir, _ = demo_run
     built = [workdir / "sample.mp4", workdir / "bimatting.onnx", workdir / "bimatting-host.tar"]
     assert all(path.is_file() for path in built), result.stderr[-3000:]

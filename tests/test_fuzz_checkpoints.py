@@ -31,6 +31,7 @@ from bimatting.models import build_model
 from bimatting.weights.checkpoints import save_checkpoint
 from bimatting.weights.packed import META_KEY, pack_state, save_packed
 from fuzz_inputs import assert_one_line, bit_flips, gradient_frames, truncations, write_video
+from test_train import write_eval_set
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +189,6 @@ def hostile(tmp_path_factory, network):
 @pytest.fixture(scope="module")
 def little_world(tmp_path_factory):
     """A 3-frame video and a tiny evaluation set (the verbs check these before loading weights)."""
-    from test_train import write_eval_set
-
     folder = tmp_path_factory.mktemp("world")
     video = write_video(folder / "clip.avi", gradient_frames(3, 64, 48))
     return video, write_eval_set(folder / "evalset", clips=1, frames=2)

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from bimatting.weights.rvm_onnx import official_onnx_path
 from fuzz_inputs import assert_clean_error, gradient_frames, run_cli, write_video
 
 RNG_SEED = 5
@@ -24,8 +25,6 @@ RNG_SEED = 5
 
 @pytest.fixture(scope="module")
 def rvm_onnx():
-    from bimatting.weights.rvm_onnx import official_onnx_path
-
     with official_onnx_path() as path:
         yield path
 

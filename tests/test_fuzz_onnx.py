@@ -12,22 +12,30 @@ Case counts (this file): 27 hand-made models x 3 entry points (check, matte back
 4 CLI runs (compile and matte), 2 reader/bench cases, 5 external-data cases.
 """
 
+import resource
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import bimatting
 from bimatting.binops import schema
+from bimatting.deploy.compiler.build import compile_model
+from bimatting.deploy.device.bench import run_reference
 from bimatting.errors import BimattingError, InputError
+from bimatting.matting.runner import open_matter
 from bimatting.weights.onnx_check import MAX_DIM, check_model, load_checked
 from fuzz_inputs import (
     TINY_SIZE,
     assert_clean_error,
     assert_one_line,
     bit_flips,
+    gradient_frames,
     run_cli,
     tiny_matting_onnx,
     truncations,
+    write_video,
 )
 
 
@@ -207,8 +215,6 @@ def _mutated(base, name):
 
 
 def test_the_base_model_passes_and_runs(base, tmp_path):
-    from bimatting.matting.runner import open_matter
-
     path = _write(tmp_path, base)
     check_model(load_checked(path))
     matter = open_matter(artifact=path)
@@ -222,9 +228,6 @@ def test_the_base_model_passes_and_runs(base, tmp_path):
 def test_bad_model_is_refused_by_every_entry_point(name, base, tmp_path):
     """The check, the matte backend and the compiler all refuse it with the same one line,
     and the compiler leaves no artifact (it refuses before TVM sees the graph)."""
-    from bimatting.deploy.compiler.build import compile_model
-    from bimatting.matting.runner import open_matter
-
     fragment = MUTATIONS[name][1]
     path = _write(tmp_path, _mutated(base, name))
     with pytest.raises(InputError) as checked:
@@ -280,8 +283,6 @@ def _frames(count=2):
 def _matte_outcome(path):
     """'ok' when the file runs two frames with outputs of the right shape, else the error class name
     (a deliberate error must be one line); anything else propagates and fails the test."""
-    from bimatting.matting.runner import open_matter
-
     try:
         matter = open_matter(artifact=path)
         for frame in _frames():
@@ -308,8 +309,6 @@ def _corruptions():
 def test_truncated_and_bit_flipped_models_fail_cleanly_or_run(tmp_path):
     """225 corrupt copies through the check and onnxruntime. Bit flips in weight bytes give a
     different but valid model (it must run); everything else must be refused in one line."""
-    import resource
-
     outcomes = {}
     for name, data in _corruptions().items():
         path = tmp_path / "corrupt.onnx"
@@ -327,8 +326,6 @@ def test_truncated_and_bit_flipped_models_fail_cleanly_or_run(tmp_path):
 def test_cli_refuses_bad_models_in_one_line(base, tmp_path):
     """The real command line: compile and matte on a truncated file, an unknown op, a huge
     dimension and a tampered function body."""
-    from fuzz_inputs import gradient_frames, write_video
-
     video = write_video(tmp_path / "clip.avi", gradient_frames(2, *TINY_SIZE))
     data = base.SerializeToString()
     bad = {
@@ -352,9 +349,6 @@ def test_cli_refuses_bad_models_in_one_line(base, tmp_path):
 def test_rvm_reader_and_bench_reference_check_the_file(base, tmp_path):
     """load_model(".onnx") (RVM's official layout) and the bench's onnxruntime reference both go
     through the check: a bad file is refused before onnxruntime or the weight reader parse it."""
-    import bimatting
-    from bimatting.deploy.device.bench import run_reference
-
     path = _write(tmp_path, _mutated(base, "huge declared initializer, 4 bytes stored"))
     with pytest.raises(InputError) as error:
         bimatting.load_model(path)

@@ -21,8 +21,10 @@ from bimatting.deploy.compiler import build, graph_rewrite, integer_pairs, lower
 from bimatting.deploy.compiler.kernels import pair_dot as pair_kernel
 from bimatting.deploy.compiler.schedules import ScheduleModule, kernel_config_for
 from bimatting.deploy.target import resolve
+from bimatting.errors import InputError
 from bimatting.export import exporter
 from bimatting.models import build_model
+from bimatting.weights.checkpoints import load_model
 
 VNNI_TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}
 NO_VNNI_TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}
@@ -32,9 +34,6 @@ NO_VNNI_TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylak
 def rewritten_default():
     """The default network's graph after graph_rewrite (the packaged weights or, without them, a
     seeded network of the same structure: the chains' constants come from fixed_point.py either way)."""
-    from bimatting.errors import InputError
-    from bimatting.weights.checkpoints import load_model
-
     try:
         network = load_model("default", arch="bimatting")
     except InputError:

@@ -16,12 +16,24 @@ import pytest
 import tvm
 import tvm_ffi
 from onnx import TensorProto, helper
+from tvm import rpc, s_tir, te, topi
+from tvm.s_tir import meta_schedule as ms
+from tvm.target.codegen import llvm_get_cpu_features
 
 from bimatting.binops import layout as bit_layout
 from bimatting.binops.geometry import ConvGeometry
-from bimatting.deploy.compiler import lowering
+from bimatting.deploy.compiler import lowering, tuning_database as tuning
 from bimatting.deploy.compiler.kernels import standalone
 from bimatting.deploy.compiler.kernels.bitserial import PackLayout
+from bimatting.deploy.compiler.schedules import (
+    ScheduleModule,
+    fp,
+    fp_rules,
+    kernel_config_for,
+    schedule_kernel,
+    scheduled_kernel,
+)
+from bimatting.deploy.compiler.schedules.primfunc import fresh
 from bimatting.deploy.target import fcompile, resolve
 
 CHANNELS = (3, 16, 20, 35, 64, 195)
@@ -139,8 +151,6 @@ def test_masked_out_tiles_skip_the_popcount_and_still_give_the_dense_result(host
     """masked.py: tiles whose columns are all masked out skip the XNOR/popcount loop. Two frames
     with different masks (the batch index reaches the test), whole rows and whole 8-column
     tiles off, tiles partly on, a partial last tile (37 columns)."""
-    from bimatting.deploy.compiler.schedules import kernel_config_for, scheduled_kernel
-
     geometry = ConvGeometry(9, 37, 35, 16, (3, 3), (1, 1), (1, 1, 1, 1))
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 35, 9, 37)).astype(np.float32)
@@ -196,7 +206,6 @@ def test_onnx_binarize_pack_and_unpack_ops_match_the_bit_layout(host_target):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 20, 5, 6)).astype(np.float32)
     x[0, :, 0, 0] = 0.0
-    from bimatting.deploy.compiler.schedules import kernel_config_for, schedule_kernel
 
     funcs = {"bp": lowering.binarize_pack_func(x.shape), "up": lowering.unpack_func((2, 3, 5, 6), 20)}
     kernel_config = kernel_config_for(host_target)
@@ -216,8 +225,6 @@ def test_onnx_binarize_pack_and_unpack_ops_match_the_bit_layout(host_target):
 
 def test_host_code_uses_a_vector_popcount(host_target):
     """AVX-512 VPOPCNTDQ where the CPU has it (vpopcntq), else AVX2's vpshufb nibble table."""
-    from tvm.target.codegen import llvm_get_cpu_features
-
     geometry, _, w = _case(64, CONFIGS[2], seed=9, out_channels=64)
     kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), np.ones(64), np.zeros(64), host_target)
     asm = standalone.build([kernel], host_target).mod.inspect_source("asm")
@@ -235,8 +242,6 @@ def test_host_code_uses_a_vector_popcount(host_target):
 @pytest.fixture(scope="module")
 def rpi4_session(emulated_board):
     """An RPC session with the emulated Raspberry Pi 4 (conftest's board; skips without it)."""
-    from tvm import rpc
-
     host, port = emulated_board("rpi4")
     return rpc.connect(host, port)
 
@@ -266,8 +271,6 @@ def _tunable_case(host_target):
 
 
 def _run_conv(kernel, conv_func, x, host_target):
-    from bimatting.deploy.compiler.schedules import schedule_kernel
-
     pack = schedule_kernel(kernel.pack, kernel.kernel_config).mod["main"]
     mod = tvm.IRModule(
         {"pack0": pack.with_attr("global_symbol", "pack0"), "conv0": conv_func.with_attr("global_symbol", "conv0")}
@@ -278,10 +281,6 @@ def _run_conv(kernel, conv_func, x, host_target):
 
 def _sampled_schedule(kernel, seed):
     """The tunable schedule (MetaSchedule's design space of a binary conv) with sampled tiles."""
-    from tvm import s_tir
-
-    from bimatting.deploy.compiler.schedules.primfunc import fresh
-
     sch = s_tir.Schedule(tvm.IRModule({"main": fresh(kernel.conv)}), seed=seed)
     kernel.kernel_config.schedule_bconv(sch, tunable=True)
     return sch
@@ -298,11 +297,6 @@ def test_sampled_tile_sizes_of_the_design_space_stay_exact(host_target):
 
 
 def test_a_tuning_record_replaces_the_manual_schedule(host_target):
-    from tvm.s_tir import meta_schedule as ms
-
-    from bimatting.deploy.compiler import tuning_database as tuning
-    from bimatting.deploy.compiler.schedules import ScheduleModule
-
     kernel, x, want = _tunable_case(host_target)
     sch = _sampled_schedule(kernel, seed=3)
     database = ms.database.MemoryDatabase()
@@ -327,10 +321,6 @@ def test_elementwise_chain_with_a_pool_is_scheduled_and_exact(host_target):
     """A ReActNet block's tail as Relax fuses it (residual adds, RPReLU-like arithmetic, the next
     block's 2x2 average pool, an add): the ElementwiseWithReductions rule takes it (vectorized,
     parallel), and the built function equals numpy to float32 rounding of the same operations."""
-    from tvm import te, topi
-
-    from bimatting.deploy.compiler.schedules import fp, fp_rules
-
     x = te.placeholder((1, 8, 18, 32), name="x")
     y = te.placeholder((1, 8, 9, 16), name="y")
     shifted = topi.add(topi.divide(topi.add(x, 0.25), 2.0), x)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bimatting.train import losses
+from bimatting.train.recipe import Recipe, loss_terms_at
 
 RTOL, ATOL = 1e-5, 1e-6
 KERNEL = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256.0
@@ -190,8 +191,6 @@ def test_chosen_terms_l1_only_and_all_terms(tensors):
 
 
 def test_recipe_phases_in_laplacian_and_coherence():
-    from bimatting.train.recipe import Recipe, loss_terms_at
-
     assert loss_terms_at(Recipe(), 10**6) == ("pha_l1", "fgr_l1")
     phased = Recipe(laplacian_from=100, coherence_from=200)
     assert loss_terms_at(phased, 99) == ("pha_l1", "fgr_l1")

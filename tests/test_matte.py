@@ -2,17 +2,26 @@
 backends agreeing on the same network, PNG folders, and bad input refused before any output."""
 
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
+import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
+import bench_models
+import bimatting
 from bimatting.cli import cli
+from bimatting.deploy.compiler.build import compile_model
 from bimatting.downsample import auto_downsample_ratio
-from bimatting.matting.frames import read_frames
-from bimatting.matting.runner import open_matter, parse_ratio
+from bimatting.matting.frames import read_frames, to_nchw
+from bimatting.matting.runner import export_in_memory, open_matter, parse_ratio
 from bimatting.matting.samples import sample_frames
+from bimatting.weights.checkpoints import save_checkpoint
+from bimatting.weights.rvm_onnx import official_onnx_path
 
 SIZE = (512, 288)  # (width, height), RVM's low-resolution evaluation size
 SMALL = (256, 144)
@@ -113,9 +122,6 @@ def test_matte_real_video_keeps_count_size_and_rate(bedroom_mp4, tmp_path):
 def rvm_checkpoint(tmp_path_factory):
     """RVM's official weights as a project checkpoint: a float network, so the backends must agree
     without any help (no sign decisions that float rounding could flip)."""
-    import bimatting
-    from bimatting.weights.checkpoints import save_checkpoint
-
     path = tmp_path_factory.mktemp("ckpt") / "rvm.pth"
     save_checkpoint(path, bimatting.load_model("rvm"), "rvm")
     return path
@@ -124,11 +130,6 @@ def rvm_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rvm_host_artifact(rvm_checkpoint, tmp_path_factory):
     """The same RVM exported and compiled by TVM for this machine at 256x144 (~20 s)."""
-    import onnx
-
-    from bimatting.deploy.compiler.build import compile_model
-    from bimatting.matting.runner import export_in_memory
-
     folder = tmp_path_factory.mktemp("tvm")
     onnx.save(export_in_memory(rvm_checkpoint), str(folder / "rvm.onnx"))
     compile_model(folder / "rvm.onnx", "host", folder / "rvm-host.tar", resolution=SMALL)
@@ -156,9 +157,6 @@ def test_rvm_backends_agree_over_a_clip(rvm_checkpoint, rvm_host_artifact, small
 def test_the_matte_command_runs_an_artifact_on_the_tvm_runtime_alone(rvm_host_artifact, small_bedroom_frames, tmp_path):
     """`bimatting matte --artifact` as a board runs it: the TVM runtime library only (no compiler
     library, no torch), and the same alpha as the TVM backend in a process that has both."""
-    import subprocess
-    import sys
-
     video = write_video(tmp_path / "clip.mp4", small_bedroom_frames[:3])
     report = tmp_path / "loaded.txt"
     probe = (
@@ -235,14 +233,8 @@ def tie_free_checkpoint(tmp_path_factory):
     pha, so no backend could match another. With no near ties on the clip, a correct backend
     agrees to float precision and a wrong one does not.
     """
-    import torch
-
-    from bench_models import FRAMES, SIZE, tie_free_bimatting
-    from bimatting.matting.frames import to_nchw
-    from bimatting.weights.checkpoints import save_checkpoint
-
-    clip = sample_frames(FRAMES, SIZE)
-    network, margin = tie_free_bimatting(torch.from_numpy(np.stack([to_nchw(f)[0] for f in clip])[None]))
+    clip = sample_frames(bench_models.FRAMES, bench_models.SIZE)
+    network, margin = bench_models.tie_free_bimatting(torch.from_numpy(np.stack([to_nchw(f)[0] for f in clip])[None]))
     assert margin > 2e-5, f"calibration left a near tie ({margin:.1e})"
     path = tmp_path_factory.mktemp("ckpt") / "tiefree.pth"
     save_checkpoint(path, network, "bimatting")
@@ -252,11 +244,6 @@ def tie_free_checkpoint(tmp_path_factory):
 def test_bimatting_backends_agree(tie_free_checkpoint, tmp_path):
     """BiMatting on torch, on onnxruntime (exported in memory) and on TVM (that export compiled for
     this machine), states carried over the clip: within the export issue's tolerances."""
-    import onnx
-
-    from bimatting.deploy.compiler.build import compile_model
-    from bimatting.matting.runner import export_in_memory
-
     checkpoint, clip = tie_free_checkpoint
     onnx.save(export_in_memory(checkpoint), str(tmp_path / "tiefree.onnx"))
     width, height = clip[0].shape[1], clip[0].shape[0]
@@ -372,10 +359,6 @@ def test_bad_input_is_one_line_exit_2_and_no_output(case, tmp_path):
 
 def test_failure_after_outputs_opened_leaves_nothing(tmp_path):
     """RVM's official ONNX pinned to 128x72 fails on the first 64x48 frame, after the writers opened."""
-    import onnx
-
-    from bimatting.weights.rvm_onnx import official_onnx_path
-
     with official_onnx_path() as path:
         model = onnx.load(str(path))
     dims = model.graph.input[0].type.tensor_type.shape.dim  # src [B,3,H,W]
@@ -408,8 +391,6 @@ def test_python_api_mattes_a_real_clip_with_a_checkpoint_and_an_artifact(
     """`bimatting.matte(...)`, the Python entry point: what it returns is what it wrote, and the
     8-bit mattes are the network's alpha (run here frame by frame, states carried) for a PyTorch
     checkpoint and for the compiled artifact of the same network."""
-    import bimatting
-
     frames = small_bedroom_frames[:4]
     video = write_video(tmp_path / "clip.mp4", frames)
     decoded = read_frames(video)  # what the API reads back: the mp4's decoded frames

@@ -6,7 +6,9 @@ shared data; the teacher is RVM with its official weights.
 """
 
 import dataclasses
+import hashlib
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,14 +18,19 @@ from click.testing import CliRunner
 from torch.nn import functional as F
 
 from bimatting.cli import cli
+from bimatting.errors import InputError
 from bimatting.matting.samples import sample_frames
 from bimatting.models import build_model
 from bimatting.models.bimatting.binarize import BiConv2d
-from bimatting.train import recipe as recipes
+from bimatting.train import recipe as recipes, stages
+from bimatting.train.batch_grid import GREY
 from bimatting.train.distill import Distillation, DistillOptions
-from bimatting.train.features import FeatureTaps, feature_distillation
+from bimatting.train.features import ADAPTER_TAPS, EncoderAdapters, FeatureTaps, feature_distillation
 from bimatting.train.sign_health import SignHealth, summarize
+from bimatting.train.snapshot import read_snapshot, save_snapshot
 from bimatting.train.trainer import fingerprint
+from bimatting.weights.checkpoints import load_model
+from bimatting.weights.packed import read_packed
 
 
 def _batch(seed=0, n=4, size=64):
@@ -87,8 +94,6 @@ def test_per_group_learning_rates_reach_the_optimizer():
 
 
 def test_stage_rates_keep_module_groups_and_split_the_latent_weights():
-    from bimatting.train import stages
-
     model = build_model("bimatting")
     config = stages.stage_config("bimatting", 1)
     groups = recipes.parameter_groups(model, recipes.Recipe(latent_lr=1e-3), config.lr, stages.module_group)
@@ -116,8 +121,6 @@ def test_two_step_switch_real_then_binary_weights():
 
 
 def test_heads_from_teacher_copy_where_shapes_match():
-    from bimatting.weights.checkpoints import load_model
-
     teacher, student = load_model("rvm"), build_model("bimatting")
     copied = recipes.init_from_teacher(student, teacher)
     assert "project_mat.conv.weight" in copied and "refiner.conv.12.bias" in copied
@@ -126,8 +129,6 @@ def test_heads_from_teacher_copy_where_shapes_match():
 
 
 def test_feature_taps_match_shapes_and_vanish_on_identical_features():
-    from bimatting.weights.checkpoints import load_model
-
     teacher, student = load_model("rvm").eval(), build_model("bimatting").train()
     src = _batch(n=2)[None]
     with FeatureTaps(student, attention=True) as mine:
@@ -203,7 +204,6 @@ def test_distillation_resumes_bit_identically(footage, tmp_path):
         straight.optimizer.state_dict()["state"][0]["exp_avg"]
     )
     # the training record travels with the packed model
-    from bimatting.weights.packed import read_packed
 
     meta, _ = read_packed(tmp_path / "resumed" / "bimatting_default.npz")
     # the packed model is the best held-out figure so far, live weights or their average
@@ -218,8 +218,6 @@ def test_distillation_resumes_bit_identically(footage, tmp_path):
 
 
 def test_resume_refuses_changed_settings(footage, tmp_path):
-    from bimatting.errors import InputError
-
     Distillation(_options(footage, tmp_path / "run", 2)).run()
     with pytest.raises(InputError, match="latent_lr"):
         Distillation(_options(footage, tmp_path / "run", 4, latent_lr=1e-2))
@@ -229,8 +227,6 @@ def test_branch_continues_another_runs_state_under_new_settings(footage, tmp_pat
     """--branch-from: with the same settings a branch is the straight run bit for bit (weights,
     average, Adam moments, RNG streams all carried); with a new latent rate it starts at the source's
     step, Adam moments kept, at the new rate, the change recorded; the source run is untouched."""
-    import hashlib
-
     straight = Distillation(_options(footage, tmp_path / "straight", 6))
     straight.run()
     Distillation(_options(footage, tmp_path / "source", 3)).run()
@@ -269,8 +265,6 @@ def test_cpu_smoke_run_improves_heldout_agreement(footage, tmp_path):
 def test_dump_batch_writes_what_training_would_see(footage, tmp_path):
     """`--dump-batch`: the grid holds the batch that training would draw next, crop by crop, and
     the printed foreground share is that crop's mean target alpha."""
-    from bimatting.train.batch_grid import GREY
-
     out = tmp_path / "run"
     result = CliRunner().invoke(
         cli,
@@ -318,8 +312,6 @@ def test_snapshot_is_compact_and_warm_restarts(footage, tmp_path):
     """The committed snapshot: float state exact, latent weights within half a quantization step,
     almost every deployed sign kept, well under the 5 MB a tracked file may take; and a new run
     starts from it."""
-    from bimatting.train.snapshot import read_snapshot, save_snapshot
-
     run = Distillation(_options(footage, tmp_path / "run", 6, total=6))
     run.run()
     size = save_snapshot(tmp_path / "snapshot.npz", run.model, record={"steps": run.step})
@@ -351,8 +343,6 @@ def test_snapshot_is_compact_and_warm_restarts(footage, tmp_path):
 def test_encoder_adapters_map_student_widths_to_the_teachers(footage, tmp_path):
     """The training-only adapters: sized from both networks, their loss the normalised MSE of
     numpy's arithmetic, trained with the rest, and absent from what is saved as the model."""
-    from bimatting.train.features import ADAPTER_TAPS, EncoderAdapters
-
     student, teacher = build_model("bimatting"), build_model("rvm")
     adapters = EncoderAdapters.between(student, teacher)
     widths = {tap: (conv.in_channels, conv.out_channels) for tap, conv in adapters.convs.items()}
@@ -377,10 +367,6 @@ def test_encoder_adapters_map_student_widths_to_the_teachers(footage, tmp_path):
 
 def test_warm_restart_from_the_committed_snapshot(footage, tmp_path):
     """training/default/snapshot.npz (what a new machine starts the default run from) loads and trains."""
-    from pathlib import Path
-
-    from bimatting.train.snapshot import read_snapshot
-
     committed = Path(__file__).resolve().parent.parent / "training" / "default" / "snapshot.npz"
     assert committed.is_file(), "training/default/snapshot.npz is tracked: a new machine restarts the run from it"
     state, record = read_snapshot(committed)

@@ -11,6 +11,7 @@ regular file is the unwritable location used instead.)
 """
 
 import hashlib
+import importlib.resources
 import importlib.util
 import os
 import re
@@ -25,7 +26,19 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+import torch
 
+import bimatting
+import bimatting.models.profile
+from bench_models import tie_free_bimatting
+from bimatting.cli import main
+from bimatting.deploy.compiler.build import compile_model
+from bimatting.matting.frames import to_nchw
+from bimatting.matting.resume import get_states, set_states
+from bimatting.matting.runner import TorchMatter, open_matter
+from bimatting.models import build_model
+from bimatting.weights.checkpoints import save_checkpoint
+from bimatting.weights.rvm_onnx import official_onnx_path
 from fuzz_inputs import TINY_SIZE, assert_clean_error, gradient_frames, tiny_matting_onnx, write_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,8 +85,6 @@ def tiny_onnx(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rvm_onnx():
-    from bimatting.weights.rvm_onnx import official_onnx_path
-
     with official_onnx_path() as path:
         yield path
 
@@ -113,10 +124,6 @@ except Exception as error:  # the CLI's contract: one line, the error's exit cod
 @pytest.mark.parametrize("name", ["net.pth", "net.npz"])
 def test_failed_checkpoint_and_packed_writes_keep_the_previous_file(name, tmp_path):
     """save_checkpoint (.pth, ~17 MB) and save_packed (.npz, ~0.8 MB) under a 64 KiB file limit."""
-    import torch
-
-    import bimatting
-
     path = tmp_path / name
     assert _run([sys.executable, "-c", SAVE_NETWORK, str(path), "0"])[0] == 0
     before = _digest(path)
@@ -311,11 +318,6 @@ def test_resume_of_png_output_equals_an_uninterrupted_run(rvm_onnx, tmp_path):
 def test_recurrent_state_round_trip_on_every_backend(tiny_onnx, tmp_path):
     """matte_resume.get_states / set_states: a fresh network given the saved state continues exactly
     like the one that ran the first frames (torch, onnxruntime and a compiled TVM artifact)."""
-    from bimatting.deploy.compiler.build import compile_model
-    from bimatting.matting.resume import get_states, set_states
-    from bimatting.matting.runner import TorchMatter, open_matter
-    from bimatting.models import build_model
-
     frames = [f.astype(np.float32) / 255 for f in gradient_frames(6, *TINY_SIZE)]
     compile_model(tiny_onnx, "host", tmp_path / "tiny.tar", resolution=TINY_SIZE)
     makers = {
@@ -367,8 +369,6 @@ def test_thousand_recurrent_frames_do_not_drift():
     """The issue's check: 1,000 recurrent frames of the packaged BiMatting, compiled for host at
     256x144, against onnxruntime; every frame's mean |pha diff| <= 1e-4 (bench/drift.py; ~10 min
     on 2 cores, opt-in: python -m pytest -m slow)."""
-    import importlib.resources
-
     if not (importlib.resources.files("bimatting") / "assets" / "bimatting_default.npz").is_file():
         pytest.skip("no packaged default model in this install (bench/drift.py --model CKPT runs any)")
     result = _drift_module().measure("default", frames=1000, resolution=(256, 144), progress=False, baseline=True)
@@ -381,8 +381,6 @@ def test_thousand_recurrent_frames_do_not_drift():
     "argv,code", [(["profile", "--help"], 0), (["no-such-verb"], 2), (["profile", "--resolution", "bad"], 2)]
 )
 def test_entry_point_exit_codes(argv, code, capsys):
-    from bimatting.cli import main
-
     with pytest.raises(SystemExit) as stop:
         main(argv)
     assert stop.value.code == code, capsys.readouterr()
@@ -390,8 +388,6 @@ def test_entry_point_exit_codes(argv, code, capsys):
 
 def test_ctrl_c_anywhere_in_a_verb_exits_130_not_1(monkeypatch, capsys):
     """click alone would print "Aborted!" and exit 1; the entry point says "Interrupted." and exits 130."""
-    import bimatting.models.profile
-    from bimatting.cli import main
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -412,12 +408,6 @@ def test_thousand_recurrent_frames_without_near_ties_do_not_drift(tmp_path):
     one side): a flipped bit can then only come from a wrong kernel or a corrupted state, so pha
     and fgr must stay within 1e-4 of onnxruntime on every frame. (The packaged model's own drift,
     where float32 rounding decides near-zero signs, is the test above.)"""
-    import torch
-
-    from bench_models import tie_free_bimatting
-    from bimatting.matting.frames import to_nchw
-    from bimatting.weights.checkpoints import save_checkpoint
-
     drift = _drift_module()
     size = (256, 144)
     distinct = list(drift.footage(None, size, drift.CLIP_FRAMES))

@@ -21,12 +21,15 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
 
 import bench_models
 from bimatting.cli import cli
+from bimatting.deploy.compiler.build import compile_model
+from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
 from bimatting.export import exporter, verify
 from bimatting.matting.frames import read_frames, to_nchw
 
@@ -74,8 +77,6 @@ class OnnxRunner:
     """onnxruntime (default optimizations, as a user runs it) with its own states."""
 
     def __init__(self, model, ratio, threads=1):
-        import onnxruntime as ort
-
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -92,9 +93,6 @@ class OnnxRunner:
 
 def agreement(shipped, clip, size_name, frames, tmp_path):
     """Per-frame figures of PyTorch vs onnxruntime and onnxruntime vs TVM host; the verify report."""
-    from bimatting.deploy.compiler.build import compile_model
-    from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
-
     network, model = shipped
     size, ratio = SIZES[size_name]
     images = read_frames(clip, size=size, limit=frames)
@@ -149,7 +147,6 @@ def test_a_hundred_held_out_frames_agree(shipped, clip, size_name, tmp_path):
 def bench_on_the_emulated_rpi4(shipped, clip, emulated_board, size_name, tmp_path, frames):
     """`bimatting bench --input` of the shipped model's rpi4 artifact on the emulated board: its report."""
     bench_models.needs_cross_compiler()
-    from bimatting.deploy.compiler.build import compile_model
 
     path = tmp_path / "shipped.onnx"
     onnx.save(shipped[1], str(path))

@@ -2,9 +2,11 @@
 batch handling, state shapes, the segmentation pass and the state_dict layout."""
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import numpy_helper
 
 import bimatting
 from bimatting.matting.frames import read_frames, to_nchw
@@ -174,8 +176,6 @@ def test_state_dict_layout_matches_official(official):
     state = official.state_dict()
     assert len(state) == 380
     # The ONNX export keeps the state_dict names of every conv without BN: they must exist here.
-    import onnx
-    from onnx import numpy_helper
 
     with official_onnx_path() as path:
         named = {

@@ -7,9 +7,14 @@ busy 2-core host); the Python one (board_server.py) is checked against a client 
 """
 
 import importlib.util
+import socket
+import struct
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import tvm.rpc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,10 +75,6 @@ def test_soak_probe_sees_an_open_session(emulator_ready, tmp_path):
 def _reset_mid_session(host, port):
     """A client that opens a session, promises a 1 MB packet, sends 100 bytes and resets the
     connection (SO_LINGER 0): what a client killed mid-upload leaves the server."""
-    import socket
-    import struct
-    import time
-
     rpc_magic = 0xFF271  # TVM RPC handshake (tvm/rpc/base.py)
     sock = socket.create_connection((host, port), timeout=30)
     key = b"client:"
@@ -87,13 +88,9 @@ def _reset_mid_session(host, port):
 
 def _session_works(host, port, seconds=120):
     """A fresh session answers within `seconds` (a dead accept loop leaves connect hanging)."""
-    import threading
-
     answers = []
 
     def connect():
-        import tvm.rpc
-
         try:
             remote = tvm.rpc.connect(host, port, session_timeout=60)
             answers.append(remote.cpu(0).exist)

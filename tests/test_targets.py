@@ -3,11 +3,15 @@ bitserial configuration per architecture, clear errors for unknown targets and m
 
 import json
 import os
+import platform
 
 import pytest
 from click.testing import CliRunner
+from tvm.target.codegen import llvm_get_system_cpu
 
 from bimatting.cli import cli
+from bimatting.deploy.compiler.schedules import kernel_config_for
+from bimatting.deploy.target import check_compiler, resolve
 from bimatting.errors import InputError
 from bimatting.targets import list_targets, load_target
 
@@ -32,10 +36,6 @@ def test_targets_json_has_llvm_and_cross_compiler_fields():
 
 
 def test_host_resolves_native_cpu_and_core_count():
-    from tvm.target.codegen import llvm_get_system_cpu
-
-    from bimatting.deploy.target import resolve
-
     host = resolve("host")
     assert load_target("host")["llvm"]["mcpu"] == "native"  # the TOML stays symbolic
     assert host.llvm["mcpu"] == llvm_get_system_cpu() != "native"
@@ -49,11 +49,6 @@ def test_host_resolves_native_cpu_and_core_count():
     [("rpi4", "uint32", "aarch64"), ("jetson-orin", "uint32", "aarch64"), ("host", "uint64", "x86_64")],
 )
 def test_bitserial_word_per_architecture(name, word, isa):
-    import platform
-
-    from bimatting.deploy.compiler.schedules import kernel_config_for
-    from bimatting.deploy.target import resolve
-
     if name == "host" and platform.machine() != "x86_64":
         pytest.skip("the host word size is checked on x86_64 machines")
     target = resolve(name)
@@ -62,8 +57,6 @@ def test_bitserial_word_per_architecture(name, word, isa):
 
 
 def test_unknown_target_lists_known_ones():
-    from bimatting.deploy.target import resolve
-
     with pytest.raises(InputError) as error:
         resolve("raspberry-pi-9")
     for name in list_targets():
@@ -80,8 +73,6 @@ def test_unknown_target_on_the_command_line_exits_2(tmp_path):
 
 
 def test_missing_cross_compiler_names_the_debian_package(tmp_path, monkeypatch):
-    from bimatting.deploy.target import check_compiler, resolve
-
     monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without aarch64-linux-gnu-g++
     with pytest.raises(InputError) as error:
         check_compiler(resolve("rpi4"))

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ from bimatting.train.sampling import seeded_rngs
 from bimatting.train.sources import CompositeClips, find_eval_clips
 from bimatting.train.trainer import fingerprint
 from bimatting.weights.checkpoints import load_checkpoint
+from bimatting.weights.packed import load_packed
 
 TINY = ["--seq-lr", "2", "--size-lr", "128", "--no-progress", "--seed", "7"]
 
@@ -174,7 +176,6 @@ def test_torchrun_two_ranks_hold_equal_weights(eval_set, tmp_path):
 
 def test_wrong_layout_names_first_missing_folder(eval_set, tmp_path):
     broken = write_eval_set(tmp_path / "broken", clips=1, frames=2)
-    import shutil
 
     shutil.rmtree(broken / "videomatte_motion" / "0000" / "fgr")
     result = CliRunner().invoke(cli, ["train", "--stage", "1", "--data-root", str(broken), *TINY])
@@ -333,7 +334,6 @@ def test_distill_cli_smoke(eval_set, tmp_path):
     summary = json.loads(result.output[result.output.index("{") :])
     assert summary["steps"] == 2 and 0 < summary["heldout"]["pha_mad_mean"] < 1
     assert summary["heldout"]["clips"][0]["frames"] == 2
-    from bimatting.weights.packed import load_packed
 
     packed = load_packed(out / "bimatting_default.npz")
     record = packed.packed_meta["provenance"]

@@ -4,21 +4,25 @@ uses it and the tuned artifact still matches onnxruntime on the board. Ctrl-C st
 (The tracker path is tested with bench in test_bench.py.) Timings are never asserted.
 """
 
+import concurrent.futures
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from click.testing import CliRunner
+from tvm.s_tir.meta_schedule.runner.rpc_runner import RPCRunnerFuture
 
 import bench_models
 from bimatting.cli import cli
 from bimatting.deploy.compiler import tuning_database as tuning
 from bimatting.deploy.device import emulator
+from bimatting.deploy.tuning.measure import CancelledOnInterrupt
 
 CLI = [sys.executable, "-c", "import sys; from bimatting.cli import main; main(sys.argv[1:])"]
 
@@ -200,13 +204,6 @@ def test_ctrl_c_stops_tuning_without_stray_processes(emulated_board, bimatting_r
 def test_a_measurement_not_started_is_cancelled_once_ctrl_c_was_pressed():
     """A batch's candidates are all submitted to the board's one-at-a-time runner; after Ctrl-C the
     one being measured finishes and the rest are cancelled, reported to the scheduler as errors."""
-    import concurrent.futures
-    import threading
-
-    from tvm.s_tir.meta_schedule.runner.rpc_runner import RPCRunnerFuture
-
-    from bimatting.deploy.tuning.measure import CancelledOnInterrupt
-
     interrupt, gate = threading.Event(), threading.Event()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         running = CancelledOnInterrupt(pool.submit(lambda: [float(gate.wait(30))]), interrupt)

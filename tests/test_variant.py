@@ -18,8 +18,11 @@ from bench_models import tie_free_bimatting
 from bimatting.deploy.compiler.build import compile_model
 from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
 from bimatting.export import exporter, verify
+from bimatting.export.graph import block_outputs
 from bimatting.matting.frames import to_nchw
 from bimatting.matting.samples import sample_frames
+from bimatting.models import build_model
+from bimatting.weights.checkpoints import load_model, save_checkpoint
 
 HALF_WIDTHS = dict(
     widths=[8] + [16, 32, 16] + [32, 64, 32] * 2 + [64, 128, 64] * 2 + [128] + [512],
@@ -94,8 +97,6 @@ def test_bimatting_with_other_widths_exports_compiles_and_verifies(tmp_path):
 
 
 def test_bimatting_with_a_shallower_encoder_exports_compiles_and_verifies(tmp_path):
-    from bimatting.export.graph import block_outputs
-
     network, frames = _variant(SHALLOW)
     assert len(network.backbone.feature) == 12 and network.backbone.taps == {0: "f1", 3: "f2", 6: "f3", 11: "f4"}
     model = _exports_compiles_and_verifies(network, frames, tmp_path)
@@ -108,9 +109,6 @@ def test_bimatting_with_a_shallower_encoder_exports_compiles_and_verifies(tmp_pa
 
 
 def test_a_shallower_variant_checkpoint_rebuilds_its_structure(tmp_path):
-    from bimatting.models import build_model
-    from bimatting.weights.checkpoints import load_model, save_checkpoint
-
     network = build_model("bimatting", **SHALLOW).eval()
     assert network.config["encoder_triples"] == [1, 1, 1]
     save_checkpoint(tmp_path / "shallow.pth", network, "bimatting")
@@ -119,9 +117,6 @@ def test_a_shallower_variant_checkpoint_rebuilds_its_structure(tmp_path):
 
 
 def test_a_variant_checkpoint_rebuilds_its_widths(tmp_path):
-    from bimatting.models import build_model
-    from bimatting.weights.checkpoints import load_model, save_checkpoint
-
     network = build_model("bimatting", **HALF_WIDTHS).eval()
     assert network.config == {"widths": HALF_WIDTHS["widths"], "aspp_channels": 64, "decoder_channels": [40, 20, 16, 8]}
     assert build_model("bimatting").config == {}  # the official widths: checkpoints as before
