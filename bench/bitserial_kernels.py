@@ -12,8 +12,12 @@ network uses. Busy machines give noisy numbers: compare columns of one run.
 import argparse
 import json
 import os
+import time
 
 import numpy as np
+
+from bimatting.binops import layout
+from bimatting.deploy.target import resolve
 
 
 def _tvm_threads(count):
@@ -29,9 +33,10 @@ def _median_us(timer):
 def bench_binary(cin, cout, height, width, target, repeat):
     import tvm
 
-    from bimatting.binops import layout
-    from bimatting.binops.geometry import ConvGeometry
-    from bimatting.deploy.compiler.kernels.standalone import BinaryConvKernel
+    from bimatting.binops.geometry import ConvGeometry  # noqa: PLC0415 - loads onnx, as TVM below
+
+    # TVM loads in the measurement
+    from bimatting.deploy.compiler.kernels.standalone import BinaryConvKernel  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     geometry = ConvGeometry(height, width, cin, cout, (3, 3), (1, 1), (1, 1, 1, 1))
@@ -51,7 +56,7 @@ def build_float_conv(cin, cout, height, width, target):
     the Relax executable."""
     from tvm import relax
 
-    from bimatting.deploy.compiler import build
+    from bimatting.deploy.compiler import build  # noqa: PLC0415 - TVM loads in the measurement
 
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, cin, height, width), "float32"))
@@ -80,8 +85,6 @@ def bench_tvm_float(cin, cout, height, width, target, repeat):
 
 
 def bench_onnxruntime(cin, cout, height, width, threads, repeat):
-    import time
-
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -116,7 +119,6 @@ def main():
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cin, cout, height, width = (int(v) for v in args.shape.split(","))
-    from bimatting.deploy.target import resolve
 
     target = resolve("host").tvm_target
     rows = []

@@ -38,6 +38,13 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from tqdm import tqdm
+
+from bimatting.cli.parsing import parse_resolution
+from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
+from bimatting.errors import BimattingError
+from bimatting.matting.frames import read_frames, to_nchw
+from bimatting.matting.samples import sample_frames
 
 CLIP_FRAMES = 100  # distinct frames read from the footage (then played back and forth)
 
@@ -48,7 +55,7 @@ def onnx_for(model, folder):
         return Path(model)
     import onnx
 
-    from bimatting.export.exporter import build_onnx, load_network
+    from bimatting.export.exporter import build_onnx, load_network  # noqa: PLC0415 - torch loads only to export
 
     keyword = model in ("default", "rvm")  # the packaged BiMatting / RVM's official weights
     network, arch = load_network(None if keyword else model, model if model == "rvm" else None)
@@ -59,9 +66,6 @@ def onnx_for(model, folder):
 
 def footage(source, size, count):
     """`count` frames [H, W, 3] of `size` (W, H): the clip played forwards, backwards, forwards..."""
-    from bimatting.matting.frames import read_frames
-    from bimatting.matting.samples import sample_frames
-
     clip = read_frames(source, size=size, limit=CLIP_FRAMES) if source else sample_frames(CLIP_FRAMES, size)
     cycle = clip + clip[-2:0:-1] if len(clip) > 1 else clip
     return (cycle[index % len(cycle)] for index in range(count))
@@ -70,7 +74,7 @@ def footage(source, size, count):
 def reference_session(onnx_path, optimized=False):
     import onnxruntime as ort
 
-    from bimatting.weights.onnx_check import load_checked
+    from bimatting.weights.onnx_check import load_checked  # noqa: PLC0415 - onnx loads only for a file
 
     options = ort.SessionOptions()
     if not optimized:
@@ -117,11 +121,6 @@ def run_drift(onnx_path, artifact_path, frames, progress=True, baseline=False):
     """Per-frame {"pha_mean", "pha_max", "fgr_mean"} absolute differences, TVM vs onnxruntime;
     with `baseline`, also onnxruntime with its graph optimizations on vs off (key "baseline"):
     two float32 engines that differ only in rounding, the model's own sensitivity."""
-    from tqdm import tqdm
-
-    from bimatting.deploy.device.runtime import CompiledModel, RecurrentRunner
-    from bimatting.matting.frames import to_nchw
-
     compiled = CompiledModel(artifact_path)
     runner = RecurrentRunner(compiled)
     reference = _OnnxRunner(onnx_path, compiled.metadata)
@@ -178,7 +177,7 @@ def measure(
 ):
     """Compile `model` for host at `resolution` and compare `frames` recurrent frames; a summary dict
     (`series`: with the per-frame pha mean differences)."""
-    from bimatting.deploy.compiler.build import compile_model
+    from bimatting.deploy.compiler.build import compile_model  # noqa: PLC0415 - TVM loads only to compile
 
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bimatting-drift-") as folder:
@@ -204,9 +203,6 @@ def measure(
 
 
 def main(argv=None):
-    from bimatting.cli.parsing import parse_resolution
-    from bimatting.errors import BimattingError
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help=".onnx, .pth, .npz, 'default' or 'rvm'")
     parser.add_argument("--frames", type=int, default=1000)

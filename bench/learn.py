@@ -21,6 +21,8 @@ import os
 import time
 from pathlib import Path
 
+from bimatting.train.settings import DistillOptions, Recipe
+
 # scored: a street crowd (small people) and a talking head; held out of training with two more
 # clips of people, as in the measurements of training/README.md
 HELDOUT = ("facenet_arcade_pedestrians", "retalking_woman_blue_studio")
@@ -28,9 +30,6 @@ NOT_TRAINED = ("hybrik_taiji_indoor", "liveportrait_woman_lakeshore_windy_hair")
 
 
 def options_from(args):
-    from bimatting.train.distill import DistillOptions
-    from bimatting.train.recipe import Recipe
-
     clips = Path(args.data) / "people" / "clips"
     if not clips.is_dir():
         raise SystemExit(f"error: no clips under '{clips}'; give --data, the folder holding people/clips")
@@ -107,7 +106,7 @@ def main():
     parser.add_argument("--out", default="learn.json")
     args = parser.parse_args()
 
-    from bimatting.train.distill import Distillation
+    from bimatting.train.distill import Distillation  # noqa: PLC0415 - torch loads after the options are read
 
     options = options_from(args)
     run = Distillation(options)

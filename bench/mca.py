@@ -47,6 +47,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bimatting.atomic import write_bytes
+from bimatting.binops import layout
+from bimatting.deploy.target import check_compiler, resolve
+from bimatting.errors import InputError
+from bitserial_kernels import build_float_conv  # bench/ is on sys.path when a bench script runs
+
 GOAL = 15.0  # the speed issue: binary inner loop >= 15x the float conv's inner loop (llvm-mca)
 MCA_ITERATIONS = 1000  # enough that the first iteration's pipeline fill is < 0.1% of the total
 
@@ -89,9 +95,10 @@ def _llvm_asm(runtime_module):
 
 
 def binary_conv_asm(cin, cout, height, width, tvm_target):
-    from bimatting.binops import layout
-    from bimatting.binops.geometry import ConvGeometry
-    from bimatting.deploy.compiler.kernels.standalone import BinaryConvKernel, build
+    from bimatting.binops.geometry import ConvGeometry  # noqa: PLC0415 - loads onnx, as TVM below
+
+    # TVM loads in the measurement
+    from bimatting.deploy.compiler.kernels.standalone import BinaryConvKernel, build  # noqa: PLC0415
 
     geometry = ConvGeometry(height, width, cin, cout, (3, 3), (1, 1), (1, 1, 1, 1))
     # Weights only set constants of the output transform, not the loop: any values do.
@@ -101,8 +108,6 @@ def binary_conv_asm(cin, cout, height, width, tvm_target):
 
 
 def float_conv_asm(cin, cout, height, width, tvm_target):
-    from bitserial_kernels import build_float_conv  # bench/ is on sys.path when a bench script runs
-
     return _llvm_asm(build_float_conv(cin, cout, height, width, tvm_target).mod)
 
 
@@ -198,9 +203,6 @@ def parse_mca(report):
 
 def check_tools(target_name, mca_path):
     """(resolved target, llvm-mca path); Missing with one line when a tool is absent."""
-    from bimatting.deploy.target import check_compiler, resolve
-    from bimatting.errors import InputError
-
     mca = shutil.which(mca_path)
     if mca is None:
         raise Missing(
@@ -223,7 +225,8 @@ KERNELS = [  # name, builder, kind (ISA's work instruction), MAC unit
 
 
 def measure(target, mca, shape):
-    from bimatting.deploy.compiler.schedules.primfunc import target_triple
+    # TVM loads in the measurement
+    from bimatting.deploy.compiler.schedules.primfunc import target_triple  # noqa: PLC0415
 
     tvm_target = target.tvm_target
     triple, cpu = target.llvm.get("mtriple") or target_triple(tvm_target), target.llvm["mcpu"]
@@ -247,8 +250,6 @@ def measure(target, mca, shape):
 
 
 def save_reports(directory, rows):
-    from bimatting.atomic import write_bytes
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for row, stem in zip(rows, ("binary", "float")):

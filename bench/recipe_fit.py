@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import time
 
+import cv2
 import torch
 
 from bimatting.matting.frames import iter_frames_uint8
@@ -85,7 +86,6 @@ def main():
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    import cv2
 
     frames = list(iter_frames_uint8(args.clip, limit=40))
     picks = [frames[0], frames[1], frames[len(frames) // 2], frames[len(frames) // 2 + 1]]

@@ -21,6 +21,9 @@ import sys
 
 import numpy as np
 
+import bimatting
+from bimatting.errors import InputError
+from bimatting.matting.frames import iter_frames
 from bimatting.recurrent import recurrent_step
 
 SYSTEMATIC_SHARE = 0.5  # one channel holding at least this share of a site's near-zero values
@@ -30,7 +33,7 @@ def measure(model, frames, ratio, band):
     """{site: {"decisions", "near_zero", "exact_zero", "per_channel"}} over `frames` (states carried)."""
     import torch
 
-    from bimatting.models.bimatting.binarize import BinaryActivation
+    from bimatting.models.bimatting.binarize import BinaryActivation  # noqa: PLC0415 - torch loads in the measurement
 
     names = {module: name for name, module in model.named_modules() if isinstance(module, BinaryActivation)}
     sites = {}
@@ -91,10 +94,6 @@ def main():
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     import torch
-
-    import bimatting
-    from bimatting.errors import InputError
-    from bimatting.matting.frames import iter_frames
 
     torch.set_num_threads(1)
     try:

@@ -39,12 +39,22 @@ os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("BIMATTING_BENCH_THREADS
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+import bimatting
+from bimatting.deploy.device.bench import profile_groups
+from bimatting.errors import InputError
+from bimatting.matting.frames import to_nchw
+from bimatting.matting.runner import OnnxMatter, TvmMatter
+from bimatting.matting.samples import sample_frames
+from bimatting.models import build_model
 
 RESOLUTIONS = [((512, 288), 1.0), ((1920, 1080), 0.25)]
 THREADS = int(os.environ.get("BIMATTING_BENCH_THREADS", "1"))  # set for the child of --threads 2
@@ -73,10 +83,6 @@ def median_ms(run, repeats, warmup=2):
 
 def bimatting_network():
     """(network, which) -- the packaged default, else a random-initialised BiMatting."""
-    import bimatting
-    from bimatting.errors import InputError
-    from bimatting.models import build_model
-
     try:
         return bimatting.load_model("default"), "packaged default"
     except InputError:
@@ -87,16 +93,13 @@ def bimatting_network():
 
 
 def rvm_onnxruntime(size, ratio):
-    from bimatting.matting.runner import OnnxMatter
-    from bimatting.weights.rvm_onnx import official_onnx_path
+    from bimatting.weights.rvm_onnx import official_onnx_path  # noqa: PLC0415 - torch loads in the measurement
 
     with official_onnx_path() as path:
         return OnnxMatter(path, ratio, name="rvm", threads=THREADS)
 
 
 def rvm_int8_onnxruntime(size, ratio, workdir):
-    from bimatting.matting.runner import OnnxMatter
-
     return OnnxMatter(rvm_int8_path(workdir), ratio, name="rvm-int8", threads=THREADS)
 
 
@@ -111,9 +114,7 @@ def rvm_int8_path(workdir):
         from onnxruntime import quantization as q
     except ImportError as error:
         raise NotAvailable(f"no onnxruntime quantization: {error}") from None
-    from bimatting.matting.frames import to_nchw
-    from bimatting.matting.samples import sample_frames
-    from bimatting.weights.rvm_onnx import official_onnx_path
+    from bimatting.weights.rvm_onnx import official_onnx_path  # noqa: PLC0415 - torch loads in the measurement
 
     with official_onnx_path() as fp32:
         session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
@@ -142,8 +143,6 @@ def rvm_int8_path(workdir):
 
         opset13 = os.path.join(workdir, "rvm_fp32_opset13.onnx")
         onnx.save(version_converter.convert_version(onnx.load(str(fp32)), 13), opset13)
-        import logging
-
         level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process would split the table
         try:
@@ -163,9 +162,6 @@ def rvm_int8_path(workdir):
 
 def int8_error(size, ratio, workdir, frames):
     """pha mean |INT8 - FP32| over `frames` frames of the sample clip (states carried)."""
-    from bimatting.matting.frames import to_nchw
-    from bimatting.matting.samples import sample_frames
-
     fp32, int8 = rvm_onnxruntime(size, ratio), rvm_int8_onnxruntime(size, ratio, workdir)
     diffs = []
     for frame in sample_frames(frames, size=size):
@@ -175,23 +171,19 @@ def int8_error(size, ratio, workdir, frames):
 
 
 def bimatting_onnxruntime(size, ratio, network):
-    from bimatting.matting.runner import OnnxMatter
-
     try:
-        from bimatting.export.exporter import build_onnx
+        from bimatting.export.exporter import build_onnx  # noqa: PLC0415 - optional part (NotAvailable)
     except ImportError as error:
         raise NotAvailable(f"no exporter: {error}") from None
     return OnnxMatter(build_onnx(network, "bimatting"), ratio, name="bimatting", threads=THREADS)
 
 
 def bimatting_tvm_host(size, ratio, network, workdir):
-    from bimatting.matting.runner import TvmMatter
-
     try:
         import onnx
 
-        from bimatting.deploy.compiler.build import compile_model
-        from bimatting.export.exporter import build_onnx
+        from bimatting.deploy.compiler.build import compile_model  # noqa: PLC0415 - optional part (NotAvailable)
+        from bimatting.export.exporter import build_onnx  # noqa: PLC0415 - optional part (NotAvailable)
     except ImportError as error:
         raise NotAvailable(f"needs the exporter and the TVM compiler: {error}") from None
     source = os.path.join(workdir, "bimatting.onnx")
@@ -205,9 +197,6 @@ def bimatting_tvm_host(size, ratio, network, workdir):
 
 def network_latency(matter, size, frames):
     """Median ms per frame over `frames` consecutive frames of the sample clip (states carried)."""
-    from bimatting.matting.frames import to_nchw
-    from bimatting.matting.samples import sample_frames
-
     clip = [to_nchw(frame) for frame in sample_frames(frames + 2, size=size)]
     index = iter(range(10**9))
     return median_ms(lambda: matter.infer(clip[next(index) % len(clip)]), repeats=frames, warmup=2)
@@ -246,9 +235,6 @@ def part_networks(frames, workdir, breakdown=True):
 
 def operator_groups(matter, size):
     """ms per frame by operator group of a TvmMatter's artifact (bimatting bench's grouping)."""
-    from bimatting.deploy.device.bench import profile_groups
-    from bimatting.matting.samples import sample_frames
-
     return profile_groups(matter.compiled, matter.runner, sample_frames(PROFILED_FRAMES, size=size), ("pha",))
 
 
@@ -314,8 +300,6 @@ def part_memory(workdir, frames):
     """{"RVM FP32, onnxruntime script": MB, "bimatting matte --artifact": MB} at 512x288."""
     import cv2
 
-    from bimatting.matting.samples import sample_frames
-
     clip = os.path.join(workdir, "clip")
     os.makedirs(clip, exist_ok=True)
     for index, frame in enumerate(sample_frames(frames, size=(512, 288))):
@@ -325,7 +309,8 @@ def part_memory(workdir, frames):
     artifact = os.path.join(workdir, "bimatting-host-512x288.tar")
     results = {}
     env = dict(os.environ, TVM_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    from bimatting.weights.rvm_onnx import OFFICIAL_FILE, OFFICIAL_PACKAGE
+    # torch loads in the measurement
+    from bimatting.weights.rvm_onnx import OFFICIAL_FILE, OFFICIAL_PACKAGE  # noqa: PLC0415
 
     runs = {
         "RVM FP32, onnxruntime script": [sys.executable, "-c", RVM_ONLY, clip, OFFICIAL_PACKAGE, OFFICIAL_FILE],
@@ -367,9 +352,11 @@ def binary_layer_ms(cin, cout, height, width, repeats):
     try:
         import tvm
 
-        from bimatting.binops import layout, reference
-        from bimatting.binops.geometry import ConvGeometry
-        from bimatting.deploy.compiler.kernels.standalone import BinaryConvKernel
+        from bimatting.binops import layout, reference  # noqa: PLC0415 - optional part (NotAvailable)
+        from bimatting.binops.geometry import ConvGeometry  # noqa: PLC0415 - optional part (NotAvailable)
+
+        # optional part (NotAvailable)
+        from bimatting.deploy.compiler.kernels.standalone import BinaryConvKernel  # noqa: PLC0415
     except ImportError as error:
         raise NotAvailable(f"no bitserial kernels: {error}") from None
     weight, bias = layer_operands(cin, cout)
@@ -558,7 +545,6 @@ def main():
     parser.add_argument("--workdir", help="reuse compiled artifacts and the INT8 model in this folder")
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
     args = parser.parse_args()
-    import tempfile
 
     import torch
 
