@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Recurrent drift over a long clip: the compiled host artifact against onnxruntime, frame by frame.
 
-    python bench/drift.py [--model MODEL] [--frames 1000] [--resolution 256x144] [--downsample-ratio S] [--input FOOTAGE]
-                          [--tolerance 1e-4] [--baseline] [--json [--series]]
+    python bench/drift.py [--model MODEL] [--frames 1000] [--resolution 256x144] [--downsample-ratio S]
+                          [--input FOOTAGE] [--tolerance 1e-4] [--baseline] [--json [--series]]
 
 MODEL is an .onnx from `bimatting export`, a checkpoint (.pth / packed .npz), 'default' (the
 packaged BiMatting) or 'rvm'; checkpoints are exported in memory. The ONNX is compiled for `host`

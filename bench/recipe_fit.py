@@ -99,7 +99,7 @@ def main():
         f"{args.steps} steps, 4 frames of {args.clip} at 160x96; all-zero matte: "
         f"{float(target['pha'].abs().mean()) * 1e3:.1f}e-3"
     )
-    print(f"| variant | pha MAD x1e3 train mode | eval mode | seconds |\n|---|---|---|---|")
+    print("| variant | pha MAD x1e3 train mode | eval mode | seconds |\n|---|---|---|---|")
     for name, recipe in VARIANTS.items():
         if args.only and name not in args.only:
             continue

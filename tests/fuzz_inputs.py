@@ -26,7 +26,10 @@ def tiny_matting_onnx(seed=0):
     BinaryConv2d pair carrying its function bodies, as `bimatting export` writes them; runs in
     onnxruntime and through `bimatting matte --backend onnxruntime`."""
     rng = np.random.default_rng(seed)
-    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+
+    def f32(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
     inits = {
         "w_stem": f32(8, 3, 3, 3) * 0.5,
         "b_stem": f32(8) * 0.1,

@@ -369,8 +369,9 @@ def test_a_board_that_stops_answering_hits_the_timeout(emulator_ready, tiny, tmp
 
 def test_bench_and_tune_modules_do_not_import_torch():
     code = (
-        "import sys; import bimatting.deploy.device.bench, bimatting.deploy.tuning.session, bimatting.deploy.device.report, "
-        "bimatting.deploy.tuning.measure, bimatting.cli.bench_cmd, bimatting.cli.tune_cmd; "
+        "import sys; import bimatting.deploy.device.bench, bimatting.deploy.tuning.session, "
+        "bimatting.deploy.device.report, bimatting.deploy.tuning.measure, "
+        "bimatting.cli.bench_cmd, bimatting.cli.tune_cmd; "
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -60,7 +60,10 @@ def _reference(model_path):
 def recurrent_model(seed=0):
     """src [1, 3, H, W], r1i [1, 8, H/2, W/2] -> pha [1, 1, H, W], r1o (H, W dynamic)."""
     rng = np.random.default_rng(seed)
-    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+
+    def f32(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
     inits = {
         "w_stem": f32(16, 3, 3, 3) * 0.5,
         "b_stem": f32(16),

@@ -8,7 +8,6 @@ flips decisions in one runtime and not in another.
 """
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch

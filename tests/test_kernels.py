@@ -124,7 +124,10 @@ def test_output_transform_steps_follow_the_graph_order(host_target):
     kernel = standalone.BinaryConvKernel(geometry, bit_layout.pack(w), scale, bias, host_target, extra_steps=steps)
     got = kernel.run(standalone.build([kernel], host_target).mod, x, tvm.cpu())
     d = float_conv(bit_layout.sign(x), bit_layout.sign(w), geometry.strides, geometry.pads, geometry.dilations)
-    col = lambda v: v[None, :, None, None]
+
+    def col(v):
+        return v[None, :, None, None]
+
     want = d * col(scale) + col(bias) + col(shift)
     want = np.where(want < 0, want * col(slope), want) + col(post)
     want = want * col(scale)

@@ -108,7 +108,6 @@ def count_macs(model, clip, downsample_ratio, mask_density, progress=False):
     """Run `model` over `clip` ([T, 3, H, W] float tensor, fed in chunks with recurrent state) and
     return per-frame totals: dict(fp_macs, binary_macs, sparse_fp_macs, sparse_binary_macs,
     masked_fp_macs, masked_binary_macs, measured_mask_density, masked_layers)."""
-    import torch
     import torch.nn.functional as F
 
     masked = {id(m) for _, m in getattr(model, "masked_convs", lambda: [])()}

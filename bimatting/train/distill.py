@@ -25,7 +25,8 @@ MAD relative to the empty matte's and an IoU of 0.01).
 
 The run folder holds resume.pth (fp32 weights and their average, Adam state, step, RNG states,
 history), log.csv, heldout.jsonl, health.jsonl, curve.png, and the best held-out figure so far as
-bimatting_default.npz (packed, with its training record) and snapshot.npz (a compact warm restart). `resume=True` continues exactly where it stopped.
+bimatting_default.npz (packed, with its training record) and snapshot.npz (a compact warm restart).
+`resume=True` continues exactly where it stopped.
 """
 
 import contextlib
@@ -47,7 +48,7 @@ from bimatting.train.batch_grid import write_batch_grid
 from bimatting.train.curve import write_curve
 from bimatting.train.features import EncoderAdapters, FeatureTaps, feature_distillation
 from bimatting.train.footage import load_heldout, load_training_items
-from bimatting.train.settings import DistillOptions, with_new_defaults
+from bimatting.train.settings import DistillOptions, with_new_defaults  # noqa: F401  (DistillOptions is read from here too)
 from bimatting.train.sign_health import SignHealth, summarize
 from bimatting.train.snapshot import is_snapshot, read_snapshot, save_snapshot
 from bimatting.train.teacher import Teacher

@@ -8,10 +8,11 @@ Per global step k (the plan is data: `step_plan`):
 each with its own Adam step (RVM), AMP on CUDA. The binary-network recipe (bimatting.train.recipe)
 sets the Adam groups (latent binary weights apart from the stage's per-module rates), the
 schedule, the two-step switch, the sign thresholds (from the first batch, step 0) and, with a
-teacher, the float heads and the feature-distillation term; it is recorded in every checkpoint. Checkpoints every `checkpoint_every` steps
-(`step-KKKKKKK.pth`) and after each epoch (`epoch-E.pth`) hold the model, optimizer, grad scaler,
-step, epoch and every rank's RNG states; sample data is a pure function of (seed, epoch/step,
-rank, position) (see sampling.py), so a resumed run continues exactly as an uninterrupted one.
+teacher, the float heads and the feature-distillation term; it is recorded in every checkpoint.
+Checkpoints every `checkpoint_every` steps (`step-KKKKKKK.pth`) and after each epoch
+(`epoch-E.pth`) hold the model, optimizer, grad scaler, step, epoch and every rank's RNG states;
+sample data is a pure function of (seed, epoch/step, rank, position) (see sampling.py), so a
+resumed run continues exactly as an uninterrupted one.
 """
 
 import dataclasses

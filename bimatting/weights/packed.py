@@ -23,7 +23,8 @@ s = -1 -> d = -1 - m < 0 unless every s is -1), and mean|w| = alpha. Corner case
 Signs come back exactly. alpha as the network recomputes it (float32 mean of |w~|) comes within
 a few ulps of the stored one after a per-channel rescaling (`_rebuild_weight`; over a whole
 BiMatting: 2/3 of the channels exact, at most 5 ulps = 6e-7 relative). The last bit cannot be
-steered: the float32 sum of |w~| carries its own rounding (O(log2(n)) ulps for n terms). A trained network's outputs agree to ~1e-7 after a round trip. (An untrained one can differ
+steered: the float32 sum of |w~| carries its own rounding (O(log2(n)) ulps for n terms). A trained
+network's outputs agree to ~1e-7 after a round trip. (An untrained one can differ
 more: with BN statistics and biases at their init value 0, many sign() inputs are exactly 0 and
 their sign then hangs on the last bit of alpha.)
 
