@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs bimatting into the active Python environment.
 #   bash scripts/install.sh          the toolchain (+ the official RVM weights, + the ARM cross compiler when root)
-#   bash scripts/install.sh --test   also what the tests need (pytest, the emulated aarch64 board)
+#   bash scripts/install.sh --test   also what the tests need (pytest, ruff, the emulated aarch64 board)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 mode=${1:-}
