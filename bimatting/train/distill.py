@@ -48,7 +48,7 @@ from bimatting.train.batch_grid import write_batch_grid
 from bimatting.train.curve import write_curve
 from bimatting.train.features import EncoderAdapters, FeatureTaps, feature_distillation
 from bimatting.train.footage import load_heldout, load_training_items
-from bimatting.train.settings import DistillOptions, with_new_defaults  # noqa: F401  (DistillOptions is read from here too)
+from bimatting.train.settings import DistillOptions, with_new_defaults  # noqa: F401 - DistillOptions re-exported
 from bimatting.train.sign_health import SignHealth, summarize
 from bimatting.train.snapshot import is_snapshot, read_snapshot, save_snapshot
 from bimatting.train.teacher import Teacher

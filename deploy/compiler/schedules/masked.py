@@ -147,7 +147,10 @@ _FINITE_OPS = (
 def _finite_arithmetic(expr):
     """expr is made of _FINITE_OPS and casts from integers (the pair conv's float32(acc))."""
     others = []
-    finite = lambda n: isinstance(n, _FINITE_OPS) or (isinstance(n, tirx.Cast) and "int" in str(n.value.ty))  # noqa: E731
+
+    def finite(n):
+        return isinstance(n, _FINITE_OPS) or (isinstance(n, tirx.Cast) and "int" in str(n.value.ty))
+
     tvm_ffi.structural_walk(expr, [(tvm.ir.expr.Expr, lambda n: None if finite(n) else others.append(n))])
     return not others
 
