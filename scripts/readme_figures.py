@@ -77,7 +77,9 @@ def heldout_picture(data, out):
             ],
             check=True,
         )
-        cv2.imwrite(str(out), cv2.imread(str(preview)), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        picture = cv2.imread(str(preview))
+        picture = cv2.resize(picture, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)  # 1024 wide
+        cv2.imwrite(str(out), picture, [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
 def main():
