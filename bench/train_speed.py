@@ -47,6 +47,11 @@ def sign_before():
         binarize._SignSTE = kept
 
 
+def bfloat16_autocast():
+    """Convolutions and matmuls in bfloat16 (AVX-512 BF16 where the CPU has it), the rest float32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
 def make_step(channels_last=False, compiled=False, seed=0):
     torch.manual_seed(seed)
     model = build_model("bimatting").train()
@@ -84,6 +89,7 @@ def main():
         "sign as before (full-size ones, input saved)": (make_step(), sign_before),
         "default (0-dim constants, bool window saved)": (make_step(), contextlib.nullcontext),
         "default + channels_last": (make_step(channels_last=True), contextlib.nullcontext),
+        "default + bfloat16 autocast": (make_step(), bfloat16_autocast),
     }
     if args.compile:
         variants["default + torch.compile"] = (make_step(compiled=True), contextlib.nullcontext)
