@@ -12,7 +12,7 @@ right after. Each output still sums over k in order 0..K-1, so the float64 value
 import tvm
 from tvm import s_tir
 
-from bimatting.deploy.compiler.schedules.fp import _divisor_tile, _extent, _lanes, _root_blocks
+from bimatting.deploy.compiler.schedules.fp import divisor_tile, loop_extent, root_blocks, vector_lanes
 
 MAX_OUTPUTS = 8  # at least one vector of accumulators per output in half of AVX2's registers
 
@@ -23,7 +23,7 @@ class ChannelMatmul(s_tir.dlight.base.ScheduleRule):
 
     def apply(self, func, target, tunable):
         sch = s_tir.Schedule(func)
-        infos = _root_blocks(sch)
+        infos = root_blocks(sch)
         reductions = [i for i, info in enumerate(infos or []) if not info.is_injective()]
         if len(reductions) != 1 or infos[reductions[0]].dom_kind() != "SSSR":
             return None
@@ -38,15 +38,15 @@ class ChannelMatmul(s_tir.dlight.base.ScheduleRule):
         except s_tir.ScheduleError:
             return None
         n, o, p, k = sch.get_loops(block)
-        outputs, pixels = _extent(sch, o), _extent(sch, p)
+        outputs, pixels = loop_extent(sch, o), loop_extent(sch, p)
         if outputs is None or pixels is None or outputs > MAX_OUTPUTS:
             return None
         bits = tvm.DataType(str(sch.get(block).body.buffer.dtype)).bits
-        lanes = _lanes(target, bits)
+        lanes = vector_lanes(target, bits)
         # accumulators (outputs x tile / lanes vectors) in half the register file: 16 of AVX-512's
         # 32, 8 of AVX2's 16
         accumulators = 16 if lanes * bits >= 512 else 8
-        tile = _divisor_tile(pixels, max(1, min(4, accumulators // outputs)) * lanes, lanes)
+        tile = divisor_tile(pixels, max(1, min(4, accumulators // outputs)) * lanes, lanes)
         if pixels % tile or tile % lanes:
             return None
         po, pi = sch.split(p, [None, tile])

@@ -16,7 +16,14 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.sym.pattern import detect_linear_equation
 
 from bimatting.deploy.compiler.schedules import pair_dot
-from bimatting.deploy.compiler.schedules.fp import _count, _divisor_tile, _extent, _lanes, _root_blocks, _static_int
+from bimatting.deploy.compiler.schedules.fp import (
+    count_nodes,
+    divisor_tile,
+    loop_extent,
+    root_blocks,
+    static_int,
+    vector_lanes,
+)
 
 PAIR_CONV_BLOCK = "pair_conv"  # kernels/pair_dot.py's reduction: its column tile becomes vpdpwssd
 
@@ -26,7 +33,7 @@ class ConvNCHW(ScheduleRule):
 
     def apply(self, func, target, tunable):
         sch = s_tir.Schedule(func)
-        infos = _root_blocks(sch)
+        infos = root_blocks(sch)
         if infos is None:
             return None
         reductions = [i for i, info in enumerate(infos) if not info.is_injective()]
@@ -40,11 +47,11 @@ class ConvNCHW(ScheduleRule):
                 sch.compute_inline(info.block_rv)
         except s_tir.ScheduleError:  # an epilogue block that cannot be inlined: not this rule's case
             return None
-        lanes = _lanes(target)
+        lanes = vector_lanes(target)
         loops = sch.get_loops(conv)
         n, o, y, x = loops[:4]
         reduce = loops[4:]
-        width, channels = _extent(sch, x), _extent(sch, o)
+        width, channels = loop_extent(sch, x), loop_extent(sch, o)
         producers = []
         for info in infos[:index]:
             if isinstance(sch.get(info.block_rv).body.value, tvm.ir.expr.TensorLoad):
@@ -64,11 +71,11 @@ class ConvNCHW(ScheduleRule):
         # 8 of AVX2's 16. Output channel groups inside the row, so a row's inputs stay in cache
         # across them (decode0's 32->16 convs at 512x288 on AVX2, one thread: 3x3 41 -> 24 ms,
         # onnxruntime 21 ms; 1x1 10 -> 4.2 ms).
-        xb = _divisor_tile(width, 2 * lanes, max(4, lanes // 2))
-        ob = _divisor_tile(channels, 4 if lanes == 8 else 8, 1) if len(reduce) == 3 else 1
+        xb = divisor_tile(width, 2 * lanes, max(4, lanes // 2))
+        ob = divisor_tile(channels, 4 if lanes == 8 else 8, 1) if len(reduce) == 3 else 1
         xo, xi = sch.split(x, [None, xb])
         oo, oi = sch.split(o, [None, ob])
-        rows = _row_group(_extent(sch, y), _extent(sch, reduce[1]) if len(reduce) == 3 and producers else None)
+        rows = _row_group(loop_extent(sch, y), loop_extent(sch, reduce[1]) if len(reduce) == 3 and producers else None)
         yo, yi = sch.split(y, [None, rows])
         sch.reorder(n, yo, yi, oo, xo, *reduce, oi, xi)
         if epilogue:
@@ -85,11 +92,11 @@ class ConvNCHW(ScheduleRule):
             # (the same conv at 16 lanes of AVX2's 8 took 2.5x as long).
             xv, xi = sch.split(xi, [None, lanes])
             sch.unroll(xv)
-        pairs = sch.get(conv).name_hint.startswith(PAIR_CONV_BLOCK) and _extent(sch, xi) == pair_dot.LANES
+        pairs = sch.get(conv).name_hint.startswith(PAIR_CONV_BLOCK) and loop_extent(sch, xi) == pair_dot.LANES
         if not pairs:
             sch.vectorize(xi)
         for r in reduce[1:]:
-            if (_extent(sch, r) or 99) <= 7:
+            if (loop_extent(sch, r) or 99) <= 7:
                 sch.unroll(r)
         init = sch.decompose_reduction(conv, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])
@@ -144,7 +151,7 @@ def _column_stride(sch, reader_rv, writer_rv):
     def note(load):
         if load.source.same_as(buffer):
             linear = detect_linear_equation(load.indices[-1], [column])
-            coefficients.add(_static_int(linear[0]) if len(linear) == 2 else None)
+            coefficients.add(static_int(linear[0]) if len(linear) == 2 else None)
 
     tvm_ffi.structural_walk(reader.body, [(tvm.ir.expr.TensorLoad, note)])
     return coefficients.pop() if len(coefficients) == 1 else None
@@ -153,8 +160,8 @@ def _column_stride(sch, reader_rv, writer_rv):
 def _selects(sch, block_rv):
     value = sch.get(block_rv).body.value
     return (
-        _count(value, (tirx.Select,))
-        + _count(value, tvm.ir.expr.Call, lambda c: getattr(c.op, "name", "") == "prim.if_then_else")
+        count_nodes(value, (tirx.Select,))
+        + count_nodes(value, tvm.ir.expr.Call, lambda c: getattr(c.op, "name", "") == "prim.if_then_else")
         > 0
     )
 
@@ -166,7 +173,7 @@ def _feeds(sch, block_rv, consumer_rv):
 
 def _vector_tile(sch, loop, lanes):
     """The inner `lanes` of `loop` (the loop itself when shorter), for vectorize."""
-    extent = _extent(sch, loop)
+    extent = loop_extent(sch, loop)
     if extent is None or extent <= lanes:
         return loop
     return sch.split(loop, [None, lanes])[1]

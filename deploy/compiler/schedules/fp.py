@@ -41,7 +41,7 @@ class _Block:
         return self.kinds
 
 
-def _root_blocks(sch):
+def root_blocks(sch):
     """The root-level blocks of a freshly legalized PrimFunc with their iterator kinds, in order;
     None when the loop nest is not one loop per block iterator (already transformed)."""
     kind = {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}
@@ -67,20 +67,20 @@ def _vector_bits(target):
     return width if width > 0 else 128
 
 
-def _lanes(target, bits=32):
+def vector_lanes(target, bits=32):
     return max(4, _vector_bits(target) // bits)
 
 
-def _static_int(expr):
+def static_int(expr):
     """expr as an int where it is a constant, else None (a symbolic extent)."""
     return int(expr) if hasattr(expr, "value") or isinstance(expr, int) else None
 
 
-def _extent(sch, loop):
-    return _static_int(sch.get(loop).extent)
+def loop_extent(sch, loop):
+    return static_int(sch.get(loop).extent)
 
 
-def _divisor_tile(extent, preferred, minimum):
+def divisor_tile(extent, preferred, minimum):
     """Largest tile <= preferred dividing `extent` (>= minimum), or `extent` itself if small."""
     if extent <= preferred:
         return extent
@@ -95,7 +95,7 @@ def _annotation(sch, block_rv, key):
     return None if value is None else int(value)
 
 
-def _flat_parallel_vector(sch, block, lanes):
+def flat_parallel_vector(sch, block, lanes):
     """Injective block: vectorize a tile of the innermost loop (a divisor of its extent, so no
     tail), run the fused outer loops in parallel. A block annotated with VECTOR_AXIS k vectorizes
     axis k instead, the axes after it unrolled inside (resize.py's phases: contiguous loads along
@@ -105,11 +105,11 @@ def _flat_parallel_vector(sch, block, lanes):
         _parallel_vector_axis(sch, block, axis, lanes)
         return
     loops = sch.get_loops(block)
-    extents = [_extent(sch, loop) for loop in loops]
+    extents = [loop_extent(sch, loop) for loop in loops]
     if not loops or None in extents:
         return
     inner = loops[-1]
-    tile = _divisor_tile(extents[-1], lanes, 2)
+    tile = divisor_tile(extents[-1], lanes, 2)
     if extents[-1] % tile:
         tile = 1
     outer = loops[:-1]
@@ -128,8 +128,8 @@ def _flat_parallel_vector(sch, block, lanes):
 def _parallel_vector_axis(sch, block, axis, lanes):
     loops = sch.get_loops(block)
     outer, vector, inner = loops[:axis], loops[axis], loops[axis + 1 :]
-    extent = _extent(sch, vector)
-    tile = _divisor_tile(extent, lanes, 2) if extent else 1
+    extent = loop_extent(sch, vector)
+    tile = divisor_tile(extent, lanes, 2) if extent else 1
     if extent and extent % tile == 0 and tile > 1:
         vector_outer, vector = sch.split(vector, [None, tile])
         sch.reorder(vector_outer, *inner, vector)
@@ -143,12 +143,12 @@ def _parallel_vector_axis(sch, block, axis, lanes):
 class Injective(ScheduleRule):
     def apply(self, func, target, tunable):
         sch = s_tir.Schedule(func)
-        infos = _root_blocks(sch)
+        infos = root_blocks(sch)
         if infos is None or not all(info.is_injective() for info in infos):
             return None
-        remaining = _try_inline_all(sch, infos)
+        remaining = try_inline_all(sch, infos)
         for info in remaining:
-            _flat_parallel_vector(sch, info.block_rv, _lanes(target))
+            flat_parallel_vector(sch, info.block_rv, vector_lanes(target))
         return sch
 
 
@@ -161,7 +161,7 @@ INLINE_COPY_LIMIT = 12
 _ARITHMETIC = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.Max, tirx.Min, tirx.Select, tvm.ir.expr.TensorLoad)
 
 
-def _count(node, kinds, where=lambda n: True):
+def count_nodes(node, kinds, where=lambda n: True):
     found = []
     tvm_ffi.structural_walk(node, [(kinds, lambda n: found.append(1) if where(n) else None)])
     return len(found)
@@ -169,7 +169,7 @@ def _count(node, kinds, where=lambda n: True):
 
 def _copies_too_large(sch, block_rv):
     reads = _reads(sch, block_rv)
-    if reads <= 1 or _count(sch.get(block_rv).body.value, _ARITHMETIC) <= INLINE_COPY_LIMIT:
+    if reads <= 1 or count_nodes(sch.get(block_rv).body.value, _ARITHMETIC) <= INLINE_COPY_LIMIT:
         return False
     # Inlined, the block is computed reads x (consumer's size) times instead of once per element:
     # cheaper when its consumers keep a subset of it (the input resize's width pass over all 1080
@@ -181,7 +181,7 @@ def _copies_too_large(sch, block_rv):
 def _size(sch, block_rv):
     size = 1
     for iter_var in sch.get(block_rv).iter_vars:
-        extent = _static_int(iter_var.dom.extent)
+        extent = static_int(iter_var.dom.extent)
         size *= extent if extent is not None else 1 << 30  # symbolic: taken as large
     return size
 
@@ -196,7 +196,7 @@ def _stays_a_buffer(sch, block_rv):
 def _reads(sch, block_rv):
     store = sch.get(block_rv).body
     return sum(
-        _count(sch.get(consumer).body, tvm.ir.expr.TensorLoad, lambda n: n.source.same_as(store.buffer))
+        count_nodes(sch.get(consumer).body, tvm.ir.expr.TensorLoad, lambda n: n.source.same_as(store.buffer))
         for consumer in sch.get_consumers(block_rv)
     )
 
@@ -215,12 +215,12 @@ def _padding_for_a_stencil(sch, block_rv):
     def on_innermost(call):
         if getattr(call.op, "name", "") != "prim.if_then_else":
             return False
-        return _count(call.args[0], tvm.ir.expr.Var, lambda v: v.same_as(innermost)) > 0
+        return count_nodes(call.args[0], tvm.ir.expr.Var, lambda v: v.same_as(innermost)) > 0
 
-    return _count(block.body.value, tvm.ir.expr.Call, on_innermost) > 0
+    return count_nodes(block.body.value, tvm.ir.expr.Call, on_innermost) > 0
 
 
-def _try_inline_all(sch, infos):
+def try_inline_all(sch, infos):
     """Inline injective blocks into their consumers where possible; the rest stay."""
     remaining = []
     for info in infos[:-1]:
@@ -243,12 +243,12 @@ class ElementwiseWithReductions(ScheduleRule):
 
     def apply(self, func, target, tunable):
         sch = s_tir.Schedule(func)
-        infos = _root_blocks(sch)
+        infos = root_blocks(sch)
         if infos is None or all(info.is_injective() for info in infos):
             return None
         if not all(_spatial_then_reduction(info.dom_kind()) for info in infos):
             return None
-        lanes = _lanes(target)
+        lanes = vector_lanes(target)
         remaining = []
         for info in infos[:-1]:
             if not info.is_injective() or _stays_a_buffer(sch, info.block_rv):
@@ -260,7 +260,7 @@ class ElementwiseWithReductions(ScheduleRule):
                 remaining.append(info)
         for info in remaining + infos[-1:]:
             if info.is_injective():
-                _flat_parallel_vector(sch, info.block_rv, lanes)
+                flat_parallel_vector(sch, info.block_rv, lanes)
             else:
                 _reduction_parallel_vector(sch, info, lanes)
         return sch
@@ -278,8 +278,8 @@ def _reduction_parallel_vector(sch, info, lanes):
     loops = sch.get_loops(block)
     spatial = len(info.dom_kind()) - len(info.dom_kind().lstrip("S"))
     outer, last, reduce = loops[: spatial - 1], loops[spatial - 1], loops[spatial:]
-    extent = _extent(sch, last)
-    tile = _divisor_tile(extent, lanes, 2) if extent else 1
+    extent = loop_extent(sch, last)
+    tile = divisor_tile(extent, lanes, 2) if extent else 1
     if not extent or extent % tile or tile < 2:
         raise s_tir.ScheduleError("no vector tile")
     xo, xi = sch.split(last, [None, tile])
@@ -296,7 +296,7 @@ class ParallelOuter(ScheduleRule):
 
     def apply(self, func, target, tunable):
         sch = s_tir.Schedule(func)
-        infos = _root_blocks(sch)
+        infos = root_blocks(sch)
         if infos is None:
             return None
         for info in infos:
@@ -306,7 +306,7 @@ class ParallelOuter(ScheduleRule):
             if lead == 0 or not loops:
                 continue
             outer = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
-            if (_extent(sch, outer) or 0) > 1:
+            if (loop_extent(sch, outer) or 0) > 1:
                 sch.parallel(outer)
         return sch
 

@@ -13,7 +13,7 @@ from tvm import s_tir
 from tvm.s_tir.dlight.base import ScheduleRule
 
 from bimatting.deploy.compiler.schedules import bitserial
-from bimatting.deploy.compiler.schedules.fp import _flat_parallel_vector, _lanes, _root_blocks, _try_inline_all
+from bimatting.deploy.compiler.schedules.fp import flat_parallel_vector, root_blocks, try_inline_all, vector_lanes
 
 PACK_BLOCK = "bpack"  # kernels/bitserial.pack_activations: "bpack_image" then "bpack"
 
@@ -24,7 +24,7 @@ class PackWithProducers(ScheduleRule):
 
     def apply(self, func, target, tunable):
         sch = s_tir.Schedule(func)
-        infos = _root_blocks(sch)
+        infos = root_blocks(sch)
         names = [sch.get(info.block_rv).name_hint for info in infos or []]
         if f"{PACK_BLOCK}_image" not in names or names[-1] != PACK_BLOCK:
             return None
@@ -32,8 +32,8 @@ class PackWithProducers(ScheduleRule):
         producers = infos[:image]
         if not producers or not all(info.is_injective() for info in producers):
             return None
-        remaining = _try_inline_all(sch, producers + [infos[image]])[:-1]
+        remaining = try_inline_all(sch, producers + [infos[image]])[:-1]
         for info in remaining:
-            _flat_parallel_vector(sch, info.block_rv, _lanes(target))
+            flat_parallel_vector(sch, info.block_rv, vector_lanes(target))
         bitserial.schedule_pack(sch, PACK_BLOCK, self.pack_lanes)
         return sch
