@@ -192,10 +192,18 @@ def test_distillation_resumes_bit_identically(footage, tmp_path):
     straight.run()
     first = Distillation(_options(footage, tmp_path / "resumed", 3, **pieces))
     first.run()
+    with open(tmp_path / "resumed" / "log.csv", "a") as handle:  # a row a stopped run wrote after its last save
+        handle.write("5,9.9,0.5,,,,,,,,\n")
     second = Distillation(_options(footage, tmp_path / "resumed", 6, **pieces))
     assert second.step == 3
     second.run()
     assert fingerprint(second.model) == fingerprint(straight.model)
+    steps = {
+        name: [row.split(",")[0] for row in (tmp_path / name / "log.csv").read_text().splitlines()[1:]]
+        for name in ("straight", "resumed")
+    }
+    resumed = [int(step) for step in steps["resumed"]]  # the stale row 5 is gone, each step once
+    assert resumed == sorted(set(resumed)) and set(steps["straight"]) <= set(steps["resumed"])
     for a, b in zip(second.model.buffers(), straight.model.buffers()):
         assert torch.equal(a, b)
     for a, b in zip(second.adapters.parameters(), straight.adapters.parameters()):

@@ -48,6 +48,7 @@ from bimatting.train.batch_grid import write_batch_grid
 from bimatting.train.curve import write_curve
 from bimatting.train.features import EncoderAdapters, FeatureTaps, feature_distillation
 from bimatting.train.footage import load_heldout, load_training_items
+from bimatting.train.logbook import CsvLog
 from bimatting.train.settings import DistillOptions, with_new_defaults  # noqa: F401 - DistillOptions re-exported
 from bimatting.train.sign_health import SignHealth, summarize
 from bimatting.train.snapshot import is_snapshot, read_snapshot, save_snapshot
@@ -366,9 +367,7 @@ class Distillation:
         o = self.options
         stop = min(o.stop_at or o.recipe.total_steps, o.recipe.total_steps)
         bar = _bar(self.step, stop, o.progress)
-        log_path = self.out / "log.csv"
-        if not log_path.exists():
-            log_path.write_text(",".join(LOG_COLUMNS) + "\n")
+        log = CsvLog(self.out / "log.csv", LOG_COLUMNS, self.step + 1)
         window, figures = [], None
         try:
             while self.step < stop:
@@ -408,10 +407,7 @@ class Distillation:
                     lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
                     row.update(lr_latent=lrs.get("latent"), lr_float=lrs.get("float"))
                     self.history.append(row)
-                    with open(log_path, "a") as handle:
-                        handle.write(
-                            ",".join("" if row.get(k) is None else f"{row[k]:.6g}" for k in LOG_COLUMNS) + "\n"
-                        )
+                    log.write(row)
                 if self.step % o.save_every == 0 or self.step == stop or "heldout_pha_mad" in (row or {}):
                     self._save()
                 if row is not None and "heldout_pha_mad" in row:
@@ -428,6 +424,7 @@ class Distillation:
                 bar.update(1)
         finally:
             bar.close()
+            log.close()
         return {"steps": self.step, "seconds": round(self.seconds, 1), "heldout": figures, "out": str(self.out)}
 
 

@@ -25,6 +25,41 @@ COLUMNS = (
 )
 
 
+class CsvLog:
+    """A CSV log that a resumed run continues: rows at or after `start_step` (written after the
+    last saved state by a run that was stopped) are dropped first, so each step appears once.
+    Numbers are written with 6 significant digits, None as an empty cell, text as it is."""
+
+    def __init__(self, path, columns, start_step):
+        self.path, self.columns = Path(path), tuple(columns)
+        kept = []
+        if self.path.is_file():
+            with open(self.path, newline="") as handle:
+                kept = [row for row in csv.DictReader(handle) if row.get("step") and float(row["step"]) < start_step]
+        self.handle = open(self.path, "w", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, extrasaction="ignore")
+        self.writer.writeheader()
+        self.writer.writerows(kept)
+        self.handle.flush()
+
+    def write(self, row, flush=True):
+        self.writer.writerow({key: _cell(row.get(key)) for key in self.columns})
+        if flush:
+            self.handle.flush()
+
+    def flush(self):
+        self.handle.flush()
+
+    def close(self):
+        self.handle.close()
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else f"{value:.6g}"
+
+
 class Logbook:
     """CSV log `<out>/train_log.csv` (appended across resumes; rows at or after the resume step
     are dropped first) and a tqdm bar with the last losses."""
@@ -36,14 +71,7 @@ class Logbook:
         self.bar = None
         if not enabled:
             return
-        kept = []
-        if self.path.is_file():
-            with open(self.path, newline="") as handle:
-                kept = [row for row in csv.DictReader(handle) if int(row["step"]) < start_step]
-        self.handle = open(self.path, "w", newline="")
-        self.writer = csv.DictWriter(self.handle, fieldnames=COLUMNS)
-        self.writer.writeheader()
-        self.writer.writerows(kept)
+        self.log = CsvLog(self.path, COLUMNS, start_step)
         if progress:
             try:
                 from tqdm import tqdm  # noqa: PLC0415 - optional on bare training machines
@@ -64,12 +92,12 @@ class Logbook:
             return
         row = {"step": step, "epoch": epoch, "pass": name, "seconds": f"{seconds:.4f}"}
         row.update({key: f"{float(value):.6g}" for key, value in terms.items() if key in COLUMNS})
-        self.writer.writerow(row)
+        self.log.write(row, flush=False)
 
     def step_done(self, step, losses):
         if not self.enabled:
             return
-        self.handle.flush()
+        self.log.flush()
         text = " ".join(f"{name}={value:.4f}" for name, value in losses.items())
         if self.bar is not None:
             self.bar.update(1)
@@ -85,7 +113,7 @@ class Logbook:
         if self.enabled:
             if self.bar is not None:
                 self.bar.close()
-            self.handle.close()
+            self.log.close()
 
 
 def write_summary(path, summary):
