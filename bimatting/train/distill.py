@@ -212,11 +212,10 @@ class Distillation:
             raise InputError(f"--branch-from '{source}' holds no {RESUME}; give a run folder or its {RESUME}")
         if self.options.recipe.adapter_weight:
             raise InputError("--branch-from cannot add --adapter-weight to a run (its Adam state has no adapters)")
-        saved, now = self._load(path)
-        for group in self.optimizer.param_groups:
-            group["base_lr"] = {"latent": self.options.recipe.latent_lr}.get(
-                group["name"], self.options.recipe.float_lr
-            )
+        rates = [group["base_lr"] for group in self.optimizer.param_groups]  # this run's, from parameter_groups
+        saved, now = self._load(path)  # loading the Adam state brings the other run's rates: put this run's back
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["base_lr"] = rate
         changed = {k: [saved.get(k), now[k]] for k in now if saved.get(k) != now[k]}
         self.record["branched_from"] = {"run": str(path), "step": self.step, "changed": changed}
 
