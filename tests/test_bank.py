@@ -139,3 +139,20 @@ def test_crops_recolour_at_their_share_and_leave_alpha():
             cols = (a["pha"][b, 0, 0, 0] * 255).round()  # alpha still the position code
             assert (cols.diff().abs() == 1).all()
     assert abs(np.mean(changed) - 0.5) < 0.1, np.mean(changed)
+
+
+def test_crop_scale_resizes_the_footage_before_the_window_is_cut():
+    """The row code steps by 1 per row at the footage's scale; after a resize by s it steps by 1 / s
+    inside the window (a linear ramp stays linear under antialiased bilinear resizing), in the
+    frame and its matte alike."""
+    bank = Bank([_position_coded(5, 72, 128)], seed=7)
+    for _ in range(10):
+        batch = bank.crops(2, 2, 32, 48, scale=(0.5, 0.5))
+        rows = (batch["src"][:, :, 1] * 255).diff(dim=-2)[..., 4:-4, :]
+        cols = (batch["pha"][:, :, 0] * 255).diff(dim=-1).abs()[..., 4:-4]
+        assert (rows - 2).abs().max() < 0.02 and (cols - 2).abs().max() < 0.02, (rows.max(), cols.max())
+    steps = []
+    for _ in range(60):
+        rows = bank.crops(1, 2, 32, 48, scale=(0.5, 1.0))["src"][0, 0, 1] * 255
+        steps.append(float(rows.diff(dim=0)[8:-8].mean()))
+    assert 1 - 1e-3 <= min(steps) < 1.15 and 1.8 < max(steps) <= 2 + 1e-3, (min(steps), max(steps))

@@ -20,6 +20,16 @@ def _size(text):
     return w, h
 
 
+def _scale_range(text):
+    try:
+        low, high = (float(v) for v in text.split(":")) if ":" in text else (float(text),) * 2
+    except ValueError:
+        raise InputError(f"--crop-scale '{text}' is not LOW:HIGH (e.g. 0.45:1)") from None
+    if not 0.1 <= low <= high <= 4:
+        raise InputError(f"--crop-scale {text}: need 0.1 <= LOW <= HIGH <= 4 (e.g. 0.45:1)")
+    return low, high
+
+
 @click.command("distill")
 @click.argument("footage", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -81,6 +91,13 @@ def _size(text):
     show_default=True,
     help="crops: the share of samples whose frames and target foreground change colour alike "
     "(brightness, contrast, saturation, hue, grey).",
+)
+@click.option(
+    "--crop-scale",
+    default=":".join(str(v) for v in RUN.crop_scale),
+    show_default=True,
+    help="crops: resize the footage by a factor drawn from LOW:HIGH before cropping (below 1: more "
+    "of the room and smaller people in each crop).",
 )
 @click.option(
     "--ema-decay",
@@ -185,6 +202,7 @@ def distill(
     data,
     still_share,
     colour_share,
+    crop_scale,
     ema_decay,
     laplacian_from,
     coherence_from,
@@ -260,6 +278,7 @@ def distill(
         data=data,
         still_share=still_share,
         colour_share=colour_share,
+        crop_scale=_scale_range(crop_scale),
         ema_decay=ema_decay,
         batch=batch,
         frames=frames,

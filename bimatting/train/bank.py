@@ -187,7 +187,7 @@ class Bank:
         background = self._pick()
         return self._view(background, (background.frames, background.fgr, background.pha), length, height, width)
 
-    def crops(self, size, length, height, width, still_share=0.0, colour_share=0.0):
+    def crops(self, size, length, height, width, still_share=0.0, colour_share=0.0, scale=(1.0, 1.0)):
         """{'src', 'fgr', 'pha'} [B, T, C, H, W]: plain crops of the clips and, with `still_share`
         > 0, of the stills.
 
@@ -200,7 +200,10 @@ class Bank:
         (training/README.md); the moving, zooming views of `batch` did not transfer. Stills add
         scenes: a clip shows one room, the photos a hundred. With probability `colour_share` a sample's
         src and target fgr go through the same pixelwise colour change (`recolour`): alpha does not
-        depend on colour, and the model must not learn that warm wood is a person."""
+        depend on colour, and the model must not learn that warm wood is a person. With `scale` other
+        than (1, 1), each sample's footage is first resized by a factor drawn uniformly from that
+        range (antialiased): below 1 a window holds more of the room and smaller people, the whole
+        frame's context the held-out footage is matted with."""
         clips = [item for item in self.items if len(item) >= length]
         stills = [item for item in self.items if len(item) == 1] if still_share else []
         samples = []
@@ -213,10 +216,14 @@ class Bank:
                 indices = list(range(start, start + length))
             views = [tensor[indices].float().div_(255) for tensor in (item.frames, item.fgr, item.pha)]
             h, w = views[0].shape[-2:]
-            if h < height or w < width:  # footage smaller than the crop: scaled up to cover it
-                scale = max(height / h, width / w)
-                h, w = max(height, math.ceil(h * scale)), max(width, math.ceil(w * scale))
-                views = [F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False) for v in views]
+            factor = 1.0 if scale == (1.0, 1.0) else self.rng.uniform(*scale)
+            factor = max(factor, height / h, width / w)  # footage smaller than the crop: scaled up to cover it
+            if factor != 1.0:
+                h, w = max(height, math.ceil(h * factor)), max(width, math.ceil(w * factor))
+                views = [
+                    F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False, antialias=factor < 1)
+                    for v in views
+                ]
             top, left = self.rng.randrange(h - height + 1), self.rng.randrange(w - width + 1)
             flip = self.rng.random() < 0.5
             views = [v[..., top : top + height, left : left + width] for v in views]

@@ -86,6 +86,7 @@ class DistillOptions:
     still_weight: int = 2  # a still is drawn as often as a clip of this many frames (views)
     still_share: float = 0.0  # crops: the share of samples taken from the stills (--images)
     colour_share: float = 0.0  # crops: the share of samples whose colours change (bank.recolour)
+    crop_scale: tuple = (1.0, 1.0)  # crops: footage resized by a factor from this range before cropping
     background_tries: int = 3  # recomposites go over the least covered of this many views
     hr_every: int = 0
     hr_ratio: float = 0.5
@@ -119,6 +120,7 @@ class DistillOptions:
             "still_weight",
             "still_share",
             "colour_share",
+            "crop_scale",
             "background_tries",
             "hr_every",
             "hr_ratio",
@@ -137,5 +139,9 @@ def with_new_defaults(identity):
     """A saved run identity with the recipe fields added since it was saved, at their defaults
     (a field that did not exist was, in effect, off)."""
     defaults = {f"recipe.{k}": v for k, v in json.loads(json.dumps(Recipe().as_dict())).items()}
-    defaults.update(still_share=DistillOptions.still_share, colour_share=DistillOptions.colour_share)
+    defaults.update(
+        still_share=DistillOptions.still_share,
+        colour_share=DistillOptions.colour_share,
+        crop_scale=list(DistillOptions.crop_scale),
+    )
     return {**{k: v for k, v in defaults.items() if k not in identity}, **identity}
