@@ -170,7 +170,7 @@ def test_function_bodies_carry_the_schema_defaults():
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("word", ["uint32", "uint64"])
+@pytest.mark.parametrize("word", ["uint16", "uint32", "uint64"])
 def test_kernel_parameters_follow_the_contract(case, word):
     """deploy/compiler/kernels/params.py: per-class border tables, the exact base and the weight words."""
     g, _, w = _case(case, seed=1)

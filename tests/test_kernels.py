@@ -183,7 +183,7 @@ def test_batch_of_two_frames(host_target):
     assert np.array_equal(got, want)
 
 
-@pytest.mark.parametrize("word", ["uint64", "uint32"])
+@pytest.mark.parametrize("word", ["uint64", "uint32", "uint16"])
 def test_repacking_onnx_bytes_gives_the_same_words_as_packing_floats(word, host_target):
     """A BinaryConv2d fed by uint8 data (not by BinarizePack) re-packs bytes into words."""
     rng = np.random.default_rng(6)

@@ -46,7 +46,7 @@ def test_host_resolves_native_cpu_and_core_count():
 
 @pytest.mark.parametrize(
     "name, word, isa",
-    [("rpi4", "uint32", "aarch64"), ("jetson-orin", "uint32", "aarch64"), ("host", "uint64", "x86_64")],
+    [("rpi4", "uint16", "aarch64"), ("jetson-orin", "uint32", "aarch64"), ("host", "uint64", "x86_64")],
 )
 def test_bitserial_word_per_architecture(name, word, isa):
     if name == "host" and platform.machine() != "x86_64":

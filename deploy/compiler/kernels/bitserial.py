@@ -35,7 +35,7 @@ from tvm import te, tirx
 from bimatting.binops import layout as bit_layout
 from bimatting.binops.layout import packed_channels
 
-KERNEL_WORD_BITS = {"uint64": 64, "uint32": 32}  # the kernels' own words (the ONNX ops use bytes)
+KERNEL_WORD_BITS = {"uint64": 64, "uint32": 32, "uint16": 16}  # the kernels' own words (the ONNX ops use bytes)
 X_GRANULE = 8  # output columns are computed in multiples of this (register tiles divide it)
 
 
@@ -168,6 +168,17 @@ def repack_bytes(x8, channels, layout):
     return _with_border(words, layout, "brepack")
 
 
+def popcount_accumulator(word_dtype, bits_summed):
+    """The popcount sum's type: as wide as a word, so a vector popcount accumulates in its own
+    lanes (uint16 words: `cnt` + `uadalp .8h`, no widening per word on NEON), as long as the sum
+    of `bits_summed` ones fits; int32 otherwise."""
+    if word_dtype == "uint64":
+        return "int64"
+    if word_dtype == "uint16" and bits_summed < 2**15:
+        return "int16"
+    return "int32"
+
+
 def popcount_conv(packed, weights, geometry, layout, variant=0):
     """Sum of popcount(activation XOR weight) over the window: -> [N, OH, OWp, Op] int64 (uint64
     words) or int32 (uint32 words).
@@ -182,7 +193,8 @@ def popcount_conv(packed, weights, geometry, layout, variant=0):
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     rc = te.reduce_axis((0, words), name="rc")
-    acc = "int64" if packed.dtype == "uint64" else "int32"
+    word = str(packed.dtype)
+    acc = popcount_accumulator(word, kh * kw * words * KERNEL_WORD_BITS[word])
 
     def count(n, y, x, o):
         a = packed[n, variant * words + rc, y * sh + ry * dh + off_y, x * sw + rx * dw + off_x]

@@ -15,7 +15,7 @@ import numpy as np
 from bimatting.binops import layout, reference
 from bimatting.deploy.compiler.kernels.bitserial import KERNEL_WORD_BITS
 
-NUMPY_WORDS = {"uint64": np.dtype("<u8"), "uint32": np.dtype("<u4")}
+NUMPY_WORDS = {"uint64": np.dtype("<u8"), "uint32": np.dtype("<u4"), "uint16": np.dtype("<u2")}
 
 
 def weight_words(w_packed, channels_in, word_dtype, out_padded):

@@ -12,6 +12,7 @@ import dataclasses
 
 import tvm
 from tvm import s_tir, tirx
+from tvm.target import codegen
 
 from bimatting.deploy.compiler.schedules import aarch64, bitserial, fp, masked, pair_dot, x86
 from bimatting.deploy.compiler.schedules.channel_matmul import ChannelMatmul
@@ -24,11 +25,13 @@ KERNEL_ATTR = "bimatting.kernel"
 
 
 def kernel_config_for(target):
-    """The bitserial configuration for a tvm.target.Target (by its triple; on x86, whether it
-    has AVX-512 VNNI for the int16 pair convs)."""
+    """The bitserial configuration for a tvm.target.Target (by its triple; on AArch64, whether it
+    has dotprod; on x86, whether it has AVX-512 VNNI for the int16 pair convs)."""
     triple = target_triple(target)
     if triple.startswith(("aarch64", "arm64")):
-        return aarch64.KERNEL_CONFIG
+        return (
+            aarch64.DOTPROD_KERNEL_CONFIG if codegen.target_has_features("dotprod", target) else aarch64.KERNEL_CONFIG
+        )
     if triple.startswith(("x86_64", "i686", "x86")):
         return dataclasses.replace(x86.KERNEL_CONFIG, pair_dot=pair_dot.available(target))
     raise ValueError(f"no bitserial schedule for target triple '{triple}' (x86_64 and aarch64 are supported)")
