@@ -23,7 +23,7 @@ from tvm.target.codegen import llvm_get_cpu_features
 from bimatting.binops import layout as bit_layout
 from bimatting.binops.geometry import ConvGeometry
 from bimatting.deploy.compiler import lowering, tuning_database as tuning
-from bimatting.deploy.compiler.kernels import standalone
+from bimatting.deploy.compiler.kernels import bitserial, standalone
 from bimatting.deploy.compiler.kernels.bitserial import PackLayout
 from bimatting.deploy.compiler.schedules import (
     ScheduleModule,
@@ -347,3 +347,11 @@ def test_elementwise_chain_with_a_pool_is_scheduled_and_exact(host_target):
     a = np.maximum(s, s * np.float32(0.125))
     expected = a.reshape(1, 8, 9, 2, 16, 2).mean(axis=(3, 5), dtype=np.float32) + ys
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_popcount_sums_stay_in_int16_only_while_they_fit():
+    """uint16 words accumulate in int16 lanes (NEON uadalp .8h) up to 2^15 - 1 summed bits."""
+    assert bitserial.popcount_accumulator("uint16", 9 * 3640) == "int16"  # 3x3, 3,640 channels
+    assert bitserial.popcount_accumulator("uint16", 9 * 3648) == "int32"
+    assert bitserial.popcount_accumulator("uint32", 9 * 64) == "int32"
+    assert bitserial.popcount_accumulator("uint64", 9 * 64) == "int64"

@@ -4,7 +4,7 @@ Schedules live apart, in `bimatting.deploy.compiler.schedules`; `bimatting.deplo
 prepares the constant operands (weight words, output-transform tables) in numpy.
 
 Internal layout (free to choose inside TVM; the ONNX ops use uint8 NCHW, docs/onnx-ops.md):
-* packed activations `[N, V * CW, Hp, Wp]` words (uint64 on x86, uint32 on ARM), planes of words
+* packed activations `[N, V * CW, Hp, Wp]` words (uint64 on x86; uint16 on ARM, uint32 with dotprod), planes of words
   like NCHW: channel c is bit c % B of word c // B (B = word bits), bit 1 = -1, the same
   little-endian order as `bimatting.binops.layout`. A row of one word plane is contiguous, so a
   kernel vectorized over output columns loads its activation words as one vector. The tensor
@@ -180,8 +180,8 @@ def popcount_accumulator(word_dtype, bits_summed):
 
 
 def popcount_conv(packed, weights, geometry, layout, variant=0):
-    """Sum of popcount(activation XOR weight) over the window: -> [N, OH, OWp, Op] int64 (uint64
-    words) or int32 (uint32 words).
+    """Sum of popcount(activation XOR weight) over the window: -> [N, OH, OWp, Op] in
+    `popcount_accumulator`'s type (int64, int32 or int16).
 
     packed [N, V * CW, rows, cols] (layout; this conv reads variant `variant`), weights
     [KH, KW, CW, Op] words.

@@ -6,7 +6,7 @@ these functions apply them with `tvm.s_tir.Schedule`. Every tile size is either 
 so the same function is MetaSchedule's design space (`ms.space_generator.ScheduleFn`).
 
 Popcount convolution, vectorized over output channels (`schedule_bconv`, AArch64: a 128-bit
-vector holds 4 uint32 words, as many as a layer has output channels):
+vector holds 8 uint16 or 4 uint32 words, as many as a layer has output channels):
     for n*y (parallel) / x tile of `owt` columns / o tile of `vec` channels:
         acc[owt, vec] (registers) = 0
         for ry, rx, rc: for xi (unrolled): acc[xi, :] += popcount(a[xi] ^ w[ry, rx, rc, :])  # vector
