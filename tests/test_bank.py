@@ -156,3 +156,24 @@ def test_crop_scale_resizes_the_footage_before_the_window_is_cut():
         rows = bank.crops(1, 2, 32, 48, scale=(0.5, 1.0))["src"][0, 0, 1] * 255
         steps.append(float(rows.diff(dim=0)[8:-8].mean()))
     assert 1 - 1e-3 <= min(steps) < 1.15 and 1.8 < max(steps) <= 2 + 1e-3, (min(steps), max(steps))
+
+
+def test_recomposited_crops_put_the_teacher_layer_over_other_footage():
+    """Where the layer's alpha is 1 the frame is the layer's fgr; the target alpha is the layer's
+    over the background's (a + (1 - a) a_bg >= a); at share 0 the crops are the plain ones."""
+    person = np.zeros((72, 128))
+    person[20:60, 40:90] = 1
+    layered, recomposited = Bank([_item("person", 6, person), _half_covered()], seed=8), []
+    for _ in range(100):
+        batch = layered.crops(2, 2, 32, 48, recomposite_share=0.5)
+        src, fgr, pha = batch["src"], batch["fgr"], batch["pha"]
+        assert pha.min() >= 0 and pha.max() <= 1
+        solid = pha.expand_as(src) == 1
+        assert torch.allclose(src[solid], fgr[solid], atol=1e-6)
+        for b in range(2):  # a plain crop's frame is random noise; a recomposite's half is flat
+            recomposited.append(bool((src[b] - fgr[b]).abs().max() > 1e-6 and pha[b].mean() > 0))
+    assert 0.2 < np.mean(recomposited) <= 0.6, np.mean(recomposited)
+    plain, zero_share = Bank([_position_coded(5, 72, 128)], seed=9), Bank([_position_coded(5, 72, 128)], seed=9)
+    for _ in range(10):
+        a, b = plain.crops(2, 2, 32, 48), zero_share.crops(2, 2, 32, 48, recomposite_share=0.0)
+        assert all(torch.equal(a[k], b[k]) for k in a)

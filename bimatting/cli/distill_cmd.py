@@ -93,6 +93,14 @@ def _scale_range(text):
     "(brightness, contrast, saturation, hue, grey).",
 )
 @click.option(
+    "--recomposite-share",
+    type=click.FloatRange(0, 1),
+    default=RUN.recomposite_share,
+    show_default=True,
+    help="crops: the share of samples whose teacher layer (fgr, pha) goes over a crop of other "
+    "footage (its people kept in the target).",
+)
+@click.option(
     "--crop-scale",
     default=":".join(str(v) for v in RUN.crop_scale),
     show_default=True,
@@ -203,6 +211,7 @@ def distill(
     still_share,
     colour_share,
     crop_scale,
+    recomposite_share,
     ema_decay,
     laplacian_from,
     coherence_from,
@@ -279,6 +288,7 @@ def distill(
         still_share=still_share,
         colour_share=colour_share,
         crop_scale=_scale_range(crop_scale),
+        recomposite_share=recomposite_share,
         ema_decay=ema_decay,
         batch=batch,
         frames=frames,

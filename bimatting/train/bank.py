@@ -110,6 +110,17 @@ def recolour(images, rng, strength=0.3, hue_turns=0.15, grey_share=0.1):
     return changed
 
 
+def composite(fgr, pha, under):
+    """[src, fgr, pha] of a teacher layer (fgr, pha) over `under` = (frames, fgr, pha) of other
+    footage, whose people stay in the target beneath the layer:
+        src = fgr a + bgr (1 - a),  alpha = a + (1 - a) a_bg,
+        fgr = (fgr a + fgr_bg a_bg (1 - a)) / alpha  (fgr where alpha = 0)."""
+    bgr, under_fgr, under_pha = under
+    total = pha + (1 - pha) * under_pha
+    fgr_total = (fgr * pha + under_fgr * under_pha * (1 - pha)) / total.clamp_min(1e-6)
+    return [fgr * pha + bgr * (1 - pha), torch.where(total > 0, fgr_total, fgr), total]
+
+
 class Bank:
     """The items of a distillation run and the batch maker.
 
@@ -178,16 +189,16 @@ class Bank:
             (self._background_view(length, height, width) for _ in range(self.background_tries)),
             key=lambda view: float(view[:, 6:7].mean()),
         )
-        bgr, under_fgr, under_pha = under[:, :3], under[:, 3:6], under[:, 6:7]
-        total = pha + (1 - pha) * under_pha
-        fgr_total = (fgr * pha + under_fgr * under_pha * (1 - pha)) / total.clamp_min(1e-6)
-        return {"src": fgr * pha + bgr * (1 - pha), "fgr": torch.where(total > 0, fgr_total, fgr), "pha": total}
+        src, fgr_total, total = composite(fgr, pha, (under[:, :3], under[:, 3:6], under[:, 6:7]))
+        return {"src": src, "fgr": fgr_total, "pha": total}
 
     def _background_view(self, length, height, width):
         background = self._pick()
         return self._view(background, (background.frames, background.fgr, background.pha), length, height, width)
 
-    def crops(self, size, length, height, width, still_share=0.0, colour_share=0.0, scale=(1.0, 1.0)):
+    def crops(
+        self, size, length, height, width, still_share=0.0, colour_share=0.0, scale=(1.0, 1.0), recomposite_share=0.0
+    ):
         """{'src', 'fgr', 'pha'} [B, T, C, H, W]: plain crops of the clips and, with `still_share`
         > 0, of the stills.
 
@@ -203,34 +214,47 @@ class Bank:
         depend on colour, and the model must not learn that warm wood is a person. With `scale` other
         than (1, 1), each sample's footage is first resized by a factor drawn uniformly from that
         range (antialiased): below 1 a window holds more of the room and smaller people, the whole
-        frame's context the held-out footage is matted with."""
+        frame's context the held-out footage is matted with. With probability `recomposite_share`
+        the sample's teacher layer (fgr, pha) goes over a crop of another draw, the least covered of
+        `background_tries` (`composite`): the same person in front of other rooms, so a room's
+        colours stop saying where the person is."""
         clips = [item for item in self.items if len(item) >= length]
         stills = [item for item in self.items if len(item) == 1] if still_share else []
+
+        def draw():
+            if stills and self.rng.random() < still_share:
+                return self._plain_crop(self.rng.choice(stills), [0] * length, height, width, scale)
+            item = self.rng.choice(clips)
+            start = self.rng.randrange(len(item) - length + 1)
+            return self._plain_crop(item, list(range(start, start + length)), height, width, scale)
+
         samples = []
         for _ in range(size):
-            if stills and self.rng.random() < still_share:
-                item, indices = self.rng.choice(stills), [0] * length
-            else:
-                item = self.rng.choice(clips)
-                start = self.rng.randrange(len(item) - length + 1)
-                indices = list(range(start, start + length))
-            views = [tensor[indices].float().div_(255) for tensor in (item.frames, item.fgr, item.pha)]
-            h, w = views[0].shape[-2:]
-            factor = 1.0 if scale == (1.0, 1.0) else self.rng.uniform(*scale)
-            factor = max(factor, height / h, width / w)  # footage smaller than the crop: scaled up to cover it
-            if factor != 1.0:
-                h, w = max(height, math.ceil(h * factor)), max(width, math.ceil(w * factor))
-                views = [
-                    F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False, antialias=factor < 1)
-                    for v in views
-                ]
-            top, left = self.rng.randrange(h - height + 1), self.rng.randrange(w - width + 1)
-            flip = self.rng.random() < 0.5
-            views = [v[..., top : top + height, left : left + width] for v in views]
+            views = draw()
+            if recomposite_share and self.rng.random() < recomposite_share:
+                under = min((draw() for _ in range(self.background_tries)), key=lambda v: float(v[2].mean()))
+                views = composite(views[1], views[2], under)
             if colour_share and self.rng.random() < colour_share:
                 views[:2] = recolour(views[:2], self.rng)
-            samples.append([view.flip(-1) if flip else view for view in views])
+            samples.append(views)
         return {key: torch.stack([s[k] for s in samples]) for k, key in enumerate(("src", "fgr", "pha"))}
+
+    def _plain_crop(self, item, indices, height, width, scale):
+        """[frames, fgr, pha] of `indices`: one window at the footage's scale (or resized by a
+        factor drawn from `scale`), flipped with p = 0.5."""
+        views = [tensor[indices].float().div_(255) for tensor in (item.frames, item.fgr, item.pha)]
+        h, w = views[0].shape[-2:]
+        factor = 1.0 if scale == (1.0, 1.0) else self.rng.uniform(*scale)
+        factor = max(factor, height / h, width / w)  # footage smaller than the crop: scaled up to cover it
+        if factor != 1.0:
+            h, w = max(height, math.ceil(h * factor)), max(width, math.ceil(w * factor))
+            views = [
+                F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False, antialias=factor < 1) for v in views
+            ]
+        top, left = self.rng.randrange(h - height + 1), self.rng.randrange(w - width + 1)
+        flip = self.rng.random() < 0.5
+        views = [v[..., top : top + height, left : left + width] for v in views]
+        return [view.flip(-1) if flip else view for view in views]
 
     def batch(self, size, length, height, width):
         """{'src', 'fgr', 'pha'} [B, T, C, H, W] float32 on the bank's device."""

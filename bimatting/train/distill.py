@@ -249,7 +249,9 @@ class Distillation:
         o = self.options
         w, h = o.sizes[self.step % len(o.sizes)]
         if o.data == "crops":
-            return self.bank.crops(o.batch, o.frames, h, w, o.still_share, o.colour_share, tuple(o.crop_scale))
+            return self.bank.crops(
+                o.batch, o.frames, h, w, o.still_share, o.colour_share, tuple(o.crop_scale), o.recomposite_share
+            )
         return self.bank.batch(o.batch, o.frames, h, w)
 
     def train_step(self):

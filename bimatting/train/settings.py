@@ -87,6 +87,7 @@ class DistillOptions:
     still_share: float = 0.0  # crops: the share of samples taken from the stills (--images)
     colour_share: float = 0.0  # crops: the share of samples whose colours change (bank.recolour)
     crop_scale: tuple = (1.0, 1.0)  # crops: footage resized by a factor from this range before cropping
+    recomposite_share: float = 0.0  # crops: the share of samples whose teacher layer goes over other footage
     background_tries: int = 3  # recomposites go over the least covered of this many views
     hr_every: int = 0
     hr_ratio: float = 0.5
@@ -121,6 +122,7 @@ class DistillOptions:
             "still_share",
             "colour_share",
             "crop_scale",
+            "recomposite_share",
             "background_tries",
             "hr_every",
             "hr_ratio",
@@ -143,5 +145,6 @@ def with_new_defaults(identity):
         still_share=DistillOptions.still_share,
         colour_share=DistillOptions.colour_share,
         crop_scale=list(DistillOptions.crop_scale),
+        recomposite_share=DistillOptions.recomposite_share,
     )
     return {**{k: v for k, v in defaults.items() if k not in identity}, **identity}
