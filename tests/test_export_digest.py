@@ -27,9 +27,9 @@ import torch
 from bimatting.export import exporter
 
 DIGESTS = {
-    ("default", None, None): "9cd70bb30487540e2d26492cf71f38f23bbe08c9271bcf1215c6aadf59942e7d",
-    ("default", (512, 288), None): "f7d539289204fa99d13f0fb3fe8c06a4c4bc956d05b69ff273beb8c98a1e26de",
-    ("default", (512, 288), 0.5): "7bc9704a4193dab7010382fa12aa291c10c20011bca449558d8c0a4ab9d26e72",
+    ("default", None, None): "ea8f7a18d3c65e10573fe4d685f21bf945381f0b5f224acda12010ac6e2d4774",
+    ("default", (512, 288), None): "bf6614027d4e87b8429f9bd32b1f020bc3364d18128591d3fed9e34140205872",
+    ("default", (512, 288), 0.5): "363e2a28a67cd0853e729f6d064eed9341b69014cd04f8fd7c98fa1cc1831243",
     ("rvm", None, None): "94506064567e8e324d47f17bebf0ab5c64e0c6830f73b6ee88f5e7807e731468",
     ("rvm", (512, 288), 0.25): "c3df607d8c3b5ce8a2ed979b7997b7d0ab0259929f6d0bf86be76049c089ed8e",
 }
