@@ -13,6 +13,18 @@ import numpy as np
 from bimatting.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
+
+
+def resolve_clip(path):
+    """A folder holding no images but exactly one video stands for that video (a clip folder as
+    footage collections ship them: clip/video.mp4); any other path is itself."""
+    path = Path(path)
+    if path.is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+        videos = [p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES]
+        if len(videos) == 1:
+            return videos[0]
+    return path
 
 
 def list_images(folder):
@@ -62,7 +74,8 @@ def shrink_frame(image, short_side=None, long_side=None):
 
 
 def iter_frames_uint8(source, start=0, limit=None, short_side=None, long_side=None):
-    """Yield RGB uint8 frames [H, W, 3] of a frame folder, a video file or one image file.
+    """Yield RGB uint8 frames [H, W, 3] of a frame folder, a video file (or a folder holding only
+    that video) or one image file.
 
     start, limit: from frame number `start`, at most `limit` frames. short_side, long_side: an
     optional shrink of every frame (shrink_frame).
@@ -72,6 +85,7 @@ def iter_frames_uint8(source, start=0, limit=None, short_side=None, long_side=No
         raise InputError(
             f"cannot read frames from '{source}': it does not exist; give a video file, a folder of images or an image"
         )
+    source = resolve_clip(source)
     if source.is_dir():
         frames = (read_image_uint8(path) for path in list_images(source)[start:][:limit])
     elif source.suffix.lower() in IMAGE_SUFFIXES:

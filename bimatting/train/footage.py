@@ -21,20 +21,10 @@ import torch
 
 from bimatting.errors import InputError
 from bimatting.eval.agreement import run_recurrent
-from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames_uint8
+from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames_uint8, resolve_clip
 from bimatting.train.bank import Item
 from bimatting.train.clips import frames_to_uint8_tensor
-from bimatting.train.sources import VIDEO_SUFFIXES, find_footage
-
-
-def resolve_clip(path):
-    """A folder holding no images but exactly one video stands for that video (as find_footage)."""
-    path = Path(path)
-    if path.is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
-        videos = [p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES]
-        if len(videos) == 1:
-            return videos[0]
-    return path
+from bimatting.train.sources import find_footage
 
 
 def parse_heldout(spec):

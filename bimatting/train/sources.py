@@ -18,11 +18,10 @@ from torch.utils.data import Dataset
 
 from bimatting.data.sampler import frame_indices, window_offsets
 from bimatting.errors import InputError
-from bimatting.matting.frames import IMAGE_SUFFIXES, iter_frames_uint8, list_images, read_image_uint8
+from bimatting.matting.frames import IMAGE_SUFFIXES, VIDEO_SUFFIXES, iter_frames_uint8, list_images, read_image_uint8
 from bimatting.train import clips
 
 EVAL_LAYERS = ("com", "fgr", "pha")
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 
 
 # -- the evaluation layout ---------------------------------------------------------------------
