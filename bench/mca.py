@@ -1,7 +1,7 @@
 """llvm-mca throughput of the binary conv's inner loop vs the float conv's, for a board (no board).
 
-    python bench/mca.py                                  # rpi4 (Cortex-A72), 64->64 3x3 at 64x64
-    python bench/mca.py --target rpi5 --json             # Cortex-A76 (udot), machine-readable
+    python bench/mca.py                                  # rpi4 (Cortex-A72) and rpi5 (A76, udot), 3x3 64->64
+    python bench/mca.py --target rpi5 --json             # one board, machine-readable
     python bench/mca.py --target host                    # this x86-64 machine (its -mcpu)
     python bench/mca.py --save-reports mca-reports/      # + both loops and full llvm-mca reports
 
@@ -257,43 +257,25 @@ def save_reports(directory, rows):
         write_bytes(directory / f"{stem}_mca.txt", row["report"].encode())
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--target", default="rpi4", help="a board from targets/: AArch64 or x86-64 (default rpi4)")
-    parser.add_argument("--shape", default="64,64,64,64", help="CIN,COUT,H,W (3x3, stride 1, pad 1)")
-    parser.add_argument("--llvm-mca", default="llvm-mca", help="llvm-mca executable (name or path)")
-    parser.add_argument("--save-reports", metavar="DIR", help="write both loops and llvm-mca reports here")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    shape = [int(v) for v in args.shape.split(",")]
-    try:
-        target, mca = check_tools(args.target, args.llvm_mca)
-    except Missing as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+def report(target, mca, shape, args):
+    """Measure one target; print its table (or return its JSON record)."""
     rows = measure(target, mca, shape)
     if args.save_reports:
-        save_reports(args.save_reports, rows)
+        save_reports(Path(args.save_reports) / target.name if len(args.target) > 1 else args.save_reports, rows)
     binary, fp = rows
     ratio = binary["macs_per_cycle"] / fp["macs_per_cycle"]
     ratio_rt = binary["macs_per_cycle_rthroughput"] / fp["macs_per_cycle_rthroughput"]
     cpu = target.llvm["mcpu"]
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "target": target.name,
-                    "mcpu": cpu,
-                    "shape": shape,
-                    "goal": GOAL,
-                    "ratio": ratio,
-                    "ratio_block_rthroughput": ratio_rt,
-                    "kernels": [{k: v for k, v in r.items() if k not in ("loop", "report")} for r in rows],
-                },
-                indent=2,
-            )
-        )
-        return
+        return {
+            "target": target.name,
+            "mcpu": cpu,
+            "shape": shape,
+            "goal": GOAL,
+            "ratio": ratio,
+            "ratio_block_rthroughput": ratio_rt,
+            "kernels": [{k: v for k, v in r.items() if k not in ("loop", "report")} for r in rows],
+        }
     print(
         f"3x3 {shape[0]}->{shape[1]} at {shape[2]}x{shape[3]}, target {target.name}, "
         f"llvm-mca -mcpu={cpu}, per iteration of the hot inner loop"
@@ -309,6 +291,35 @@ def main():
         f"binary/float: {ratio:.1f}x by cycles/iteration ({ratio_rt:.1f}x by Block RThroughput); "
         f"goal >= {GOAL:.0f}x {verdict}"
     )
+    return None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--target",
+        action="append",
+        help="a board from targets/: AArch64 or x86-64; repeat for several (default: rpi4 and rpi5)",
+    )
+    parser.add_argument("--shape", default="64,64,64,64", help="CIN,COUT,H,W (3x3, stride 1, pad 1)")
+    parser.add_argument("--llvm-mca", default="llvm-mca", help="llvm-mca executable (name or path)")
+    parser.add_argument("--save-reports", metavar="DIR", help="write both loops and llvm-mca reports here")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    args.target = args.target or ["rpi4", "rpi5"]
+    shape = [int(v) for v in args.shape.split(",")]
+    records = []
+    for index, name in enumerate(args.target):
+        try:
+            target, mca = check_tools(name, args.llvm_mca)
+        except Missing as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+        if index and not args.json:
+            print()
+        records.append(report(target, mca, shape, args))
+    if args.json:
+        print(json.dumps(records[0] if len(records) == 1 else records, indent=2))
 
 
 if __name__ == "__main__":
