@@ -101,6 +101,14 @@ def _scale_range(text):
     "footage (its people kept in the target).",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default=RUN.precision,
+    show_default=True,
+    help="bf16: the training step's convolutions and matmuls in bfloat16 (CPU autocast; weights and "
+    "optimizer stay float32). Evaluation is always float32.",
+)
+@click.option(
     "--crop-scale",
     default=":".join(str(v) for v in RUN.crop_scale),
     show_default=True,
@@ -212,6 +220,7 @@ def distill(
     colour_share,
     crop_scale,
     recomposite_share,
+    precision,
     ema_decay,
     laplacian_from,
     coherence_from,
@@ -289,6 +298,7 @@ def distill(
         colour_share=colour_share,
         crop_scale=_scale_range(crop_scale),
         recomposite_share=recomposite_share,
+        precision=precision,
         ema_decay=ema_decay,
         batch=batch,
         frames=frames,

@@ -262,9 +262,12 @@ class Distillation:
         recipes.apply_schedule(self.optimizer, r, self.step)
         recipes.set_binary_weights(self.model, recipes.binary_weights_at(r, self.step))
         self.optimizer.zero_grad(set_to_none=True)
-        total = self._losses(batch, 1.0, True)
-        if o.hr_every and self.step % o.hr_every == 0:
-            total = total + self._losses(batch, o.hr_ratio, False)
+        # bf16: convolutions and matmuls in bfloat16 (AVX-512 BF16 where the CPU has it), the rest
+        # float32; the weights, their gradients and Adam stay float32 (bench/train_speed.py: 1.23x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=o.precision == "bf16"):
+            total = self._losses(batch, 1.0, True)
+            if o.hr_every and self.step % o.hr_every == 0:
+                total = total + self._losses(batch, o.hr_ratio, False)
         if not torch.isfinite(total):
             raise RuntimeError(f"training diverged: loss {float(total)} at step {self.step}")
         total.backward()

@@ -88,6 +88,7 @@ class DistillOptions:
     colour_share: float = 0.0  # crops: the share of samples whose colours change (bank.recolour)
     crop_scale: tuple = (1.0, 1.0)  # crops: footage resized by a factor from this range before cropping
     recomposite_share: float = 0.0  # crops: the share of samples whose teacher layer goes over other footage
+    precision: str = "fp32"  # "bf16": the student's forward and losses under bfloat16 autocast (CPU)
     background_tries: int = 3  # recomposites go over the least covered of this many views
     hr_every: int = 0
     hr_ratio: float = 0.5
@@ -123,6 +124,7 @@ class DistillOptions:
             "colour_share",
             "crop_scale",
             "recomposite_share",
+            "precision",
             "background_tries",
             "hr_every",
             "hr_ratio",
@@ -146,5 +148,6 @@ def with_new_defaults(identity):
         colour_share=DistillOptions.colour_share,
         crop_scale=list(DistillOptions.crop_scale),
         recomposite_share=DistillOptions.recomposite_share,
+        precision=DistillOptions.precision,
     )
     return {**{k: v for k, v in defaults.items() if k not in identity}, **identity}
