@@ -20,11 +20,13 @@ def resolve_clip(path):
     """A folder holding no images but exactly one video stands for that video (a clip folder as
     footage collections ship them: clip/video.mp4); any other path is itself."""
     path = Path(path)
-    if path.is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
-        videos = [p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES]
-        if len(videos) == 1:
-            return videos[0]
-    return path
+    if not path.is_dir():
+        return path
+    entries = list(path.iterdir())
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
+        return path
+    videos = [p for p in entries if p.suffix.lower() in VIDEO_SUFFIXES]
+    return videos[0] if len(videos) == 1 else path
 
 
 def list_images(folder):

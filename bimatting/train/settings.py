@@ -139,15 +139,15 @@ class DistillOptions:
         return json.loads(json.dumps({**{k: getattr(self, k) for k in keep}, **recipe, **data}))
 
 
+# Identity fields added after runs had been saved without them; such a run had them off, at the
+# default. A new option that changes what a run computes is added to identity() and here.
+ADDED_SINCE_FIRST_RUNS = ("still_share", "colour_share", "crop_scale", "recomposite_share", "precision")
+
+
 def with_new_defaults(identity):
-    """A saved run identity with the recipe fields added since it was saved, at their defaults
-    (a field that did not exist was, in effect, off)."""
-    defaults = {f"recipe.{k}": v for k, v in json.loads(json.dumps(Recipe().as_dict())).items()}
-    defaults.update(
-        still_share=DistillOptions.still_share,
-        colour_share=DistillOptions.colour_share,
-        crop_scale=list(DistillOptions.crop_scale),
-        recomposite_share=DistillOptions.recomposite_share,
-        precision=DistillOptions.precision,
-    )
+    """A saved run identity with the recipe fields and ADDED_SINCE_FIRST_RUNS added since it was
+    saved, at their defaults (a field that did not exist was, in effect, off)."""
+    defaults = {f"recipe.{k}": v for k, v in Recipe().as_dict().items()}
+    defaults.update({k: getattr(DistillOptions, k) for k in ADDED_SINCE_FIRST_RUNS})
+    defaults = json.loads(json.dumps(defaults))
     return {**{k: v for k, v in defaults.items() if k not in identity}, **identity}
