@@ -6,7 +6,8 @@ One step = forward, the recipe's loss (L1 terms, full size and coarse), backward
 Variants run side by side in one process, steps interleaved, so machine noise hits them alike.
 
     python bench/train_speed.py                  # eager variants
-    python bench/train_speed.py --compile        # also torch.compile of the step (minutes to compile)
+    python bench/train_speed.py --compile        # also torch.compile of the step, float32 and
+                                                 # bfloat16 (minutes to compile each)
 """
 
 import argparse
@@ -15,16 +16,18 @@ import statistics
 import time
 
 import torch
+from torch.nn import functional as F
 
 from bimatting.models import build_model
-from bimatting.models.bimatting import binarize
+from bimatting.models.bimatting import bimobilenet, binarize, decoder
 from bimatting.train import losses, passes, recipe as recipes
 
 BATCH, FRAMES, SIZE = 4, 2, 128
 
 
 class _SignSTEBefore(torch.autograd.Function):
-    """The activation sign as it was: full-size ones tensors, the input saved for the backward."""
+    """The activation sign as it was: torch.where on a bool mask forward, the input saved, and
+    torch.where again backward (the bool paths cost ~10x a float op on this CPU)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -37,14 +40,22 @@ class _SignSTEBefore(torch.autograd.Function):
         return grad_output * (x.abs() <= 1).to(grad_output.dtype)
 
 
+def _average_pool2_before(x):
+    """average_pool2 as it was for every size: two F.avg_pool2d of two taps (the same bits)."""
+    rows = F.avg_pool2d(x, (1, 2), (1, 2), ceil_mode=True, count_include_pad=False)
+    return F.avg_pool2d(rows, (2, 1), (2, 1), ceil_mode=True, count_include_pad=False)
+
+
 @contextlib.contextmanager
-def sign_before():
-    kept = binarize._SignSTE
+def before():
+    """The step as it was when the throughput goal was set (the sign and pooling of then)."""
+    kept = binarize._SignSTE, bimobilenet.average_pool2, decoder.average_pool2
     binarize._SignSTE = _SignSTEBefore
+    bimobilenet.average_pool2 = decoder.average_pool2 = _average_pool2_before
     try:
         yield
     finally:
-        binarize._SignSTE = kept
+        binarize._SignSTE, bimobilenet.average_pool2, decoder.average_pool2 = kept
 
 
 def bfloat16_autocast():
@@ -86,13 +97,14 @@ def main():
     torch.set_num_threads(1)
 
     variants = {
-        "sign as before (full-size ones, input saved)": (make_step(), sign_before),
-        "default (0-dim constants, bool window saved)": (make_step(), contextlib.nullcontext),
+        "before (where on bool masks, avg_pool2d)": (make_step(), before),
+        "default": (make_step(), contextlib.nullcontext),
         "default + channels_last": (make_step(channels_last=True), contextlib.nullcontext),
         "default + bfloat16 autocast": (make_step(), bfloat16_autocast),
     }
     if args.compile:
         variants["default + torch.compile"] = (make_step(compiled=True), contextlib.nullcontext)
+        variants["default + bfloat16 + torch.compile"] = (make_step(compiled=True), bfloat16_autocast)
     for name, (step, context) in variants.items():  # warm-up (and compile) outside the timing
         started = time.process_time()
         with context():

@@ -11,8 +11,9 @@ from bimatting.models.bimatting.units import binary_conv_unit
 
 
 def test_sign_of_zero_is_plus_one_and_matches_the_numpy_sign():
-    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 2.5, -2.5, float("inf"), float("-inf")])
-    assert sign(x).tolist() == [1.0, 1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-45, -1e-45, 2.5, -2.5, float("inf"), float("-inf"), float("nan")])
+    assert sign(x).tolist() == [1.0, 1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, -1.0]
+    np.testing.assert_array_equal(sign(x).numpy(), layout.sign(x.numpy()))
     noisy = torch.randn(4, 13, 5, 7, generator=torch.Generator().manual_seed(0))
     noisy[noisy.abs() < 0.3] = 0.0  # plenty of exact zeros
     np.testing.assert_array_equal(sign(noisy).numpy(), layout.sign(noisy.numpy()))

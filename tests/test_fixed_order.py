@@ -52,6 +52,23 @@ def test_average_pool2_is_the_ceil_mode_average_and_the_same_bits_in_onnxruntime
     np.testing.assert_array_equal(run_onnx(fixed_order.emit_average_pool2, x), ours.numpy())
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_average_pool2_of_even_sizes_has_avg_pool2ds_bits_and_gradient(memory_format):
+    """Even sizes take a faster path (views and adds, a custom backward): the same forward bits
+    as the two-tap F.avg_pool2d chain, and the same gradient (each pixel gets dL/dy / 4)."""
+    x = activations(3, 4, 8, 12, seed=2).to(memory_format=memory_format).requires_grad_(True)
+    reference = x.detach().clone().requires_grad_(True)
+    upstream = activations(3, 4, 4, 6, seed=3)
+    rows = F.avg_pool2d(reference, (1, 2), (1, 2), ceil_mode=True, count_include_pad=False)
+    expected = F.avg_pool2d(rows, (2, 1), (2, 1), ceil_mode=True, count_include_pad=False)
+    ours = fixed_order.average_pool2(x)
+    assert torch.equal(ours, expected)
+    (ours * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert torch.equal(x.grad, reference.grad)
+    assert torch.equal(x.grad[:, :, 1::2, ::2], upstream / 4)
+
+
 @pytest.mark.parametrize("height,width", [(4, 6), (5, 3), (1, 1), (17, 30)])
 def test_upsample2_is_bilinear_x2_and_the_same_bits_in_onnxruntime(height, width):
     x = activations(1, 4, height, width, seed=1)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from torch._dynamo.utils import counters
 from torch.nn import functional as F
 
 from bimatting.cli import cli
@@ -262,6 +263,29 @@ def test_branch_continues_another_runs_state_under_new_settings(footage, tmp_pat
     assert hashlib.sha256(source_state.read_bytes()).hexdigest() == digest
 
 
+def test_a_branch_can_add_and_drop_the_encoder_adapters(footage, tmp_path):
+    """--branch-from into a run with --adapter-weight: the source's Adam moments are kept for its
+    groups and the adapters get a fresh group, last; the branch then resumes like any run; and a
+    branch of it without adapters drops their group."""
+    Distillation(_options(footage, tmp_path / "source", 2)).run()
+    source_moments = torch.load(tmp_path / "source" / "resume.pth", weights_only=False)["extra"]["optimizer"]["state"]
+    with_adapters = _options(footage, tmp_path / "adapters", 3, adapter_weight=0.5)
+    branch = Distillation(dataclasses.replace(with_adapters, branch_from=str(tmp_path / "source")))
+    assert branch.step == 2 and [g["name"] for g in branch.optimizer.param_groups][-1] == "adapters"
+    assert branch.record["branched_from"]["changed"] == {"recipe.adapter_weight": [0.0, 0.5]}
+    moments = branch.optimizer.state_dict()["state"]
+    assert all(torch.equal(moments[k]["exp_avg"], v["exp_avg"]) for k, v in source_moments.items())
+    branch.run()
+    resumed = Distillation(dataclasses.replace(with_adapters, stop_at=4))
+    assert resumed.step == 3 and resumed.run()["steps"] == 4
+    plain = Distillation(
+        dataclasses.replace(_options(footage, tmp_path / "plain", 5), branch_from=str(tmp_path / "adapters"))
+    )
+    assert plain.step == 4 and plain.adapters is None
+    assert all(g["name"] != "adapters" for g in plain.optimizer.param_groups)
+    assert plain.run()["steps"] == 5
+
+
 def test_cpu_smoke_run_improves_heldout_agreement(footage, tmp_path):
     run = Distillation(_options(footage, tmp_path / "smoke", 40, total=40))
     before = run.evaluate()["pha_mad_mean"]
@@ -398,3 +422,33 @@ def test_bfloat16_steps_follow_the_float32_steps_closely(footage, tmp_path):
     assert math.isfinite(bf16.train_step())
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
     assert bf16.options.identity()["precision"] == "bf16"
+
+
+def test_compiled_steps_follow_the_eager_steps(footage, tmp_path):
+    """--compile hands the student's forward and loss to torch.compile. Its fused kernels round in
+    another order (BatchNorm's statistics, bias + PReLU), ~1e-5 on a block's outputs; a binary
+    network turns such differences near 0 into flipped signs, so the whole first loss from random
+    weights differs more (4.4 % measured at 64x64; 10 % allowed). Checked: one binary block's
+    output and gradients agree to float32 rounding, a run's first loss to the flips' spread, a graph
+    was compiled, training goes on, and the setting is part of the run's identity."""
+    torch.manual_seed(0)
+    block = build_model("bimatting").train().backbone.feature[7]  # 64 -> 64, stride 1
+    x = torch.randn(2, block.in_channels, 16, 16, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for forward in (block, torch.compile(block)):
+        block.zero_grad()
+        x_eager = x.clone().requires_grad_(True)
+        y = forward(x_eager)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outputs.append((y.detach(), x_eager.grad, block.move11.bias.grad.clone(), block.binary_pw.weight.grad.clone()))
+    for eager_value, compiled_value in zip(*outputs):
+        torch.testing.assert_close(compiled_value, eager_value, rtol=1e-4, atol=1e-4)
+
+    counters.clear()
+    eager = Distillation(_options(footage, tmp_path / "eager", 2))
+    compiled = Distillation(dataclasses.replace(_options(footage, tmp_path / "compiled", 2), compiled=True))
+    first_eager, first_compiled = eager.train_step(), compiled.train_step()
+    assert abs(first_eager - first_compiled) <= 0.1 * abs(first_eager), (first_eager, first_compiled)
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert math.isfinite(compiled.train_step())
+    assert compiled.options.identity()["compiled"] is True

@@ -128,28 +128,31 @@ class Distillation:
         if r.latent_init and not options.init:
             recipes.init_latent_weights(self.model, r.latent_init, torch.Generator().manual_seed(options.seed))
         self.model.train()
-        groups = recipes.parameter_groups(self.model, r)
-        self.adapters = None
-        if r.adapter_weight:
-            self.adapters = EncoderAdapters.between(self.model, self.teacher)
-            groups.append(
-                {
-                    "params": list(self.adapters.parameters()),
-                    "lr": r.float_lr,
-                    "base_lr": r.float_lr,
-                    "name": "adapters",
-                }
-            )
-        self.optimizer = torch.optim.Adam(groups)
+        self.optimizer = torch.optim.Adam(recipes.parameter_groups(self.model, r))
+        # one graph per crop size (dynamic=False: each specialised); compiled once per process
+        self._student_loss = torch.compile(student_loss, dynamic=False) if options.compiled else student_loss
+        self.adapters = EncoderAdapters.between(self.model, self.teacher) if r.adapter_weight else None
         self.health = SignHealth(self.model)
         self.average = (
             {name: value.detach().clone() for name, value in _averaged(self.model)} if options.ema_decay else None
         )
         self.step, self.seconds, self.history, self.record = 0, 0.0, [], {}
         if options.resume and (self.out / RESUME).is_file():
+            self._add_adapter_group()
             self._load()
         elif options.branch_from:
             self._branch(Path(options.branch_from))
+        else:
+            self._add_adapter_group()
+
+    def _add_adapter_group(self):
+        """The adapters' Adam group, last, so that a run without adapters can be branched into one
+        with them (its saved groups are the first ones)."""
+        if self.adapters is not None and all(g["name"] != "adapters" for g in self.optimizer.param_groups):
+            rate = self.options.recipe.float_lr
+            self.optimizer.add_param_group(
+                {"params": list(self.adapters.parameters()), "lr": rate, "base_lr": rate, "name": "adapters"}
+            )
 
     def _procedural(self):
         w, h = self.options.sizes[0]
@@ -181,8 +184,8 @@ class Distillation:
         }
         save_checkpoint(self.out / RESUME, self.model, "bimatting", extra=extra)
 
-    def _load(self, path=None):
-        checkpoint = load_checkpoint(path or self.out / RESUME)
+    def _load(self, path=None, checkpoint=None):
+        checkpoint = checkpoint or load_checkpoint(path or self.out / RESUME)
         extra = checkpoint["extra"]
         saved, now = with_new_defaults(extra.get("identity", {})), self.options.identity()
         if path is None and saved != now:
@@ -210,12 +213,16 @@ class Distillation:
         path = source / RESUME if source.is_dir() else source
         if not path.is_file():
             raise InputError(f"--branch-from '{source}' holds no {RESUME}; give a run folder or its {RESUME}")
-        if self.options.recipe.adapter_weight:
-            raise InputError("--branch-from cannot add --adapter-weight to a run (its Adam state has no adapters)")
+        checkpoint = load_checkpoint(path)
+        if checkpoint["extra"].get("adapters"):  # the source trained adapters: its Adam state holds their group
+            if self.adapters is None:
+                _drop_group(checkpoint["extra"]["optimizer"], "adapters")
+            self._add_adapter_group()
         rates = [group["base_lr"] for group in self.optimizer.param_groups]  # this run's, from parameter_groups
-        saved, now = self._load(path)  # loading the Adam state brings the other run's rates: put this run's back
+        saved, now = self._load(path, checkpoint)  # loading the Adam state brings the other run's rates: put ours back
         for group, rate in zip(self.optimizer.param_groups, rates):
             group["base_lr"] = rate
+        self._add_adapter_group()  # adapters new to this branch start fresh, their Adam moments at zero
         changed = {k: [saved.get(k), now[k]] for k in now if saved.get(k) != now[k]}
         self.record["branched_from"] = {"run": str(path), "step": self.step, "changed": changed}
 
@@ -231,11 +238,12 @@ class Distillation:
     def _losses(self, batch, ratio, with_features):
         r = self.options.recipe
         encoder = bool(r.attention_weight or r.adapter_weight)
-        with FeatureTaps(self.model, direct=bool(r.feature_weight), attention=encoder) as mine:
-            pred = passes.student_outputs(self.model, batch["src"], ratio)
-        total = losses.student_matting_loss(pred, batch["fgr"], batch["pha"], recipes.loss_terms_at(r, self.step))[
-            "total"
-        ]
+        terms = recipes.loss_terms_at(r, self.step)
+        if r.feature_weight or encoder:  # the taps' hooks need the eager forward
+            with FeatureTaps(self.model, direct=bool(r.feature_weight), attention=encoder) as mine:
+                total = student_loss(self.model, batch["src"], batch["fgr"], batch["pha"], ratio, terms)
+        else:
+            total = self._student_loss(self.model, batch["src"], batch["fgr"], batch["pha"], ratio, terms)
         if with_features and (r.feature_weight or encoder):
             with torch.no_grad(), FeatureTaps(self.teacher, direct=bool(r.feature_weight), attention=encoder) as theirs:
                 self.teacher(batch["src"], downsample_ratio=ratio)
@@ -464,6 +472,21 @@ def relative_mad(figures):
 
 def _bar(initial, total, enabled):
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def student_loss(model, src, fgr, pha, ratio, terms):
+    """The matting loss (`terms` of losses.student_matting_loss) of the student's forward on `src`:
+    the part of a step that --compile hands to torch.compile."""
+    pred = passes.student_outputs(model, src, ratio)
+    return losses.student_matting_loss(pred, fgr, pha, terms)["total"]
+
+
+def _drop_group(optimizer_state, name):
+    """An optimizer state dict without the parameter group `name` (and its parameters' moments)."""
+    group = next(g for g in optimizer_state["param_groups"] if g["name"] == name)
+    optimizer_state["param_groups"].remove(group)
+    for index in group["params"]:
+        optimizer_state["state"].pop(index, None)
 
 
 def _plain_rng(state):

@@ -89,6 +89,7 @@ class DistillOptions:
     crop_scale: tuple = (1.0, 1.0)  # crops: footage resized by a factor from this range before cropping
     recomposite_share: float = 0.0  # crops: the share of samples whose teacher layer goes over other footage
     precision: str = "fp32"  # "bf16": the student's forward and losses under bfloat16 autocast (CPU)
+    compiled: bool = False  # the student's forward and loss through torch.compile (minutes at start)
     background_tries: int = 3  # recomposites go over the least covered of this many views
     hr_every: int = 0
     hr_ratio: float = 0.5
@@ -125,6 +126,7 @@ class DistillOptions:
             "crop_scale",
             "recomposite_share",
             "precision",
+            "compiled",
             "background_tries",
             "hr_every",
             "hr_ratio",
@@ -141,7 +143,7 @@ class DistillOptions:
 
 # Identity fields added after runs had been saved without them; such a run had them off, at the
 # default. A new option that changes what a run computes is added to identity() and here.
-ADDED_SINCE_FIRST_RUNS = ("still_share", "colour_share", "crop_scale", "recomposite_share", "precision")
+ADDED_SINCE_FIRST_RUNS = ("still_share", "colour_share", "crop_scale", "recomposite_share", "precision", "compiled")
 
 
 def with_new_defaults(identity):

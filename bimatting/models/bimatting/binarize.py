@@ -30,8 +30,10 @@ from torch.nn import functional as F
 
 def sign(x):
     """sign(x) = +1 if x >= 0 else -1, same dtype as x (matches bimatting.binops.layout.sign exactly, NaN -> -1)."""
-    one = torch.ones((), dtype=x.dtype, device=x.device)  # 0-dim: no full-size ones to allocate
-    return torch.where(x >= 0, one, -one)
+    # sign(sign(x) + 1/2): torch.sign gives 0 for +-0 (and NaN), which + 1/2 sends to +1; NaN is made
+    # -1 first. Arithmetic, not torch.where(x >= 0, 1, -1): on CPU the bool mask and where cost
+    # ~10x an element-wise float op (bench/train_speed.py).
+    return torch.sign(torch.nan_to_num(x, nan=-1.0)).add_(0.5).sign_()
 
 
 class _SignSTE(torch.autograd.Function):
@@ -39,14 +41,21 @@ class _SignSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        # the window as a bool mask: a quarter of x's memory, and no abs/compare in backward
-        ctx.save_for_backward(x.abs() <= 1)
+        if ctx.needs_input_grad[0]:  # none in evaluation: no window to keep
+            ctx.save_for_backward(ste_window(x))
         return sign(x)
 
     @staticmethod
     def backward(ctx, grad_output):
         (window,) = ctx.saved_tensors
-        return torch.where(window, grad_output, torch.zeros((), dtype=grad_output.dtype))
+        return grad_output * window
+
+
+def ste_window(x):
+    """1{|x| <= 1} as 0/1 in x's dtype: min(sign(1 - |x|) + 1, 1) (1 - |x| is exact near |x| = 1).
+    A float window is 4x a bool mask's memory, but multiplying by it is ~25x faster than torch.where
+    on a bool mask on CPU."""
+    return x.abs().neg_().add_(1).sign_().add_(1).clamp_(max=1)
 
 
 def binary_activation(x):
@@ -75,7 +84,7 @@ class _ScaledSignSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (centred,) = ctx.saved_tensors
-        return grad_output * (centred.abs() <= 1).to(grad_output.dtype), None
+        return grad_output * ste_window(centred).to(grad_output.dtype), None
 
 
 class BinaryActivation(nn.Module):
