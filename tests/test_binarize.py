@@ -6,7 +6,13 @@ import torch
 from torch.nn import functional as F
 
 from bimatting.binops import layout, reference as numpy_reference
-from bimatting.models.bimatting.binarize import BiConv2d, LearnableBias, binary_activation, sign
+from bimatting.models.bimatting.binarize import (
+    BiConv2d,
+    LearnableBias,
+    binary_activation,
+    sign,
+    spread_binary_activation,
+)
 from bimatting.models.bimatting.units import binary_conv_unit
 
 
@@ -31,6 +37,30 @@ def test_activation_ste_gradient_is_clipped_identity():
     (reference.clamp(-1.0, 1.0) * upstream).sum().backward()  # autograd of clamp(x, -1, 1)
     assert torch.equal(x.grad, documented)
     assert torch.equal(x.grad, reference.grad)
+
+
+def test_spread_window_is_the_clamp_gradient_at_each_channels_spread():
+    """spread_binary_activation: the forward is sign(x); the backward is autograd of
+    clamp(x / s_c, -1, 1) with s_c = max(1, std_c(x)) held constant: a wide channel passes more
+    inputs, each scaled down; a channel of spread <= 1 keeps the fixed window exactly."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 2, 4, 5, generator=gen)
+    x[:, 0] *= 6.0  # wide: spread ~6
+    x[:, 1] *= 0.4  # narrow: spread < 1, the fixed window
+    x = x.requires_grad_(True)
+    upstream = torch.randn(x.shape, generator=gen)
+    q = spread_binary_activation(x)
+    assert torch.equal(q, sign(x.detach()))
+    (q * upstream).sum().backward()
+    spread = x.detach().std(dim=(0, 2, 3), keepdim=True).clamp(min=1.0)
+    reference = x.detach().clone().requires_grad_(True)
+    ((reference / spread).clamp(-1.0, 1.0) * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad, rtol=1e-6, atol=0)
+    fixed = x.detach().clone().requires_grad_(True)
+    (binary_activation(fixed) * upstream).sum().backward()
+    assert torch.equal(x.grad[:, 1], fixed.grad[:, 1])
+    wide = x.detach()[:, 0]
+    assert (wide.abs() <= 1).float().mean() < 0.2 and (x.grad[:, 0] != 0).float().mean() > 0.5
 
 
 @pytest.mark.parametrize("kernel_size,stride", [(3, 1), (1, 1), (3, 2)])

@@ -23,7 +23,7 @@ from bimatting.cli import cli
 from bimatting.errors import InputError
 from bimatting.matting.samples import sample_frames
 from bimatting.models import build_model
-from bimatting.models.bimatting.binarize import BiConv2d
+from bimatting.models.bimatting.binarize import BiConv2d, BinaryActivation
 from bimatting.train import recipe as recipes, stages
 from bimatting.train.batch_grid import GREY
 from bimatting.train.distill import Distillation, DistillOptions
@@ -452,3 +452,23 @@ def test_compiled_steps_follow_the_eager_steps(footage, tmp_path):
     assert counters["stats"]["unique_graphs"] >= 1
     assert math.isfinite(compiled.train_step())
     assert compiled.options.identity()["compiled"] is True
+
+
+def test_the_spread_window_reaches_every_sign_of_a_run(footage, tmp_path):
+    """--ste-window spread: every binary activation of the student trains with it, the forward is
+    unchanged (the same eval output as a fixed-window model), and it is part of the run's identity."""
+    spread = Distillation(_options(footage, tmp_path / "spread", 1, ste_window="spread"))
+    fixed = Distillation(_options(footage, tmp_path / "fixed", 1))
+    signs = [m for m in spread.model.modules() if isinstance(m, BinaryActivation)]
+    assert len(signs) > 20 and all(m.window == "spread" for m in signs)
+    assert all(m.window == "fixed" for m in fixed.model.modules() if isinstance(m, BinaryActivation))
+    assert spread.options.identity()["recipe.ste_window"] == "spread"
+    src = _batch(n=2).unsqueeze(0)
+    spread.model.eval(), fixed.model.eval()
+    fixed.model.load_state_dict(spread.model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(spread.model(src)[1], fixed.model(src)[1])
+    with pytest.raises(ValueError, match="ste_window"):
+        recipes.set_ste_window(spread.model, "wide")
+    spread.model.train()
+    assert math.isfinite(spread.train_step())

@@ -176,6 +176,14 @@ def _scale_range(text):
     help="Weight of the encoder's features at 1/4, 1/8, 1/16 matched to the teacher's through "
     "training-only 1x1 adapters (0 = off).",
 )
+@click.option(
+    "--ste-window",
+    type=click.Choice(["fixed", "spread"]),
+    default=RECIPE.ste_window,
+    show_default=True,
+    help="Each sign's straight-through window: fixed |x| <= 1, or spread |x| <= max(1, the channel's "
+    "std), its gradient scaled by 1 / that.",
+)
 @click.option("--warmup-steps", type=click.IntRange(1), default=RECIPE.warmup_steps, show_default=True)
 @click.option(
     "--hr-every",
@@ -244,6 +252,7 @@ def distill(
     feature_weight,
     attention_weight,
     adapter_weight,
+    ste_window,
     heads_from_teacher,
     warmup_steps,
     hr_every,
@@ -290,6 +299,7 @@ def distill(
         feature_weight=feature_weight,
         attention_weight=attention_weight,
         adapter_weight=adapter_weight,
+        ste_window=ste_window,
         heads_from_teacher=heads_from_teacher,
         laplacian_from=laplacian_from,
         coherence_from=coherence_from,

@@ -125,6 +125,7 @@ class Distillation:
         self.model = _initial_model(options.init)
         self.model.straight_through_clamp = True  # a plain clamp let alpha die at 0 from random weights
         r = options.recipe
+        recipes.set_ste_window(self.model, r.ste_window)
         if r.latent_init and not options.init:
             recipes.init_latent_weights(self.model, r.latent_init, torch.Generator().manual_seed(options.seed))
         self.model.train()

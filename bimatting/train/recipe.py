@@ -24,6 +24,9 @@ thresholds at 0 gave 72.2e-3 (worse than empty); latent binary weights at 10x th
                              Martinez et al., ICLR 2020)
     adapter_weight           the encoder's features at 1/4, 1/8, 1/16 matched to the teacher's
                              through training-only 1x1 adapters (features.EncoderAdapters)
+    ste_window               "fixed": every sign passes gradient where |x| <= 1 (ReActNet);
+                             "spread": where |x| <= max(1, std_c(x)), scaled by 1 / that
+                             (binarize.spread_binary_activation), for sites whose inputs outgrow 1
     heads_from_teacher       float layers whose shapes equal the teacher's start from its weights
 
 Defaults are what paid in bench/recipe_fit.py (4 real frames fitted to RVM, 150 steps, pha MAD
@@ -53,7 +56,7 @@ import math
 
 import torch
 
-from bimatting.models.bimatting.binarize import BiConv2d
+from bimatting.models.bimatting.binarize import BiConv2d, BinaryActivation
 from bimatting.train.settings import Recipe  # noqa: F401  (the recipe is read from here too)
 
 
@@ -101,6 +104,16 @@ def set_binary_weights(model, enabled):
     for module in model.modules():
         if isinstance(module, BiConv2d):
             module.binarize_weights = bool(enabled)
+
+
+def set_ste_window(model, window):
+    """Every binary activation's straight-through window: "fixed" (|x| <= 1) or "spread"
+    (|x| <= max(1, std_c(x)), binarize.spread_binary_activation)."""
+    if window not in ("fixed", "spread"):
+        raise ValueError(f"ste_window is 'fixed' or 'spread', got {window!r}")
+    for module in model.modules():
+        if isinstance(module, BinaryActivation):
+            module.window = window
 
 
 def binary_weights_at(recipe, step):

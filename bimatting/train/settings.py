@@ -23,6 +23,7 @@ class Recipe:
     attention_weight: float = 0.0
     adapter_weight: float = 0.0
     heads_from_teacher: bool = False
+    ste_window: str = "fixed"  # "spread": each sign's straight-through window scaled to its input's spread
     laplacian_from: int = -1
     coherence_from: int = -1
     warmup_steps: int = 100

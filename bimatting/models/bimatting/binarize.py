@@ -87,10 +87,47 @@ class _ScaledSignSTE(torch.autograd.Function):
         return grad_output * ste_window(centred).to(grad_output.dtype), None
 
 
+class _SpreadSignSTE(torch.autograd.Function):
+    """Forward and backward of `spread_binary_activation` (see its docstring)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        if ctx.needs_input_grad[0]:
+            channels = [d for d in range(x.dim()) if d != 1]
+            spread = x.detach().std(dim=channels, keepdim=True).clamp_(min=1.0)  # s_c >= 1
+            # 1{|x| <= s} / s, as ste_window's arithmetic: min(sign(s - |x|) + 1, 1) / s
+            ctx.save_for_backward((spread - x.abs()).sign_().add_(1).clamp_(max=1).div_(spread))
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (window,) = ctx.saved_tensors
+        return grad_output * window
+
+
+def spread_binary_activation(x):
+    r"""Binary activation whose straight-through window follows each channel's spread.
+
+    Forward:   q = sign(x)                                     (as binary_activation)
+    Backward:  dq/dx = 1{|x| <= s_c} / s_c,   s_c = max(1, std_c(x))   (std over batch and space)
+    the gradient of clamp(x / s_c, -1, 1) with s_c held constant. Where a sign's input spreads
+    far past 1 (deep blocks: 4-5 % of their inputs inside |x| <= 1 during training, training/README),
+    the fixed window passes gradient to a few inputs at full strength; this one passes it to the
+    inputs within one spread, scaled down by it. A channel of spread <= 1 keeps the fixed window.
+    """
+    return _SpreadSignSTE.apply(x)
+
+
 class BinaryActivation(nn.Module):
-    """Module form of `binary_activation`: [*] -> [*] in {-1, +1}."""
+    """Module form of `binary_activation`: [*] -> [*] in {-1, +1}. `window = "spread"` (set by the
+    training recipe, bimatting.train.recipe.set_ste_window) uses `spread_binary_activation` while
+    training; the forward value is the same either way."""
+
+    window = "fixed"
 
     def forward(self, x):
+        if self.window == "spread" and self.training:
+            return spread_binary_activation(x)
         return binary_activation(x)
 
 
