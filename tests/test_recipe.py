@@ -424,6 +424,13 @@ def test_bfloat16_steps_follow_the_float32_steps_closely(footage, tmp_path):
     assert bf16.options.identity()["precision"] == "bf16"
 
 
+def test_compile_without_a_cxx_compiler_is_a_clear_error(footage, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(InputError, match="--compile needs a C\\+\\+ compiler"):
+        Distillation(dataclasses.replace(_options(footage, tmp_path / "run", 1), compiled=True))
+
+
 def test_compiled_steps_follow_the_eager_steps(footage, tmp_path):
     """--compile hands the student's forward and loss to torch.compile. Its fused kernels round in
     another order (BatchNorm's statistics, bias + PReLU), ~1e-5 on a block's outputs; a binary

@@ -31,6 +31,8 @@ bimatting_default.npz (packed, with its training record) and snapshot.npz (a com
 
 import contextlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -130,6 +132,10 @@ class Distillation:
             recipes.init_latent_weights(self.model, r.latent_init, torch.Generator().manual_seed(options.seed))
         self.model.train()
         self.optimizer = torch.optim.Adam(recipes.parameter_groups(self.model, r))
+        if options.compiled and not _cxx_compiler():
+            raise InputError(
+                "--compile needs a C++ compiler (g++ or clang++ on PATH, or $CXX); install one or drop --compile"
+            )
         # one graph per crop size (dynamic=False: each specialised); compiled once per process
         self._student_loss = torch.compile(student_loss, dynamic=False) if options.compiled else student_loss
         self.adapters = EncoderAdapters.between(self.model, self.teacher) if r.adapter_weight else None
@@ -473,6 +479,12 @@ def relative_mad(figures):
 
 def _bar(initial, total, enabled):
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def _cxx_compiler():
+    """The C++ compiler torch.compile's CPU backend would call, or None."""
+    names = [os.environ.get("CXX", ""), "g++", "clang++", "c++"]
+    return next((shutil.which(n) for n in names if n and shutil.which(n)), None)
 
 
 def student_loss(model, src, fgr, pha, ratio, terms):
