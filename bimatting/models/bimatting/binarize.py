@@ -51,11 +51,12 @@ class _SignSTE(torch.autograd.Function):
         return grad_output * window
 
 
-def ste_window(x):
-    """1{|x| <= 1} as 0/1 in x's dtype: min(sign(1 - |x|) + 1, 1) (1 - |x| is exact near |x| = 1).
+def ste_window(x, limit=1.0):
+    """1{|x| <= limit} as 0/1 in x's dtype: min(sign(limit - |x|) + 1, 1) (exact near |x| = limit);
+    `limit` a number or a tensor broadcast to x.
     A float window is 4x a bool mask's memory, but multiplying by it is ~25x faster than torch.where
     on a bool mask on CPU."""
-    return x.abs().neg_().add_(1).sign_().add_(1).clamp_(max=1)
+    return x.abs().neg_().add_(limit).sign_().add_(1).clamp_(max=1)
 
 
 def binary_activation(x):
@@ -95,8 +96,7 @@ class _SpreadSignSTE(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             channels = [d for d in range(x.dim()) if d != 1]
             spread = x.detach().std(dim=channels, keepdim=True).clamp_(min=1.0)  # s_c >= 1
-            # 1{|x| <= s} / s, as ste_window's arithmetic: min(sign(s - |x|) + 1, 1) / s
-            ctx.save_for_backward((spread - x.abs()).sign_().add_(1).clamp_(max=1).div_(spread))
+            ctx.save_for_backward(ste_window(x, spread).div_(spread))  # 1{|x| <= s} / s
         return sign(x)
 
     @staticmethod
