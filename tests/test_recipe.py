@@ -79,6 +79,31 @@ def test_thresholds_at_zero_leave_the_aspp_gate_dead_and_init_revives_it():
     assert before["decoder.decode0.conv.0"]["dead_channels"] > after["decoder.decode0.conv.0"]["dead_channels"]
 
 
+def test_dead_channels_count_every_frame_of_a_recurrent_site():
+    """A GRU site is called once per frame; at the first frame the hidden half of its input is
+    the zero state (constant by construction). A channel is dead only if its sign is the same at
+    every position of every call: checked against the outputs of all calls gathered by hand."""
+    torch.manual_seed(0)
+    model = build_model("bimatting").train()
+    src = _batch(n=4).view(2, 2, 3, 64, 64)  # 2 clips x 2 frames
+    recipes.init_thresholds(model, lambda: model(src))
+    site = "decoder.decode2.gru.ih.0"
+    threshold = dict((n, t) for n, t, _ in model.sign_sites())[site]
+    calls = []
+    handle = threshold.register_forward_hook(lambda module, args, output: calls.append(output.detach()))
+    report = SignHealth(model).measure(lambda: model(src))
+    handle.remove()
+
+    def constant_share(outputs):
+        positive = torch.cat([o.transpose(0, 1).flatten(1) for o in outputs], dim=1) >= 0
+        return float((positive.all(dim=1) | (~positive).all(dim=1)).float().mean())
+
+    assert len(calls) == 2
+    assert constant_share(calls[:1]) >= 0.45  # the first frame alone: the zero state's half
+    assert report[site]["dead_channels"] == pytest.approx(constant_share(calls))
+    assert report[site]["dead_channels"] < constant_share(calls[:1])
+
+
 def test_per_group_learning_rates_reach_the_optimizer():
     model = build_model("bimatting")
     recipe = recipes.Recipe(latent_lr=7e-3, float_lr=3e-4, warmup_steps=10, total_steps=100)
