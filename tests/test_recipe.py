@@ -396,6 +396,18 @@ def test_snapshot_is_compact_and_warm_restarts(footage, tmp_path):
     )
     assert torch.equal(restart.model.state_dict()["project_mat.conv.weight"], state["project_mat.conv.weight"])
     assert restart.run()["steps"] == 2
+    # the packed model's training record names where the restart began, with that run's own steps
+    provenance = read_packed(tmp_path / "warm" / "bimatting_default.npz")[0]["provenance"]
+    assert provenance["steps"] == 2 and provenance["started_from"] == {"file": "snapshot.npz", "steps": 6}
+    again = Distillation(
+        dataclasses.replace(
+            _options(footage, tmp_path / "warm2", 1, total=1), init=str(tmp_path / "warm" / "snapshot.npz")
+        )
+    )
+    again.run()
+    origin = read_packed(tmp_path / "warm2" / "bimatting_default.npz")[0]["provenance"]["started_from"]
+    assert origin["steps"] == 2 and origin["started_from"] == {"file": "snapshot.npz", "steps": 6}
+    assert origin["train_seconds"] == provenance["train_seconds"] and origin["weights"] == provenance["weights"]
 
 
 def test_encoder_adapters_map_student_widths_to_the_teachers(footage, tmp_path):

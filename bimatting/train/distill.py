@@ -56,7 +56,7 @@ from bimatting.train.sign_health import SignHealth, summarize
 from bimatting.train.snapshot import is_snapshot, read_snapshot, save_snapshot
 from bimatting.train.teacher import Teacher
 from bimatting.weights.checkpoints import load_checkpoint, load_model, save_checkpoint
-from bimatting.weights.packed import save_packed
+from bimatting.weights.packed import read_packed, save_packed
 
 RESUME = "resume.pth"
 PACKED = "bimatting_default.npz"
@@ -151,6 +151,8 @@ class Distillation:
             self._branch(Path(options.branch_from))
         else:
             self._add_adapter_group()
+            if options.init:
+                self.record["started_from"] = _origin(options.init)
 
     def _add_adapter_group(self):
         """The adapters' Adam group, last, so that a run without adapters can be branched into one
@@ -376,6 +378,9 @@ class Distillation:
             "heldout": figures,
             "curve": self.history[-200:],
         }
+        # where the weights came from before this run's steps (--init, --branch-from): a warm
+        # restart's step count and seconds are its own, the origin's are added there
+        provenance.update({k: self.record[k] for k in ("started_from", "branched_from") if k in self.record})
         provenance["weights"] = "average" if averaged else "live"
         with self._deployed(averaged) as model:
             save_packed(self.out / PACKED, model, provenance=provenance)
@@ -457,6 +462,19 @@ def _initial_model(init):
     if init:
         return load_model(init, "bimatting")
     return build_model("bimatting")
+
+
+def _origin(init):
+    """What a run started from (--init): the file's name and, where it carries a training record
+    (a snapshot or a packed model written by a run), that record's steps, training seconds, weights
+    and its own origin, so a packed model's record adds up across warm restarts."""
+    path = Path(init)
+    try:
+        record = read_snapshot(path)[1] if is_snapshot(path) else read_packed(path)[0].get("provenance", {})
+    except InputError:  # a PyTorch checkpoint: no training record of this trainer
+        record = {}
+    keep = ("steps", "train_seconds", "weights", "started_from")
+    return {"file": path.name, **{k: record[k] for k in keep if k in record}}
 
 
 def _averaged(model):
