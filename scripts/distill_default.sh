@@ -12,7 +12,7 @@
 # bedroom clip is not trained on at all).
 set -euo pipefail
 data=${1:-../shared/data}
-out=${2:-${XDG_CACHE_HOME:-$HOME/.cache}/bimatting/distill-bf16}
+out=${2:-${XDG_CACHE_HOME:-$HOME/.cache}/bimatting/distill-warm}
 shift $(( $# < 2 ? $# : 2 ))
 clips=$data/people/clips
 exec nice -n 5 bimatting distill "$clips" \

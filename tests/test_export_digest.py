@@ -27,9 +27,9 @@ import torch
 from bimatting.export import exporter
 
 DIGESTS = {
-    ("default", None, None): "ea8f7a18d3c65e10573fe4d685f21bf945381f0b5f224acda12010ac6e2d4774",
-    ("default", (512, 288), None): "bf6614027d4e87b8429f9bd32b1f020bc3364d18128591d3fed9e34140205872",
-    ("default", (512, 288), 0.5): "363e2a28a67cd0853e729f6d064eed9341b69014cd04f8fd7c98fa1cc1831243",
+    ("default", None, None): "24572ab4753caa22d3aa5516ef229a66a8de8991bf646ed4c975ae494f09e6eb",
+    ("default", (512, 288), None): "20eb6a46c28b00535537e4cc620942fcc0842476e1e1744aad55f2b2dec6b347",
+    ("default", (512, 288), 0.5): "310b120912555ac8223d13e9fbf15e0e0bc12ce5ee0b18ec65127f99c58ffb82",
     ("rvm", None, None): "94506064567e8e324d47f17bebf0ab5c64e0c6830f73b6ee88f5e7807e731468",
     ("rvm", (512, 288), 0.25): "c3df607d8c3b5ce8a2ed979b7997b7d0ab0259929f6d0bf86be76049c089ed8e",
 }
