@@ -447,15 +447,31 @@ def test_warm_restart_from_the_committed_snapshot(footage, tmp_path):
 
 
 def test_bfloat16_steps_follow_the_float32_steps_closely(footage, tmp_path):
-    """--precision bf16 changes only the rounding of the step's arithmetic: from the same weights on
-    the same batch the first loss agrees to bfloat16's precision (8 bits of mantissa, ~0.4 % per
-    product, ~1 % measured after the network's sums; 5 % allowed); later steps part ways (the
-    weights moved differently, and signs amplify it); the weights stay float32; the setting is
-    part of the run's identity."""
+    """--precision bf16 changes only the rounding of the step's convolutions: from the same weights
+    on the same batch the student's first (float) convolution runs in bfloat16 and agrees with its
+    float32 result to bfloat16's precision (8 bits of mantissa: 2^-8 of the largest output, plus
+    the input's rounding; 2 % allowed), the first loss is finite and of the same size, the weights
+    stay float32, and the setting is part of the run's identity. The whole network's loss is not
+    compared tightly: a pre-sign value within rounding of zero flips, and the flip cascades
+    (measured 3-29 % apart over six seeds on an Intel Xeon with AMX-BF16, ~1 % on one seed on an AMD
+    EPYC)."""
     fp32 = Distillation(_options(footage, tmp_path / "fp32", 2))
     bf16 = Distillation(dataclasses.replace(_options(footage, tmp_path / "bf16", 2), precision="bf16"))
+    seen = {}
+
+    def tap(name, model):
+        stem = dict(model.named_modules())["backbone.feature.0.conv1"]
+        # the last call: step 0 first runs the threshold init's forward, outside autocast
+        return stem.register_forward_hook(lambda module, args, out: seen.__setitem__(name, out.detach()))
+
+    handles = [tap("fp32", fp32.model), tap("bf16", bf16.model)]
     full, half = fp32.train_step(), bf16.train_step()
-    assert full != half and abs(full - half) <= 0.05 * abs(full), (full, half)
+    for handle in handles:
+        handle.remove()
+    assert seen["fp32"].dtype == torch.float32 and seen["bf16"].dtype == torch.bfloat16
+    difference = (seen["bf16"].float() - seen["fp32"]).abs().max()
+    assert 0 < difference <= 0.02 * seen["fp32"].abs().max(), float(difference)
+    assert math.isfinite(half) and 0.5 * full <= half <= 2 * full, (full, half)
     assert math.isfinite(bf16.train_step())
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
     assert bf16.options.identity()["precision"] == "bf16"
