@@ -124,7 +124,7 @@ class Distillation:
             "procedural": len(procedural),
             "heldout": [n for n, _ in self.heldout[0]],
         }
-        self.model = _initial_model(options.init)
+        self.model, init_record = _initial_model(options.init)
         self.model.straight_through_clamp = True  # a plain clamp let alpha die at 0 from random weights
         r = options.recipe
         recipes.set_ste_window(self.model, r.ste_window)
@@ -152,7 +152,7 @@ class Distillation:
         else:
             self._add_adapter_group()
             if options.init:
-                self.record["started_from"] = _origin(options.init)
+                self.record["started_from"] = _origin(options.init, init_record)
 
     def _add_adapter_group(self):
         """The adapters' Adam group, last, so that a run without adapters can be branched into one
@@ -453,28 +453,27 @@ class Distillation:
 
 
 def _initial_model(init):
-    """A fresh BiMatting, or one holding the weights of `init`: a checkpoint, a packed model or a
-    compact snapshot of an earlier run (bimatting.train.snapshot)."""
+    """(model, training record): a fresh BiMatting, or one holding the weights of `init` (a
+    checkpoint, a packed model or a compact snapshot of an earlier run, bimatting.train.snapshot)
+    with the training record it carries ({} for a fresh model or a PyTorch checkpoint)."""
     if init and is_snapshot(init):
+        state, record = read_snapshot(init)
         model = build_model("bimatting")
-        model.load_state_dict(read_snapshot(init)[0])
-        return model
+        model.load_state_dict(state)
+        return model, record
     if init:
-        return load_model(init, "bimatting")
-    return build_model("bimatting")
+        packed = Path(init).suffix.lower() == ".npz"  # load_model's rule for a packed file
+        record = read_packed(init)[0].get("provenance", {}) if packed else {}
+        return load_model(init, "bimatting"), record
+    return build_model("bimatting"), {}
 
 
-def _origin(init):
-    """What a run started from (--init): the file's name and, where it carries a training record
-    (a snapshot or a packed model written by a run), that record's steps, training seconds, weights
-    and its own origin, so a packed model's record adds up across warm restarts."""
-    path = Path(init)
-    try:
-        record = read_snapshot(path)[1] if is_snapshot(path) else read_packed(path)[0].get("provenance", {})
-    except InputError:  # a PyTorch checkpoint: no training record of this trainer
-        record = {}
+def _origin(init, record):
+    """What a run started from (--init): the file's name and that file's training record's steps,
+    training seconds, weights and its own origin, so a packed model's record adds up across warm
+    restarts."""
     keep = ("steps", "train_seconds", "weights", "started_from")
-    return {"file": path.name, **{k: record[k] for k in keep if k in record}}
+    return {"file": Path(init).name, **{k: record[k] for k in keep if k in record}}
 
 
 def _averaged(model):
